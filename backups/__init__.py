@@ -1,0 +1,1 @@
+"""Backups: systems, storage locations, artifacts and manifests, the artifact format, backup jobs."""

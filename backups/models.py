@@ -1,0 +1,1 @@
+"""Backup catalog models (systems, storage locations, artifacts, copies) arrive with the catalog issue."""

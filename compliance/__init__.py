@@ -1,0 +1,1 @@
+"""Compliance: the audit log, checklists, certifications, the contact roster and the health score."""

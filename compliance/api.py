@@ -1,0 +1,3 @@
+"""``/api/v1/`` endpoints of compliance (audit, contacts, checklists, dashboard)."""
+
+urlpatterns: list = []

@@ -1,0 +1,155 @@
+"""The audit log's one writer, ``audit_record``, and its canonical encoding.
+
+Encoding, version 1 (documented in the README so anyone can recompute a hash):
+the event is the JSON object with exactly these keys —
+``v, seq, occurred_at, actor_id, actor_username, client_ip, user_agent, request_id,
+action, object_type, object_id, object_repr, outcome, details, prev_hash`` —
+serialised with sorted keys, no whitespace (separators ``,`` and ``:``), non-ASCII kept
+as UTF-8, and ``occurred_at`` as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC. ``hash`` is the
+lowercase hex SHA-256 of those bytes. The first event's ``prev_hash`` is 64 zeros.
+"""
+
+import hashlib
+import json
+import math
+import re
+from datetime import UTC, datetime
+
+from django.contrib.auth.models import AnonymousUser
+from django.db import connection, transaction
+from django.utils import timezone
+
+from compliance.models import AuditEvent
+from drpanel.context import current_request
+
+ENCODING_VERSION = 1
+GENESIS_HASH = "0" * 64
+# Any number will do as long as every writer uses the same one.
+CHAIN_LOCK_ID = 0x6472_7061_6E65_6C01 & 0x7FFF_FFFF_FFFF_FFFF
+SYSTEM_ACTOR = "system"
+
+_SECRET_KEY_PATTERN = re.compile(r"pass(word|phrase)?|secret|token|api[_-]?key|private|credential", re.I)
+REDACTED = "[redacted]"
+
+
+def canonical_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_bytes(fields: dict) -> bytes:
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def event_fields(event: AuditEvent) -> dict:
+    """The hashed fields of a stored event, in the version-1 form."""
+    return {
+        "v": ENCODING_VERSION,
+        "seq": event.seq,
+        "occurred_at": canonical_time(event.occurred_at),
+        "actor_id": event.actor_id,
+        "actor_username": event.actor_username,
+        "client_ip": event.client_ip,
+        "user_agent": event.user_agent,
+        "request_id": event.request_id,
+        "action": event.action,
+        "object_type": event.object_type,
+        "object_id": event.object_id,
+        "object_repr": event.object_repr,
+        "outcome": event.outcome,
+        "details": event.details,
+        "prev_hash": event.prev_hash,
+    }
+
+
+def compute_hash(fields: dict) -> str:
+    return hashlib.sha256(canonical_bytes(fields)).hexdigest()
+
+
+def clean_details(value, *, key: str = ""):
+    """Make details JSON-stable (what PostgreSQL's jsonb gives back hashes the same) and secret-free."""
+    if key and _SECRET_KEY_PATTERN.search(key) and value not in (None, "", [], {}):
+        return REDACTED
+    if isinstance(value, dict):
+        return {str(k): clean_details(v, key=str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        items = sorted(value, key=str) if isinstance(value, set) else value
+        return [clean_details(v) for v in items]
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        # jsonb prints 1e16 and larger as plain integers; store them as integers already.
+        if value.is_integer() and abs(value) >= 1e15:
+            return int(value)
+        return value
+    if isinstance(value, datetime):
+        return canonical_time(value)
+    return str(value).replace("\x00", "")
+
+
+def _object_fields(obj) -> dict:
+    if obj is None:
+        return {"object_type": "", "object_id": "", "object_repr": ""}
+    meta = getattr(obj, "_meta", None)
+    return {
+        "object_type": meta.label_lower if meta else type(obj).__name__.lower(),
+        "object_id": str(getattr(obj, "pk", "") or "")[:64],
+        "object_repr": str(obj)[:200],
+    }
+
+
+def _client_ip(request) -> str | None:
+    if request is None:
+        return None
+    return getattr(request, "client_ip", None) or request.META.get("REMOTE_ADDR") or None
+
+
+def audit_record(
+    *,
+    actor,
+    action: str,
+    obj=None,
+    outcome: str = AuditEvent.Outcome.SUCCESS,
+    details: dict | None = None,
+    request=None,
+    object_type: str | None = None,
+    object_id: str | None = None,
+    object_repr: str | None = None,
+) -> AuditEvent:
+    """Append one event to the chain, inside the caller's transaction.
+
+    Appends are serialised by a transaction-level advisory lock held until the caller
+    commits, so concurrent writers keep one linear, gapless chain. If this fails, the
+    exception propagates and the caller's change rolls back with it (fail closed).
+    """
+    if outcome not in AuditEvent.Outcome.values:
+        raise ValueError(f"unknown audit outcome {outcome!r}")
+    request = request if request is not None else current_request()
+    user = actor if actor is not None and not isinstance(actor, AnonymousUser) else None
+    fields = _object_fields(obj)
+    for name, value in (("object_type", object_type), ("object_id", object_id), ("object_repr", object_repr)):
+        if value is not None:
+            fields[name] = str(value)[:200 if name == "object_repr" else 100 if name == "object_type" else 64]
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK_ID])
+        head = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
+        seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
+        event = AuditEvent(
+            seq=seq,
+            occurred_at=timezone.now(),
+            actor=user,
+            actor_username=(user.get_username() if user else (getattr(actor, "username", "") or SYSTEM_ACTOR))[:150],
+            client_ip=_client_ip(request),
+            user_agent=(request.META.get("HTTP_USER_AGENT", "") if request is not None else "")[:200],
+            request_id=(getattr(request, "request_id", "") if request is not None else "")[:64],
+            action=action,
+            outcome=outcome,
+            details=clean_details(details or {}),
+            prev_hash=prev_hash,
+            **fields,
+        )
+        event.hash = compute_hash(event_fields(event))
+        event.save(force_insert=True)
+    return event

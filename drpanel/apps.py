@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class DrpanelConfig(AppConfig):
+    name = "drpanel"
+    verbose_name = "DR Panel"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
+        from drpanel import signals  # noqa: F401 - connects the sign-in audit receivers
+        from drpanel.permissions import ensure_roles
+
+        post_migrate.connect(ensure_roles, sender=self)

@@ -1,0 +1,22 @@
+"""Jobs of the project package: a round-trip probe used by ``manage.py services check``."""
+
+import os
+
+
+def ping(payload: str) -> dict:
+    """Answer from a worker process, proving the queue and a worker work end to end."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_database()")
+        database = cursor.fetchone()[0]
+    # rq runs each job in a forked "work horse"; its parent is the worker process itself.
+    return {"payload": payload, "worker_pid": os.getppid(), "database": database}
+
+
+def clear_expired_sessions() -> None:
+    """Delete expired sessions (the idle timeout makes many)."""
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    Session.objects.filter(expire_date__lt=timezone.now()).delete()

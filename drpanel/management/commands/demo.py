@@ -1,0 +1,20 @@
+"""``manage.py demo``: seed (or refresh) the demo. Safe to run again.
+
+Each app adds its part as a ``seed(out)`` function listed in ``STEPS``, in dependency order.
+"""
+
+from django.core.management.base import BaseCommand
+from django.utils.module_loading import import_string
+
+STEPS = [
+    "drpanel.demo.seed_users",
+]
+
+
+class Command(BaseCommand):
+    help = "Seed the demo: users per role, and each app's demo data."
+
+    def handle(self, *args, **options):
+        for step in STEPS:
+            import_string(step)(self.stdout)
+        self.stdout.write(self.style.SUCCESS("Demo ready."))

@@ -1,0 +1,51 @@
+"""Services of the project package: API tokens and re-authentication (each one audited)."""
+
+from django.db import transaction
+from django.utils import timezone
+
+from compliance.audit import audit_record
+from drpanel.models import ApiToken, hash_token
+from drpanel.permissions import Denied, mark_reauthenticated
+
+
+def api_token_create(*, actor, user, name: str) -> tuple[ApiToken, str]:
+    """Create a token for ``user`` and return it with its only plaintext copy.
+
+    Users create their own tokens; the ``api_token`` management command (run by whoever
+    operates the server) creates them for anyone, with ``actor=None`` ("system").
+    """
+    if actor is not None and actor.pk != user.pk:
+        raise Denied("You can only create tokens for yourself.", action="api_token.create")
+    name = (name or "").strip()[:100] or "API token"
+    raw = ApiToken.generate()
+    with transaction.atomic():
+        token = ApiToken.objects.create(user=user, name=name, prefix=raw[:10], token_hash=hash_token(raw))
+        audit_record(actor=actor, action="api_token.created", obj=token,
+                     details={"owner": user.get_username(), "name": name, "prefix": token.prefix})
+    return token, raw
+
+
+def api_token_revoke(*, actor, token: ApiToken) -> ApiToken:
+    """Revoke a token (final). Only its owner may; revoking twice changes nothing."""
+    if actor.pk != token.user_id:
+        raise Denied("You can only revoke your own tokens.", obj=token, action="api_token.revoke")
+    with transaction.atomic():
+        # Conditional update: two concurrent revocations write one event, not two.
+        changed = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        if changed:
+            audit_record(actor=actor, action="api_token.revoked", obj=token,
+                         details={"owner": token.user.get_username(), "prefix": token.prefix})
+    token.refresh_from_db(fields=["revoked_at"])
+    return token
+
+
+def reauthenticate(*, request, password: str) -> bool:
+    """Check the signed-in user's password again; on success approvals are open for a few minutes."""
+    user = request.user
+    ok = bool(password) and user.check_password(password)
+    with transaction.atomic():
+        audit_record(actor=user, action="auth.reauthenticated", obj=user,
+                     outcome="success" if ok else "failure", request=request)
+    if ok:
+        mark_reauthenticated(request)
+    return ok

@@ -1,0 +1,27 @@
+"""pytest plugin (``-p drpanel.testing`` in pyproject): prepares services before Django loads.
+
+It runs before pytest-django reads the settings, so the test run and every process it
+starts use the same PostgreSQL and Redis as the rest of the panel would (found or
+embedded), with two isolations so parallel checkouts do not collide:
+``DRPANEL_TEST_REDIS_DB`` (default 15) and ``DRPANEL_TEST_DATABASE`` (default
+``test_<name>``).
+"""
+
+import os
+
+import pytest
+
+from drpanel import runtime
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    # Playwright's sync API runs an event loop in the test thread; Django's ORM refuses to
+    # run "inside" it unless told that this is fine (it is: the loop is Playwright's).
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    try:
+        runtime.prepare()
+    except (runtime.ServiceError, runtime.ConfigError) as exc:
+        raise pytest.UsageError(f"drpanel: {exc}") from None
+    redis_db = int(os.environ.get("DRPANEL_TEST_REDIS_DB", "15"))
+    os.environ["REDIS_URL"] = runtime.with_redis_db(os.environ["REDIS_URL"], redis_db)

@@ -1,0 +1,33 @@
+"""The panel's URLs: project pages, then each app's pages, the API and the admin site."""
+
+from django.contrib import admin
+from django.urls import include, path
+
+from drpanel import views
+
+handler403 = "drpanel.views.permission_denied"
+handler404 = "drpanel.views.page_not_found"
+handler500 = "drpanel.views.server_error"
+
+panel_patterns = (
+    [
+        path("", views.dashboard, name="dashboard"),
+        path("login/", views.LoginView.as_view(), name="login"),
+        path("logout/", views.LogoutView.as_view(), name="logout"),
+        path("reauth/", views.reauth, name="reauth"),
+        path("tokens/", views.token_list, name="token-list"),
+        path("tokens/new", views.token_create, name="token-create"),
+        path("tokens/<int:pk>/revoke", views.token_revoke, name="token-revoke"),
+    ],
+    "drpanel",
+)
+
+urlpatterns = [
+    path("health", views.health, name="health"),
+    path("", include(panel_patterns)),
+    path("", include("backups.urls")),
+    path("", include("restores.urls")),
+    path("", include("compliance.urls")),
+    path("api/v1/", include("drpanel.api_urls")),
+    path("admin/", admin.site.urls),
+]

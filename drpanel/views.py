@@ -1,0 +1,146 @@
+"""Project-level pages: sign-in, re-authentication, API tokens, the dashboard, ``/health``."""
+
+import redis
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.db import connection
+from django.http import JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from rq.worker import Worker
+
+from drpanel.models import ApiToken
+from drpanel.permissions import Cap, capability_required, record_denial
+from drpanel.services import api_token_create, api_token_revoke, reauthenticate
+
+
+class LoginView(auth_views.LoginView):
+    template_name = "drpanel/login.html"
+    redirect_authenticated_user = True
+
+
+class LogoutView(auth_views.LogoutView):
+    pass
+
+
+def lockout(request, credentials=None, *args, **kwargs):
+    """django-axes' answer to a locked-out sign-in: 429, the same for every username."""
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    return render(request, "drpanel/lockout.html", {"minutes": minutes}, status=429)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def reauth(request):
+    """Ask for the password again before an approval or a sign-off."""
+    next_url = request.POST.get("next") or request.GET.get("next") or reverse("drpanel:dashboard")
+    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()},
+                                           require_https=request.is_secure()):
+        next_url = reverse("drpanel:dashboard")
+    error = None
+    if request.method == "POST":
+        if reauthenticate(request=request, password=request.POST.get("password", "")):
+            return redirect(next_url)
+        error = "That password is not correct."
+    return render(request, "drpanel/reauth.html", {"next": next_url, "error": error},
+                  status=400 if error else 200)
+
+
+@login_required
+@require_GET
+def token_list(request):
+    tokens = ApiToken.objects.filter(user=request.user)
+    return render(request, "drpanel/token_list.html", {"tokens": tokens})
+
+
+@login_required
+@require_POST
+def token_create(request):
+    token, raw = api_token_create(actor=request.user, user=request.user, name=request.POST.get("name", ""))
+    tokens = ApiToken.objects.filter(user=request.user)
+    # The plaintext is rendered once, into this response only; it is never stored or logged.
+    return render(request, "drpanel/token_list.html", {"tokens": tokens, "new_token": raw, "new": token})
+
+
+@login_required
+@require_POST
+def token_revoke(request, pk: int):
+    token = get_object_or_404(ApiToken, pk=pk, user=request.user)
+    api_token_revoke(actor=request.user, token=token)
+    messages.success(request, f"Token “{token.name}” revoked; it no longer works.")
+    return redirect("drpanel:token-list")
+
+
+@capability_required(Cap.VIEW_PANEL)
+@require_GET
+def dashboard(request):
+    return render(request, "drpanel/dashboard.html", {})
+
+
+def _check_database() -> tuple[bool, str]:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True, "ok"
+    except Exception as exc:  # any failure means "down"; the reason is kept short and secret-free
+        return False, type(exc).__name__
+
+
+def _check_redis() -> tuple[bool, str, int | None]:
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+        workers = len(Worker.all(connection=client))
+        return True, "ok", workers
+    except redis.RedisError as exc:
+        return False, type(exc).__name__, None
+    finally:
+        client.close()
+
+
+@never_cache
+@require_GET
+def health(request):
+    """Database, Redis and live workers; no sign-in, no secrets; 503 when anything is missing."""
+    db_ok, db_state = _check_database()
+    redis_ok, redis_state, workers = _check_redis()
+    ok = db_ok and redis_ok and bool(workers)
+    body = {
+        "status": "ok" if ok else "degraded",
+        "database": db_state,
+        "redis": redis_state,
+        "workers": workers or 0,
+    }
+    return JsonResponse(body, status=200 if ok else 503)
+
+
+# --- error pages ----------------------------------------------------------------------------
+
+def permission_denied(request, exception=None):
+    """403 page; the denial is audited by ``DenialAuditMiddleware`` before we get here."""
+    reason = getattr(exception, "message", None) or "You do not have permission to do this."
+    return render(request, "403.html", {"reason": reason}, status=403)
+
+
+def page_not_found(request, exception=None):
+    return render(request, "404.html", status=404)
+
+
+def server_error(request):
+    return render(request, "500.html", status=500)
+
+
+def csrf_failure(request, reason=""):
+    """A refused form post (stale page or forged request): 403, audited."""
+    from django.core.exceptions import PermissionDenied
+
+    if getattr(request, "user", None) is not None and request.user.is_authenticated:
+        record_denial(request, PermissionDenied("CSRF check failed"))
+    return render(request, "403.html", {
+        "reason": "This form has expired or did not come from this panel. Reload the page and try again."
+    }, status=403)

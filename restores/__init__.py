@@ -1,0 +1,1 @@
+"""Restores: targets, verification runs, restore runs, approvals, rollback, drills."""

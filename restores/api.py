@@ -1,0 +1,3 @@
+"""``/api/v1/`` endpoints of verifications, targets and restores."""
+
+urlpatterns: list = []

@@ -1,0 +1,1 @@
+"""Restore models (targets, verification runs, restore runs, approvals) arrive with the restore issue."""

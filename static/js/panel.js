@@ -1,0 +1,57 @@
+/* DR Panel's small script: confirmations for destructive forms and live regions that poll.
+ * No inline handlers (CSP forbids them); behaviour hangs on data- attributes. */
+(function () {
+  "use strict";
+
+  // <form data-confirm="Really?"> asks before submitting.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    var question = form.getAttribute && form.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) {
+      event.preventDefault();
+    }
+  }, true);
+
+  // <form data-type-to-confirm="name"> enables its submit button only when the input
+  // named "confirm" holds exactly that text.
+  function wireTypeToConfirm(root) {
+    root.querySelectorAll("form[data-type-to-confirm]").forEach(function (form) {
+      var expected = form.getAttribute("data-type-to-confirm");
+      var input = form.querySelector("input[name=confirm]");
+      var button = form.querySelector("button[type=submit]");
+      if (!input || !button) { return; }
+      var sync = function () { button.disabled = input.value !== expected; };
+      input.addEventListener("input", sync);
+      sync();
+    });
+  }
+
+  // <div data-poll="/url" data-poll-interval="2000"> is replaced by the fragment the URL
+  // returns, until the fragment carries data-poll-done.
+  function poll(el) {
+    var url = el.getAttribute("data-poll");
+    var interval = parseInt(el.getAttribute("data-poll-interval") || "2000", 10);
+    var timer = window.setInterval(function () {
+      fetch(url, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin" })
+        .then(function (response) {
+          if (!response.ok) { throw new Error("HTTP " + response.status); }
+          return response.text();
+        })
+        .then(function (html) {
+          el.innerHTML = html;
+          el.removeAttribute("data-poll-error");
+          wireTypeToConfirm(el);
+          if (el.querySelector("[data-poll-done]")) {
+            window.clearInterval(timer);
+            document.dispatchEvent(new CustomEvent("drpanel:poll-done", { detail: el }));
+          }
+        })
+        .catch(function (error) { el.setAttribute("data-poll-error", String(error)); });
+    }, interval);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    wireTypeToConfirm(document);
+    document.querySelectorAll("[data-poll]").forEach(poll);
+  });
+})();

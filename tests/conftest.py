@@ -1,0 +1,129 @@
+"""Fixtures for every test: personas per role, clients, Redis, RQ workers, S3 (moto), Chromium.
+
+Personas: ``operator``, ``manager``, ``auditor``, ``admin`` (one per role) and
+``outsider`` (signed in, no role). ``clients`` maps each persona's name to a logged-in
+Django test client. ``redis_conn`` is the test run's own Redis database, flushed around
+each test that uses it. ``s3_endpoint`` serves S3 over HTTP from moto's threaded server on
+127.0.0.1. Browser tests take ``page`` (pytest-playwright) on Debian's Chromium against
+``live_server``.
+"""
+
+import os
+
+import pytest
+from django.test import Client
+
+from tests.factories import PASSWORD, UserFactory
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hasher(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def password():
+    return PASSWORD
+
+
+@pytest.fixture
+def operator(db):
+    return UserFactory(username="operator", role="Operator")
+
+
+@pytest.fixture
+def manager(db):
+    return UserFactory(username="manager", role="Manager")
+
+
+@pytest.fixture
+def auditor(db):
+    return UserFactory(username="auditor", role="Auditor")
+
+
+@pytest.fixture
+def admin(db):
+    return UserFactory(username="admin", role="Admin", is_staff=True)
+
+
+@pytest.fixture
+def outsider(db):
+    return UserFactory(username="outsider")
+
+
+@pytest.fixture
+def clients(operator, manager, auditor, admin, outsider):
+    result = {}
+    for user in (operator, manager, auditor, admin, outsider):
+        client = Client()
+        client.force_login(user)
+        result[user.username] = client
+    return result
+
+
+@pytest.fixture
+def redis_conn():
+    import django_rq
+
+    conn = django_rq.get_connection("default")
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+
+
+@pytest.fixture
+def workers(transactional_db, redis_conn):
+    """One real RQ worker process on every queue, for the test's duration."""
+    from tests.support import rq_workers
+
+    with rq_workers(count=1) as procs:
+        yield procs
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """An S3 endpoint over HTTP (moto's threaded server); credentials are moto's dummies."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    previous = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"})
+    yield f"http://{host}:{port}"
+    server.stop()
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+# --- Playwright on Debian's Chromium --------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "headless": True, "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture
+def sign_in(live_server):
+    """Sign a persona in through the real login page; returns the page at the dashboard."""
+
+    def _sign_in(page, username: str, password: str = PASSWORD):
+        page.goto(f"{live_server.url}/login/")
+        page.fill("#id_username", username)
+        page.fill("#id_password", password)
+        page.click("button[type=submit]")
+        return page
+
+    return _sign_in

@@ -1,0 +1,88 @@
+"""Test helpers: real RQ worker processes, and asserting who a view refuses."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+from compliance.models import AuditEvent
+from drpanel import runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLES = ("operator", "manager", "auditor", "admin", "outsider")
+
+
+def worker_env(**extra) -> dict:
+    """The environment a child process needs to share this test run's database and Redis."""
+    env = dict(os.environ)
+    env["DATABASE_URL"] = runtime.with_database_name(os.environ["DATABASE_URL"], connection.settings_dict["NAME"])
+    env["REDIS_URL"] = settings.REDIS_URL
+    env["DRPANEL_SERVICES"] = "external"
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@contextlib.contextmanager
+def rq_workers(queues=None, *, count: int = 1, log_dir: Path | None = None, env: dict | None = None):
+    """Run ``count`` real ``manage.py rqworker`` processes for the duration of the block.
+
+    The test must use ``transactional_db`` (workers are other processes: they only see
+    committed rows). Yields the ``Popen`` objects; the workers' output is in ``log_dir``.
+    """
+    queues = list(queues or settings.RQ_QUEUE_NAMES)
+    log_dir = log_dir or Path(settings.VAR_DIR) / "test-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    try:
+        for n in range(count):
+            log = open(log_dir / f"worker-{os.getpid()}-{n}.log", "wb")  # noqa: SIM115
+            procs.append(subprocess.Popen(
+                [sys.executable, str(ROOT / "manage.py"), "rqworker", *queues],
+                env=worker_env(**(env or {})), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            ))
+            log.close()
+        wait_for_workers(count)
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_for_workers(count: int, timeout: float = 30.0) -> None:
+    import django_rq
+    from rq.worker import Worker
+
+    conn = django_rq.get_connection("default")
+    deadline = time.monotonic() + timeout
+    while len(Worker.all(connection=conn)) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{count} RQ worker(s) did not register within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def assert_only_roles(clients: dict, method: str, url: str, allowed: set[str], data=None) -> None:
+    """Every persona not in ``allowed`` gets 403 and an ``access.denied`` event; the others do not."""
+    for role in ROLES:
+        client = clients[role]
+        before = AuditEvent.objects.filter(action="access.denied").count()
+        response = getattr(client, method.lower())(url, data or {})
+        denials = AuditEvent.objects.filter(action="access.denied").count() - before
+        if role in allowed:
+            assert response.status_code != 403, f"{role} was refused {method} {url}"
+            assert denials == 0, f"{role} allowed, yet a denial was audited"
+        else:
+            assert response.status_code == 403, f"{role} got {response.status_code} for {method} {url}, not 403"
+            assert denials == 1, f"{role}'s refusal of {method} {url} was not audited"
