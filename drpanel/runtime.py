@@ -291,8 +291,19 @@ class Embedded:
         from pgserver._commands import pg_ctl
 
         entry = read_state().get("postgres", {})
-        with contextlib.suppress(Exception):
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self._pgdata(), user=entry.get("user"), timeout=30)
+        pid = entry.get("pid")
+        try:
+            pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"], pgdata=self._pgdata(), user=entry.get("user"),
+                   timeout=90)
+        except Exception as exc:  # pgserver raises bare subprocess errors; say it and fall back below
+            print(f"drpanel: pg_ctl stop failed ({type(exc).__name__}); stopping PostgreSQL by signal",
+                  file=sys.stderr)
+        deadline = time.monotonic() + 30
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            # Immediate shutdown: PostgreSQL recovers from its WAL on the next start.
+            os.kill(pid, signal.SIGQUIT)
 
     # Redis ------------------------------------------------------------------------------
 
