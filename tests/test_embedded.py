@@ -2,9 +2,11 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,8 +18,17 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def test_embedded_services_start_run_a_job_and_stop(tmp_path):
-    var = tmp_path / "var"
+@pytest.fixture
+def var_dir():
+    # Not pytest's tmp_path: pytest keeps /tmp/pytest-of-<user> private (0700), and as root the
+    # embedded PostgreSQL runs as another user who must be able to reach its data directory.
+    path = Path(tempfile.mkdtemp(prefix="drpanel-embedded-", dir="/tmp"))
+    yield path / "var"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_embedded_services_start_run_a_job_and_stop(var_dir):
+    var = var_dir
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
            "DRPANEL_SERVICES": "embedded", "DRPANEL_VAR_DIR": str(var)}
     manage = [sys.executable, str(ROOT / "manage.py")]
