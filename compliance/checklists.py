@@ -20,6 +20,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from compliance import evaluators
 from compliance.audit import audit_record
@@ -377,7 +378,8 @@ def checklist_month_summary(year: int, month: int) -> dict:
     """Counts and missed items per period of a month, for the monthly certification.
 
     Days, weeks (and the month) that are over and for which no checklist was ever opened
-    are listed as ``missing``: nobody and nothing looked at them. JSON-ready.
+    are listed as ``missing``: nobody and nothing looked at them. Periods before the very
+    first checklist the panel opened (``tracked_since``) are not counted. JSON-ready.
     """
     today = clock.today()
     first = date(year, month, 1)
@@ -401,8 +403,11 @@ def checklist_month_summary(year: int, month: int) -> dict:
                                                  "changed_since_opened", "counts")} | {"missed": period_missed})
     opened_days = {p.start for p in periods if p.cadence == Cadence.DAILY}
     opened_weeks = {p.start for p in periods if p.cadence == Cadence.WEEKLY}
-    # Only periods that are over can be missing: today's may still be opened.
-    days = [first + timedelta(days=n) for n in range((min(last + timedelta(days=1), today) - first).days)]
+    # Before the first checklist was ever opened the panel was not keeping them: nothing is
+    # missing from then. After that, a period that is over and was never opened is missing.
+    first_opened = ChecklistPeriod.objects.order_by("opened_at").values_list("opened_at", flat=True).first()
+    since = timezone.localdate(first_opened) if first_opened else today
+    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     return {
         "year": year,
         "month": month,
@@ -410,11 +415,12 @@ def checklist_month_summary(year: int, month: int) -> dict:
         "periods": rows,
         "totals": totals,
         "missed": missed,
+        "tracked_since": since.isoformat() if first_opened else None,
         "missing": {
-            "days": [d.isoformat() for d in days if d not in opened_days],
+            "days": [d.isoformat() for d in days if since <= d < today and d not in opened_days],
             "weeks": [f"{m.isocalendar()[0]}-W{m.isocalendar()[1]:02d}" for m in mondays
-                      if m + timedelta(days=6) < today and m not in opened_weeks],
-            "month": last < today and not any(p.cadence == Cadence.MONTHLY for p in periods),
+                      if since <= m + timedelta(days=6) < today and m not in opened_weeks],
+            "month": since <= last < today and not any(p.cadence == Cadence.MONTHLY for p in periods),
         },
     }
 

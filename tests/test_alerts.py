@@ -292,3 +292,53 @@ def test_the_api_lists_alerts_by_state(clients, roster, raise_alert):
     assert body["data"][0]["escalation_step"] == 1
     assert clients["auditor"].get("/api/v1/alerts?state=resolved").json() == {"data": []}
     assert clients["auditor"].get("/api/v1/alerts?state=bogus").status_code == 400
+
+
+def _in_threads(func, count: int) -> list:
+    """Run ``func`` in ``count`` threads released at the same moment; each gets its own connection."""
+    import threading
+
+    from django.db import connection
+
+    barrier, results = threading.Barrier(count), []
+
+    def run():
+        try:
+            barrier.wait()
+            results.append(("ok", func()))
+        except Exception as exc:
+            results.append(("error", exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return results
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_link_clicks_acknowledge_once(panel_clock):
+    from compliance.alerts import ack_token, alert_acknowledge_by_link
+
+    Contact.objects.create(level="l1", name="Lena One", email=L1, response_minutes=5)
+    alert_raise(kind="health.critical", severity="critical", subject="Late", message="", dedup_key="k")
+    token = ack_token(AlertNotification.objects.get())
+    results = _in_threads(lambda: alert_acknowledge_by_link(token=token), 6)
+    assert [kind for kind, _ in results].count("ok") == 1, results
+    assert AuditEvent.objects.filter(action="alert.acknowledged").count() == 1
+    assert AuditEvent.objects.filter(action="alert.ack_link_refused").count() == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_escalation_runs_call_each_level_once(panel_clock):
+    for level, name, email, minutes in [("l1", "Lena One", L1, 5), ("l2", "Leo Two", L2, 15)]:
+        Contact.objects.create(level=level, name=name, email=email, response_minutes=minutes)
+    alert_raise(kind="health.critical", severity="critical", subject="Late", message="", dedup_key="k")
+    panel_clock.advance(timedelta(minutes=5))
+    results = _in_threads(escalate_due, 4)
+    assert sorted(value for _, value in results) == [0, 0, 0, 1], results
+    assert sorted(AlertNotification.objects.values_list("contact__email", flat=True)) == [L1, L2]
+    assert sorted(m.to[0] for m in mail.outbox) == [L1, L2]

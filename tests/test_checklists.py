@@ -305,24 +305,26 @@ def test_only_admins_edit_templates(manager, operator):
 # --- the month summary -----------------------------------------------------------------------
 
 def test_the_month_summary_counts_and_lists_missed_items_and_missing_days(panel_clock, operator):
-    checklist_period_open("daily", date(2026, 11, 23))
-    checklist_period_open("daily", date(2026, 11, 24))
+    panel_clock.advance(timedelta(days=-5))  # Friday the 20th: the panel starts keeping checklists
+    checklist_periods_current()
+    panel_clock.advance(timedelta(days=3))
+    checklist_period_open("daily")
+    panel_clock.advance(timedelta(days=2))  # back to Wednesday the 25th
     checklist_periods_current()
     checklist_item_tick(actor=operator, item=item("weekly.runbook"), note="ok")
     summary = checklist_month_summary(2026, 11)
     labels = [(p["cadence"], p["label"]) for p in summary["periods"]]
-    assert labels == [("daily", "2026-11-23"), ("daily", "2026-11-24"), ("daily", "2026-11-25"),
-                      ("weekly", "2026-W48"), ("monthly", "2026-11")]
+    assert labels == [("daily", "2026-11-20"), ("daily", "2026-11-23"), ("daily", "2026-11-25"),
+                      ("weekly", "2026-W47"), ("weekly", "2026-W48"), ("monthly", "2026-11")]
     closed_day = summary["periods"][0]
     assert closed_day["closed"] and closed_day["counts"]["missed"] == 6
-    assert summary["periods"][3]["counts"] == {"total": 5, "complete": 1, "pending": 4, "failed": 0, "no_data": 0,
+    assert summary["periods"][4]["counts"] == {"total": 5, "complete": 1, "pending": 4, "failed": 0, "no_data": 0,
                                                "missed": 0}
-    assert summary["totals"]["missed"] == 12 and len(summary["missed"]) == 12
-    assert summary["missed"][0] == {"cadence": "daily", "period": "2026-11-23", "code": "daily.full_backup",
+    assert summary["totals"]["missed"] == 6 + 6 + 5
+    assert summary["missed"][0] == {"cadence": "daily", "period": "2026-11-20", "code": "daily.full_backup",
                                     "title": "Full backup completed successfully", "status": "pending"}
-    assert summary["missing"]["days"] == [f"2026-11-{d:02d}" for d in range(1, 23)]
-    assert summary["missing"]["weeks"] == ["2026-W45", "2026-W46", "2026-W47"]
-    assert summary["missing"]["month"] is False
+    assert summary["tracked_since"] == "2026-11-20"
+    assert summary["missing"] == {"days": ["2026-11-21", "2026-11-22", "2026-11-24"], "weeks": [], "month": False}
 
 
 def test_the_month_summary_puts_a_week_in_the_month_of_its_thursday(panel_clock):
@@ -378,7 +380,9 @@ def test_a_tick_refused_in_the_page_says_why(clients, panel_clock):
 
 
 def test_the_history_page_lists_missed_items_and_never_opened_days(clients, panel_clock):
-    checklist_period_open("daily", date(2026, 11, 24))
+    panel_clock.advance(timedelta(days=-2))
+    checklist_period_open("daily")
+    panel_clock.advance(timedelta(days=2))
     page = clients["auditor"].get(reverse("compliance:checklist-history") + "?month=2026-11").content.decode()
-    assert "Never opened" in page and "2026-11-01" in page
+    assert "Never opened" in page and "1 day (2026-11-24)" in page
     assert "Missed items" in page and "Full backup completed successfully" in page

@@ -234,3 +234,17 @@ def test_the_edit_form_shows_what_is_wrong(clients, roster):
     assert "Alerts reach L1, L2, L3 and Emergency contacts by email" in response.content.decode()
     roster["l1"].refresh_from_db()
     assert roster["l1"].email == "l1@example.com"
+
+
+@pytest.mark.parametrize("url", [
+    "/contacts/", "/contacts/new", "/contacts/export.csv", "/checklists/", "/checklists/history/",
+    "/checklists/templates/", "/alerts/", "/alerts/1/",
+])
+def test_anonymous_visitors_are_sent_to_sign_in(client, url):
+    response = client.get(url)
+    assert response.status_code == 302 and response.url.startswith(reverse("drpanel:login"))
+
+
+@pytest.mark.parametrize("url", ["/api/v1/contacts", "/api/v1/checklists/today", "/api/v1/alerts"])
+def test_the_api_refuses_anonymous_callers(client, url):
+    assert client.get(url).status_code in (401, 403)
