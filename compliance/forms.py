@@ -10,7 +10,9 @@ class ContactForm(forms.ModelForm):
     class Meta:
         model = Contact
         fields = EDITABLE_FIELDS
-        labels = {"response_minutes": "Response-time target (minutes)", "position": "Order within level"}
+        labels = {"response_minutes": "Response-time target (minutes)", "position": "Order"}
+        help_texts = {"response_minutes": "The next level is called when this passes without an acknowledgement.",
+                      "position": "Order within the level: 1 is listed (and mailed) first."}
         widgets = {"notes": forms.Textarea(attrs={"rows": 3})}
 
 
