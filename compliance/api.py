@@ -1,3 +1,5 @@
 """``/api/v1/`` endpoints of compliance (audit, contacts, checklists, dashboard)."""
 
-urlpatterns: list = []
+from compliance.api_ops import urlpatterns as ops_urlpatterns
+
+urlpatterns: list = [*ops_urlpatterns]

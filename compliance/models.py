@@ -1,7 +1,10 @@
 """Compliance models. The audit log is append-only and hash-chained (see ``compliance.audit``)."""
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
+
+from drpanel.clock import now as clock_now
 
 
 class AuditEventQuerySet(models.QuerySet):
@@ -70,3 +73,294 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise PermissionError("the audit log is append-only: events cannot be deleted")
+
+
+# --- the contact roster ----------------------------------------------------------------------
+
+class ContactQuerySet(models.QuerySet):
+    def in_roster_order(self):
+        """L1, L2, L3, Emergency, Vendor; within a level by position, then name."""
+        rank = models.Case(
+            *(models.When(level=level, then=models.Value(n)) for n, level in enumerate(Contact.Level.values)),
+            output_field=models.IntegerField(),
+        )
+        return self.annotate(level_rank=rank).order_by("level_rank", "position", "name", "pk")
+
+    def active(self):
+        return self.filter(active=True)
+
+
+class Contact(models.Model):
+    """One entry of the emergency roster (DESIGN.md "contact").
+
+    Levels L1, L2, L3 and Emergency are the escalation chain of alerts, in that order;
+    each needs an email and a response-time target (the time after which the next level is
+    called). Vendors are listed for people to call, never emailed by the panel. A contact
+    is never deleted, because alert notifications point at it: deactivate it instead.
+    Every change goes through ``compliance.contacts`` and is audited.
+    """
+
+    class Level(models.TextChoices):
+        L1 = "l1", "L1"
+        L2 = "l2", "L2"
+        L3 = "l3", "L3"
+        EMERGENCY = "emergency", "Emergency"
+        VENDOR = "vendor", "Vendor"
+
+    level = models.CharField(max_length=10, choices=Level.choices)
+    position = models.PositiveSmallIntegerField(default=1, help_text="Order within the level (1 is called first).")
+    name = models.CharField(max_length=150)
+    role = models.CharField(max_length=150, blank=True)
+    phone = models.CharField(max_length=40, blank=True, validators=[RegexValidator(
+        r"^\+?[0-9A-Za-z][0-9A-Za-z ().-]{1,38}$",
+        "Use digits, letters (as in 1-800-CHATBOT), spaces, dots, dashes and brackets, optionally a leading +.")])
+    email = models.EmailField(blank=True)
+    response_minutes = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Response-time target in minutes; escalation moves on after it.")
+    notes = models.TextField(blank=True, max_length=2000)
+    active = models.BooleanField(default=True)
+    last_verified_on = models.DateField(null=True, blank=True)
+    last_verified_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=clock_now)
+    updated_at = models.DateTimeField(default=clock_now)
+
+    objects = ContactQuerySet.as_manager()
+
+    class Meta:
+        # Levels do not sort alphabetically: lists use ``Contact.objects.in_roster_order()``.
+        ordering = ["position", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_level_display()})"
+
+    @property
+    def escalates(self) -> bool:
+        return self.level != self.Level.VENDOR
+
+
+# --- checklists ------------------------------------------------------------------------------
+
+class Cadence(models.TextChoices):
+    DAILY = "daily", "Daily"
+    WEEKLY = "weekly", "Weekly"
+    MONTHLY = "monthly", "Monthly"
+
+
+class ItemKind(models.TextChoices):
+    AUTOMATIC = "automatic", "automatic"
+    MANUAL = "manual", "manual"
+    SIGNOFF = "signoff", "sign-off"
+
+
+class ChecklistTemplate(models.Model):
+    """The items of one cadence (daily, weekly, monthly), edited by admins.
+
+    ``version`` grows by one with every edit; a period records the version it was
+    materialised from, and an edit marks the open periods of the cadence as changed.
+    """
+
+    cadence = models.CharField(max_length=10, choices=Cadence.choices, unique=True)
+    version = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField(null=True, blank=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self) -> str:
+        return f"{self.get_cadence_display()} checklist v{self.version}"
+
+
+class ChecklistTemplateItem(models.Model):
+    """One item of a template. ``code`` is stable (evaluators and validators are registered by it).
+
+    Items are never deleted (old periods and evidence name them): an admin deactivates one.
+    ``requires_evidence`` items can only be ticked with evidence a registered validator accepts.
+    """
+
+    template = models.ForeignKey(ChecklistTemplate, on_delete=models.CASCADE, related_name="items")
+    code = models.CharField(max_length=64, unique=True)
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True, max_length=1000)
+    kind = models.CharField(max_length=10, choices=ItemKind.choices)
+    position = models.PositiveSmallIntegerField(default=1)
+    active = models.BooleanField(default=True)
+    requires_evidence = models.BooleanField(default=False)
+    evidence_hint = models.CharField(
+        max_length=200, blank=True, help_text="What evidence ticking needs, e.g. 'a successful staging restore'.")
+
+    class Meta:
+        ordering = ["template", "position", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.title}"
+
+
+class ChecklistPeriod(models.Model):
+    """One day, ISO week or month of one cadence, with the items in force when it opened.
+
+    Open while the panel's today lies within ``start``–``end``; closed after. Items left
+    unticked or failed in a closed period are "missed" and stay visible.
+    """
+
+    cadence = models.CharField(max_length=10, choices=Cadence.choices)
+    start = models.DateField()
+    end = models.DateField()
+    template_version = models.PositiveIntegerField()
+    opened_at = models.DateTimeField(default=clock_now)
+    changed_since_opened = models.BooleanField(default=False)
+    template_changed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-start", "cadence"]
+        constraints = [models.UniqueConstraint(fields=["cadence", "start"], name="compliance_one_period_per_start")]
+
+    def __str__(self) -> str:
+        return f"{self.get_cadence_display()} checklist {self.label}"
+
+    @property
+    def label(self) -> str:
+        if self.cadence == Cadence.WEEKLY:
+            year, week, _ = self.start.isocalendar()
+            return f"{year}-W{week:02d}"
+        if self.cadence == Cadence.MONTHLY:
+            return self.start.strftime("%Y-%m")
+        return self.start.isoformat()
+
+
+class ChecklistItem(models.Model):
+    """One item of one period, copied from the template, with its state and evidence.
+
+    States by kind:
+    - automatic: pending → passed | failed | no_data; re-evaluated while the period is open.
+    - manual: pending → done (ticked with a note) → pending (unticked by its ticker) while open.
+    - signoff: pending → signed (by the monthly certification).
+    ``evidence`` is a list of ``{"label", "url", "object_type", "object_id"}``.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        PASSED = "passed", "passed"
+        FAILED = "failed", "failed"
+        NO_DATA = "no_data", "no data"
+        DONE = "done", "done"
+        SIGNED = "signed", "signed"
+
+    COMPLETE = (Status.PASSED, Status.DONE, Status.SIGNED)
+
+    period = models.ForeignKey(ChecklistPeriod, on_delete=models.CASCADE, related_name="items")
+    code = models.CharField(max_length=64)
+    title = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    kind = models.CharField(max_length=10, choices=ItemKind.choices)
+    position = models.PositiveSmallIntegerField(default=1)
+    requires_evidence = models.BooleanField(default=False)
+    evidence_hint = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    summary = models.CharField(max_length=500, blank=True)
+    evidence = models.JSONField(default=list, blank=True)
+    evaluated_at = models.DateTimeField(null=True, blank=True)
+    ticked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    ticked_at = models.DateTimeField(null=True, blank=True)
+    note = models.TextField(blank=True, max_length=2000)
+
+    class Meta:
+        ordering = ["period", "position", "pk"]
+        constraints = [models.UniqueConstraint(fields=["period", "code"], name="compliance_one_item_per_code")]
+
+    def __str__(self) -> str:
+        return f"{self.code} ({self.period.label})"
+
+    @property
+    def complete(self) -> bool:
+        return self.status in self.COMPLETE
+
+
+# --- alerts ----------------------------------------------------------------------------------
+
+class Alert(models.Model):
+    """A condition that needs people: raised by a check, escalated through the roster by email.
+
+    States: open → acknowledged → resolved, or open → resolved. Acknowledging stops the
+    escalation; resolving (the condition is healthy again) also mails the contacts notified.
+    At most one unresolved alert exists per ``dedup_key`` (a database constraint), so one
+    condition opens one alert per transition into it. ``escalation_step`` is how many levels
+    of the chain (L1, L2, L3, Emergency) have been called; ``next_escalation_at`` is when the
+    next one is, or null when the chain is done or stopped.
+    """
+
+    class Severity(models.TextChoices):
+        CRITICAL = "critical", "critical"
+        WARNING = "warning", "warning"
+        INFO = "info", "info"
+
+    class State(models.TextChoices):
+        OPEN = "open", "open"
+        ACKNOWLEDGED = "acknowledged", "acknowledged"
+        RESOLVED = "resolved", "resolved"
+
+    kind = models.CharField(max_length=64, db_index=True)
+    severity = models.CharField(max_length=10, choices=Severity.choices)
+    subject = models.CharField(max_length=200)
+    message = models.TextField(blank=True, max_length=4000)
+    evidence_url = models.CharField(max_length=500, blank=True)
+    dedup_key = models.CharField(max_length=200)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.OPEN, db_index=True)
+    opened_at = models.DateTimeField(default=clock_now, db_index=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    acknowledged_by_contact = models.ForeignKey(
+        Contact, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    escalation_step = models.PositiveSmallIntegerField(default=0)
+    next_escalation_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-opened_at", "-pk"]
+        constraints = [models.UniqueConstraint(fields=["dedup_key"], condition=~models.Q(state="resolved"),
+                                               name="compliance_one_unresolved_alert_per_key")]
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.subject}"
+
+
+class AlertNotification(models.Model):
+    """One message to one contact about one alert: its level, channel, time and outcome.
+
+    Outcomes: pending → sending → sent | failed; skipped when it could not be sent at all.
+    A sender claims a pending row with a conditional update, so each mail goes out once.
+    The acknowledge link in a ``raised`` mail works once (``ack_used_at``).
+    """
+
+    class Purpose(models.TextChoices):
+        RAISED = "raised", "raised"
+        RESOLVED = "resolved", "resolved"
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending", "pending"
+        SENDING = "sending", "sending"
+        SENT = "sent", "sent"
+        FAILED = "failed", "failed"
+        SKIPPED = "skipped", "skipped"
+
+    alert = models.ForeignKey(Alert, on_delete=models.PROTECT, related_name="notifications")
+    contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="notifications")
+    level = models.CharField(max_length=10, choices=Contact.Level.choices)
+    step = models.PositiveSmallIntegerField()
+    purpose = models.CharField(max_length=10, choices=Purpose.choices, default=Purpose.RAISED)
+    channel = models.CharField(max_length=10, default="email")
+    created_at = models.DateTimeField(default=clock_now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.PENDING)
+    error = models.CharField(max_length=300, blank=True)
+    ack_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.purpose} mail to {self.contact.name} about alert {self.alert_id}"

@@ -1,11 +1,34 @@
 from django.urls import path
 
-from compliance import views
+from compliance import views, views_alerts, views_checklists, views_contacts
 
 app_name = "compliance"
 
 urlpatterns = [
-    path("checklists/", views.checklist_today, name="checklist-today"),
-    path("contacts/", views.contact_list, name="contact-list"),
+    path("checklists/", views_checklists.checklist_today, name="checklist-today"),
+    path("contacts/", views_contacts.contact_list, name="contact-list"),
     path("audit/", views.audit_list, name="audit-list"),
+    # the contact roster
+    path("contacts/new", views_contacts.contact_create_view, name="contact-create"),
+    path("contacts/<int:pk>/edit", views_contacts.contact_edit, name="contact-edit"),
+    path("contacts/<int:pk>/verify", views_contacts.contact_verify_view, name="contact-verify"),
+    path("contacts/export.<str:fmt>", views_contacts.contact_export, name="contact-export"),
+    # checklists
+    path("checklists/evaluate", views_checklists.checklist_evaluate_view, name="checklist-evaluate"),
+    path("checklists/history/", views_checklists.checklist_history, name="checklist-history"),
+    path("checklists/items/<int:pk>/tick", views_checklists.checklist_item_tick_view, name="checklist-item-tick"),
+    path("checklists/items/<int:pk>/untick", views_checklists.checklist_item_untick_view,
+         name="checklist-item-untick"),
+    path("checklists/templates/", views_checklists.checklist_template_list, name="checklist-template-list"),
+    path("checklists/templates/items/<int:pk>/edit", views_checklists.checklist_template_item_edit,
+         name="checklist-template-item-edit"),
+    path("checklists/templates/<str:cadence>/add", views_checklists.checklist_template_item_add_view,
+         name="checklist-template-item-add"),
+    path("checklists/<str:cadence>/<str:label>/", views_checklists.checklist_period_detail,
+         name="checklist-period-detail"),
+    # alerts
+    path("alerts/", views_alerts.alert_list, name="alert-list"),
+    path("alerts/<int:pk>/", views_alerts.alert_detail, name="alert-detail"),
+    path("alerts/<int:pk>/acknowledge", views_alerts.alert_acknowledge_view, name="alert-acknowledge"),
+    path("alerts/ack/<str:token>", views_alerts.alert_ack_link, name="alert-ack-link"),
 ]

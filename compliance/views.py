@@ -7,18 +7,6 @@ from compliance.models import AuditEvent
 from drpanel.permissions import Cap, capability_required
 
 
-@capability_required(Cap.VIEW_PANEL)
-@require_GET
-def checklist_today(request):
-    return render(request, "compliance/checklist_today.html", {})
-
-
-@capability_required(Cap.VIEW_PANEL)
-@require_GET
-def contact_list(request):
-    return render(request, "compliance/contact_list.html", {"contacts": []})
-
-
 @capability_required(Cap.READ_AUDIT)
 @require_GET
 def audit_list(request):

@@ -244,6 +244,20 @@ EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD") or ""
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "drpanel@localhost")
 
+# --- compliance: the clock, alerts, the contact roster ---------------------------------------
+
+# Shifts the panel's clock (drpanel.clock) for demos; never in production.
+CLOCK_OFFSET_SECONDS = env_int("DRPANEL_CLOCK_OFFSET_SECONDS", 0)
+if PRODUCTION and CLOCK_OFFSET_SECONDS:
+    raise ConfigError("DRPANEL_CLOCK_OFFSET_SECONDS is refused when DRPANEL_ENV=production")
+# Links in alert mails are built without a request, so the panel must know its own address.
+PANEL_BASE_URL = (env_str("DRPANEL_BASE_URL") or (
+    f"https://{ALLOWED_HOSTS[0]}" if PRODUCTION else f"http://127.0.0.1:{env_int('PORT', 8000)}")).rstrip("/")
+if not PANEL_BASE_URL.startswith(("http://", "https://")):
+    raise ConfigError(f"DRPANEL_BASE_URL={PANEL_BASE_URL!r} must start with http:// or https://")
+ALERT_ACK_LINK_HOURS = env_int("DRPANEL_ALERT_ACK_LINK_HOURS", 24, minimum=1, maximum=7 * 24)
+CONTACT_REVIEW_DAYS = env_int("DRPANEL_CONTACT_REVIEW_DAYS", 30, minimum=1, maximum=366)
+
 # --- logging -------------------------------------------------------------------------------
 
 LOGGING = {
