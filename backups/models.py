@@ -72,7 +72,8 @@ class System(models.Model):
                 raise ValidationError({"config_paths": f"{path!r} is not an absolute path without '..'."})
         names = [PurePosixPath(p).name for p in paths]
         if len(set(names)) != len(names):
-            raise ValidationError({"config_paths": "Two paths share a last name; the archive could not tell them apart."})
+            raise ValidationError({"config_paths": "Two paths share a last name; the archive could not tell them "
+                                                   "apart."})
 
     def interval(self, kind: str) -> timedelta | None:
         """How often a kind is due under the policy (None: not scheduled)."""

@@ -8,7 +8,6 @@ enqueue on commit.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -20,7 +19,6 @@ import uuid
 from pathlib import Path
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
@@ -30,9 +28,9 @@ from backups.models import Artifact, ArtifactCopy, BackupRun, InventoryRun, Stor
 from backups.storage import StorageError, artifact_key, manifest_key
 from compliance.audit import audit_record
 from drpanel import secrets
-from drpanel.approvals import ApprovalError, approval_approve, approval_consume, approval_request, open_approvals
+from drpanel.approvals import approval_approve, approval_consume, approval_request, open_approvals
 from drpanel.models import Approval
-from drpanel.permissions import Cap, Denied, Role, has_cap, require_cap
+from drpanel.permissions import Cap, Denied, Role, require_cap
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +209,8 @@ def backup_run_execute(run_id) -> BackupRun:
     steps = _Steps(run)
     artifact = None
     try:
-        if run.kind == Artifact.Kind.FULL:
-            artifact = _full_backup(run, steps)
-        else:
-            artifact = _config_backup(run, steps)
+        backup = _full_backup if run.kind == Artifact.Kind.FULL else _config_backup
+        artifact = backup(run, steps)
     except Exception as exc:
         message = str(exc) or type(exc).__name__
         if not isinstance(exc, BackupError | pgtools.ToolError | StorageError | formats.ArtifactError
@@ -469,7 +465,8 @@ def _finish_artifact(run, artifact, primary, result, manifest, steps) -> Artifac
     return artifact
 
 
-def copy_artifact(artifact: Artifact, *, source: StorageLocation, target: StorageLocation, progress=None) -> ArtifactCopy:
+def copy_artifact(artifact: Artifact, *, source: StorageLocation, target: StorageLocation,
+                  progress=None) -> ArtifactCopy:
     """Copy an artifact (and its manifest) to ``target``, then re-read it there and compare SHA-256."""
     src_backend, dst_backend = source.backend(), target.backend()
     copy, _ = ArtifactCopy.objects.update_or_create(
@@ -499,7 +496,8 @@ def backup_runs_reap(*, stale_after_seconds: int = 180) -> int:
     """Fail runs whose worker stopped reporting (cron): the row must not say "running" forever."""
     cutoff = timezone.now() - timezone.timedelta(seconds=stale_after_seconds)
     count = 0
-    for run in BackupRun.objects.filter(state=BackupRun.State.RUNNING, heartbeat_at__lt=cutoff).select_related("system"):
+    stale = BackupRun.objects.filter(state=BackupRun.State.RUNNING, heartbeat_at__lt=cutoff).select_related("system")
+    for run in stale:
         with transaction.atomic():
             changed = BackupRun.objects.filter(pk=run.pk, state=BackupRun.State.RUNNING,
                                                heartbeat_at__lt=cutoff).update(
@@ -728,14 +726,6 @@ def inventory_request(*, actor, request=None) -> InventoryRun:
     return run
 
 
-def users_for_ids(ids):
-    return get_user_model().objects.filter(pk__in=ids)
-
-
-def may_request_backup(user) -> bool:
-    return has_cap(user, Cap.START_JOBS)
-
-
 def read_manifest(location: StorageLocation, key: str) -> dict | None:
     try:
         data = json.loads(location.backend().get_bytes(manifest_key(key)))
@@ -747,6 +737,3 @@ def read_manifest(location: StorageLocation, key: str) -> dict | None:
 def head_bytes(location: StorageLocation, key: str, n: int = 4096) -> bytes:
     with contextlib.closing(location.backend().open_read(key, start=0, length=n)) as handle:
         return handle.read()
-
-
-__all__ = ["ApprovalError", "BackupError", "io"]

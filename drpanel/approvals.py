@@ -142,7 +142,7 @@ def approval_reject(*, actor, approval: Approval, may_approve, note: str = "", r
 
 
 def approval_consume(*, approval: Approval, params: dict, actor=None) -> Approval:
-    """Use an approved approval once, for exactly the parameters it was given for (call inside the action's transaction)."""
+    """Use an approved approval once, for exactly its parameters (inside the action's transaction)."""
     expected = binding_hash(kind=approval.kind, content_type=approval.content_type, object_id=approval.object_id,
                             params=params)
     locked = _lock_open(approval, Approval.State.APPROVED)

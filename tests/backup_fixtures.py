@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from backups.keys import Keyring, KeyConfig
+from backups.keys import KeyConfig, Keyring
 from backups.models import StorageLocation, System
 from drpanel import runtime
 

@@ -12,7 +12,8 @@ from backups.models import Artifact, ArtifactCopy, BackupRun
 from backups.services import BackupError, backup_request, backup_run_execute
 from backups.storage import manifest_key
 from compliance.models import AuditEvent
-from tests.backup_fixtures import keyring_of, offsite, primary, source_db, system, test_keys  # noqa: F401
+from tests.backup_fixtures import *  # noqa: F403 - fixtures
+from tests.backup_fixtures import keyring_of
 
 pytestmark = pytest.mark.django_db
 
