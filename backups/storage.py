@@ -224,6 +224,12 @@ class _S3Reader:
     def close(self) -> None:
         self.body.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class _S3Writer:
     """Buffers parts of ``part_size`` and uploads them as a multipart upload."""
