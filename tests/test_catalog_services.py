@@ -205,8 +205,9 @@ def test_the_sync_imports_the_old_guides_layout(system, primary, settings, tmp_p
     settings.BACKUP_KEYS = KeyConfig(master_keys={}, legacy_passphrases={"guide": "supersecret"})
     sql = gzip.compress(b"-- PostgreSQL database dump\nCREATE TABLE users (id int);\n" * 100)
     (tmp_path / "db.sql.gz").write_bytes(sql)
-    encrypted = subprocess.run(["openssl", "enc", "-aes-256-cbc", "-pbkdf2", "-salt", "-in", str(tmp_path / "db.sql.gz"),
-                                "-pass", "pass:supersecret"], check=True, capture_output=True).stdout
+    encrypted = subprocess.run(["openssl", "enc", "-aes-256-cbc", "-pbkdf2", "-salt", "-in",
+                                str(tmp_path / "db.sql.gz"), "-pass", "pass:supersecret"],
+                               check=True, capture_output=True).stdout
     backend = primary.backend()
     backend.put_bytes("chatbotdysa-backups/full_20250921_031500/database.sql.gz.enc", encrypted)
     backend.put_bytes("chatbotdysa-backups/full_20250922_031500/database.sql.gz", sql)
