@@ -116,6 +116,8 @@ def _sync_location(location: StorageLocation) -> dict:
     copies = {c.key: c for c in ArtifactCopy.objects.filter(location=location).exclude(
         status=ArtifactCopy.Status.DELETED).select_related("artifact", "location")}
     for key, copy in copies.items():
+        if copy.artifact.status == Artifact.Status.WRITING:
+            continue  # a backup is still writing it; the next sync looks again
         found = objects.get(key)
         artifact = copy.artifact
         with transaction.atomic():

@@ -269,7 +269,7 @@ class ArtifactCopy(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        ordering = ["location__role", "location__name"]
+        ordering = ["-location__role", "location__name"]
         constraints = [models.UniqueConstraint(fields=["artifact", "location"], name="backups_one_copy_per_location")]
 
     def __str__(self) -> str:

@@ -103,7 +103,7 @@ def artifact_page(params, *, page_size: int = PAGE_SIZE) -> ArtifactPage:
             qs = qs.filter(Q(**{f"{field}__gt": value}) | Q(**{field: value, "pk__gt": pk}))
     order = [f"-{field}", "-pk"] if descending else [field, "pk"]
     copies = Prefetch("copies", queryset=ArtifactCopy.objects.select_related("location").exclude(
-        status=ArtifactCopy.Status.DELETED).order_by("location__role", "location__name"))
+        status=ArtifactCopy.Status.DELETED).order_by("-location__role", "location__name"))
     rows = list(qs.select_related("system").prefetch_related(copies).order_by(*order)[: page_size + 1])
     next_cursor = None
     if len(rows) > page_size:

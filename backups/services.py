@@ -146,8 +146,9 @@ def _enqueue_backup(run_id) -> None:
 class _RunProgress:
     """Throttled progress writes to the run row (the page polls it)."""
 
-    def __init__(self, run: BackupRun, *, start: int, span: int, expected: int | None):
+    def __init__(self, run: BackupRun, *, start: int, span: int, expected: int | None, count_bytes: bool = True):
         self.run = run
+        self.count_bytes = count_bytes
         self.start = start
         self.span = span
         self.expected = expected
@@ -169,8 +170,8 @@ class _RunProgress:
 
     def flush(self) -> None:
         percent = self.start + int(self.span * self.fraction())
-        BackupRun.objects.filter(pk=self.run.pk).update(bytes_done=self.bytes, percent=percent,
-                                                        heartbeat_at=timezone.now())
+        fields = {"bytes_done": self.bytes} if self.count_bytes else {}
+        BackupRun.objects.filter(pk=self.run.pk).update(percent=percent, heartbeat_at=timezone.now(), **fields)
 
 
 class _Steps:
@@ -441,7 +442,7 @@ def _finish_artifact(run, artifact, primary, result, manifest, steps) -> Artifac
     span = 20 // max(1, len(offsite))
     for n, location in enumerate(offsite):
         step = steps.start(f"copy to {location.name}")
-        progress = _RunProgress(run, start=80 + n * span, span=span, expected=result.stored_size)
+        progress = _RunProgress(run, start=80 + n * span, span=span, expected=result.stored_size, count_bytes=False)
         try:
             copy = copy_artifact(artifact, source=primary, target=location, progress=progress)
         except (StorageError, BackupError) as exc:

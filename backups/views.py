@@ -56,7 +56,7 @@ def artifact_list(request):
 @require_GET
 def artifact_detail(request, pk):
     artifact = access_artifact(request.user, pk)
-    copies = artifact.copies.select_related("location").order_by("location__role", "location__name")
+    copies = artifact.copies.select_related("location").order_by("-location__role", "location__name")
     events = AuditEvent.objects.filter(object_type="backups.artifact", object_id=str(artifact.pk)).order_by("-seq")
     approvals = Approval.objects.filter(content_type__app_label="backups", content_type__model="artifact",
                                         object_id=str(artifact.pk)).select_related("requested_by", "decided_by")
