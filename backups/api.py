@@ -35,7 +35,7 @@ class SystemListView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(responses=inline_serializer("SystemList", {"results": json_list()}))
+    @extend_schema(operation_id="systems_list", responses=inline_serializer("SystemList", {"results": json_list()}))
     def get(self, request):
         return Response({"results": [system_json(s) for s in System.objects.all()]})
 
@@ -45,7 +45,8 @@ class SystemBackupView(APIView):
 
     permission_classes = [capability(Cap.START_JOBS)]
 
-    @extend_schema(request=inline_serializer("BackupRequest", {"kind": serializers.ChoiceField(["full", "config"])}),
+    @extend_schema(operation_id="systems_backups_create",
+                   request=inline_serializer("BackupRequest", {"kind": serializers.ChoiceField(["full", "config"])}),
                    responses={202: inline_serializer("BackupRun", {"id": serializers.UUIDField(),
                                                                    "state": serializers.CharField()})})
     def post(self, request, pk: int):
@@ -63,7 +64,8 @@ class BackupRunView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(responses=inline_serializer("BackupRunDetail", {"id": serializers.UUIDField(),
+    @extend_schema(operation_id="backup_runs_retrieve",
+                   responses=inline_serializer("BackupRunDetail", {"id": serializers.UUIDField(),
                                                                    "state": serializers.CharField(),
                                                                    "progress": serializers.IntegerField()}))
     def get(self, request, pk):
@@ -76,7 +78,7 @@ class ArtifactListView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(parameters=[OpenApiParameter(n, str, required=False) for n in (
+    @extend_schema(operation_id="artifacts_list", parameters=[OpenApiParameter(n, str, required=False) for n in (
         "system", "kind", "status", "location", "from", "to", "sort", "cursor")],
         responses=inline_serializer("ArtifactList", {"results": json_list(),
                                                      "next": serializers.CharField(allow_null=True)}))
@@ -90,7 +92,8 @@ class ArtifactDetailView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(responses=inline_serializer("ArtifactDetail", {"id": serializers.UUIDField(),
+    @extend_schema(operation_id="artifacts_retrieve",
+                   responses=inline_serializer("ArtifactDetail", {"id": serializers.UUIDField(),
                                                                   "copies": json_list()}))
     def get(self, request, pk):
         artifact = get_object_or_404(Artifact.objects.select_related("system").prefetch_related("copies__location"),

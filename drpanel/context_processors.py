@@ -8,7 +8,6 @@ from drpanel.permissions import Cap, has_cap, roles_of
 NAVIGATION = (
     ("Dashboard", "drpanel:dashboard", Cap.VIEW_PANEL, ""),
     ("Artifacts", "backups:artifact-list", Cap.VIEW_PANEL, "/artifacts/"),
-    ("Systems", "backups:system-list", Cap.VIEW_PANEL, "/systems/"),
     ("Restores", "restores:run-list", Cap.VIEW_PANEL, "/restores/"),
     ("Checklists", "compliance:checklist-today", Cap.VIEW_PANEL, "/checklists/"),
     ("Contacts", "compliance:contact-list", Cap.VIEW_PANEL, "/contacts/"),
