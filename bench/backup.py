@@ -310,8 +310,8 @@ def main() -> None:
             results.append(bench_dump(f"pgbench{args.scale}", url, repeats, spool))
         if "realistic" not in args.skip:
             log(f"realistic ≈ {args.realistic_mb} MB:")
-            url = build_realistic(server_url, f"{args.panel_db}_realistic_{args.realistic_mb}mb{suffix}", args.realistic_mb,
-                                  args.rebuild)
+            name = f"{args.panel_db}_realistic_{args.realistic_mb}mb{suffix}"
+            url = build_realistic(server_url, name, args.realistic_mb, args.rebuild)
             results.append(bench_dump(f"realistic{args.realistic_mb}", url, repeats, spool))
     listing = None if "list" in args.skip else bench_list(sizes=(100, args.list_size))
     log("")
