@@ -319,3 +319,19 @@ def test_a_keys_file_must_be_private(tmp_path):
     assert config.master_keys == {"k1": KEY_A}
     assert config.legacy_passphrases == {"guide": "supersecret"}
     assert config.active_key_id == "k1"
+
+
+def test_the_documented_layout_decrypts_an_artifact_without_the_panel(keyring, tmp_path):
+    import sys
+    from pathlib import Path
+
+    data = os.urandom(5 * CHUNK + 3)
+    artifact_id, blob, result = encrypt(data, keyring)
+    (tmp_path / "a.drp").write_bytes(blob)
+    script = Path(formats.__file__).parent / "decrypt_artifact.py"
+    env = {"PATH": os.environ["PATH"], "DRPANEL_KEY": base64.b64encode(KEY_A).decode()}
+    done = subprocess.run([sys.executable, "-I", str(script), str(tmp_path / "a.drp"), str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out").read_bytes() == data
+    assert result.plaintext_sha256 in done.stdout

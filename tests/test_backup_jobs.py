@@ -135,3 +135,19 @@ def test_an_unreachable_offsite_location_fails_its_step_not_the_backup(operator,
     assert [s["state"] for s in run.steps][-1] == "failed"
     assert run.artifact.offsite_verified_at is None
     assert run.artifact.copies.get(location__name="gone").status == ArtifactCopy.Status.PENDING
+
+
+def test_the_backup_command_runs_a_backup_inline(system, primary, test_keys):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("backup", "chatbotdysa", "--kind", "config", "--inline", stdout=out)
+    assert "succeeded" in out.getvalue()
+    assert Artifact.objects.get().kind == "config"
+    out = StringIO()
+    call_command("backup_keys", "list", stdout=out)
+    assert out.getvalue().splitlines() == ["k1  (active)", "k2"]
+    call_command("inventory_sync", stdout=out)
+    assert "succeeded" in out.getvalue()
