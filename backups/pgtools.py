@@ -9,6 +9,7 @@ widely readable by pg_restore).
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
@@ -42,7 +43,8 @@ class Tool:
     version: str
 
 
-def tool_version(path: str) -> Tool | None:
+@functools.lru_cache(maxsize=64)
+def _cached_version(path: str, mtime: float) -> Tool | None:
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=20, check=False).stdout
     except OSError:
@@ -51,6 +53,15 @@ def tool_version(path: str) -> Tool | None:
     if not match:
         return None
     return Tool(path=path, major=int(match.group(1)), version=out.strip())
+
+
+def tool_version(path: str) -> Tool | None:
+    """The version a client binary reports (cached per path and modification time)."""
+    try:
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        return None
+    return _cached_version(path, mtime)
 
 
 def candidate_dirs() -> list[str]:
