@@ -59,13 +59,14 @@ def _save_with_audit(*, actor, instance, fields, values: dict, action: str, requ
             setattr(instance, field, values[field])
     instance.full_clean()
     changed = {f: getattr(instance, f) for f in fields if before.get(f) != getattr(instance, f)}
+    created = instance.pk is None
+    if not created and not changed:
+        return instance
     with transaction.atomic():
-        created = instance.pk is None
         if created:
             instance.save()
         else:
-            instance.save(update_fields=[*changed.keys(), *(["updated_at"] if hasattr(instance, "updated_at") else [])]
-                          if changed else None)
+            instance.save(update_fields=[*changed, *(["updated_at"] if hasattr(instance, "updated_at") else [])])
         # References (env:NAME, file:/path) are not secrets; their values never come near here.
         audit_record(actor=actor, action=f"{action}{'created' if created else 'updated'}", obj=instance,
                      request=request, details={"changed": changed})
@@ -79,7 +80,7 @@ def system_save(*, actor, system: System | None = None, values: dict, request=No
 
 
 def location_save(*, actor, location: StorageLocation | None = None, values: dict, request=None) -> StorageLocation:
-    """Create or change a storage location (Admin); checked for reachability before it is saved."""
+    """Create or change a storage location (Admin); the location list checks reachability on demand."""
     location = location or StorageLocation()
     return _save_with_audit(actor=actor, instance=location, fields=LOCATION_FIELDS, values=values,
                             action="location.", request=request)
