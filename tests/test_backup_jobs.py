@@ -50,7 +50,8 @@ def test_a_full_backup_dumps_encrypts_and_verifies_the_offsite_copy(operator, sy
     assert stored["artifact_id"] == str(artifact.id)
     dump = tmp_path / "dump.pgc"
     dump.write_bytes(decrypt(artifact, test_keys))
-    listing = subprocess.run(["pg_restore", "--list", str(dump)], capture_output=True, text=True, check=True).stdout
+    pg_restore = pgtools.find_tool("pg_restore", manifest["postgres"]["pg_dump_major"]).path
+    listing = subprocess.run([pg_restore, "--list", str(dump)], capture_output=True, text=True, check=True).stdout
     assert "TABLE DATA public orders" in listing
     actions = set(AuditEvent.objects.values_list("action", flat=True))
     assert {"backup.requested", "backup.started", "artifact.copied", "backup.succeeded"} <= actions

@@ -303,3 +303,38 @@ def test_a_system_with_schedules_off_is_left_alone(system):
     system.schedule_enabled = False
     system.save()
     assert due_backups() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_managers_approving_at_once_leave_one_decision(system, operator):
+    import threading
+
+    from django.db import connection as thread_connection
+
+    from drpanel.approvals import approval_approve
+
+    artifact = make_artifact(system, timezone.now())
+    approval = artifact_delete_request(actor=operator, artifact=artifact, reason="race")
+    managers = [UserFactory(username=f"race-manager-{n}", role="Manager") for n in range(2)]
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def approve(manager):
+        try:
+            barrier.wait()
+            approval_approve(actor=manager, approval=Approval.objects.get(pk=approval.pk), password=PASSWORD,
+                             params={"artifact": str(artifact.id), "sha256": artifact.sha256,
+                                     "storage_key": artifact.storage_key}, may_approve=lambda u: True)
+            outcomes.append("approved")
+        except ApprovalError as exc:
+            outcomes.append(str(exc))
+        finally:
+            thread_connection.close()
+
+    threads = [threading.Thread(target=approve, args=(m,)) for m in managers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["approved", "this approval is approved, not pending"]
+    assert AuditEvent.objects.filter(action="approval.approved").count() == 1
