@@ -131,7 +131,8 @@ def backup_request(*, actor, system: System, kind: str, trigger: str = BackupRun
                                        requested_by=actor if actor is not None else None, bytes_expected=previous)
         audit_record(actor=actor, action="backup.requested", obj=system, request=request,
                      details={"run": str(run.id), "kind": kind, "trigger": trigger})
-        transaction.on_commit(lambda: _enqueue_backup(run.id))
+        # robust: if Redis refuses, the request still succeeds; the reaper fails the lost run later.
+        transaction.on_commit(lambda: _enqueue_backup(run.id), robust=True)
     return run
 
 
@@ -496,22 +497,48 @@ def copy_artifact(artifact: Artifact, *, source: StorageLocation, target: Storag
     return copy
 
 
-def backup_runs_reap(*, stale_after_seconds: int = 180) -> int:
-    """Fail runs whose worker stopped reporting (cron): the row must not say "running" forever."""
-    cutoff = timezone.now() - timezone.timedelta(seconds=stale_after_seconds)
+def _job_lost(run: BackupRun) -> bool:
+    """A queued run whose RQ job is gone (never enqueued, Redis flushed, job failed before starting)."""
+    import django_rq
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    if not run.job_id:
+        return True
+    try:
+        job = Job.fetch(run.job_id, connection=django_rq.get_connection("backup"))
+    except NoSuchJobError:
+        return True
+    return job.get_status(refresh=False) in ("failed", "stopped", "canceled")
+
+
+def _fail_run(run: BackupRun, *, expected_state: str, error: str, **conditions) -> bool:
+    with transaction.atomic():
+        # Conditional on the state we saw: a run that started or finished meanwhile is left alone.
+        changed = BackupRun.objects.filter(pk=run.pk, state=expected_state, **conditions).update(
+            state=BackupRun.State.FAILED, finished_at=timezone.now(), error=error)
+        if changed:
+            Artifact.objects.filter(runs=run, status=Artifact.Status.WRITING).update(status=Artifact.Status.FAILED)
+            audit_record(actor=None, action="backup.failed", obj=run.system, outcome="failure",
+                         details={"run": str(run.id), "error": error})
+    return bool(changed)
+
+
+def backup_runs_reap(*, stale_after_seconds: int = 180, lost_after_seconds: int = 600) -> int:
+    """Fail runs that can no longer finish (cron), so no row says "running" or "queued" forever:
+    running runs whose worker stopped reporting, and queued runs whose job is gone."""
+    now = timezone.now()
+    cutoff = now - timezone.timedelta(seconds=stale_after_seconds)
     count = 0
-    stale = BackupRun.objects.filter(state=BackupRun.State.RUNNING, heartbeat_at__lt=cutoff).select_related("system")
-    for run in stale:
-        with transaction.atomic():
-            changed = BackupRun.objects.filter(pk=run.pk, state=BackupRun.State.RUNNING,
-                                               heartbeat_at__lt=cutoff).update(
-                state=BackupRun.State.FAILED, finished_at=timezone.now(),
-                error="the worker stopped reporting progress (it died or was killed)")
-            if changed:
-                Artifact.objects.filter(runs=run, status=Artifact.Status.WRITING).update(status=Artifact.Status.FAILED)
-                audit_record(actor=None, action="backup.failed", obj=run.system, outcome="failure",
-                             details={"run": str(run.id), "error": "worker stopped reporting"})
-                count += 1
+    for run in BackupRun.objects.filter(state=BackupRun.State.RUNNING, heartbeat_at__lt=cutoff).select_related(
+            "system"):
+        count += _fail_run(run, expected_state=BackupRun.State.RUNNING, heartbeat_at__lt=cutoff,
+                           error="the worker stopped reporting progress (it died or was killed)")
+    old = now - timezone.timedelta(seconds=lost_after_seconds)
+    for run in BackupRun.objects.filter(state=BackupRun.State.QUEUED, created_at__lt=old).select_related("system"):
+        if _job_lost(run):
+            count += _fail_run(run, expected_state=BackupRun.State.QUEUED,
+                               error="its job was lost before a worker started it (Redis or the enqueue failed)")
     return count
 
 
@@ -726,7 +753,7 @@ def inventory_request(*, actor, request=None) -> InventoryRun:
 
             django_rq.get_queue("backup").enqueue(inventory_sync_job, str(run.id), job_timeout=6 * 3600)
 
-        transaction.on_commit(enqueue)
+        transaction.on_commit(enqueue, robust=True)
     return run
 
 

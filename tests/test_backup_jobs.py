@@ -152,3 +152,23 @@ def test_the_backup_command_runs_a_backup_inline(system, primary, test_keys):
     assert out.getvalue().splitlines() == ["k1  (active)", "k2"]
     call_command("inventory_sync", stdout=out)
     assert "succeeded" in out.getvalue()
+
+
+def test_the_reaper_fails_runs_that_can_no_longer_finish(operator, system, primary, redis_conn):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from backups.services import backup_runs_reap
+
+    long_ago = timezone.now() - timedelta(hours=1)
+    dead = BackupRun.objects.create(system=system, kind="full", state="running", heartbeat_at=long_ago)
+    lost = BackupRun.objects.create(system=system, kind="config", created_at=long_ago, job_id="no-such-job")
+    fresh = BackupRun.objects.create(system=system, kind="config")
+    assert backup_runs_reap() == 2
+    dead.refresh_from_db()
+    lost.refresh_from_db()
+    fresh.refresh_from_db()
+    assert dead.state == lost.state == "failed" and "stopped reporting" in dead.error and "lost" in lost.error
+    assert fresh.state == "queued"
+    assert backup_runs_reap() == 0
