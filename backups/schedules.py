@@ -33,7 +33,8 @@ def policy_status(system: System, now=None) -> list[dict]:
             continue
         newest = last_good(system, kind)
         age = now - newest.created_at if newest else None
-        rows.append({"kind": kind, "interval": interval, "newest": newest, "age": age,
+        hours = int(interval.total_seconds() // 3600)
+        rows.append({"kind": kind, "interval": interval, "every": f"{hours} h", "newest": newest, "age": age,
                      "within_policy": age is not None and age <= interval})
     return rows
 

@@ -45,7 +45,8 @@ def artifact_list(request):
     return render(request, "backups/artifact_list.html", {
         "page": page, "artifacts": page.artifacts, "next_url": next_url, "first_url": "?" + urlencode(
             {**keep, "sort": page.sort}), "paged": bool(request.GET.get("cursor")), "filters": cleaned,
-        "systems": System.objects.all(), "locations": StorageLocation.objects.all(), "sort_links": sort_links,
+        "systems": System.objects.all(), "locations": StorageLocation.objects.order_by("-role", "name"),
+        "sort_links": sort_links,
         "kinds": Artifact.Kind.choices, "statuses": Artifact.Status.choices,
         "can_start": has_cap(request.user, Cap.START_JOBS),
         "last_sync": InventoryRun.objects.first(),
@@ -197,7 +198,7 @@ def system_edit(request, pk=None):
 @capability_required(Cap.MANAGE_PANEL)
 @require_GET
 def location_list(request):
-    locations = StorageLocation.objects.all()
+    locations = StorageLocation.objects.order_by("-role", "name")
     checks = {loc.pk: services.location_check(loc) for loc in locations if request.GET.get("check")}
     rows = [{"location": loc, "copies": loc.copies.exclude(status=ArtifactCopy.Status.DELETED).count(),
              "checked": loc.pk in checks, "problem": checks.get(loc.pk)} for loc in locations]
