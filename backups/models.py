@@ -1,1 +1,358 @@
-"""Backup catalog models (systems, storage locations, artifacts, copies) arrive with the catalog issue."""
+"""The backup catalog: systems, storage locations, artifacts, their copies, and backup/inventory runs.
+
+No secret is stored here: a system's database and a location's credentials are secret
+references (``drpanel.secrets``), resolved by the process that needs them.
+"""
+
+import uuid
+from datetime import timedelta
+from pathlib import PurePosixPath
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from drpanel import secrets
+
+NAME = RegexValidator(r"^[a-z0-9][a-z0-9_-]{0,62}$", "Lower-case letters, digits, dashes and underscores.")
+
+
+def _check_reference(value: str) -> None:
+    try:
+        secrets.validate(value)
+    except secrets.SecretReferenceError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+class System(models.Model):
+    """A protected application: a PostgreSQL database (by secret reference) plus config paths, and its policy.
+
+    Policy: a full backup every ``full_every_hours``, an incremental every
+    ``incremental_every_hours`` when enabled (incrementals come from an external tool for now),
+    a config backup every ``config_every_hours``. Retention keeps the last ``keep_last`` plus
+    the newest of each of the last ``keep_daily`` days, ``keep_weekly`` weeks and
+    ``keep_monthly`` months, per kind.
+    """
+
+    name = models.CharField(max_length=63, unique=True, validators=[NAME])
+    description = models.CharField(max_length=200, blank=True)
+    database_ref = models.CharField(
+        "database (secret reference)", max_length=300, validators=[_check_reference],
+        help_text="env:VARIABLE or file:/path naming a libpq URL; the URL itself is never stored.")
+    config_paths = models.JSONField(default=list, blank=True,
+                                    help_text="Absolute paths of config files or directories.")
+    schedule_enabled = models.BooleanField(default=True)
+    full_every_hours = models.PositiveIntegerField(default=24)
+    incremental_enabled = models.BooleanField(default=False)
+    incremental_every_hours = models.PositiveIntegerField(default=6)
+    config_every_hours = models.PositiveIntegerField(default=4)
+    keep_last = models.PositiveIntegerField(default=7)
+    keep_daily = models.PositiveIntegerField(default=7)
+    keep_weekly = models.PositiveIntegerField(default=4)
+    keep_monthly = models.PositiveIntegerField(default=6)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        paths = self.config_paths or []
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise ValidationError({"config_paths": "A list of absolute paths."})
+        for path in paths:
+            pure = PurePosixPath(path)
+            if not pure.is_absolute() or ".." in pure.parts:
+                raise ValidationError({"config_paths": f"{path!r} is not an absolute path without '..'."})
+        names = [PurePosixPath(p).name for p in paths]
+        if len(set(names)) != len(names):
+            raise ValidationError({"config_paths": "Two paths share a last name; the archive could not tell them "
+                                                   "apart."})
+
+    def interval(self, kind: str) -> timedelta | None:
+        """How often a kind is due under the policy (None: not scheduled)."""
+        if kind == Artifact.Kind.FULL:
+            return timedelta(hours=self.full_every_hours)
+        if kind == Artifact.Kind.CONFIG:
+            return timedelta(hours=self.config_every_hours) if self.config_paths else None
+        if kind == Artifact.Kind.INCREMENTAL:
+            return timedelta(hours=self.incremental_every_hours) if self.incremental_enabled else None
+        return None
+
+
+class StorageLocation(models.Model):
+    """Where artifacts live: a local directory, or an S3 bucket + prefix on any S3-compatible endpoint.
+
+    One enabled location is the primary (backups are written there first); every enabled
+    off-site location receives a copy that is re-checked by checksum. Credentials are secret
+    references, or empty for boto3's default chain.
+    """
+
+    class Kind(models.TextChoices):
+        LOCAL = "local", "local directory"
+        S3 = "s3", "S3 bucket"
+
+    class Role(models.TextChoices):
+        PRIMARY = "primary", "primary"
+        OFFSITE = "offsite", "off-site"
+
+    name = models.CharField(max_length=63, unique=True, validators=[NAME])
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.OFFSITE)
+    enabled = models.BooleanField(default=True)
+    path = models.CharField(max_length=500, blank=True, help_text="Local: an absolute directory.")
+    bucket = models.CharField(max_length=63, blank=True)
+    prefix = models.CharField(max_length=200, blank=True)
+    region = models.CharField(max_length=40, blank=True)
+    endpoint_url = models.URLField(blank=True, help_text="For S3-compatible stores; empty for AWS.")
+    access_key_ref = models.CharField("access key (secret reference)", max_length=300, blank=True)
+    secret_key_ref = models.CharField("secret key (secret reference)", max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["role", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["role"], condition=Q(role="primary", enabled=True),
+                                    name="backups_one_enabled_primary"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.kind == self.Kind.LOCAL:
+            if not self.path or not PurePosixPath(self.path).is_absolute() or ".." in PurePosixPath(self.path).parts:
+                raise ValidationError({"path": "A local location needs an absolute directory."})
+        elif self.kind == self.Kind.S3:
+            if not self.bucket:
+                raise ValidationError({"bucket": "An S3 location needs a bucket."})
+            if bool(self.access_key_ref) != bool(self.secret_key_ref):
+                raise ValidationError({"secret_key_ref": "Give both credential references, or neither "
+                                                         "(boto3's default chain)."})
+            for field in ("access_key_ref", "secret_key_ref"):
+                if getattr(self, field):
+                    try:
+                        secrets.validate(getattr(self, field))
+                    except secrets.SecretReferenceError as exc:
+                        raise ValidationError({field: str(exc)}) from None
+
+    @property
+    def is_offsite(self) -> bool:
+        return self.role == self.Role.OFFSITE
+
+    def backend(self):
+        from backups.storage import backend_for
+
+        return backend_for(self)
+
+
+class ArtifactQuerySet(models.QuerySet):
+    def live(self):
+        return self.exclude(status__in=[Artifact.Status.DELETED, Artifact.Status.FAILED, Artifact.Status.WRITING])
+
+
+class Artifact(models.Model):
+    """One backup object, identified by its UUID (which is also in its encrypted header).
+
+    ``sha256``/``size`` are of the stored bytes (they change when a key rotation rewrites the
+    key section); ``plaintext_sha256``/``plaintext_size`` of what it decrypts to.
+
+    Status transitions: writing → available | failed; available ↔ missing (inventory sync);
+    available | missing → deleted (retention or an approved deletion; final).
+    ``last_verified_level``/``last_verified_at`` are set by verification runs (restores app).
+    """
+
+    class Kind(models.TextChoices):
+        FULL = "full", "full"
+        INCREMENTAL = "incremental", "incremental"
+        CONFIG = "config", "config"
+
+    class Format(models.TextChoices):
+        PG_CUSTOM = "pg_custom", "pg_dump custom"
+        PG_DIRECTORY_TAR = "pg_directory_tar", "pg_dump directory (tarred)"
+        PG_PLAIN = "pg_plain", "plain SQL"
+        PG_PLAIN_GZIP = "pg_plain_gzip", "plain SQL, gzip"
+        CONFIG_TAR = "config_tar", "config tar"
+        WAL = "wal", "WAL segments"
+        UNKNOWN = "unknown", "unknown"
+
+    class Encryption(models.TextChoices):
+        DRPANEL = "drpanel-v1", "DR Panel AES-256-GCM"
+        OPENSSL = "openssl-aes-256-cbc-pbkdf2", "legacy openssl AES-256-CBC"
+        NONE = "none", "not encrypted"
+
+    class Status(models.TextChoices):
+        WRITING = "writing", "writing"
+        AVAILABLE = "available", "available"
+        MISSING = "missing", "missing"
+        FAILED = "failed", "failed"
+        DELETED = "deleted", "deleted"
+
+    class Source(models.TextChoices):
+        BACKUP = "backup", "backup job"
+        SYNC = "sync", "inventory (manifest)"
+        LEGACY = "legacy", "legacy import"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    system = models.ForeignKey(System, on_delete=models.PROTECT, related_name="artifacts")
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    format = models.CharField(max_length=20, choices=Format.choices)
+    encryption = models.CharField(max_length=30, choices=Encryption.choices, default=Encryption.DRPANEL)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.WRITING)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.BACKUP)
+    created_at = models.DateTimeField(default=timezone.now)
+    size = models.BigIntegerField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    plaintext_size = models.BigIntegerField(null=True, blank=True)
+    plaintext_sha256 = models.CharField(max_length=64, blank=True)
+    key_id = models.CharField(max_length=300, blank=True)
+    storage_key = models.CharField(max_length=900)
+    manifest = models.JSONField(default=dict, blank=True)
+    offsite_verified_at = models.DateTimeField(null=True, blank=True,
+                                               help_text="An off-site copy's checksum matched (cloud sync verified).")
+    last_verified_level = models.CharField(max_length=20, blank=True)
+    last_verified_at = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ArtifactQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["created_at", "id"], name="artifact_created"),
+            models.Index(fields=["size", "id"], name="artifact_size"),
+            models.Index(fields=["system", "kind", "created_at"], name="artifact_system_kind"),
+            models.Index(fields=["status", "created_at"], name="artifact_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.system.name} {self.kind} {self.created_at:%Y-%m-%d %H:%M} ({str(self.id)[:8]})"
+
+    @property
+    def short_id(self) -> str:
+        return str(self.id)[:8]
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in (self.Status.AVAILABLE, self.Status.MISSING)
+
+
+class ArtifactCopy(models.Model):
+    """An artifact's object in one storage location, with what was last seen there.
+
+    Status: pending (being written) → ok (size and SHA-256 match the artifact) | size_mismatch |
+    checksum_mismatch | missing; the inventory sync moves between these; deleted is final.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        OK = "ok", "ok"
+        MISSING = "missing", "missing"
+        SIZE_MISMATCH = "size_mismatch", "size mismatch"
+        CHECKSUM_MISMATCH = "checksum_mismatch", "checksum mismatch"
+        DELETED = "deleted", "deleted"
+
+    artifact = models.ForeignKey(Artifact, on_delete=models.CASCADE, related_name="copies")
+    location = models.ForeignKey(StorageLocation, on_delete=models.PROTECT, related_name="copies")
+    key = models.CharField(max_length=900)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    size = models.BigIntegerField(null=True, blank=True)
+    sha256_seen = models.CharField(max_length=64, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True, help_text="When the SHA-256 was last recomputed.")
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-location__role", "location__name"]
+        constraints = [models.UniqueConstraint(fields=["artifact", "location"], name="backups_one_copy_per_location")]
+
+    def __str__(self) -> str:
+        return f"{self.artifact.short_id} @ {self.location.name}"
+
+
+class BackupRun(models.Model):
+    """One backup of a system (full or config): the truth about it; the RQ job is only its vehicle.
+
+    States: queued → running → succeeded | failed; queued → failed (the job never started,
+    e.g. the worker died). ``steps`` is a list of ``{name, state, started_at, finished_at,
+    bytes, detail}``; ``bytes_done``/``percent`` show live progress.
+    """
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+
+    class Trigger(models.TextChoices):
+        MANUAL = "manual", "manual"
+        SCHEDULE = "schedule", "schedule"
+        API = "api", "API"
+        DEMO = "demo", "demo"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    system = models.ForeignKey(System, on_delete=models.PROTECT, related_name="runs")
+    kind = models.CharField(max_length=12, choices=Artifact.Kind.choices)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.MANUAL)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    bytes_done = models.BigIntegerField(default=0)
+    bytes_expected = models.BigIntegerField(null=True, blank=True)
+    percent = models.PositiveSmallIntegerField(default=0)
+    steps = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    artifact = models.ForeignKey(Artifact, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    job_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["system", "kind", "created_at"], name="backuprun_system_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} backup of {self.system.name} ({str(self.id)[:8]})"
+
+    @property
+    def is_done(self) -> bool:
+        return self.state in (self.State.SUCCEEDED, self.State.FAILED)
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+
+class InventoryRun(models.Model):
+    """One inventory sync over every enabled location; ``summary`` holds what it found.
+
+    States: queued → running → succeeded | failed.
+    """
+
+    State = BackupRun.State
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    state = models.CharField(max_length=10, choices=BackupRun.State.choices, default=BackupRun.State.QUEUED)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    summary = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"inventory sync {str(self.id)[:8]}"

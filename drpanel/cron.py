@@ -1,23 +1,25 @@
 """Schedules run by ``manage.py rqcron drpanel.cron`` (rq's built-in cron, started by ``make demo``).
 
 Each app registers its periodic jobs here, next to each other, so the whole schedule of
-the panel reads on one screen.
+the panel reads on one screen. Times are UTC.
 """
 
 from rq import cron
 
+from backups import jobs as backup_jobs
+from compliance.jobs import alerts_escalate_job, checklist_evaluate_job, checklist_open_job, contacts_review_job
 from drpanel.jobs import clear_expired_sessions
 
 cron.register(clear_expired_sessions, queue_name="default", cron="17 3 * * *")
 
-# Compliance: alert escalation, the daily checklist, the contact review. Times are UTC.
-from compliance.jobs import (  # noqa: E402 - grouped with its schedule
-    alerts_escalate_job,
-    checklist_evaluate_job,
-    checklist_open_job,
-    contacts_review_job,
-)
+# Backups: policy schedules, stale-run reaping, approval expiry, retention, inventory sync.
+cron.register(backup_jobs.schedule_tick, queue_name="default", cron="* * * * *")
+cron.register(backup_jobs.expire_approvals, queue_name="default", cron="* * * * *")
+cron.register(backup_jobs.reap_stale_runs, queue_name="default", cron="*/2 * * * *")
+cron.register(backup_jobs.retention_job, queue_name="backup", cron="40 * * * *")
+cron.register(backup_jobs.inventory_tick, queue_name="default", cron="10 */6 * * *")
 
+# Compliance: alert escalation, the daily checklist, the contact review.
 cron.register(alerts_escalate_job, queue_name="default", cron="* * * * *")
 cron.register(checklist_open_job, queue_name="default", cron="5 0 * * *")
 cron.register(checklist_evaluate_job, queue_name="default", cron="45 23 * * *")

@@ -73,3 +73,53 @@ class ApiToken(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class Approval(models.Model):
+    """A second person's consent to one exact action (``drpanel.approvals`` owns every transition).
+
+    ``kind`` names the action (``artifact.delete``, later ``restore.production``); the subject is
+    any row (content type + id); ``binding_hash`` is the SHA-256 of the canonical parameters, so
+    an approval given for one set of parameters is worth nothing for another.
+
+    States: pending → approved | rejected | expired; approved → consumed (the action ran) |
+    expired. Rejected, expired and consumed are final.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"
+        APPROVED = "approved", "approved"
+        REJECTED = "rejected", "rejected"
+        EXPIRED = "expired", "expired"
+        CONSUMED = "consumed", "consumed"
+
+    kind = models.CharField(max_length=50, db_index=True)
+    content_type = models.ForeignKey("contenttypes.ContentType", on_delete=models.PROTECT, related_name="+")
+    object_id = models.CharField(max_length=64)
+    params = models.JSONField(default=dict, blank=True)
+    binding_hash = models.CharField(max_length=64)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    reason = models.TextField(blank=True)
+    decision_note = models.TextField(blank=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+    consumed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["content_type", "object_id", "state"], name="approval_subject")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} approval #{self.pk} ({self.state})"
+
+    @property
+    def subject(self):
+        return self.content_type.get_object_for_this_type(pk=self.object_id)
+
+    @property
+    def is_open(self) -> bool:
+        return self.state == self.State.PENDING and self.expires_at > timezone.now()

@@ -234,6 +234,22 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# --- backups (catalog, artifact keys, storage) -----------------------------------------------
+
+from backups.keys import read_key_config  # noqa: E402 - needs VAR_DIR and PRODUCTION above
+
+BACKUP_KEYS = read_key_config(development_var_dir=None if PRODUCTION else VAR_DIR)
+PG_BIN_DIR = env_str("PG_BIN_DIR") or None
+BACKUP_SPOOL_DIR = Path(env_str("DRPANEL_SPOOL_DIR") or VAR_DIR / "spool")
+BACKUP_CHUNK_SIZE = env_int("DRPANEL_CHUNK_SIZE", 1 << 20, minimum=1 << 10, maximum=1 << 26)
+BACKUP_RETRY_MINUTES = env_int("DRPANEL_BACKUP_RETRY_MINUTES", 30, minimum=1)
+APPROVAL_TTL_MINUTES = env_int("DRPANEL_APPROVAL_TTL_MINUTES", 60, minimum=1, maximum=7 * 24 * 60)
+# Hooks the restore app fills (dotted paths to callables), see ``backups.hooks``.
+BACKUP_RESTORE_RUNNING_HOOK = env_str("DRPANEL_RESTORE_RUNNING_HOOK") or None
+DEMO_DATABASE = env_str("DRPANEL_DEMO_DATABASE", "chatbotdysa")
+DEMO_S3_ENDPOINT = env_str("DRPANEL_DEMO_S3_ENDPOINT") or None
+DEMO_SCALE = env_int("DRPANEL_DEMO_SCALE", 1, minimum=1, maximum=100)
+
 # --- mail ----------------------------------------------------------------------------------
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

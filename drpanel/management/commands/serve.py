@@ -32,8 +32,20 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         if settings.PRODUCTION:
             call_command("collectstatic", interactive=False, verbosity=0)
+        early = {}
         if demo:
-            call_command("demo")
+            from backups.demo import start_demo_s3
+
+            # The demo's off-site location needs an S3 endpoint before the seed runs: moto's server.
+            started = start_demo_s3()
+            if started:
+                early["s3"] = started
+            try:
+                call_command("demo")
+            except BaseException:
+                for _, proc in early.values():
+                    proc.kill()
+                raise
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
         specs = {"web": [str(BIN / "gunicorn"), "drpanel.wsgi:application", "--bind", f"{host}:{port}",
                          "--workers", "2", "--threads", "4", "--timeout", "120", "--access-logfile", "-"],
@@ -48,8 +60,12 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        for name, (cmd, proc) in early.items():
+            specs[name] = cmd
+            children[name] = proc
         for name, cmd in specs.items():
-            children[name] = subprocess.Popen(cmd)
+            if name not in children:
+                children[name] = subprocess.Popen(cmd)
         self.stdout.write(self.style.SUCCESS(f"DR Panel on http://{host}:{port}/ — Ctrl-C stops everything"))
         self.stdout.flush()
         restarts: dict[str, list[float]] = {}

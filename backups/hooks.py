@@ -1,0 +1,26 @@
+"""Questions the backup catalog asks other apps, answered through settings (the restores app fills them).
+
+- ``restore_running(system)``: is a restore of this system running? Retention and deletions
+  wait while it is. ``settings.BACKUP_RESTORE_RUNNING_HOOK`` (``DRPANEL_RESTORE_RUNNING_HOOK``) is
+  a dotted path to ``callable(system) -> bool``; without it, no restore is ever running.
+- "verified": an artifact is verified when a verification run set ``Artifact.last_verified_level``
+  (``checksum`` < ``decrypt`` < ``structure`` < ``restore-test``) and ``last_verified_at``.
+"""
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+VERIFICATION_LEVELS = ("checksum", "decrypt", "structure", "restore-test")
+
+
+def restore_running(system) -> bool:
+    path = getattr(settings, "BACKUP_RESTORE_RUNNING_HOOK", None)
+    if not path:
+        return False
+    return bool(import_string(path)(system))
+
+
+def verified_at_least(artifact, level: str) -> bool:
+    if artifact.last_verified_level not in VERIFICATION_LEVELS:
+        return False
+    return VERIFICATION_LEVELS.index(artifact.last_verified_level) >= VERIFICATION_LEVELS.index(level)

@@ -1,0 +1,366 @@
+#!/usr/bin/env python
+"""Benchmarks of the backup catalog, each against the raw tool in the same run.
+
+1. Full backup through the panel's real path (``backups.services.backup_run_execute``: snapshot,
+   row counts, ``pg_dump -Fc`` streamed through hashing + AES-256-GCM into a local primary
+   location, manifest) against ``pg_dump -Fc -f file`` of the same database — on a
+   ``pgbench -i -s SCALE`` database and on a realistic one (text, jsonb, indexes) of about
+   ``--realistic-mb`` MB. Goal: ≤ 1.05×.
+2. "decrypt" verification of the artifact (every chunk authenticated, stored and plaintext
+   SHA-256) against ``openssl dgst -sha256`` of the same file (the restore issue's goal: ≥ 0.8×
+   the throughput).
+3. The artifact list page (first page, default sort) with 100 and with 100,000 artifacts in the
+   catalog. Goal: ≤ 1.5×.
+
+Everything runs in databases of its own on the panel's PostgreSQL server (``DATABASE_URL`` or the
+local default): a panel database ``--panel-db`` (migrated here) and the two source databases,
+which are kept between runs (``--rebuild`` makes them again). Usage::
+
+    .venv/bin/python bench/backup.py --quick          # small scale, to validate (≈ 1 min)
+    .venv/bin/python bench/backup.py                  # pgbench -s 50 and ≈ 1.5 GB (long)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+REALISTIC_SQL = """
+CREATE TABLE customers (id bigserial PRIMARY KEY, email text NOT NULL, name text NOT NULL, address text,
+                        created_at timestamptz NOT NULL, profile jsonb NOT NULL);
+CREATE TABLE events (id bigserial PRIMARY KEY, customer_id bigint NOT NULL, kind text NOT NULL,
+                     at timestamptz NOT NULL, payload jsonb NOT NULL, note text);
+INSERT INTO customers (email, name, address, created_at, profile)
+SELECT 'c' || g || '@example.com', initcap(md5(g::text)), g || ' ' || md5((g * 3)::text) || ' Avenue',
+       now() - (g % 1000) * interval '1 hour',
+       jsonb_build_object('tier', g % 5, 'tags', jsonb_build_array(md5(g::text), g % 7), 'bio', repeat(md5(g::text), 2))
+FROM generate_series(1, {customers}) g;
+INSERT INTO events (customer_id, kind, at, payload, note)
+SELECT 1 + g % {customers}, (ARRAY['view','order','chat','refund'])[1 + g % 4],
+       now() - (g % 100000) * interval '1 minute',
+       jsonb_build_object('sku', 'SKU-' || (g % 5000), 'qty', 1 + g % 4, 'price', (g % 300) * 1.25,
+                          'session', md5((g * 11)::text)),
+       CASE WHEN g % 3 = 0 THEN repeat(md5(g::text) || ' ', 1 + g % 4) END
+FROM generate_series(1, {events}) g;
+CREATE INDEX events_customer ON events (customer_id, at);
+CREATE INDEX events_payload ON events USING gin (payload jsonb_path_ops);
+CREATE INDEX customers_email ON customers (email);
+ANALYZE;
+"""
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def prepare_services(panel_db: str) -> str:
+    from drpanel import runtime
+
+    plan = runtime.prepare()
+    panel_url = runtime.with_database_name(plan.database_url, panel_db)
+    runtime.ensure_database(panel_url)
+    os.environ["DATABASE_URL"] = panel_url
+    return plan.database_url
+
+
+def database_exists(server_url: str, name: str) -> bool:
+    import psycopg
+
+    from drpanel import runtime
+
+    with psycopg.connect(runtime.with_database_name(server_url, "postgres"), autocommit=True) as admin:
+        return bool(admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone())
+
+
+def recreate(server_url: str, name: str) -> str:
+    import psycopg
+
+    from drpanel import runtime
+
+    with psycopg.connect(runtime.with_database_name(server_url, "postgres"), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return runtime.with_database_name(server_url, name)
+
+
+def build_pgbench(server_url: str, name: str, scale: int, rebuild: bool) -> str:
+    from backups import pgtools
+    from drpanel import runtime
+
+    url = runtime.with_database_name(server_url, name)
+    if database_exists(server_url, name) and not rebuild:
+        return url
+    recreate(server_url, name)
+    started = time.monotonic()
+    subprocess.run(["pgbench", "-i", "-s", str(scale), "-q"], env=pgtools.libpq_env(url), check=True,
+                   capture_output=True)
+    log(f"  built {name} (pgbench -i -s {scale}) in {time.monotonic() - started:.0f} s")
+    return url
+
+
+def build_realistic(server_url: str, name: str, megabytes: int, rebuild: bool) -> str:
+    import psycopg
+
+    from drpanel import runtime
+
+    url = runtime.with_database_name(server_url, name)
+    if database_exists(server_url, name) and not rebuild:
+        return url
+    recreate(server_url, name)
+    started = time.monotonic()
+    events = max(1000, megabytes * 2600)
+    customers = max(100, events // 20)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in REALISTIC_SQL.format(customers=customers, events=events).split(";\n"):
+            if statement.strip():
+                conn.execute(statement)
+    log(f"  built {name} ({events} events, {customers} customers) in {time.monotonic() - started:.0f} s")
+    return url
+
+
+def database_size(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(this process, its waited-for children) user + system CPU seconds so far."""
+    t = os.times()
+    return t.user + t.system, t.children_user + t.children_system
+
+
+def raw_dump(url: str, tool: str, out_dir: Path) -> tuple[float, int]:
+    from backups import pgtools
+
+    target = out_dir / "raw.pgc"
+    started = time.monotonic()
+    subprocess.run([tool, "-Fc", "-f", str(target)], env=pgtools.libpq_env(url), check=True)
+    elapsed = time.monotonic() - started
+    size = target.stat().st_size
+    target.unlink()
+    return elapsed, size
+
+
+def panel_backup(system, location) -> tuple[float, object]:
+    from backups.models import BackupRun
+    from backups.services import backup_run_execute
+
+    run = BackupRun.objects.create(system=system, kind="full", trigger=BackupRun.Trigger.MANUAL)
+    cpu_before = cpu_seconds()
+    started = time.monotonic()
+    run = backup_run_execute(run.id)
+    elapsed = time.monotonic() - started
+    cpu_after = cpu_seconds()
+    if run.state != BackupRun.State.SUCCEEDED:
+        raise SystemExit(f"the panel's backup failed: {run.error}")
+    panel_cpu_seconds.append((cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]))
+    return elapsed, run.artifact
+
+
+panel_cpu_seconds: list = []
+
+
+def verify_vs_openssl(artifact, location) -> tuple[float, float, float]:
+    """(openssl dgst, our decrypt-level pass with the plaintext SHA-256, and without it)."""
+    from backups import formats
+    from backups.keys import get_keyring
+
+    path = Path(location.path) / artifact.storage_key
+    subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache for both
+    started = time.monotonic()
+    subprocess.run(["openssl", "dgst", "-sha256", str(path)], capture_output=True, check=True)
+    openssl = time.monotonic() - started
+    timings = []
+    for hash_plaintext in (True, False):
+        started = time.monotonic()
+        with open(path, "rb", buffering=0) as src:
+            result = formats.verify_stream(src, artifact_id=artifact.id, keyring=get_keyring(),
+                                           hash_plaintext=hash_plaintext)
+        timings.append(time.monotonic() - started)
+        assert result.stored_sha256 == artifact.sha256
+        assert not hash_plaintext or result.plaintext_sha256 == artifact.plaintext_sha256
+    return openssl, timings[0], timings[1]
+
+
+def bench_dump(label: str, url: str, repeats: int, spool: Path) -> dict:
+    import psycopg
+
+    from backups import pgtools
+    from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, System
+
+    env_name = f"DRPANEL_BENCH_{label.upper()}_URL"
+    os.environ[env_name] = url
+    with psycopg.connect(url) as conn:
+        facts = pgtools.server_facts(conn)
+    tool = pgtools.find_tool("pg_dump", facts["server_major"])
+    location_dir = spool / f"primary-{label}"
+    location_dir.mkdir(parents=True, exist_ok=True)
+    StorageLocation.objects.filter(role="primary").update(enabled=False)
+    StorageLocation.objects.filter(role="offsite").update(enabled=False)
+    location, _ = StorageLocation.objects.update_or_create(name=f"bench-{label}", defaults={
+        "kind": "local", "role": "primary", "enabled": True, "path": str(location_dir)})
+    system, _ = System.objects.update_or_create(name=f"bench-{label}", defaults={"database_ref": f"env:{env_name}"})
+    raw_times, ours_times, verify = [], [], []
+    raw_size = artifact = None
+    for n in range(repeats):
+        # Alternate the order: the machine is shared, and load drifts.
+        for which in (("raw", "panel") if n % 2 == 0 else ("panel", "raw")):
+            if which == "raw":
+                elapsed, raw_size = raw_dump(url, tool.path, spool)
+                raw_times.append(elapsed)
+            else:
+                elapsed, artifact = panel_backup(system, location)
+                ours_times.append(elapsed)
+        verify.append(verify_vs_openssl(artifact, location))
+        log(f"  {label} run {n + 1}: pg_dump -Fc {raw_times[-1]:.2f} s, panel backup {ours_times[-1]:.2f} s; "
+            f"verify {verify[-1][1]:.2f} s ({verify[-1][2]:.2f} s without the plaintext hash) "
+            f"vs openssl dgst {verify[-1][0]:.2f} s")
+        if n < repeats - 1:
+            (location_dir / artifact.storage_key).unlink()
+    raw, ours = statistics.median(raw_times), statistics.median(ours_times)
+    pair_ratio = statistics.median(o / r for o, r in zip(ours_times, raw_times, strict=True))
+    own_cpu = statistics.median(c[0] for c in panel_cpu_seconds[-repeats:])
+    dump_cpu = statistics.median(c[1] for c in panel_cpu_seconds[-repeats:])
+    openssl, ours_verify, ours_verify_light = (statistics.median(v[i] for v in verify) for i in (0, 1, 2))
+    result = {"label": label, "database_bytes": facts["database_size"], "pg_dump": tool.version,
+              "raw_seconds": raw, "panel_seconds": ours, "ratio": ours / raw, "pair_ratio": pair_ratio,
+              "own_cpu": own_cpu, "dump_cpu": dump_cpu, "raw_bytes": raw_size,
+              "artifact_bytes": artifact.size, "verify_seconds": ours_verify, "openssl_seconds": openssl,
+              "verify_throughput_ratio": openssl / ours_verify, "verify_light_seconds": ours_verify_light,
+              "verify_light_ratio": openssl / ours_verify_light}
+    ArtifactCopy.objects.filter(artifact__system=system).delete()
+    BackupRun.objects.filter(system=system).delete()
+    Artifact.objects.filter(system=system).delete()
+    for path in location_dir.rglob("*"):
+        if path.is_file():
+            path.unlink()
+    return result
+
+
+def bench_list(sizes=(100, 100_000), requests: int = 20) -> dict:
+    from datetime import timedelta
+
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+    from django.test import Client
+    from django.utils import timezone
+
+    from backups.models import Artifact, ArtifactCopy, StorageLocation, System
+
+    system, _ = System.objects.get_or_create(name="bench-list", defaults={"database_ref": "env:UNUSED"})
+    locations = [StorageLocation.objects.get_or_create(name=f"bench-list-{role}", defaults={
+        "kind": "local", "role": role, "enabled": False, "path": "/nonexistent"})[0] for role in ("primary", "offsite")]
+    user, _ = get_user_model().objects.get_or_create(username="bench-auditor")
+    user.groups.add(Group.objects.get(name="Auditor"))
+    client = Client()
+    client.force_login(user)
+    ArtifactCopy.objects.filter(artifact__system=system).delete()
+    Artifact.objects.filter(system=system).delete()
+    now = timezone.now()
+    timings = {}
+    made = 0
+    for size in sizes:
+        batch = []
+        while made < size:
+            batch.append(Artifact(system=system, kind=("full", "config")[made % 2], format="pg_custom",
+                                  status="available", created_at=now - timedelta(minutes=made), size=10_000 + made,
+                                  sha256="a" * 64, storage_key=f"bench/{made}"))
+            made += 1
+            if len(batch) == 5000 or made == size:
+                created = Artifact.objects.bulk_create(batch)
+                ArtifactCopy.objects.bulk_create([ArtifactCopy(artifact=a, location=loc, key=a.storage_key,
+                                                               status="ok") for a in created for loc in locations])
+                batch = []
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE backups_artifact; ANALYZE backups_artifactcopy")
+        for _ in range(3):
+            client.get("/artifacts/")
+        samples = []
+        for _ in range(requests):
+            started = time.perf_counter()
+            response = client.get("/artifacts/")
+            samples.append(time.perf_counter() - started)
+            assert response.status_code == 200
+        timings[size] = statistics.median(samples)
+        log(f"  artifact list with {size} artifacts: {timings[size] * 1000:.1f} ms (median of {requests})")
+    ArtifactCopy.objects.filter(artifact__system=system).delete()
+    Artifact.objects.filter(system=system).delete()
+    small, large = sizes
+    return {"small": small, "large": large, "small_ms": timings[small] * 1000, "large_ms": timings[large] * 1000,
+            "ratio": timings[large] / timings[small]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small scale (pgbench -s 2, 40 MB, 10k artifacts)")
+    parser.add_argument("--scale", type=int, default=50, help="pgbench scale (default 50)")
+    parser.add_argument("--realistic-mb", type=int, default=1500, help="size of the realistic database (MB)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per database (median is reported)")
+    parser.add_argument("--list-size", type=int, default=100_000)
+    parser.add_argument("--skip", action="append", default=[], choices=["pgbench", "realistic", "list"])
+    parser.add_argument("--panel-db", default="drpanel_bench")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the source databases")
+    args = parser.parse_args()
+    if args.quick:
+        args.scale, args.realistic_mb, args.list_size = 2, 40, 10_000
+    repeats = args.repeats or 5
+    suffix = "_quick" if args.quick else ""
+
+    server_url = prepare_services(args.panel_db)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "drpanel.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)
+    log(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="drpanel-bench-", dir=os.environ.get("TMPDIR")) as spool:
+        spool = Path(spool)
+        if "pgbench" not in args.skip:
+            log(f"pgbench -i -s {args.scale}:")
+            url = build_pgbench(server_url, f"{args.panel_db}_pgbench_s{args.scale}", args.scale, args.rebuild)
+            results.append(bench_dump(f"pgbench{args.scale}", url, repeats, spool))
+        if "realistic" not in args.skip:
+            log(f"realistic ≈ {args.realistic_mb} MB:")
+            name = f"{args.panel_db}_realistic_{args.realistic_mb}mb{suffix}"
+            url = build_realistic(server_url, name, args.realistic_mb, args.rebuild)
+            results.append(bench_dump(f"realistic{args.realistic_mb}", url, repeats, spool))
+    listing = None if "list" in args.skip else bench_list(sizes=(100, args.list_size))
+    log("")
+    log("results (median; the machine is shared, so repeat before trusting a small difference):")
+    for r in results:
+        log(f"  {r['label']}: database {r['database_bytes'] / 1e6:.0f} MB, dump {r['raw_bytes'] / 1e6:.0f} MB, "
+            f"artifact {r['artifact_bytes'] / 1e6:.0f} MB")
+        log(f"    full backup {r['panel_seconds']:.2f} s vs pg_dump -Fc -f {r['raw_seconds']:.2f} s "
+            f"→ {r['ratio']:.3f}× (median of per-run ratios {r['pair_ratio']:.3f}×; goal ≤ 1.05×) "
+            f"{'OK' if r['pair_ratio'] <= 1.05 else 'MISSED'}")
+        log(f"    CPU of the panel's own process {r['own_cpu']:.2f} s (hashing, encryption, row counts, catalog) "
+            f"beside pg_dump's {r['dump_cpu']:.2f} s")
+        log(f"    decrypt-level verify {r['verify_seconds']:.2f} s vs openssl dgst -sha256 "
+            f"{r['openssl_seconds']:.2f} s "
+            f"→ {r['verify_throughput_ratio']:.2f}× its throughput (goal ≥ 0.8×) "
+            f"{'OK' if r['verify_throughput_ratio'] >= 0.8 else 'MISSED'}; without the plaintext SHA-256 "
+            f"{r['verify_light_seconds']:.2f} s → {r['verify_light_ratio']:.2f}×")
+    if listing:
+        log(f"  artifact list: {listing['small_ms']:.1f} ms at {listing['small']} vs {listing['large_ms']:.1f} ms at "
+            f"{listing['large']} → {listing['ratio']:.2f}× (goal ≤ 1.5×) "
+            f"{'OK' if listing['ratio'] <= 1.5 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Approvals: a second person's consent, bound to exact parameters, with an expiry; every step audited.
+
+Reusable by any action: artifact deletion (``artifact.delete``) now, production restores
+(``restore.production``) next. The flow:
+
+1. ``approval_request(actor=, kind=, subject=, params=)`` records what is asked for, with
+   ``binding_hash`` = SHA-256 of the canonical JSON of ``{"kind", "subject", "params"}``.
+2. ``approval_approve(actor=, approval=, password=, params=, may_approve=)`` — someone other than
+   the requester, allowed by the caller's ``may_approve(actor)`` rule, re-enters their password;
+   the parameters they saw must hash to the same binding, and the approval must not have expired.
+   ``approval_reject`` is final.
+3. The action calls ``approval_consume(approval=, params=)`` just before it runs: approved,
+   unexpired, same binding, and consumed exactly once.
+4. ``approval_expire_due()`` (cron) expires what was left open.
+
+Transitions are conditional updates on the expected state, so two managers approving at once,
+or an approve racing an expiry, leave exactly one outcome and one audit event.
+"""
+
+import hashlib
+import json
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.contenttypes.models import ContentType
+from django.db import transaction
+from django.utils import timezone
+
+from compliance.audit import audit_record
+from drpanel.models import Approval
+from drpanel.permissions import Denied
+
+
+class ApprovalError(Exception):
+    """An approval cannot be used as asked (expired, already decided, parameters changed)."""
+
+
+def canonical_params(params: dict) -> dict:
+    """Parameters as they are hashed: JSON-stable (strings for ids, sorted keys)."""
+    return json.loads(json.dumps(params or {}, sort_keys=True, default=str))
+
+
+def binding_hash(*, kind: str, content_type: ContentType, object_id: str, params: dict) -> str:
+    payload = {"kind": kind, "subject": f"{content_type.app_label}.{content_type.model}:{object_id}",
+               "params": canonical_params(params)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _details(approval: Approval, **extra) -> dict:
+    return {"approval": approval.pk, "kind": approval.kind, "subject_type": approval.content_type.model,
+            "subject_id": approval.object_id, "requested_by": approval.requested_by.get_username(),
+            "binding_hash": approval.binding_hash, **extra}
+
+
+def approval_request(*, actor, kind: str, subject, params: dict, reason: str = "", ttl: timedelta | None = None,
+                     request=None) -> Approval:
+    """Ask for an approval of ``kind`` on ``subject`` with these exact parameters."""
+    ttl = ttl or timedelta(minutes=settings.APPROVAL_TTL_MINUTES)
+    content_type = ContentType.objects.get_for_model(subject)
+    object_id = str(subject.pk)
+    with transaction.atomic():
+        approval = Approval.objects.create(
+            kind=kind, content_type=content_type, object_id=object_id, params=canonical_params(params),
+            binding_hash=binding_hash(kind=kind, content_type=content_type, object_id=object_id, params=params),
+            reason=(reason or "")[:2000], requested_by=actor, expires_at=timezone.now() + ttl)
+        audit_record(actor=actor, action="approval.requested", obj=subject, request=request,
+                     details=_details(approval, reason=approval.reason, expires_at=approval.expires_at))
+    return approval
+
+
+def _lock_open(approval: Approval, expected: str) -> Approval:
+    locked = Approval.objects.select_for_update().get(pk=approval.pk)
+    if locked.state != expected:
+        raise ApprovalError(f"this approval is {locked.state}, not {expected}")
+    return locked
+
+
+def approval_approve(*, actor, approval: Approval, password: str, params: dict, may_approve, note: str = "",
+                     request=None) -> Approval:
+    """Approve: not the requester, allowed by ``may_approve(actor)``, password re-entered, same parameters."""
+    subject = approval.subject
+    if actor.pk == approval.requested_by_id:
+        raise Denied("You cannot approve your own request: another person must.", obj=subject,
+                     action=f"approve {approval.kind}", need="a different approver")
+    if not may_approve(actor):
+        raise Denied("You may not approve this request.", obj=subject, action=f"approve {approval.kind}",
+                     need=f"approver of {approval.kind}")
+    if not password or not actor.check_password(password):
+        with transaction.atomic():
+            audit_record(actor=actor, action="approval.password_refused", obj=subject, outcome="failure",
+                         request=request, details=_details(approval, approver=actor.get_username()))
+        raise ApprovalError("That password is not correct.")
+    expected = binding_hash(kind=approval.kind, content_type=approval.content_type, object_id=approval.object_id,
+                            params=params)
+    with transaction.atomic():
+        # Row lock: two approvers, or an approval racing the expiry job, must not both win.
+        locked = _lock_open(approval, Approval.State.PENDING)
+        now = timezone.now()
+        if locked.expires_at <= now:
+            locked.state = Approval.State.EXPIRED
+            locked.save(update_fields=["state"])
+            audit_record(actor=None, action="approval.expired", obj=subject, request=request,
+                         details=_details(locked, at_approval_by=actor.get_username()))
+            expired = True
+        else:
+            expired = False
+            if locked.binding_hash != expected:
+                audit_record(actor=actor, action="approval.binding_mismatch", obj=subject, outcome="failure",
+                             request=request, details=_details(locked, approver=actor.get_username(),
+                                                               offered_hash=expected))
+            else:
+                locked.state = Approval.State.APPROVED
+                locked.decided_by = actor
+                locked.decided_at = now
+                locked.decision_note = (note or "")[:2000]
+                locked.save(update_fields=["state", "decided_by", "decided_at", "decision_note"])
+                audit_record(actor=actor, action="approval.approved", obj=subject, request=request,
+                             details=_details(locked, approver=actor.get_username(), note=locked.decision_note))
+                return locked
+    if expired:
+        raise ApprovalError("This approval expired; ask for a new one.")
+    raise ApprovalError("The request changed since it was made; this approval does not cover it.")
+
+
+def approval_reject(*, actor, approval: Approval, may_approve, note: str = "", request=None) -> Approval:
+    """Reject (final). The requester may withdraw their own request; otherwise an approver rejects."""
+    subject = approval.subject
+    if actor.pk != approval.requested_by_id and not may_approve(actor):
+        raise Denied("You may not reject this request.", obj=subject, action=f"reject {approval.kind}",
+                     need=f"approver of {approval.kind}")
+    with transaction.atomic():
+        locked = _lock_open(approval, Approval.State.PENDING)
+        locked.state = Approval.State.REJECTED
+        locked.decided_by = actor
+        locked.decided_at = timezone.now()
+        locked.decision_note = (note or "")[:2000]
+        locked.save(update_fields=["state", "decided_by", "decided_at", "decision_note"])
+        audit_record(actor=actor, action="approval.rejected", obj=subject, request=request,
+                     details=_details(locked, decided_by=actor.get_username(), note=locked.decision_note,
+                                      withdrawn=actor.pk == approval.requested_by_id))
+    return locked
+
+
+def approval_consume(*, approval: Approval, params: dict, actor=None) -> Approval:
+    """Use an approved approval once, for exactly its parameters (inside the action's transaction)."""
+    expected = binding_hash(kind=approval.kind, content_type=approval.content_type, object_id=approval.object_id,
+                            params=params)
+    locked = _lock_open(approval, Approval.State.APPROVED)
+    if locked.binding_hash != expected:
+        raise ApprovalError("The action's parameters differ from the approved ones.")
+    if locked.expires_at <= timezone.now():
+        raise ApprovalError("This approval expired before it was used.")
+    locked.state = Approval.State.CONSUMED
+    locked.consumed_at = timezone.now()
+    locked.save(update_fields=["state", "consumed_at"])
+    audit_record(actor=actor, action="approval.consumed", obj=locked.subject,
+                 details=_details(locked, approved_by=locked.decided_by.get_username() if locked.decided_by else ""))
+    return locked
+
+
+def approval_expire_due() -> int:
+    """Expire pending or unused approved approvals past their time (cron); returns how many."""
+    count = 0
+    due = Approval.objects.filter(state__in=[Approval.State.PENDING, Approval.State.APPROVED],
+                                  expires_at__lte=timezone.now()).values_list("pk", flat=True)
+    for pk in due:
+        with transaction.atomic():
+            # Conditional update: an approval decided a moment ago keeps its decision.
+            changed = Approval.objects.filter(pk=pk, state__in=[Approval.State.PENDING, Approval.State.APPROVED],
+                                              expires_at__lte=timezone.now()).update(state=Approval.State.EXPIRED)
+            if changed:
+                approval = Approval.objects.get(pk=pk)
+                audit_record(actor=None, action="approval.expired", obj=approval.subject, details=_details(approval))
+                count += 1
+    return count
+
+
+def open_approvals(subject, kind: str | None = None):
+    """Pending or approved-but-unused approvals of a subject."""
+    content_type = ContentType.objects.get_for_model(subject)
+    qs = Approval.objects.filter(content_type=content_type, object_id=str(subject.pk),
+                                 state__in=[Approval.State.PENDING, Approval.State.APPROVED])
+    return qs.filter(kind=kind) if kind else qs
