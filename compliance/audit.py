@@ -103,7 +103,8 @@ def clean_details(value, *, key: str = ""):
         # jsonb prints 1e16 and larger as plain integers; store them as integers already.
         if value.is_integer() and abs(value) >= 1e15:
             return int(value)
-        return value
+        # jsonb has no negative zero: -0.0 comes back as 0.0.
+        return 0.0 if value == 0 else value
     if isinstance(value, datetime):
         return canonical_time(value)
     return clean_text(value, 10_000)
@@ -191,7 +192,7 @@ def audit_record(
             user_agent=clean_text(request.META.get("HTTP_USER_AGENT", "") if request is not None else "", 200),
             request_id=clean_text(getattr(request, "request_id", "") if request is not None else "", 64),
             action=clean_text(action, 100),
-            outcome=outcome,
+            outcome=str(outcome),
             details=details,
             prev_hash=prev_hash,
             **fields,
