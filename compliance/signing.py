@@ -164,8 +164,12 @@ def check_signature(document: dict, keys: dict[str, Ed25519PublicKey]) -> str | 
         return f"it is signed by an unknown key ({str(key_fingerprint)[:16]}…)"
     unsigned = {k: v for k, v in document.items() if k != "signature"}
     try:
-        key.verify(base64.b64decode(signature, validate=True), canonical_bytes(unsigned))
-    except (InvalidSignature, ValueError):
+        raw = base64.b64decode(signature, validate=True)
+        # Base64 ignores the spare bits of its last character: only the canonical text counts.
+        if base64.b64encode(raw).decode() != signature:
+            raise ValueError("not canonical base64")
+        key.verify(raw, canonical_bytes(unsigned))
+    except (InvalidSignature, ValueError, TypeError):
         return "its signature does not verify"
     return None
 

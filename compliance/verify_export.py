@@ -255,7 +255,7 @@ def judge(scan: Scan, digest: dict | None, content_sha256: str, fmt: str, keys: 
     if digest is None:
         raise Failed("unsigned", "there is no signed digest: the signature was removed")
     signature, key_fingerprint = digest.get("signature"), digest.get("key_fingerprint")
-    if not signature or not key_fingerprint:
+    if not signature or not isinstance(key_fingerprint, str) or not key_fingerprint:
         raise Failed("unsigned", "the digest carries no signature: it was removed")
     key = keys.get(key_fingerprint)
     if key is None:
@@ -264,8 +264,12 @@ def judge(scan: Scan, digest: dict | None, content_sha256: str, fmt: str, keys: 
                                   f"which is none of the given public keys ({given})")
     unsigned = {k: v for k, v in digest.items() if k != "signature"}
     try:
-        key.verify(base64.b64decode(signature, validate=True), canonical(unsigned).encode())
-    except (InvalidSignature, ValueError):
+        raw = base64.b64decode(signature, validate=True)
+        # Base64 ignores the spare bits of its last character: only the canonical text counts.
+        if base64.b64encode(raw).decode() != signature:
+            raise ValueError("not canonical base64")
+        key.verify(raw, canonical(unsigned).encode())
+    except (InvalidSignature, ValueError, TypeError):
         raise Failed("bad-signature", "the digest's signature does not verify: the digest was altered "
                                       "after it was signed") from None
     if digest.get("format") != fmt:

@@ -55,3 +55,14 @@ def run_verifier(export: Path, *keys: Path, digest: Path | None = None) -> subpr
         args += ["--digest", str(digest)]
     return subprocess.run(args, env=clean_env(), cwd=Path(export).parent, capture_output=True, text=True,
                           timeout=120)
+
+
+def force_audit_failures() -> None:
+    """From now until the test's transaction ends, the audit table refuses every insert."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"""
+            CREATE FUNCTION test_refuse_audit_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'audit storage unavailable (forced by the test)'; END $$;
+            CREATE TRIGGER test_refuse_audit_insert BEFORE INSERT ON {TABLE}
+                FOR EACH ROW EXECUTE FUNCTION test_refuse_audit_insert();
+        """)

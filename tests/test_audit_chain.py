@@ -19,7 +19,7 @@ from compliance.audit_verify import verify_chain
 from compliance.models import AuditEvent
 from drpanel.models import ApiToken
 from drpanel.services import api_token_create
-from tests.audit_support import ROOT, TABLE, record
+from tests.audit_support import ROOT, TABLE, force_audit_failures, record
 from tests.support import worker_env
 
 pytestmark = pytest.mark.django_db
@@ -172,14 +172,7 @@ def test_the_admin_shows_events_read_only(clients):
 
 @pytest.fixture
 def audit_writes_fail():
-    """The audit table refuses every insert (as if its storage failed) for this test only."""
-    with connection.cursor() as cursor:
-        cursor.execute("""
-            CREATE FUNCTION test_refuse_audit_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN RAISE EXCEPTION 'audit storage unavailable (forced by the test)'; END $$;
-            CREATE TRIGGER test_refuse_audit_insert BEFORE INSERT ON compliance_auditevent
-                FOR EACH ROW EXECUTE FUNCTION test_refuse_audit_insert();
-        """)
+    force_audit_failures()
 
 
 def test_a_token_whose_creation_cannot_be_audited_is_not_created(manager, audit_writes_fail):
