@@ -1,6 +1,5 @@
 """``/api/v1/`` endpoints of compliance: the audit trail (events, signed exports, public keys)."""
 
-from django.http import HttpResponse
 from django.urls import path, reverse
 from django.utils.http import urlencode
 from drf_spectacular.types import OpenApiTypes
@@ -10,7 +9,7 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from compliance.audit_export import FORMATS, audit_export_start, export_response
+from compliance.audit_export import FORMATS, audit_export_start, export_response, public_key_response
 from compliance.audit_query import AuditFilter, FilterError, event_json, events_page
 from compliance.signing import current_public_key, fingerprint, public_pem, retired_public_keys
 from drpanel.api import capability
@@ -108,14 +107,6 @@ class AuditPublicKeysView(APIView):
         keys += [{"fingerprint": fingerprint(key), "current": False, "pem": public_pem(key)}
                  for _, key in retired_public_keys() if fingerprint(key) != keys[0]["fingerprint"]]
         return Response({"keys": keys})
-
-
-def public_key_response(key) -> HttpResponse:
-    key_fingerprint = fingerprint(key)
-    response = HttpResponse(public_pem(key), content_type="application/x-pem-file")
-    response["Content-Disposition"] = f'attachment; filename="drpanel-audit-{key_fingerprint[:16]}.pem"'
-    response["X-Key-Fingerprint"] = key_fingerprint
-    return response
 
 
 urlpatterns = [

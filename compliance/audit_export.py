@@ -26,10 +26,11 @@ from datetime import datetime
 from pathlib import Path
 
 from django.db import transaction
+from django.http import HttpResponse, StreamingHttpResponse
 
 from compliance.audit import audit_record, canonical_time
 from compliance.audit_query import AuditFilter, event_rows, row_fields
-from compliance.signing import sign
+from compliance.signing import fingerprint, public_pem, sign
 
 FORMATS = ("jsonl", "csv")
 DIGEST_TYPE = "drpanel-audit-export-digest"
@@ -211,8 +212,6 @@ def export_to_file(plan: ExportPlan, path: Path) -> tuple[dict, list[Path]]:
 
 def export_response(plan: ExportPlan):
     """The streamed HTTP answer: JSON Lines, or for CSV a ZIP with the CSV and its digest."""
-    from django.http import StreamingHttpResponse
-
     if plan.format == "jsonl":
         response = StreamingHttpResponse(jsonl_chunks(plan), content_type="application/jsonl; charset=utf-8")
         filename = f"{plan.basename}.jsonl"
@@ -220,4 +219,13 @@ def export_response(plan: ExportPlan):
         response = StreamingHttpResponse(csv_zip_chunks(plan), content_type="application/zip")
         filename = f"{plan.basename}.zip"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def public_key_response(key):
+    """The PEM of an audit public key as a download, its fingerprint in ``X-Key-Fingerprint``."""
+    key_fingerprint = fingerprint(key)
+    response = HttpResponse(public_pem(key), content_type="application/x-pem-file")
+    response["Content-Disposition"] = f'attachment; filename="drpanel-audit-{key_fingerprint[:16]}.pem"'
+    response["X-Key-Fingerprint"] = key_fingerprint
     return response

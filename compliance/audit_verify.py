@@ -17,21 +17,36 @@ at the first broken ``seq``, naming why:
 auditors' button.
 """
 
-import hashlib
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from compliance.audit import GENESIS_HASH, audit_record
-from compliance.audit_query import canonical_line, event_rows
-from compliance.checkpoints import Checkpoint, checkpoint_store, checkpoints_load
+from compliance.audit_query import event_rows
+from compliance.audit_rows import (
+    CHECKPOINT_MISMATCH,
+    HASH_MISMATCH,
+    MISSING_SEQ,
+    PREV_HASH_MISMATCH,
+    Scan,
+    prev_hash_detail,
+    scan,
+    scan_range,
+)
+from compliance.checkpoints import checkpoint_store, checkpoints_load
+from compliance.models import AuditEvent
 from compliance.signing import known_public_keys
 
-MISSING_SEQ = "missing seq"
-HASH_MISMATCH = "hash mismatch"
-PREV_HASH_MISMATCH = "prev_hash mismatch"
-CHECKPOINT_MISMATCH = "checkpoint mismatch"
+__all__ = ["CHECKPOINT_MISMATCH", "HASH_MISMATCH", "MISSING_SEQ", "PREV_HASH_MISMATCH", "VerificationResult",
+           "audit_verify", "verify_chain"]
+
+# From this many events on, verification runs in one process per CPU (up to 4), each on a
+# range of seq: one process reads and hashes about 85 000 events/s on the reference machine.
+PARALLEL_FROM = 200_000
 
 
 @dataclass
@@ -48,6 +63,7 @@ class VerificationResult:
     detail: str = ""
     seconds: float = 0.0
     latest_checkpoint: dict = field(default_factory=dict)
+    processes: int = 1
 
     def summary(self) -> str:
         rate = f"{self.count / self.seconds:,.0f} events/s" if self.seconds > 0 and self.count >= 10_000 else ""
@@ -67,77 +83,99 @@ class VerificationResult:
         return data
 
 
-class _Broken(Exception):
-    def __init__(self, seq: int | None, reason: str, detail: str):
-        super().__init__(detail)
-        self.seq, self.reason, self.detail = seq, reason, detail
+def _conninfo() -> dict:
+    """Connection parameters a worker process can use (plain values only)."""
+    params = connection.get_connection_params()
+    return {key: value for key, value in params.items() if isinstance(value, str | int) and key != "prepare_threshold"}
 
 
-def _short(value: str | None) -> str:
-    return f"{value[:16]}…" if value else "nothing"
+def _scan_in_parallel(head: int, processes: int, pins: dict) -> list[Scan]:
+    bounds = [head * n // processes for n in range(processes + 1)]
+    conninfo = _conninfo()
+    # spawn, not fork: a forked copy of a web or worker process would share its connections.
+    with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(scan_range, conninfo, low, high,
+                               {seq: pin for seq, pin in pins.items() if low < seq <= high})
+                   for low, high in zip(bounds, bounds[1:], strict=False)]
+        return [future.result() for future in futures]
 
 
-def verify_chain(*, keys: dict | None = None, store=None) -> VerificationResult:
-    """Recompute the whole chain and check it against every stored checkpoint (not audited)."""
+def _combine(parts: list[Scan]) -> tuple[int, int, str, tuple | None]:
+    """Join range scans in order: ``(count, next expected seq, head hash, first problem)``."""
+    count, expected, prev_hash = 0, 1, GENESIS_HASH
+    for part in parts:
+        if part.first_seq is None:
+            continue  # an empty range: the next one shows what is missing
+        if part.first_seq != expected:
+            return count, expected, prev_hash, (expected, MISSING_SEQ, (
+                f"seq {expected:,} is missing: the event after seq {expected - 1:,} is seq {part.first_seq:,}"
+                if expected > 1 else f"the chain starts at seq {part.first_seq:,}, not 1"))
+        problem = part.problem
+        first_is_broken = problem is not None and problem[0] == part.first_seq
+        if not (first_is_broken and problem[1] in (MISSING_SEQ, HASH_MISMATCH)) and part.first_prev_hash != prev_hash:
+            return count, expected, prev_hash, (part.first_seq, PREV_HASH_MISMATCH,
+                                                prev_hash_detail(part.first_seq, part.first_prev_hash, prev_hash))
+        count += part.count
+        if part.count:
+            expected, prev_hash = part.last_seq + 1, part.last_hash
+        if problem is not None:
+            return count, expected, prev_hash, problem
+    return count, expected, prev_hash, None
+
+
+def verify_chain(*, keys: dict | None = None, store=None, processes: int | None = None) -> VerificationResult:
+    """Recompute the whole chain and check it against every stored checkpoint (not audited).
+
+    Events appended while it runs are left for the next verification. ``processes`` forces
+    the number of worker processes (1: none); other processes see only committed rows, so
+    inside a transaction it is always 1.
+    """
     started = time.monotonic()
     keys = keys if keys is not None else known_public_keys()
     checkpoints, bad_checkpoints = checkpoints_load(keys, store or checkpoint_store())
-    by_seq: dict[int, list[Checkpoint]] = {}
+    pins: dict[int, list[tuple[str, str, str]]] = {}
     for checkpoint in checkpoints:
-        by_seq.setdefault(checkpoint.seq, []).append(checkpoint)
-    first_bad = bad_checkpoints[0] if bad_checkpoints else None
-    # A bad checkpoint is reported at its seq, unless the chain breaks earlier.
-    stop_at = first_bad.seq if first_bad and first_bad.seq is not None else None
+        pins.setdefault(checkpoint.seq, []).append((checkpoint.name, checkpoint.hash, checkpoint.created_at))
+    head = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first() or 0
+    if processes is None:
+        processes = min(os.cpu_count() or 1, 4) if head >= PARALLEL_FROM else 1
+    if connection.in_atomic_block:
+        processes = 1
+    if processes > 1:
+        parts = _scan_in_parallel(head, processes, pins)
+    else:
+        with event_rows(up_to_seq=head) as rows:
+            parts = [scan(rows, expected=1, prev_hash=GENESIS_HASH, checkpoints=pins)]
+    count, expected, head_hash, problem = _combine(parts)
+    if problem is not None and problem[1] == CHECKPOINT_MISMATCH:
+        matched = [c.seq for c in checkpoints if c.seq < problem[0]]
+        problem = (problem[0], problem[1], problem[2] + (
+            f" (after seq {max(matched):,}, the last checkpoint that matches)" if matched
+            else " (no earlier checkpoint matches)"))
 
-    count, expected, prev_hash, last_good_checkpoint = 0, 1, GENESIS_HASH, None
-    sha256 = hashlib.sha256
-    try:
-        with event_rows() as rows:
-            for row in rows:
-                seq, stored_hash = row[0], row[14]
-                if stop_at is not None and seq >= stop_at:
-                    break
-                if seq != expected:
-                    raise _Broken(expected, MISSING_SEQ, (
-                        f"seq {expected:,} is missing: the event after seq {expected - 1:,} is seq {seq:,}"
-                        if expected > 1 else f"the chain starts at seq {seq:,}, not 1"))
-                if sha256(canonical_line(row).encode()).hexdigest() != stored_hash:
-                    raise _Broken(seq, HASH_MISMATCH, (
-                        f"the fields of seq {seq:,} no longer give its stored hash {_short(stored_hash)}: "
-                        "the event was edited or moved"))
-                if row[13] != prev_hash:
-                    raise _Broken(seq, PREV_HASH_MISMATCH, (
-                        f"seq {seq:,} links to {_short(row[13])} but seq {seq - 1:,} has hash {_short(prev_hash)}: "
-                        f"seq {seq - 1:,} was altered"))
-                for checkpoint in by_seq.get(seq, ()):
-                    if checkpoint.hash != stored_hash:
-                        after = (f"after seq {last_good_checkpoint.seq:,}, the last checkpoint that matches"
-                                 if last_good_checkpoint else "no earlier checkpoint matches")
-                        raise _Broken(seq, CHECKPOINT_MISMATCH, (
-                            f"checkpoint {checkpoint.name} (signed {checkpoint.created_at}) pins seq {seq:,} to "
-                            f"hash {_short(checkpoint.hash)} but the table has {_short(stored_hash)}: the log was "
-                            f"rewritten at or before seq {seq:,} ({after})"))
-                    last_good_checkpoint = checkpoint
-                count, expected, prev_hash = count + 1, seq + 1, stored_hash
-        if first_bad is not None:
-            raise _Broken(first_bad.seq, CHECKPOINT_MISMATCH,
-                          f"checkpoint {first_bad.name} cannot be trusted: {first_bad.reason}")
+    first_bad = bad_checkpoints[0] if bad_checkpoints else None
+    if first_bad is not None and (problem is None or (first_bad.seq is not None and first_bad.seq < problem[0])):
+        problem = (first_bad.seq, CHECKPOINT_MISMATCH,
+                   f"checkpoint {first_bad.name} cannot be trusted: {first_bad.reason}")
+    if problem is None:
         beyond = [c for c in checkpoints if c.seq >= expected]
         if beyond:
             newest = max(beyond, key=lambda c: c.seq)
-            raise _Broken(expected, MISSING_SEQ, (
+            problem = (expected, MISSING_SEQ, (
                 f"the chain ends at seq {expected - 1:,} but checkpoint {newest.name} (signed {newest.created_at}) "
                 f"pins seq {newest.seq:,}: the newest events were removed"))
-    except _Broken as broken:
+    seconds = time.monotonic() - started
+    head_seq = expected - 1 if count else None
+    if problem is not None:
         return VerificationResult(
-            ok=False, count=count, head_seq=expected - 1 if count else None,
-            head_hash=prev_hash if count else None, checkpoints=len(checkpoints), broken_seq=broken.seq,
-            reason=broken.reason, detail=broken.detail, seconds=time.monotonic() - started,
+            ok=False, count=count, head_seq=head_seq, head_hash=head_hash if count else None,
+            checkpoints=len(checkpoints), broken_seq=problem[0], reason=problem[1], detail=problem[2],
+            seconds=seconds, processes=processes,
         )
     latest = checkpoints[-1] if checkpoints else None
     return VerificationResult(
-        ok=True, count=count, head_seq=expected - 1 if count else None, head_hash=prev_hash if count else None,
-        checkpoints=len(checkpoints), seconds=time.monotonic() - started,
+        ok=True, count=count, head_seq=head_seq, head_hash=head_hash if count else None,
+        checkpoints=len(checkpoints), seconds=seconds, processes=processes,
         latest_checkpoint={"seq": latest.seq, "created_at": latest.created_at, "name": latest.name} if latest else {},
     )
 

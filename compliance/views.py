@@ -10,8 +10,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods
 
-from compliance.api import public_key_response
-from compliance.audit_export import FORMATS, audit_export_start, export_response
+from compliance.audit_export import FORMATS, audit_export_start, export_response, public_key_response
 from compliance.audit_query import FILTER_FIELDS, AuditFilter, FilterError, events_page
 from compliance.audit_verify import audit_verify as audit_verify_service
 from compliance.checkpoints import checkpoint_store

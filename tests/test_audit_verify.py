@@ -129,6 +129,14 @@ def _rewrite_from(seq: int) -> None:
         prev_hash = new_hash
 
 
+def test_a_consistent_rewrite_of_the_whole_table_is_caught_by_the_first_checkpoint(events):
+    checkpoint_write()
+    _rewrite_from(1)
+    result = verify_chain()
+    assert (result.ok, result.broken_seq, result.reason) == (False, events[-1].seq, CHECKPOINT_MISMATCH)
+    assert "no earlier checkpoint matches" in result.detail
+
+
 def test_a_consistent_rewrite_passes_the_chain_but_not_the_checkpoints(events):
     checkpoint_write()  # pins the 10th event
     more = record(5)
@@ -231,3 +239,51 @@ def test_the_checkpoint_command_writes_one_on_demand(events, capsys, audit_dirs)
     assert "already checkpointed" in capsys.readouterr().out
     call_command("audit_checkpoint", "--force")
     assert len(list((audit_dirs / "checkpoints").glob("checkpoint-*.json"))) == 2
+
+
+# --- several processes ----------------------------------------------------------------------
+
+def _bounds(processes: int) -> list[int]:
+    head = AuditEvent.objects.order_by("-seq").first().seq
+    return [head * n // processes for n in range(processes + 1)]
+
+
+def _first_of_second_range():
+    return _bounds(3)[1] + 1
+
+
+def _edit_and_rehash(seq: int) -> None:
+    event = AuditEvent.objects.get(seq=seq)
+    event.actor_username = "mallory"
+    tamper("UPDATE {table} SET actor_username = 'mallory', hash = %s WHERE seq = %s",
+           [compute_hash(event_fields(event)), seq])
+
+
+PARALLEL_TAMPERS = {
+    "nothing": lambda: None,
+    "an edit inside a range": lambda: tamper("UPDATE {table} SET action = 'x' WHERE seq = %s",
+                                             [_first_of_second_range() + 7]),
+    "the first event of a range deleted": lambda: tamper("DELETE FROM {table} WHERE seq = %s",
+                                                         [_first_of_second_range()]),
+    "the last events of a range deleted": lambda: tamper("DELETE FROM {table} WHERE seq > %s AND seq < %s",
+                                                         [_first_of_second_range() - 4, _first_of_second_range()]),
+    "a whole range deleted": lambda: tamper("DELETE FROM {table} WHERE seq > %s AND seq <= %s", _bounds(3)[1:3]),
+    "the event before a range rewritten": lambda: _edit_and_rehash(_first_of_second_range() - 1),
+    "the first event of a range edited": lambda: tamper("UPDATE {table} SET outcome = 'denied' WHERE seq = %s",
+                                                        [_first_of_second_range()]),
+    "the newest events truncated": lambda: tamper("DELETE FROM {table} WHERE seq > %s", [_bounds(3)[3] - 5]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("tampering", list(PARALLEL_TAMPERS))
+def test_several_processes_find_exactly_what_one_finds(tampering):
+    record(240)
+    checkpoint_write()
+    PARALLEL_TAMPERS[tampering]()
+    alone, together = verify_chain(processes=1), verify_chain(processes=3)
+    assert together.processes == 3
+    assert (together.ok, together.count, together.head_hash, together.broken_seq, together.reason,
+            together.detail) == (alone.ok, alone.count, alone.head_hash, alone.broken_seq, alone.reason, alone.detail)
+    assert alone.ok == (tampering == "nothing")

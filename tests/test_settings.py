@@ -51,7 +51,10 @@ def test_the_secret_key_can_come_from_a_file(tmp_path):
 def test_check_deploy_reports_zero_warnings_in_production(tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("p" * 20 + "roduction-secret-key-for-the-deploy-check-0123456789")
+    audit_key = tmp_path / "audit-signing-key.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(audit_key)], check=True)
     result = manage("check", "--deploy", "--fail-level", "WARNING", DRPANEL_ENV="production",
-                    SECRET_KEY_FILE=str(key_file), ALLOWED_HOSTS="panel.example.com")
+                    SECRET_KEY_FILE=str(key_file), ALLOWED_HOSTS="panel.example.com",
+                    DRPANEL_AUDIT_SIGNING_KEY_FILE=str(audit_key))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues (0 silenced)." in result.stdout

@@ -13,6 +13,8 @@ from compliance.audit_verify import audit_verify
 
 class Command(BaseCommand):
     help = "Verify the audit log's hash chain and checkpoints; exit 1 when it is broken."
+    # System checks would import every URL, view and API module; this command needs none of them.
+    requires_system_checks = []
 
     def handle(self, *args, **options):
         result = audit_verify(actor=None, via="manage.py audit_verify")
