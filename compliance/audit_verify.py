@@ -45,7 +45,7 @@ __all__ = ["CHECKPOINT_MISMATCH", "HASH_MISMATCH", "MISSING_SEQ", "PREV_HASH_MIS
            "audit_verify", "verify_chain"]
 
 # From this many events on, verification runs in one process per CPU (up to 4), each on a
-# range of seq: one process reads and hashes about 85 000 events/s on the reference machine.
+# range of seq: below it, starting the processes costs more than it saves (bench/audit.py).
 PARALLEL_FROM = 200_000
 
 
