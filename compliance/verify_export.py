@@ -176,6 +176,8 @@ def _csv_fields(row: list[str]) -> dict:
 
 
 def read_csv(raw) -> tuple[Scan, str]:
+    # A large details cell is not damage: lift the csv module's 128 KiB default.
+    csv.field_size_limit(2**31 - 1)
     scan = Scan()
     hashing = _Hashing(raw)
     text = io.TextIOWrapper(io.BufferedReader(hashing), encoding="utf-8", newline="")

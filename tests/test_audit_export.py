@@ -10,9 +10,11 @@ import zipfile
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.management import call_command
+from django.db import transaction
 from django.test import Client
 
 from compliance import verify_export
+from compliance.audit import audit_record
 from compliance.audit_export import audit_export_start, export_to_file
 from compliance.audit_query import AuditFilter
 from compliance.models import AuditEvent
@@ -360,3 +362,19 @@ def test_digests_name_the_key_by_its_fingerprint(tmp_path):
     digest, _ = export(tmp_path)
     assert digest["key_fingerprint"] == fingerprint(current_public_key())
     assert len(base64.b64decode(digest["signature"])) == 64
+
+
+def test_a_large_detail_survives_a_csv_round_trip(tmp_path, public_key):
+    with transaction.atomic():
+        audit_record(actor=None, action="test.large", details={f"k{n}": "x" * 9000 for n in range(30)})
+    _, path = export(tmp_path, "csv")
+    result = run_verifier(path, public_key)
+    assert result.returncode == 0, result.stdout
+
+
+def test_a_csv_digest_can_be_given_explicitly(tmp_path, public_key):
+    _, path = export(tmp_path, "csv")
+    moved = tmp_path / "elsewhere.json"
+    (tmp_path / "export.csv.digest.json").rename(moved)
+    assert run_verifier(path, public_key).stdout.startswith("FAILED (unsigned)")
+    assert run_verifier(path, public_key, digest=moved).returncode == 0
