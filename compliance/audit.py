@@ -7,9 +7,16 @@ action, object_type, object_id, object_repr, outcome, details, prev_hash`` —
 serialised with sorted keys, no whitespace (separators ``,`` and ``:``), non-ASCII kept
 as UTF-8, and ``occurred_at`` as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC. ``hash`` is the
 lowercase hex SHA-256 of those bytes. The first event's ``prev_hash`` is 64 zeros.
+The README's "Audit log" section spells out every rule, so any tool can recompute a hash.
+
+Every stored value hashes the same after a round trip through PostgreSQL: texts lose NUL
+characters and unpaired surrogates before they are hashed, ``client_ip`` is normalised
+by PostgreSQL (``host(inet)``) under the chain lock, and ``details`` go through
+``clean_details``.
 """
 
 import hashlib
+import ipaddress
 import json
 import math
 import re
@@ -27,9 +34,14 @@ GENESIS_HASH = "0" * 64
 # Any number will do as long as every writer uses the same one.
 CHAIN_LOCK_ID = 0x6472_7061_6E65_6C01 & 0x7FFF_FFFF_FFFF_FFFF
 SYSTEM_ACTOR = "system"
+ANONYMOUS_ACTOR = "anonymous"
 
 _SECRET_KEY_PATTERN = re.compile(r"pass(word|phrase)?|secret|token|api[_-]?key|private|credential", re.I)
 REDACTED = "[redacted]"
+
+
+# One encoder for every hash: json.dumps with options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def canonical_time(value: datetime) -> str:
@@ -37,7 +49,15 @@ def canonical_time(value: datetime) -> str:
 
 
 def canonical_bytes(fields: dict) -> bytes:
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _ENCODER.encode(fields).encode()
+
+
+def clean_text(value, limit: int) -> str:
+    """A text PostgreSQL stores and gives back unchanged: no NUL, no lone surrogate, trimmed."""
+    text = ("" if value is None else str(value)).replace("\x00", "")
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text[:limit]
 
 
 def event_fields(event: AuditEvent) -> dict:
@@ -67,10 +87,11 @@ def compute_hash(fields: dict) -> str:
 
 def clean_details(value, *, key: str = ""):
     """Make details JSON-stable (what PostgreSQL's jsonb gives back hashes the same) and secret-free."""
-    if key and _SECRET_KEY_PATTERN.search(key) and value not in (None, "", [], {}):
+    # A yes/no ("usable_password": true) is not a secret; any other value under such a key may be.
+    if key and _SECRET_KEY_PATTERN.search(key) and value not in (None, "", [], {}) and not isinstance(value, bool):
         return REDACTED
     if isinstance(value, dict):
-        return {str(k): clean_details(v, key=str(k)) for k, v in value.items()}
+        return {clean_text(k, 200): clean_details(v, key=str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple | set):
         items = sorted(value, key=str) if isinstance(value, set) else value
         return [clean_details(v) for v in items]
@@ -82,10 +103,14 @@ def clean_details(value, *, key: str = ""):
         # jsonb prints 1e16 and larger as plain integers; store them as integers already.
         if value.is_integer() and abs(value) >= 1e15:
             return int(value)
-        return value
+        # jsonb has no negative zero: -0.0 comes back as 0.0.
+        return 0.0 if value == 0 else value
     if isinstance(value, datetime):
         return canonical_time(value)
-    return str(value).replace("\x00", "")
+    return clean_text(value, 10_000)
+
+
+_FIELD_LIMITS = {"object_type": 100, "object_id": 64, "object_repr": 200}
 
 
 def _object_fields(obj) -> dict:
@@ -94,15 +119,34 @@ def _object_fields(obj) -> dict:
     meta = getattr(obj, "_meta", None)
     return {
         "object_type": meta.label_lower if meta else type(obj).__name__.lower(),
-        "object_id": str(getattr(obj, "pk", "") or "")[:64],
-        "object_repr": str(obj)[:200],
+        "object_id": getattr(obj, "pk", "") or "",
+        "object_repr": str(obj),
     }
 
 
 def _client_ip(request) -> str | None:
     if request is None:
         return None
-    return getattr(request, "client_ip", None) or request.META.get("REMOTE_ADDR") or None
+    value = getattr(request, "client_ip", None) or request.META.get("REMOTE_ADDR") or ""
+    try:
+        return str(ipaddress.ip_address(str(value).split("%", 1)[0]))
+    except ValueError:
+        return None
+
+
+def _actor_username(actor, user, request) -> str:
+    if user is not None:
+        return user.get_username()
+    # Nobody signed in: a web request comes from an anonymous visitor, anything else is the system.
+    return getattr(actor, "username", "") or (ANONYMOUS_ACTOR if request is not None else SYSTEM_ACTOR)
+
+
+# Under the chain lock: the head, and the client address as PostgreSQL will give it back.
+_HEAD_SQL = " ".join((
+    "SELECT head.seq, head.hash, host(%s::inet) FROM (SELECT 1) AS one LEFT JOIN (SELECT seq, hash FROM",
+    AuditEvent._meta.db_table,
+    "ORDER BY seq DESC LIMIT 1) AS head ON true",
+))
 
 
 def audit_record(
@@ -130,23 +174,26 @@ def audit_record(
     fields = _object_fields(obj)
     for name, value in (("object_type", object_type), ("object_id", object_id), ("object_repr", object_repr)):
         if value is not None:
-            fields[name] = str(value)[:200 if name == "object_repr" else 100 if name == "object_type" else 64]
+            fields[name] = value
+    fields = {name: clean_text(value, _FIELD_LIMITS[name]) for name, value in fields.items()}
+    details = clean_details(details or {})
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK_ID])
-        head = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
-        seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
+            cursor.execute(_HEAD_SQL, [_client_ip(request)])
+            head_seq, head_hash, client_ip = cursor.fetchone()
+        seq, prev_hash = (head_seq + 1, head_hash) if head_seq is not None else (1, GENESIS_HASH)
         event = AuditEvent(
             seq=seq,
             occurred_at=timezone.now(),
             actor=user,
-            actor_username=(user.get_username() if user else (getattr(actor, "username", "") or SYSTEM_ACTOR))[:150],
-            client_ip=_client_ip(request),
-            user_agent=(request.META.get("HTTP_USER_AGENT", "") if request is not None else "")[:200],
-            request_id=(getattr(request, "request_id", "") if request is not None else "")[:64],
-            action=action,
-            outcome=outcome,
-            details=clean_details(details or {}),
+            actor_username=clean_text(_actor_username(actor, user, request), 150),
+            client_ip=client_ip,
+            user_agent=clean_text(request.META.get("HTTP_USER_AGENT", "") if request is not None else "", 200),
+            request_id=clean_text(getattr(request, "request_id", "") if request is not None else "", 64),
+            action=clean_text(action, 100),
+            outcome=str(outcome),
+            details=details,
             prev_hash=prev_hash,
             **fields,
         )

@@ -21,6 +21,9 @@ class AuditEventQuerySet(models.QuerySet):
     def bulk_update(self, objs, fields, batch_size=None):
         raise PermissionError("the audit log is append-only: events cannot be updated")
 
+    def bulk_create(self, objs, *args, **kwargs):
+        raise PermissionError("audit events are appended one by one by compliance.audit.audit_record")
+
 
 class AuditEvent(models.Model):
     """One append-only, hash-chained record of something that happened.
@@ -28,7 +31,8 @@ class AuditEvent(models.Model):
     Written only by ``compliance.audit.audit_record``, which assigns ``seq`` (gapless,
     strictly increasing) under a lock and computes ``hash`` = SHA-256 of the canonical
     encoding of every field and ``prev_hash``. Rows are never updated or deleted: the model
-    refuses it here and a database trigger refuses it in PostgreSQL.
+    refuses it here and database triggers refuse UPDATE, DELETE and TRUNCATE in PostgreSQL
+    (``migrations/0004_audit_append_only.py``). ``compliance.audit_verify`` recomputes the chain.
     """
 
     class Outcome(models.TextChoices):
@@ -62,6 +66,11 @@ class AuditEvent(models.Model):
         ordering = ["-seq"]
         indexes = [models.Index(fields=["object_type", "object_id"])]
         default_permissions = ("view",)
+        constraints = [
+            models.CheckConstraint(condition=models.Q(seq__gte=1), name="audit_seq_positive"),
+            # Two events after the same one would be a fork: the database refuses the second.
+            models.UniqueConstraint(fields=["prev_hash"], name="audit_prev_hash_unique"),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.action} by {self.actor_username}"

@@ -8,6 +8,10 @@ urlpatterns = [
     path("checklists/", views_checklists.checklist_today, name="checklist-today"),
     path("contacts/", views_contacts.contact_list, name="contact-list"),
     path("audit/", views.audit_list, name="audit-list"),
+    path("audit/events/<int:seq>/", views.audit_detail, name="audit-detail"),
+    path("audit/export", views.audit_export, name="audit-export"),
+    path("audit/public-key.pem", views.audit_public_key, name="audit-public-key"),
+    path("audit/verify", views.audit_verify, name="audit-verify"),
     # the contact roster
     path("contacts/new", views_contacts.contact_create_view, name="contact-create"),
     path("contacts/<int:pk>/edit", views_contacts.contact_edit, name="contact-edit"),

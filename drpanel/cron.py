@@ -7,6 +7,7 @@ the panel reads on one screen. Times are UTC.
 from rq import cron
 
 from backups import jobs as backup_jobs
+from compliance.audit_jobs import audit_checkpoint_job
 from compliance.jobs import alerts_escalate_job, checklist_evaluate_job, checklist_open_job, contacts_review_job
 from drpanel.jobs import clear_expired_sessions
 
@@ -19,7 +20,8 @@ cron.register(backup_jobs.reap_stale_runs, queue_name="default", cron="*/2 * * *
 cron.register(backup_jobs.retention_job, queue_name="backup", cron="40 * * * *")
 cron.register(backup_jobs.inventory_tick, queue_name="default", cron="10 */6 * * *")
 
-# Compliance: alert escalation, the daily checklist, the contact review.
+# Compliance: the audit checkpoint, alert escalation, the daily checklist, the contact review.
+cron.register(audit_checkpoint_job, queue_name="default", cron="0 * * * *")
 cron.register(alerts_escalate_job, queue_name="default", cron="* * * * *")
 cron.register(checklist_open_job, queue_name="default", cron="5 0 * * *")
 cron.register(checklist_evaluate_job, queue_name="default", cron="45 23 * * *")

@@ -234,6 +234,27 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# --- audit log ------------------------------------------------------------------------------
+
+# The Ed25519 key that signs checkpoints and exports (PEM, PKCS#8). Required in production;
+# development generates one under var/ (mode 0600) on first use.
+AUDIT_SIGNING_KEY = env_secret("DRPANEL_AUDIT_SIGNING_KEY")
+if PRODUCTION and not AUDIT_SIGNING_KEY:
+    raise ConfigError("DRPANEL_AUDIT_SIGNING_KEY (or DRPANEL_AUDIT_SIGNING_KEY_FILE) is required "
+                      "when DRPANEL_ENV=production")
+if AUDIT_SIGNING_KEY:
+    from compliance.signing import SigningKeyError, load_private_key
+
+    try:
+        load_private_key(AUDIT_SIGNING_KEY)
+    except SigningKeyError as exc:
+        raise ConfigError(f"DRPANEL_AUDIT_SIGNING_KEY: {exc}") from None
+AUDIT_SIGNING_KEY_DEV_PATH = VAR_DIR / "audit-signing-key.pem"
+# Public keys (*.pem) of retired signing keys: what they signed stays verifiable.
+AUDIT_RETIRED_KEYS_DIR = Path(env_str("DRPANEL_AUDIT_RETIRED_KEYS_DIR") or VAR_DIR / "audit-retired-keys")
+# Signed checkpoints of the chain head, outside the database.
+AUDIT_CHECKPOINT_DIR = Path(env_str("DRPANEL_AUDIT_CHECKPOINT_DIR") or VAR_DIR / "audit-checkpoints")
+
 # --- backups (catalog, artifact keys, storage) -----------------------------------------------
 
 from backups.keys import read_key_config  # noqa: E402 - needs VAR_DIR and PRODUCTION above

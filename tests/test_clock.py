@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from drpanel import clock
-from tests.test_settings import manage
+from tests.test_settings import manage, production_env
 
 
 def test_it_freezes_and_moves_and_comes_back():
@@ -38,10 +38,7 @@ def test_the_configured_offset_shifts_it(settings):
 
 
 def test_production_refuses_a_shifted_clock(tmp_path):
-    key_file = tmp_path / "key"
-    key_file.write_text("k" * 64)
-    result = manage("check", DRPANEL_ENV="production", SECRET_KEY_FILE=str(key_file),
-                    ALLOWED_HOSTS="panel.example.com", DRPANEL_CLOCK_OFFSET_SECONDS="600")
+    result = manage("check", **production_env(tmp_path), DRPANEL_CLOCK_OFFSET_SECONDS="600")
     assert result.returncode == 2
     assert "DRPANEL_CLOCK_OFFSET_SECONDS is refused when DRPANEL_ENV=production" in result.stderr
 

@@ -33,6 +33,16 @@ def test_an_invalid_value_stops_start_up_with_one_line(name, value, reason):
     assert "Traceback" not in result.stderr
 
 
+def production_env(tmp_path) -> dict:
+    """The smallest valid production environment: a secret key, a host and an audit signing key."""
+    key_file = tmp_path / "key"
+    key_file.write_text("p" * 20 + "roduction-secret-key-for-the-deploy-check-0123456789")
+    audit_key = tmp_path / "audit-signing-key.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(audit_key)], check=True)
+    return {"DRPANEL_ENV": "production", "SECRET_KEY_FILE": str(key_file), "ALLOWED_HOSTS": "panel.example.com",
+            "DRPANEL_AUDIT_SIGNING_KEY_FILE": str(audit_key)}
+
+
 def test_production_requires_a_secret_key():
     result = manage("check", DRPANEL_ENV="production", ALLOWED_HOSTS="panel.example.com", SECRET_KEY="")
     assert result.returncode == 2
@@ -49,9 +59,6 @@ def test_the_secret_key_can_come_from_a_file(tmp_path):
 
 
 def test_check_deploy_reports_zero_warnings_in_production(tmp_path):
-    key_file = tmp_path / "key"
-    key_file.write_text("p" * 20 + "roduction-secret-key-for-the-deploy-check-0123456789")
-    result = manage("check", "--deploy", "--fail-level", "WARNING", DRPANEL_ENV="production",
-                    SECRET_KEY_FILE=str(key_file), ALLOWED_HOSTS="panel.example.com")
+    result = manage("check", "--deploy", "--fail-level", "WARNING", **production_env(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues (0 silenced)." in result.stdout

@@ -10,6 +10,7 @@ STEPS = [
     "drpanel.demo.seed_users",
     "backups.demo.seed",
     "compliance.demo.seed_contacts",
+    "compliance.audit_demo.seed",
 ]
 
 

@@ -1,0 +1,68 @@
+"""Helpers for the audit log's tests: tampering as a superuser, and the offline verifier as a stranger would run it."""
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from django.db import connection, transaction
+
+from compliance.audit import audit_record
+from compliance.models import AuditEvent
+
+ROOT = Path(__file__).resolve().parent.parent
+VERIFIER = ROOT / "compliance" / "verify_export.py"
+TABLE = AuditEvent._meta.db_table
+
+
+def record(count: int, action: str = "test.event", **kwargs) -> list[AuditEvent]:
+    events = []
+    for n in range(count):
+        with transaction.atomic():
+            events.append(audit_record(actor=None, action=action, details={"n": n}, **kwargs))
+    return events
+
+
+@contextlib.contextmanager
+def triggers_disabled():
+    """What an attacker with the database superuser could do (the test role is a superuser)."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {TABLE} DISABLE TRIGGER USER")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {TABLE} ENABLE TRIGGER USER")
+
+
+def tamper(sql: str, params=None) -> None:
+    with triggers_disabled(), connection.cursor() as cursor:
+        cursor.execute(sql.replace("{table}", TABLE), params)
+
+
+def clean_env() -> dict:
+    """No Django, no database, no panel settings: what an auditor's laptop has."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": "/nonexistent"}
+
+
+def run_verifier(export: Path, *keys: Path, digest: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -I compliance/verify_export.py EXPORT --public-key K…`` with a clean environment."""
+    args = [sys.executable, "-I", str(VERIFIER), str(export)]
+    for key in keys:
+        args += ["--public-key", str(key)]
+    if digest is not None:
+        args += ["--digest", str(digest)]
+    return subprocess.run(args, env=clean_env(), cwd=Path(export).parent, capture_output=True, text=True,
+                          timeout=120)
+
+
+def force_audit_failures() -> None:
+    """From now until the test's transaction ends, the audit table refuses every insert."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"""
+            CREATE FUNCTION test_refuse_audit_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'audit storage unavailable (forced by the test)'; END $$;
+            CREATE TRIGGER test_refuse_audit_insert BEFORE INSERT ON {TABLE}
+                FOR EACH ROW EXECUTE FUNCTION test_refuse_audit_insert();
+        """)
