@@ -38,6 +38,7 @@ The building blocks, in the order a restore run uses them:
 import contextlib
 import ctypes
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -249,11 +250,11 @@ def _tool_version(path: str) -> str | None:
 
 
 def _pgserver_bin() -> str | None:
-    try:
-        import pgserver
-    except ImportError:
+    # Located without importing it: importing pgserver has side effects (platformdirs, logging).
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    return str(Path(pgserver.__file__).parent / "pginstall" / "bin")
+    return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin")
 
 
 def pg_restore_candidates(bin_dir: str | None = None) -> list[PgTool]:
