@@ -50,7 +50,9 @@ def test_expectations_are_an_operator_and_a_value(text, op, value):
     assert (expectation.op, expectation.value) == (op, value)
 
 
-@pytest.mark.parametrize("text", ["", "1", ">=", "~ 'x'", "= users", "> 'a'", "< true", "= 1; DROP TABLE x", "between 1 and 2"])
+@pytest.mark.parametrize("text", [
+    "", "1", ">=", "~ 'x'", "= users", "> 'a'", "< true", "= 1; DROP TABLE x", "between 1 and 2",
+])
 def test_anything_else_is_refused(text):
     with pytest.raises(ExpectationError):
         Expectation.parse(text)
@@ -99,7 +101,8 @@ def test_checks_cannot_write(shop, scratch):
     results = run_sanity_checks(shop, [
         Check("delete", "DELETE FROM users RETURNING 1", "= 1"),
         Check("create", "CREATE TABLE evil (id int)", "= 1"),
-        Check("writable function", "SELECT count(*) FROM (SELECT set_config('transaction_read_only', 'off', true)) s", "= 1"),
+        Check("writable function",
+              "SELECT count(*) FROM (SELECT set_config('transaction_read_only', 'off', true)) s", "= 1"),
         Check("smuggled statement", "SELECT 1; DELETE FROM users", "= 1"),
         Check("commit then write", "COMMIT; DELETE FROM users", "= 1"),
     ])
