@@ -42,10 +42,10 @@ def clean_config_dir(value: str) -> str:
     if not value.startswith("/") or "\x00" in value:
         raise ValidationError("The config directory must be an absolute path.")
     normalised = os.path.normpath(value)
-    if normalised != value.rstrip("/") or ".." in value.split("/"):
-        raise ValidationError(f"Write the path without '.', '..' or repeated slashes (e.g. {normalised}).")
     if normalised == "/":
         raise ValidationError("The config directory cannot be the root directory.")
+    if normalised != value.rstrip("/") or ".." in value.split("/"):
+        raise ValidationError(f"Write the path without '.', '..' or repeated slashes (e.g. {normalised}).")
     return normalised
 
 

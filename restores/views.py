@@ -78,6 +78,10 @@ def _target_form(request, target: Target | None):
                 return redirect("restores:target-detail", pk=target.pk)
             except ValidationError as exc:
                 check_errors = _apply_errors(exc, form)
+        if "://" in request.POST.get("database_ref", ""):
+            # Someone pasted the URL itself (with its password?): never echo it back into the page.
+            form.data = form.data.copy()
+            form.data["database_ref"] = ""
     elif target is None:
         form = TargetForm(initial={"is_active": True})
         sanity = SanityCheckFormSet(prefix="sanity")
