@@ -8,6 +8,7 @@ from django.utils.module_loading import import_string
 
 STEPS = [
     "drpanel.demo.seed_users",
+    "restores.demo.seed",
 ]
 
 
