@@ -887,15 +887,24 @@ def _allow_connections(conn: psycopg.Connection, name: str, allow: bool) -> None
         sql.Identifier(name), sql.SQL("true" if allow else "false")))
 
 
-def _terminate(conn: psycopg.Connection, names: list[str]) -> int:
-    if conn.info.server_version >= 140000:
-        # With a timeout, pg_terminate_backend waits until the session is gone.
-        query = ("SELECT count(*) FROM (SELECT pg_terminate_backend(pid, 5000) AS gone FROM pg_stat_activity "
-                 "WHERE datname = ANY(%s) AND pid <> pg_backend_pid()) t WHERE gone")
-    else:
-        query = ("SELECT count(*) FROM (SELECT pg_terminate_backend(pid) AS gone FROM pg_stat_activity "
-                 "WHERE datname = ANY(%s) AND pid <> pg_backend_pid()) t WHERE gone")
-    return conn.execute(query, [names]).fetchone()[0]
+def _terminate(conn: psycopg.Connection, names: list[str], *, wait: float = 5.0) -> int:
+    """Signal every other session of ``names`` at once, then wait (polling every 2 ms) until they are gone.
+
+    Not ``pg_terminate_backend(pid, timeout)``: it waits in 100 ms steps, one session after
+    the other; and ALTER DATABASE's own wait for sessions also sleeps in 100 ms steps.
+    """
+    terminated = conn.execute(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) AS gone FROM pg_stat_activity "
+        "WHERE datname = ANY(%s) AND pid <> pg_backend_pid()) t WHERE gone", [names]).fetchone()[0]
+    if terminated:
+        deadline = time.perf_counter() + wait
+        while time.perf_counter() < deadline:
+            remaining = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s) "
+                                     "AND pid <> pg_backend_pid()", [names]).fetchone()[0]
+            if not remaining:
+                break
+            time.sleep(0.002)
+    return terminated
 
 
 def _swap(url: str, *, live: str, incoming: str, aside: str, timeout: float) -> SwapResult:
