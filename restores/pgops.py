@@ -588,13 +588,14 @@ class RestoreResult:
     items_done: int
     items_total: int | None
     bytes_read: int | None = None
+    owners_kept: bool = False
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"database": self.database, "mode": self.mode, "jobs": self.jobs,
                 "pg_restore": self.pg_restore.version, "duration_s": round(self.duration_s, 3),
                 "items_done": self.items_done, "items_total": self.items_total, "bytes_read": self.bytes_read,
-                "warnings": self.warnings}
+                "owners_kept": self.owners_kept, "warnings": self.warnings}
 
 
 _ITEM = re.compile(r"^pg_restore: (?:processing|finished) item (\d+) ")
@@ -655,7 +656,7 @@ class _StderrWatcher:
 def restore_archive(url: str, database: str, source: Source, *, jobs: int | None = None,
                     pg_restore: PgTool | None = None, items_total: int | None = None,
                     bytes_total: int | None = None, on_progress: Callable[[RestoreProgress], None] | None = None,
-                    progress_interval: float = 0.5, no_owner: bool = True, no_privileges: bool = False,
+                    progress_interval: float = 0.5, no_owner: bool | None = None, no_privileges: bool = False,
                     ) -> RestoreResult:
     """Run ``pg_restore`` into ``database``, which must be a side database (``…__restore_<tag>``).
 
@@ -666,8 +667,12 @@ def restore_archive(url: str, database: str, source: Source, *, jobs: int | None
 
     ``on_progress`` is called in the calling thread at most every ``progress_interval``
     seconds and once at the end, with a ``RestoreProgress``; for a file, ``items_total``
-    is taken from ``pg_restore --list`` unless given. Runs with ``--exit-on-error`` and,
-    by default, ``--no-owner`` (objects belong to the URL's role). Raises ``RestoreFailed``
+    is taken from ``pg_restore --list`` unless given. Runs with ``--exit-on-error``.
+
+    Ownership (``no_owner=None``, the default, decides by the URL's role): a superuser
+    keeps the archive's owners (the roles must exist on the target's server), any other
+    role restores with ``--no-owner`` and owns everything itself (typically the app's
+    own role). Grants are restored unless ``no_privileges``. Raises ``RestoreFailed``
     with pg_restore's first error and ``stderr_tail`` when it exits non-zero. Does not drop
     the database on failure: ``restore_to_side_database`` does.
     """
@@ -689,6 +694,9 @@ def restore_archive(url: str, database: str, source: Source, *, jobs: int | None
     if items_total is None and not stream:
         listing = list_archive(source, pg_restore=tool)
         items_total = listing.toc_entries if jobs > 1 else len(listing.entries)
+    if no_owner is None:
+        with _connect(url) as conn:
+            no_owner = not conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
     conninfo, env = _client_args(url, database)
     cmd = [tool.path, "--verbose", "--exit-on-error", f"--jobs={jobs}", f"--dbname={conninfo}"]
     if no_owner:
@@ -749,7 +757,7 @@ def restore_archive(url: str, database: str, source: Source, *, jobs: int | None
     emit(force=True)
     return RestoreResult(database=database, mode="stream" if stream else "file", jobs=jobs, pg_restore=tool,
                          duration_s=duration, items_done=progress.items_done, items_total=items_total,
-                         bytes_read=progress.bytes_done, warnings=watcher.warnings)
+                         bytes_read=progress.bytes_done, owners_kept=not no_owner, warnings=watcher.warnings)
 
 
 # --- planning: file with -j N, or stream with -j1 ---------------------------------------------
@@ -772,6 +780,7 @@ class RestorePlan:
 
 
 def human_bytes(count: int) -> str:
+    """``1234567`` → ``"1.2 MB"`` (decimal units, as disks are sold)."""
     value = float(count)
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(value) < 1000 or unit == "TB":
@@ -839,11 +848,35 @@ def create_side_database(url: str, run_id) -> str:
                 parts.append(sql.SQL("LOCALE_PROVIDER builtin BUILTIN_LOCALE {}").format(sql.Literal(locale)))
             if may_own:
                 parts.append(sql.SQL("OWNER {}").format(sql.Identifier(owner)))
+            if info.get("datconnlimit", -1) != -1:
+                parts.append(sql.SQL("CONNECTION LIMIT {}").format(sql.Literal(info["datconnlimit"])))
         try:
             conn.execute(sql.SQL(" ").join(parts))
+            if row is not None:
+                _copy_database_acl(conn, database, side)
         except psycopg.Error as exc:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(side)))
             raise PgOpsError(f"cannot create the side database {side}: {_first_line(exc)}") from None
     return side
+
+
+def _copy_database_acl(conn: psycopg.Connection, source: str, target: str) -> None:
+    """Give ``target`` the database-level grants of ``source`` (pg_dump carries them only with --create).
+
+    Without this, a ``REVOKE CONNECT ... FROM PUBLIC`` on ``<db>`` would quietly disappear
+    with the swap.
+    """
+    rows = conn.execute(
+        "SELECT a.privilege_type, a.is_grantable, a.grantee = 0, pg_get_userbyid(a.grantee) "
+        "FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = %s", [source]).fetchall()
+    if not rows:
+        return  # the default privileges, which the new database already has
+    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(target)))
+    for privilege, grantable, public, grantee in rows:
+        conn.execute(sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+            sql.SQL(privilege), sql.Identifier(target), sql.SQL("PUBLIC") if public else sql.Identifier(grantee),
+            sql.SQL(" WITH GRANT OPTION") if grantable else sql.SQL("")))
 
 
 def restore_to_side_database(url: str, run_id, source: Source, **options) -> RestoreResult:

@@ -17,6 +17,7 @@ from restores.models import TARGET_RIGHTS, Target
 
 
 def sees_all_targets(user) -> bool:
+    """Admins, auditors and managers see every target (see the module docstring)."""
     return has_cap(user, Cap.MANAGE_PANEL) or has_cap(user, Cap.READ_AUDIT)
 
 

@@ -470,3 +470,70 @@ def test_a_fresh_archive_of_the_same_schema_restores_after_a_failure(scratch, tm
     pgops.restore_to_side_database(url, run, archive)
     pgops.swap_in(url, run)
     assert scratch.marker(scratch.name("shop")) == "restored"
+
+
+# --- roles, owners and grants ------------------------------------------------------------------
+
+
+@pytest.fixture
+def role(scratch):
+    """A throw-away login role with CREATEDB (not a superuser); dropped after the test's databases."""
+    name = f"{scratch.prefix}_app"
+    with scratch.admin() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        scratch.drop_all()
+        with scratch.admin() as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def _acl(scratch, name: str) -> set:
+    with scratch.admin() as conn:
+        return set(conn.execute(
+            "SELECT a.grantee, a.privilege_type, a.is_grantable FROM pg_database d, aclexplode(d.datacl) a "
+            "WHERE d.datname = %s", [name]).fetchall())
+
+
+def test_the_side_database_keeps_the_database_level_grants_and_limits(scratch, role):
+    url = scratch.create("shop")
+    db = scratch.name("shop")
+    with scratch.admin() as conn:
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(db), sql.Identifier(role)))
+        conn.execute(sql.SQL("ALTER DATABASE {} CONNECTION LIMIT 7").format(sql.Identifier(db)))
+    side = pgops.create_side_database(url, new_run_id())
+    assert _acl(scratch, side) == _acl(scratch, db) and _acl(scratch, db)
+    assert scratch.scalar("postgres", f"SELECT datconnlimit FROM pg_database WHERE datname = '{side}'") == 7  # noqa: S608
+
+
+def test_a_superuser_restore_keeps_the_archives_owners(scratch, role, tmp_path):
+    setup = f'CREATE TABLE things (id int); ALTER TABLE things OWNER TO "{role}";'
+    archive = make_archive(tmp_path / "owned.dump", setup=setup)
+    url = scratch.create("shop")
+    result = pgops.restore_to_side_database(url, new_run_id(), archive)
+    assert result.owners_kept
+    assert scratch.scalar(result.database, "SELECT tableowner FROM pg_tables WHERE tablename = 'things'") == role
+
+
+def test_the_whole_flow_works_for_a_role_that_is_not_a_superuser(scratch, role, sample_archive):
+    from psycopg.conninfo import make_conninfo
+
+    db = scratch.name("shop")
+    with scratch.admin() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(role)))
+    url = make_conninfo(scratch.url(db), user=role)
+    idle = psycopg.connect(url, autocommit=True)
+    run = new_run_id()
+    result = pgops.restore_to_side_database(url, run, sample_archive)
+    assert not result.owners_kept
+    assert scratch.scalar(result.database, "SELECT tableowner FROM pg_tables WHERE tablename = 'orders'") == role
+    swap = pgops.swap_in(url, run)
+    assert swap.sessions_terminated == 1
+    idle.close()
+    assert scratch.scalar(db, "SELECT count(*) FROM orders") == 2000
+    owner = scratch.scalar("postgres", f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{db}'")  # noqa: S608
+    assert owner == role
+    pgops.swap_back(url, run)
+    assert pgops.drop_copy(url, run, "failed")
