@@ -1,8 +1,9 @@
 """Benchmark of the restore building blocks against the raw PostgreSQL tools, in the same run.
 
-    .venv/bin/python bench/restore_ops.py [--scale 50] [--repeat 5] [--swaps 10] [--skip-restores]
+    .venv/bin/python bench/restore_ops.py [--scale 50] [--partitions N] [--repeat 5] [--swaps 10] [--skip-restores]
 
-On a ``pgbench -i -s SCALE`` database dumped with ``pg_dump -Fc`` (a plaintext archive:
+On a ``pgbench -i -s SCALE`` database (``--partitions N`` splits its big table so that
+``-j2`` has work to share) dumped with ``pg_dump -Fc`` (a plaintext archive:
 decryption arrives with the catalog), it measures:
 
 1. the structure check, ``pgops.list_archive`` vs raw ``pg_restore --list`` (goal ≤ 0.3 s);
@@ -73,7 +74,8 @@ class Bench:
         self.server = pgops.server_version_num(self.url("postgres"))
         self.tool = pgops.choose_pg_restore(server_version=self.server)
         self.bin = Path(self.tool.path).parent
-        self.results: dict = {"scale": args.scale, "pg_restore": self.tool.version, "server": self.server}
+        self.results: dict = {"scale": args.scale, "partitions": args.partitions, "pg_restore": self.tool.version,
+                              "server": self.server}
         self.tmp = Path(tempfile.mkdtemp(prefix="drt-bench-"))
 
     # --- helpers ---------------------------------------------------------------------------
@@ -112,8 +114,9 @@ class Bench:
         dbname, env = self.client_args(source)
         print(f"pgbench -i -s {self.args.scale} …", flush=True)
         conninfo = dbname[0].removeprefix("--dbname=")  # pgbench takes the connection as its argument
-        seconds, _ = timed(self.run, [str(self.bin / "pgbench"), "-i", "-q", "-s", str(self.args.scale), conninfo],
-                           env=env)
+        partitions = [f"--partitions={self.args.partitions}"] if self.args.partitions else []
+        seconds, _ = timed(self.run, [str(self.bin / "pgbench"), "-i", "-q", "-s", str(self.args.scale), *partitions,
+                                      conninfo], env=env)
         archive = self.tmp / f"pgbench-{self.args.scale}.dump"
         dump_seconds, _ = timed(self.run, [str(self.bin / "pg_dump"), "-Fc", "-f", str(archive), *dbname], env=env)
         with self.admin() as conn:
@@ -249,6 +252,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="runs of the structure check")
     parser.add_argument("--swaps", type=int, default=10, help="runs of the swap")
     parser.add_argument("--clients", type=int, default=4, help="sessions connected to the live database")
+    parser.add_argument("--partitions", type=int, default=0,
+                        help="split pgbench_accounts into N partitions (gives pg_restore -j something to share)")
     parser.add_argument("--skip-restores", action="store_true", help="only the structure check and the swap")
     args = parser.parse_args()
     setup_django()
@@ -266,7 +271,8 @@ def main() -> None:
     bench.results["load_average_end"] = os.getloadavg()[0]
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)
-    (out / f"restore_ops-{args.scale}.json").write_text(json.dumps(bench.results, indent=2))
+    suffix = f"-p{args.partitions}" if args.partitions else ""
+    (out / f"restore_ops-{args.scale}{suffix}.json").write_text(json.dumps(bench.results, indent=2))
 
 
 if __name__ == "__main__":
