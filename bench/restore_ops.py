@@ -141,7 +141,6 @@ class Bench:
 
     def restores(self, archive: Path) -> None:
         data_size = archive.stat().st_size
-        figures = {}
 
         def raw(jobs: int, from_stdin: bool) -> float:
             name = f"{self.prefix}_raw{jobs}{'s' if from_stdin else 'f'}"
@@ -176,11 +175,21 @@ class Bench:
             self.pgops.drop_copy(target, run, "restore")
             return seconds
 
-        print("restores (each into a fresh database, CREATE DATABASE included) …", flush=True)
-        figures["raw_file_j2_s"] = raw(2, False)
-        figures["ours_file_j2_s"] = ours(False)
-        figures["raw_stdin_j1_s"] = raw(1, True)
-        figures["ours_stream_j1_s"] = ours(True)
+        rounds = self.args.rounds
+        print(f"restores ({rounds} interleaved round(s), medians; each into a fresh database, CREATE DATABASE "
+              "included) …", flush=True)
+        samples: dict[str, list[float]] = {"raw_file_j2_s": [], "ours_file_j2_s": [], "raw_stdin_j1_s": [],
+                                           "ours_stream_j1_s": []}
+        for n in range(rounds):
+            # Alternate who goes first, so a burst of load elsewhere does not always hit the same one.
+            order = [("raw_file_j2_s", lambda: raw(2, False)), ("ours_file_j2_s", lambda: ours(False)),
+                     ("raw_stdin_j1_s", lambda: raw(1, True)), ("ours_stream_j1_s", lambda: ours(True))]
+            if n % 2:
+                order = [order[1], order[0], order[3], order[2]]
+            for key, measure in order:
+                samples[key].append(measure())
+        figures = {key: median(values) for key, values in samples.items()}
+        figures["samples"] = samples
         base = figures["raw_file_j2_s"]
         figures["ours_file_j2_ratio"] = figures["ours_file_j2_s"] / base
         figures["raw_stdin_j1_ratio"] = figures["raw_stdin_j1_s"] / base
@@ -251,6 +260,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=50, help="pgbench scale (50 ≈ 750 MB)")
     parser.add_argument("--repeat", type=int, default=5, help="runs of the structure check")
     parser.add_argument("--swaps", type=int, default=10, help="runs of the swap")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the four restores")
     parser.add_argument("--clients", type=int, default=4, help="sessions connected to the live database")
     parser.add_argument("--partitions", type=int, default=0,
                         help="split pgbench_accounts into N partitions (gives pg_restore -j something to share)")

@@ -667,7 +667,8 @@ def restore_archive(url: str, database: str, source: Source, *, jobs: int | None
 
     ``on_progress`` is called in the calling thread at most every ``progress_interval``
     seconds and once at the end, with a ``RestoreProgress``; for a file, ``items_total``
-    is taken from ``pg_restore --list`` unless given. Runs with ``--exit-on-error``.
+    is taken from ``pg_restore --list`` unless given (only when ``on_progress`` is). Runs
+    with ``--exit-on-error``.
 
     Ownership (``no_owner=None``, the default, decides by the URL's role): a superuser
     keeps the archive's owners (the roles must exist on the target's server), any other
@@ -690,13 +691,16 @@ def restore_archive(url: str, database: str, source: Source, *, jobs: int | None
     else:
         header = read_archive_header(source)
         jobs = max(1, int(jobs or settings.RESTORE_JOBS))
-    tool = pg_restore or choose_pg_restore(archive=header, server_version=server_version_num(url))
-    if items_total is None and not stream:
+    if pg_restore is None or no_owner is None:
+        with _connect(url) as conn:
+            server_version = conn.info.server_version
+            superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
+        if no_owner is None:
+            no_owner = not superuser
+    tool = pg_restore or choose_pg_restore(archive=header, server_version=server_version)
+    if items_total is None and not stream and on_progress is not None:
         listing = list_archive(source, pg_restore=tool)
         items_total = listing.toc_entries if jobs > 1 else len(listing.entries)
-    if no_owner is None:
-        with _connect(url) as conn:
-            no_owner = not conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
     conninfo, env = _client_args(url, database)
     cmd = [tool.path, "--verbose", "--exit-on-error", f"--jobs={jobs}", f"--dbname={conninfo}"]
     if no_owner:
