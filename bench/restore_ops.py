@@ -93,6 +93,12 @@ class Bench:
         conninfo, env = self.pgops._client_args(self.base_url, name)
         return [f"--dbname={conninfo}"], env
 
+    def settle(self) -> None:
+        """Write back what the previous measurement left dirty, so it does not slow down the next one."""
+        self.sql("CHECKPOINT")
+        os.sync()
+        time.sleep(1)
+
     def run(self, cmd: list[str], env: dict | None = None, stdin=None) -> None:
         subprocess.run(cmd, check=True, env=env, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -187,6 +193,7 @@ class Bench:
             if n % 2:
                 order = [order[1], order[0], order[3], order[2]]
             for key, measure in order:
+                self.settle()
                 samples[key].append(measure())
         figures = {key: median(values) for key, values in samples.items()}
         figures["samples"] = samples
