@@ -9,8 +9,8 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from compliance.audit_export import FORMATS, audit_export_start, export_response, public_key_response
 from compliance.api_ops import urlpatterns as ops_urlpatterns
+from compliance.audit_export import FORMATS, audit_export_start, export_response, public_key_response
 from compliance.audit_query import AuditFilter, FilterError, event_json, events_page
 from compliance.signing import current_public_key, fingerprint, public_pem, retired_public_keys
 from drpanel.api import capability

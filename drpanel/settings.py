@@ -271,6 +271,21 @@ DEMO_DATABASE = env_str("DRPANEL_DEMO_DATABASE", "chatbotdysa")
 DEMO_S3_ENDPOINT = env_str("DRPANEL_DEMO_S3_ENDPOINT") or None
 DEMO_SCALE = env_int("DRPANEL_DEMO_SCALE", 1, minimum=1, maximum=100)
 
+# --- restores -----------------------------------------------------------------------------
+
+# Health-check hosts every target may call (names, IP addresses or networks); a target adds its own.
+HEALTHCHECK_ALLOWED_HOSTS = env_list("DRPANEL_HEALTHCHECK_ALLOWED_HOSTS", [])
+HEALTHCHECK_TIMEOUT_SECONDS = env_int("DRPANEL_HEALTHCHECK_TIMEOUT_SECONDS", 5, minimum=1, maximum=60)
+SANITY_TIMEOUT_SECONDS = env_int("DRPANEL_SANITY_TIMEOUT_SECONDS", 30, minimum=1, maximum=3600)
+RESTORE_JOBS = env_int("DRPANEL_RESTORE_JOBS", 2, minimum=1, maximum=64)
+RESTORE_TEMP_DIR = env_str("DRPANEL_RESTORE_TEMP_DIR") or None
+RESTORE_TEMP_HEADROOM_MB = env_int("DRPANEL_RESTORE_TEMP_HEADROOM_MB", 1024, minimum=0)
+CONFIG_RESTORE_MAX_MEMBERS = env_int("DRPANEL_CONFIG_RESTORE_MAX_MEMBERS", 10000, minimum=1)
+CONFIG_RESTORE_MAX_MB = env_int("DRPANEL_CONFIG_RESTORE_MAX_MB", 512, minimum=1)
+for _name, _path in (("PG_BIN_DIR", PG_BIN_DIR), ("DRPANEL_RESTORE_TEMP_DIR", RESTORE_TEMP_DIR)):
+    if _path and not Path(_path).is_absolute():
+        raise ConfigError(f"{_name}={_path!r} must be an absolute path")
+
 # --- mail ----------------------------------------------------------------------------------
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

@@ -9,6 +9,7 @@ from django.utils.module_loading import import_string
 STEPS = [
     "drpanel.demo.seed_users",
     "backups.demo.seed",
+    "restores.demo.seed",
     "compliance.demo.seed_contacts",
     "compliance.audit_demo.seed",
 ]

@@ -1,0 +1,76 @@
+"""Demo data of the restores app: staging, scratch and "production" targets of the demo's ``chatbotdysa``.
+
+All three live on the demo's own PostgreSQL (the panel's server): ``chatbotdysa_staging``,
+``chatbotdysa_scratch`` and ``chatbotdysa`` itself (created by the catalog's demo step).
+Their URLs are written to ``var/targets/<database>.url`` (mode 0600) and the targets name
+them as ``file:`` secret references. A restore creates a missing staging or scratch
+database. Health checks call the panel's own ``/health``, approved for 127.0.0.1 on each
+target. The demo operator may restore into all three; the demo manager approves
+production restores. Safe to run again: it only changes what differs.
+"""
+
+import os
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from drpanel import runtime
+from restores import services
+from restores.models import Target
+
+SOURCE_DATABASE = "chatbotdysa"
+TARGETS = (
+    ("chatbotdysa-staging", Target.Environment.STAGING, "chatbotdysa_staging",
+     "Staging copy of the chatbot's database, for drills and checks."),
+    ("chatbotdysa-scratch", Target.Environment.SCRATCH, "chatbotdysa_scratch",
+     "Throw-away database for experiments."),
+    ("chatbotdysa-production", Target.Environment.PRODUCTION, SOURCE_DATABASE,
+     "The chatbot's live database: restores here wait for a manager's approval."),
+)
+SANITY_CHECKS = [
+    {"name": "the database answers", "query": "SELECT 1", "expectation": "= 1"},
+    {"name": "users exist", "query": "SELECT count(*) FROM users", "expectation": ">= 1"},
+]
+OPERATOR_RIGHTS = ("restore_to_target",)
+MANAGER_RIGHTS = {"chatbotdysa-production": ("approve_restore",)}
+
+
+def _secret_file(database: str) -> str:
+    """Write the database's URL to ``var/targets/<database>.url`` (0600); return its ``file:`` reference."""
+    directory = settings.VAR_DIR / "targets"
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    path = directory / f"{database}.url"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(runtime.with_database_name(settings.DATABASE_URL, database) + "\n")
+    return f"file:{path}"
+
+
+@transaction.atomic
+def seed(out) -> None:
+    port = int(os.environ.get("PORT", 8000))
+    User = get_user_model()
+    operator, manager = User.objects.get(username="operator"), User.objects.get(username="manager")
+    out.write("Restore targets (name / environment / database):")
+    for name, environment, database, description in TARGETS:
+        config_dir = settings.VAR_DIR / "demo" / "targets" / name / "config"
+        config_dir.mkdir(parents=True, exist_ok=True)
+        fields = {
+            "environment": environment, "description": description, "database_ref": _secret_file(database),
+            "config_dir": str(config_dir), "health_check_hosts": ["127.0.0.1"], "is_active": True,
+        }
+        checks = {"sanity_checks": SANITY_CHECKS,
+                  "health_checks": [{"url": f"http://127.0.0.1:{port}/health", "expected_status": 200}]}
+        target = Target.objects.filter(name=name).first()
+        if target is None:
+            target = services.target_create(actor=None, name=name, **fields, **checks)
+        else:
+            services.target_update(actor=None, target=target, **fields, **checks)
+        for right in OPERATOR_RIGHTS:
+            services.target_right_grant(actor=None, target=target, user=operator, right=right)
+        for right in MANAGER_RIGHTS.get(name, ()):
+            services.target_right_grant(actor=None, target=target, user=manager, right=right)
+        out.write(f"  {name:<24} {environment:<11} {database}")
+    out.write("  operator may restore into all three; manager approves production restores.")

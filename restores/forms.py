@@ -1,0 +1,77 @@
+"""Forms of the restores pages: a target, its checks (formsets), and a right to grant."""
+
+from django import forms
+
+from restores.models import TARGET_RIGHTS, Target
+from restores.selectors import grantable_users
+
+
+class TargetForm(forms.Form):
+    """A target's own fields; the service validates them again (secret reference, paths, hosts)."""
+
+    name = forms.CharField(max_length=63, help_text="Lowercase letters, digits, '-' and '_'. "
+                           "People type it to confirm a restore.")
+    environment = forms.ChoiceField(choices=Target.Environment.choices)
+    description = forms.CharField(max_length=300, required=False)
+    database_ref = forms.CharField(
+        label="Database (secret reference)", max_length=300,
+        help_text="env:VARIABLE or file:/absolute/path holding the libpq URL "
+                  "(postgresql://user:password@host:5432/db). The URL itself is never stored.")
+    config_dir = forms.CharField(label="Config directory", max_length=500, required=False,
+                                 help_text="Absolute path; leave empty if this target takes no config restores.")
+    health_check_hosts = forms.CharField(
+        label="Approved health-check hosts", required=False, widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One per line, on top of DRPANEL_HEALTHCHECK_ALLOWED_HOSTS: a host name, *.domain, an IP "
+                  "address or a network. A private address is only called if it is listed itself.")
+    is_active = forms.BooleanField(label="Active (accepts new restores)", required=False, initial=True)
+
+    def clean_health_check_hosts(self):
+        value = self.cleaned_data["health_check_hosts"]
+        return [line.strip() for line in value.replace(",", "\n").splitlines() if line.strip()]
+
+    @classmethod
+    def initial_for(cls, target: Target) -> dict:
+        return {
+            "name": target.name, "environment": target.environment, "description": target.description,
+            "database_ref": target.database_ref, "config_dir": target.config_dir,
+            "health_check_hosts": "\n".join(target.health_check_hosts), "is_active": target.is_active,
+        }
+
+
+class SanityCheckForm(forms.Form):
+    """One SQL sanity check."""
+
+    name = forms.CharField(max_length=100)
+    query = forms.CharField(max_length=4000, widget=forms.Textarea(attrs={"rows": 2}))
+    expectation = forms.CharField(max_length=200, help_text="e.g. >= 1, = 0, != 'broken'")
+
+
+class HealthCheckForm(forms.Form):
+    """One HTTP health check."""
+
+    url = forms.CharField(label="URL", max_length=2000)
+    expected_status = forms.IntegerField(min_value=100, max_value=599, initial=200)
+
+
+SanityCheckFormSet = forms.formset_factory(SanityCheckForm, extra=2, can_delete=True)
+HealthCheckFormSet = forms.formset_factory(HealthCheckForm, extra=2, can_delete=True)
+
+
+def checks_from(formset) -> list[dict]:
+    """The filled, not-deleted rows of a valid formset."""
+    return [
+        {k: v for k, v in form.cleaned_data.items() if k != "DELETE"}
+        for form in formset.forms
+        if form.cleaned_data and not form.cleaned_data.get("DELETE")
+    ]
+
+
+class GrantForm(forms.Form):
+    """Grant one right on a target to one user."""
+
+    user = forms.ModelChoiceField(queryset=None, to_field_name="username")
+    right = forms.ChoiceField(choices=list(TARGET_RIGHTS.items()))
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["user"].queryset = grantable_users()

@@ -1,0 +1,63 @@
+"""Reads of the restores app: which targets a user may see, and who holds which right on one.
+
+Who may see a target (the list page and ``GET /api/v1/targets``):
+
+- users who manage the panel (Admin) or read the audit trail (Auditor, Manager) see every
+  target: the audit trail names them all anyway;
+- everyone else with a role sees the targets they hold ``restore_to_target`` or
+  ``approve_restore`` on, and no other.
+"""
+
+from django.contrib.auth import get_user_model
+from django.http import Http404
+from guardian.shortcuts import get_objects_for_user, get_user_perms, get_users_with_perms
+
+from drpanel.permissions import Cap, has_cap
+from restores.models import TARGET_RIGHTS, Target
+
+
+def sees_all_targets(user) -> bool:
+    """Admins, auditors and managers see every target (see the module docstring)."""
+    return has_cap(user, Cap.MANAGE_PANEL) or has_cap(user, Cap.READ_AUDIT)
+
+
+def visible_targets(user):
+    """The targets ``user`` may see (see the module docstring), ordered by name."""
+    if not has_cap(user, Cap.VIEW_PANEL):
+        return Target.objects.none()
+    if sees_all_targets(user):
+        return Target.objects.all()
+    return get_objects_for_user(user, [f"restores.{right}" for right in TARGET_RIGHTS], klass=Target,
+                                any_perm=True, accept_global_perms=False, with_superuser=False).order_by("name")
+
+
+def access_target(user, pk) -> Target:
+    """The target ``pk`` if ``user`` may see it; the same 404 for "missing" and "not yours"."""
+    try:
+        return visible_targets(user).get(pk=pk)
+    except (Target.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such target.") from None
+
+
+def rights_of(user, target: Target) -> list[str]:
+    """The per-target rights ``user`` holds on ``target`` directly (codenames, in a fixed order)."""
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        return []
+    held = set(get_user_perms(user, target))
+    return [right for right in TARGET_RIGHTS if right in held]
+
+
+def right_holders(target: Target) -> dict[str, list]:
+    """``{right: [users holding it on target directly]}``, users ordered by username."""
+    users = get_users_with_perms(target, attach_perms=True, with_superusers=False, with_group_users=False)
+    holders: dict[str, list] = {right: [] for right in TARGET_RIGHTS}
+    for user, perms in sorted(users.items(), key=lambda item: item[0].get_username()):
+        for right in TARGET_RIGHTS:
+            if right in perms:
+                holders[right].append(user)
+    return holders
+
+
+def grantable_users():
+    """Active users with a role, for the grant form (eligibility per right is checked by the service)."""
+    return get_user_model().objects.filter(is_active=True, groups__isnull=False).distinct().order_by("username")

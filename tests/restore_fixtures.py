@@ -1,0 +1,26 @@
+"""Fixtures of the restore tests (a pytest plugin: ``pytest_plugins = ["tests.restore_fixtures"]``).
+
+``scratch`` gives throw-away databases on the shared PostgreSQL (all dropped after the
+test); ``sample_archive`` is a small pg_dump custom-format archive. Helpers live in
+``tests.restore_support``.
+"""
+
+import pytest
+
+from tests.restore_support import ScratchServer, make_archive
+
+
+@pytest.fixture
+def scratch():
+    """A ``ScratchServer``; every ``drt_<random>`` database it (or the code under test) made is dropped after."""
+    server = ScratchServer()
+    try:
+        yield server
+    finally:
+        server.drop_all()
+
+
+@pytest.fixture(scope="session")
+def sample_archive(tmp_path_factory):
+    """A pg_dump custom-format archive of a small shop (users, orders with a foreign key, GIN index)."""
+    return make_archive(tmp_path_factory.mktemp("archives") / "sample.dump")

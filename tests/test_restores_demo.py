@@ -1,0 +1,46 @@
+"""The demo's targets: three on the demo PostgreSQL, secret files 0600, rights for the demo personas."""
+
+import io
+import stat
+
+import pytest
+
+from compliance.models import AuditEvent
+from drpanel import secrets
+from drpanel.demo import seed_users
+from drpanel.permissions import has_object_right
+from restores.demo import seed
+from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, Target
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_demo_seeds_three_targets_with_rights_and_runs_again_without_changes(settings, tmp_path, monkeypatch):
+    settings.VAR_DIR = tmp_path
+    monkeypatch.setenv("DRPANEL_DEMO_PASSWORD", "demo password 123")
+    monkeypatch.setenv("PORT", "8123")
+    out = io.StringIO()
+    seed_users(out)
+    seed(out)
+    targets = {t.name: t for t in Target.objects.all()}
+    assert {(t.name, t.environment) for t in targets.values()} == {
+        ("chatbotdysa-staging", "staging"), ("chatbotdysa-scratch", "scratch"),
+        ("chatbotdysa-production", "production")}
+    production = targets["chatbotdysa-production"]
+    url = secrets.resolve(production.database_ref)
+    assert url.endswith("/chatbotdysa") and production.database_ref.startswith(f"file:{tmp_path}")
+    assert stat.S_IMODE((tmp_path / "targets" / "chatbotdysa.url").stat().st_mode) == 0o600
+    assert secrets.resolve(targets["chatbotdysa-staging"].database_ref).endswith("/chatbotdysa_staging")
+    assert production.health_checks.get().url == "http://127.0.0.1:8123/health"
+    from django.contrib.auth import get_user_model
+
+    users = get_user_model().objects
+    operator, manager = users.get(username="operator"), users.get(username="manager")
+    for target in targets.values():
+        assert has_object_right(operator, RESTORE_TO_TARGET, target)
+        assert not has_object_right(operator, APPROVE_RESTORE, target)
+    assert has_object_right(manager, APPROVE_RESTORE, production)
+    assert not has_object_right(manager, APPROVE_RESTORE, targets["chatbotdysa-staging"])
+    events = AuditEvent.objects.count()
+    seed(io.StringIO())
+    assert AuditEvent.objects.count() == events, "a second run changes nothing"
