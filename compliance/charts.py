@@ -117,7 +117,10 @@ def sizes_chart(bars: list[dict], start: datetime, end: datetime, *, title: str)
             f'<line x1="{LEFT}" y1="{_plot_y(top, top)}" x2="{WIDTH - RIGHT}" y2="{_plot_y(top, top)}" '
             f'stroke="{GRID}" stroke-dasharray="2 3"/>']
     body += _time_axis(start, end)
-    width = 5
+    xs = [_plot_x(bar["at"], start, end) for bar in bars]
+    # As wide as the closest two bars allow (so dense days stay distinct), between 1.5 and 5 units.
+    closest = min((b - a for a, b in zip(xs, xs[1:], strict=False) if b > a), default=5.0)
+    width = round(max(1.5, min(5.0, closest * 0.7)), 1)
     for bar in bars:
         x = _plot_x(bar["at"], start, end) - width / 2
         y = _plot_y(bar["value"], top)

@@ -142,7 +142,8 @@ def test_the_offsite_check_needs_a_matching_checksum_in_an_enabled_offsite_locat
 
 def test_the_offsite_check_says_when_there_is_no_copy_or_no_location(catalog):
     full = catalog.artifact("full", timedelta(hours=2), offsite=None)
-    assert checks(evaluate(catalog))["offsite_copy"].reason == f"The newest full ({full.short_id}) has no off-site copy."
+    reason = checks(evaluate(catalog))["offsite_copy"].reason
+    assert reason == f"The newest full ({full.short_id}) has no off-site copy."
     StorageLocation.objects.filter(pk=catalog.offsite.pk).update(enabled=False)
     assert checks(evaluate(catalog))["offsite_copy"].reason == "No off-site storage location is enabled."
 
