@@ -15,6 +15,8 @@ Each only schedules ``health_recompute_soon``: the recompute runs after the tran
 commits, once per system, and never fails the change that triggered it.
 """
 
+import uuid
+
 from django.db.models.signals import post_save
 
 from backups.models import Artifact, ArtifactCopy, System
@@ -56,16 +58,26 @@ def _copy_saved(sender, instance, raw=False, **kwargs):
         health_recompute_soon(system_id, trigger=f"copy of {str(instance.artifact_id)[:8]} saved")
 
 
+def _system_of(event: AuditEvent) -> int | None:
+    """The system an audit event is about, or ``ALL_SYSTEMS`` when it does not say."""
+    if event.object_type == "backups.system" and event.object_id.isdigit():
+        return int(event.object_id)
+    if event.object_type == "backups.artifact":
+        try:
+            uuid.UUID(event.object_id)
+        except ValueError:
+            return ALL_SYSTEMS
+        found = Artifact.objects.filter(pk=event.object_id).values_list("system_id", flat=True).first()
+        return found if found is not None else ALL_SYSTEMS
+    return ALL_SYSTEMS
+
+
 def _audited(sender, instance, created=False, raw=False, **kwargs):
+    # Runs inside the audit writer's transaction: it only reads and schedules, so it cannot
+    # make the audited change fail.
     if raw or not created or not watched(instance.action):
         return
-    system_id = ALL_SYSTEMS
-    if instance.object_type == "backups.system" and instance.object_id.isdigit():
-        system_id = int(instance.object_id)
-    elif instance.object_type == "backups.artifact":
-        found = Artifact.objects.filter(pk=instance.object_id).values_list("system_id", flat=True).first()
-        system_id = found if found is not None else ALL_SYSTEMS
-    health_recompute_soon(system_id, trigger=instance.action)
+    health_recompute_soon(_system_of(instance), trigger=instance.action)
 
 
 def connect() -> None:

@@ -121,3 +121,14 @@ def test_a_backup_finishing_on_a_worker_records_the_new_score(redis_conn, operat
     assert codes["full_backup"]["evidence"][0]["url"] == f"/artifacts/{run.artifact_id}/"
     assert not codes["verified"]["passed"] and not codes["config_backup"]["passed"]
     assert (snapshot.score, snapshot.status) == (58, "critical"), "50 of 85: no config backup, not verified yet"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_naming_an_artifact_badly_is_still_audited_and_recomputes_every_system(catalog):
+    full = catalog.artifact("full", timedelta(hours=2))
+    with transaction.atomic():
+        Artifact.objects.filter(pk=full.pk).update(last_verified_level="decrypt", last_verified_at=full.created_at)
+        event = audit_record(actor=None, action="artifact.status", object_type="backups.artifact",
+                             object_id="not-a-uuid")
+    assert event.pk is not None
+    assert triggers(catalog.system)[-1] == "artifact.status"
