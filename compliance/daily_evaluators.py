@@ -64,7 +64,7 @@ def _completed(system: System, kind: str):
     """Backups of a kind that finished (with their checksum), whatever happened to them since."""
     return (Artifact.objects.filter(system=system, kind=kind).exclude(status__in=[Artifact.Status.WRITING,
                                                                                   Artifact.Status.FAILED])
-            .exclude(sha256=""))
+            .exclude(sha256="").defer("manifest"))
 
 
 def _result(statuses: list[str], lines: list[str], evidence: list[Evidence]) -> Result:

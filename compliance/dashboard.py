@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
 
@@ -97,7 +98,7 @@ def rpo_for(system: System, now: datetime | None = None) -> Rpo:
     now = now or clock.now()
     artifact = (Artifact.objects.filter(system=system, kind=Artifact.Kind.FULL, status=Artifact.Status.AVAILABLE,
                                         created_at__lte=now, last_verified_level__in=verified_levels())
-                .order_by("-created_at", "-pk").first())
+                .defer("manifest").order_by("-created_at").first())
     seconds = int((now - artifact.created_at).total_seconds()) if artifact else None
     return Rpo(system=system, artifact=artifact, seconds=seconds, target_seconds=rpo_target_seconds())
 
@@ -210,35 +211,80 @@ def on_call() -> dict:
 
 # --- charts -----------------------------------------------------------------------------------
 
+CHART_SLOTS = 240  # the health chart over 30 days: 3-hour slots
+SIZE_SLOTS = 120  # the size charts: 6-hour slots, so thousands of WAL-like incrementals stay a readable page
+
+
+def _slot_of(at: datetime, since: datetime, now: datetime, slots: int = CHART_SLOTS) -> int:
+    span = (now - since).total_seconds() or 1
+    return min(slots - 1, max(0, int((at - since).total_seconds() / span * slots)))
+
+
+def downsample_scores(points: list[tuple], since: datetime, now: datetime) -> list[tuple]:
+    """At most two points per slot when there are too many to draw: the slot's lowest score at its
+    start (a dip is never smoothed away) and, when different, its last score at its end."""
+    if len(points) <= CHART_SLOTS:
+        return points
+    slot = (now - since) / CHART_SLOTS
+    slots: dict[int, list[int]] = {}
+    for at, score in points:
+        slots.setdefault(_slot_of(at, since, now), []).append(score)
+    result: list[tuple] = []
+    for index in sorted(slots):
+        scores = slots[index]
+        for at, score in ((since + slot * index, min(scores)), (since + slot * (index + 1), scores[-1])):
+            if not result or result[-1][1] != score:
+                result.append((min(at, now), score))
+    return result
+
+
 def health_series(systems: list[System], since: datetime, now: datetime) -> list[dict]:
     """Recorded scores per system since ``since`` (and the one in force then), changes only."""
     series = []
     for n, system in enumerate(systems):
         history = HealthSnapshot.objects.filter(system=system)
-        before = history.filter(at__lt=since).order_by("-at", "-pk").first()
-        rows = ([before] if before else []) + list(history.filter(at__gte=since, at__lte=now).order_by("at", "pk"))
+        before = history.filter(at__lt=since).order_by("-at", "-pk").values_list("at", "score").first()
+        rows = ([before] if before else []) + list(
+            history.filter(at__gte=since, at__lte=now).order_by("at", "pk").values_list("at", "score"))
         points = []
-        for row in rows:
-            if not points or points[-1][1] != row.score:
-                points.append((max(row.at, since), row.score))
-        series.append({"name": system.name, "color": PALETTE[n % len(PALETTE)], "points": points,
+        for at, score in rows:
+            if not points or points[-1][1] != score:
+                points.append((max(at, since), score))
+        series.append({"name": system.name, "color": PALETTE[n % len(PALETTE)],
+                       "points": downsample_scores(points, since, now),
                        "url": reverse("compliance:health-detail", args=[system.pk]),
-                       "first_recorded": rows[0].at if rows else None})
+                       "first_recorded": rows[0][0] if rows else None})
     return series
 
 
 def size_bars(since: datetime, now: datetime, colors: dict[int, str]) -> dict[str, list[dict]]:
-    """Per kind, the finished artifacts since ``since``: when, how big, a link to each."""
+    """Per kind, the finished artifacts since ``since``: when, how big, a link to each.
+
+    With more than one artifact of a system in a slot of the chart (WAL-like incrementals
+    every few minutes), the slot shows the largest of them, linked, and says how many it stands for.
+    """
+    slots: dict[tuple, list] = {}
+    rows = (Artifact.objects.filter(created_at__gte=since, created_at__lte=now).exclude(size=None)
+            .exclude(status__in=[Artifact.Status.WRITING, Artifact.Status.FAILED]).order_by("created_at")
+            .values_list("pk", "system_id", "system__name", "kind", "created_at", "size", "status"))
+    for row in rows.iterator(chunk_size=2000):
+        key = (row[3], row[1], _slot_of(row[4], since, now, SIZE_SLOTS))
+        kept = slots.get(key)
+        if kept is None:
+            slots[key] = [row, 1]
+        else:
+            kept[1] += 1
+            if row[5] > kept[0][5]:
+                kept[0] = row
+    base = reverse("backups:artifact-detail", args=["00000000-0000-0000-0000-000000000000"])
     bars: dict[str, list[dict]] = {}
-    artifacts = (Artifact.objects.filter(created_at__gte=since, created_at__lte=now).exclude(size=None)
-                 .exclude(status__in=[Artifact.Status.WRITING, Artifact.Status.FAILED])
-                 .select_related("system").order_by("created_at"))
-    for artifact in artifacts:
-        bars.setdefault(artifact.kind, []).append({
-            "at": artifact.created_at, "value": artifact.size, "color": colors.get(artifact.system_id, PALETTE[0]),
-            "url": reverse("backups:artifact-detail", args=[artifact.pk]),
-            "label": f"{artifact.system.name} {artifact.kind} {artifact.short_id}, {artifact.created_at:%Y-%m-%d %H:%M}"
-                     f" UTC: {artifact.size} bytes ({artifact.get_status_display()})"})
+    for (pk, system_id, name, kind, created_at, size, status), count in sorted(slots.values(), key=lambda v: v[0][4]):
+        among = f" (the largest of {count} in its 6-hour slot)" if count > 1 else ""
+        bars.setdefault(kind, []).append({
+            "at": created_at, "value": size, "color": colors.get(system_id, PALETTE[0]),
+            "url": base.replace("00000000-0000-0000-0000-000000000000", str(pk)),
+            "label": f"{name} {kind} {str(pk)[:8]}, {created_at:%Y-%m-%d %H:%M} UTC: {filesizeformat(size)} "
+                     f"({status}){among}"})
     return {kind: bars[kind] for kind in Artifact.Kind.values if kind in bars}
 
 

@@ -42,7 +42,7 @@ import hashlib
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -54,7 +54,7 @@ from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, S
 from compliance.alerts import alert_raise, alert_resolve
 from compliance.audit import audit_record
 from compliance.evaluators import Evidence
-from compliance.models import HealthSnapshot
+from compliance.models import Alert, HealthSnapshot
 from drpanel import clock
 from drpanel.context import reset_current_request, set_current_request
 
@@ -163,6 +163,7 @@ class Health:
     system: System
     at: datetime
     checks: tuple[Check, ...]
+    newest: dict = field(default_factory=dict, compare=False)  # kind → the newest artifact the checks read
 
     @property
     def enabled_weight(self) -> int:
@@ -201,19 +202,22 @@ class Health:
 
 
 def newest_artifact(system: System, kind: str, at: datetime) -> Artifact | None:
-    """The newest available artifact of a kind created no later than ``at``."""
+    """The newest available artifact of a kind created no later than ``at``.
+
+    Ordered by ``created_at`` alone, so PostgreSQL walks the (system, kind, created_at) index
+    backwards and stops at the first row, however many artifacts the system has.
+    """
     return (Artifact.objects.filter(system=system, kind=kind, status=Artifact.Status.AVAILABLE, created_at__lte=at)
-            .order_by("-created_at", "-pk").first())
+            .defer("manifest").order_by("-created_at").first())
 
 
-def _age_check(system: System, kind: str, code: str, now: datetime) -> Check:
+def _age_check(system: System, kind: str, code: str, now: datetime, newest: Artifact | None) -> Check:
     interval = system.interval(kind)
     if interval is None:
         why = ("incrementals are disabled in its policy" if kind == Artifact.Kind.INCREMENTAL
                else "it has no config paths")
         return Check(code, WEIGHTS[code], False, False, f"Not part of the policy: {why}.",
                      (system_evidence(system, f"{system.name}: policy"),))
-    newest = newest_artifact(system, kind, now)
     if newest is None:
         return Check(code, WEIGHTS[code], True, False,
                      f"No {kind} backup yet; the policy asks for one {_every(interval)}.", (system_evidence(system),))
@@ -279,15 +283,17 @@ def verified_check(system: System, full: Artifact | None, now: datetime) -> Chec
 def health_evaluate(system: System, now: datetime | None = None) -> Health:
     """The checks of ``system`` at ``now`` (default: the panel clock). Reads only."""
     now = now or clock.now()
-    full = newest_artifact(system, Artifact.Kind.FULL, now)
+    newest = {kind: newest_artifact(system, kind, now) if system.interval(kind) is not None else None
+              for kind in Artifact.Kind.values}
+    full = newest[Artifact.Kind.FULL]
     checks = (
-        _age_check(system, Artifact.Kind.FULL, "full_backup", now),
-        _age_check(system, Artifact.Kind.INCREMENTAL, "incremental_backup", now),
-        _age_check(system, Artifact.Kind.CONFIG, "config_backup", now),
+        _age_check(system, Artifact.Kind.FULL, "full_backup", now, full),
+        _age_check(system, Artifact.Kind.INCREMENTAL, "incremental_backup", now, newest[Artifact.Kind.INCREMENTAL]),
+        _age_check(system, Artifact.Kind.CONFIG, "config_backup", now, newest[Artifact.Kind.CONFIG]),
         offsite_copy_check(system, full),
         verified_check(system, full, now),
     )
-    return Health(system=system, at=now, checks=checks)
+    return Health(system=system, at=now, checks=checks, newest=newest)
 
 
 # --- restore tests (drills) ------------------------------------------------------------------
@@ -303,14 +309,15 @@ class RestoreTest:
 def last_restore_test(system: System, now: datetime | None = None) -> RestoreTest | None:
     """The newest successful restore test of ``system`` up to ``now``, or None.
 
-    For now the only record of one is an artifact whose last verification reached the
+    For now the only record of one is a full artifact whose last verification reached the
     ``restore-test`` level (``Artifact.last_verified_level``). The merge of the restore runs
     (issue 5) extends this with successful restore runs into staging or scratch targets.
     """
     now = now or clock.now()
-    artifact = (Artifact.objects.filter(system=system, last_verified_level="restore-test",
+    # Restore tests are of database backups: looking at fulls only keeps this off the incrementals.
+    artifact = (Artifact.objects.filter(system=system, kind=Artifact.Kind.FULL, last_verified_level="restore-test",
                                         last_verified_at__lte=now)
-                .order_by("-last_verified_at").first())
+                .defer("manifest").order_by("-last_verified_at").first())
     if artifact is None:
         return None
     return RestoreTest(at=artifact.last_verified_at, evidence=verification_evidence(artifact))
@@ -336,9 +343,10 @@ def health_recompute(system: System | int, *, trigger: str = "") -> HealthSnapsh
                 return None
             health = health_evaluate(locked)
             snapshot = _store(locked, health, trigger)
-            _health_alerts(locked, health)
-            _backup_age_alerts(locked, health.at)
-            _drill_alert(locked, health.at)
+            alerts = _Alerts(locked)
+            _health_alerts(locked, health, alerts)
+            _backup_age_alerts(locked, health, alerts)
+            _drill_alert(locked, health.at, alerts)
     finally:
         reset_current_request(token)
     return snapshot
@@ -389,14 +397,37 @@ def health_alert_key(system: System, band: str) -> str:
     return f"health:{system.pk}:{band}"
 
 
-def _health_alerts(system: System, health: Health) -> None:
+class _Alerts:
+    """The system's alerts, raised and resolved idempotently; one query finds which are open now."""
+
+    def __init__(self, system: System):
+        keys = [health_alert_key(system, band) for band in (WARNING, CRITICAL)]
+        keys += [f"backup-overdue:{system.pk}:{kind}" for kind in Artifact.Kind.values]
+        keys.append(f"drill-overdue:{system.pk}")
+        self.open = set(Alert.objects.filter(dedup_key__in=keys).exclude(state=Alert.State.RESOLVED)
+                        .values_list("dedup_key", flat=True))
+
+    def resolve(self, key: str, note: str) -> None:
+        if key in self.open:
+            alert_resolve(dedup_key=key, note=note)
+            self.open.discard(key)
+
+    def raise_(self, key: str, **kwargs) -> None:
+        if key not in self.open:
+            alert_raise(dedup_key=key, **kwargs)
+            self.open.add(key)
+
+
+def _health_alerts(system: System, health: Health, alerts: _Alerts) -> None:
     score, status = health.score, health.status
     if status == HEALTHY:
         for band in (CRITICAL, WARNING):
-            alert_resolve(dedup_key=health_alert_key(system, band), note=f"score back to {score}")
+            alerts.resolve(health_alert_key(system, band), note=f"score back to {score}")
         return
     if status == WARNING:
-        alert_resolve(dedup_key=health_alert_key(system, CRITICAL), note=f"score up to {score} (warning)")
+        alerts.resolve(health_alert_key(system, CRITICAL), note=f"score up to {score} (warning)")
+    if health_alert_key(system, status) in alerts.open:
+        return
     if not alerts_armed(system, health.at):
         return
     lines = [f"The health score of {system.name} is {score}/100 ({status}); healthy is 90 or more.", "",
@@ -405,29 +436,30 @@ def _health_alerts(system: System, health: Health) -> None:
     passing = [c for c in health.checks if c.enabled and c.passed]
     if passing:
         lines += ["", "Passing:"] + [f"- {c.label} (weight {c.weight})" for c in passing]
-    alert_raise(kind=f"health.{status}", severity=status,
-                subject=f"{system.name}: backup health {status} ({score}/100)", message="\n".join(lines),
-                dedup_key=health_alert_key(system, status),
-                evidence_url=reverse("compliance:health-detail", args=[system.pk]))
+    alerts.raise_(health_alert_key(system, status), kind=f"health.{status}", severity=status,
+                  subject=f"{system.name}: backup health {status} ({score}/100)", message="\n".join(lines),
+                  evidence_url=reverse("compliance:health-detail", args=[system.pk]))
 
 
-def backup_overdue(system: System, kind: str, now: datetime) -> tuple[bool, Artifact | None]:
-    """Is the newest backup of a kind older than the policy allows (or missing past the first interval)?"""
+def backup_overdue(system: System, kind: str, now: datetime, newest: Artifact | None) -> bool:
+    """Is ``newest`` (the newest backup of a kind) older than the policy allows, or missing past the first interval?"""
     interval = system.interval(kind)
     if interval is None:
-        return False, None
-    newest = newest_artifact(system, kind, now)
+        return False
     if newest is not None:
-        return now - newest.created_at > interval, newest
-    return now - system.created_at > interval, None
+        return now - newest.created_at > interval
+    return now - system.created_at > interval
 
 
-def _backup_age_alerts(system: System, now: datetime) -> None:
+def _backup_age_alerts(system: System, health: Health, alerts: _Alerts) -> None:
+    now = health.at
     for kind in Artifact.Kind.values:
         key = f"backup-overdue:{system.pk}:{kind}"
-        overdue, newest = backup_overdue(system, kind, now)
-        if not overdue:
-            alert_resolve(dedup_key=key, note=f"a {kind} backup within the policy exists")
+        newest = health.newest.get(kind)
+        if not backup_overdue(system, kind, now, newest):
+            alerts.resolve(key, note=f"a {kind} backup within the policy exists")
+            continue
+        if key in alerts.open:
             continue
         interval = system.interval(kind)
         if newest is not None:
@@ -439,9 +471,8 @@ def _backup_age_alerts(system: System, now: datetime) -> None:
             detail = (f"{system.name} has no {kind} backup, {format_age(now - system.created_at)} after it was "
                       f"added; the policy asks for one {_every(interval)}.")
             evidence = reverse("backups:system-detail", args=[system.pk])
-        alert_raise(kind="backup.overdue", severity="warning", subject=f"{system.name}: {kind} backup overdue",
-                    message=detail + "\nCheck the system's backup runs and the workers.", dedup_key=key,
-                    evidence_url=evidence)
+        alerts.raise_(key, kind="backup.overdue", severity="warning", subject=f"{system.name}: {kind} backup overdue",
+                      message=detail + "\nCheck the system's backup runs and the workers.", evidence_url=evidence)
 
 
 def drill_overdue(system: System, now: datetime) -> tuple[bool, RestoreTest | None]:
@@ -452,19 +483,21 @@ def drill_overdue(system: System, now: datetime) -> tuple[bool, RestoreTest | No
     return now - since > limit, last
 
 
-def _drill_alert(system: System, now: datetime) -> None:
+def _drill_alert(system: System, now: datetime, alerts: _Alerts) -> None:
     key = f"drill-overdue:{system.pk}"
     overdue, last = drill_overdue(system, now)
     if not overdue:
-        alert_resolve(dedup_key=key, note="a restore test succeeded")
+        alerts.resolve(key, note="a restore test succeeded")
+        return
+    if key in alerts.open:
         return
     days = settings.DRILL_OVERDUE_DAYS
     when = (f"The last one succeeded {format_age(now - last.at)} ago ({last.at:%Y-%m-%d %H:%M} UTC)." if last
             else "None has succeeded since it was added.")
-    alert_raise(kind="drill.overdue", severity="warning", subject=f"{system.name}: restore drill overdue",
-                message=f"No restore test of {system.name} succeeded in the last {days} days. {when}\n"
-                        "Run a restore test (or a drill into staging) and let it finish.",
-                dedup_key=key, evidence_url=last.evidence.url if last else reverse("restores:run-list"))
+    alerts.raise_(key, kind="drill.overdue", severity="warning", subject=f"{system.name}: restore drill overdue",
+                  message=f"No restore test of {system.name} succeeded in the last {days} days. {when}\n"
+                          "Run a restore test (or a drill into staging) and let it finish.",
+                  evidence_url=last.evidence.url if last else reverse("restores:run-list"))
 
 
 # --- when to recompute -----------------------------------------------------------------------
