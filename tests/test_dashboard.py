@@ -9,7 +9,7 @@ from django.urls import reverse
 from backups.models import ArtifactCopy, BackupRun, System
 from backups.services import artifact_delete_request
 from compliance.charts import health_chart, rto_chart, sizes_chart
-from compliance.dashboard import Drill, approvals_waiting_for, on_call
+from compliance.dashboard import CHART_SLOTS, Drill, approvals_waiting_for, downsample_scores, on_call, size_bars
 from compliance.health import health_recompute
 from drpanel import clock
 from tests.support import assert_only_roles
@@ -201,3 +201,25 @@ def test_chart_texts_are_escaped():
 def test_a_health_chart_without_any_score_says_so():
     series = [{"name": "s", "color": "#000", "url": "/", "points": [], "first_recorded": None}]
     assert "No score recorded yet" in str(health_chart(series, NOW - timedelta(days=30), NOW))
+
+
+def test_a_dense_history_is_drawn_per_slot_without_hiding_a_dip():
+    since = NOW - timedelta(days=30)
+    points = [(since + timedelta(minutes=5 * n), 100 if n % 2 else 90) for n in range(8000)]
+    points[4001] = (points[4001][0], 12)
+    drawn = downsample_scores(points, since, NOW)
+    assert len(drawn) <= 2 * CHART_SLOTS
+    assert min(score for _, score in drawn) == 12, "the slot's lowest score is kept"
+    assert drawn[-1][1] == points[-1][1], "and each slot ends on its last score"
+    few = points[:10]
+    assert downsample_scores(few, since, NOW) == few
+
+
+def test_dense_backups_are_one_linked_bar_per_slot_the_largest(catalog):
+    catalog.artifact("incremental", timedelta(hours=1, minutes=10))
+    large = catalog.artifact("incremental", timedelta(hours=1, minutes=5))
+    type(large).objects.filter(pk=large.pk).update(size=10 << 20)
+
+    bars = size_bars(clock.now() - timedelta(days=30), clock.now(), {})["incremental"]
+    assert len(bars) == 1 and bars[0]["url"] == f"/artifacts/{large.pk}/"
+    assert "10.0\xa0MB" in bars[0]["label"] and "the largest of 2 in its 6-hour slot" in bars[0]["label"]
