@@ -373,3 +373,38 @@ class AlertNotification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.purpose} mail to {self.contact.name} about alert {self.alert_id}"
+
+
+# --- the health score ------------------------------------------------------------------------
+
+class HealthSnapshot(models.Model):
+    """One computed health score of a system (DESIGN.md "Health score"), with its checks and evidence.
+
+    Written only by ``compliance.health.health_recompute``, and only when the score, the
+    status or a check (its outcome or the evidence it rests on) changed, or when the newest
+    row is older than ``compliance.health.SNAPSHOT_EVERY`` (so the 15-minute recompute keeps at
+    least one row per hour). Rows are never changed afterwards: they are the history.
+    ``checks`` is a list of ``{"code", "label", "weight", "enabled", "passed", "reason",
+    "evidence": [{"label", "url", "object_type", "object_id"}]}``; ``fingerprint`` is the
+    SHA-256 of what counts as a change (score, status, each check's outcome and evidence ids).
+    """
+
+    class Status(models.TextChoices):
+        HEALTHY = "healthy", "healthy"
+        WARNING = "warning", "warning"
+        CRITICAL = "critical", "critical"
+
+    system = models.ForeignKey("backups.System", on_delete=models.CASCADE, related_name="health_snapshots")
+    at = models.DateTimeField(default=clock_now)
+    score = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices)
+    checks = models.JSONField(default=list)
+    fingerprint = models.CharField(max_length=64)
+    trigger = models.CharField(max_length=100, blank=True, help_text="What made the panel recompute it.")
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [models.Index(fields=["system", "at"], name="health_system_at")]
+
+    def __str__(self) -> str:
+        return f"{self.system_id}: {self.score} ({self.status}) at {self.at:%Y-%m-%d %H:%M}"

@@ -51,3 +51,15 @@ class MeView(APIView):
     }))
     def get(self, request):
         return Response({"username": request.user.get_username(), "roles": roles_of(request.user)})
+
+
+class DashboardView(APIView):
+    """The worst system's health (score, status, checks with evidence), RPO and RTO now, every system's health."""
+
+    permission_classes = [capability(Cap.VIEW_PANEL)]
+
+    @extend_schema(responses=inline_serializer("Dashboard", {"data": serializers.DictField()}))
+    def get(self, request):
+        from compliance.dashboard import dashboard_json
+
+        return Response({"data": dashboard_json()})

@@ -8,7 +8,13 @@ from rq import cron
 
 from backups import jobs as backup_jobs
 from compliance.audit_jobs import audit_checkpoint_job
-from compliance.jobs import alerts_escalate_job, checklist_evaluate_job, checklist_open_job, contacts_review_job
+from compliance.jobs import (
+    alerts_escalate_job,
+    checklist_evaluate_job,
+    checklist_open_job,
+    contacts_review_job,
+    health_recompute_job,
+)
 from drpanel.jobs import clear_expired_sessions
 
 cron.register(clear_expired_sessions, queue_name="default", cron="17 3 * * *")
@@ -26,3 +32,6 @@ cron.register(alerts_escalate_job, queue_name="default", cron="* * * * *")
 cron.register(checklist_open_job, queue_name="default", cron="5 0 * * *")
 cron.register(checklist_evaluate_job, queue_name="default", cron="45 23 * * *")
 cron.register(contacts_review_job, queue_name="default", cron="0 8 * * *")
+
+# Health: every system's score, its history and its alerts (also recomputed after each relevant event).
+cron.register(health_recompute_job, queue_name="default", cron="*/15 * * * *")

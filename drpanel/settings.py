@@ -309,6 +309,11 @@ if not PANEL_BASE_URL.startswith(("http://", "https://")):
     raise ConfigError(f"DRPANEL_BASE_URL={PANEL_BASE_URL!r} must start with http:// or https://")
 ALERT_ACK_LINK_HOURS = env_int("DRPANEL_ALERT_ACK_LINK_HOURS", 24, minimum=1, maximum=7 * 24)
 CONTACT_REVIEW_DAYS = env_int("DRPANEL_CONTACT_REVIEW_DAYS", 30, minimum=1, maximum=366)
+# The old guide's promises, which the dashboard measures against: RPO < 30 min, RTO < 15 min.
+RPO_TARGET_MINUTES = env_int("DRPANEL_RPO_TARGET_MINUTES", 30, minimum=1, maximum=7 * 24 * 60)
+RTO_TARGET_MINUTES = env_int("DRPANEL_RTO_TARGET_MINUTES", 15, minimum=1, maximum=7 * 24 * 60)
+# A system whose last successful restore test is older than this is "drill overdue".
+DRILL_OVERDUE_DAYS = env_int("DRPANEL_DRILL_OVERDUE_DAYS", 30, minimum=1, maximum=366)
 
 # --- logging -------------------------------------------------------------------------------
 

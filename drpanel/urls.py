@@ -12,6 +12,7 @@ handler500 = "drpanel.views.server_error"
 panel_patterns = (
     [
         path("", views.dashboard, name="dashboard"),
+        path("dashboard/jobs", views.dashboard_jobs, name="dashboard-jobs"),
         path("login/", views.LoginView.as_view(), name="login"),
         path("logout/", views.LogoutView.as_view(), name="logout"),
         path("reauth/", views.reauth, name="reauth"),

@@ -79,7 +79,19 @@ def token_revoke(request, pk: int):
 @capability_required(Cap.VIEW_PANEL)
 @require_GET
 def dashboard(request):
-    return render(request, "drpanel/dashboard.html", {})
+    """The worst health score, RPO and RTO against their targets, charts, jobs, approvals, checklists, on-call."""
+    from compliance.dashboard import dashboard_context
+
+    return render(request, "drpanel/dashboard.html", dashboard_context(request.user))
+
+
+@capability_required(Cap.VIEW_PANEL)
+@require_GET
+def dashboard_jobs(request):
+    """The dashboard's running-jobs fragment, polled while jobs run."""
+    from compliance.dashboard import running_jobs
+
+    return render(request, "drpanel/_dashboard_jobs.html", {"jobs": running_jobs()})
 
 
 def _check_database() -> tuple[bool, str]:

@@ -39,17 +39,31 @@ def item(code: str, day: date | None = None) -> ChecklistItem:
 
 @pytest.fixture
 def registry():
-    """Register evaluators/validators for a test and remove them afterwards."""
-    codes = []
+    """Register evaluators/validators for a test in place of the panel's own (``registry.remove(code)``
+    takes one away); the panel's own are back afterwards."""
+    saved = {}
+
+    def _remove(code):
+        saved.setdefault(code, (evaluators.evaluator_for(code), evaluators.validator_for(code)))
+        evaluators.unregister(code)
 
     def _register(code, thing, *, validator=False):
-        codes.append(code)
+        _remove(code)
         (evaluators.register_validator if validator else evaluators.register)(code)(thing)
         return thing
 
+    _register.remove = _remove
     yield _register
-    for code in codes:
+    for code, (evaluator, validator) in saved.items():
         evaluators.unregister(code)
+        if evaluator is not None:
+            evaluators.register(code)(evaluator)
+        if validator is not None:
+            evaluators.register_validator(code)(type(validator))
+
+
+DAILY_AUTOMATIC = ("daily.full_backup", "daily.incremental_backup", "daily.config_backup", "daily.health_score",
+                   "daily.offsite_copy", "daily.encryption_integrity")
 
 
 class StagingRestores:
@@ -98,7 +112,9 @@ def test_a_period_materialises_its_items_once_from_the_version_in_force(panel_cl
 
 # --- automatic items -------------------------------------------------------------------------
 
-def test_without_evaluators_daily_items_honestly_have_no_data(panel_clock, operator):
+def test_without_evaluators_daily_items_honestly_have_no_data(panel_clock, operator, registry):
+    for code in DAILY_AUTOMATIC:
+        registry.remove(code)
     period = checklist_evaluate(actor=operator)
     statuses = set(period.items.values_list("status", flat=True))
     assert statuses == {"no_data"}
@@ -139,7 +155,8 @@ def test_evaluating_needs_a_ticker_and_only_today(panel_clock, auditor, admin, o
         checklist_evaluate(actor=operator, day=date(2026, 11, 24))
 
 
-def test_the_today_page_and_api_show_no_evidence_source_yet(clients, panel_clock):
+def test_the_today_page_and_api_show_no_evidence_source_yet(clients, panel_clock, registry):
+    registry.remove("daily.full_backup")
     page = clients["auditor"].get(reverse("compliance:checklist-today")).content.decode()
     assert "No evidence source yet" in page
     body = clients["auditor"].get("/api/v1/checklists/today").json()["data"]

@@ -11,6 +11,7 @@ STEPS = [
     "backups.demo.seed",
     "restores.demo.seed",
     "compliance.demo.seed_contacts",
+    "compliance.demo.seed_health",
     "compliance.audit_demo.seed",
 ]
 

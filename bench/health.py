@@ -1,0 +1,214 @@
+"""Benchmark of the health score and the dashboard against the size of the catalog.
+
+    .venv/bin/python bench/health.py [--systems 5] [--days 30] [--old-days 335] [--quick]
+                                     [--database-url postgresql://…/drpanel_health_bench]
+
+It fills a dedicated database (its name must end in ``_bench``; its catalog is emptied first)
+with S systems, each with a full a day, a config backup every 4 h and an incremental every
+15 minutes (WAL-like) over ``--days`` recent days plus ``--old-days`` older ones, and a health
+snapshot every 15 minutes of the recent days — rows only, written with COPY-speed
+``bulk_create``. Then, in the same run, medians of interleaved rounds:
+
+- ``health_recompute(system)`` (five checks, the history row, the alerts) against the five
+  bare "newest artifact of a kind" queries it cannot do without (``raw``);
+- the dashboard page and ``GET /api/v1/dashboard`` (an auditor, through Django's test
+  client) on this catalog against the same on a catalog of one day of one system (``small``).
+
+Goals: a recompute ≤ 25 ms per system; the page ≤ 500 ms and the API ≤ 150 ms with the
+default scale. Not a test: numbers depend on the machine and its load.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+GOALS = {"recompute": 25.0, "page": 500.0, "api": 150.0}
+
+
+def setup_django(database_url: str) -> None:
+    os.environ.update({"DATABASE_URL": database_url, "DRPANEL_SERVICES": "external", "LOG_LEVEL": "WARNING",
+                       "DJANGO_SETTINGS_MODULE": "drpanel.settings"})
+    from drpanel import runtime
+
+    runtime.prepare(start=False)
+    runtime.ensure_database(database_url)
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    settings.ALLOWED_HOSTS = ["testserver", *settings.ALLOWED_HOSTS]
+    call_command("migrate", verbosity=0)
+
+
+def empty_catalog() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE compliance_healthsnapshot, backups_artifactcopy, backups_backuprun, "
+                       "backups_artifact, backups_system, backups_storagelocation, compliance_alertnotification, "
+                       "compliance_alert CASCADE")
+
+
+def fill(systems: int, days: int, old_days: int) -> int:
+    """The catalog described above; returns how many artifacts it holds."""
+    from backups.models import Artifact, ArtifactCopy, StorageLocation, System
+    from compliance.health import health_evaluate
+    from compliance.models import HealthSnapshot
+    from drpanel import clock
+
+    now = clock.now()
+    # Rows only: nothing is ever written to these directories.
+    primary = StorageLocation.objects.create(name="primary", kind="local", role="primary", path="/nonexistent/primary")
+    offsite = StorageLocation.objects.create(name="offsite", kind="local", role="offsite", path="/nonexistent/offsite")
+    total = 0
+    for n in range(systems):
+        system = System.objects.create(name=f"system-{n}", database_ref="env:BENCH_DB", config_paths=["/etc/app"],
+                                       incremental_enabled=True, created_at=now - timedelta(days=days + old_days))
+        batch, copies = [], []
+        steps = (("full", timedelta(days=1)), ("config", timedelta(hours=4)), ("incremental", timedelta(minutes=15)))
+        for kind, every in steps:
+            at = now - timedelta(days=days + old_days)
+            while at <= now - timedelta(minutes=5):
+                artifact_id = uuid.uuid4()
+                verified = kind == "full" and now - at < timedelta(days=2)
+                batch.append(Artifact(
+                    id=artifact_id, system=system, kind=kind, format="pg_custom", status="available", created_at=at,
+                    size=(50 << 20) if kind == "full" else (8 << 10) if kind == "config" else (16 << 20),
+                    sha256="ab" * 32, storage_key=f"{kind}/{artifact_id}", manifest={"tables": [{"n": i} for i in
+                                                                                             range(40)]},
+                    last_verified_level="decrypt" if verified else "", last_verified_at=at if verified else None))
+                for location in (primary, offsite):
+                    copies.append(ArtifactCopy(artifact_id=artifact_id, location=location, key=f"{kind}/{artifact_id}",
+                                               status="ok", size=1, sha256_seen="ab" * 32))
+                at += every
+        Artifact.objects.bulk_create(batch, batch_size=5000)
+        ArtifactCopy.objects.bulk_create(copies, batch_size=5000)
+        total += len(batch)
+        checks = [c.as_dict() for c in health_evaluate(system, now).checks]
+        HealthSnapshot.objects.bulk_create(
+            [HealthSnapshot(system=system, at=now - timedelta(minutes=15 * k), score=100 if k % 7 else 70,
+                            status="healthy" if k % 7 else "warning", checks=checks, fingerprint=str(k))
+             for k in range(days * 96)], batch_size=5000)
+    from django.db import connection
+
+    with connection.cursor() as cursor:  # as autovacuum would after such a load
+        cursor.execute("ANALYZE backups_artifact, backups_artifactcopy, compliance_healthsnapshot")
+    return total
+
+
+def timed(func, rounds: int) -> float:
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        func()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def measure(rounds: int) -> dict:
+    from django.contrib.auth.models import Group
+    from django.db import connection
+    from django.test import Client
+
+    from backups.models import Artifact, System
+    from compliance.health import health_recompute
+    from drpanel import clock
+
+    user = _auditor(Group)
+    client = Client()
+    client.force_login(user)
+    systems = list(System.objects.order_by("pk"))
+
+    def recompute():
+        for system in systems:
+            health_recompute(system, trigger="bench")
+
+    def raw():
+        now = clock.now()
+        with connection.cursor() as cursor:
+            for system in systems:
+                for kind in ("full", "incremental", "config", "full", "full"):
+                    cursor.execute("SELECT id, created_at FROM backups_artifact WHERE system_id = %s AND kind = %s "
+                                   "AND status = 'available' AND created_at <= %s ORDER BY created_at DESC "
+                                   "LIMIT 1", [system.pk, kind, now])
+                    cursor.fetchone()
+
+    def page():
+        response = client.get("/")
+        assert response.status_code == 200, response.status_code
+
+    def api():
+        response = client.get("/api/v1/dashboard")
+        assert response.status_code == 200, response.status_code
+
+    page(), api(), recompute()
+    result = {"recompute": 0.0, "raw": 0.0, "page": 0.0, "api": 0.0}
+    for _ in range(3):  # interleaved rounds: load on the shared machine hits every figure alike
+        result["recompute"] += timed(recompute, rounds) / len(systems) / 3
+        result["raw"] += timed(raw, rounds) / len(systems) / 3
+        result["page"] += timed(page, rounds) / 3
+        result["api"] += timed(api, rounds) / 3
+    result["artifacts"] = Artifact.objects.count()
+    result["page_bytes"] = len(client.get("/").content)
+    return result
+
+
+def _auditor(group_model):
+    from django.contrib.auth import get_user_model
+
+    user, _ = get_user_model().objects.get_or_create(username="bench-auditor")
+    user.groups.add(group_model.objects.get(name="Auditor"))
+    return user
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--systems", type=int, default=5)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--old-days", type=int, default=335)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="2 systems, 3 + 7 days: validates the script")
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL")
+                        or "postgresql://postgres@127.0.0.1:5432/drpanel_health_bench")
+    args = parser.parse_args()
+    if args.quick:
+        args.systems, args.days, args.old_days, args.rounds = 2, 3, 7, 3
+    if not args.database_url.rsplit("/", 1)[-1].split("?")[0].endswith("_bench"):
+        sys.exit("the benchmark empties its database's catalog: give a database whose name ends in _bench")
+    setup_django(args.database_url)
+
+    empty_catalog()
+    fill(1, 1, 0)
+    small = measure(args.rounds)
+    empty_catalog()
+    started = time.monotonic()
+    count = fill(args.systems, args.days, args.old_days)
+    print(f"catalog: {args.systems} systems, {count} artifacts ({args.days} recent + {args.old_days} older days), "
+          f"{args.systems * args.days * 96} health snapshots; filled in {time.monotonic() - started:.0f} s")
+    large = measure(args.rounds)
+    print(f"{'what':<34}{'this catalog':>14}{'reference':>14}{'ratio':>8}{'goal':>10}")
+    print(f"{'health_recompute, per system':<34}{large['recompute']:>11.1f} ms{large['raw']:>11.1f} ms"
+          f"{large['recompute'] / large['raw']:>7.1f}×{'≤ 25 ms':>10}   (reference: its 5 bare newest-artifact "
+          "queries)")
+    print(f"{'dashboard page':<34}{large['page']:>11.1f} ms{small['page']:>11.1f} ms"
+          f"{large['page'] / small['page']:>7.1f}×{'≤ 500 ms':>10}   (reference: 1 system, 1 day; "
+          f"{large['page_bytes'] // 1024} KB of HTML)")
+    print(f"{'GET /api/v1/dashboard':<34}{large['api']:>11.1f} ms{small['api']:>11.1f} ms"
+          f"{large['api'] / small['api']:>7.1f}×{'≤ 150 ms':>10}")
+    misses = [name for name, goal in GOALS.items() if large[name] > goal]
+    print("goals met" if not misses else f"goals missed: {', '.join(misses)}")
+    empty_catalog()
+
+
+if __name__ == "__main__":
+    main()

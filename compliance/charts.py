@@ -1,0 +1,160 @@
+"""Charts drawn on the server as inline SVG: no script, no library, and no ``style``.
+
+The content security policy forbids inline styles, so every colour and size is an SVG
+presentation attribute (``fill=``, ``stroke=``, ``font-size=``), which the policy does not
+govern. Every bar or line is a link to what it stands for, with a ``<title>`` for the
+tooltip and for screen readers; each chart has a title and a one-line description.
+Texts and URLs are escaped; the functions return safe strings for templates.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.template.defaultfilters import filesizeformat
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+from compliance.health import HEALTHY_FROM, WARNING_FROM, format_age
+
+PALETTE = ("#1f5fbf", "#8a3ffc", "#007d79", "#b28600", "#d12771", "#4e5b6b")
+WIDTH, HEIGHT = 720, 200
+LEFT, RIGHT, TOP, BOTTOM = 48, 14, 12, 26
+INK, MUTED, GRID = "#1c2330", "#5d6778", "#d9dee6"
+OK, BAD = "#1e7a46", "#b3261e"
+BANDS = (("#e5f4ea", HEALTHY_FROM, 100), ("#fff3d6", WARNING_FROM, HEALTHY_FROM), ("#fde8e6", 0, WARNING_FROM))
+
+
+def _svg(key: str, title: str, description: str, body: list[str]) -> SafeString:
+    head = (f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
+            f'aria-labelledby="{key}-title {key}-desc" preserveAspectRatio="xMidYMid meet" '
+            f'font-family="system-ui, sans-serif" xmlns="http://www.w3.org/2000/svg">'
+            f'<title id="{key}-title">{escape(title)}</title><desc id="{key}-desc">{escape(description)}</desc>')
+    return mark_safe(head + "".join(body) + "</svg>")  # noqa: S308 - every text and URL above is escaped
+
+
+def _plot_x(at: datetime, start: datetime, end: datetime) -> float:
+    span = (end - start).total_seconds() or 1
+    fraction = min(1.0, max(0.0, (at - start).total_seconds() / span))
+    return round(LEFT + fraction * (WIDTH - LEFT - RIGHT), 1)
+
+
+def _plot_y(value: float, top: float) -> float:
+    fraction = value / top if top else 0
+    return round(HEIGHT - BOTTOM - fraction * (HEIGHT - TOP - BOTTOM), 1)
+
+
+def _text(x, y, text, *, anchor="start", size=11, fill=MUTED) -> str:
+    return f'<text x="{x}" y="{y}" font-size="{size}" fill="{fill}" text-anchor="{anchor}">{escape(text)}</text>'
+
+
+def _time_axis(start: datetime, end: datetime) -> list[str]:
+    """A baseline and a date under it every seven days, the last one at ``end``."""
+    parts = [f'<line x1="{LEFT}" y1="{HEIGHT - BOTTOM}" x2="{WIDTH - RIGHT}" y2="{HEIGHT - BOTTOM}" '
+             f'stroke="{GRID}" stroke-width="1"/>']
+    tick = end
+    while tick >= start:
+        x = _plot_x(tick, start, end)
+        parts.append(f'<line x1="{x}" y1="{HEIGHT - BOTTOM}" x2="{x}" y2="{HEIGHT - BOTTOM + 4}" stroke="{MUTED}"/>')
+        parts.append(_text(x, HEIGHT - 8, f"{tick:%d %b}", anchor="end" if tick == end else "middle"))
+        tick -= timedelta(days=7)
+    return parts
+
+
+def health_chart(series: list[dict], start: datetime, end: datetime) -> SafeString:
+    """Health score over time, one step line per system, on the three bands.
+
+    ``series``: ``{"name", "color", "url", "points": [(at, score), ...], "first_recorded"}``;
+    a score holds until the next point and the last one runs to ``end``. Before a system's
+    first recorded score there is no line: nothing was measured then.
+    """
+    body = []
+    for fill, low, high in BANDS:
+        y_top, y_bottom = _plot_y(high, 100), _plot_y(low, 100)
+        body.append(f'<rect x="{LEFT}" y="{y_top}" width="{WIDTH - LEFT - RIGHT}" '
+                    f'height="{round(y_bottom - y_top, 1)}" fill="{fill}"/>')
+    for value in (0, WARNING_FROM, HEALTHY_FROM, 100):
+        body.append(_text(LEFT - 6, _plot_y(value, 100) + 4, str(value), anchor="end"))
+    body += _time_axis(start, end)
+    firsts = [s["first_recorded"] for s in series if s["first_recorded"] is not None]
+    if not firsts:
+        body.append(_text((LEFT + WIDTH) / 2, HEIGHT / 2, "No score recorded yet", anchor="middle", size=13))
+    elif min(firsts) > start:
+        x = _plot_x(min(firsts), start, end)
+        body.append(f'<line x1="{x}" y1="{TOP}" x2="{x}" y2="{HEIGHT - BOTTOM}" stroke="{MUTED}" '
+                    f'stroke-dasharray="4 3"/>')
+        if x - LEFT > 150:
+            body.append(_text(x - 6, TOP + 14, f"no history before {min(firsts):%d %b %H:%M} UTC", anchor="end"))
+    for s in series:
+        points = s["points"]
+        if not points:
+            continue
+        coords = []
+        for n, (at, score) in enumerate(points):
+            x, y = _plot_x(at, start, end), _plot_y(score, 100)
+            if n:
+                coords.append(f"{x},{_plot_y(points[n - 1][1], 100)}")
+            coords.append(f"{x},{y}")
+        coords.append(f"{_plot_x(end, start, end)},{_plot_y(points[-1][1], 100)}")
+        last_at, last_score = points[-1]
+        body.append(f'<a href="{escape(s["url"])}"><polyline points="{" ".join(coords)}" fill="none" '
+                    f'stroke="{s["color"]}" stroke-width="2.5" stroke-linejoin="round">'
+                    f'<title>{escape(s["name"])}: {last_score} since {last_at:%Y-%m-%d %H:%M} UTC</title></polyline>'
+                    f'<circle cx="{_plot_x(end, start, end)}" cy="{_plot_y(last_score, 100)}" r="4" '
+                    f'fill="{s["color"]}"><title>{escape(s["name"])}: {last_score} now</title></circle></a>')
+    return _svg("health-chart", "Health score over 30 days",
+                "Recorded health score per system; healthy from 90, warning 67 to 89, critical up to 66.", body)
+
+
+def sizes_chart(bars: list[dict], start: datetime, end: datetime, *, title: str) -> SafeString:
+    """One bar per artifact at its creation time, its height the stored size; each bar links to it.
+
+    ``bars``: ``{"at", "value" (bytes), "color", "url", "label"}``.
+    """
+    top = max(b["value"] for b in bars) or 1
+    body = [_text(LEFT - 6, _plot_y(top, top) + 4, filesizeformat(top), anchor="end"),
+            _text(LEFT - 6, _plot_y(0, top) + 4, "0", anchor="end"),
+            f'<line x1="{LEFT}" y1="{_plot_y(top, top)}" x2="{WIDTH - RIGHT}" y2="{_plot_y(top, top)}" '
+            f'stroke="{GRID}" stroke-dasharray="2 3"/>']
+    body += _time_axis(start, end)
+    xs = [_plot_x(bar["at"], start, end) for bar in bars]
+    # As wide as the closest two bars allow (so dense days stay distinct), between 1.5 and 5 units.
+    closest = min((b - a for a, b in zip(xs, xs[1:], strict=False) if b > a), default=5.0)
+    width = round(max(1.5, min(5.0, closest * 0.7)), 1)
+    for bar in bars:
+        x = _plot_x(bar["at"], start, end) - width / 2
+        y = _plot_y(bar["value"], top)
+        height = max(1.0, round(HEIGHT - BOTTOM - y, 1))
+        body.append(f'<a href="{escape(bar["url"])}"><rect x="{round(x, 1)}" y="{round(HEIGHT - BOTTOM - height, 1)}" '
+                    f'width="{width}" height="{height}" fill="{bar["color"]}">'
+                    f'<title>{escape(bar["label"])}</title></rect></a>')
+    key = "sizes-" + "".join(c for c in title.lower() if c.isalnum())
+    return _svg(key, title, f"{len(bars)} artifact(s); the tallest is {filesizeformat(top)}.", body)
+
+
+def rto_chart(drills: list, target_seconds: int) -> SafeString:
+    """Measured RTO per drill, in order, against the target line; each bar links to its drill.
+
+    ``drills``: objects with ``at``, ``seconds``, ``label``, ``url``. Bars over the target are red.
+    """
+    top = max([d.seconds for d in drills] + [target_seconds]) * 1.1
+    slot = (WIDTH - LEFT - RIGHT) / len(drills)
+    width = max(4.0, min(40.0, slot * 0.6))
+    target_y = _plot_y(target_seconds, top)
+    body = [f'<line x1="{LEFT}" y1="{HEIGHT - BOTTOM}" x2="{WIDTH - RIGHT}" y2="{HEIGHT - BOTTOM}" stroke="{GRID}"/>',
+            _text(LEFT - 6, HEIGHT - BOTTOM + 4, "0", anchor="end")]
+    for n, drill in enumerate(drills):
+        x = LEFT + slot * n + (slot - width) / 2
+        y = _plot_y(drill.seconds, top)
+        met = drill.seconds <= target_seconds
+        body.append(f'<a href="{escape(drill.url)}"><rect x="{round(x, 1)}" y="{y}" width="{round(width, 1)}" '
+                    f'height="{round(HEIGHT - BOTTOM - y, 1)}" fill="{OK if met else BAD}">'
+                    f'<title>{escape(drill.label)}: RTO {format_age(timedelta(seconds=drill.seconds))} '
+                    f'({"within" if met else "over"} the target)</title></rect></a>')
+        body.append(_text(round(x + width / 2, 1), HEIGHT - 8, f"{drill.at:%d %b}", anchor="middle"))
+    body.append(f'<line x1="{LEFT}" y1="{target_y}" x2="{WIDTH - RIGHT}" y2="{target_y}" stroke="{INK}" '
+                f'stroke-dasharray="6 4"/>')
+    body.append(_text(WIDTH - RIGHT, target_y - 4, f"target {format_age(timedelta(seconds=target_seconds))}",
+                      anchor="end", fill=INK))
+    return _svg("rto-chart", "RTO per drill", f"{len(drills)} drill(s) against the "
+                f"{format_age(timedelta(seconds=target_seconds))} target.", body)
