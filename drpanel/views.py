@@ -127,11 +127,21 @@ def permission_denied(request, exception=None):
     return render(request, "403.html", {"reason": reason}, status=403)
 
 
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
 def page_not_found(request, exception=None):
+    # The API answers in its own error body, even for a path no API view matches (a malformed id).
+    if _is_api(request):
+        return JsonResponse({"detail": "Not found."}, status=404)
     return render(request, "404.html", status=404)
 
 
 def server_error(request):
+    """500: a fixed page (or body) that shows nothing of the error; the traceback goes to the log only."""
+    if _is_api(request):
+        return JsonResponse({"detail": "Internal error; it has been logged."}, status=500)
     return render(request, "500.html", status=500)
 
 
