@@ -81,6 +81,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "drpanel.middleware.SessionLifetimeMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -143,6 +144,8 @@ LOGOUT_REDIRECT_URL = "drpanel:login"
 
 SESSION_IDLE_MINUTES = env_int("DRPANEL_SESSION_IDLE_MINUTES", 30, minimum=1, maximum=24 * 60)
 SESSION_COOKIE_AGE = SESSION_IDLE_MINUTES * 60
+# However active, a session ends this long after sign-in (drpanel.middleware.SessionLifetimeMiddleware).
+SESSION_MAX_HOURS = env_int("DRPANEL_SESSION_MAX_HOURS", 12, minimum=1, maximum=7 * 24)
 SESSION_SAVE_EVERY_REQUEST = True  # the idle timeout slides with each request
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 SESSION_COOKIE_HTTPONLY = True
