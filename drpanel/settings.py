@@ -267,6 +267,11 @@ PG_BIN_DIR = env_str("PG_BIN_DIR") or None
 BACKUP_SPOOL_DIR = Path(env_str("DRPANEL_SPOOL_DIR") or VAR_DIR / "spool")
 BACKUP_CHUNK_SIZE = env_int("DRPANEL_CHUNK_SIZE", 1 << 20, minimum=1 << 10, maximum=1 << 26)
 BACKUP_RETRY_MINUTES = env_int("DRPANEL_BACKUP_RETRY_MINUTES", 30, minimum=1)
+# A running backup whose row has not heard from its worker for this long is failed by the reaper.
+BACKUP_STALE_SECONDS = env_int("DRPANEL_BACKUP_STALE_SECONDS", 180, minimum=5)
+# Off-site (S3) calls: seconds to connect and between bytes, and attempts per call.
+S3_TIMEOUT_SECONDS = env_int("DRPANEL_S3_TIMEOUT_SECONDS", 60, minimum=1, maximum=3600)
+S3_ATTEMPTS = env_int("DRPANEL_S3_ATTEMPTS", 5, minimum=1, maximum=20)
 APPROVAL_TTL_MINUTES = env_int("DRPANEL_APPROVAL_TTL_MINUTES", 60, minimum=1, maximum=7 * 24 * 60)
 # Hooks the restore app fills (dotted paths to callables), see ``backups.hooks``.
 BACKUP_RESTORE_RUNNING_HOOK = env_str("DRPANEL_RESTORE_RUNNING_HOOK") or None
