@@ -10,6 +10,7 @@ import time
 
 import boto3
 import pytest
+from django.utils import timezone as django_timezone
 
 from backups import pgtools
 from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation
@@ -229,4 +230,18 @@ def test_a_slow_s3_endpoint_still_gets_a_verified_copy(operator, system, primary
     copy = run.artifact.copies.get(location=location)
     assert copy.status == ArtifactCopy.Status.OK and copy.sha256_seen == run.artifact.sha256
     assert run.artifact.offsite_verified_at is not None
+    assert_chain_valid()
+
+
+def test_a_running_backup_whose_job_was_abandoned_is_failed_at_once(system, primary, redis_conn):
+    import django_rq
+    from rq.job import JobStatus
+
+    job = django_rq.get_queue("backup").enqueue("drpanel.jobs.ping", "x")
+    job.set_status(JobStatus.FAILED)  # what rq does to a job whose worker stopped heartbeating
+    run = BackupRun.objects.create(system=system, kind="full", state="running", job_id=job.id,
+                                   heartbeat_at=django_timezone.now())
+    assert backup_runs_reap() == 1
+    run.refresh_from_db()
+    assert run.state == "failed" and "abandoned" in run.error
     assert_chain_valid()
