@@ -78,8 +78,12 @@ class BackupRunSerializer(serializers.Serializer):
     artifact = serializers.UUIDField(allow_null=True)
 
 
+# The kinds the panel makes itself (incrementals come from an external tool).
+BACKUP_KINDS = [(Artifact.Kind.FULL.value, "full"), (Artifact.Kind.CONFIG.value, "config")]
+
+
 class BackupRequestSerializer(serializers.Serializer):
-    kind = serializers.ChoiceField([Artifact.Kind.FULL, Artifact.Kind.CONFIG])
+    kind = serializers.ChoiceField(BACKUP_KINDS)
 
 
 class CopySerializer(serializers.Serializer):

@@ -77,7 +77,7 @@ def _filter(request) -> AuditFilter:
 
 def _positive_int(request, name: str, default: int | None, maximum: int | None = None) -> int | None:
     value = request.query_params.get(name)
-    if value in (None, ""):
+    if value is None:
         return default
     if not value.isdigit() or int(value) < 1:
         raise ValidationError({name: "must be a positive integer"})
@@ -127,7 +127,7 @@ class AuditExportView(APIView):
         (400, "application/json"): OpenApiResponse(ErrorSerializer, description="a filter or the format is refused"),
     })
     def get(self, request):
-        export_format = request.query_params.get("format") or "jsonl"
+        export_format = request.query_params.get("format", "jsonl")
         if export_format not in FORMATS:
             raise ValidationError({"format": f"use one of: {', '.join(FORMATS)}"})
         plan = audit_export_start(actor=request.user, format=export_format, flt=_filter(request),

@@ -119,7 +119,7 @@ class AlertListView(APIView):
     def get(self, request):
         alerts = Alert.objects.select_related("acknowledged_by", "acknowledged_by_contact")
         state = request.query_params.get("state")
-        if state:
+        if state is not None:  # "state=" is refused like any unknown state, not read as "all"
             if state not in Alert.State.values:
                 return Response({"detail": f"state is one of {', '.join(Alert.State.values)}"}, status=400)
             alerts = alerts.filter(state=state)
