@@ -7,6 +7,7 @@ is a tmpfs (or a loop-mounted image) of a few hundred kilobytes.
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -48,23 +49,21 @@ def small_filesystem(where: Path, size_kb: int):
     """A size-limited filesystem mounted at ``where``: tmpfs, else a loop-mounted ext2 image; skips
     the test (saying why) when this machine allows neither."""
     where.mkdir(parents=True, exist_ok=True)
-    attempts = [["mount", "-t", "tmpfs", "-o", f"size={size_kb}k,mode=0700", "tmpfs", str(where)]]
     image = where.with_suffix(".img")
-    errors = []
-    for command in attempts:
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode == 0:
-            break
-        errors.append(result.stderr.strip())
-    else:
+    tmpfs = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k,mode=0700", "tmpfs", str(where)],
+                           capture_output=True, text=True)
+    if tmpfs.returncode != 0:
         with open(image, "wb") as handle:
             handle.truncate(size_kb * 1024)
-        made = subprocess.run(["mkfs.ext2", "-q", "-F", str(image)], capture_output=True, text=True)
-        mounted = made.returncode == 0 and subprocess.run(
+        made = subprocess.run([shutil.which("mkfs.ext2") or "/sbin/mkfs.ext2", "-q", "-F", str(image)],
+                              capture_output=True, text=True) if shutil.which("mkfs.ext2") else None
+        mounted = made is not None and made.returncode == 0 and subprocess.run(
             ["mount", "-o", "loop", str(image), str(where)], capture_output=True, text=True).returncode == 0
         if not mounted:
-            pytest.skip(f"no size-limited filesystem can be mounted here (tmpfs: {errors[0]}; loop image: "
-                        f"{made.stderr.strip() or 'mount refused'}); run `make chaos` as root")
+            image.unlink(missing_ok=True)
+            pytest.skip(f"no size-limited filesystem can be mounted here (tmpfs: {tmpfs.stderr.strip()}; loop "
+                        f"image: {made.stderr.strip() if made else 'no mkfs.ext2'} or the mount refused); run `make chaos` "
+                        "as root")
     try:
         yield where
     finally:
