@@ -55,15 +55,15 @@ def small_filesystem(where: Path, size_kb: int):
     if tmpfs.returncode != 0:
         with open(image, "wb") as handle:
             handle.truncate(size_kb * 1024)
-        made = subprocess.run([shutil.which("mkfs.ext2") or "/sbin/mkfs.ext2", "-q", "-F", str(image)],
-                              capture_output=True, text=True) if shutil.which("mkfs.ext2") else None
+        mkfs = shutil.which("mkfs.ext2")
+        made = subprocess.run([mkfs, "-q", "-F", str(image)], capture_output=True, text=True) if mkfs else None
         mounted = made is not None and made.returncode == 0 and subprocess.run(
             ["mount", "-o", "loop", str(image), str(where)], capture_output=True, text=True).returncode == 0
         if not mounted:
             image.unlink(missing_ok=True)
+            loop = made.stderr.strip() if made else "no mkfs.ext2"
             pytest.skip(f"no size-limited filesystem can be mounted here (tmpfs: {tmpfs.stderr.strip()}; loop "
-                        f"image: {made.stderr.strip() if made else 'no mkfs.ext2'} or the mount refused); run `make chaos` "
-                        "as root")
+                        f"image: {loop or 'the mount was refused'}); run `make chaos` as root")
     try:
         yield where
     finally:
