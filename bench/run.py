@@ -40,11 +40,11 @@ def benchmarks(scale: str, prefix: str, server_url: str) -> list[tuple[str, list
 
     py = sys.executable
     backup = {"quick": ["--quick", "--repeats", "2"],
-              "default": ["--scale", "10", "--realistic-mb", "300", "--list-size", "100000", "--repeats", "3"],
+              "default": ["--scale", "50", "--realistic-mb", "600", "--list-size", "100000", "--repeats", "3"],
               "full": []}[scale]
-    audit_events = {"quick": "20000", "default": "300000", "full": "1000000"}[scale]
+    audit_events = {"quick": "20000", "default": "500000", "full": "1000000"}[scale]
     restore = {"quick": ["--scale", "2", "--rounds", "1", "--swaps", "5", "--repeat", "3"],
-               "default": ["--scale", "10", "--partitions", "2", "--rounds", "2"],
+               "default": ["--scale", "30", "--partitions", "2", "--rounds", "2"],
                "full": ["--scale", "50", "--partitions", "4"]}[scale]
     requests = {"quick": "10", "default": "30", "full": "30"}[scale]
     return [
