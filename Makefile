@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint chromium clean
+.PHONY: demo test chaos bench audit-deps lint chromium clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,21 @@ demo: $(STAMP)
 
 test: $(STAMP) chromium
 	$(PY) -m pytest
+
+# The fault campaign alone (it also runs in `make test`): real processes killed, Redis dropped, a full disk, S3 down.
+chaos: $(STAMP)
+	$(PY) -m pytest -m chaos
+
+# Every benchmark in one run, side by side with the raw tools: a table of ratios against the goals,
+# also written to bench-results/<timestamp>.md and .json. SCALE=full for the issue's full sizes.
+SCALE ?= default
+bench: $(STAMP)
+	$(PY) bench/run.py --scale $(SCALE)
+
+# Known vulnerabilities in the installed dependencies (needs the PyPI JSON API or OSV; --strict
+# fails when a package could not be checked, rather than reporting it clean).
+audit-deps: $(STAMP)
+	$(VENV)/bin/pip-audit --skip-editable --strict --progress-spinner off
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,22 +1,24 @@
-"""``/api/v1/`` endpoints of the backup catalog (systems, backups, artifacts, backup runs)."""
+"""``/api/v1/`` endpoints of the backup catalog (systems, backups, artifacts, backup runs).
+
+The serializers here describe the answers for the OpenAPI schema (the selectors build the
+dicts) and validate what callers send: a refused value is a 400 naming it, never ignored.
+"""
 
 from django.shortcuts import get_object_or_404
 from django.urls import path
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from backups import services
-from backups.models import Artifact, BackupRun, System
+from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, System
 from backups.schedules import policy_status
-from backups.selectors import artifact_json, artifact_page, run_json
+from backups.selectors import SORTS, artifact_json, artifact_page, decode_cursor, run_json
 from drpanel.api import capability
 from drpanel.permissions import Cap
-
-
-def json_list():
-    return serializers.ListField(child=serializers.JSONField())
+from drpanel.schema import error_response
 
 
 def system_json(system: System) -> dict:
@@ -30,12 +32,138 @@ def system_json(system: System) -> dict:
     }
 
 
+class PolicySerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(Artifact.Kind.choices)
+    every_seconds = serializers.IntegerField()
+    newest_artifact = serializers.UUIDField(allow_null=True)
+    newest_at = serializers.DateTimeField(allow_null=True)
+    within_policy = serializers.BooleanField()
+
+
+class SystemSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    schedule_enabled = serializers.BooleanField()
+    config_paths = serializers.ListField(child=serializers.CharField())
+    policy = PolicySerializer(many=True, help_text="Per scheduled kind: the interval and the newest good artifact.")
+
+
+class SystemListSerializer(serializers.Serializer):
+    results = SystemSerializer(many=True)
+
+
+class StepSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    state = serializers.ChoiceField(["running", "succeeded", "failed"])
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    bytes = serializers.IntegerField(allow_null=True)
+    detail = serializers.CharField(allow_blank=True)
+
+
+class BackupRunSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    system = serializers.CharField()
+    kind = serializers.ChoiceField(Artifact.Kind.choices)
+    state = serializers.ChoiceField(BackupRun.State.choices)
+    trigger = serializers.ChoiceField(BackupRun.Trigger.choices)
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    progress = serializers.IntegerField(min_value=0, max_value=100)
+    bytes_done = serializers.IntegerField()
+    steps = StepSerializer(many=True)
+    error = serializers.CharField(allow_null=True)
+    artifact = serializers.UUIDField(allow_null=True)
+
+
+# The kinds the panel makes itself (incrementals come from an external tool).
+BACKUP_KINDS = [(Artifact.Kind.FULL.value, "full"), (Artifact.Kind.CONFIG.value, "config")]
+
+
+class BackupRequestSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(BACKUP_KINDS)
+
+
+class CopySerializer(serializers.Serializer):
+    location = serializers.CharField()
+    role = serializers.ChoiceField(StorageLocation.Role.choices)
+    status = serializers.ChoiceField(ArtifactCopy.Status.choices)
+    size = serializers.IntegerField(allow_null=True)
+    sha256 = serializers.CharField(allow_null=True)
+    checked_at = serializers.DateTimeField(allow_null=True)
+
+
+class VerificationSummarySerializer(serializers.Serializer):
+    level = serializers.CharField()
+    at = serializers.DateTimeField(allow_null=True)
+
+
+class ArtifactSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    system = serializers.CharField()
+    system_id = serializers.IntegerField()
+    kind = serializers.ChoiceField(Artifact.Kind.choices)
+    format = serializers.ChoiceField(Artifact.Format.choices)
+    encryption = serializers.ChoiceField(Artifact.Encryption.choices)
+    key_id = serializers.CharField(allow_blank=True)
+    created_at = serializers.DateTimeField()
+    size = serializers.IntegerField(allow_null=True, help_text="Stored bytes.")
+    sha256 = serializers.CharField(allow_blank=True, help_text="SHA-256 of the stored bytes.")
+    plaintext_size = serializers.IntegerField(allow_null=True)
+    plaintext_sha256 = serializers.CharField(allow_null=True)
+    status = serializers.ChoiceField(Artifact.Status.choices)
+    source = serializers.ChoiceField(Artifact.Source.choices)
+    offsite_verified_at = serializers.DateTimeField(allow_null=True)
+    copies = CopySerializer(many=True)
+    last_verification = VerificationSummarySerializer(allow_null=True)
+
+
+class ArtifactDetailSerializer(ArtifactSerializer):
+    manifest = serializers.DictField(help_text="The manifest written next to the artifact.")
+
+
+class ArtifactPageSerializer(serializers.Serializer):
+    results = ArtifactSerializer(many=True)
+    next = serializers.CharField(allow_null=True, help_text="The cursor of the next page; null on the last.")
+
+
+class ArtifactQuerySerializer(serializers.Serializer):
+    """The artifact list's filters; an unknown value is refused rather than ignored."""
+
+    system = serializers.IntegerField(required=False, help_text="System id.")
+    kind = serializers.ChoiceField(Artifact.Kind.choices, required=False)
+    status = serializers.ChoiceField(Artifact.Status.choices, required=False,
+                                     help_text="Default: every status but deleted.")
+    location = serializers.IntegerField(required=False, help_text="Storage location id holding a copy.")
+    # "from" is a Python keyword: the class body's namespace takes it as a plain name.
+    locals()["from"] = serializers.DateField(required=False, help_text="Created on or after this day.")
+    to = serializers.DateField(required=False, help_text="Created on or before this day.")
+    sort = serializers.ChoiceField(list(SORTS), required=False, help_text="Default -created (newest first).")
+    cursor = serializers.CharField(required=False, help_text="`next` of the previous page.")
+
+    def to_internal_value(self, data):
+        # A form would treat "kind=" as "any kind"; the API refuses it like any other unknown value.
+        empty = {name: ["may not be empty"] for name in self.fields if data.get(name) == ""}
+        if empty:
+            raise ValidationError(empty)
+        return super().to_internal_value(data)
+
+    def validate(self, attrs):
+        cursor = attrs.get("cursor")
+        field = SORTS[attrs.get("sort", "-created")][0]
+        if cursor is not None and decode_cursor(cursor, field) is None:
+            raise ValidationError({"cursor": ["not a cursor this list gave (with this sort)"]})
+        return attrs
+
+
 class SystemListView(APIView):
     """Protected systems with their policy status."""
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(operation_id="systems_list", responses=inline_serializer("SystemList", {"results": json_list()}))
+    @extend_schema(operation_id="systems_list", responses=SystemListSerializer)
     def get(self, request):
         return Response({"results": [system_json(s) for s in System.objects.all()]})
 
@@ -45,14 +173,16 @@ class SystemBackupView(APIView):
 
     permission_classes = [capability(Cap.START_JOBS)]
 
-    @extend_schema(operation_id="systems_backups_create",
-                   request=inline_serializer("BackupRequest", {"kind": serializers.ChoiceField(["full", "config"])}),
-                   responses={202: inline_serializer("BackupRun", {"id": serializers.UUIDField(),
-                                                                   "state": serializers.CharField()})})
+    @extend_schema(operation_id="systems_backups_create", request=BackupRequestSerializer,
+                   responses={202: BackupRunSerializer,
+                              400: error_response(400, "Refused: an unknown kind, or a config backup of a system "
+                                                       "without config paths.")})
     def post(self, request, pk: int):
         system = get_object_or_404(System, pk=pk)
+        body = BackupRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
         try:
-            run = services.backup_request(actor=request.user, system=system, kind=str(request.data.get("kind", "")),
+            run = services.backup_request(actor=request.user, system=system, kind=body.validated_data["kind"],
                                           trigger=BackupRun.Trigger.API, request=request)
         except services.BackupError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
@@ -64,25 +194,22 @@ class BackupRunView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(operation_id="backup_runs_retrieve",
-                   responses=inline_serializer("BackupRunDetail", {"id": serializers.UUIDField(),
-                                                                   "state": serializers.CharField(),
-                                                                   "progress": serializers.IntegerField()}))
+    @extend_schema(operation_id="backup_runs_retrieve", responses=BackupRunSerializer)
     def get(self, request, pk):
         run = get_object_or_404(BackupRun.objects.select_related("system"), pk=pk)
         return Response(run_json(run))
 
 
 class ArtifactListView(APIView):
-    """Artifacts, newest first; filters ``system`` (id), ``kind``, ``status``; ``cursor`` for the next page."""
+    """Artifacts, newest first (50 a page); filters; ``cursor`` = ``next`` for the next page."""
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(operation_id="artifacts_list", parameters=[OpenApiParameter(n, str, required=False) for n in (
-        "system", "kind", "status", "location", "from", "to", "sort", "cursor")],
-        responses=inline_serializer("ArtifactList", {"results": json_list(),
-                                                     "next": serializers.CharField(allow_null=True)}))
+    @extend_schema(operation_id="artifacts_list", parameters=[ArtifactQuerySerializer],
+                   responses=ArtifactPageSerializer)
     def get(self, request):
+        query = ArtifactQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
         page = artifact_page(request.query_params)
         return Response({"results": [artifact_json(a) for a in page.artifacts], "next": page.next_cursor})
 
@@ -92,9 +219,7 @@ class ArtifactDetailView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(operation_id="artifacts_retrieve",
-                   responses=inline_serializer("ArtifactDetail", {"id": serializers.UUIDField(),
-                                                                  "copies": json_list()}))
+    @extend_schema(operation_id="artifacts_retrieve", responses=ArtifactDetailSerializer)
     def get(self, request, pk):
         artifact = get_object_or_404(Artifact.objects.select_related("system").prefetch_related("copies__location"),
                                      pk=pk)

@@ -240,11 +240,13 @@ def backup_run_execute(run_id) -> BackupRun:
 
 
 def _remove_objects(artifact: Artifact) -> None:
+    """Remove a failed artifact's objects, and any partial write of them, from every enabled location."""
     for location in StorageLocation.objects.filter(enabled=True):
         with contextlib.suppress(StorageError):
             backend = location.backend()
             backend.delete(artifact.storage_key)
             backend.delete(manifest_key(artifact.storage_key))
+            backend.discard_partial(artifact.storage_key)
 
 
 def _new_artifact(run: BackupRun, *, fmt: str) -> Artifact:
@@ -450,6 +452,7 @@ def _finish_artifact(run, artifact, primary, result, manifest, steps) -> Artifac
         try:
             copy = copy_artifact(artifact, source=primary, target=location, progress=progress)
         except (StorageError, BackupError) as exc:
+            _copy_failed(artifact, location, str(exc))
             steps.finish(step, state="failed", detail=str(exc))
             continue
         state = "succeeded" if copy.status == ArtifactCopy.Status.OK else "failed"
@@ -468,6 +471,17 @@ def _finish_artifact(run, artifact, primary, result, manifest, steps) -> Artifac
                               "key_id": artifact.key_id, "copies": copies,
                               "failed_steps": [s["name"] for s in failed]})
     return artifact
+
+
+def _copy_failed(artifact: Artifact, location: StorageLocation, error: str) -> None:
+    """A copy that could not be made is said to be missing there (not left "pending"), and audited."""
+    with transaction.atomic():
+        ArtifactCopy.objects.filter(artifact=artifact, location=location,
+                                    status=ArtifactCopy.Status.PENDING).update(status=ArtifactCopy.Status.MISSING)
+        audit_record(actor=None, action="artifact.copied", obj=artifact, outcome="failure",
+                     details={"location": location.name, "status": ArtifactCopy.Status.MISSING, "error": error[:500]})
+    with contextlib.suppress(StorageError):
+        location.backend().discard_partial(artifact.storage_key)
 
 
 def copy_artifact(artifact: Artifact, *, source: StorageLocation, target: StorageLocation,
@@ -497,19 +511,28 @@ def copy_artifact(artifact: Artifact, *, source: StorageLocation, target: Storag
     return copy
 
 
-def _job_lost(run: BackupRun) -> bool:
-    """A queued run whose RQ job is gone (never enqueued, Redis flushed, job failed before starting)."""
+def _job_status(run: BackupRun) -> str | None:
+    """The RQ status of a run's job, or None when there is no such job (never enqueued, Redis flushed)."""
     import django_rq
     from rq.exceptions import NoSuchJobError
     from rq.job import Job
 
     if not run.job_id:
-        return True
+        return None
     try:
         job = Job.fetch(run.job_id, connection=django_rq.get_connection("backup"))
     except NoSuchJobError:
-        return True
-    return job.get_status(refresh=False) in ("failed", "stopped", "canceled")
+        return None
+    return job.get_status(refresh=False)
+
+
+_JOB_DEAD = ("failed", "stopped", "canceled")
+
+
+def _job_lost(run: BackupRun) -> bool:
+    """A queued run whose RQ job is gone (never enqueued, Redis flushed, job failed before starting)."""
+    status = _job_status(run)
+    return status is None or status in _JOB_DEAD
 
 
 def _fail_run(run: BackupRun, *, expected_state: str, error: str, **conditions) -> bool:
@@ -517,28 +540,68 @@ def _fail_run(run: BackupRun, *, expected_state: str, error: str, **conditions) 
         # Conditional on the state we saw: a run that started or finished meanwhile is left alone.
         changed = BackupRun.objects.filter(pk=run.pk, state=expected_state, **conditions).update(
             state=BackupRun.State.FAILED, finished_at=timezone.now(), error=error)
+        artifact = Artifact.objects.filter(runs=run, status=Artifact.Status.WRITING).first() if changed else None
         if changed:
             Artifact.objects.filter(runs=run, status=Artifact.Status.WRITING).update(status=Artifact.Status.FAILED)
             audit_record(actor=None, action="backup.failed", obj=run.system, outcome="failure",
-                         details={"run": str(run.id), "error": error})
+                         details={"run": str(run.id), "error": error,
+                                  "artifact": str(artifact.id) if artifact else None})
+    if artifact is not None:
+        # The dead worker may have left part of the object behind (a temporary file, an open upload).
+        _remove_objects(artifact)
     return bool(changed)
 
 
-def backup_runs_reap(*, stale_after_seconds: int = 180, lost_after_seconds: int = 600) -> int:
-    """Fail runs that can no longer finish (cron), so no row says "running" or "queued" forever:
-    running runs whose worker stopped reporting, and queued runs whose job is gone."""
+def _requeue(run: BackupRun, reason: str) -> bool:
+    with transaction.atomic():
+        # Only while still queued: a worker that picked it up meanwhile owns it.
+        if not BackupRun.objects.filter(pk=run.pk, state=BackupRun.State.QUEUED).exists():
+            return False
+        audit_record(actor=None, action="backup.requeued", obj=run.system,
+                     details={"run": str(run.id), "kind": run.kind, "reason": reason, "previous_job": run.job_id})
+        transaction.on_commit(lambda: _enqueue_backup(run.id), robust=True)
+    return True
+
+
+def backup_runs_reap(*, stale_after_seconds: int | None = None, requeue_after_seconds: int = 60,
+                     lost_after_seconds: int = 600) -> int:
+    """Settle runs that can no longer finish on their own (cron, every minute); returns how many.
+
+    - running, and its RQ job was abandoned (the worker died: rq fails the job about a minute
+      after its last heartbeat) or the run row's heartbeat is older than
+      ``DRPANEL_BACKUP_STALE_SECONDS``: failed, and whatever the worker left in storage removed;
+    - queued, and its job is gone (Redis restarted or flushed, the enqueue failed): queued again,
+      audited as ``backup.requeued`` (executing twice is impossible: the start is conditional);
+    - queued for longer than ``lost_after_seconds`` and still without a job: failed with the reason.
+    """
+    import django_rq
+    from rq.registry import StartedJobRegistry
+
+    stale_after_seconds = stale_after_seconds or settings.BACKUP_STALE_SECONDS
     now = timezone.now()
+    # Move jobs whose worker stopped heartbeating to the failed registry now, not at some other
+    # worker's next maintenance.
+    StartedJobRegistry("backup", connection=django_rq.get_connection("backup")).cleanup()
     cutoff = now - timezone.timedelta(seconds=stale_after_seconds)
     count = 0
-    for run in BackupRun.objects.filter(state=BackupRun.State.RUNNING, heartbeat_at__lt=cutoff).select_related(
-            "system"):
-        count += _fail_run(run, expected_state=BackupRun.State.RUNNING, heartbeat_at__lt=cutoff,
-                           error="the worker stopped reporting progress (it died or was killed)")
+    for run in BackupRun.objects.filter(state=BackupRun.State.RUNNING).select_related("system"):
+        if run.heartbeat_at and run.heartbeat_at < cutoff:
+            count += _fail_run(run, expected_state=BackupRun.State.RUNNING, heartbeat_at__lt=cutoff,
+                               error="the worker stopped reporting progress (it died or was killed)")
+        elif run.job_id and _job_status(run) in _JOB_DEAD:
+            count += _fail_run(run, expected_state=BackupRun.State.RUNNING,
+                               error="the worker running it died (its job was abandoned)")
     old = now - timezone.timedelta(seconds=lost_after_seconds)
-    for run in BackupRun.objects.filter(state=BackupRun.State.QUEUED, created_at__lt=old).select_related("system"):
-        if _job_lost(run):
+    requeue_before = now - timezone.timedelta(seconds=requeue_after_seconds)
+    for run in BackupRun.objects.filter(state=BackupRun.State.QUEUED, created_at__lt=requeue_before).select_related(
+            "system"):
+        if not _job_lost(run):
+            continue
+        if run.created_at < old:
             count += _fail_run(run, expected_state=BackupRun.State.QUEUED,
                                error="its job was lost before a worker started it (Redis or the enqueue failed)")
+        else:
+            count += _requeue(run, "its job was lost (Redis restarted or flushed, or the enqueue failed)")
     return count
 
 

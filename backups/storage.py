@@ -90,6 +90,10 @@ class StorageBackend:
     def delete(self, key: str) -> None:
         raise NotImplementedError
 
+    def discard_partial(self, key: str) -> None:
+        """Remove what an interrupted ``open_write`` of ``key`` may have left (a process killed mid-write)."""
+        raise NotImplementedError
+
     def check(self) -> None:
         """Reachable and writable enough to use; raises ``StorageError`` with a reason."""
         raise NotImplementedError
@@ -149,6 +153,11 @@ class LocalBackend(StorageBackend):
                 os.fsync(handle.fileno())
             os.chmod(handle.name, 0o600)
             os.replace(handle.name, path)
+        except OSError as exc:
+            # A full disk, a quota, an unmounted volume: the partial file goes, the reason stays.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(handle.name)
+            raise StorageError(f"cannot write {key} in {self.root}: {exc.strerror or exc}") from None
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(handle.name)
@@ -196,6 +205,12 @@ class LocalBackend(StorageBackend):
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
+
+    def discard_partial(self, key: str) -> None:
+        path = self._path(key)
+        for leftover in path.parent.glob(f".{path.name}.*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
 
     def check(self) -> None:
         root = self.root
@@ -298,6 +313,7 @@ class S3Backend(StorageBackend):
         if self._client is None:
             import boto3
             from botocore.config import Config
+            from django.conf import settings
 
             kwargs = {}
             if self.location.access_key_ref:
@@ -308,8 +324,9 @@ class S3Backend(StorageBackend):
                     raise StorageError(f"credentials of {self.location}: {exc}") from None
             self._client = boto3.client(
                 "s3", endpoint_url=self.location.endpoint_url or None, region_name=self.location.region or None,
-                config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"},
-                              connect_timeout=10, read_timeout=120),
+                config=Config(retries={"max_attempts": settings.S3_ATTEMPTS, "mode": "standard"},
+                              s3={"addressing_style": "path"}, connect_timeout=settings.S3_TIMEOUT_SECONDS,
+                              read_timeout=settings.S3_TIMEOUT_SECONDS),
                 **kwargs)
         return self._client
 
@@ -380,6 +397,18 @@ class S3Backend(StorageBackend):
 
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail(exc, key) from None
+
+    def discard_partial(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._full(key)
+        try:
+            answer = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=full)
+            for upload in answer.get("Uploads", []):
+                if upload["Key"] == full:
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload["UploadId"])
         except (BotoCoreError, ClientError) as exc:
             raise self._fail(exc, key) from None
 

@@ -202,6 +202,8 @@ def main() -> int:
         seconds = fill(n)
         print(f"  filled by COPY in {seconds:.1f} s ({n / seconds:,.0f} events/s, hashes computed in Python)")
 
+    from bench.protocol import report
+
     raw = raw_read_seconds()
     print(f"raw tool: COPY of the same rows to nowhere {raw:.2f} s = {n / raw:,.0f} rows/s")
     for processes in sorted({1, verify_processes(n)}):
@@ -211,6 +213,9 @@ def main() -> int:
         print(f"verification, {processes} process(es): {result.seconds:.2f} s = {rate:,.0f} events/s "
               f"(goal ≥ {VERIFY_GOAL:,}: {'met' if rate >= VERIFY_GOAL else 'NOT met'}); "
               f"time × {result.seconds / raw:.1f} the raw COPY")
+    report("audit chain verification rate", ours=rate, raw=n / raw, unit="events/s", ratio=rate / (n / raw),
+           goal=f"≥ {VERIFY_GOAL:,} events/s", met=rate >= VERIFY_GOAL, scale=f"{n:,} events",
+           note=f"{processes} process(es); raw = COPY of the same rows to nowhere")
 
     if args.verify_only:
         shutil.rmtree(work)
@@ -241,6 +246,9 @@ def main() -> int:
               f"(goal < {EXPORT_GOAL_MIB} MiB: {'met' if rss < EXPORT_GOAL_MIB else 'NOT met'}); "
               f"pg_dump --table: {dump_seconds:.1f} s, peak RSS {dump_rss:.0f} MiB; "
               f"time × {seconds / dump_seconds:.1f}")
+        report(f"audit export ({fmt}) peak memory", ours=rss, raw=dump_rss, unit="MiB",
+               goal=f"peak RSS < {EXPORT_GOAL_MIB} MiB", met=rss < EXPORT_GOAL_MIB, scale=f"{n:,} events",
+               note=f"{seconds:.1f} s vs pg_dump --table {dump_seconds:.1f} s; raw = pg_dump's peak RSS")
 
     key = work / "public.pem"
     key.write_text(public_pem(current_public_key()))

@@ -9,6 +9,7 @@ flat and no model instance is built.
 
 import contextlib
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -31,12 +32,24 @@ class FilterError(ValueError):
     """A filter parameter that cannot be understood (answered 400 with this message)."""
 
 
+# What ``from``/``to`` accept (the API schema publishes this pattern): a date, or a date and a
+# time with optional seconds, fraction and offset (an HTML datetime-local field sends no offset).
+TIME_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}([.,]\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?)?$"
+_TIME = re.compile(TIME_PATTERN)
+
+
 def _parse_time(name: str, value: str, *, end: bool) -> datetime:
-    moment = parse_datetime(value)
+    not_understood = FilterError(f"{name}={value!r} is not a date or an ISO 8601 date-time")
+    if not _TIME.fullmatch(value):
+        raise not_understood
+    try:
+        moment = parse_datetime(value)
+        day = parse_date(value) if moment is None else None
+    except ValueError:  # well-formed but impossible: 2026-02-30, 25:00
+        raise not_understood from None
     if moment is None:
-        day = parse_date(value)
         if day is None:
-            raise FilterError(f"{name}={value!r} is not a date or an ISO 8601 date-time")
+            raise not_understood
         # A bare date means the whole day: "to=2026-11-25" includes the 25th.
         moment = datetime.combine(day + timedelta(days=1) if end else day, time.min)
     if moment.tzinfo is None:

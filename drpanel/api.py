@@ -30,14 +30,38 @@ def capability(cap: Cap):
 
 
 def exception_handler(exc, context):
-    """DRF's handler, plus: every 403 is audited and answered with a reason."""
+    """DRF's handler, plus: every 403 is audited and answered with a reason, and every error has
+    one body, ``{"detail": "...", "errors": {field: [messages]}}`` (``errors`` for refused values)."""
     request = context.get("request")
     if isinstance(exc, PermissionDenied | exceptions.PermissionDenied) and request is not None:
         if request.user and request.user.is_authenticated:
             record_denial(request, exc if isinstance(exc, Denied) else PermissionDenied(str(exc)))
         if isinstance(exc, PermissionDenied):
             exc = exceptions.PermissionDenied(getattr(exc, "message", None) or str(exc) or None)
-    return drf_exception_handler(exc, context)
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(exc, exceptions.ValidationError):
+        response.data = validation_error_body(exc.detail)
+    return response
+
+
+def _messages(detail) -> list[str]:
+    if isinstance(detail, dict):
+        return [f"{key}: {message}" for key, value in detail.items() for message in _messages(value)]
+    if isinstance(detail, list | tuple):
+        return [message for item in detail for message in _messages(item)]
+    return [str(detail)]
+
+
+def validation_error_body(detail) -> dict:
+    """A ValidationError's detail as the API's error body: one sentence, and the messages per field."""
+    fields = detail if isinstance(detail, dict) else {"non_field_errors": detail}
+    errors = {str(name): _messages(value) for name, value in fields.items()}
+    first = next(((name, messages[0]) for name, messages in errors.items() if messages), None)
+    if first is None:
+        return {"detail": "Invalid request.", "errors": errors}
+    name, message = first
+    sentence = message if name == "non_field_errors" else f"{name}: {message}"
+    return {"detail": sentence, "errors": errors}
 
 
 class MeView(APIView):

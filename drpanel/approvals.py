@@ -29,6 +29,7 @@ from django.utils import timezone
 from compliance.audit import audit_record
 from drpanel.models import Approval
 from drpanel.permissions import Denied
+from drpanel.services import password_attempts_exhausted
 
 
 class ApprovalError(Exception):
@@ -85,6 +86,8 @@ def approval_approve(*, actor, approval: Approval, password: str, params: dict, 
     if not may_approve(actor):
         raise Denied("You may not approve this request.", obj=subject, action=f"approve {approval.kind}",
                      need=f"approver of {approval.kind}")
+    if password_attempts_exhausted(actor):
+        raise ApprovalError("Too many wrong passwords: approvals by you are refused for a while.")
     if not password or not actor.check_password(password):
         with transaction.atomic():
             audit_record(actor=actor, action="approval.password_refused", obj=subject, outcome="failure",

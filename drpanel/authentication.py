@@ -1,10 +1,14 @@
 """``Authorization: Bearer <token>`` for the API: per-user tokens, stored as SHA-256 only."""
 
+import logging
+
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from drpanel.models import ApiToken, hash_token
+
+log = logging.getLogger(__name__)
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
@@ -26,6 +30,11 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             ApiToken.objects.active().select_related("user").filter(token_hash=hash_token(raw)).first()
         )
         if token is None or not token.user.is_active:
+            # Tokens carry 256 random bits: guessing one is hopeless, so a refusal is not audited (that
+            # would let anyone grow the audit chain at will); it is logged, without the token, for
+            # whoever watches the logs (fail2ban, a SIEM) to act on a flood of them.
+            log.warning("API token refused (unknown, revoked or inactive user) from %s for %s %s",
+                        request.META.get("REMOTE_ADDR", "?"), request.method, request.path[:200])
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
         # At most one write a minute per token: last use is informative, not a hot path.
         now = timezone.now()

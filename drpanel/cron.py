@@ -22,7 +22,7 @@ cron.register(clear_expired_sessions, queue_name="default", cron="17 3 * * *")
 # Backups: policy schedules, stale-run reaping, approval expiry, retention, inventory sync.
 cron.register(backup_jobs.schedule_tick, queue_name="default", cron="* * * * *")
 cron.register(backup_jobs.expire_approvals, queue_name="default", cron="* * * * *")
-cron.register(backup_jobs.reap_stale_runs, queue_name="default", cron="*/2 * * * *")
+cron.register(backup_jobs.reap_stale_runs, queue_name="default", cron="* * * * *")
 cron.register(backup_jobs.retention_job, queue_name="backup", cron="40 * * * *")
 cron.register(backup_jobs.inventory_tick, queue_name="default", cron="10 */6 * * *")
 

@@ -1,7 +1,11 @@
-"""Cross-cutting middleware: a request id on every request, and no caching of signed-in pages."""
+"""Cross-cutting middleware: a request id on every request, no caching of signed-in pages, and a
+session lifetime that activity does not extend."""
 
 import re
+import time
 import uuid
+
+from django.conf import settings
 
 from drpanel.context import reset_current_request, set_current_request
 
@@ -58,3 +62,27 @@ class DenialAuditMiddleware:
         if isinstance(exception, PermissionDenied):
             record_denial(request, exception)
         return None
+
+
+SIGNED_IN_AT = "drpanel_signed_in_at"
+
+
+class SessionLifetimeMiddleware:
+    """Sign a session out ``DRPANEL_SESSION_MAX_HOURS`` after sign-in, however active it is.
+
+    The idle timeout (``SESSION_COOKIE_AGE``, renewed by every request) ends forgotten
+    sessions; this ends busy ones, so a stolen session cookie is worth a bounded time.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            started = request.session.setdefault(SIGNED_IN_AT, time.time())
+            if time.time() - started > settings.SESSION_MAX_HOURS * 3600:
+                from django.contrib.auth import logout
+
+                logout(request)
+        return self.get_response(request)

@@ -1,5 +1,6 @@
 """Services of the project package: API tokens and re-authentication (each one audited)."""
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -39,9 +40,35 @@ def api_token_revoke(*, actor, token: ApiToken) -> ApiToken:
     return token
 
 
+# Wrong passwords re-entered by a signed-in user (re-authentication, approvals). Sign-in itself is
+# limited by django-axes; these checks happen inside a session, so a stolen session must not be
+# a way to guess the password without limit either.
+PASSWORD_FAILURES = ("auth.reauthenticated", "approval.password_refused")
+
+
+def password_attempts_exhausted(user) -> bool:
+    """True when ``user`` re-entered a wrong password ``AXES_FAILURE_LIMIT`` times within the cool-off.
+
+    The audit log is the counter: every wrong password is already an event there, in every
+    process and on every host.
+    """
+    from compliance.models import AuditEvent
+
+    since = timezone.now() - settings.AXES_COOLOFF_TIME
+    failures = AuditEvent.objects.filter(actor=user, action__in=PASSWORD_FAILURES, outcome="failure",
+                                         occurred_at__gte=since).count()
+    return failures >= settings.AXES_FAILURE_LIMIT
+
+
 def reauthenticate(*, request, password: str) -> bool:
-    """Check the signed-in user's password again; on success approvals are open for a few minutes."""
+    """Check the signed-in user's password again; on success approvals are open for a few minutes.
+
+    After too many wrong passwords the password is not even checked (``password_attempts_exhausted``)."""
     user = request.user
+    if password_attempts_exhausted(user):
+        with transaction.atomic():
+            audit_record(actor=user, action="auth.reauth_locked", obj=user, outcome="denied", request=request)
+        return False
     ok = bool(password) and user.check_password(password)
     with transaction.atomic():
         audit_record(actor=user, action="auth.reauthenticated", obj=user,

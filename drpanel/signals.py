@@ -1,5 +1,7 @@
 """Audit of sign-in, sign-out and lockouts (receivers of Django's and django-axes' signals)."""
 
+import time
+
 from axes.signals import user_locked_out
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
@@ -10,6 +12,10 @@ from compliance.audit import audit_record
 
 @receiver(user_logged_in)
 def audit_login(sender, request, user, **kwargs):
+    from drpanel.middleware import SIGNED_IN_AT
+
+    if request is not None and hasattr(request, "session"):
+        request.session[SIGNED_IN_AT] = time.time()  # the start of the session's fixed lifetime
     audit_record(actor=user, action="auth.login", obj=user, request=request)
 
 

@@ -3,6 +3,7 @@
 import redis
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import logout as auth_logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.db import connection
@@ -16,7 +17,7 @@ from rq.worker import Worker
 
 from drpanel.models import ApiToken
 from drpanel.permissions import Cap, capability_required, record_denial
-from drpanel.services import api_token_create, api_token_revoke, reauthenticate
+from drpanel.services import api_token_create, api_token_revoke, password_attempts_exhausted, reauthenticate
 
 
 class LoginView(auth_views.LoginView):
@@ -46,6 +47,10 @@ def reauth(request):
     if request.method == "POST":
         if reauthenticate(request=request, password=request.POST.get("password", "")):
             return redirect(next_url)
+        if password_attempts_exhausted(request.user):
+            # Too many wrong passwords inside one session: end the session, as a lockout would.
+            auth_logout(request)
+            return lockout(request)
         error = "That password is not correct."
     return render(request, "drpanel/reauth.html", {"next": next_url, "error": error},
                   status=400 if error else 200)
@@ -139,11 +144,21 @@ def permission_denied(request, exception=None):
     return render(request, "403.html", {"reason": reason}, status=403)
 
 
+def _is_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
 def page_not_found(request, exception=None):
+    # The API answers in its own error body, even for a path no API view matches (a malformed id).
+    if _is_api(request):
+        return JsonResponse({"detail": "Not found."}, status=404)
     return render(request, "404.html", status=404)
 
 
 def server_error(request):
+    """500: a fixed page (or body) that shows nothing of the error; the traceback goes to the log only."""
+    if _is_api(request):
+        return JsonResponse({"detail": "Internal error; it has been logged."}, status=500)
     return render(request, "500.html", status=500)
 
 

@@ -135,7 +135,8 @@ def test_an_unreachable_offsite_location_fails_its_step_not_the_backup(operator,
     assert run.state == BackupRun.State.SUCCEEDED
     assert [s["state"] for s in run.steps][-1] == "failed"
     assert run.artifact.offsite_verified_at is None
-    assert run.artifact.copies.get(location__name="gone").status == ArtifactCopy.Status.PENDING
+    assert run.artifact.copies.get(location__name="gone").status == ArtifactCopy.Status.MISSING
+    assert AuditEvent.objects.get(action="artifact.copied", outcome="failure").details["location"] == "gone"
 
 
 def test_the_backup_command_runs_a_backup_inline(system, primary, test_keys):

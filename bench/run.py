@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""``make bench``: every benchmark in one run, one table of ratios against the goals.
+
+Runs each script of ``BENCHMARKS`` (one after the other: they measure time on a shared machine)
+at the chosen scale, keeps each one's output in ``bench-results/<timestamp>/<name>.log``, reads
+the figures they print in the protocol of ``bench/protocol.py``, and prints one table — also
+written to ``bench-results/<timestamp>.md`` and ``.json``. A script that prints no protocol line
+(or fails) is listed as "not reported", with where its output is.
+
+    .venv/bin/python bench/run.py [--scale quick|default|full] [--only backup --only jobs] [--prefix drpanel_bench]
+
+Scales: ``quick`` validates the scripts in a few minutes; ``default`` fits in about 10–15
+minutes on the 2-core development machine; ``full`` uses the issue's sizes (pgbench -s 50, a
+1.5 GB realistic database, 100,000 artifacts, 1,000,000 audit events) and takes much longer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.protocol import parse  # noqa: E402 - after the path is set
+
+SCALES = ("quick", "default", "full")
+
+
+def benchmarks(scale: str, prefix: str, server_url: str) -> list[tuple[str, list[str]]]:
+    """(name, argv) of every benchmark at a scale."""
+    from drpanel.runtime import with_database_name
+
+    py = sys.executable
+    backup = {"quick": ["--quick", "--repeats", "2"],
+              "default": ["--scale", "50", "--realistic-mb", "600", "--list-size", "100000", "--repeats", "3"],
+              "full": []}[scale]
+    audit_events = {"quick": "20000", "default": "500000", "full": "1000000"}[scale]
+    restore = {"quick": ["--scale", "2", "--rounds", "1", "--swaps", "5", "--repeat", "3"],
+               "default": ["--scale", "30", "--partitions", "2", "--rounds", "2"],
+               "full": ["--scale", "50", "--partitions", "4"]}[scale]
+    requests = {"quick": "10", "default": "30", "full": "30"}[scale]
+    return [
+        ("backup", [py, "bench/backup.py", "--panel-db", prefix, *backup]),
+        ("audit", [py, "bench/audit.py", "--events", audit_events,
+                   "--database-url", with_database_name(server_url, f"{prefix}_audit_bench")]),
+        ("restore_ops", [py, "bench/restore_ops.py", *restore]),
+        ("jobs", [py, "bench/jobs.py", "--requests", requests, "--panel-db", f"{prefix}_jobs"]),
+    ]
+
+
+def machine() -> dict:
+    import psycopg
+
+    from drpanel import runtime
+
+    plan = runtime.prepare()
+    with psycopg.connect(runtime.with_database_name(plan.database_url, "postgres")) as conn:
+        server = conn.execute("SELECT current_setting('server_version')").fetchone()[0]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"host": platform.node(), "cpus": os.cpu_count(), "memory_gib": round(memory, 1),
+            "python": platform.python_version(), "postgresql": server, "commit": commit,
+            "load_average_start": round(os.getloadavg()[0], 2), "server_url": plan.database_url}
+
+
+def fmt(value, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 1000:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.3g}"
+    return f"{text} {unit}".strip()
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| benchmark | ours | raw tool | ratio | goal | met | scale |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        met = {True: "yes", False: "**no**", None: "—"}[r.get("met")]
+        ratio = f"{r['ratio']:.2f}×" if r.get("ratio") is not None else "—"
+        lines.append(f"| {r['name']} | {fmt(r.get('ours'), r.get('unit', ''))} | {fmt(r.get('raw'), r.get('unit', ''))}"
+                     f" | {ratio} | {r.get('goal', '')} | {met} | {r.get('scale', '')} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", choices=SCALES, default="default")
+    parser.add_argument("--only", action="append", default=[], help="run only these benchmarks (by name)")
+    parser.add_argument("--prefix", default="drpanel_bench", help="prefix of the benchmarks' own databases")
+    parser.add_argument("--out", default=str(ROOT / "bench-results"))
+    args = parser.parse_args()
+
+    info = machine()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(args.out)
+    logs = out / stamp
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")}
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    print(f"make bench, scale {args.scale}: {info['cpus']} CPUs, {info['memory_gib']} GiB, PostgreSQL "
+          f"{info['postgresql']}, load average {info['load_average_start']}; logs in {logs}", flush=True)
+    rows, runs = [], []
+    for name, argv in benchmarks(args.scale, args.prefix, info.pop("server_url")):
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name}: {' '.join(argv[1:])}", flush=True)
+        started = time.monotonic()
+        log_path = logs / f"{name}.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, bufsize=1)
+            output = []
+            for line in proc.stdout:
+                log.write(line)
+                output.append(line)
+                print(f"   {line}", end="", flush=True)
+            status = proc.wait()
+        seconds = time.monotonic() - started
+        figures = parse("".join(output))
+        runs.append({"name": name, "argv": argv[1:], "exit_status": status, "seconds": round(seconds, 1),
+                     "log": str(log_path.relative_to(ROOT) if log_path.is_relative_to(ROOT) else log_path)})
+        for figure in figures:
+            rows.append({"benchmark": name, **figure})
+        if not figures or status != 0:
+            why = f"exited with {status}" if status else "printed no BENCH line"
+            rows.append({"benchmark": name, "name": f"{name} (not reported)", "ours": None, "raw": None,
+                         "ratio": None, "goal": "", "met": None, "scale": "",
+                         "note": f"{why}; see {runs[-1]['log']}"})
+        print(f"== {name}: {seconds:.0f} s, {len(figures)} figure(s), exit status {status}", flush=True)
+    info["load_average_end"] = round(os.getloadavg()[0], 2)
+    text = table(rows)
+    notes = [f"- {r['name']}: {r['note']}" for r in rows if r.get("note")]
+    header = (f"Benchmarks at scale **{args.scale}**, {stamp}, commit {info['commit']}: {info['cpus']} CPUs, "
+              f"{info['memory_gib']} GiB, PostgreSQL {info['postgresql']}, Python {info['python']}; load average "
+              f"{info['load_average_start']} at the start, {info['load_average_end']} at the end.")
+    (out / f"{stamp}.md").write_text(f"{header}\n\n{text}\n\n" + "\n".join(notes) + "\n")
+    (out / f"{stamp}.json").write_text(json.dumps({"scale": args.scale, "at": stamp, "machine": info,
+                                                   "runs": runs, "results": rows}, indent=2) + "\n")
+    print()
+    print(header)
+    print(text)
+    print("\n".join(notes))
+    print(f"\nwritten to {out / stamp}.md and .json")
+    # A missed goal is a measurement, not a failure of the command; a benchmark that crashed is.
+    return 1 if any(r["exit_status"] for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
