@@ -4,10 +4,13 @@ It runs before pytest-django reads the settings, so the test run and every proce
 starts use the same PostgreSQL and Redis as the rest of the panel would (found or
 embedded), with two isolations so parallel checkouts do not collide:
 ``DRPANEL_TEST_REDIS_DB`` (default 15) and ``DRPANEL_TEST_DATABASE`` (default
-``test_<name>``).
+``test_<name>``). Audit checkpoints go to a temporary directory of the run.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -23,5 +26,11 @@ def pytest_load_initial_conftests(early_config, parser, args):
         runtime.prepare()
     except (runtime.ServiceError, runtime.ConfigError) as exc:
         raise pytest.UsageError(f"drpanel: {exc}") from None
+    # Audit checkpoints live outside the database; a test run's must not meet the demo's
+    # (they pin a different chain), nor another run's. Workers the tests start inherit this.
+    if "DRPANEL_AUDIT_CHECKPOINT_DIR" not in os.environ:
+        checkpoints = tempfile.mkdtemp(prefix="drpanel-test-checkpoints-")
+        atexit.register(shutil.rmtree, checkpoints, ignore_errors=True)
+        os.environ["DRPANEL_AUDIT_CHECKPOINT_DIR"] = checkpoints
     redis_db = int(os.environ.get("DRPANEL_TEST_REDIS_DB", "15"))
     os.environ["REDIS_URL"] = runtime.with_redis_db(os.environ["REDIS_URL"], redis_db)

@@ -46,6 +46,14 @@ def _fast_password_hasher(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _own_audit_checkpoints(settings, tmp_path_factory, monkeypatch):
+    """Each test its own checkpoint store: a checkpoint pins one chain, and tests rebuild the chain."""
+    path = tmp_path_factory.mktemp("checkpoints")
+    settings.AUDIT_CHECKPOINT_DIR = path
+    monkeypatch.setenv("DRPANEL_AUDIT_CHECKPOINT_DIR", str(path))
+
+
 @pytest.fixture
 def password():
     return PASSWORD
