@@ -313,21 +313,23 @@ _END = object()
 
 
 class _RecordReader(threading.Thread):
-    """Reads records after the header, hashing every stored byte, on its own thread.
+    """Reads records after the header on its own thread; every stored byte is hashed on a third one.
 
-    hashlib releases the GIL on large buffers, so hashing the stored bytes here runs on the
-    second core while the consumer authenticates chunks. Puts ``(index, record, is_final,
-    footer)`` tuples, then ``_END``, or an exception.
+    hashlib releases the GIL on large buffers, so the stored SHA-256 (the slowest part of a
+    pass) runs on one core while reading and authenticating share the other: reading and
+    hashing in the same thread would add the two up. Puts ``(index, record, is_final,
+    footer)`` tuples, then ``_END``, or an exception; the hash is complete once the thread
+    has been joined.
     """
 
     def __init__(self, src, hasher, record_size: int, depth: int = 4):
         super().__init__(daemon=True, name="artifact-reader")
         self.src = src
-        self.hasher = hasher
         self.record_size = record_size
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stored_size = 0
         self.stop = threading.Event()
+        self.hashing = _HashingThread(hasher=hasher)
 
     def _put(self, item) -> None:
         while not self.stop.is_set():
@@ -338,10 +340,13 @@ class _RecordReader(threading.Thread):
                 continue
 
     def run(self) -> None:
+        self.hashing.start()
         try:
             self._run()
         except BaseException as exc:  # handed to the consumer, which re-raises it
             self._put(exc)
+        finally:
+            self.hashing.finish()
 
     def _run(self) -> None:
         size = self.record_size
@@ -357,7 +362,7 @@ class _RecordReader(threading.Thread):
             if len(data) < size:
                 eof = True
             if data:
-                self.hasher.update(data)
+                self.hashing.queue.put(data)
                 self.stored_size += len(data)
                 if blocks:
                     after_first += len(data)
@@ -395,11 +400,11 @@ class _RecordReader(threading.Thread):
 
 
 class _HashingThread(threading.Thread):
-    """SHA-256 of the plaintext on its own thread, so authentication and both hashes share two cores."""
+    """A SHA-256 fed through a queue on its own thread, so authentication and hashing share two cores."""
 
-    def __init__(self, depth: int = 8):
-        super().__init__(daemon=True, name="artifact-plaintext-hash")
-        self.hasher = hashlib.sha256()
+    def __init__(self, depth: int = 8, hasher=None):
+        super().__init__(daemon=True, name="artifact-hash")
+        self.hasher = hasher or hashlib.sha256()
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
 
     def run(self) -> None:

@@ -16,6 +16,7 @@ from compliance.jobs import (
     health_recompute_job,
 )
 from drpanel.jobs import clear_expired_sessions
+from restores import jobs as restore_jobs
 
 cron.register(clear_expired_sessions, queue_name="default", cron="17 3 * * *")
 
@@ -35,3 +36,10 @@ cron.register(contacts_review_job, queue_name="default", cron="0 8 * * *")
 
 # Health: every system's score, its history and its alerts (also recomputed after each relevant event).
 cron.register(health_recompute_job, queue_name="default", cron="*/15 * * * *")
+
+# Restores: the reconciler (expiry, dead workers, lost jobs, half-done swaps, orphans), the end of
+# rollback windows, and scheduled verifications (daily decrypt of the newest full, weekly restore-test).
+cron.register(restore_jobs.reconcile_job, queue_name="default", cron="* * * * *")
+cron.register(restore_jobs.drop_copies_job, queue_name="default", cron="25 * * * *")
+cron.register(restore_jobs.verify_daily_job, queue_name="default", cron="30 2 * * *")
+cron.register(restore_jobs.verify_weekly_job, queue_name="default", cron="30 3 * * 0")

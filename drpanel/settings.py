@@ -281,7 +281,7 @@ S3_TIMEOUT_SECONDS = env_int("DRPANEL_S3_TIMEOUT_SECONDS", 60, minimum=1, maximu
 S3_ATTEMPTS = env_int("DRPANEL_S3_ATTEMPTS", 5, minimum=1, maximum=20)
 APPROVAL_TTL_MINUTES = env_int("DRPANEL_APPROVAL_TTL_MINUTES", 60, minimum=1, maximum=7 * 24 * 60)
 # Hooks the restore app fills (dotted paths to callables), see ``backups.hooks``.
-BACKUP_RESTORE_RUNNING_HOOK = env_str("DRPANEL_RESTORE_RUNNING_HOOK") or None
+BACKUP_RESTORE_RUNNING_HOOK = env_str("DRPANEL_RESTORE_RUNNING_HOOK") or "restores.selectors.restore_running"
 DEMO_DATABASE = env_str("DRPANEL_DEMO_DATABASE", "chatbotdysa")
 DEMO_S3_ENDPOINT = env_str("DRPANEL_DEMO_S3_ENDPOINT") or None
 DEMO_SCALE = env_int("DRPANEL_DEMO_SCALE", 1, minimum=1, maximum=100)
@@ -297,6 +297,21 @@ RESTORE_TEMP_DIR = env_str("DRPANEL_RESTORE_TEMP_DIR") or None
 RESTORE_TEMP_HEADROOM_MB = env_int("DRPANEL_RESTORE_TEMP_HEADROOM_MB", 1024, minimum=0)
 CONFIG_RESTORE_MAX_MEMBERS = env_int("DRPANEL_CONFIG_RESTORE_MAX_MEMBERS", 10000, minimum=1)
 CONFIG_RESTORE_MAX_MB = env_int("DRPANEL_CONFIG_RESTORE_MAX_MB", 512, minimum=1)
+# Verification and restore runs (restores.verifications, restores.runs, restores.reliability).
+# The server that hosts restore-tests' throw-away databases: a secret reference to a libpq URL whose
+# database name is the base of the throw-away names; by default the panel's own server, "<panel db>_verify".
+VERIFY_DATABASE_REF = env_str("DRPANEL_VERIFY_DATABASE") or None
+if VERIFY_DATABASE_REF:
+    from drpanel import secrets as _secrets
+
+    try:
+        VERIFY_DATABASE_REF = _secrets.validate(VERIFY_DATABASE_REF)
+    except _secrets.SecretReferenceError as exc:
+        raise ConfigError(f"DRPANEL_VERIFY_DATABASE: {exc}") from None
+RESTORE_ROLLBACK_WINDOW_HOURS = env_int("DRPANEL_ROLLBACK_WINDOW_HOURS", 24, minimum=1, maximum=24 * 90)
+RESTORE_HEALTH_WAIT_SECONDS = env_int("DRPANEL_RESTORE_HEALTH_WAIT_SECONDS", 60, minimum=0, maximum=3600)
+RUN_STALE_SECONDS = env_int("DRPANEL_RUN_STALE_SECONDS", 45, minimum=10, maximum=3600)
+RUN_LOST_JOB_SECONDS = env_int("DRPANEL_RUN_LOST_JOB_SECONDS", 30, minimum=0, maximum=3600)
 for _name, _path in (("PG_BIN_DIR", PG_BIN_DIR), ("DRPANEL_RESTORE_TEMP_DIR", RESTORE_TEMP_DIR)):
     if _path and not Path(_path).is_absolute():
         raise ConfigError(f"{_name}={_path!r} must be an absolute path")

@@ -1,14 +1,26 @@
-"""``/api/v1/`` endpoints of verifications, targets and restores."""
+"""``/api/v1/`` endpoints of verifications, targets and restores (DESIGN.md's interfaces table).
+
+Same services, permissions and audit events as the pages. Refusals answer with a reason:
+403 (no right, self-approval, wrong password; audited), 409 (the run or its target is not
+in a state that allows it), 400 (bad input), 404 (missing, or a target you may not see).
+"""
+
+import uuid
 
 from django.urls import path
-from drf_spectacular.utils import extend_schema
-from rest_framework import serializers
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView, RetrieveAPIView
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
+from backups.models import Artifact
 from drpanel.api import capability
-from drpanel.permissions import Cap
-from restores.models import HealthCheck, SanityCheck, Target
-from restores.selectors import access_target, rights_of, visible_targets
+from drpanel.permissions import Cap, require_cap
+from drpanel.schema import error_response
+from restores import runs, verifications
+from restores.models import HealthCheck, RestoreRun, SanityCheck, Target, VerificationRun
+from restores.selectors import access_run, access_target, access_verification, rights_of, visible_runs, visible_targets
 
 
 class SanityCheckSerializer(serializers.ModelSerializer):
@@ -27,6 +39,7 @@ class TargetSerializer(serializers.ModelSerializer):
     """A target as the API shows it; ``database`` is the secret *reference*, never the URL."""
 
     database = serializers.CharField(source="database_ref")
+    system = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     sanity_checks = SanityCheckSerializer(many=True)
     health_checks = HealthCheckSerializer(many=True)
     your_rights = serializers.SerializerMethodField()
@@ -34,7 +47,7 @@ class TargetSerializer(serializers.ModelSerializer):
     class Meta:
         model = Target
         fields = ["id", "name", "environment", "description", "is_active", "database", "config_dir",
-                  "health_check_hosts", "sanity_checks", "health_checks", "your_rights", "updated_at"]
+                  "health_check_hosts", "system", "sanity_checks", "health_checks", "your_rights", "updated_at"]
 
     def get_your_rights(self, target) -> list[str]:
         return rights_of(self.context["request"].user, target)
@@ -66,7 +79,248 @@ class TargetDetailView(RetrieveAPIView):
         return access_target(self.request.user, self.kwargs["pk"])
 
 
+# --- verifications ---------------------------------------------------------------------------
+
+
+def verification_json(run: VerificationRun) -> dict:
+    return {
+        "id": str(run.pk), "artifact": str(run.artifact_id), "level": run.level, "state": run.state,
+        "reached_level": run.reached_level or None, "trigger": run.trigger, "location": run.location or None,
+        "requested_by": run.requested_by.get_username() if run.requested_by else None,
+        "created_at": run.created_at.isoformat(), "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at), "progress": run.percent, "error": run.error or None,
+        "results": [{"level": r["name"], "state": r["state"], "started_at": r.get("started_at"),
+                     "finished_at": r.get("finished_at"), "duration_ms": r.get("duration_ms"), "bytes": r.get("bytes"),
+                     "detail": r.get("detail", ""), "data": r.get("data")} for r in run.results],
+    }
+
+
+def _body(request) -> dict:
+    """The JSON body as an object; any other JSON value (null, a list, a number) counts as empty."""
+    return request.data if isinstance(request.data, dict) else {}
+
+
+def _iso(value):
+    return value.isoformat() if value else None
+
+
+def _json_list():
+    return serializers.ListField(child=serializers.JSONField())
+
+
+VerificationSchema = inline_serializer("Verification", {
+    "id": serializers.UUIDField(), "artifact": serializers.UUIDField(), "level": serializers.CharField(),
+    "state": serializers.CharField(), "reached_level": serializers.CharField(allow_null=True),
+    "progress": serializers.IntegerField(), "results": _json_list(), "error": serializers.CharField(allow_null=True)})
+RestoreStateSchema = inline_serializer("RestoreState", {"id": serializers.UUIDField(),
+                                                        "state": serializers.CharField()})
+RestoreSchema = inline_serializer("Restore", {
+    "id": serializers.UUIDField(), "state": serializers.CharField(), "target": serializers.CharField(),
+    "mode": serializers.CharField(), "artifact": serializers.UUIDField(), "progress": serializers.IntegerField(),
+    "eta_seconds": serializers.IntegerField(allow_null=True), "steps": _json_list(),
+    "rto_seconds": serializers.FloatField(allow_null=True), "rpo_seconds": serializers.FloatField(allow_null=True),
+    "approval": serializers.JSONField(allow_null=True), "rollback": serializers.JSONField(),
+    "checklist": _json_list(), "error": serializers.CharField(allow_null=True)})
+
+
+class ArtifactVerificationView(APIView):
+    """Start a verification of an artifact up to a level: 202 with the run (one already queued is returned)."""
+
+    permission_classes = [capability(Cap.START_JOBS)]
+
+    @extend_schema(operation_id="artifacts_verifications_create",
+                   request=inline_serializer("VerificationRequest", {"level": serializers.ChoiceField(
+                       ["checksum", "decrypt", "structure", "restore-test"])}),
+                   responses={202: VerificationSchema})
+    def post(self, request, pk):
+        artifact = Artifact.objects.select_related("system").filter(pk=pk).first()
+        if artifact is None:
+            return Response({"detail": "No such artifact."}, status=status.HTTP_404_NOT_FOUND)
+        try:
+            run = verifications.verification_request(actor=request.user, artifact=artifact,
+                                                     level=str(_body(request).get("level", "")),
+                                                     trigger=VerificationRun.Trigger.API, request=request)
+        except verifications.VerificationError as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(verification_json(run), status=status.HTTP_202_ACCEPTED)
+
+
+class VerificationView(APIView):
+    """A verification run: its state and per-level results."""
+
+    permission_classes = [capability(Cap.VIEW_PANEL)]
+
+    @extend_schema(operation_id="verifications_retrieve", responses=VerificationSchema)
+    def get(self, request, pk):
+        return Response(verification_json(access_verification(request.user, pk)))
+
+
+# --- restores ------------------------------------------------------------------------------------
+
+
+def restore_json(run: RestoreRun) -> dict:
+    """A restore run as the API shows it: ``state, progress (0-100), steps[…], rto_seconds, rpo_seconds`` and more."""
+    approval = run.approval
+    blocker = runs.rollback_blocker(run) if run.swapped_at else "not swapped in"
+    return {
+        "id": str(run.pk), "state": run.state, "target": run.target.name, "target_id": run.target_id,
+        "environment": run.target.environment, "mode": run.mode, "artifact": str(run.artifact_id),
+        "config_artifact": str(run.config_artifact_id) if run.config_artifact_id else None,
+        "drill": run.is_drill, "reason": run.reason, "requested_by": run.requested_by.get_username(),
+        "created_at": run.created_at.isoformat(), "queued_at": _iso(run.queued_at), "started_at": _iso(run.started_at),
+        "swapped_at": _iso(run.swapped_at), "healthy_at": _iso(run.healthy_at), "finished_at": _iso(run.finished_at),
+        "progress": run.percent, "eta_seconds": run.eta_seconds, "plan": run.plan or None,
+        "steps": [{k: step.get(k) for k in ("name", "state", "started_at", "finished_at", "duration_ms", "bytes",
+                                            "detail")} for step in run.steps],
+        "rto_seconds": run.rto_seconds, "rpo_seconds": run.rpo_seconds, "error": run.error or None,
+        "approval": {"state": approval.state, "expires_at": approval.expires_at.isoformat(),
+                     "approved_by": approval.decided_by.get_username() if approval.decided_by else None,
+                     "decided_at": _iso(approval.decided_at), "binding_hash": approval.binding_hash}
+        if approval else None,
+        "rollback": {"until": _iso(run.rollback_until), "available": blocker is None, "blocked_because": blocker,
+                     "rolled_back_at": _iso(run.rolled_back_at), "seconds": run.rollback_seconds,
+                     "rolled_back_by": run.rolled_back_by.get_username() if run.rolled_back_by else None},
+        "checklist": [{"code": c.code, "title": c.title, "automatic": c.automatic, "status": c.status,
+                       "summary": c.summary, "evidence": c.evidence, "note": c.note,
+                       "ticked_by": c.ticked_by.get_username() if c.ticked_by else None}
+                      for c in run.recovery_checks.all()],
+    }
+
+
+def _error(exc: Exception) -> Response:
+    if isinstance(exc, runs.PasswordRefused):
+        code = status.HTTP_403_FORBIDDEN
+    elif isinstance(exc, runs.RestoreConflict):
+        code = status.HTTP_409_CONFLICT
+    else:
+        code = status.HTTP_400_BAD_REQUEST
+    return Response({"detail": str(exc)}, status=code)
+
+
+def _state(run: RestoreRun, code=status.HTTP_200_OK) -> Response:
+    run.refresh_from_db()
+    return Response({"id": str(run.pk), "state": run.state, **({"rollback_seconds": run.rollback_seconds}
+                                                                 if run.rolled_back_at else {})}, status=code)
+
+
+class RestoreListView(APIView):
+    """``GET``: restore runs into the targets the caller may see (``?state=``, ``?target=``), newest first.
+
+    ``POST`` ``{"artifact", "target", "mode", "confirm"}`` (optionally ``drill``, ``reason``): 201 ``{id, state}``.
+    """
+
+    permission_classes = [capability(Cap.VIEW_PANEL)]
+
+    @extend_schema(operation_id="restores_list", responses=inline_serializer("RestoreList", {
+        "results": serializers.ListField(child=serializers.JSONField())}))
+    def get(self, request):
+        rows = visible_runs(request.user)
+        if request.query_params.get("state") in RestoreRun.State.values:
+            rows = rows.filter(state=request.query_params["state"])
+        if request.query_params.get("target"):
+            rows = rows.filter(target__name=request.query_params["target"])
+        rows = rows.prefetch_related("recovery_checks__ticked_by")[:100]
+        return Response({"results": [restore_json(r) for r in rows]})
+
+    @extend_schema(operation_id="restores_create", request=inline_serializer("RestoreRequest", {
+        "artifact": serializers.UUIDField(), "target": serializers.CharField(help_text="name or id"),
+        "mode": serializers.ChoiceField(RestoreRun.Mode.values), "confirm": serializers.CharField(),
+        "drill": serializers.BooleanField(required=False), "reason": serializers.CharField(required=False)}),
+        responses={201: RestoreStateSchema, 409: error_response(409)})
+    def post(self, request):
+        require_cap(request.user, Cap.START_JOBS, action="restore.request")
+        data = _body(request)
+        try:
+            artifact = Artifact.objects.select_related("system").get(pk=uuid.UUID(str(data.get("artifact"))))
+        except (ValueError, Artifact.DoesNotExist):
+            return Response({"detail": "No such artifact."}, status=status.HTTP_400_BAD_REQUEST)
+        wanted = str(data.get("target", ""))
+        target = visible_targets(request.user).filter(name=wanted).first() or (
+            visible_targets(request.user).filter(pk=int(wanted)).first() if wanted.isdigit() else None)
+        if target is None:
+            return Response({"detail": "No such target (among those you may see)."},
+                            status=status.HTTP_400_BAD_REQUEST)
+        try:
+            run = runs.restore_request(actor=request.user, artifact=artifact, target=target,
+                                       mode=str(data.get("mode", "")), confirm=str(data.get("confirm", "")),
+                                       is_drill=bool(data.get("drill", False)), reason=str(data.get("reason", "")),
+                                       trigger=RestoreRun.Trigger.API, request=request)
+        except runs.RestoreError as exc:
+            return _error(exc)
+        return _state(run, status.HTTP_201_CREATED)
+
+
+class RestoreDetailView(APIView):
+    """One restore run (404 when its target is not one the caller may see)."""
+
+    permission_classes = [capability(Cap.VIEW_PANEL)]
+
+    @extend_schema(operation_id="restores_retrieve", responses=RestoreSchema)
+    def get(self, request, pk):
+        return Response(restore_json(access_run(request.user, pk)))
+
+
+class RestoreApproveView(APIView):
+    """Approve a production restore ``{"password", "note"?}``: the new state, or 403/409 with a reason."""
+
+    permission_classes = [capability(Cap.VIEW_PANEL)]
+
+    @extend_schema(operation_id="restores_approve", request=inline_serializer("RestoreApprove", {
+        "password": serializers.CharField(), "note": serializers.CharField(required=False)}),
+        responses={200: RestoreStateSchema, 409: error_response(409)})
+    def post(self, request, pk):
+        run = access_run(request.user, pk)
+        try:
+            runs.restore_approve(actor=request.user, run=run, password=str(_body(request).get("password", "")),
+                                 note=str(_body(request).get("note", "")), request=request)
+        except runs.RestoreError as exc:
+            return _error(exc)
+        return _state(run)
+
+
+class RestoreRejectView(APIView):
+    """Reject (an approver) or withdraw (the requester) a restore awaiting approval ``{"note"?}``; final."""
+
+    permission_classes = [capability(Cap.VIEW_PANEL)]
+
+    @extend_schema(operation_id="restores_reject", request=inline_serializer("RestoreReject", {
+        "note": serializers.CharField(required=False)}),
+        responses={200: RestoreStateSchema, 409: error_response(409)})
+    def post(self, request, pk):
+        run = access_run(request.user, pk)
+        try:
+            runs.restore_reject(actor=request.user, run=run, note=str(_body(request).get("note", "")), request=request)
+        except runs.RestoreError as exc:
+            return _error(exc)
+        return _state(run)
+
+
+class RestoreRollbackView(APIView):
+    """Roll a restore back within its window ``{"password"}``: the new state, or 403/409 with a reason."""
+
+    permission_classes = [capability(Cap.VIEW_PANEL)]
+
+    @extend_schema(operation_id="restores_rollback", request=inline_serializer("RestoreRollback", {
+        "password": serializers.CharField()}),
+        responses={200: RestoreStateSchema, 409: error_response(409)})
+    def post(self, request, pk):
+        run = access_run(request.user, pk)
+        try:
+            runs.restore_rollback(actor=request.user, run=run, password=str(_body(request).get("password", "")),
+                                  request=request)
+        except runs.RestoreError as exc:
+            return _error(exc)
+        return _state(run)
+
+
 urlpatterns = [
     path("targets", TargetListView.as_view(), name="target-list"),
     path("targets/<int:pk>", TargetDetailView.as_view(), name="target-detail"),
+    path("artifacts/<uuid:pk>/verifications", ArtifactVerificationView.as_view(), name="artifact-verifications"),
+    path("verifications/<uuid:pk>", VerificationView.as_view(), name="verification-detail"),
+    path("restores", RestoreListView.as_view(), name="restore-list"),
+    path("restores/<uuid:pk>", RestoreDetailView.as_view(), name="restore-detail"),
+    path("restores/<uuid:pk>/approve", RestoreApproveView.as_view(), name="restore-approve"),
+    path("restores/<uuid:pk>/reject", RestoreRejectView.as_view(), name="restore-reject"),
+    path("restores/<uuid:pk>/rollback", RestoreRollbackView.as_view(), name="restore-rollback"),
 ]

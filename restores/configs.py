@@ -117,17 +117,62 @@ def _refuse_member(member: tarfile.TarInfo) -> str | None:
     return f"{name!r} is a special file (type {member.type!r})"
 
 
+def _strip(member: tarfile.TarInfo, prefix: str | None) -> tarfile.TarInfo | None:
+    """``member`` with the leading ``prefix/`` taken off its name (None for ``prefix`` itself).
+
+    A backup of a config directory holds its contents under the directory's own name
+    (``config/app.env``); restoring into a target's config directory takes that name off.
+    A member outside ``prefix/`` is refused.
+    """
+    if not prefix:
+        return member
+    name = member.name.removeprefix("./").rstrip("/")
+    if name == prefix:
+        return None
+    if not name.startswith(prefix + "/"):
+        raise ConfigArchiveRefused(f"{member.name!r} lies outside {prefix}/")
+    changes = {"name": name[len(prefix) + 1:]}
+    if member.islnk():
+        link = member.linkname.removeprefix("./")
+        if not link.startswith(prefix + "/"):
+            raise ConfigArchiveRefused(f"{member.name!r} is a hard link leading out of {prefix}/")
+        changes["linkname"] = link[len(prefix) + 1:]
+    return member.replace(**changes, deep=False)
+
+
+def single_top_directory(path: str | Path) -> str | None:
+    """The one directory every member lies in (a backup of one config directory), else None."""
+    tops: set[str] = set()
+    nested = False
+    try:
+        with tarfile.open(path, mode="r:*") as archive:
+            for member in archive:
+                top, slash, _ = member.name.removeprefix("./").rstrip("/").partition("/")
+                tops.add(top)
+                nested = nested or bool(slash)
+                if len(tops) > 1:
+                    return None
+    except (tarfile.TarError, EOFError, OSError):
+        return None
+    top = next(iter(tops), "")
+    return top if nested and top not in ("", ".", "..") else None
+
+
 def check_config_tar(path: str | Path, *, max_members: int | None = None, max_bytes: int | None = None,
-                     ) -> TarSummary:
+                     strip_prefix: str | None = None) -> TarSummary:
     """Read the tar's headers (stopping at the first breach) and refuse it if it breaks a rule.
 
-    Raises ``ConfigArchiveRefused`` with the first reason; writes nothing.
+    With ``strip_prefix``, members are judged with that leading directory taken off (see
+    ``_strip``). Raises ``ConfigArchiveRefused`` with the first reason; writes nothing.
     """
     max_members, max_bytes = _limits(max_members, max_bytes)
     members = files = total = 0
     try:
         with tarfile.open(path, mode="r:*") as archive:
-            for member in archive:
+            for original in archive:
+                member = _strip(original, strip_prefix)
+                if member is None:
+                    continue
                 members += 1
                 if members > max_members:
                     raise ConfigArchiveRefused(f"the archive has more than {max_members} members")
@@ -144,23 +189,30 @@ def check_config_tar(path: str | Path, *, max_members: int | None = None, max_by
     return TarSummary(members=members, files=files, bytes=total)
 
 
-def _data_filter(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo:
-    reason = _refuse_member(member)
-    if reason:
-        raise ConfigArchiveRefused(reason)
-    return tarfile.data_filter(member, dest_path)
+def _data_filter(strip_prefix: str | None = None):
+    def data_filter(original: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo | None:
+        member = _strip(original, strip_prefix)
+        if member is None:
+            return None
+        reason = _refuse_member(member)
+        if reason:
+            raise ConfigArchiveRefused(reason)
+        return tarfile.data_filter(member, dest_path)
+
+    return data_filter
 
 
 def extract_config_tar(path: str | Path, config_dir: str | Path, run_id, *, max_members: int | None = None,
-                       max_bytes: int | None = None) -> tuple[Path, TarSummary]:
+                       max_bytes: int | None = None, strip_prefix: str | None = None) -> tuple[Path, TarSummary]:
     """Check, then extract the tar into the new directory ``<dir>.restore-<tag>``; return it.
 
-    Raises ``ConfigArchiveRefused`` (and removes the new directory) on any breach; raises
-    ``ConfigSwapError`` if the new directory already exists (an earlier attempt: drop it
-    with ``drop_config_copy``).
+    ``strip_prefix`` takes a leading directory off every member (a backup of one config
+    directory holds ``<its name>/…``). Raises ``ConfigArchiveRefused`` (and removes the new
+    directory) on any breach; raises ``ConfigSwapError`` if the new directory already exists
+    (an earlier attempt: drop it with ``drop_config_copy``).
     """
     directory = _config_dir(config_dir)
-    summary = check_config_tar(path, max_members=max_members, max_bytes=max_bytes)
+    summary = check_config_tar(path, max_members=max_members, max_bytes=max_bytes, strip_prefix=strip_prefix)
     new_dir = config_copy_path(directory, run_id, ConfigCopyKind.NEW)
     if not directory.parent.is_dir():
         raise ConfigSwapError(f"{directory.parent} does not exist")
@@ -171,7 +223,7 @@ def extract_config_tar(path: str | Path, config_dir: str | Path, run_id, *, max_
     try:
         with tarfile.open(path, mode="r:*") as archive:
             archive.errorlevel = 2
-            archive.extractall(new_dir, filter=_data_filter)  # noqa: S202 - checked above, filtered here
+            archive.extractall(new_dir, filter=_data_filter(strip_prefix))  # noqa: S202 - checked above, filtered here
     except ConfigArchiveRefused:
         shutil.rmtree(new_dir, ignore_errors=True)
         raise

@@ -1,12 +1,15 @@
-"""Demo data of the restores app: staging, scratch and "production" targets of the demo's ``chatbotdysa``.
+"""Demo data of the restores app: staging, scratch and "production" targets of the demo's database.
 
-All three live on the demo's own PostgreSQL (the panel's server): ``chatbotdysa_staging``,
-``chatbotdysa_scratch`` and ``chatbotdysa`` itself (created by the catalog's demo step).
-Their URLs are written to ``var/targets/<database>.url`` (mode 0600) and the targets name
-them as ``file:`` secret references. A restore creates a missing staging or scratch
-database. Health checks call the panel's own ``/health``, approved for 127.0.0.1 on each
-target. The demo operator may restore into all three; the demo manager approves
-production restores. Safe to run again: it only changes what differs.
+All three live on the demo's own PostgreSQL (the panel's server): ``<demo>_staging``,
+``<demo>_scratch`` and ``<demo>`` itself (``DRPANEL_DEMO_DATABASE``, default ``chatbotdysa``,
+created by the catalog's demo step). Their URLs are written to ``var/targets/<database>.url``
+(mode 0600) and the targets name them as ``file:`` secret references. The production target
+restores into the demo system's own config directory (``var/demo/chatbotdysa-config``);
+staging and scratch have their own under ``var/demo/targets/``. A restore creates a missing
+staging or scratch database. All three receive the ``chatbotdysa`` system's artifacts. Health
+checks call the panel's own ``/health``, approved for 127.0.0.1 on each target. The demo
+operator may restore into all three; the demo manager approves production restores. Safe to
+run again: it only changes what differs.
 """
 
 import os
@@ -15,19 +18,26 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from backups import demo as backups_demo
+from backups.models import System
 from drpanel import runtime
 from restores import services
 from restores.models import Target
 
-SOURCE_DATABASE = "chatbotdysa"
-TARGETS = (
-    ("chatbotdysa-staging", Target.Environment.STAGING, "chatbotdysa_staging",
-     "Staging copy of the chatbot's database, for drills and checks."),
-    ("chatbotdysa-scratch", Target.Environment.SCRATCH, "chatbotdysa_scratch",
-     "Throw-away database for experiments."),
-    ("chatbotdysa-production", Target.Environment.PRODUCTION, SOURCE_DATABASE,
-     "The chatbot's live database: restores here wait for a manager's approval."),
-)
+
+def targets() -> tuple:
+    """(name, environment, database, description) of the three demo targets."""
+    source = settings.DEMO_DATABASE
+    return (
+        ("chatbotdysa-staging", Target.Environment.STAGING, f"{source}_staging",
+         "Staging copy of the chatbot's database, for drills and checks."),
+        ("chatbotdysa-scratch", Target.Environment.SCRATCH, f"{source}_scratch",
+         "Throw-away database for experiments."),
+        ("chatbotdysa-production", Target.Environment.PRODUCTION, source,
+         "The chatbot's live database: restores here wait for a manager's approval."),
+    )
+
+
 SANITY_CHECKS = [
     {"name": "the database answers", "query": "SELECT 1", "expectation": "= 1"},
     {"name": "users exist", "query": "SELECT count(*) FROM users", "expectation": ">= 1"},
@@ -44,7 +54,7 @@ def _secret_file(database: str) -> str:
     path = directory / f"{database}.url"
     path.touch(mode=0o600)
     path.chmod(0o600)
-    path.write_text(runtime.with_database_name(settings.DATABASE_URL, database) + "\n")
+    path.write_text(runtime.with_database_name(backups_demo.source_url(), database) + "\n")
     return f"file:{path}"
 
 
@@ -53,13 +63,18 @@ def seed(out) -> None:
     port = int(os.environ.get("PORT", 8000))
     User = get_user_model()
     operator, manager = User.objects.get(username="operator"), User.objects.get(username="manager")
+    system = System.objects.filter(name=backups_demo.SYSTEM).first()
     out.write("Restore targets (name / environment / database):")
-    for name, environment, database, description in TARGETS:
-        config_dir = settings.VAR_DIR / "demo" / "targets" / name / "config"
+    for name, environment, database, description in targets():
+        if environment == Target.Environment.PRODUCTION:
+            config_dir = backups_demo.demo_dir() / "chatbotdysa-config"
+        else:
+            config_dir = settings.VAR_DIR / "demo" / "targets" / name / "config"
         config_dir.mkdir(parents=True, exist_ok=True)
         fields = {
             "environment": environment, "description": description, "database_ref": _secret_file(database),
             "config_dir": str(config_dir), "health_check_hosts": ["127.0.0.1"], "is_active": True,
+            "system": system,
         }
         checks = {"sanity_checks": SANITY_CHECKS,
                   "health_checks": [{"url": f"http://127.0.0.1:{port}/health", "expected_status": 200}]}

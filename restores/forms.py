@@ -23,7 +23,17 @@ class TargetForm(forms.Form):
         label="Approved health-check hosts", required=False, widget=forms.Textarea(attrs={"rows": 3}),
         help_text="One per line, on top of DRPANEL_HEALTHCHECK_ALLOWED_HOSTS: a host name, *.domain, an IP "
                   "address or a network. A private address is only called if it is listed itself.")
+    system = forms.ModelChoiceField(
+        queryset=None, required=False, empty_label="any system", to_field_name="name",
+        help_text="The system whose artifacts this target receives; restores of other systems' artifacts are "
+                  "refused, and its sanity checks also run in that system's restore-tests.")
     is_active = forms.BooleanField(label="Active (accepts new restores)", required=False, initial=True)
+
+    def __init__(self, *args, **kwargs):
+        from backups.models import System
+
+        super().__init__(*args, **kwargs)
+        self.fields["system"].queryset = System.objects.order_by("name")
 
     def clean_health_check_hosts(self):
         value = self.cleaned_data["health_check_hosts"]
@@ -35,6 +45,7 @@ class TargetForm(forms.Form):
             "name": target.name, "environment": target.environment, "description": target.description,
             "database_ref": target.database_ref, "config_dir": target.config_dir,
             "health_check_hosts": "\n".join(target.health_check_hosts), "is_active": target.is_active,
+            "system": target.system.name if target.system_id else None,
         }
 
 

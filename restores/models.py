@@ -1,11 +1,15 @@
-"""Restore models: targets, with their SQL sanity checks and HTTP health checks.
+"""Restore models: targets with their checks, verification runs, restore runs and their post-recovery checklist.
 
-Verification runs, restore runs and approvals build on these in the next phase.
+A run's row in PostgreSQL is the truth about it; the RQ job that executes it is only its vehicle.
 """
 
+import uuid
+
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 TARGET_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -29,7 +33,9 @@ class Target(models.Model):
     deactivated instead, and an inactive target accepts no new restore.
 
     ``health_check_hosts`` are hosts an admin approved for this target's health checks, on
-    top of ``DRPANEL_HEALTHCHECK_ALLOWED_HOSTS`` (see ``restores.healthchecks``).
+    top of ``DRPANEL_HEALTHCHECK_ALLOWED_HOSTS`` (see ``restores.healthchecks``). ``system``,
+    when set, is the only system whose artifacts it receives; its sanity checks then also run
+    in that system's restore-tests.
     """
 
     class Environment(models.TextChoices):
@@ -56,6 +62,11 @@ class Target(models.Model):
     health_check_hosts = models.JSONField(
         default=list, blank=True,
         help_text="Hosts (names, IP addresses or networks) approved for this target's health checks.",
+    )
+    system = models.ForeignKey(
+        "backups.System", null=True, blank=True, on_delete=models.PROTECT, related_name="restore_targets",
+        help_text="The system whose artifacts this target receives (others are refused); its sanity checks "
+                  "also run in that system's restore-tests. Empty: any system.",
     )
     is_active = models.BooleanField("active", default=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -120,3 +131,254 @@ class HealthCheck(models.Model):
 
     def __str__(self) -> str:
         return f"{self.url} → {self.expected_status}"
+
+
+# --- verification runs -------------------------------------------------------------------------
+
+
+class VerificationRun(models.Model):
+    """One verification of an artifact up to a level of the ladder checksum → decrypt → structure → restore-test.
+
+    Every level up to ``level`` runs, in order, and stops at the first that fails.
+    ``results`` holds one entry per level: ``{level, state, started_at, finished_at,
+    duration_ms, bytes, detail, error, data}``; ``reached_level`` is the highest level that
+    passed (empty when none did). When the run ends it sets the artifact's
+    ``last_verified_level``/``last_verified_at`` to what this run reached.
+
+    States: queued → running → succeeded | failed; queued → failed (its job was lost for good,
+    see ``restores.reliability``). The queued → running transition is a conditional update,
+    so a job delivered twice runs once.
+    """
+
+    class Level(models.TextChoices):
+        CHECKSUM = "checksum", "checksum"
+        DECRYPT = "decrypt", "decrypt"
+        STRUCTURE = "structure", "structure"
+        RESTORE_TEST = "restore-test", "restore-test"
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+
+    class Trigger(models.TextChoices):
+        MANUAL = "manual", "manual"
+        SCHEDULE = "schedule", "schedule"
+        API = "api", "API"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    artifact = models.ForeignKey("backups.Artifact", on_delete=models.PROTECT, related_name="verifications")
+    level = models.CharField(max_length=12, choices=Level.choices)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.MANUAL)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    job_id = models.CharField(max_length=64, blank=True)
+    enqueue_count = models.PositiveSmallIntegerField(default=0)
+    location = models.CharField(max_length=63, blank=True, help_text="The storage location of the copy read.")
+    percent = models.PositiveSmallIntegerField(default=0)
+    results = models.JSONField(default=list, blank=True)
+    reached_level = models.CharField(max_length=12, blank=True)
+    error = models.TextField(blank=True)
+    needs_cleanup = models.BooleanField(default=False, help_text="A throw-away database may be left to drop.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["artifact", "created_at"], name="verification_artifact"),
+                   models.Index(fields=["state", "created_at"], name="verification_state")]
+
+    def __str__(self) -> str:
+        return f"{self.level} verification {str(self.id)[:8]}"
+
+    @property
+    def short_id(self) -> str:
+        return str(self.id)[:8]
+
+    @property
+    def is_done(self) -> bool:
+        return self.state in (self.State.SUCCEEDED, self.State.FAILED)
+
+    @property
+    def duration(self):
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+
+LEVELS = tuple(VerificationRun.Level.values)
+
+
+# --- restore runs --------------------------------------------------------------------------------
+
+
+class RestoreRun(models.Model):
+    """A restore of an artifact into a target, in a mode, with its steps, timings and rollback.
+
+    States and the only allowed transitions (each is a conditional update on the state the
+    caller saw, and each writes an audit event; see ``restores.runs``):
+
+    - requested → awaiting_approval (production target) | queued (staging, scratch)
+    - awaiting_approval → approved (a manager other than the requester, holding
+      ``approve_restore`` on the target, re-entered their password) | rejected (final: one
+      rejection ends the request) | expired (nobody approved in time; final)
+    - approved → queued (the approval is consumed in the same transaction)
+    - queued → running (a worker took the job; a second delivery finds it running and does
+      nothing) | failed (its job was lost and could not be queued again)
+    - running → succeeded (swapped in, health checks answering) | failed (anything went
+      wrong; before the swap the target is untouched)
+    - succeeded | failed-after-the-swap → rolled_back (a manager swapped the previous
+      database back within the rollback window; final)
+
+    "Active" states (requested, awaiting_approval, approved, queued, running) are limited to
+    one run per target by a partial unique index: two restores into one target cannot
+    both be in flight, whoever asks first wins.
+
+    ``binding_hash`` is the SHA-256 the production approval is bound to (artifact, target,
+    mode, the target's database and config directory); the worker recomputes it and refuses
+    a run whose approval does not match. RTO = request → healthy (``rto_seconds``); RPO = the
+    artifact's age when it went live (``rpo_seconds``).
+    """
+
+    class Mode(models.TextChoices):
+        DATABASE = "database-only", "database only"
+        CONFIG = "config-only", "config only"
+        FULL = "full", "full (database and config)"
+
+    class State(models.TextChoices):
+        REQUESTED = "requested", "requested"
+        AWAITING_APPROVAL = "awaiting_approval", "awaiting approval"
+        APPROVED = "approved", "approved"
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        ROLLED_BACK = "rolled_back", "rolled back"
+        REJECTED = "rejected", "rejected"
+        EXPIRED = "expired", "expired"
+
+    ACTIVE_STATES = ("requested", "awaiting_approval", "approved", "queued", "running")
+    FINAL_STATES = ("succeeded", "failed", "rolled_back", "rejected", "expired")
+
+    class Trigger(models.TextChoices):
+        MANUAL = "manual", "manual"
+        API = "api", "API"
+        COMMAND = "command", "management command"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    artifact = models.ForeignKey("backups.Artifact", on_delete=models.PROTECT, related_name="restore_runs")
+    config_artifact = models.ForeignKey("backups.Artifact", null=True, blank=True, on_delete=models.PROTECT,
+                                        related_name="config_restore_runs",
+                                        help_text="The config artifact restored with a full restore.")
+    target = models.ForeignKey(Target, on_delete=models.PROTECT, related_name="runs")
+    mode = models.CharField(max_length=14, choices=Mode.choices)
+    state = models.CharField(max_length=18, choices=State.choices, default=State.REQUESTED)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.MANUAL)
+    is_drill = models.BooleanField(default=False, help_text="Started on purpose to measure RTO (staging, scratch).")
+    reason = models.CharField(max_length=500, blank=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    approval = models.ForeignKey("drpanel.Approval", null=True, blank=True, on_delete=models.PROTECT,
+                                 related_name="+")
+    binding_hash = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, help_text="When it was requested: the RTO clock starts.")
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    swapped_at = models.DateTimeField(null=True, blank=True)
+    healthy_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    job_id = models.CharField(max_length=64, blank=True)
+    enqueue_count = models.PositiveSmallIntegerField(default=0)
+    steps = models.JSONField(default=list, blank=True)
+    percent = models.PositiveSmallIntegerField(default=0)
+    eta_seconds = models.PositiveIntegerField(null=True, blank=True)
+    plan = models.JSONField(default=dict, blank=True, help_text="How the archive was restored (file -jN or stream).")
+    results = models.JSONField(default=dict, blank=True, help_text="Sanity checks, row counts, health checks.")
+    error = models.TextField(blank=True)
+    rto_seconds = models.FloatField(null=True, blank=True)
+    rpo_seconds = models.FloatField(null=True, blank=True)
+    rollback_until = models.DateTimeField(null=True, blank=True)
+    rolled_back_at = models.DateTimeField(null=True, blank=True)
+    rolled_back_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                       related_name="+")
+    rollback_seconds = models.FloatField(null=True, blank=True)
+    copies_dropped_at = models.DateTimeField(null=True, blank=True,
+                                             help_text="When the pre-restore (or failed) copies were dropped.")
+    needs_cleanup = models.BooleanField(default=False, help_text="Its databases may need reconciling.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["target", "created_at"], name="restorerun_target"),
+                   models.Index(fields=["state", "created_at"], name="restorerun_state")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["target"], condition=Q(state__in=["requested", "awaiting_approval", "approved", "queued",
+                                                          "running"]),
+                name="restores_one_active_run_per_target"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_mode_display()} restore into {self.target.name} ({str(self.id)[:8]})"
+
+    @property
+    def short_id(self) -> str:
+        return str(self.id)[:8]
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in self.ACTIVE_STATES
+
+    @property
+    def is_done(self) -> bool:
+        return self.state in self.FINAL_STATES
+
+    @property
+    def restores_database(self) -> bool:
+        return self.mode in (self.Mode.DATABASE, self.Mode.FULL)
+
+    @property
+    def restores_config(self) -> bool:
+        return self.mode in (self.Mode.CONFIG, self.Mode.FULL)
+
+    @property
+    def needs_checklist(self) -> bool:
+        return self.target.is_production or self.mode == self.Mode.FULL
+
+
+class RecoveryCheck(models.Model):
+    """One item of the post-recovery checklist of a production or full restore (the old guide's ten).
+
+    Automatic items (database connectivity, tables intact, health URLs, backups re-enabled)
+    are decided by the panel with their evidence; the others are ticked by a person with a
+    note. Status: pending → passed | failed (automatic) or pending → done (ticked by hand).
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        PASSED = "passed", "passed"
+        FAILED = "failed", "failed"
+        DONE = "done", "done"
+
+    run = models.ForeignKey(RestoreRun, on_delete=models.CASCADE, related_name="recovery_checks")
+    position = models.PositiveSmallIntegerField()
+    code = models.CharField(max_length=40)
+    title = models.CharField(max_length=200)
+    automatic = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    summary = models.CharField(max_length=500, blank=True)
+    evidence = models.JSONField(default=list, blank=True)
+    note = models.TextField(blank=True)
+    ticked_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                  related_name="+")
+    ticked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [models.UniqueConstraint(fields=["run", "code"], name="restores_one_check_per_code")]
+
+    def __str__(self) -> str:
+        return f"{self.title}: {self.status}"

@@ -61,3 +61,83 @@ def right_holders(target: Target) -> dict[str, list]:
 def grantable_users():
     """Active users with a role, for the grant form (eligibility per right is checked by the service)."""
     return get_user_model().objects.filter(is_active=True, groups__isnull=False).distinct().order_by("username")
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+def visible_runs(user):
+    """Restore runs into the targets ``user`` may see, newest first."""
+    from restores.models import RestoreRun
+
+    return RestoreRun.objects.filter(target__in=visible_targets(user)).select_related(
+        "artifact__system", "target", "requested_by", "approval__decided_by", "rolled_back_by")
+
+
+def access_run(user, pk):
+    """The restore run ``pk`` if its target is visible to ``user``; the same 404 for "missing" and "not yours"."""
+    from restores.models import RestoreRun
+
+    try:
+        return visible_runs(user).get(pk=pk)
+    except (RestoreRun.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such restore run.") from None
+
+
+def access_verification(user, pk):
+    """A verification run (every role that views the panel sees every artifact, hence every verification)."""
+    from restores.models import VerificationRun
+
+    if not has_cap(user, Cap.VIEW_PANEL):
+        raise Http404("No such verification.")
+    try:
+        return VerificationRun.objects.select_related("artifact__system", "requested_by").get(pk=pk)
+    except (VerificationRun.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such verification.") from None
+
+
+def restorable_targets(user, artifact=None):
+    """Active targets ``user`` holds ``restore_to_target`` on (and that accept ``artifact``'s system)."""
+    from django.db.models import Q
+
+    targets = get_objects_for_user(user, "restores.restore_to_target", klass=Target, accept_global_perms=False,
+                                   with_superuser=False).filter(is_active=True)
+    if artifact is not None:
+        targets = targets.filter(Q(system__isnull=True) | Q(system_id=artifact.system_id))
+    return targets.order_by("name")
+
+
+def restore_running(system) -> bool:
+    """``DRPANEL_RESTORE_RUNNING_HOOK``: is a restore of one of ``system``'s artifacts in flight?
+
+    Retention and deletions wait while it is (``backups.hooks.restore_running``).
+    """
+    from django.db.models import Q
+
+    from restores.models import RestoreRun
+
+    return RestoreRun.objects.filter(state__in=RestoreRun.ACTIVE_STATES).filter(
+        Q(artifact__system=system) | Q(config_artifact__system=system)).exists()
+
+
+def latest_verifications(artifact, limit: int = 20):
+    from restores.models import VerificationRun
+
+    return VerificationRun.objects.filter(artifact=artifact).select_related("requested_by")[:limit]
+
+
+def latest_measurements() -> dict:
+    """The newest measured RTO and RPO (succeeded restores and drills), for the dashboard and certifications.
+
+    ``{"rto_seconds", "rpo_seconds", "run", "target", "environment", "drill", "finished_at"}``, all
+    None when no restore has succeeded yet: the panel shows no figure it did not measure.
+    """
+    from restores.models import RestoreRun
+
+    run = RestoreRun.objects.filter(state=RestoreRun.State.SUCCEEDED, rto_seconds__isnull=False).select_related(
+        "target").order_by("-finished_at").first()
+    if run is None:
+        return dict.fromkeys(("rto_seconds", "rpo_seconds", "run", "target", "environment", "drill", "finished_at"))
+    return {"rto_seconds": run.rto_seconds, "rpo_seconds": run.rpo_seconds, "run": str(run.pk),
+            "target": run.target.name, "environment": run.target.environment, "drill": run.is_drill,
+            "finished_at": run.finished_at.isoformat()}

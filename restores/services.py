@@ -20,7 +20,7 @@ from restores.models import TARGET_RIGHTS, HealthCheck, SanityCheck, Target
 from restores.sanity import Expectation, ExpectationError
 
 TARGET_FIELDS = ("name", "environment", "description", "database_ref", "config_dir", "health_check_hosts",
-                 "is_active")
+                 "system", "is_active")
 
 # Who may hold each right (DESIGN.md's role table): a grant to anyone else is refused.
 RIGHT_ROLES = {
@@ -125,7 +125,8 @@ def _clean(target: Target, sanity_checks: list[dict], health_checks: list[dict])
 
 def _snapshot(target: Target) -> dict:
     return {
-        **{name: getattr(target, name) for name in TARGET_FIELDS},
+        **{name: getattr(target, name) for name in TARGET_FIELDS if name != "system"},
+        "system": target.system.name if target.system_id else None,
         "sanity_checks": [{"name": c.name, "query": c.query, "expectation": c.expectation}
                           for c in target.sanity_checks.all()],
         "health_checks": [{"url": c.url, "expected_status": c.expected_status} for c in target.health_checks.all()],

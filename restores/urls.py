@@ -1,11 +1,23 @@
 from django.urls import path
 
-from restores import views
+from restores import views, views_runs
 
 app_name = "restores"
 
 urlpatterns = [
-    path("restores/", views.run_list, name="run-list"),
+    path("restores/", views_runs.run_list, name="run-list"),
+    path("restores/new", views_runs.run_create, name="run-create"),
+    path("restores/runs/<uuid:pk>/", views_runs.run_detail, name="run-detail"),
+    path("restores/runs/<uuid:pk>/progress", views_runs.run_progress, name="run-progress"),
+    path("restores/runs/<uuid:pk>/approve", views_runs.run_approve, name="run-approve"),
+    path("restores/runs/<uuid:pk>/reject", views_runs.run_reject, name="run-reject"),
+    path("restores/runs/<uuid:pk>/rollback", views_runs.run_rollback, name="run-rollback"),
+    path("restores/runs/<uuid:pk>/checks/<int:check_pk>/tick", views_runs.check_tick, name="check-tick"),
+    path("restores/runs/<uuid:pk>/checks/refresh", views_runs.checks_refresh, name="checks-refresh"),
+    path("restores/verifications/new", views_runs.verification_create, name="verification-create"),
+    path("restores/verifications/<uuid:pk>/", views_runs.verification_detail, name="verification-detail"),
+    path("restores/verifications/<uuid:pk>/progress", views_runs.verification_progress,
+         name="verification-progress"),
     path("restores/targets/", views.target_list, name="target-list"),
     path("restores/targets/new", views.target_create, name="target-create"),
     path("restores/targets/<int:pk>/", views.target_detail, name="target-detail"),

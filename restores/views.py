@@ -1,4 +1,4 @@
-"""Pages of verifications, restores and targets."""
+"""Pages of targets. The pages of restore runs and verifications are in ``restores.views_runs``."""
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
@@ -11,12 +11,6 @@ from restores import services
 from restores.forms import GrantForm, HealthCheckFormSet, SanityCheckFormSet, TargetForm, checks_from
 from restores.models import TARGET_RIGHTS, Target
 from restores.selectors import access_target, right_holders, rights_of, sees_all_targets, visible_targets
-
-
-@capability_required(Cap.VIEW_PANEL)
-@require_GET
-def run_list(request):
-    return render(request, "restores/run_list.html", {"runs": []})
 
 
 @capability_required(Cap.VIEW_PANEL)

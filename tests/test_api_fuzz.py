@@ -30,7 +30,8 @@ from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, S
 from compliance.models import Alert, Contact
 from drpanel.services import api_token_create
 from drpanel.wsgi import application
-from restores.models import Target
+from restores.models import RestoreRun, Target, VerificationRun
+from tests.factories import UserFactory
 
 EXAMPLES_PER_OPERATION = 25
 CONFIG = SchemathesisConfig.from_dict({
@@ -81,7 +82,12 @@ def known_ids(tmp_path):
     Alert.objects.create(kind="backup.stale", severity="warning", subject="No full backup for 30 h", message="",
                          dedup_key="fuzz")
     Contact.objects.create(level="l1", name="On call", email="oncall@example.com", response_minutes=15)
-    return {"systems": system.pk, "artifacts": artifact.pk, "backup-runs": run.pk, "targets": target.pk}
+    verification = VerificationRun.objects.create(artifact=artifact, level="decrypt", state="succeeded",
+                                                  reached_level="decrypt", percent=100)
+    restore = RestoreRun.objects.create(artifact=artifact, target=target, mode="database-only", state="succeeded",
+                                        requested_by=UserFactory(username="fuzz-requester", role="Operator"))
+    return {"systems": system.pk, "artifacts": artifact.pk, "backup-runs": run.pk, "targets": target.pk,
+            "verifications": verification.pk, "restores": restore.pk}
 
 
 def use_known_id(case, known_ids) -> None:

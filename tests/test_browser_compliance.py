@@ -48,7 +48,7 @@ def test_an_operator_ticks_a_weekly_item(page, live_server, sign_in):
     row = page.get_by_test_id("item-weekly.file_access")
     assert "pending" in row.inner_text()
     staging = page.get_by_test_id("item-weekly.staging_restore")
-    assert "none can be linked yet" in staging.inner_text()
+    assert "none was found for this period yet" in staging.inner_text()
     assert staging.get_by_role("button", name="Tick").count() == 0
 
     row.get_by_label("Note").fill("Listed the bucket and read the newest three artifacts")

@@ -39,20 +39,20 @@ def item(code: str, day: date | None = None) -> ChecklistItem:
 
 @pytest.fixture
 def registry():
-    """Register evaluators/validators for a test in place of the panel's own (``registry.remove(code)``
-    takes one away); the panel's own are back afterwards."""
+    """Register evaluators/validators for a test, setting aside those the apps registered; restore them after."""
     saved = {}
 
-    def _remove(code):
-        saved.setdefault(code, (evaluators.evaluator_for(code), evaluators.validator_for(code)))
-        evaluators.unregister(code)
+    def set_aside(code):
+        if code not in saved:
+            saved[code] = (evaluators.evaluator_for(code), evaluators.validator_for(code))
+            evaluators.unregister(code)
 
     def _register(code, thing, *, validator=False):
-        _remove(code)
+        set_aside(code)
         (evaluators.register_validator if validator else evaluators.register)(code)(thing)
         return thing
 
-    _register.remove = _remove
+    _register.set_aside = set_aside
     yield _register
     for code, (evaluator, validator) in saved.items():
         evaluators.unregister(code)
@@ -114,7 +114,7 @@ def test_a_period_materialises_its_items_once_from_the_version_in_force(panel_cl
 
 def test_without_evaluators_daily_items_honestly_have_no_data(panel_clock, operator, registry):
     for code in DAILY_AUTOMATIC:
-        registry.remove(code)
+        registry.set_aside(code)
     period = checklist_evaluate(actor=operator)
     statuses = set(period.items.values_list("status", flat=True))
     assert statuses == {"no_data"}
@@ -156,7 +156,7 @@ def test_evaluating_needs_a_ticker_and_only_today(panel_clock, auditor, admin, o
 
 
 def test_the_today_page_and_api_show_no_evidence_source_yet(clients, panel_clock, registry):
-    registry.remove("daily.full_backup")
+    registry.set_aside("daily.full_backup")
     page = clients["auditor"].get(reverse("compliance:checklist-today")).content.decode()
     assert "No evidence source yet" in page
     body = clients["auditor"].get("/api/v1/checklists/today").json()["data"]
@@ -205,7 +205,8 @@ def test_auditors_and_admins_do_not_tick(panel_clock, auditor, admin):
             checklist_item_tick(actor=user, item=item("weekly.runbook"), note="x")
 
 
-def test_the_staging_restore_cannot_be_ticked_until_a_validator_exists(panel_clock, manager):
+def test_the_staging_restore_cannot_be_ticked_until_a_validator_exists(panel_clock, manager, registry):
+    registry.set_aside(STAGING)
     with pytest.raises(ChecklistError) as exc:
         checklist_item_tick(actor=manager, item=item(STAGING), note="restored on staging",
                             evidence_url="/restores/7/")
@@ -229,6 +230,7 @@ def test_with_a_validator_the_staging_restore_is_ticked_only_with_accepted_evide
 
 
 def test_the_tick_form_offers_the_validators_candidates(clients, panel_clock, registry):
+    registry.set_aside(STAGING)
     page = clients["operator"].get(reverse("compliance:checklist-today")).content.decode()
     assert "Needs a successful staging restore or restore-test of this week; none can be linked yet" in page
     registry(STAGING, StagingRestores, validator=True)
@@ -387,7 +389,8 @@ def test_only_admins_open_and_post_the_template_editor(clients):
     assert ChecklistTemplateItem.objects.filter(code="weekly.badge_check").exists()
 
 
-def test_a_tick_refused_in_the_page_says_why(clients, panel_clock):
+def test_a_tick_refused_in_the_page_says_why(clients, panel_clock, registry):
+    registry.set_aside(STAGING)
     staging = item(STAGING)
     response = clients["operator"].post(reverse("compliance:checklist-item-tick", args=[staging.pk]),
                                         {"note": "restored"}, follow=True)

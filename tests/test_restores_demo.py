@@ -32,6 +32,8 @@ def test_the_demo_seeds_three_targets_with_rights_and_runs_again_without_changes
     assert stat.S_IMODE((tmp_path / "targets" / "chatbotdysa.url").stat().st_mode) == 0o600
     assert secrets.resolve(targets["chatbotdysa-staging"].database_ref).endswith("/chatbotdysa_staging")
     assert production.health_checks.get().url == "http://127.0.0.1:8123/health"
+    assert production.config_dir == str(tmp_path / "demo" / "chatbotdysa-config"), "the demo system's config"
+    assert targets["chatbotdysa-scratch"].config_dir.startswith(str(tmp_path / "demo" / "targets"))
     from django.contrib.auth import get_user_model
 
     users = get_user_model().objects
@@ -44,3 +46,18 @@ def test_the_demo_seeds_three_targets_with_rights_and_runs_again_without_changes
     events = AuditEvent.objects.count()
     seed(io.StringIO())
     assert AuditEvent.objects.count() == events, "a second run changes nothing"
+
+
+def test_the_demo_targets_follow_the_demo_database_and_receive_the_demo_system(settings, tmp_path, monkeypatch):
+    from backups.models import System
+
+    settings.VAR_DIR = tmp_path
+    settings.DEMO_DATABASE = "chatbotdysa_elsewhere"
+    monkeypatch.setenv("DRPANEL_DEMO_PASSWORD", "demo password 123")
+    System.objects.create(name="chatbotdysa", database_ref="env:ANYTHING")
+    seed_users(io.StringIO())
+    seed(io.StringIO())
+    targets = {t.name: t for t in Target.objects.select_related("system")}
+    assert secrets.resolve(targets["chatbotdysa-production"].database_ref).endswith("/chatbotdysa_elsewhere")
+    assert secrets.resolve(targets["chatbotdysa-staging"].database_ref).endswith("/chatbotdysa_elsewhere_staging")
+    assert {t.system.name for t in targets.values()} == {"chatbotdysa"}

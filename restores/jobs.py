@@ -1,0 +1,50 @@
+"""Jobs of the restores app: thin functions taking ids; the services do the work, the audit and the state.
+
+``*_job_failed`` are RQ failure callbacks (``on_failure``): they run in a worker when a job
+raised, when its work horse died (``drpanel.worker.PanelWorker``) or when another worker's
+registry clean-up found it abandoned (its worker died); they mark the run failed.
+"""
+
+from restores import reliability, runs, verifications
+
+
+def restore_run_job(run_id: str) -> str:
+    """Execute one queued restore; the run row records the outcome (a second delivery does nothing)."""
+    return runs.restore_run_execute(run_id).state
+
+
+def verification_run_job(run_id: str) -> str:
+    """Execute one queued verification; the run row records the outcome."""
+    return verifications.verification_execute(run_id).state
+
+
+def restore_job_failed(job, connection, exc_type, exc_value, traceback) -> None:
+    reliability.job_failed("restore", job.args[0], reliability.failure_reason(exc_type, exc_value))
+
+
+def verification_job_failed(job, connection, exc_type, exc_value, traceback) -> None:
+    reliability.job_failed("verification", job.args[0], reliability.failure_reason(exc_type, exc_value))
+
+
+def reconcile_job() -> dict:
+    """Every minute: expire unapproved restores, then reconcile runs with RQ and with their databases."""
+    expired = runs.restore_expire_due()
+    summary = reliability.reconcile()
+    summary["expired"] = expired
+    summary["checklists"] = runs.recovery_checks_refresh_open()
+    return summary
+
+
+def drop_copies_job() -> int:
+    """Hourly: drop pre-restore copies whose rollback window passed."""
+    return runs.restore_copies_drop_due()
+
+
+def verify_daily_job() -> int:
+    """Daily: the newest full artifact of each system at the decrypt level."""
+    return len(verifications.schedule_daily())
+
+
+def verify_weekly_job() -> int:
+    """Weekly: a random full artifact of the last 30 days of each system at the restore-test level."""
+    return len(verifications.schedule_weekly())
