@@ -18,14 +18,22 @@ Needs Python 3.11+ and ``cryptography`` (for the export's signature).
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
-try:  # beside this file: the bundle, or compliance/ when run as a script
-    import verify_export
-except ImportError:  # imported as part of the panel (tests)
-    from compliance import verify_export
+
+def _load_verify_export():
+    """``verify_export.py`` from beside this file (the bundle, or compliance/), whatever ``sys.path`` says."""
+    path = Path(__file__).resolve().with_name("verify_export.py")
+    spec = importlib.util.spec_from_file_location("drpanel_verify_export", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+verify_export = _load_verify_export()
 
 SIGNED_ACTION = "certification.signed"
 
