@@ -186,7 +186,7 @@ class CertificationMonthSerializer(serializers.Serializer):
     period = serializers.CharField(help_text="YYYY-MM")
     year = serializers.IntegerField()
     month = serializers.IntegerField()
-    state = serializers.ChoiceField(["draft", "signed"])
+    state = serializers.CharField(help_text="draft (not signed) or signed")
     signed_by = serializers.CharField(allow_null=True)
     signed_at = serializers.CharField(allow_null=True)
     content_hash = serializers.CharField(allow_null=True)
@@ -196,7 +196,7 @@ class CertificationMonthSerializer(serializers.Serializer):
 
 class CertificationSerializer(serializers.Serializer):
     period = serializers.CharField()
-    state = serializers.ChoiceField(["draft", "signed"])
+    state = serializers.CharField(help_text="draft (assembled now, not stored) or signed")
     id = serializers.IntegerField(allow_null=True)
     content_hash = serializers.CharField(help_text="SHA-256 of the canonical JSON of record (for a draft: of the "
                                                    "record as assembled now)")
@@ -208,10 +208,10 @@ class CertificationSerializer(serializers.Serializer):
     record = serializers.DictField()
 
 
-class CertificationSignedSerializer(serializers.Serializer):
+class CertificationSignatureSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     period = serializers.CharField()
-    state = serializers.ChoiceField(["signed"])
+    state = serializers.CharField(help_text="signed")
     content_hash = serializers.CharField()
     supersedes = serializers.IntegerField(allow_null=True)
 
@@ -271,7 +271,8 @@ class CertificationSignView(APIView):
                    request=inline_serializer("CertificationSign", {
                        "password": serializers.CharField(), "attestation": serializers.CharField(),
                        "reason": serializers.CharField(required=False)}),
-                   responses={201: inline_serializer("CertificationSigned", {"data": CertificationSignedSerializer()}),
+                   responses={201: inline_serializer("CertificationSignAnswer",
+                                                       {"data": CertificationSignatureSerializer()}),
                               409: error_response(409)})
     def post(self, request, id):
         year, month = _month(id)
