@@ -105,11 +105,12 @@ def check_period(year: int, month: int) -> None:
 def months(now: datetime | None = None) -> list[tuple[int, int]]:
     """Every month the panel could certify, newest first: from its first system (or record) to now."""
     today = (now or clock.now()).date()
-    firsts = [d for d in (System.objects.order_by("created_at").values_list("created_at", flat=True).first(),)
-              if d is not None]
-    first = min([date(d.year, d.month, 1) for d in firsts]
-                + [date(y, m, 1) for y, m in Certification.objects.values_list("year", "month")]
-                + [date(today.year, today.month, 1)])
+    starts = [date(today.year, today.month, 1)]
+    first_system = System.objects.order_by("created_at").values_list("created_at", flat=True).first()
+    if first_system is not None:
+        starts.append(date(first_system.year, first_system.month, 1))
+    starts += [date(y, m, 1) for y, m in Certification.objects.values_list("year", "month")]
+    first = min(starts)
     result, cursor = [], date(today.year, today.month, 1)
     while cursor >= first:
         result.append((cursor.year, cursor.month))

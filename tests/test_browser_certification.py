@@ -8,6 +8,7 @@ import zipfile
 from datetime import UTC, datetime
 
 import pytest
+from django.conf import settings
 
 from backups.models import BackupRun
 from compliance.models import AuditEvent, Certification
@@ -53,6 +54,9 @@ def test_a_manager_signs_the_month_and_an_auditor_verifies_its_bundle_offline(pa
     cert = Certification.objects.get()
     assert page.text_content("[data-testid=cert-hash]") == cert.content_hash
     assert page.text_content("[data-testid=cert-signer]").startswith("manager, ")
+    shots = settings.BASE_DIR / "test-artifacts"
+    shots.mkdir(exist_ok=True)
+    page.screenshot(path=shots / "certification-signed.png", full_page=True)
     assert AuditEvent.objects.get(action="certification.signed").details["content_hash"] == cert.content_hash
 
     context = browser.new_context(accept_downloads=True)
@@ -66,6 +70,7 @@ def test_a_manager_signs_the_month_and_an_auditor_verifies_its_bundle_offline(pa
     other.wait_for_url("**/certifications/2026-11/print")
     other.emulate_media(media="print")
     assert not other.locator(".mainnav").is_visible() and other.locator("[data-testid=cert-summary]").is_visible()
+    other.screenshot(path=shots / "certification-print.png", full_page=True)
     other.emulate_media(media="screen")
     other.go_back()
     with other.expect_download() as download:
