@@ -178,8 +178,8 @@ class AuditPublicKeysView(APIView):
 
 # --- certifications ---------------------------------------------------------------------------
 
-PERIOD_PARAMETER = OpenApiParameter("id", {"type": "string", "pattern": r"^\d{4}-\d{2}$"}, OpenApiParameter.PATH,
-                                    description="the month, YYYY-MM")
+# No pattern in the schema: any other text names no month and is answered 404, like a missing id.
+PERIOD_PARAMETER = OpenApiParameter("id", str, OpenApiParameter.PATH, description="the month, YYYY-MM (e.g. 2026-11)")
 
 
 class CertificationMonthSerializer(serializers.Serializer):
