@@ -3,6 +3,10 @@
 - ``restore_running(system)``: is a restore of this system running? Retention and deletions
   wait while it is. ``settings.BACKUP_RESTORE_RUNNING_HOOK`` (``DRPANEL_RESTORE_RUNNING_HOOK``) is
   a dotted path to ``callable(system) -> bool``; without it, no restore is ever running.
+- ``backup_succeeded(artifact)``: called inside the transaction that marks a new full artifact
+  available. ``settings.BACKUP_SUCCEEDED_HOOK`` is a dotted path to ``callable(artifact)``;
+  by default the restores app queues a decrypt-level verification of it (on commit), so the
+  "verified in the last 24 h" check does not wait for the next daily verification.
 - "verified": an artifact is verified when a verification run set ``Artifact.last_verified_level``
   (``checksum`` < ``decrypt`` < ``structure`` < ``restore-test``) and ``last_verified_at``.
 """
@@ -11,6 +15,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 VERIFICATION_LEVELS = ("checksum", "decrypt", "structure", "restore-test")
+DEFAULT_BACKUP_SUCCEEDED_HOOK = "restores.verifications.verify_new_backup"
 
 
 def restore_running(system) -> bool:
@@ -18,6 +23,12 @@ def restore_running(system) -> bool:
     if not path:
         return False
     return bool(import_string(path)(system))
+
+
+def backup_succeeded(artifact) -> None:
+    path = getattr(settings, "BACKUP_SUCCEEDED_HOOK", DEFAULT_BACKUP_SUCCEEDED_HOOK)
+    if path:
+        import_string(path)(artifact)
 
 
 def verified_at_least(artifact, level: str) -> bool:

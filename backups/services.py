@@ -470,7 +470,22 @@ def _finish_artifact(run, artifact, primary, result, manifest, steps) -> Artifac
                               "sha256": artifact.sha256, "plaintext_sha256": artifact.plaintext_sha256,
                               "key_id": artifact.key_id, "copies": copies,
                               "failed_steps": [s["name"] for s in failed]})
+        if artifact.kind == Artifact.Kind.FULL:
+            _after_full(artifact)
     return artifact
+
+
+def _after_full(artifact: Artifact) -> None:
+    """Ask for the new full's first verification (``hooks.backup_succeeded``) in the success's transaction.
+
+    A savepoint keeps a failure of the hook from undoing the backup: the daily verification
+    still covers the artifact then.
+    """
+    try:
+        with transaction.atomic():
+            hooks.backup_succeeded(artifact)
+    except Exception:
+        log.exception("the backup-succeeded hook failed for artifact %s", artifact.pk)
 
 
 def _copy_failed(artifact: Artifact, location: StorageLocation, error: str) -> None:

@@ -1,9 +1,11 @@
-"""``/api/v1/`` endpoints of compliance: the audit trail (events, signed exports, public keys)."""
+"""``/api/v1/`` endpoints of compliance: the audit trail (events, signed exports, public keys) and the
+monthly certifications (months, records, signing, evidence bundles)."""
 
+from django.http import Http404
 from django.urls import path, reverse
 from django.utils.http import urlencode
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -13,10 +15,23 @@ from rest_framework.views import APIView
 from compliance.api_ops import urlpatterns as ops_urlpatterns
 from compliance.audit_export import FORMATS, audit_export_start, export_response, public_key_response
 from compliance.audit_query import TIME_PATTERN, AuditFilter, FilterError, event_json, events_page
+from compliance.certification_bundle import bundle_response
+from compliance.certifications import (
+    CertificationConflict,
+    CertificationError,
+    certification_assemble,
+    certification_document,
+    certification_months,
+    certification_sign,
+    check_period,
+    content_hash,
+    current_certification,
+    parse_period,
+)
 from compliance.signing import current_public_key, fingerprint, public_pem, retired_public_keys
 from drpanel.api import capability
 from drpanel.permissions import Cap
-from drpanel.schema import ErrorSerializer
+from drpanel.schema import ErrorSerializer, error_response
 
 _TIME = {"type": "string", "pattern": f"{TIME_PATTERN}|^$"}
 FILTER_PARAMETERS = [
@@ -161,7 +176,143 @@ class AuditPublicKeysView(APIView):
         return Response({"keys": keys})
 
 
+# --- certifications ---------------------------------------------------------------------------
+
+# No pattern in the schema: any other text names no month and is answered 404, like a missing id.
+PERIOD_PARAMETER = OpenApiParameter("id", str, OpenApiParameter.PATH, description="the month, YYYY-MM (e.g. 2026-11)")
+
+
+class CertificationMonthSerializer(serializers.Serializer):
+    period = serializers.CharField(help_text="YYYY-MM")
+    year = serializers.IntegerField()
+    month = serializers.IntegerField()
+    state = serializers.CharField(help_text="draft (not signed) or signed")
+    signed_by = serializers.CharField(allow_null=True)
+    signed_at = serializers.CharField(allow_null=True)
+    content_hash = serializers.CharField(allow_null=True)
+    superseded_records = serializers.IntegerField()
+    url = serializers.CharField()
+
+
+class CertificationSerializer(serializers.Serializer):
+    period = serializers.CharField()
+    state = serializers.CharField(help_text="draft (assembled now, not stored) or signed")
+    id = serializers.IntegerField(allow_null=True)
+    content_hash = serializers.CharField(help_text="SHA-256 of the canonical JSON of record (for a draft: of the "
+                                                   "record as assembled now)")
+    signed_by = serializers.CharField(allow_null=True)
+    signed_at = serializers.CharField(allow_null=True)
+    attestation = serializers.CharField(allow_blank=True)
+    reason = serializers.CharField(allow_blank=True)
+    supersedes = serializers.JSONField(allow_null=True)
+    record = serializers.DictField()
+
+
+class CertificationSignatureSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    period = serializers.CharField()
+    state = serializers.CharField(help_text="signed")
+    content_hash = serializers.CharField()
+    supersedes = serializers.IntegerField(allow_null=True)
+
+
+def _month(period: str) -> tuple[int, int]:
+    try:
+        year, month = parse_period(period)
+        check_period(year, month)
+    except CertificationError:
+        raise Http404("No such month (YYYY-MM, not in the future).") from None
+    return year, month
+
+
+def _body(request) -> dict:
+    return request.data if isinstance(request.data, dict) else {}
+
+
+class CertificationListView(APIView):
+    """Every month the panel can certify, newest first: its state, signer and content hash."""
+
+    permission_classes = [capability(Cap.VIEW_PANEL)]
+
+    @extend_schema(operation_id="certifications_list", responses=inline_serializer(
+        "CertificationList", {"data": CertificationMonthSerializer(many=True)}))
+    def get(self, request):
+        return Response({"data": [row.as_dict() for row in certification_months()]})
+
+
+class CertificationDetailView(APIView):
+    """One month's record: the signed one in force, or (``state`` draft) the record as assembled now."""
+
+    permission_classes = [capability(Cap.VIEW_PANEL)]
+
+    @extend_schema(operation_id="certifications_retrieve", parameters=[PERIOD_PARAMETER],
+                   responses=inline_serializer("CertificationAnswer", {"data": CertificationSerializer()}))
+    def get(self, request, id):
+        year, month = _month(id)
+        cert = current_certification(year, month)
+        if cert is not None:
+            return Response({"data": certification_document(cert)})
+        record = certification_assemble(year=year, month=month)
+        return Response({"data": {"period": record["period"]["label"], "state": "draft", "id": None,
+                                  "content_hash": content_hash(record), "signed_by": None, "signed_at": None,
+                                  "attestation": "", "reason": "", "supersedes": None, "record": record}})
+
+
+class CertificationSignView(APIView):
+    """Sign the month ``{"password", "attestation", "reason"?}`` (managers; not the month's drill operator).
+
+    403 when refused (role, password, drill operator; audited), 409 when the month is already
+    signed and no ``reason`` is given (a reason makes a new record that supersedes it).
+    """
+
+    permission_classes = [capability(Cap.SIGN_CERTIFICATION)]
+
+    @extend_schema(operation_id="certifications_sign", parameters=[PERIOD_PARAMETER],
+                   request=inline_serializer("CertificationSign", {
+                       "password": serializers.CharField(), "attestation": serializers.CharField(),
+                       "reason": serializers.CharField(required=False)}),
+                   responses={201: inline_serializer("CertificationSignAnswer",
+                                                       {"data": CertificationSignatureSerializer()}),
+                              409: error_response(409)})
+    def post(self, request, id):
+        year, month = _month(id)
+        body = _body(request)
+        try:
+            cert = certification_sign(actor=request.user, year=year, month=month, request=request,
+                                      password=str(body.get("password") or ""),
+                                      attestation=str(body.get("attestation") or ""),
+                                      reason=str(body.get("reason") or ""))
+        except CertificationConflict as exc:
+            return Response({"detail": str(exc)}, status=409)
+        except CertificationError as exc:
+            return Response({"detail": str(exc)}, status=400)
+        return Response({"data": {"id": cert.pk, "period": cert.label, "state": cert.state,
+                                  "content_hash": cert.content_hash, "supersedes": cert.supersedes_id}}, status=201)
+
+
+class CertificationBundleView(APIView):
+    """The evidence bundle (ZIP) of the month's signed record; audited. 409 while the month is not signed."""
+
+    permission_classes = [capability(Cap.READ_AUDIT)]
+    content_negotiation_class = _FormatIsOurs
+
+    @extend_schema(operation_id="certifications_bundle", parameters=[PERIOD_PARAMETER], responses={
+        (200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY, description="certification.json, the "
+                                                  "signed audit export, public-key.pem, README.txt, verifiers"),
+        (409, "application/json"): error_response(409, "The month is not signed: there is no bundle yet.")})
+    def get(self, request, id):
+        year, month = _month(id)
+        cert = current_certification(year, month)
+        if cert is None:
+            return Response({"detail": f"{id} is not signed: there is no bundle yet."}, status=409)
+        return bundle_response(actor=request.user, cert=cert, request=request)
+
+
 urlpatterns = [
+    path("certifications", CertificationListView.as_view(), name="certification-list"),
+    path("certifications/<str:id>", CertificationDetailView.as_view(), name="certification-detail"),
+    path("certifications/<str:id>/sign", CertificationSignView.as_view(), name="certification-sign"),
+    path("certifications/<str:id>/bundle", CertificationBundleView.as_view(), name="certification-bundle"),
     path("audit/events", AuditEventsView.as_view(), name="audit-events"),
     path("audit/export", AuditExportView.as_view(), name="audit-export"),
     path("audit/public-key", AuditPublicKeyView.as_view(), name="audit-public-key"),

@@ -5,8 +5,8 @@ the verified full it is measured from, each bar of a chart with the artifact (or
 stands for. Where nothing has been measured yet the selectors return ``None`` or an empty
 list and the page says so; they never fill a gap with a guess.
 
-The merge of the restore runs (issue 5) fills ``last_rto()`` and ``drill_rtos()``, and adds
-the ``restore.production`` approvers to ``APPROVAL_KINDS``.
+``last_rto()`` and ``drill_rtos()`` read the restore runs' measured RTOs (request → healthy),
+each linked to its run; ``APPROVAL_KINDS`` lists artifact deletions and production restores.
 """
 
 from __future__ import annotations
@@ -123,15 +123,44 @@ class Drill:
     url: str
 
 
+def _timed_runs():
+    """Restore runs whose RTO was measured (request → healthy): succeeded, or rolled back after going live."""
+    from django.db.models import Q
+
+    from restores.models import RestoreRun
+
+    return (RestoreRun.objects.filter(rto_seconds__isnull=False, healthy_at__isnull=False)
+            .filter(Q(state=RestoreRun.State.SUCCEEDED) | Q(state=RestoreRun.State.ROLLED_BACK))
+            .select_related("target", "artifact__system"))
+
+
+def drill_filter():
+    """Which restore runs are drills: marked as one, or into a staging or scratch target."""
+    from django.db.models import Q
+
+    from restores.models import Target
+
+    return Q(is_drill=True) | Q(target__environment__in=[Target.Environment.STAGING, Target.Environment.SCRATCH])
+
+
+def _as_drill(run) -> Drill:
+    kind = "drill" if run.is_drill or not run.target.is_production else "restore"
+    return Drill(at=run.healthy_at, seconds=round(run.rto_seconds),
+                 label=f"{kind} {run.short_id} of {run.artifact.system.name} into {run.target.name} "
+                       f"({run.target.environment})",
+                 url=reverse("restores:run-detail", args=[run.pk]))
+
+
 def last_rto() -> Drill | None:
-    """The newest measured RTO. No restore has been timed yet in this phase: the restore runs
-    (issue 5) fill this from their measured request-to-healthy times."""
-    return None
+    """The newest measured RTO: the restore run (drill or production restore) that went live last."""
+    run = _timed_runs().order_by("-healthy_at").first()
+    return _as_drill(run) if run else None
 
 
 def drill_rtos(since: datetime) -> list[Drill]:
-    """Measured RTOs of the drills since ``since``, oldest first (empty until restore runs exist)."""
-    return []
+    """Measured RTOs of the drills that went live since ``since``, oldest first."""
+    runs = _timed_runs().filter(drill_filter(), healthy_at__gte=since).order_by("healthy_at")
+    return [_as_drill(run) for run in runs]
 
 
 # --- work in progress and waiting for people ----------------------------------------------------
@@ -157,10 +186,22 @@ class ApprovalKind:
     label: str
 
 
+def _may_approve_restore(user, approval: Approval) -> bool:
+    """A production restore: ``approve_restore`` on the run's target (own requests are excluded already)."""
+    from drpanel.permissions import has_object_right
+    from restores.models import APPROVE_RESTORE, RestoreRun
+
+    run = RestoreRun.objects.filter(pk=approval.object_id).select_related("target").first()
+    return run is not None and run.requested_by_id != user.pk and has_object_right(user, APPROVE_RESTORE, run.target)
+
+
 APPROVAL_KINDS: dict[str, ApprovalKind] = {
     "artifact.delete": ApprovalKind(
         may_decide=_may_delete, label="Delete artifact",
         url=lambda approval: reverse("backups:artifact-detail", args=[approval.object_id])),
+    "restore.production": ApprovalKind(
+        may_decide=_may_approve_restore, label="Restore into production",
+        url=lambda approval: reverse("restores:run-detail", args=[approval.object_id])),
 }
 
 
@@ -292,6 +333,8 @@ def size_bars(since: datetime, now: datetime, colors: dict[int, str]) -> dict[st
 
 def dashboard_context(user) -> dict:
     """Everything the dashboard page shows, for ``user`` (approvals are per person)."""
+    from compliance.certifications import last_certification_status
+
     now = clock.now()
     since = now - timedelta(days=HISTORY_DAYS)
     healths = systems_health(now)
@@ -301,6 +344,7 @@ def dashboard_context(user) -> dict:
     series = health_series(systems, since, now)
     sizes = size_bars(since, now, colors)
     drills = drill_rtos(since)
+    rto = last_rto()
     alert_count, alerts = open_alerts()
     return {
         "now": now,
@@ -311,7 +355,8 @@ def dashboard_context(user) -> dict:
         "rpos": rpos,
         "rpo": worst_rpo(rpos),
         "rpo_target_minutes": settings.RPO_TARGET_MINUTES,
-        "rto": last_rto(),
+        "rto": rto,
+        "rto_met": rto is not None and rto.seconds <= rto_target_seconds(),
         "rto_target_minutes": settings.RTO_TARGET_MINUTES,
         "health_series": series,
         "health_chart": health_chart(series, since, now) if healths else "",
@@ -325,6 +370,7 @@ def dashboard_context(user) -> dict:
         "on_call": on_call(),
         "alert_count": alert_count,
         "alerts": alerts,
+        "certification": last_certification_status(),
     }
 
 

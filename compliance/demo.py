@@ -1,4 +1,5 @@
-"""Demo data of compliance: the old guide's contact table, as a clearly marked demo roster."""
+"""Demo data of compliance: the old guide's contact table, as a clearly marked demo roster; the scores of
+the demo's real backups; and the month the demo manager can certify."""
 
 from django.db import transaction
 
@@ -68,3 +69,30 @@ def seed_health(out) -> None:
         failing = [c["label"] for c in snapshot.checks if c["enabled"] and not c["passed"]]
         out.write(f"Health of {snapshot.system.name}: {snapshot.score}/100 ({snapshot.status})"
                   + (f"; failing: {'; '.join(failing)}" if failing else "") + ". History starts now.")
+    seed_certification(out)
+
+
+def seed_certification(out) -> None:
+    """Say which month the demo manager can certify, with the figures the demo's runs give it now.
+
+    Nothing is stored: an unsigned month is assembled live from the panel's rows, so the page
+    shows the demo's real backups, verifications and restores. The demo manager ran no drill,
+    so they may sign the current month (and every earlier one the panel knows).
+    """
+    import os
+
+    from compliance.certifications import certification_assemble, current_certification, period_label
+
+    today = clock.today()
+    label = period_label(today.year, today.month)
+    if current_certification(today.year, today.month) is not None:
+        out.write(f"Certification {label}: already signed.")
+        return
+    record = certification_assemble(year=today.year, month=today.month)
+    backups, verifications = record["backups"]["total"], record["verifications"]
+    port = int(os.environ.get("PORT", 8000))
+    out.write(f"Certification {label} (not signed yet): {backups['succeeded']} backup(s) succeeded, "
+              f"{backups['failed']} failed; {verifications['total']} verification(s) "
+              f"({verifications['passed']} passed, {verifications['open']} still running); "
+              f"{len(record['restores'])} restore run(s). Sign it as manager: "
+              f"http://127.0.0.1:{port}/certifications/{label}/")

@@ -309,18 +309,35 @@ class RestoreTest:
 def last_restore_test(system: System, now: datetime | None = None) -> RestoreTest | None:
     """The newest successful restore test of ``system`` up to ``now``, or None.
 
-    For now the only record of one is a full artifact whose last verification reached the
-    ``restore-test`` level (``Artifact.last_verified_level``). The merge of the restore runs
-    (issue 5) extends this with successful restore runs into staging or scratch targets.
+    Two records count, and the newer wins: a full artifact of the system whose last
+    verification reached the ``restore-test`` level (``Artifact.last_verified_level``), and a
+    restore run of one of its artifacts into a staging or scratch target that went live
+    (succeeded, or rolled back afterwards: it was restored and healthy all the same).
     """
     now = now or clock.now()
+    found: list[RestoreTest] = []
     # Restore tests are of database backups: looking at fulls only keeps this off the incrementals.
     artifact = (Artifact.objects.filter(system=system, kind=Artifact.Kind.FULL, last_verified_level="restore-test",
                                         last_verified_at__lte=now)
                 .defer("manifest").order_by("-last_verified_at").first())
-    if artifact is None:
-        return None
-    return RestoreTest(at=artifact.last_verified_at, evidence=verification_evidence(artifact))
+    if artifact is not None:
+        found.append(RestoreTest(at=artifact.last_verified_at, evidence=verification_evidence(artifact)))
+    run = _last_staging_restore(system, now)
+    if run is not None:
+        found.append(RestoreTest(at=run.healthy_at, evidence=Evidence(
+            f"restore {run.short_id} into {run.target.name} ({run.target.environment}), healthy "
+            f"{run.healthy_at:%Y-%m-%d %H:%M} UTC", reverse("restores:run-detail", args=[run.pk]),
+            "restores.restorerun", str(run.pk))))
+    return max(found, key=lambda test: test.at) if found else None
+
+
+def _last_staging_restore(system: System, now: datetime):
+    from restores.models import RestoreRun, Target
+
+    return (RestoreRun.objects.filter(artifact__system=system, healthy_at__isnull=False, healthy_at__lte=now,
+                                      target__environment__in=[Target.Environment.STAGING, Target.Environment.SCRATCH],
+                                      state__in=[RestoreRun.State.SUCCEEDED, RestoreRun.State.ROLLED_BACK])
+            .select_related("target").order_by("-healthy_at").first())
 
 
 # --- recomputing, history, alerts ------------------------------------------------------------

@@ -408,3 +408,85 @@ class HealthSnapshot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.system_id}: {self.score} ({self.status}) at {self.at:%Y-%m-%d %H:%M}"
+
+
+# --- monthly certification ---------------------------------------------------------------------
+
+class Certification(models.Model):
+    """The signed monthly DR certification of one period (DESIGN.md "certification").
+
+    States: draft → signed. A month without a signed row is a *draft*: its record is assembled
+    live from the panel's data (``compliance.certifications.certification_assemble``) and
+    shown, never stored. ``certification_sign`` writes the row as ``draft`` with the record
+    assembled in its transaction, marks the signed record of the same period (if any) as
+    superseded by it, and seals it as ``signed`` — one transaction, one audit event
+    (``certification.signed``, its details carrying ``content_hash``, so the hash enters the
+    audit chain).
+
+    A signed row never changes: ``save()`` refuses it, except setting ``superseded_by`` /
+    ``superseded_at`` once, and a database trigger (``migrations/0006_certification.py``)
+    refuses any other UPDATE and every DELETE of a signed row. Signing a month again needs a
+    ``reason`` and makes a new record whose ``supersedes`` names the old one. At most one
+    signed, unsuperseded record exists per period (a partial unique index).
+
+    ``content_hash`` = SHA-256 of ``compliance.signing.canonical_bytes(record)``.
+    """
+
+    class State(models.TextChoices):
+        DRAFT = "draft", "draft"
+        SIGNED = "signed", "signed"
+
+    year = models.PositiveSmallIntegerField()
+    month = models.PositiveSmallIntegerField()
+    state = models.CharField(max_length=10, choices=State.choices, default=State.DRAFT)
+    scope = models.JSONField(default=list, blank=True, help_text="The systems certified: [{id, name}].")
+    record = models.JSONField(default=dict, blank=True)
+    content_hash = models.CharField(max_length=64, blank=True)
+    attestation = models.TextField(max_length=4000, blank=True)
+    reason = models.TextField(max_length=2000, blank=True, help_text="Why this record supersedes an earlier one.")
+    signed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                  related_name="+")
+    signed_at = models.DateTimeField(null=True, blank=True)
+    supersedes = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT,
+                                      related_name="superseding")
+    superseded_by = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT,
+                                         related_name="+")
+    superseded_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=clock_now)
+
+    SUPERSEDE_FIELDS = frozenset({"superseded_by", "superseded_by_id", "superseded_at"})
+
+    class Meta:
+        ordering = ["-year", "-month", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["year", "month"],
+                                    condition=models.Q(state="signed", superseded_by__isnull=True),
+                                    name="compliance_one_current_certification_per_month"),
+            models.CheckConstraint(condition=models.Q(month__gte=1, month__lte=12),
+                                   name="compliance_certification_month_1_12"),
+        ]
+
+    def __str__(self) -> str:
+        return f"DR certification {self.label} ({self.state})"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            stored = Certification.objects.filter(pk=self.pk).values("state", "superseded_by_id").first()
+            if stored and stored["state"] == self.State.SIGNED:
+                fields = set(kwargs.get("update_fields") or ())
+                if not fields or not fields <= self.SUPERSEDE_FIELDS or stored["superseded_by_id"] is not None:
+                    raise PermissionError("a signed certification never changes (only superseded_by is set, once)")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        if Certification.objects.filter(pk=self.pk, state=self.State.SIGNED).exists():
+            raise PermissionError("a signed certification is never deleted")
+        return super().delete(*args, **kwargs)
+
+    @property
+    def label(self) -> str:
+        return f"{self.year:04d}-{self.month:02d}"
+
+    @property
+    def is_current(self) -> bool:
+        return self.state == self.State.SIGNED and self.superseded_by_id is None

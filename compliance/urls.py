@@ -1,6 +1,6 @@
-from django.urls import path
+from django.urls import path, re_path
 
-from compliance import views, views_alerts, views_checklists, views_contacts, views_health
+from compliance import views, views_alerts, views_certifications, views_checklists, views_contacts, views_health
 
 app_name = "compliance"
 
@@ -37,4 +37,14 @@ urlpatterns = [
     path("alerts/<int:pk>/", views_alerts.alert_detail, name="alert-detail"),
     path("alerts/<int:pk>/acknowledge", views_alerts.alert_acknowledge_view, name="alert-acknowledge"),
     path("alerts/ack/<str:token>", views_alerts.alert_ack_link, name="alert-ack-link"),
+    # the monthly certification
+    path("certifications/", views_certifications.certification_list, name="certification-list"),
+    re_path(r"^certifications/(?P<period>\d{4}-\d{2})/$", views_certifications.certification_detail,
+            name="certification-detail"),
+    re_path(r"^certifications/(?P<period>\d{4}-\d{2})/print$", views_certifications.certification_print,
+            name="certification-print"),
+    re_path(r"^certifications/(?P<period>\d{4}-\d{2})/sign$", views_certifications.certification_sign_view,
+            name="certification-sign"),
+    re_path(r"^certifications/(?P<period>\d{4}-\d{2})/bundle\.zip$", views_certifications.certification_bundle_view,
+            name="certification-bundle"),
 ]

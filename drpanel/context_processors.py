@@ -11,6 +11,7 @@ NAVIGATION = (
     ("Restores", "restores:run-list", Cap.VIEW_PANEL, "/restores/"),
     ("Checklists", "compliance:checklist-today", Cap.VIEW_PANEL, "/checklists/"),
     ("Contacts", "compliance:contact-list", Cap.VIEW_PANEL, "/contacts/"),
+    ("Certification", "compliance:certification-list", Cap.VIEW_PANEL, "/certifications/"),
     ("Audit", "compliance:audit-list", Cap.READ_AUDIT, "/audit/"),
 )
 

@@ -166,6 +166,7 @@ class VerificationRun(models.Model):
         MANUAL = "manual", "manual"
         SCHEDULE = "schedule", "schedule"
         API = "api", "API"
+        BACKUP = "backup", "after the backup"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     artifact = models.ForeignKey("backups.Artifact", on_delete=models.PROTECT, related_name="verifications")

@@ -129,6 +129,17 @@ def verification_request(*, actor, artifact: Artifact, level: str, trigger: str 
     return run
 
 
+def verify_new_backup(artifact: Artifact) -> VerificationRun:
+    """``BACKUP_SUCCEEDED_HOOK``: a new full is verified at the decrypt level right away (by the system).
+
+    Called in the transaction that makes the artifact available; the job is queued when it
+    commits. Without it the newest full would count as unverified from the backup until the
+    next daily verification, and the health score and the daily checklist would flap.
+    """
+    return verification_request(actor=None, artifact=artifact, level=VerificationRun.Level.DECRYPT,
+                                trigger=VerificationRun.Trigger.BACKUP)
+
+
 def enqueue_verification(run_id) -> None:
     """Put the run's job on the ``verify`` queue and remember its id (also used to queue a lost job again)."""
     import django_rq

@@ -27,7 +27,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
 from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, System
-from compliance.models import Alert, Contact
+from compliance.certifications import certification_assemble, content_hash
+from compliance.models import Alert, Certification, Contact
+from drpanel import clock
 from drpanel.services import api_token_create
 from drpanel.wsgi import application
 from restores.models import RestoreRun, Target, VerificationRun
@@ -86,8 +88,14 @@ def known_ids(tmp_path):
                                                   reached_level="decrypt", percent=100)
     restore = RestoreRun.objects.create(artifact=artifact, target=target, mode="database-only", state="succeeded",
                                         requested_by=UserFactory(username="fuzz-requester", role="Operator"))
+    today = clock.today()
+    record = certification_assemble(year=today.year, month=today.month)
+    certification = Certification.objects.create(
+        year=today.year, month=today.month, state="signed", scope=record["scope"], record=record,
+        content_hash=content_hash(record), attestation="Fuzzed.", signed_by=UserFactory(username="fuzz-signer",
+                                                                                        role="Manager"))
     return {"systems": system.pk, "artifacts": artifact.pk, "backup-runs": run.pk, "targets": target.pk,
-            "verifications": verification.pk, "restores": restore.pk}
+            "verifications": verification.pk, "restores": restore.pk, "certifications": certification.label}
 
 
 def use_known_id(case, known_ids) -> None:

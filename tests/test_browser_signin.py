@@ -7,10 +7,10 @@ from tests.factories import UserFactory
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 NAVIGATION = {
-    "Operator": {"Dashboard", "Artifacts", "Restores", "Checklists", "Contacts"},
-    "Manager": {"Dashboard", "Artifacts", "Restores", "Checklists", "Contacts", "Audit"},
-    "Auditor": {"Dashboard", "Artifacts", "Restores", "Checklists", "Contacts", "Audit"},
-    "Admin": {"Dashboard", "Artifacts", "Restores", "Checklists", "Contacts", "Audit", "Admin"},
+    "Operator": {"Dashboard", "Artifacts", "Restores", "Checklists", "Contacts", "Certification"},
+    "Manager": {"Dashboard", "Artifacts", "Restores", "Checklists", "Contacts", "Certification", "Audit"},
+    "Auditor": {"Dashboard", "Artifacts", "Restores", "Checklists", "Contacts", "Certification", "Audit"},
+    "Admin": {"Dashboard", "Artifacts", "Restores", "Checklists", "Contacts", "Certification", "Audit", "Admin"},
 }
 
 

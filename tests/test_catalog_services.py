@@ -27,6 +27,7 @@ from compliance.models import AuditEvent
 from drpanel.approvals import ApprovalError, approval_expire_due, approval_reject
 from drpanel.models import Approval
 from drpanel.permissions import Denied
+from restores.models import VerificationRun
 from tests.backup_fixtures import *  # noqa: F403 - fixtures
 from tests.backup_fixtures import keyring_of
 from tests.factories import PASSWORD, UserFactory
@@ -193,6 +194,7 @@ def test_the_sync_reports_extra_objects_and_records_cloud_sync(artifact, offsite
 def test_the_sync_rebuilds_the_catalog_from_manifests(artifact):
     artifact_id, sha = artifact.id, artifact.sha256
     ArtifactCopy.objects.all().delete()
+    VerificationRun.objects.all().delete()  # the new full's automatic verification refers to it
     Artifact.objects.all().delete()
     run = sync()
     rebuilt = Artifact.objects.get(pk=artifact_id)

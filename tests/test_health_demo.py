@@ -11,6 +11,7 @@ from backups import demo as backups_demo
 from backups.models import BackupRun
 from compliance import demo as compliance_demo
 from compliance.models import Alert, HealthSnapshot
+from drpanel import clock
 from tests.backup_fixtures import server_url
 
 
@@ -37,6 +38,9 @@ def test_the_demo_scores_its_real_backups_and_invents_no_history(demo_env, redis
     assert ("Health of chatbotdysa: 76/100 (warning); failing: Newest full verified (decrypt level or better) "
             "in the last 24 h. History starts now.") in text
     assert not BackupRun.objects.exclude(state="succeeded").exists()
+    assert (f"Certification {clock.today():%Y-%m} (not signed yet): 2 backup(s) succeeded, 0 failed; "
+            "1 verification(s) (0 passed, 1 still running); 0 restore run(s). Sign it as manager:") in text, \
+        "the new full's automatic verification is queued"
     snapshots = list(HealthSnapshot.objects.order_by("at"))
     assert [s.score for s in snapshots] == [0, 76], "the new system, then one row after both backups, nothing older"
     assert all(e["url"] for c in snapshots[-1].checks for e in c["evidence"])

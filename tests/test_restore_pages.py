@@ -298,7 +298,7 @@ def test_the_api_starts_and_reports_verifications(clients, full_artifact):
     for role in ROLES:
         response = post(clients[role], url, {"level": "structure"})
         assert response.status_code == (202 if role in STARTERS else 403), role
-    run = VerificationRun.objects.get()
+    run = VerificationRun.objects.exclude(trigger="backup").get()
     verification_execute(run.pk)
     data = clients["auditor"].get(f"/api/v1/verifications/{run.pk}").json()
     assert data["state"] == "succeeded" and data["reached_level"] == "structure"
