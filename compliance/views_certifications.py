@@ -19,7 +19,7 @@ from compliance.certifications import (
     monthly_signoffs_open,
     parse_period,
 )
-from drpanel.permissions import Cap, capability_required, has_cap, recently_reauthenticated
+from drpanel.permissions import Cap, Denied, capability_required, has_cap, recently_reauthenticated, record_denial
 
 
 def _period(period: str) -> tuple[int, int]:
@@ -80,6 +80,14 @@ def certification_sign_view(request, period):
                                   request=request)
     except CertificationError as exc:
         messages.error(request, str(exc))
+        return redirect("compliance:certification-detail", period)
+    except Denied as exc:
+        # A mistyped password at the end of a long review is a form error, not a dead end; it is
+        # audited as the refusal it is (the API answers 403).
+        if exc.need != "re-authentication":
+            raise
+        record_denial(request, exc)
+        messages.error(request, exc.message)
         return redirect("compliance:certification-detail", period)
     messages.success(request, f"Certification {cert.label} signed; content hash {cert.content_hash}.")
     return redirect("compliance:certification-detail", period)

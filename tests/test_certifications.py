@@ -358,6 +358,17 @@ def test_only_managers_may_post_the_sign_form(clients, catalog, panel_clock):
                       allowed={"manager"}, data={"attestation": "x"})
 
 
+def test_a_wrong_password_on_the_sign_form_is_an_error_on_the_page_and_audited(clients, catalog, panel_clock):
+    url = reverse("compliance:certification-sign", args=["2026-11"])
+    response = clients["manager"].post(url, {"password": "wrong", "attestation": "I certify.", "confirm": "yes"},
+                                       follow=True)
+    assert response.status_code == 200 and "password is not correct" in response.content.decode()
+    assert not Certification.objects.exists()
+    refusal = AuditEvent.objects.filter(action="access.denied").latest("seq")
+    assert refusal.details["need"] == "re-authentication"
+    assert refusal.details["attempted"] == "certification.sign 2026-11"
+
+
 def test_the_draft_page_shows_the_measured_figures_linked_to_their_evidence(clients, month, panel_clock):
     html = clients["operator"].get(reverse("compliance:certification-detail", args=["2026-11"])).content.decode()
     assert 'data-state="draft"' in html
