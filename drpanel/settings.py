@@ -241,6 +241,7 @@ SPECTACULAR_SETTINGS = {
         "BackupKindEnum": "backups.api.BACKUP_KINDS",
         "ArtifactStatusEnum": "backups.models.Artifact.Status",
         "CopyStatusEnum": "backups.models.ArtifactCopy.Status",
+        "ContactLevelEnum": "compliance.models.Contact.Level",
     },
 }
 
