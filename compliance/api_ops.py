@@ -17,13 +17,16 @@ from rest_framework.views import APIView
 
 from backups.models import System
 from compliance.alerts import AlertStateError, alert_acknowledge
+from compliance.audit_verify import audit_verify
 from compliance.checklists import (
     ChecklistError,
+    checklist_evaluate,
     checklist_item_tick,
     checklist_item_untick,
     checklist_today,
     is_open,
     item_as_dict,
+    period_as_dict,
 )
 from compliance.contacts import (
     contact_as_dict,
@@ -286,6 +289,43 @@ class ChecklistItemUntickView(APIView):
         return Response({"data": _item_json(item)})
 
 
+class ChecklistEvaluateView(APIView):
+    """Evaluate today's automatic checklist items now, from the data (operators, managers)."""
+
+    permission_classes = [capability(Cap.TICK_CHECKLISTS)]
+
+    @extend_schema(operation_id="checklists_evaluate", request=None,
+                   responses={200: inline_serializer("ChecklistEvaluated", {"data": ChecklistPeriodSerializer()}),
+                              409: CHECKLIST_CONFLICT})
+    def post(self, request):
+        try:
+            period = checklist_evaluate(actor=request.user)
+        except ChecklistError as exc:
+            return _conflict(exc)
+        return Response({"data": period_as_dict(period)})
+
+
+# --- the audit chain -------------------------------------------------------------------------
+
+class AuditVerifyView(APIView):
+    """Verify the whole audit chain now (auditors, managers, admins); the verification is audited."""
+
+    permission_classes = [capability(Cap.READ_AUDIT)]
+
+    @extend_schema(operation_id="audit_verify", request=None, responses=inline_serializer("AuditVerified", {
+        "ok": serializers.BooleanField(), "count": serializers.IntegerField(),
+        "head_seq": serializers.IntegerField(allow_null=True), "head_hash": serializers.CharField(allow_null=True),
+        "checkpoints": serializers.IntegerField(), "broken_seq": serializers.IntegerField(allow_null=True),
+        "reason": serializers.CharField(allow_blank=True), "detail": serializers.CharField(allow_blank=True),
+        "seconds": serializers.FloatField()}))
+    def post(self, request):
+        result = audit_verify(actor=request.user, request=request, via="api")
+        return Response({"ok": result.ok, "count": result.count, "head_seq": result.head_seq,
+                         "head_hash": result.head_hash, "checkpoints": result.checkpoints,
+                         "broken_seq": result.broken_seq, "reason": result.reason, "detail": result.detail,
+                         "seconds": round(result.seconds, 3)})
+
+
 # --- alerts and health -----------------------------------------------------------------------
 
 AlertAnswer = inline_serializer("AlertAnswer", {"data": AlertSerializer()})
@@ -341,10 +381,12 @@ urlpatterns = [
     path("contacts/<int:pk>", ContactDetailView.as_view(), name="contact-detail"),
     path("contacts/<int:pk>/verify", ContactVerifyView.as_view(), name="contact-verify"),
     path("checklists/today", ChecklistTodayView.as_view(), name="checklist-today"),
+    path("checklists/evaluate", ChecklistEvaluateView.as_view(), name="checklist-evaluate"),
     path("checklists/items/<int:pk>/tick", ChecklistItemTickView.as_view(), name="checklist-item-tick"),
     path("checklists/items/<int:pk>/untick", ChecklistItemUntickView.as_view(), name="checklist-item-untick"),
     path("alerts", AlertListView.as_view(), name="alert-list"),
     path("alerts/<int:pk>", AlertDetailView.as_view(), name="alert-detail"),
     path("alerts/<int:pk>/acknowledge", AlertAcknowledgeView.as_view(), name="alert-acknowledge"),
     path("systems/<int:pk>/health", SystemHealthView.as_view(), name="system-health"),
+    path("audit/verify", AuditVerifyView.as_view(), name="audit-verify"),
 ]

@@ -352,6 +352,18 @@ class RecoveryCheckTickView(APIView):
         return Response({"code": check.code, "status": check.status, "ticked_by": check.ticked_by.get_username()})
 
 
+class RecoveryChecksRefreshView(APIView):
+    """Check the automatic post-recovery items again (connectivity, health URLs, backups re-enabled)."""
+
+    permission_classes = [capability(Cap.TICK_CHECKLISTS)]
+
+    @extend_schema(operation_id="restores_checklist_refresh", request=None, responses=RestoreSchema)
+    def post(self, request, pk):
+        run = access_run(request.user, pk)
+        runs.recovery_checks_refresh(run, actor=request.user, request=request)
+        return Response(restore_json(access_run(request.user, pk)))
+
+
 class TargetRightSerializer(serializers.Serializer):
     user = StrictCharField(max_length=150, help_text="username")
     right = serializers.ChoiceField(list(TARGET_RIGHTS))
@@ -418,6 +430,8 @@ urlpatterns = [
     path("restores/<uuid:pk>/approve", RestoreApproveView.as_view(), name="restore-approve"),
     path("restores/<uuid:pk>/reject", RestoreRejectView.as_view(), name="restore-reject"),
     path("restores/<uuid:pk>/rollback", RestoreRollbackView.as_view(), name="restore-rollback"),
+    path("restores/<uuid:pk>/checklist/refresh", RecoveryChecksRefreshView.as_view(),
+         name="restore-checklist-refresh"),
     path("restores/<uuid:pk>/checklist/<int:check_pk>/tick", RecoveryCheckTickView.as_view(),
          name="restore-checklist-tick"),
 ]

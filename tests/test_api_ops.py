@@ -273,3 +273,72 @@ def test_a_user_lists_creates_and_revokes_only_their_own_tokens(api, client, aud
     revoked = caller.post(f"tokens/{created.json()['data']['id']}/revoke")
     assert revoked.status_code == 200 and revoked.json()["data"]["active"] is False
     assert client.get("/api/v1/me", HTTP_AUTHORIZATION=f"Bearer {raw}").status_code == 401
+
+
+# --- more of the pages' actions: evaluate today's checklist, re-check a restore, verify the chain,
+# --- the four-eyes deletion of an artifact ---------------------------------------------------
+
+def test_an_operator_evaluates_todays_checklist_and_an_auditor_may_not(api, operator, auditor):
+    response = api(operator).post("checklists/evaluate")
+    assert response.status_code == 200, response.content
+    data = response.json()["data"]
+    assert data["cadence"] == "daily" and data["items"]
+    assert {i["status"] for i in data["items"] if i["kind"] == "automatic"} <= {"passed", "failed", "no_data"}
+    assert AuditEvent.objects.filter(action="checklist.evaluated", actor_username="operator").exists()
+    denied(api(auditor).post("checklists/evaluate"), need="tick_checklists")
+
+
+def test_an_operator_rechecks_the_automatic_post_recovery_items(api, operator, auditor, finished_run):
+    response = api(operator).post(f"restores/{finished_run.pk}/checklist/refresh")
+    assert response.status_code == 200 and response.json()["id"] == str(finished_run.pk)
+    assert {c["code"] for c in response.json()["checklist"]} == {"notify", "db"}
+    assert api(auditor).post(f"restores/{finished_run.pk}/checklist/refresh").status_code in (403, 404)
+
+
+def test_an_auditor_verifies_the_chain_through_the_api_and_an_operator_may_not(api, auditor, operator):
+    response = api(auditor).post("audit/verify")
+    assert response.status_code == 200
+    assert response.json()["ok"] is True and response.json()["count"] >= 1
+    event = AuditEvent.objects.get(action="audit.verified")
+    assert event.actor_username == "auditor" and event.details["via"] == "api"
+    denied(api(operator).post("audit/verify"), need="read_audit")
+
+
+def test_an_artifact_is_deleted_through_the_api_only_with_a_second_persons_password(api, operator, manager,
+                                                                                  auditor, artifact, password,
+                                                                                  tmp_path):
+    from backups.models import ArtifactCopy, StorageLocation
+
+    (tmp_path / "primary").mkdir()
+    location = StorageLocation.objects.create(name="primary", kind="local", role="primary",
+                                              path=str(tmp_path / "primary"))
+    stored = tmp_path / "primary" / artifact.storage_key
+    stored.write_bytes(b"encrypted bytes")
+    ArtifactCopy.objects.create(artifact=artifact, location=location, key=artifact.storage_key, status="ok",
+                                size=15, sha256_seen="a" * 64)
+    denied(api(auditor).post(f"artifacts/{artifact.pk}/deletion", {"reason": "old"}), need="start_jobs")
+    assert api(operator).post(f"artifacts/{artifact.pk}/deletion", {}).status_code == 400
+
+    asked = api(operator).post(f"artifacts/{artifact.pk}/deletion", {"reason": "test data, not a backup"})
+    assert asked.status_code == 202 and asked.json()["approval"]["requested_by"] == "operator"
+    assert api(operator).post(f"artifacts/{artifact.pk}/deletion", {"reason": "again"}).status_code == 409
+    # The requester cannot approve it, a wrong password is refused, and nothing is deleted meanwhile.
+    assert api(operator).post(f"artifacts/{artifact.pk}/deletion/approve", {"password": password}).status_code == 403
+    assert api(manager).post(f"artifacts/{artifact.pk}/deletion/approve", {"password": "wrong"}).status_code == 403
+    artifact.refresh_from_db()
+    assert artifact.status == "available" and stored.exists()
+
+    done = api(manager).post(f"artifacts/{artifact.pk}/deletion/approve", {"password": password})
+    assert done.status_code == 200, done.content
+    assert done.json()["status"] == "deleted" and done.json()["approval"] is None
+    assert not stored.exists()
+    assert AuditEvent.objects.filter(action="access.denied", actor_username="operator").exists()
+
+
+def test_the_requester_withdraws_a_deletion_request(api, operator, artifact):
+    api(operator).post(f"artifacts/{artifact.pk}/deletion", {"reason": "mistake"})
+    response = api(operator).post(f"artifacts/{artifact.pk}/deletion/reject", {"note": "wrong artifact"})
+    assert response.status_code == 200 and response.json()["approval"] is None
+    artifact.refresh_from_db()
+    assert artifact.status == "available"
+    assert api(operator).post(f"artifacts/{artifact.pk}/deletion/reject", {}).status_code == 400
