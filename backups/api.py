@@ -6,7 +6,7 @@ dicts) and validate what callers send: a refused value is a 400 naming it, never
 
 from django.shortcuts import get_object_or_404
 from django.urls import path
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
@@ -16,7 +16,8 @@ from backups import services
 from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, System
 from backups.schedules import policy_status
 from backups.selectors import SORTS, artifact_json, artifact_page, decode_cursor, run_json
-from drpanel.api import capability
+from drpanel.api import StrictCharField, capability
+from drpanel.approvals import ApprovalError, approval_reject, open_approvals
 from drpanel.permissions import Cap
 from drpanel.schema import error_response
 
@@ -226,10 +227,116 @@ class ArtifactDetailView(APIView):
         return Response(artifact_json(artifact, with_manifest=True))
 
 
+# --- deletion: asked by one person, approved by a manager with their password -------------------
+
+def deletion_json(artifact: Artifact) -> dict:
+    approval = open_approvals(artifact, services.DELETE_APPROVAL).first()
+    return {"artifact": str(artifact.pk), "status": artifact.status,
+            "approval": {"id": approval.pk, "state": approval.state, "reason": approval.reason,
+                         "requested_by": approval.requested_by.get_username() if approval.requested_by else None,
+                         "expires_at": approval.expires_at.isoformat()} if approval else None}
+
+
+DeletionAnswer = inline_serializer("ArtifactDeletion", {
+    "artifact": serializers.UUIDField(), "status": serializers.ChoiceField(Artifact.Status.choices),
+    "approval": serializers.DictField(allow_null=True, help_text="The open deletion request, if any.")})
+DELETION_CONFLICT = error_response(409, "Refused: the artifact is already deleted, a deletion is already asked for, "
+                                        "there is no open request, it expired, or a restore of its system runs.")
+
+
+def _deletion_error(exc: Exception) -> Response:
+    if isinstance(exc, ApprovalError) and str(exc).startswith("That password"):
+        return Response({"detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
+    return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+
+
+def _open_request(artifact: Artifact):
+    approval = open_approvals(artifact, services.DELETE_APPROVAL).first()
+    if approval is None:
+        raise ValidationError({"artifact": ["no deletion of this artifact is waiting for approval"]})
+    return approval
+
+
+class ArtifactDeletionView(APIView):
+    """``GET``: the artifact's open deletion request. ``POST`` ``{"reason"}``: ask for its deletion from
+    every location (operators, managers, admins); nothing is deleted until a manager approves."""
+
+    def get_permissions(self):
+        return [capability(Cap.START_JOBS if self.request.method == "POST" else Cap.VIEW_PANEL)()]
+
+    @extend_schema(operation_id="artifacts_deletion_retrieve", responses=DeletionAnswer)
+    def get(self, request, pk):
+        return Response(deletion_json(get_object_or_404(Artifact, pk=pk)))
+
+    @extend_schema(operation_id="artifacts_deletion_request", request=inline_serializer(
+        "DeletionRequest", {"reason": StrictCharField(max_length=500)}),
+        responses={202: DeletionAnswer, 409: DELETION_CONFLICT})
+    def post(self, request, pk):
+        artifact = get_object_or_404(Artifact, pk=pk)
+        reason = request.data.get("reason") if isinstance(request.data, dict) else None
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValidationError({"reason": ["say why this artifact should be deleted"]})
+        try:
+            services.artifact_delete_request(actor=request.user, artifact=artifact, reason=reason[:500],
+                                             request=request)
+        except (services.BackupError, ApprovalError) as exc:
+            return _deletion_error(exc)
+        return Response(deletion_json(artifact), status=status.HTTP_202_ACCEPTED)
+
+
+class ArtifactDeletionApproveView(APIView):
+    """A manager other than the requester approves with their password: the artifact is deleted now."""
+
+    permission_classes = [capability(Cap.VIEW_PANEL)]
+
+    @extend_schema(operation_id="artifacts_deletion_approve", request=inline_serializer(
+        "DeletionApprove", {"password": StrictCharField()}),
+        responses={200: DeletionAnswer, 409: DELETION_CONFLICT})
+    def post(self, request, pk):
+        artifact = get_object_or_404(Artifact, pk=pk)
+        approval = _open_request(artifact)
+        password = request.data.get("password") if isinstance(request.data, dict) else None
+        if not isinstance(password, str):
+            raise ValidationError({"password": ["your password, again"]})
+        try:
+            services.artifact_delete_approve(actor=request.user, approval=approval, password=password,
+                                             request=request)
+        except (services.BackupError, ApprovalError) as exc:
+            return _deletion_error(exc)
+        artifact.refresh_from_db()
+        return Response(deletion_json(artifact))
+
+
+class ArtifactDeletionRejectView(APIView):
+    """A manager rejects, or the requester withdraws, the open deletion request ``{"note"?}``."""
+
+    permission_classes = [capability(Cap.VIEW_PANEL)]
+
+    @extend_schema(operation_id="artifacts_deletion_reject", request=inline_serializer(
+        "DeletionReject", {"note": StrictCharField(required=False, allow_blank=True, max_length=500)}),
+        responses={200: DeletionAnswer, 409: DELETION_CONFLICT})
+    def post(self, request, pk):
+        artifact = get_object_or_404(Artifact, pk=pk)
+        approval = _open_request(artifact)
+        note = request.data.get("note", "") if isinstance(request.data, dict) else ""
+        if not isinstance(note, str):
+            raise ValidationError({"note": ["text"]})
+        try:
+            approval_reject(actor=request.user, approval=approval, may_approve=services.may_approve_deletion,
+                            note=note[:500], request=request)
+        except ApprovalError as exc:
+            return _deletion_error(exc)
+        return Response(deletion_json(artifact))
+
+
 urlpatterns = [
     path("systems", SystemListView.as_view(), name="system-list"),
     path("systems/<int:pk>/backups", SystemBackupView.as_view(), name="system-backup"),
     path("backup-runs/<uuid:pk>", BackupRunView.as_view(), name="backup-run"),
     path("artifacts", ArtifactListView.as_view(), name="artifact-list"),
     path("artifacts/<uuid:pk>", ArtifactDetailView.as_view(), name="artifact-detail"),
+    path("artifacts/<uuid:pk>/deletion", ArtifactDeletionView.as_view(), name="artifact-deletion"),
+    path("artifacts/<uuid:pk>/deletion/approve", ArtifactDeletionApproveView.as_view(),
+         name="artifact-deletion-approve"),
+    path("artifacts/<uuid:pk>/deletion/reject", ArtifactDeletionRejectView.as_view(), name="artifact-deletion-reject"),
 ]

@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.protocol import report  # noqa: E402 - after the path is set
+
 
 def setup_django() -> None:
     from drpanel import runtime
@@ -62,6 +64,13 @@ def p95(values: list[float]) -> float:
 
 
 class Bench:
+    @property
+    def scale_label(self) -> str:
+        scale, parts = getattr(self.args, "scale", None), getattr(self.args, "partitions", 0)
+        if scale is None:
+            return "small database"
+        return f"pgbench -s {scale}" + (f", {parts} partitions" if parts else "")
+
     def __init__(self, args):
         from drpanel import runtime
         from restores import pgops
@@ -142,6 +151,9 @@ class Bench:
         self.results["structure"] = {"ours_median_s": median(ours), "raw_median_s": median(raw),
                                      "ours_max_s": max(ours), "ratio": median(ours) / median(raw)}
         verdict = "ok" if max(ours) <= 0.3 else "OVER GOAL"
+        report("structure check (max) vs pg_restore --list", ours=max(ours), raw=median(raw), unit="s",
+               goal="max <= 0.3 s", met=max(ours) <= 0.3, scale=self.scale_label,
+               note=f"{self.args.repeat} runs; ours median {median(ours) * 1000:.1f} ms")
         print(f"structure check: ours {median(ours) * 1000:.1f} ms (max {max(ours) * 1000:.1f}), raw pg_restore --list "
               f"{median(raw) * 1000:.1f} ms → {median(ours) / median(raw):.2f}× raw; goal ≤ 300 ms: {verdict}")
 
@@ -203,6 +215,12 @@ class Bench:
         figures["ours_stream_j1_ratio"] = figures["ours_stream_j1_s"] / base
         self.results["restore"] = figures
         verdict = "ok" if figures["ours_file_j2_ratio"] <= 1.15 else "OVER GOAL"
+        report("side-database restore -j2 vs pg_restore -j2", ours=figures["ours_file_j2_s"], raw=base, unit="s",
+               goal="ratio <= 1.15", met=figures["ours_file_j2_ratio"] <= 1.15, scale=self.scale_label,
+               note=f"median of {rounds} interleaved rounds, CREATE DATABASE included")
+        report("streaming restore -j1 vs pg_restore -j1 (stdin)", ours=figures["ours_stream_j1_s"],
+               raw=figures["raw_stdin_j1_s"], unit="s", goal="no goal (fallback when the disk lacks room)",
+               met=None, scale=self.scale_label)
         print(f"  raw pg_restore -j2 (file)   {base:7.2f} s  1.00×")
         print(f"  ours -j2 (file)             {figures['ours_file_j2_s']:7.2f} s  "
               f"{figures['ours_file_j2_ratio']:.2f}×  goal ≤ 1.15×: {verdict}")
@@ -249,6 +267,9 @@ class Bench:
                                 "swap_back_median_s": median(swap_back), "raw_rename_median_s": median(raw),
                                 "runs": len(swap_in), "clients": self.args.clients}
         verdict = "ok" if p95(swap_in) <= 0.16 else "OVER GOAL"
+        report(f"swap (p95, {self.args.clients} sessions connected) vs bare double rename", ours=p95(swap_in),
+               raw=median(raw), unit="s", goal="p95 <= 0.16 s", met=p95(swap_in) <= 0.16, scale=self.scale_label,
+               note=f"{len(swap_in)} swaps; swap_back median {median(swap_back) * 1000:.1f} ms")
         print(f"swap ({len(swap_in)} runs, {self.args.clients} clients connected, one in a query): "
               f"swap_in median {median(swap_in) * 1000:.1f} ms, p95 {p95(swap_in) * 1000:.1f} ms; "
               f"swap_back median {median(swap_back) * 1000:.1f} ms; "

@@ -1,8 +1,9 @@
 """The API's shared parts: capability permissions, the audited exception handler, ``/me``."""
 
 from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import exceptions, serializers
+from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -64,6 +65,33 @@ def validation_error_body(detail) -> dict:
     return {"detail": sentence, "errors": errors}
 
 
+class StrictCharField(serializers.CharField):
+    """A string field that refuses numbers and booleans instead of turning them into text."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """``true`` or ``false`` only: 0, 1, "yes" are refused rather than read as booleans."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer only: strings and booleans are refused."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class MeView(APIView):
     """Who the token (or session) belongs to, and their roles."""
 
@@ -87,3 +115,68 @@ class DashboardView(APIView):
         from compliance.dashboard import dashboard_json
 
         return Response({"data": dashboard_json()})
+
+
+# --- the caller's own API tokens -----------------------------------------------------------------
+
+class TokenSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    prefix = serializers.CharField(help_text="The first characters, to recognise a token; never the token.")
+    created_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    active = serializers.BooleanField()
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    name = StrictCharField(max_length=100, required=False, allow_blank=True)
+
+
+def token_json(token) -> dict:
+    return {"id": token.pk, "name": token.name, "prefix": token.prefix, "created_at": token.created_at.isoformat(),
+            "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
+            "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
+            "active": token.revoked_at is None}
+
+
+class TokenListView(APIView):
+    """``GET``: the caller's own tokens (never their values). ``POST`` ``{"name"}``: a new token for the caller;
+    201 with its value, shown this once (only its hash is stored)."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(operation_id="tokens_list", responses=inline_serializer(
+        "TokenList", {"results": TokenSerializer(many=True)}))
+    def get(self, request):
+        from drpanel.models import ApiToken
+
+        return Response({"results": [token_json(t) for t in ApiToken.objects.filter(user=request.user)]})
+
+    @extend_schema(operation_id="tokens_create",
+                   request=TokenRequestSerializer,
+                   responses={201: inline_serializer("NewToken", {
+                       "token": serializers.CharField(help_text="The token itself; it is not shown again."),
+                       "data": TokenSerializer()})})
+    def post(self, request):
+        from drpanel.services import api_token_create
+
+        body = TokenRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        token, raw = api_token_create(actor=request.user, user=request.user, name=body.validated_data.get("name", ""))
+        return Response({"token": raw, "data": token_json(token)}, status=status.HTTP_201_CREATED)
+
+
+class TokenRevokeView(APIView):
+    """Revoke one of the caller's own tokens (final; another user's token is a 404)."""
+
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(operation_id="tokens_revoke", request=None, responses=inline_serializer(
+        "TokenAnswer", {"data": TokenSerializer()}))
+    def post(self, request, pk: int):
+        from drpanel.models import ApiToken
+        from drpanel.services import api_token_revoke
+
+        token = api_token_revoke(actor=request.user, token=get_object_or_404(ApiToken, pk=pk, user=request.user))
+        return Response({"data": token_json(token)})

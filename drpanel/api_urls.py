@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from backups.api import urlpatterns as backups_api
 from compliance.api import urlpatterns as compliance_api
-from drpanel.api import DashboardView, MeView
+from drpanel.api import DashboardView, MeView, TokenListView, TokenRevokeView
 from restores.api import urlpatterns as restores_api
 
 app_name = "api"
@@ -13,6 +13,8 @@ app_name = "api"
 urlpatterns = [
     path("me", MeView.as_view(), name="me"),
     path("dashboard", DashboardView.as_view(), name="dashboard"),
+    path("tokens", TokenListView.as_view(), name="token-list"),
+    path("tokens/<int:pk>/revoke", TokenRevokeView.as_view(), name="token-revoke"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     *backups_api,
     *restores_api,

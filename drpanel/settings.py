@@ -174,6 +174,20 @@ SECURE_HSTS_SECONDS = env_int("DRPANEL_HSTS_SECONDS", 31536000 if PRODUCTION els
 SECURE_HSTS_INCLUDE_SUBDOMAINS = PRODUCTION
 SECURE_HSTS_PRELOAD = PRODUCTION
 SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
+
+
+def _networks(name: str) -> list:
+    import ipaddress
+
+    try:
+        return [ipaddress.ip_network(item, strict=False) for item in env_list(name, [])]
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+# ``GET /metrics`` answers callers from these networks (comma-separated CIDRs, e.g. the Prometheus
+# host's 10.0.3.7/32) without a token; anyone else needs a bearer token of a user who views the panel.
+METRICS_ALLOWED_NETWORKS = _networks("DRPANEL_METRICS_ALLOWED_NETWORKS")
 if env_bool("DRPANEL_BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
@@ -241,6 +255,7 @@ SPECTACULAR_SETTINGS = {
         "BackupKindEnum": "backups.api.BACKUP_KINDS",
         "ArtifactStatusEnum": "backups.models.Artifact.Status",
         "CopyStatusEnum": "backups.models.ArtifactCopy.Status",
+        "ContactLevelEnum": "compliance.models.Contact.Level",
     },
 }
 

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from drpanel import views
+from drpanel import metrics, views
 
 handler403 = "drpanel.views.permission_denied"
 handler404 = "drpanel.views.page_not_found"
@@ -25,6 +25,7 @@ panel_patterns = (
 
 urlpatterns = [
     path("health", views.health, name="health"),
+    path("metrics", metrics.metrics, name="metrics"),
     path("", include(panel_patterns)),
     path("", include("backups.urls")),
     path("", include("restores.urls")),

@@ -7,19 +7,23 @@ in a state that allows it), 400 (bad input), 404 (missing, or a target you may n
 
 import uuid
 
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.shortcuts import get_object_or_404
 from django.urls import path
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
 from rest_framework.generics import ListAPIView, RetrieveAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from backups.models import Artifact
-from drpanel.api import capability
+from drpanel.api import StrictCharField, capability
 from drpanel.permissions import Cap, require_cap
 from drpanel.schema import error_response
-from restores import runs, verifications
-from restores.models import HealthCheck, RestoreRun, SanityCheck, Target, VerificationRun
+from restores import runs, services, verifications
+from restores.models import TARGET_RIGHTS, HealthCheck, RecoveryCheck, RestoreRun, SanityCheck, Target, VerificationRun
 from restores.selectors import access_run, access_target, access_verification, rights_of, visible_runs, visible_targets
 
 
@@ -124,9 +128,20 @@ RestoreSchema = inline_serializer("Restore", {
 
 
 class ArtifactVerificationView(APIView):
-    """Start a verification of an artifact up to a level: 202 with the run (one already queued is returned)."""
+    """``GET``: the artifact's verification runs, newest first (at most 100).
 
-    permission_classes = [capability(Cap.START_JOBS)]
+    ``POST``: start a verification up to a level: 202 with the run (one already queued is returned)."""
+
+    def get_permissions(self):
+        return [capability(Cap.START_JOBS if self.request.method == "POST" else Cap.VIEW_PANEL)()]
+
+    @extend_schema(operation_id="artifacts_verifications_list", responses=inline_serializer(
+        "VerificationList", {"results": serializers.ListField(child=VerificationSchema)}))
+    def get(self, request, pk):
+        artifact = get_object_or_404(Artifact, pk=pk)
+        rows = (VerificationRun.objects.filter(artifact=artifact).select_related("requested_by")
+                .order_by("-created_at")[:100])
+        return Response({"results": [verification_json(run) for run in rows]})
 
     @extend_schema(operation_id="artifacts_verifications_create",
                    request=inline_serializer("VerificationRequest", {"level": serializers.ChoiceField(
@@ -313,9 +328,101 @@ class RestoreRollbackView(APIView):
         return _state(run)
 
 
+class RecoveryCheckTickView(APIView):
+    """Tick an item of a restore's post-recovery checklist with a note (operators, managers).
+
+    Items the panel decides from evidence (passed / failed) cannot be ticked over: 409."""
+
+    permission_classes = [capability(Cap.TICK_CHECKLISTS)]
+
+    @extend_schema(operation_id="restores_checklist_tick", request=inline_serializer("RecoveryCheckTick", {
+        "note": serializers.CharField(help_text="What was checked.")}),
+        responses={200: inline_serializer("RecoveryCheckAnswer", {"code": serializers.CharField(),
+                                                                  "status": serializers.CharField(),
+                                                                  "ticked_by": serializers.CharField()}),
+                   409: error_response(409)})
+    def post(self, request, pk, check_pk: int):
+        run = access_run(request.user, pk)
+        check = get_object_or_404(RecoveryCheck, pk=check_pk, run=run)
+        try:
+            check = runs.recovery_check_tick(actor=request.user, check=check,
+                                             note=str(_body(request).get("note", "")), request=request)
+        except runs.RestoreError as exc:
+            return _error(exc)
+        return Response({"code": check.code, "status": check.status, "ticked_by": check.ticked_by.get_username()})
+
+
+class RecoveryChecksRefreshView(APIView):
+    """Check the automatic post-recovery items again (connectivity, health URLs, backups re-enabled)."""
+
+    permission_classes = [capability(Cap.TICK_CHECKLISTS)]
+
+    @extend_schema(operation_id="restores_checklist_refresh", request=None, responses=RestoreSchema)
+    def post(self, request, pk):
+        run = access_run(request.user, pk)
+        runs.recovery_checks_refresh(run, actor=request.user, request=request)
+        return Response(restore_json(access_run(request.user, pk)))
+
+
+class TargetRightSerializer(serializers.Serializer):
+    user = StrictCharField(max_length=150, help_text="username")
+    right = serializers.ChoiceField(list(TARGET_RIGHTS))
+
+
+TargetRightAnswer = inline_serializer("TargetRightAnswer", {
+    "target": serializers.CharField(), "user": serializers.CharField(), "right": serializers.CharField(),
+    "changed": serializers.BooleanField(help_text="False when the user already held (or did not hold) it."),
+    "rights": serializers.ListField(child=serializers.CharField())})
+
+
+class _TargetRightChange(APIView):
+    """Grant or revoke one right on a target (admins; audited by the service)."""
+
+    permission_classes = [capability(Cap.MANAGE_PANEL)]
+    service = None
+
+    def post(self, request, pk: int):
+        target = get_object_or_404(Target, pk=pk)
+        body = TargetRightSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        user = get_user_model().objects.filter(username=body.validated_data["user"]).first()
+        if user is None:
+            raise ValidationError({"user": ["no such user"]})
+        right = body.validated_data["right"]
+        try:
+            changed = type(self).service(actor=request.user, target=target, user=user, right=right)
+        except DjangoValidationError as exc:
+            raise ValidationError({"user": exc.messages}) from None
+        return Response({"target": target.name, "user": user.get_username(), "right": right, "changed": changed,
+                         "rights": rights_of(user, target)})
+
+
+class TargetRightGrantView(_TargetRightChange):
+    """Give a user a right on a target: ``restore_to_target`` (operators, managers, admins) or
+    ``approve_restore`` (managers)."""
+
+    service = services.target_right_grant
+
+    @extend_schema(operation_id="targets_rights_grant", request=TargetRightSerializer, responses=TargetRightAnswer)
+    def post(self, request, pk: int):
+        return super().post(request, pk)
+
+
+class TargetRightRevokeView(_TargetRightChange):
+    """Take a right on a target away from a user."""
+
+    service = services.target_right_revoke
+
+    @extend_schema(operation_id="targets_rights_revoke", request=TargetRightSerializer, responses=TargetRightAnswer)
+    def post(self, request, pk: int):
+        return super().post(request, pk)
+
+
 urlpatterns = [
     path("targets", TargetListView.as_view(), name="target-list"),
     path("targets/<int:pk>", TargetDetailView.as_view(), name="target-detail"),
+    path("targets/<int:pk>/rights/grant", TargetRightGrantView.as_view(), name="target-right-grant"),
+    path("targets/<int:pk>/rights/revoke", TargetRightRevokeView.as_view(), name="target-right-revoke"),
     path("artifacts/<uuid:pk>/verifications", ArtifactVerificationView.as_view(), name="artifact-verifications"),
     path("verifications/<uuid:pk>", VerificationView.as_view(), name="verification-detail"),
     path("restores", RestoreListView.as_view(), name="restore-list"),
@@ -323,4 +430,8 @@ urlpatterns = [
     path("restores/<uuid:pk>/approve", RestoreApproveView.as_view(), name="restore-approve"),
     path("restores/<uuid:pk>/reject", RestoreRejectView.as_view(), name="restore-reject"),
     path("restores/<uuid:pk>/rollback", RestoreRollbackView.as_view(), name="restore-rollback"),
+    path("restores/<uuid:pk>/checklist/refresh", RecoveryChecksRefreshView.as_view(),
+         name="restore-checklist-refresh"),
+    path("restores/<uuid:pk>/checklist/<int:check_pk>/tick", RecoveryCheckTickView.as_view(),
+         name="restore-checklist-tick"),
 ]

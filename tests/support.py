@@ -86,3 +86,13 @@ def assert_only_roles(clients: dict, method: str, url: str, allowed: set[str], d
         else:
             assert response.status_code == 403, f"{role} got {response.status_code} for {method} {url}, not 403"
             assert denials == 1, f"{role}'s refusal of {method} {url} was not audited"
+
+
+def journey_screenshot(page, role: str) -> Path:
+    """The last sight of a role's browser journey, in ``test-artifacts/journeys/<role>.png`` (git-ignored)."""
+    folder = ROOT / "test-artifacts" / "journeys"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{role}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 0
+    return path

@@ -34,11 +34,14 @@ def leave(*pages) -> None:
         each.context.close()
 
 
-def request_restore(page, base: str, artifact, target_name: str, *, drill: bool = False) -> None:
+def request_restore(page, base: str, artifact, target_name: str, *, drill: bool = False,
+                    mode: str | None = None) -> None:
     page.goto(f"{base}/artifacts/{artifact.pk}/")
     page.get_by_role("link", name="Restore…").click()
     page.select_option("#target", label=next(o for o in page.locator("#target option").all_inner_texts()
                                                if o.startswith(target_name + " ")))
+    if mode:
+        page.select_option("#mode", mode)
     page.get_by_role("button", name="Continue").click()
     button = page.locator("form[data-type-to-confirm] button[type=submit]")
     assert button.is_disabled(), "the button waits for the typed name"

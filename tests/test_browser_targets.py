@@ -6,6 +6,7 @@ from compliance.models import AuditEvent
 from drpanel.permissions import has_object_right
 from restores.models import RESTORE_TO_TARGET, Target
 from tests.factories import UserFactory
+from tests.support import journey_screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -34,6 +35,7 @@ def test_an_admin_creates_a_target_then_grants_and_revokes_a_right(page, live_se
     assert "operator now holds restore_to_target" in page.locator(".flash").inner_text()
     target = Target.objects.get(name="shop-staging")
     assert has_object_right(operator, RESTORE_TO_TARGET, target)
+    journey_screenshot(page, "admin")  # the admin's journey (tests/test_browser_journeys.py)
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Revoke").click()

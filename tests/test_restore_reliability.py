@@ -84,6 +84,7 @@ def test_a_restore_runs_end_to_end_on_a_real_worker(operator, ready, scratch):
     assert run.job_id and run.enqueue_count == 1
 
 
+@pytest.mark.chaos
 def test_kill_9_mid_restore_leaves_the_target_untouched_fails_the_run_in_time_and_a_rerun_succeeds(
         operator, ready, scratch, settings, monkeypatch):
     staging, artifact = ready

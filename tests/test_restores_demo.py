@@ -17,6 +17,7 @@ pytestmark = pytest.mark.django_db
 
 def test_the_demo_seeds_three_targets_with_rights_and_runs_again_without_changes(settings, tmp_path, monkeypatch):
     settings.VAR_DIR = tmp_path
+    settings.DEMO_DATABASE = "chatbotdysa"  # the default, whatever DRPANEL_DEMO_DATABASE the run was given
     monkeypatch.setenv("DRPANEL_DEMO_PASSWORD", "demo password 123")
     monkeypatch.setenv("PORT", "8123")
     out = io.StringIO()

@@ -1,0 +1,212 @@
+"""``GET /metrics``: the panel's measurements in Prometheus' text exposition format (version 0.0.4).
+
+Every value is read from the database or from Redis at scrape time; nothing is cached or invented.
+A series without data is left out (no backup of a kind yet: no timestamp for it; no verified full:
+no RPO), so an alert on ``absent(...)`` means what it says. Counts (runs per state, open alerts per
+severity) list every state, because zero runs in a state is a measurement.
+
+Who may scrape (``metrics_access``): a caller from ``METRICS_ALLOWED_NETWORKS`` (by the socket's
+address, never a forwarded header), or one with a bearer API token of a user holding ``view_panel``.
+A refusal is a 403 and an ``access.denied`` audit event; refusals of unidentified callers are audited
+at most once a minute per address, so nobody can grow the audit chain at will by hammering the URL.
+
+The format is small enough to write by hand (prometheus_client is not a dependency): ``# HELP`` and
+``# TYPE`` per family, then ``name{label="value"} number`` lines, with label values escaped
+(backslash, double quote, line feed) and help texts escaped (backslash, line feed).
+"""
+
+import ipaddress
+import math
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db.models import Count, Max
+from django.http import HttpResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from rest_framework import exceptions
+
+from drpanel.permissions import Cap, has_cap
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class Family:
+    """One metric family: its name, type, help text and samples (labels, value)."""
+
+    name: str
+    help: str
+    type: str = "gauge"
+    samples: list[tuple[dict, float]] = field(default_factory=list)
+
+    def add(self, value, **labels) -> None:
+        self.samples.append((labels, value))
+
+
+def escape_label_value(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
+
+
+def escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def format_value(value) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+def render(families: list[Family]) -> str:
+    """The exposition text; a family without samples is left out entirely."""
+    lines = []
+    for family in families:
+        if not family.samples:
+            continue
+        lines.append(f"# HELP {family.name} {escape_help(family.help)}")
+        lines.append(f"# TYPE {family.name} {family.type}")
+        for labels, value in family.samples:
+            label_text = ",".join(f'{key}="{escape_label_value(val)}"' for key, val in labels.items())
+            lines.append(f"{family.name}{{{label_text}}} {format_value(value)}" if labels
+                         else f"{family.name} {format_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+# --- the measurements ------------------------------------------------------------------------
+
+def _live_workers() -> int | None:
+    import redis
+    from rq import Worker
+
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return len(Worker.all(connection=client))
+    except redis.RedisError:
+        return None  # unknown is not zero: the series is left out
+    finally:
+        client.close()
+
+
+def collect() -> list[Family]:
+    """Every family, computed now."""
+    from backups.models import Artifact, System
+    from compliance.dashboard import rpo_for
+    from compliance.health import health_evaluate
+    from compliance.models import Alert, AuditEvent
+    from drpanel import clock
+    from restores.models import RestoreRun, VerificationRun
+
+    now = clock.now()
+    systems = list(System.objects.order_by("name"))
+
+    last_backup = Family("drpanel_last_successful_backup_timestamp_seconds",
+                         "Creation time (Unix seconds) of the newest available artifact per system and kind.")
+    for row in (Artifact.objects.filter(status=Artifact.Status.AVAILABLE).values("system__name", "kind")
+                .annotate(newest=Max("created_at")).order_by("system__name", "kind")):
+        last_backup.add(row["newest"].timestamp(), system=row["system__name"], kind=row["kind"])
+
+    score = Family("drpanel_health_score", "Health score per system (0-100): passed weight / enabled weight.")
+    band = Family("drpanel_health_status", "1 for the system's current health band (healthy, warning, critical).")
+    rpo = Family("drpanel_rpo_seconds", "Age of the system's newest available full verified at decrypt level or "
+                                        "better; absent when none is.")
+    for system in systems:
+        health = health_evaluate(system, now)
+        score.add(health.score, system=system.name)
+        for status in ("healthy", "warning", "critical"):
+            band.add(int(health.status == status), system=system.name, status=status)
+        seconds = rpo_for(system, now).seconds
+        if seconds is not None:
+            rpo.add(seconds, system=system.name)
+
+    rto = Family("drpanel_last_rto_seconds", "Measured RTO (request to healthy) of the newest restore that "
+                                             "reached healthy.")
+    last = (RestoreRun.objects.filter(rto_seconds__isnull=False, healthy_at__isnull=False)
+            .order_by("-healthy_at").values_list("rto_seconds", flat=True).first())
+    if last is not None:
+        rto.add(last)
+
+    restores = Family("drpanel_restore_runs", "Restore runs per state.")
+    counts = dict(RestoreRun.objects.values_list("state").annotate(n=Count("pk")).order_by())
+    for state in RestoreRun.State.values:
+        restores.add(counts.get(state, 0), state=state)
+
+    verifications = Family("drpanel_verification_runs", "Verification runs per state.")
+    counts = dict(VerificationRun.objects.values_list("state").annotate(n=Count("pk")).order_by())
+    for state in VerificationRun.State.values:
+        verifications.add(counts.get(state, 0), state=state)
+    failures = Family("drpanel_verification_failures", "Failed verification runs per requested level.")
+    for level, n in (VerificationRun.objects.filter(state=VerificationRun.State.FAILED).values_list("level")
+                     .annotate(n=Count("pk")).order_by("level")):
+        failures.add(n, level=level)
+
+    alerts = Family("drpanel_alerts_open", "Open (unacknowledged) alerts per severity.")
+    counts = dict(Alert.objects.filter(state=Alert.State.OPEN).values_list("severity").annotate(n=Count("pk"))
+                  .order_by())
+    for severity in Alert.Severity.values:
+        alerts.add(counts.get(severity, 0), severity=severity)
+
+    workers = Family("drpanel_workers_live", "RQ workers registered in Redis (absent when Redis does not answer).")
+    live = _live_workers()
+    if live is not None:
+        workers.add(live)
+
+    head = Family("drpanel_audit_head_seq", "Sequence number of the newest audit event.")
+    seq = AuditEvent.objects.aggregate(head=Max("seq"))["head"]
+    if seq is not None:
+        head.add(seq)
+
+    return [last_backup, score, band, rpo, rto, restores, verifications, failures, alerts, workers, head]
+
+
+# --- who may scrape --------------------------------------------------------------------------
+
+def _from_allowed_network(request) -> bool:
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return any(address in network for network in settings.METRICS_ALLOWED_NETWORKS)
+
+
+def _token_user(request):
+    """The user of a valid bearer token, or None (no header, or an unknown / revoked token)."""
+    from drpanel.authentication import BearerTokenAuthentication
+
+    try:
+        found = BearerTokenAuthentication().authenticate(request)
+    except exceptions.AuthenticationFailed:
+        return None
+    return found[0] if found else None
+
+
+def _deny(request, user, reason: str) -> HttpResponse:
+    from compliance.audit import audit_record
+
+    address = request.META.get("REMOTE_ADDR", "")
+    if user is not None or cache.add(f"drpanel:metrics-denied:{address}", 1, timeout=60):
+        audit_record(actor=user, action="access.denied", outcome="denied", request=request,
+                     details={"path": "/metrics", "method": request.method, "need": str(Cap.VIEW_PANEL),
+                              "attempted": "metrics.scrape", "reason": reason})
+    return HttpResponse(f"403 Forbidden: {reason}\n", status=403, content_type="text/plain; charset=utf-8")
+
+
+@never_cache
+@require_GET
+def metrics(request):
+    """Prometheus scrape endpoint (module docstring: who may scrape)."""
+    if not _from_allowed_network(request):
+        user = _token_user(request)
+        if user is None:
+            return _deny(request, None, "send a bearer API token, or scrape from an allowed network")
+        if not has_cap(user, Cap.VIEW_PANEL):
+            return _deny(request, user, "the token's user does not hold view_panel")
+    return HttpResponse(render(collect()), content_type=CONTENT_TYPE)
