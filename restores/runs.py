@@ -868,6 +868,11 @@ def recovery_checks_refresh(run: RestoreRun, *, actor=None, request=None) -> Res
             results = {**(run.results or {}), "health": health}
             RestoreRun.objects.filter(pk=run.pk).update(results=results)
     evaluate_recovery_checks(run)
+    if actor is not None:
+        # The panel's decisions are audited as they change; this records who asked for them again.
+        with transaction.atomic():
+            audit_record(actor=actor, action="restore.checklist_refreshed", obj=run, request=request, details={
+                "run": str(run.pk), "statuses": dict(run.recovery_checks.values_list("code", "status"))})
     return run
 
 

@@ -547,6 +547,8 @@ def test_checking_again_sees_a_health_url_that_recovered(operator, manager, full
     health_server.handler.status = 200
     runs.recovery_checks_refresh(run, actor=operator)
     assert run.recovery_checks.get(code="application_running").status == "passed"
+    asked = AuditEvent.objects.filter(action="restore.checklist_refreshed").latest("seq")
+    assert asked.actor_username == operator.username and asked.details["statuses"]["application_running"] == "passed"
 
 
 def test_the_checklist_validator_accepts_a_staging_restore_of_the_week(operator, full_artifact, staging, production,
