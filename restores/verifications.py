@@ -220,6 +220,18 @@ def _fail(steps: StepList, level: str, message: str, **data) -> None:
     raise LevelFailed(f"{level}: {message}")
 
 
+def _authenticate_only(artifact, copy, steps, progress_of) -> None:
+    """The checksum and decrypt levels in one streaming pass; nothing is kept."""
+    try:
+        result = materialize.authenticate_copy(artifact, copy, progress=progress_of("checksum", "decrypt"))
+    except materialize.ChecksumMismatch as exc:
+        steps.finish("decrypt", detail="every chunk authenticated")
+        _fail(steps, "checksum", str(exc))
+    except materialize.MaterializeError as exc:
+        _split_failure(artifact, copy, steps, str(exc))
+    _record_pass(artifact, copy, steps, result, same_pass=True)
+
+
 def _verify(run: VerificationRun, steps: StepList, levels: tuple[str, ...]) -> None:
     artifact = run.artifact
     try:
@@ -248,26 +260,12 @@ def _verify(run: VerificationRun, steps: StepList, levels: tuple[str, ...]) -> N
     steps.start("checksum", detail=f"reading the copy in {copy.location.name}")
     steps.start("decrypt", detail="authenticating every chunk in the same pass")
     if levels[-1] == "decrypt":
-        try:
-            result = materialize.authenticate_copy(artifact, copy, progress=progress_of("checksum", "decrypt"))
-        except materialize.ChecksumMismatch as exc:
-            steps.finish("decrypt", detail="every chunk authenticated")
-            _fail(steps, "checksum", str(exc))
-        except materialize.MaterializeError as exc:
-            _split_failure(artifact, copy, steps, str(exc))
-        _record_pass(artifact, copy, steps, result, same_pass=True)
+        _authenticate_only(artifact, copy, steps, progress_of)
         return
     plan = pgops.plan_restore(artifact.plaintext_size or artifact.size or 0, jobs=1)
     if plan.mode == "stream":
         # No room to decrypt into a file: prove what one streaming pass can, and say why the rest waits.
-        try:
-            result = materialize.authenticate_copy(artifact, copy, progress=progress_of("checksum", "decrypt"))
-        except materialize.ChecksumMismatch as exc:
-            steps.finish("decrypt", detail="every chunk authenticated")
-            _fail(steps, "checksum", str(exc))
-        except materialize.MaterializeError as exc:
-            _split_failure(artifact, copy, steps, str(exc))
-        _record_pass(artifact, copy, steps, result, same_pass=True)
+        _authenticate_only(artifact, copy, steps, progress_of)
         steps.start("structure")
         _fail(steps, "structure", f"not enough temporary disk to decrypt into: {plan.reason.split(':')[0]}; free "
                                   "some space or point DRPANEL_RESTORE_TEMP_DIR elsewhere")
