@@ -96,3 +96,14 @@ def journey_screenshot(page, role: str) -> Path:
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 0
     return path
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "the condition"):
+    """Poll ``predicate`` until it returns something true (returned), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what} did not happen within {timeout:.0f} s")

@@ -21,7 +21,7 @@ from compliance.audit_verify import verify_chain
 from compliance.models import AuditEvent
 from restores import runs
 from restores.models import RestoreRun, VerificationRun
-from tests.support import journey_screenshot, rq_workers
+from tests.support import journey_screenshot, rq_workers, wait_for
 from tests.test_browser_restore import DONE, accept_confirmations, leave, request_restore
 
 pytest_plugins = ["tests.restore_fixtures", "tests.loop_fixtures"]
@@ -49,9 +49,12 @@ def test_operator_backs_up_verifies_restores_to_staging_and_ticks_the_checklist(
         assert full.short_id in page.get_by_test_id("run-artifact").inner_text()
 
         # Verify the new full up to restore-test (a throw-away database, sanity queries, dropped).
+        # Each new full is verified at decrypt level by itself, right after its backup.
+        wait_for(lambda: VerificationRun.objects.filter(artifact=full, trigger="backup", state="succeeded").exists(),
+                 120, what="the automatic decrypt verification of the new full")
         page.get_by_test_id("run-artifact").get_by_role("link").click()
         page.wait_for_url(f"{base}/artifacts/{full.pk}/")
-        assert "not verified" in page.get_by_test_id("last-verified").inner_text()
+        assert "Last verified at level decrypt" in page.get_by_test_id("last-verified").inner_text()
         page.select_option("#verify-level", "restore-test")
         page.get_by_role("button", name="Verify", exact=True).click()
         page.wait_for_url(f"{base}/restores/verifications/*/")
@@ -59,7 +62,7 @@ def test_operator_backs_up_verifies_restores_to_staging_and_ticks_the_checklist(
         levels = page.get_by_test_id("verification-levels").inner_text()
         for level in ("checksum", "decrypt", "structure", "restore-test"):
             assert level in levels
-        assert VerificationRun.objects.get(artifact=full).reached_level == "restore-test"
+        assert VerificationRun.objects.get(artifact=full, level="restore-test").reached_level == "restore-test"
         page.goto(f"{base}/artifacts/{full.pk}/")
         assert "Last verified at level restore-test" in page.get_by_test_id("last-verified").inner_text()
 

@@ -17,20 +17,10 @@ from restores import jobs, pgops, reliability, runs
 from restores.models import RestoreRun, SanityCheck, VerificationRun
 from restores.verifications import verification_request
 from tests.loop_support import copy_marker
-from tests.support import rq_workers
+from tests.support import rq_workers, wait_for
 
 pytest_plugins = ["tests.restore_fixtures", "tests.loop_fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
 
 
 def state_of(run) -> str:
