@@ -124,14 +124,23 @@ def health_evidence(system: System, label: str = "") -> Evidence:
 
 
 def verification_evidence(artifact: Artifact) -> Evidence:
-    """What proves an artifact's last verification.
+    """What proves an artifact's last verification: the run that set it (its page lists every level
+    with its bytes and timings), or the artifact's page when no run did (an imported or seeded mark)."""
+    from restores.models import VerificationRun
 
-    Verification runs have no page yet, so this is the artifact's page, which shows the level
-    and time. The merge of the verification runs (issue 5) points it at the run's own page.
-    """
     level = artifact.last_verified_level or "never"
     when = f" at {artifact.last_verified_at:%Y-%m-%d %H:%M} UTC" if artifact.last_verified_at else ""
-    return artifact_evidence(artifact, f"verification of {artifact.short_id}: {level}{when}")
+    label = f"verification of {artifact.short_id}: {level}{when}"
+    run = None
+    if artifact.last_verified_at:
+        # The run that finished at that very moment wrote the artifact's mark (one transaction).
+        run = (VerificationRun.objects.filter(artifact=artifact, finished_at=artifact.last_verified_at,
+                                              reached_level=artifact.last_verified_level)
+               .only("pk").first())
+    if run is None:
+        return artifact_evidence(artifact, label)
+    return Evidence(label, reverse("restores:verification-detail", args=[run.pk]), "restores.verificationrun",
+                    str(run.pk))
 
 
 # --- the checks ------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def journey_screenshot(page, role: str) -> Path:
     return path
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, what: str = "the condition"):
+def wait_for(predicate, timeout: float = 60.0, what: str = "the condition", interval: float = 0.2):
     """Poll ``predicate`` until it returns something true (returned), or fail naming ``what``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

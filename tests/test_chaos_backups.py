@@ -20,17 +20,9 @@ from compliance.models import AuditEvent
 from tests.backup_fixtures import *  # noqa: F403 - fixtures
 from tests.backup_fixtures import keys_env
 from tests.chaos_support import FaultyProxy, fill, kill_tree, restart_redis_database, small_filesystem
-from tests.support import rq_workers
+from tests.support import rq_workers, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
-    return result
 
 
 def run_state(run) -> str:
@@ -82,7 +74,7 @@ def test_a_worker_killed_mid_backup_fails_the_run_within_the_bound_and_leaves_no
         killed_at = time.monotonic()
         # The reaper runs every minute in production; here every second, with a short stale bound.
         wait_for(lambda: backup_runs_reap(stale_after_seconds=STALE_SECONDS) or run_state(run) == "failed",
-                 STALE_SECONDS + 15, "the reaper to fail the run", every=1)
+                 STALE_SECONDS + 15, "the reaper to fail the run", interval=1)
         detected = time.monotonic() - killed_at
     run.refresh_from_db()
     assert run.state == "failed" and "stopped reporting" in run.error

@@ -1,7 +1,6 @@
 """Restore runs in the dashboard and the health score: measured RTOs, drills, restore tests, approvals,
 and the decrypt-level verification every new full gets right after its backup (on a real worker)."""
 
-import time
 from datetime import timedelta
 
 import pytest
@@ -16,7 +15,7 @@ from drpanel.approvals import approval_request
 from restores import services
 from restores.models import RestoreRun, Target, VerificationRun
 from tests.factories import UserFactory
-from tests.support import rq_workers
+from tests.support import rq_workers, wait_for
 
 pytest_plugins = ["tests.compliance_fixtures", "tests.health_fixtures", "tests.restore_fixtures",
                   "tests.loop_fixtures"]
@@ -126,31 +125,22 @@ def test_a_production_restore_waits_for_managers_holding_approve_restore_but_not
 
 # --- a new full is verified right away (real worker) ---------------------------------------------------
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
-
-
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_each_successful_full_backup_is_verified_at_decrypt_level_by_a_worker(shop_system, operator, redis_conn):
     with rq_workers(count=1):
         run = backup_request(actor=operator, system=shop_system, kind="full")
-        wait_for(lambda: BackupRun.objects.get(pk=run.pk).is_done, 120, "the backup")
+        wait_for(lambda: BackupRun.objects.get(pk=run.pk).is_done, 120, what="the backup")
         artifact = BackupRun.objects.get(pk=run.pk).artifact
         assert artifact is not None and artifact.status == Artifact.Status.AVAILABLE
         verification = wait_for(lambda: VerificationRun.objects.filter(artifact=artifact, state="succeeded").first(),
-                                120, "the automatic verification")
+                                120, what="the automatic verification")
     assert (verification.level, verification.trigger, verification.requested_by) == ("decrypt", "backup", None)
     artifact.refresh_from_db()
     assert artifact.last_verified_level == "decrypt"
     checks = {c.code: c for c in health_evaluate(shop_system).checks}
     assert checks["verified"].passed, checks["verified"].reason
+    assert checks["verified"].evidence[0].url == reverse("restores:verification-detail", args=[verification.pk])
 
 
 @pytest.mark.slow
@@ -158,6 +148,6 @@ def test_each_successful_full_backup_is_verified_at_decrypt_level_by_a_worker(sh
 def test_config_backups_are_not_verified_automatically(shop_system, operator, redis_conn):
     with rq_workers(count=1):
         run = backup_request(actor=operator, system=shop_system, kind="config")
-        wait_for(lambda: BackupRun.objects.get(pk=run.pk).is_done, 120, "the backup")
+        wait_for(lambda: BackupRun.objects.get(pk=run.pk).is_done, 120, what="the backup")
     assert BackupRun.objects.get(pk=run.pk).state == "succeeded"
     assert not VerificationRun.objects.exists()
