@@ -897,6 +897,8 @@ def recovery_check_tick(*, actor, check: RecoveryCheck, note: str, request=None)
     if check.status in (RecoveryCheck.Status.PASSED, RecoveryCheck.Status.FAILED):
         raise RestoreConflict(f"“{check.title}” was decided by the panel from its evidence ({check.status}); "
                               "use “Check again” once it is fixed")
+    if check.run.state == RestoreRun.State.ROLLED_BACK:
+        raise RestoreConflict("this restore was rolled back: its post-recovery checklist is closed")
     with transaction.atomic():
         # Conditional: two people ticking at once record one tick.
         changed = RecoveryCheck.objects.filter(pk=check.pk, status=RecoveryCheck.Status.PENDING).update(

@@ -469,6 +469,11 @@ def test_a_manager_rolls_back_within_the_window_timed_and_audited(operator, mana
     assert AuditEvent.objects.filter(action="restore.rollback_password_refused").count() == 1
     with pytest.raises(runs.RestoreConflict, match="only a restore that was swapped in"):
         runs.restore_rollback(actor=manager, run=run, password=password)
+    pending = run.recovery_checks.get(code="authentication")
+    with pytest.raises(runs.RestoreConflict, match="rolled back: its post-recovery checklist is closed"):
+        runs.recovery_check_tick(actor=operator, check=pending, note="logged in fine")
+    pending.refresh_from_db()
+    assert pending.status == "pending"
 
 
 def test_after_the_window_there_is_no_rollback_and_the_copies_are_dropped(operator, manager, full_artifact, staging,
