@@ -90,7 +90,7 @@ def generated_rows(count: int):
 def fill(count: int) -> float:
     from django.db import connection, transaction
 
-    from compliance.checkpoints import checkpoint_write
+    from compliance.audit.checkpoints import checkpoint_write
 
     started = time.monotonic()
     with transaction.atomic(), connection.cursor() as cursor:
@@ -112,7 +112,7 @@ def raw_read_seconds() -> float:
     """The floor: PostgreSQL sending the rows verification reads, read and thrown away."""
     from django.db import connection
 
-    from compliance.audit_query import ROW_SQL, TABLE
+    from compliance.audit.query import ROW_SQL, TABLE
 
     started = time.monotonic()
     sql = f"COPY (SELECT {ROW_SQL} FROM {TABLE} ORDER BY seq) TO STDOUT"  # noqa: S608 - fixed text
@@ -123,7 +123,7 @@ def raw_read_seconds() -> float:
 
 
 def verify_processes(count: int) -> int:
-    from compliance.audit_verify import PARALLEL_FROM
+    from compliance.audit.verify import PARALLEL_FROM
 
     return min(os.cpu_count() or 1, 4) if count >= PARALLEL_FROM else 1
 
@@ -132,8 +132,8 @@ def export_heap_mib() -> float:
     """Peak of Python allocations while the web/API export streams every event to nowhere."""
     import tracemalloc
 
-    from compliance.audit_export import audit_export_start, jsonl_chunks
-    from compliance.audit_query import AuditFilter
+    from compliance.audit.export import audit_export_start, jsonl_chunks
+    from compliance.audit.query import AuditFilter
 
     plan = audit_export_start(actor=None, format="jsonl", flt=AuditFilter(), via="bench")
     tracemalloc.start()
@@ -185,15 +185,15 @@ def main() -> int:
     setup_django(args.database_url, work / "checkpoints")
     from django.db import connection
 
-    from compliance.audit_verify import verify_chain
+    from compliance.audit.signing import current_public_key, public_pem
+    from compliance.audit.verify import verify_chain
     from compliance.models import AuditEvent
-    from compliance.signing import current_public_key, public_pem
 
     n = args.events
     print(f"audit bench: {n:,} events, database {args.database_url.rsplit('/', 1)[-1]}, "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     if args.reuse and AuditEvent.objects.count() >= n:
-        from compliance.checkpoints import checkpoint_write
+        from compliance.audit.checkpoints import checkpoint_write
 
         n = AuditEvent.objects.count()
         checkpoint_write(force=True)

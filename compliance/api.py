@@ -13,8 +13,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from compliance.api_ops import urlpatterns as ops_urlpatterns
-from compliance.audit_export import FORMATS, audit_export_start, export_response, public_key_response
-from compliance.audit_query import TIME_PATTERN, AuditFilter, FilterError, event_json, events_page
+from compliance.audit.export import FORMATS, audit_export_start, export_response, public_key_response
+from compliance.audit.query import TIME_PATTERN, AuditFilter, FilterError, event_json, events_page
+from compliance.audit.signing import current_public_key, fingerprint, public_pem, retired_public_keys
 from compliance.certification_bundle import bundle_response
 from compliance.certifications import (
     CertificationConflict,
@@ -28,7 +29,6 @@ from compliance.certifications import (
     current_certification,
     parse_period,
 )
-from compliance.signing import current_public_key, fingerprint, public_pem, retired_public_keys
 from drpanel.api import capability
 from drpanel.permissions import Cap
 from drpanel.schema import ErrorSerializer, error_response

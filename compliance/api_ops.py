@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 
 from backups.models import System
 from compliance.alerts import AlertStateError, alert_acknowledge
-from compliance.audit_verify import audit_verify
+from compliance.audit.verify import audit_verify
 from compliance.checklists import (
     ChecklistError,
     checklist_evaluate,

@@ -28,11 +28,11 @@ from django.db import transaction
 from django.http import FileResponse
 
 from compliance.audit import audit_record
-from compliance.audit_export import audit_export_start, jsonl_chunks
-from compliance.audit_query import AuditFilter
+from compliance.audit.export import audit_export_start, jsonl_chunks
+from compliance.audit.query import AuditFilter
+from compliance.audit.signing import current_public_key, fingerprint, public_pem
 from compliance.certifications import certification_document, month_bounds
 from compliance.models import Certification
-from compliance.signing import current_public_key, fingerprint, public_pem
 from drpanel.permissions import Cap, require_cap
 
 HERE = Path(__file__).resolve().parent

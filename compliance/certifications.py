@@ -21,7 +21,7 @@ month (UTC; a row belongs to the month it was requested or created in):
 Every figure is counted from rows; what was not measured is ``null`` or an empty list.
 
 ``certification_sign`` stores the record with ``content_hash`` = SHA-256 of its canonical JSON
-(``compliance.signing.canonical_bytes``) and writes ``certification.signed`` with that hash
+(``compliance.audit.canonical.canonical_bytes``) and writes ``certification.signed`` with that hash
 in the same transaction, so the hash is in the audit chain (see ``Certification``).
 """
 
@@ -39,11 +39,11 @@ from django.urls import reverse
 
 from backups.models import Artifact, BackupRun, System
 from compliance.audit import audit_record
+from compliance.audit.canonical import canonical_bytes
 from compliance.checklists import checklist_month_summary, checklist_period_open
 from compliance.contacts import is_due_for_review
 from compliance.dashboard import drill_filter, rpo_target_seconds, rto_target_seconds
 from compliance.models import AuditEvent, Cadence, Certification, ChecklistItem, Contact, ItemKind
-from compliance.signing import canonical_bytes
 from drpanel import clock
 from drpanel.models import Approval
 from drpanel.permissions import Cap, Denied, recently_reauthenticated, require_cap

@@ -40,6 +40,7 @@ EVENT_KEYS = frozenset({
 })
 CSV_COLUMNS = ["seq", "occurred_at", "actor_id", "actor_username", "client_ip", "user_agent", "request_id",
                "action", "object_type", "object_id", "object_repr", "outcome", "details", "prev_hash", "hash", "v"]
+# The rule of compliance.audit.canonical, repeated here: this file must stay self-contained.
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 

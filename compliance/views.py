@@ -10,12 +10,12 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods
 
-from compliance.audit_export import FORMATS, audit_export_start, export_response, public_key_response
-from compliance.audit_query import FILTER_FIELDS, AuditFilter, FilterError, events_page
-from compliance.audit_verify import audit_verify as audit_verify_service
-from compliance.checkpoints import checkpoint_store
+from compliance.audit.checkpoints import checkpoint_store
+from compliance.audit.export import FORMATS, audit_export_start, export_response, public_key_response
+from compliance.audit.query import FILTER_FIELDS, AuditFilter, FilterError, events_page
+from compliance.audit.signing import current_public_key, fingerprint, retired_public_keys
+from compliance.audit.verify import audit_verify as audit_verify_service
 from compliance.models import AuditEvent
-from compliance.signing import current_public_key, fingerprint, retired_public_keys
 from drpanel.permissions import Cap, capability_required, has_cap
 
 

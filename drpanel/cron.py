@@ -7,7 +7,7 @@ the panel reads on one screen. Times are UTC.
 from rq import cron
 
 from backups import jobs as backup_jobs
-from compliance.audit_jobs import audit_checkpoint_job
+from compliance.audit.jobs import audit_checkpoint_job
 from compliance.jobs import (
     alerts_escalate_job,
     checklist_evaluate_job,

@@ -268,7 +268,7 @@ if PRODUCTION and not AUDIT_SIGNING_KEY:
     raise ConfigError("DRPANEL_AUDIT_SIGNING_KEY (or DRPANEL_AUDIT_SIGNING_KEY_FILE) is required "
                       "when DRPANEL_ENV=production")
 if AUDIT_SIGNING_KEY:
-    from compliance.signing import SigningKeyError, load_private_key
+    from compliance.audit.signing import SigningKeyError, load_private_key
 
     try:
         load_private_key(AUDIT_SIGNING_KEY)

@@ -14,8 +14,8 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 
 from compliance.audit import GENESIS_HASH, audit_record, canonical_bytes, compute_hash, event_fields
-from compliance.audit_query import canonical_line, event_rows
-from compliance.audit_verify import verify_chain
+from compliance.audit.query import canonical_line, event_rows
+from compliance.audit.verify import verify_chain
 from compliance.models import AuditEvent
 from drpanel.models import ApiToken
 from drpanel.services import api_token_create

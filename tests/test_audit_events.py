@@ -8,8 +8,8 @@ from django.test import Client, RequestFactory
 from django.urls import reverse
 from guardian.shortcuts import assign_perm, remove_perm
 
-from compliance.audit_export import audit_export_start, export_to_file
-from compliance.audit_query import AuditFilter
+from compliance.audit.export import audit_export_start, export_to_file
+from compliance.audit.query import AuditFilter
 from compliance.models import AuditEvent
 from drpanel.context import reset_current_request, set_current_request
 from drpanel.services import api_token_create, api_token_revoke

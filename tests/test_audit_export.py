@@ -15,10 +15,11 @@ from django.test import Client
 
 from compliance import verify_export
 from compliance.audit import audit_record
-from compliance.audit_export import audit_export_start, export_to_file
-from compliance.audit_query import AuditFilter
+from compliance.audit.canonical import canonical_bytes
+from compliance.audit.export import audit_export_start, export_to_file
+from compliance.audit.query import AuditFilter
+from compliance.audit.signing import current_public_key, fingerprint, private_pem, public_pem, sign
 from compliance.models import AuditEvent
-from compliance.signing import canonical_bytes, current_public_key, fingerprint, private_pem, public_pem, sign
 from drpanel.services import api_token_create
 from tests.audit_support import VERIFIER, clean_env, force_audit_failures, record, run_verifier
 from tests.support import assert_only_roles

@@ -5,8 +5,8 @@ from django.db import transaction
 from django.urls import reverse
 
 from compliance.audit import audit_record
+from compliance.audit.signing import current_public_key, public_pem
 from compliance.models import AuditEvent
-from compliance.signing import current_public_key, public_pem
 from tests.audit_support import record, tamper
 from tests.support import assert_only_roles
 

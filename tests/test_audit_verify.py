@@ -9,8 +9,10 @@ from django.db import connection
 from rq.cron import CronScheduler
 
 from compliance.audit import GENESIS_HASH, compute_hash, event_fields
-from compliance.audit_jobs import audit_checkpoint_job
-from compliance.audit_verify import (
+from compliance.audit.checkpoints import checkpoint_write
+from compliance.audit.jobs import audit_checkpoint_job
+from compliance.audit.signing import SigningKeyError, fingerprint, known_public_keys, private_pem, signing_key_rotate
+from compliance.audit.verify import (
     CHECKPOINT_MISMATCH,
     HASH_MISMATCH,
     MISSING_SEQ,
@@ -18,9 +20,7 @@ from compliance.audit_verify import (
     audit_verify,
     verify_chain,
 )
-from compliance.checkpoints import checkpoint_write
 from compliance.models import AuditEvent
-from compliance.signing import SigningKeyError, fingerprint, known_public_keys, private_pem, signing_key_rotate
 from tests.audit_support import record, tamper
 
 pytestmark = pytest.mark.django_db

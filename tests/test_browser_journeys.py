@@ -17,7 +17,7 @@ The full request → approve → progress → rollback loop driven by the operat
 import pytest
 
 from backups.models import Artifact, BackupRun
-from compliance.audit_verify import verify_chain
+from compliance.audit.verify import verify_chain
 from compliance.models import AuditEvent
 from restores import runs
 from restores.models import RestoreRun, VerificationRun

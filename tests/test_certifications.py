@@ -15,7 +15,7 @@ from django.test import Client
 from django.urls import reverse
 
 from backups.models import BackupRun
-from compliance.audit_verify import verify_chain
+from compliance.audit.verify import verify_chain
 from compliance.certifications import (
     CertificationConflict,
     certification_assemble,

@@ -5,7 +5,7 @@ SIGKILL in the middle of a restore-test verification; the restoring backend's Po
 terminated by ``pg_terminate_backend`` in the middle of a restore; Redis restarted (connections
 dropped, data gone) while a verification waits in its queue. After each: the run's row says what
 happened, within the stale-run bound; nothing the target held is lost; no throw-away or side database
-is left behind; and the audit chain is intact (``compliance.audit_verify.verify_chain``).
+is left behind; and the audit chain is intact (``compliance.audit.verify.verify_chain``).
 
 The kill -9 in the middle of a restore itself is ``test_kill_9_mid_restore_…`` in
 ``tests/test_restore_reliability.py`` (also marked ``chaos``).
@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from compliance.audit_verify import verify_chain
+from compliance.audit.verify import verify_chain
 from compliance.models import AuditEvent
 from restores import pgops, reliability, runs
 from restores.models import RestoreRun, SanityCheck, VerificationRun

@@ -6,7 +6,7 @@ already checkpointed, unless ``--force``.
 
 from django.core.management.base import BaseCommand
 
-from compliance.checkpoints import checkpoint_write
+from compliance.audit.checkpoints import checkpoint_write
 
 
 class Command(BaseCommand):

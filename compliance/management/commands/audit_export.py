@@ -8,8 +8,8 @@ import getpass
 
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance.audit_export import FORMATS, audit_export_start, export_to_file
-from compliance.audit_query import AuditFilter, FilterError
+from compliance.audit.export import FORMATS, audit_export_start, export_to_file
+from compliance.audit.query import AuditFilter, FilterError
 
 
 class Command(BaseCommand):

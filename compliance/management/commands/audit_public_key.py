@@ -6,7 +6,7 @@ they signed. The fingerprints go to stderr, so stdout can be redirected into a .
 
 from django.core.management.base import BaseCommand
 
-from compliance.signing import current_public_key, fingerprint, public_pem, retired_public_keys
+from compliance.audit.signing import current_public_key, fingerprint, public_pem, retired_public_keys
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ section says how to rotate it there.
 
 from django.core.management.base import BaseCommand, CommandError
 
-from compliance.signing import SigningKeyError, signing_key_rotate
+from compliance.audit.signing import SigningKeyError, signing_key_rotate
 
 
 class Command(BaseCommand):

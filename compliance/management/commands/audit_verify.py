@@ -8,7 +8,7 @@ import sys
 
 from django.core.management.base import BaseCommand
 
-from compliance.audit_verify import audit_verify
+from compliance.audit.verify import audit_verify
 
 
 class Command(BaseCommand):

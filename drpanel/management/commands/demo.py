@@ -12,7 +12,7 @@ STEPS = [
     "restores.demo.seed",
     "compliance.demo.seed_contacts",
     "compliance.demo.seed_health",
-    "compliance.audit_demo.seed",
+    "compliance.audit.demo.seed",
 ]
 
 

@@ -17,9 +17,9 @@ from datetime import UTC, datetime, time, timedelta
 from django.db import connection, transaction
 from django.utils.dateparse import parse_date, parse_datetime
 
-from compliance.audit import canonical_time, event_fields
-from compliance.audit_rows import ROW_FIELDS, ROW_SQL, batched, canonical_line
-from compliance.models import AuditEvent
+from compliance.audit.models import AuditEvent
+from compliance.audit.record import canonical_time, event_fields
+from compliance.audit.rows import ROW_FIELDS, ROW_SQL, batched, canonical_line
 
 TABLE = AuditEvent._meta.db_table
 __all__ = ["ROW_SQL", "AuditFilter", "FilterError", "Page", "canonical_line", "event_json", "event_rows",

@@ -17,7 +17,6 @@ by PostgreSQL (``host(inet)``) under the chain lock, and ``details`` go through
 
 import hashlib
 import ipaddress
-import json
 import math
 import re
 from datetime import UTC, datetime
@@ -26,7 +25,8 @@ from django.contrib.auth.models import AnonymousUser
 from django.db import connection, transaction
 from django.utils import timezone
 
-from compliance.models import AuditEvent
+from compliance.audit.canonical import canonical_bytes
+from compliance.audit.models import AuditEvent
 from drpanel.context import current_request
 
 ENCODING_VERSION = 1
@@ -40,16 +40,8 @@ _SECRET_KEY_PATTERN = re.compile(r"pass(word|phrase)?|secret|token|api[_-]?key|p
 REDACTED = "[redacted]"
 
 
-# One encoder for every hash: json.dumps with options builds a new encoder per call.
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
 def canonical_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def canonical_bytes(fields: dict) -> bytes:
-    return _ENCODER.encode(fields).encode()
 
 
 def clean_text(value, limit: int) -> str:

@@ -1,8 +1,8 @@
 """Audit rows as PostgreSQL streams them, and the scan that checks them. No Django here.
 
 Verification of a long chain runs in several processes, each on one range of ``seq``
-(``compliance.audit_verify``); they import only this module, psycopg and the standard
-library, so they start in a fraction of a second.
+(``compliance.audit.verify``); they import only this module, psycopg and the standard
+library (and ``compliance.audit.canonical``), so they start in a fraction of a second.
 """
 
 import hashlib
@@ -10,6 +10,8 @@ import itertools
 import json
 from dataclasses import dataclass
 from json.encoder import encode_basestring
+
+from compliance.audit.canonical import canonical_json
 
 TABLE = "compliance_auditevent"
 # The hashed fields, each already in its canonical text form, then the stored hash.
@@ -26,25 +28,14 @@ HASH_MISMATCH = "hash mismatch"
 PREV_HASH_MISMATCH = "prev_hash mismatch"
 CHECKPOINT_MISMATCH = "checkpoint mismatch"
 
-# The canonical JSON of details, made by json's C encoder and scanner called directly:
-# JSONEncoder.encode builds a new C encoder per call and json.loads wraps the scanner in
-# Python, which together cost as much again at a million rows. Same bytes either way
-# (the tests compare both with the writer's encoding).
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# details::text parsed by json's scanner called directly: json.loads wraps it in Python,
+# which costs as much again at a million rows. Same values either way.
 _SCAN = json.JSONDecoder().scan_once
-if json.encoder.c_make_encoder is not None:
-    _C_ENCODE = json.encoder.c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",", True, False,
-                                            False)
-
-    def _encode(value) -> str:
-        return "".join(_C_ENCODE(value, 0))
-else:  # pragma: no cover - CPython always has the accelerator
-    _encode = _ENCODER.encode
 
 
 def _details_json(text: str) -> str:
     # details::text of a jsonb object starts with "{" and has nothing after its end.
-    return _encode(_SCAN(text, 0)[0]) if text != "{}" else "{}"
+    return canonical_json(_SCAN(text, 0)[0]) if text != "{}" else "{}"
 
 
 def canonical_line(row) -> str:

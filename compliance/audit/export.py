@@ -4,7 +4,7 @@ An export holds the events matching a filter, oldest first, up to the head at th
 it was asked for, each with ``seq``, ``prev_hash`` and ``hash``. Its **digest** — first
 and last ``seq``, last hash, count, time range, filter, whether the events are one
 unbroken stretch of the chain, the SHA-256 of the exported content, who exported it and
-when — is signed with the panel's Ed25519 key (``compliance.signing``):
+when — is signed with the panel's Ed25519 key (``compliance.audit.signing``):
 
 - JSON Lines: one event per line (the canonical encoding of its fields plus ``hash``),
   then the signed digest as the last line;
@@ -28,9 +28,10 @@ from pathlib import Path
 from django.db import transaction
 from django.http import HttpResponse, StreamingHttpResponse
 
-from compliance.audit import audit_record, canonical_time
-from compliance.audit_query import AuditFilter, event_rows, row_fields
-from compliance.signing import fingerprint, public_pem, sign
+from compliance.audit.canonical import canonical_bytes, canonical_json
+from compliance.audit.query import AuditFilter, event_rows, row_fields
+from compliance.audit.record import audit_record, canonical_time
+from compliance.audit.signing import fingerprint, public_pem, sign
 
 FORMATS = ("jsonl", "csv")
 DIGEST_TYPE = "drpanel-audit-export-digest"
@@ -41,7 +42,6 @@ CSV_COLUMNS = ("seq", "occurred_at", "actor_id", "actor_username", "client_ip", 
 # undone exactly): the verifier strips one leading apostrophe from every cell.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 _CHUNK = 64 * 1024
-_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 @dataclass(frozen=True)
@@ -110,10 +110,10 @@ class _Content:
                 fields = row_fields(row)
                 self._track(fields)
                 if writer:
-                    cells = [fields[c] if c != "details" else _ENCODE(fields["details"]) for c in CSV_COLUMNS]
+                    cells = [fields[c] if c != "details" else canonical_json(fields["details"]) for c in CSV_COLUMNS]
                     writer.writerow([_csv_cell(cell) for cell in cells])
                 else:
-                    buffer.write(_ENCODE(fields))
+                    buffer.write(canonical_json(fields))
                     buffer.write("\n")
                 if buffer.tell() >= _CHUNK:
                     yield self._take(buffer)
@@ -149,7 +149,7 @@ class _Content:
 
 
 def digest_bytes(digest: dict) -> bytes:
-    return _ENCODE(digest).encode() + b"\n"
+    return canonical_bytes(digest) + b"\n"
 
 
 def jsonl_chunks(plan: ExportPlan) -> Iterator[bytes]:

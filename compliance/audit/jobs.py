@@ -1,6 +1,6 @@
 """Jobs of the audit log (scheduled in ``drpanel/cron.py``)."""
 
-from compliance.checkpoints import checkpoint_write
+from compliance.audit.checkpoints import checkpoint_write
 
 
 def audit_checkpoint_job() -> str:

@@ -5,7 +5,7 @@ every hash; the chain alone would still look intact. A checkpoint pins the head 
 ``hash``, the event's time) with the panel's Ed25519 signature in a store the database
 cannot reach, and ``audit_verify`` checks the chain against every checkpoint.
 
-A checkpoint is a small JSON document (``compliance.signing`` explains the signature)::
+A checkpoint is a small JSON document (``compliance.audit.signing`` explains the signature)::
 
     {"type": "drpanel-audit-checkpoint", "v": 1, "seq": 1234, "hash": "…",
      "event_time": "2026-11-25T19:00:00.123456Z", "created_at": "…",
@@ -28,9 +28,9 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
-from compliance.audit import canonical_time
-from compliance.models import AuditEvent
-from compliance.signing import check_signature, sign
+from compliance.audit.models import AuditEvent
+from compliance.audit.record import canonical_time
+from compliance.audit.signing import check_signature, sign
 
 CHECKPOINT_TYPE = "drpanel-audit-checkpoint"
 logger = logging.getLogger(__name__)

@@ -9,13 +9,12 @@ The private key comes from ``DRPANEL_AUDIT_SIGNING_KEY`` / ``_FILE`` (PEM); deve
 generates one under ``var/`` on first use. After a rotation, the old public key goes into
 ``DRPANEL_AUDIT_RETIRED_KEYS_DIR`` so what it signed stays verifiable.
 
-Only ``cryptography`` is needed at import time (``drpanel/settings.py`` uses
+Only ``cryptography`` (and the standard library) is needed at import time (``drpanel/settings.py`` uses
 ``load_private_key`` to refuse a malformed key at start-up).
 """
 
 import base64
 import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -24,14 +23,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from compliance.audit.canonical import canonical_bytes
+
 
 class SigningKeyError(Exception):
     """The audit signing key is missing, unreadable or not Ed25519."""
-
-
-def canonical_bytes(document: dict) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode()
 
 
 def _pem_bytes(pem: str | bytes) -> bytes:
@@ -183,7 +179,7 @@ def signing_key_rotate(*, actor) -> tuple[str, str]:
     """
     from django.db import transaction
 
-    from compliance.audit import audit_record
+    from compliance.audit.record import audit_record
 
     settings = _settings()
     if settings.AUDIT_SIGNING_KEY:

@@ -25,9 +25,11 @@ from multiprocessing import get_context
 
 from django.db import connection, transaction
 
-from compliance.audit import GENESIS_HASH, audit_record
-from compliance.audit_query import event_rows
-from compliance.audit_rows import (
+from compliance.audit.checkpoints import checkpoint_store, checkpoints_load
+from compliance.audit.models import AuditEvent
+from compliance.audit.query import event_rows
+from compliance.audit.record import GENESIS_HASH, audit_record
+from compliance.audit.rows import (
     CHECKPOINT_MISMATCH,
     HASH_MISMATCH,
     MISSING_SEQ,
@@ -37,9 +39,7 @@ from compliance.audit_rows import (
     scan,
     scan_range,
 )
-from compliance.checkpoints import checkpoint_store, checkpoints_load
-from compliance.models import AuditEvent
-from compliance.signing import known_public_keys
+from compliance.audit.signing import known_public_keys
 
 __all__ = ["CHECKPOINT_MISMATCH", "HASH_MISMATCH", "MISSING_SEQ", "PREV_HASH_MISMATCH", "VerificationResult",
            "audit_verify", "verify_chain"]

@@ -1,7 +1,7 @@
 """Demo part of the audit log: the signing key under var/, a first checkpoint, and how to check an export."""
 
-from compliance.checkpoints import checkpoint_write
-from compliance.signing import current_public_key, fingerprint
+from compliance.audit.checkpoints import checkpoint_write
+from compliance.audit.signing import current_public_key, fingerprint
 
 
 def seed(out) -> None:

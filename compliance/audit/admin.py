@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from compliance.models import AuditEvent
+from compliance.audit.models import AuditEvent
 from drpanel.permissions import Cap, has_cap
 
 

@@ -23,7 +23,7 @@ from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import ObjectDoesNotExist
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 
-from compliance.audit import audit_record
+from compliance.audit.record import audit_record
 from drpanel.context import current_request
 
 USER_FIELDS = ("username", "email", "first_name", "last_name", "is_active", "is_staff", "is_superuser")
