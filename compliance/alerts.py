@@ -28,6 +28,7 @@ from django.db import IntegrityError, transaction
 from django.urls import reverse
 
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from compliance.models import Alert, AlertNotification, Contact
 from drpanel import clock
 from drpanel.permissions import Cap, Denied, has_cap
@@ -78,7 +79,7 @@ def alert_raise(*, kind: str, severity: str, subject: str, message: str, dedup_k
                     evidence_url=(evidence_url or "")[:500], dedup_key=dedup_key[:200], opened_at=now)
         except IntegrityError:
             return Alert.objects.exclude(state=Alert.State.RESOLVED).get(dedup_key=dedup_key)
-        audit_record(actor=None, action="alert.raised", obj=alert, details={
+        audit_record(actor=None, action=AuditAction.ALERT_RAISED, obj=alert, details={
             "kind": alert.kind, "severity": severity, "dedup_key": alert.dedup_key,
             "evidence_url": alert.evidence_url})
         notification_ids = _escalate(alert, now) if severity in NOTIFIED_SEVERITIES else []
@@ -99,7 +100,7 @@ def alert_resolve(*, dedup_key: str, actor=None, note: str = "") -> Alert | None
         alert.resolved_at = now
         alert.next_escalation_at = None
         alert.save(update_fields=["state", "resolved_at", "next_escalation_at"])
-        audit_record(actor=actor, action="alert.resolved", obj=alert, details={
+        audit_record(actor=actor, action=AuditAction.ALERT_RESOLVED, obj=alert, details={
             "kind": alert.kind, "dedup_key": alert.dedup_key, "previous_state": previous, "note": note[:300]})
         notified = (AlertNotification.objects
                     .filter(alert=alert, purpose=AlertNotification.Purpose.RAISED,
@@ -150,14 +151,14 @@ def _escalate(alert: Alert, now) -> list[int]:
                 ids.append(notification.pk)
             else:
                 _audit_notification(notification)
-        audit_record(actor=None, action="alert.escalated", obj=alert, details={
+        audit_record(actor=None, action=AuditAction.ALERT_ESCALATED, obj=alert, details={
             "step": index + 1, "level": Contact.Level(level).label,
             "contacts": [c.name for c in contacts], "skipped_levels": skipped,
             "next_escalation_at": alert.next_escalation_at, "wait_minutes": None if last else wait_minutes})
         return ids
     alert.next_escalation_at = None
     alert.save(update_fields=["next_escalation_at"])
-    audit_record(actor=None, action="alert.escalation_ended", obj=alert, outcome="failure", details={
+    audit_record(actor=None, action=AuditAction.ALERT_ESCALATION_ENDED, obj=alert, outcome="failure", details={
         "reason": "no active contact at the remaining levels", "skipped_levels": skipped})
     return []
 
@@ -206,7 +207,7 @@ def alert_acknowledge(*, actor, alert: Alert) -> Alert:
         alert.refresh_from_db()
         if not changed:
             raise AlertStateError(f"This alert is already {alert.state}.")
-        audit_record(actor=actor, action="alert.acknowledged", obj=alert, details={
+        audit_record(actor=actor, action=AuditAction.ALERT_ACKNOWLEDGED, obj=alert, details={
             "via": "panel", "step": alert.escalation_step, "kind": alert.kind})
     return alert
 
@@ -259,13 +260,13 @@ def alert_acknowledge_by_link(*, token: str) -> Alert:
             alert.acknowledged_by_contact = notification.contact
             alert.next_escalation_at = None
             alert.save(update_fields=["state", "acknowledged_at", "acknowledged_by_contact", "next_escalation_at"])
-            audit_record(actor=None, action="alert.acknowledged", obj=alert, details={
+            audit_record(actor=None, action=AuditAction.ALERT_ACKNOWLEDGED, obj=alert, details={
                 "via": "link", "contact": notification.contact.name, "contact_id": notification.contact_id,
                 "level": Contact.Level(notification.level).label, "step": alert.escalation_step,
                 "kind": alert.kind})
     except AckLinkError as exc:
         with transaction.atomic():
-            audit_record(actor=None, action="alert.ack_link_refused", outcome="failure",
+            audit_record(actor=None, action=AuditAction.ALERT_ACK_LINK_REFUSED, outcome="failure",
                          object_type="compliance.alert", details={"reason": str(exc)})
         raise
     return alert
@@ -343,7 +344,7 @@ def deliver(notification_ids: list[int]) -> int:
 
 
 def _audit_notification(notification: AlertNotification) -> None:
-    audit_record(actor=None, action="alert.notified", obj=notification.alert,
+    audit_record(actor=None, action=AuditAction.ALERT_NOTIFIED, obj=notification.alert,
                  outcome="success" if notification.outcome == AlertNotification.Outcome.SENT else "failure",
                  details={"contact": notification.contact.name, "contact_id": notification.contact_id,
                           "level": Contact.Level(notification.level).label, "step": notification.step,

@@ -28,6 +28,7 @@ from django.db import transaction
 from django.http import FileResponse
 
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from compliance.audit.export import audit_export_start, jsonl_chunks
 from compliance.audit.query import AuditFilter
 from compliance.audit.signing import current_public_key, fingerprint, public_pem
@@ -77,7 +78,7 @@ def certification_bundle(*, actor, cert: Certification, request=None):
     require_cap(actor, Cap.READ_AUDIT, action="certification.bundle", obj=cert)
     start, _ = month_bounds(cert.year, cert.month)
     with transaction.atomic():
-        audit_record(actor=actor, action="certification.bundle_downloaded", obj=cert, request=request,
+        audit_record(actor=actor, action=AuditAction.CERTIFICATION_BUNDLE_DOWNLOADED, obj=cert, request=request,
                      details={"certification": cert.pk, "period": cert.label, "content_hash": cert.content_hash})
     plan = audit_export_start(actor=actor, format="jsonl", flt=AuditFilter(start=start), request=request,
                               via=f"certification bundle {cert.label}")

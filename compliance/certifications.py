@@ -39,6 +39,7 @@ from django.urls import reverse
 
 from backups.models import Artifact, BackupRun, System
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from compliance.audit.canonical import canonical_bytes
 from compliance.checklists import checklist_month_summary, checklist_period_open
 from compliance.contacts import is_due_for_review
@@ -545,7 +546,7 @@ def certification_sign(*, actor, year: int, month: int, attestation: str, reques
                 state=Certification.State.SIGNED)
             cert.refresh_from_db()
             signed_items = _sign_signoff_items(cert, actor, now)
-            audit_record(actor=actor, action="certification.signed", obj=cert, request=request, details={
+            audit_record(actor=actor, action=AuditAction.CERTIFICATION_SIGNED, obj=cert, request=request, details={
                 "certification": cert.pk, "period": label, "content_hash": digest, "attestation": attestation,
                 "supersedes": current.pk if current else None,
                 "superseded_hash": current.content_hash if current else None, "reason": cert.reason,

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from compliance import evaluators
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from compliance.models import (
     Cadence,
     ChecklistItem,
@@ -103,7 +104,7 @@ def checklist_period_open(cadence: str, day: date | None = None) -> ChecklistPer
                                    evidence_hint=t.evidence_hint)
                      for t in template.items.filter(active=True).order_by("position", "pk")]
             ChecklistItem.objects.bulk_create(items)
-            audit_record(actor=None, action="checklist.period_opened", obj=period, details={
+            audit_record(actor=None, action=AuditAction.CHECKLIST_PERIOD_OPENED, obj=period, details={
                 "cadence": cadence, "period": period.label, "template_version": template.version,
                 "items": len(items)})
     except IntegrityError:
@@ -144,7 +145,7 @@ def checklist_evaluate(*, actor, day: date | None = None) -> ChecklistPeriod:
             item.evaluated_at = now
             item.save(update_fields=["status", "summary", "evidence", "evaluated_at"])
             results[item.code] = {"status": result.status, "evidence": len(result.evidence)}
-        audit_record(actor=actor, action="checklist.evaluated", obj=period,
+        audit_record(actor=actor, action=AuditAction.CHECKLIST_EVALUATED, obj=period,
                      details={"period": period.label, "results": results})
     return period
 
@@ -212,7 +213,7 @@ def checklist_item_tick(*, actor, item: ChecklistItem, note: str, evidence_url: 
         item.refresh_from_db()
         if not changed:
             raise ChecklistError(f"“{item.title}” is already {item.get_status_display()}.")
-        audit_record(actor=actor, action="checklist.ticked", obj=item, details={
+        audit_record(actor=actor, action=AuditAction.CHECKLIST_TICKED, obj=item, details={
             "period": period.label, "code": item.code, "note": note[:300], "evidence": evidence})
     return item
 
@@ -229,7 +230,7 @@ def checklist_item_untick(*, actor, item: ChecklistItem) -> ChecklistItem:
             status=ChecklistItem.Status.PENDING, ticked_by=None, ticked_at=None, note="", evidence=[])
         if not changed:
             raise ChecklistError(f"“{item.title}” is not ticked by you.")
-        audit_record(actor=actor, action="checklist.unticked", obj=item, details={
+        audit_record(actor=actor, action=AuditAction.CHECKLIST_UNTICKED, obj=item, details={
             "period": item.period.label, "code": item.code, "previous_note": item.note[:300],
             "previous_evidence": item.evidence, "ticked_at": item.ticked_at})
     item.refresh_from_db()
@@ -279,7 +280,7 @@ def checklist_template_item_change(*, actor, item: ChecklistTemplateItem, **fiel
         current.save(update_fields=list(changes))
         template = ChecklistTemplate.objects.select_for_update().get(pk=current.template_id)
         marked = _template_changed(template, actor=actor, now=now)
-        audit_record(actor=actor, action="checklist.template_changed", obj=current, details={
+        audit_record(actor=actor, action=AuditAction.CHECKLIST_TEMPLATE_CHANGED, obj=current, details={
             "cadence": template.cadence, "code": current.code, "version": template.version,
             "changes": changes, "open_periods_marked": marked})
     return current
@@ -304,7 +305,7 @@ def checklist_template_item_add(*, actor, template: ChecklistTemplate, code: str
         _validate_template_item(item, template.cadence)
         item.save(force_insert=True)
         marked = _template_changed(template, actor=actor, now=now)
-        audit_record(actor=actor, action="checklist.template_changed", obj=item, details={
+        audit_record(actor=actor, action=AuditAction.CHECKLIST_TEMPLATE_CHANGED, obj=item, details={
             "cadence": template.cadence, "code": code, "version": template.version, "added": {
                 "title": item.title, "kind": kind, "position": position, "requires_evidence": requires_evidence},
             "open_periods_marked": marked})

@@ -19,6 +19,7 @@ from django.urls import reverse
 
 from compliance.alerts import alert_raise, alert_resolve
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from compliance.models import Alert, Contact
 from drpanel import clock
 from drpanel.permissions import Cap, require_cap
@@ -63,7 +64,7 @@ def contact_create(*, actor, **fields) -> Contact:
     _validate(contact)
     with transaction.atomic():
         contact.save(force_insert=True)
-        audit_record(actor=actor, action="contact.created", obj=contact,
+        audit_record(actor=actor, action=AuditAction.CONTACT_CREATED, obj=contact,
                      details={"after": {name: _small(getattr(contact, name)) for name in EDITABLE_FIELDS}})
     return contact
 
@@ -88,7 +89,7 @@ def contact_update(*, actor, contact: Contact, **fields) -> Contact:
         _validate(current)
         current.updated_at = clock.now()
         current.save(update_fields=[*changes, "updated_at"])
-        audit_record(actor=actor, action="contact.updated", obj=current, details={"changes": changes})
+        audit_record(actor=actor, action=AuditAction.CONTACT_UPDATED, obj=current, details={"changes": changes})
         if not current.active:
             alert_resolve(dedup_key=unverified_key(current), actor=actor, note="contact deactivated")
     return current
@@ -104,7 +105,7 @@ def contact_verify(*, actor, contact: Contact) -> Contact:
         current.last_verified_on = today
         current.last_verified_by = actor
         current.save(update_fields=["last_verified_on", "last_verified_by"])
-        audit_record(actor=actor, action="contact.verified", obj=current,
+        audit_record(actor=actor, action=AuditAction.CONTACT_VERIFIED, obj=current,
                      details={"verified_on": today.isoformat(),
                               "previous": previous.isoformat() if previous else None})
         alert_resolve(dedup_key=unverified_key(current), actor=actor, note="contact verified")
@@ -276,6 +277,6 @@ def contacts_export(*, actor, fmt: str) -> tuple[str, str, str]:
     else:
         raise ValueError(f"unknown export format {fmt!r}")
     with transaction.atomic():
-        audit_record(actor=actor, action="contact.exported", object_type="compliance.contact",
+        audit_record(actor=actor, action=AuditAction.CONTACT_EXPORTED, object_type="compliance.contact",
                      details={"format": fmt, "contacts": len(contacts)})
     return content, filename, content_type

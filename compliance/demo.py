@@ -4,6 +4,7 @@ the demo's real backups; and the month the demo manager can certify."""
 from django.db import transaction
 
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from compliance.checklists import checklist_periods_current
 from compliance.contacts import contacts_review
 from compliance.models import Contact
@@ -37,7 +38,7 @@ def seed_contacts(out) -> None:
             contact = Contact.objects.create(
                 level=level, position=position, name=name, role=role, phone=phone, email=email,
                 response_minutes=minutes, notes=DEMO_NOTE, created_at=now, updated_at=now)
-            audit_record(actor=None, action="contact.created", obj=contact,
+            audit_record(actor=None, action=AuditAction.CONTACT_CREATED, obj=contact,
                          details={"seeded": "demo", "level": level, "name": name})
             created += 1
     checklist_periods_current()

@@ -53,6 +53,7 @@ from backups.hooks import verified_at_least
 from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, System
 from compliance.alerts import alert_raise, alert_resolve
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from compliance.evaluators import Evidence
 from compliance.models import Alert, HealthSnapshot
 from drpanel import clock
@@ -402,7 +403,7 @@ def _store(system: System, health: Health, trigger: str) -> HealthSnapshot:
         system=system, at=health.at, score=health.score, status=health.status,
         checks=[c.as_dict() for c in health.checks], fingerprint=fingerprint, trigger=trigger[:100])
     if latest is None or (latest.score, latest.status) != (snapshot.score, snapshot.status):
-        audit_record(actor=None, action="health.changed", obj=system, details={
+        audit_record(actor=None, action=AuditAction.HEALTH_CHANGED, obj=system, details={
             "from": {"score": latest.score, "status": latest.status} if latest else None,
             "to": {"score": snapshot.score, "status": snapshot.status},
             "failing": {c.code: c.reason for c in health.failing}, "trigger": trigger[:100],

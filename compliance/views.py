@@ -10,6 +10,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods
 
+from compliance.audit.actions import action_choices
 from compliance.audit.checkpoints import checkpoint_store
 from compliance.audit.export import FORMATS, audit_export_start, export_response, public_key_response
 from compliance.audit.query import FILTER_FIELDS, AuditFilter, FilterError, events_page
@@ -35,6 +36,7 @@ def audit_list(request):
         "error": error,
         "values": {name: request.GET.get(name, "") for name in FILTER_FIELDS},
         "outcomes": AuditEvent.Outcome.values,
+        "actions": action_choices(),
         "filtered": not flt.is_empty(),
         "query": query,
         "log_is_empty": not AuditEvent.objects.exists(),

@@ -27,6 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from drpanel.models import Approval
 from drpanel.permissions import Denied
 from drpanel.services import password_attempts_exhausted
@@ -64,7 +65,7 @@ def approval_request(*, actor, kind: str, subject, params: dict, reason: str = "
             kind=kind, content_type=content_type, object_id=object_id, params=canonical_params(params),
             binding_hash=binding_hash(kind=kind, content_type=content_type, object_id=object_id, params=params),
             reason=(reason or "")[:2000], requested_by=actor, expires_at=timezone.now() + ttl)
-        audit_record(actor=actor, action="approval.requested", obj=subject, request=request,
+        audit_record(actor=actor, action=AuditAction.APPROVAL_REQUESTED, obj=subject, request=request,
                      details=_details(approval, reason=approval.reason, expires_at=approval.expires_at))
     return approval
 
@@ -90,7 +91,7 @@ def approval_approve(*, actor, approval: Approval, password: str, params: dict, 
         raise ApprovalError("Too many wrong passwords: approvals by you are refused for a while.")
     if not password or not actor.check_password(password):
         with transaction.atomic():
-            audit_record(actor=actor, action="approval.password_refused", obj=subject, outcome="failure",
+            audit_record(actor=actor, action=AuditAction.APPROVAL_PASSWORD_REFUSED, obj=subject, outcome="failure",
                          request=request, details=_details(approval, approver=actor.get_username()))
         raise ApprovalError("That password is not correct.")
     expected = binding_hash(kind=approval.kind, content_type=approval.content_type, object_id=approval.object_id,
@@ -102,13 +103,13 @@ def approval_approve(*, actor, approval: Approval, password: str, params: dict, 
         if locked.expires_at <= now:
             locked.state = Approval.State.EXPIRED
             locked.save(update_fields=["state"])
-            audit_record(actor=None, action="approval.expired", obj=subject, request=request,
+            audit_record(actor=None, action=AuditAction.APPROVAL_EXPIRED, obj=subject, request=request,
                          details=_details(locked, at_approval_by=actor.get_username()))
             expired = True
         else:
             expired = False
             if locked.binding_hash != expected:
-                audit_record(actor=actor, action="approval.binding_mismatch", obj=subject, outcome="failure",
+                audit_record(actor=actor, action=AuditAction.APPROVAL_BINDING_MISMATCH, obj=subject, outcome="failure",
                              request=request, details=_details(locked, approver=actor.get_username(),
                                                                offered_hash=expected))
             else:
@@ -117,7 +118,7 @@ def approval_approve(*, actor, approval: Approval, password: str, params: dict, 
                 locked.decided_at = now
                 locked.decision_note = (note or "")[:2000]
                 locked.save(update_fields=["state", "decided_by", "decided_at", "decision_note"])
-                audit_record(actor=actor, action="approval.approved", obj=subject, request=request,
+                audit_record(actor=actor, action=AuditAction.APPROVAL_APPROVED, obj=subject, request=request,
                              details=_details(locked, approver=actor.get_username(), note=locked.decision_note))
                 return locked
     if expired:
@@ -138,7 +139,7 @@ def approval_reject(*, actor, approval: Approval, may_approve, note: str = "", r
         locked.decided_at = timezone.now()
         locked.decision_note = (note or "")[:2000]
         locked.save(update_fields=["state", "decided_by", "decided_at", "decision_note"])
-        audit_record(actor=actor, action="approval.rejected", obj=subject, request=request,
+        audit_record(actor=actor, action=AuditAction.APPROVAL_REJECTED, obj=subject, request=request,
                      details=_details(locked, decided_by=actor.get_username(), note=locked.decision_note,
                                       withdrawn=actor.pk == approval.requested_by_id))
     return locked
@@ -156,7 +157,7 @@ def approval_consume(*, approval: Approval, params: dict, actor=None) -> Approva
     locked.state = Approval.State.CONSUMED
     locked.consumed_at = timezone.now()
     locked.save(update_fields=["state", "consumed_at"])
-    audit_record(actor=actor, action="approval.consumed", obj=locked.subject,
+    audit_record(actor=actor, action=AuditAction.APPROVAL_CONSUMED, obj=locked.subject,
                  details=_details(locked, approved_by=locked.decided_by.get_username() if locked.decided_by else ""))
     return locked
 
@@ -173,7 +174,8 @@ def approval_expire_due() -> int:
                                               expires_at__lte=timezone.now()).update(state=Approval.State.EXPIRED)
             if changed:
                 approval = Approval.objects.get(pk=pk)
-                audit_record(actor=None, action="approval.expired", obj=approval.subject, details=_details(approval))
+                audit_record(actor=None, action=AuditAction.APPROVAL_EXPIRED, obj=approval.subject,
+                             details=_details(approval))
                 count += 1
     return count
 

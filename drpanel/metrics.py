@@ -27,6 +27,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from rest_framework import exceptions
 
+from compliance.audit.actions import AuditAction
 from drpanel.permissions import Cap, has_cap
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -193,7 +194,7 @@ def _deny(request, user, reason: str) -> HttpResponse:
 
     address = request.META.get("REMOTE_ADDR", "")
     if user is not None or cache.add(f"drpanel:metrics-denied:{address}", 1, timeout=60):
-        audit_record(actor=user, action="access.denied", outcome="denied", request=request,
+        audit_record(actor=user, action=AuditAction.ACCESS_DENIED, outcome="denied", request=request,
                      details={"path": "/metrics", "method": request.method, "need": str(Cap.VIEW_PANEL),
                               "attempted": "metrics.scrape", "reason": reason})
     return HttpResponse(f"403 Forbidden: {reason}\n", status=403, content_type="text/plain; charset=utf-8")

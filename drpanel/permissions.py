@@ -22,6 +22,8 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.http import urlencode
 
+from compliance.audit.actions import AuditAction
+
 
 class Role(StrEnum):
     OPERATOR = "Operator"
@@ -118,7 +120,7 @@ def record_denial(request, exc: PermissionDenied) -> None:
     elif str(exc):
         details["reason"] = str(exc)[:300]
     user = getattr(request, "user", None)
-    audit_record(actor=user, action="access.denied", obj=obj, outcome="denied", details=details,
+    audit_record(actor=user, action=AuditAction.ACCESS_DENIED, obj=obj, outcome="denied", details=details,
                  request=request)
 
 

@@ -5,6 +5,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from drpanel.models import ApiToken, hash_token
 from drpanel.permissions import Denied, mark_reauthenticated
 
@@ -21,7 +22,7 @@ def api_token_create(*, actor, user, name: str) -> tuple[ApiToken, str]:
     raw = ApiToken.generate()
     with transaction.atomic():
         token = ApiToken.objects.create(user=user, name=name, prefix=raw[:10], token_hash=hash_token(raw))
-        audit_record(actor=actor, action="api_token.created", obj=token,
+        audit_record(actor=actor, action=AuditAction.API_TOKEN_CREATED, obj=token,
                      details={"owner": user.get_username(), "name": name, "prefix": token.prefix})
     return token, raw
 
@@ -34,7 +35,7 @@ def api_token_revoke(*, actor, token: ApiToken) -> ApiToken:
         # Conditional update: two concurrent revocations write one event, not two.
         changed = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
         if changed:
-            audit_record(actor=actor, action="api_token.revoked", obj=token,
+            audit_record(actor=actor, action=AuditAction.API_TOKEN_REVOKED, obj=token,
                          details={"owner": token.user.get_username(), "prefix": token.prefix})
     token.refresh_from_db(fields=["revoked_at"])
     return token
@@ -67,11 +68,11 @@ def reauthenticate(*, request, password: str) -> bool:
     user = request.user
     if password_attempts_exhausted(user):
         with transaction.atomic():
-            audit_record(actor=user, action="auth.reauth_locked", obj=user, outcome="denied", request=request)
+            audit_record(actor=user, action=AuditAction.AUTH_REAUTH_LOCKED, obj=user, outcome="denied", request=request)
         return False
     ok = bool(password) and user.check_password(password)
     with transaction.atomic():
-        audit_record(actor=user, action="auth.reauthenticated", obj=user,
+        audit_record(actor=user, action=AuditAction.AUTH_REAUTHENTICATED, obj=user,
                      outcome="success" if ok else "failure", request=request)
     if ok:
         mark_reauthenticated(request)

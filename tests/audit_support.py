@@ -9,11 +9,27 @@ from pathlib import Path
 from django.db import connection, transaction
 
 from compliance.audit import audit_record
+from compliance.audit.actions import register_action
 from compliance.models import AuditEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 VERIFIER = ROOT / "compliance" / "verify_export.py"
 TABLE = AuditEvent._meta.db_table
+
+# Actions only the audit log's own tests write: the chain, its pages and its exports do not care which.
+TEST_ACTIONS = {
+    "test.event": "a test event",
+    "test.other": "another test event, to filter by action",
+    "test.readme": "the README's worked example of a hash",
+    "test.awkward": "texts PostgreSQL would change (NUL, surrogates, IPv4-mapped addresses)",
+    "test.fast": "the fast row encoding against the writer's",
+    "test.redact": "secrets in details",
+    "test.large": "large details",
+    "test.detail": "the detail page",
+    "test.concurrent": "concurrent writer processes",
+}
+for _action, _description in TEST_ACTIONS.items():
+    register_action(_action, _description)
 
 
 def record(count: int, action: str = "test.event", **kwargs) -> list[AuditEvent]:

@@ -202,6 +202,7 @@ import sys, time
 from pathlib import Path
 from django.db import transaction
 from compliance.audit import audit_record
+import tests.audit_support  # declares the test actions
 writer, count, go = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 print("ready", flush=True)
 while not go.exists():

@@ -106,7 +106,8 @@ def test_a_filtered_export_holds_only_matches_and_still_verifies(tmp_path, publi
 
 
 def test_spreadsheet_formulas_are_defused_in_csv_and_restored_by_the_verifier(tmp_path, public_key):
-    record(1, action="=HYPERLINK(\"http://evil\")", object_repr="'quoted")
+    # Any cell may hold a formula; the actions are a fixed list, so the object's id carries it here.
+    record(1, object_id="=HYPERLINK(\"http://evil\")", object_repr="'quoted")
     digest, path = export(tmp_path, "csv")
     text = path.read_text()
     assert "'=HYPERLINK" in text and "''quoted" in text

@@ -28,6 +28,7 @@ from pathlib import Path
 from django.db import transaction
 from django.http import HttpResponse, StreamingHttpResponse
 
+from compliance.audit.actions import AuditAction
 from compliance.audit.canonical import canonical_bytes, canonical_json
 from compliance.audit.query import AuditFilter, event_rows, row_fields
 from compliance.audit.record import audit_record, canonical_time
@@ -67,7 +68,7 @@ def audit_export_start(*, actor, format: str, flt: AuditFilter, request=None, vi
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r} (use {' or '.join(FORMATS)})")
     with transaction.atomic():
-        event = audit_record(actor=actor, action="audit.exported", request=request,
+        event = audit_record(actor=actor, action=AuditAction.AUDIT_EXPORTED, request=request,
                              details={"format": format, "filter": flt.query_params(), "via": via})
     return ExportPlan(format=format, filter=flt, up_to_seq=event.seq, exported_by=event.actor_username,
                       exported_at=event.occurred_at)

@@ -25,6 +25,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.db import connection, transaction
 from django.utils import timezone
 
+from compliance.audit.actions import AuditAction, check_action
 from compliance.audit.canonical import canonical_bytes
 from compliance.audit.models import AuditEvent
 from drpanel.context import current_request
@@ -144,7 +145,7 @@ _HEAD_SQL = " ".join((
 def audit_record(
     *,
     actor,
-    action: str,
+    action: AuditAction | str,
     obj=None,
     outcome: str = AuditEvent.Outcome.SUCCESS,
     details: dict | None = None,
@@ -158,7 +159,9 @@ def audit_record(
     Appends are serialised by a transaction-level advisory lock held until the caller
     commits, so concurrent writers keep one linear, gapless chain. If this fails, the
     exception propagates and the caller's change rolls back with it (fail closed).
+    ``action`` must be declared in ``compliance.audit.actions`` (else ``UnknownAuditAction``).
     """
+    action = check_action(action)
     if outcome not in AuditEvent.Outcome.values:
         raise ValueError(f"unknown audit outcome {outcome!r}")
     request = request if request is not None else current_request()

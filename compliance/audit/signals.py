@@ -23,6 +23,7 @@ from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import ObjectDoesNotExist
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
 
+from compliance.audit.actions import AuditAction
 from compliance.audit.record import audit_record
 from drpanel.context import current_request
 
@@ -66,7 +67,7 @@ def _audit_user_saved(sender, instance, created, raw=False, update_fields=None, 
         return
     actor = _actor()
     if created:
-        audit_record(actor=actor, action="user.created", obj=instance, details={
+        audit_record(actor=actor, action=AuditAction.USER_CREATED, obj=instance, details={
             **{name: getattr(instance, name) for name in USER_FIELDS},
             "usable_password": instance.has_usable_password(),
         })
@@ -77,16 +78,16 @@ def _audit_user_saved(sender, instance, created, raw=False, update_fields=None, 
     changes = {name: [before[name], getattr(instance, name)] for name in USER_FIELDS
                if before[name] != getattr(instance, name)}
     if changes:
-        audit_record(actor=actor, action="user.changed", obj=instance, details={"changes": changes})
+        audit_record(actor=actor, action=AuditAction.USER_CHANGED, obj=instance, details={"changes": changes})
     if before["password"] != instance.password:
         # check_password() upgrades an old hash with save(update_fields=["password"]) after
         # forgetting the raw password; set_password() keeps it until save() has run.
         rehash = instance._password is None and update_fields is not None and set(update_fields) == {"password"}
         if rehash:
-            audit_record(actor=actor, action="user.password_rehashed", obj=instance,
+            audit_record(actor=actor, action=AuditAction.USER_PASSWORD_REHASHED, obj=instance,
                          details={"algorithm": _algorithm(instance.password)})
         else:
-            audit_record(actor=actor, action="user.password_changed", obj=instance,
+            audit_record(actor=actor, action=AuditAction.USER_PASSWORD_CHANGED, obj=instance,
                          details={"usable_password": instance.has_usable_password()})
 
 
@@ -99,7 +100,7 @@ def _algorithm(encoded: str) -> str:
 
 def _audit_user_deleted(sender, instance, **kwargs):
     # Before the deletion, inside its transaction: the memberships are still readable.
-    audit_record(actor=_actor(), action="user.deleted", obj=instance, details={
+    audit_record(actor=_actor(), action=AuditAction.USER_DELETED, obj=instance, details={
         "username": instance.get_username(),
         "groups": sorted(instance.groups.values_list("name", flat=True)),
         "is_superuser": instance.is_superuser,
@@ -115,16 +116,16 @@ def _audit_group_saved(sender, instance, created, raw=False, **kwargs):
     if raw:
         return
     if created:
-        audit_record(actor=_actor(), action="group.created", obj=instance, details={"name": instance.name})
+        audit_record(actor=_actor(), action=AuditAction.GROUP_CREATED, obj=instance, details={"name": instance.name})
         return
     before = instance.__dict__.pop("_audit_before", None)
     if before is not None and before != instance.name:
-        audit_record(actor=_actor(), action="group.changed", obj=instance,
+        audit_record(actor=_actor(), action=AuditAction.GROUP_CHANGED, obj=instance,
                      details={"changes": {"name": [before, instance.name]}})
 
 
 def _audit_group_deleted(sender, instance, **kwargs):
-    audit_record(actor=_actor(), action="group.deleted", obj=instance, details={
+    audit_record(actor=_actor(), action=AuditAction.GROUP_DELETED, obj=instance, details={
         "name": instance.name,
         "members": sorted(instance.user_set.values_list("username", flat=True)),
     })
@@ -132,7 +133,7 @@ def _audit_group_deleted(sender, instance, **kwargs):
 
 # --- memberships and permissions (m2m) ------------------------------------------------------
 
-def _m2m_receiver(forward_action: str, reverse_action: str):
+def _m2m_receiver(forward_action: AuditAction, reverse_action: AuditAction):
     """A receiver for one m2m relation; the event is named after the side the change came from."""
 
     def receiver(sender, instance, action, reverse, model, pk_set, **kwargs):
@@ -182,7 +183,7 @@ def _holder(perm) -> dict:
         return {"user_id": perm.user_id} if hasattr(perm, "user_id") else {"group_id": perm.group_id}
 
 
-def _object_permission_event(action: str, perm) -> None:
+def _object_permission_event(action: AuditAction, perm) -> None:
     holder = _holder(perm)
     content_type = perm.content_type
     target = content_type.model_class()
@@ -196,11 +197,11 @@ def _object_permission_event(action: str, perm) -> None:
 
 def _audit_object_permission_saved(sender, instance, created, raw=False, **kwargs):
     if created and not raw:
-        _object_permission_event("object_permission.granted", instance)
+        _object_permission_event(AuditAction.OBJECT_PERMISSION_GRANTED, instance)
 
 
 def _audit_object_permission_deleted(sender, instance, **kwargs):
-    _object_permission_event("object_permission.revoked", instance)
+    _object_permission_event(AuditAction.OBJECT_PERMISSION_REVOKED, instance)
 
 
 def _audited_bulk_create(model):
@@ -219,7 +220,7 @@ def _audited_bulk_create(model):
                 **{f"{holder}_id": getattr(obj, f"{holder}_id")}).exists()]
         result = original(objs, *args, **kwargs)
         for obj in fresh:
-            _object_permission_event("object_permission.granted", obj)
+            _object_permission_event(AuditAction.OBJECT_PERMISSION_GRANTED, obj)
         return result
 
     bulk_create.audited = True
@@ -240,9 +241,9 @@ def connect() -> None:
     post_save.connect(_audit_group_saved, sender=Group, dispatch_uid=f"{uid}.group.post")
     pre_delete.connect(_audit_group_deleted, sender=Group, dispatch_uid=f"{uid}.group.delete")
     for through, forward, reverse_name in (
-        (User.groups.through, "user.groups_changed", "group.members_changed"),
-        (User.user_permissions.through, "user.permissions_changed", "permission.users_changed"),
-        (Group.permissions.through, "group.permissions_changed", "permission.groups_changed"),
+        (User.groups.through, AuditAction.USER_GROUPS_CHANGED, AuditAction.GROUP_MEMBERS_CHANGED),
+        (User.user_permissions.through, AuditAction.USER_PERMISSIONS_CHANGED, AuditAction.PERMISSION_USERS_CHANGED),
+        (Group.permissions.through, AuditAction.GROUP_PERMISSIONS_CHANGED, AuditAction.PERMISSION_GROUPS_CHANGED),
     ):
         m2m_changed.connect(_m2m_receiver(forward, reverse_name), sender=through, weak=False,
                             dispatch_uid=f"{uid}.m2m.{through.__name__}")

@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from compliance.audit.actions import AuditAction
 from compliance.audit.canonical import canonical_bytes
 
 
@@ -196,7 +197,7 @@ def signing_key_rotate(*, actor) -> tuple[str, str]:
     write_new_key(staged)
     new_fingerprint = fingerprint(load_private_key(staged.read_bytes()).public_key())
     with transaction.atomic():
-        audit_record(actor=actor, action="audit.key_rotated",
+        audit_record(actor=actor, action=AuditAction.AUDIT_KEY_ROTATED,
                      details={"retired_key": old_fingerprint, "new_key": new_fingerprint})
         os.replace(staged, path)
     return old_fingerprint, new_fingerprint

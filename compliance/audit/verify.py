@@ -25,6 +25,7 @@ from multiprocessing import get_context
 
 from django.db import connection, transaction
 
+from compliance.audit.actions import AuditAction
 from compliance.audit.checkpoints import checkpoint_store, checkpoints_load
 from compliance.audit.models import AuditEvent
 from compliance.audit.query import event_rows
@@ -188,7 +189,7 @@ def audit_verify(*, actor, request=None, via: str = "web") -> VerificationResult
     """
     result = verify_chain()
     with transaction.atomic():
-        audit_record(actor=actor, action="audit.verified", request=request,
+        audit_record(actor=actor, action=AuditAction.AUDIT_VERIFIED, request=request,
                      outcome="success" if result.ok else "failure",
                      details={**result.as_details(), "via": via})
     return result

@@ -1,0 +1,207 @@
+"""Every action the panel writes to the audit log, declared once with a one-line description.
+
+``audit_record`` refuses an action that is not here (``UnknownAuditAction``), so a new kind
+of event starts by adding a member. The audit log's filter offers these actions, and
+``docs/audit-actions.md`` lists them (``manage.py audit_actions_doc`` writes it from
+``actions_markdown``; a test checks that it is up to date). Values are stable: they are stored in the chain and hashed.
+
+A test suite or a plugin that writes actions of its own declares them with
+``register_action`` (the panel itself declares none there).
+"""
+
+from enum import StrEnum
+
+
+class UnknownAuditAction(ValueError):
+    """``audit_record`` was given an action that is not declared."""
+
+
+class AuditAction(StrEnum):
+    """An audit action: its value is what the chain stores, ``description`` says when it is written."""
+
+    description: str
+
+    def __new__(cls, value: str, description: str):
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.description = description
+        return member
+
+    ACCESS_DENIED = "access.denied", "A request or command was refused for lack of a right (outcome denied)."
+
+    ALERT_RAISED = "alert.raised", "A health alert was raised for a system falling into warning or critical."
+    ALERT_RESOLVED = "alert.resolved", "A health alert was resolved: the system is healthy again."
+    ALERT_NOTIFIED = "alert.notified", "A contact of the roster was notified of an alert."
+    ALERT_ESCALATED = "alert.escalated", "Nobody acknowledged an alert in time: it escalated to the next level."
+    ALERT_ESCALATION_ENDED = "alert.escalation_ended", "An alert's escalation ran out of levels to notify."
+    ALERT_ACKNOWLEDGED = "alert.acknowledged", "Someone acknowledged an alert (in the panel or by a notified link)."
+    ALERT_ACK_LINK_REFUSED = "alert.ack_link_refused", "An acknowledgement link was refused (bad, used or expired)."
+
+    API_TOKEN_CREATED = "api_token.created", "A user created an API token."
+    API_TOKEN_REVOKED = "api_token.revoked", "An API token was revoked."
+
+    APPROVAL_REQUESTED = "approval.requested", "A change that needs a second person asked for approval."
+    APPROVAL_APPROVED = "approval.approved", "A second person approved a change with their password."
+    APPROVAL_REJECTED = "approval.rejected", "A second person rejected a change."
+    APPROVAL_PASSWORD_REFUSED = "approval.password_refused", "An approval was refused: the password was wrong."
+    APPROVAL_EXPIRED = "approval.expired", "An approval expired before it was decided or used."
+    APPROVAL_BINDING_MISMATCH = ("approval.binding_mismatch",
+                                 "An approval was refused: the change differs from the one approval was asked for.")
+    APPROVAL_CONSUMED = "approval.consumed", "An approved change was carried out, using up its approval."
+
+    ARTIFACT_CATALOGUED = "artifact.catalogued", "An artifact was added to the catalog (written or found in storage)."
+    ARTIFACT_STATUS = "artifact.status", "The inventory changed an artifact's status."
+    ARTIFACT_COPY_STATUS = "artifact.copy_status", "The inventory changed the status of an artifact's copy."
+    ARTIFACT_COPIED = "artifact.copied", "An artifact was copied to another storage location."
+    ARTIFACT_DELETED = "artifact.deleted", "An artifact was deleted (retention or by hand)."
+    ARTIFACT_DELETE_INCOMPLETE = ("artifact.delete_incomplete",
+                                  "Some copies of a deleted artifact could not be removed from storage.")
+    ARTIFACT_REWRAPPED = "artifact.rewrapped", "An artifact's data key was re-wrapped under another master key."
+    ARTIFACT_COPY_REWRAP_FAILED = "artifact.copy_rewrap_failed", "Re-wrapping the data key of a copy failed."
+
+    AUDIT_EXPORTED = "audit.exported", "Someone exported the audit log (before the first byte left)."
+    AUDIT_KEY_ROTATED = "audit.key_rotated", "The audit signing key was rotated."
+    AUDIT_VERIFIED = "audit.verified", "The audit chain was verified (intact or not, with the first broken seq)."
+
+    AUTH_LOGIN = "auth.login", "A user signed in."
+    AUTH_LOGOUT = "auth.logout", "A user signed out."
+    AUTH_LOGIN_FAILED = "auth.login_failed", "A sign-in failed."
+    AUTH_LOCKOUT = "auth.lockout", "Too many failed sign-ins: the account or address is locked out."
+    AUTH_REAUTHENTICATED = "auth.reauthenticated", "A signed-in user re-entered their password."
+    AUTH_REAUTH_LOCKED = "auth.reauth_locked", "A password re-entry was refused: too many failures."
+
+    BACKUP_REQUESTED = "backup.requested", "A backup of a system was asked for (by a person or the schedule)."
+    BACKUP_STARTED = "backup.started", "A worker started a backup."
+    BACKUP_SUCCEEDED = "backup.succeeded", "A backup finished and its artifact was stored."
+    BACKUP_FAILED = "backup.failed", "A backup failed."
+    BACKUP_REQUEUED = "backup.requeued", "A backup whose job was lost was queued again."
+
+    CERTIFICATION_SIGNED = "certification.signed", "A manager signed the monthly DR certification (with its hash)."
+    CERTIFICATION_BUNDLE_DOWNLOADED = ("certification.bundle_downloaded",
+                                       "Someone downloaded a certification's evidence bundle.")
+
+    CHECKLIST_PERIOD_OPENED = "checklist.period_opened", "A daily, weekly or monthly checklist period was opened."
+    CHECKLIST_EVALUATED = "checklist.evaluated", "The daily checks were evaluated from data."
+    CHECKLIST_TICKED = "checklist.ticked", "Someone ticked a checklist item, with evidence."
+    CHECKLIST_UNTICKED = "checklist.unticked", "Someone took back a checklist tick."
+    CHECKLIST_TEMPLATE_CHANGED = "checklist.template_changed", "A checklist template or one of its items changed."
+
+    CONTACT_CREATED = "contact.created", "A contact was added to the roster."
+    CONTACT_UPDATED = "contact.updated", "A contact of the roster was changed."
+    CONTACT_VERIFIED = "contact.verified", "A contact's details were confirmed as current."
+    CONTACT_EXPORTED = "contact.exported", "Someone exported the roster."
+
+    GROUP_CREATED = "group.created", "A group (role) was created."
+    GROUP_CHANGED = "group.changed", "A group (role) was renamed."
+    GROUP_DELETED = "group.deleted", "A group (role) was deleted."
+    GROUP_MEMBERS_CHANGED = "group.members_changed", "Users were added to or removed from a group, from its side."
+    GROUP_PERMISSIONS_CHANGED = "group.permissions_changed", "A group's permissions changed."
+
+    HEALTH_CHANGED = "health.changed", "A system's health score moved to another status."
+
+    INVENTORY_REQUESTED = "inventory.requested", "An inventory of a storage location was asked for."
+    INVENTORY_FINISHED = "inventory.finished", "An inventory of a storage location finished."
+    INVENTORY_FAILED = "inventory.failed", "An inventory of a storage location failed."
+
+    KEYS_ROTATION_REQUESTED = "keys.rotation_requested", "A master key rotation (re-wrapping data keys) was asked for."
+    KEYS_ROTATION_FINISHED = "keys.rotation_finished", "A master key rotation finished."
+
+    LOCATION_CREATED = "location.created", "A storage location was created."
+    LOCATION_UPDATED = "location.updated", "A storage location was changed."
+
+    OBJECT_PERMISSION_GRANTED = "object_permission.granted", "An object permission (django-guardian) was granted."
+    OBJECT_PERMISSION_REVOKED = "object_permission.revoked", "An object permission (django-guardian) was revoked."
+
+    PERMISSION_USERS_CHANGED = "permission.users_changed", "A permission was given to or taken from users."
+    PERMISSION_GROUPS_CHANGED = ("permission.groups_changed",
+                                 "A permission was given to or taken from groups.")
+
+    RESTORE_REQUESTED = "restore.requested", "Someone asked for a restore of an artifact into a target."
+    RESTORE_AWAITING_APPROVAL = "restore.awaiting_approval", "A restore into production waits for a manager's approval."
+    RESTORE_APPROVED = "restore.approved", "A manager approved a restore into production."
+    RESTORE_REJECTED = "restore.rejected", "A manager rejected a restore into production."
+    RESTORE_EXPIRED = "restore.expired", "A restore's approval expired before it ran."
+    RESTORE_QUEUED = "restore.queued", "A restore was queued for a worker."
+    RESTORE_REQUEUED = "restore.requeued", "A restore whose job was lost was queued again."
+    RESTORE_STARTED = "restore.started", "A worker started a restore."
+    RESTORE_SWAPPED = "restore.swapped", "A restore swapped the restored copy in for the target's data."
+    RESTORE_SUCCEEDED = "restore.succeeded", "A restore finished and the target is healthy."
+    RESTORE_FAILED = "restore.failed", "A restore failed."
+    RESTORE_RECONCILED = "restore.reconciled", "The janitor finished or undid a restore's half-done swap."
+    RESTORE_ROLLED_BACK = "restore.rolled_back", "A manager rolled a restore back to the pre-restore copy."
+    RESTORE_ROLLBACK_FAILED = "restore.rollback_failed", "A rollback failed."
+    RESTORE_ROLLBACK_PASSWORD_REFUSED = ("restore.rollback_password_refused",
+                                         "A rollback was refused: the password was wrong.")
+    RESTORE_COPIES_DROPPED = "restore.copies_dropped", "A restore's pre-restore copies were dropped after its window."
+    RESTORE_ORPHANS_DROPPED = "restore.orphans_dropped", "Side databases left by dead restores were dropped."
+    RESTORE_CHECKLIST_PASSED = "restore.checklist_passed", "The panel passed a post-recovery checklist item."
+    RESTORE_CHECKLIST_FAILED = "restore.checklist_failed", "The panel failed a post-recovery checklist item."
+    RESTORE_CHECKLIST_TICKED = "restore.checklist_ticked", "Someone ticked a post-recovery checklist item."
+    RESTORE_CHECKLIST_REFRESHED = ("restore.checklist_refreshed",
+                                   "Someone asked the panel to decide a post-recovery checklist again.")
+
+    RETENTION_SKIPPED = "retention.skipped", "Retention deleted nothing because a restore of the system was running."
+
+    SYSTEM_CREATED = "system.created", "A protected system was created."
+    SYSTEM_UPDATED = "system.updated", "A protected system was changed."
+
+    TARGET_CREATED = "target.created", "A restore target was created."
+    TARGET_UPDATED = "target.updated", "A restore target was changed."
+    TARGET_RIGHT_GRANTED = "target.right_granted", "A right on a target was granted to a user or group."
+    TARGET_RIGHT_REVOKED = "target.right_revoked", "A right on a target was revoked."
+
+    USER_CREATED = "user.created", "A user was created."
+    USER_CHANGED = "user.changed", "A user's names, email, active, staff or superuser flag changed."
+    USER_DELETED = "user.deleted", "A user was deleted."
+    USER_PASSWORD_CHANGED = "user.password_changed", "A user's password changed (never the hash)."
+    USER_PASSWORD_REHASHED = "user.password_rehashed", "Django upgraded a stored password hash at sign-in."
+    USER_GROUPS_CHANGED = "user.groups_changed", "A user's groups (roles) changed, from the user's side."
+    USER_PERMISSIONS_CHANGED = "user.permissions_changed", "A user's own permissions changed."
+
+    VERIFICATION_REQUESTED = "verification.requested", "A verification of an artifact was asked for."
+    VERIFICATION_STARTED = "verification.started", "A worker started a verification."
+    VERIFICATION_SUCCEEDED = "verification.succeeded", "A verification reached its level."
+    VERIFICATION_FAILED = "verification.failed", "A verification failed (or its worker died)."
+    VERIFICATION_REQUEUED = "verification.requeued", "A verification whose job was lost was queued again."
+
+
+_EXTRA: dict[str, str] = {}
+
+
+def register_action(action: str, description: str) -> None:
+    """Declare an action written by a test suite or a plugin; the panel's own are ``AuditAction`` members."""
+    if action in AuditAction._value2member_map_:
+        raise ValueError(f"{action!r} is already an AuditAction")
+    _EXTRA[str(action)] = description
+
+
+def check_action(action) -> str:
+    """The action's value if it is declared, else ``UnknownAuditAction`` naming it."""
+    value = str(action)
+    if value in AuditAction._value2member_map_ or value in _EXTRA:
+        return value
+    raise UnknownAuditAction(f"unknown audit action {value!r}: declare it in compliance/audit/actions.py")
+
+
+def action_choices() -> list[tuple[str, str]]:
+    """``(value, description)`` of every action the panel writes, sorted by value (the filter and the docs)."""
+    return sorted((member.value, member.description) for member in AuditAction)
+
+
+DOC_PATH = "docs/audit-actions.md"
+
+
+def actions_markdown() -> str:
+    """The text of ``docs/audit-actions.md``: every action, grouped by the noun before its dot."""
+    lines = [
+        "# Audit actions",
+        "",
+        "Every action the panel writes to the audit log. Generated from `compliance/audit/actions.py` by",
+        "`python manage.py audit_actions_doc`; do not edit by hand (a test checks that it is up to date).",
+        "Filter the log by one of them, or by a prefix such as `restore.*`.",
+        "",
+        "| action | written when |",
+        "| --- | --- |",
+    ]
+    lines += [f"| `{value}` | {description} |" for value, description in action_choices()]
+    return "\n".join(lines) + "\n"
