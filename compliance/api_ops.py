@@ -35,8 +35,8 @@ from compliance.contacts import (
     contact_verify,
     contacts_roster,
 )
-from compliance.dashboard import rpo_for
 from compliance.health import health_evaluate
+from compliance.measurements import rpo_for
 from compliance.models import Alert, ChecklistItem, Contact
 from drpanel import clock
 from drpanel.api import StrictBooleanField, StrictCharField, StrictIntegerField, capability

@@ -38,12 +38,13 @@ from django.db import IntegrityError, transaction
 from django.urls import reverse
 
 from backups.models import Artifact, BackupRun, System
+from compliance.approval_kinds import APPROVAL_KINDS
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from compliance.audit.canonical import canonical_bytes
 from compliance.checklists import checklist_month_summary, checklist_period_open
 from compliance.contacts import is_due_for_review
-from compliance.dashboard import drill_filter, rpo_target_seconds, rto_target_seconds
+from compliance.measurements import drill_filter, rpo_target_seconds, rto_target_seconds
 from compliance.models import AuditEvent, Cadence, Certification, ChecklistItem, Contact, ItemKind
 from drpanel import clock
 from drpanel.models import Approval
@@ -302,8 +303,6 @@ def _failures(start: datetime, end: datetime, failed_verifications: list) -> lis
 
 
 def _approval_url(approval: Approval) -> str | None:
-    from compliance.dashboard import APPROVAL_KINDS
-
     kind = APPROVAL_KINDS.get(approval.kind)
     return kind.url(approval) if kind else None
 

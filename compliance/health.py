@@ -121,7 +121,7 @@ def system_evidence(system: System, label: str = "") -> Evidence:
 
 def health_evidence(system: System, label: str = "") -> Evidence:
     return Evidence(label or f"{system.name}: health score and its history",
-                    reverse("compliance:health-detail", args=[system.pk]), "backups.system", str(system.pk))
+                    reverse("drpanel:health-detail", args=[system.pk]), "backups.system", str(system.pk))
 
 
 def verification_evidence(artifact: Artifact) -> Evidence:
@@ -197,7 +197,7 @@ class Health:
 
     @property
     def url(self) -> str:
-        return reverse("compliance:health-detail", args=[self.system.pk])
+        return reverse("drpanel:health-detail", args=[self.system.pk])
 
     def fingerprint(self) -> str:
         """What counts as a change for the history: the score, the band, each check's outcome and evidence."""
@@ -465,7 +465,7 @@ def _health_alerts(system: System, health: Health, alerts: _Alerts) -> None:
         lines += ["", "Passing:"] + [f"- {c.label} (weight {c.weight})" for c in passing]
     alerts.raise_(health_alert_key(system, status), kind=f"health.{status}", severity=status,
                   subject=f"{system.name}: backup health {status} ({score}/100)", message="\n".join(lines),
-                  evidence_url=reverse("compliance:health-detail", args=[system.pk]))
+                  evidence_url=reverse("drpanel:health-detail", args=[system.pk]))
 
 
 def backup_overdue(system: System, kind: str, now: datetime, newest: Artifact | None) -> bool:

@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from compliance import views, views_alerts, views_certifications, views_checklists, views_contacts, views_health
+from compliance import views, views_alerts, views_certifications, views_checklists, views_contacts
 
 app_name = "compliance"
 
@@ -31,7 +31,6 @@ urlpatterns = [
     path("checklists/<str:cadence>/<str:label>/", views_checklists.checklist_period_detail,
          name="checklist-period-detail"),
     # the health score
-    path("systems/<int:pk>/health", views_health.health_detail, name="health-detail"),
     # alerts
     path("alerts/", views_alerts.alert_list, name="alert-list"),
     path("alerts/<int:pk>/", views_alerts.alert_detail, name="alert-detail"),

@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from drpanel.dashboard import dashboard_json
 from drpanel.permissions import Cap, Denied, has_cap, record_denial, roles_of
 
 
@@ -112,8 +113,6 @@ class DashboardView(APIView):
 
     @extend_schema(responses=inline_serializer("Dashboard", {"data": serializers.DictField()}))
     def get(self, request):
-        from compliance.dashboard import dashboard_json
-
         return Response({"data": dashboard_json()})
 
 

@@ -100,8 +100,8 @@ def _live_workers() -> int | None:
 def collect() -> list[Family]:
     """Every family, computed now."""
     from backups.models import Artifact, System
-    from compliance.dashboard import rpo_for
     from compliance.health import health_evaluate
+    from compliance.measurements import rpo_for
     from compliance.models import Alert, AuditEvent
     from drpanel import clock
     from restores.models import RestoreRun, VerificationRun

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from drpanel import metrics, views
+from drpanel import metrics, views, views_health
 
 handler403 = "drpanel.views.permission_denied"
 handler404 = "drpanel.views.page_not_found"
@@ -13,6 +13,7 @@ panel_patterns = (
     [
         path("", views.dashboard, name="dashboard"),
         path("dashboard/jobs", views.dashboard_jobs, name="dashboard-jobs"),
+        path("systems/<int:pk>/health", views_health.health_detail, name="health-detail"),
         path("login/", views.LoginView.as_view(), name="login"),
         path("logout/", views.LogoutView.as_view(), name="logout"),
         path("reauth/", views.reauth, name="reauth"),

@@ -15,6 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from rq.worker import Worker
 
+from drpanel.dashboard import dashboard_context, running_jobs
 from drpanel.models import ApiToken
 from drpanel.permissions import Cap, capability_required, record_denial
 from drpanel.services import api_token_create, api_token_revoke, password_attempts_exhausted, reauthenticate
@@ -85,8 +86,6 @@ def token_revoke(request, pk: int):
 @require_GET
 def dashboard(request):
     """The worst health score, RPO and RTO against their targets, charts, jobs, approvals, checklists, on-call."""
-    from compliance.dashboard import dashboard_context
-
     return render(request, "drpanel/dashboard.html", dashboard_context(request.user))
 
 
@@ -94,8 +93,6 @@ def dashboard(request):
 @require_GET
 def dashboard_jobs(request):
     """The dashboard's running-jobs fragment, polled while jobs run."""
-    from compliance.dashboard import running_jobs
-
     return render(request, "drpanel/_dashboard_jobs.html", {"jobs": running_jobs()})
 
 

@@ -8,10 +8,12 @@ from django.urls import reverse
 
 from backups.models import ArtifactCopy, BackupRun, System
 from backups.services import artifact_delete_request
-from compliance.charts import health_chart, rto_chart, sizes_chart
-from compliance.dashboard import CHART_SLOTS, Drill, approvals_waiting_for, downsample_scores, on_call, size_bars
+from compliance.approval_kinds import approvals_waiting_for
 from compliance.health import health_recompute
+from compliance.measurements import Drill
 from drpanel import clock
+from drpanel.charts import health_chart, rto_chart, sizes_chart
+from drpanel.dashboard import CHART_SLOTS, downsample_scores, on_call, size_bars
 from tests.support import assert_only_roles
 
 pytestmark = pytest.mark.django_db
@@ -36,7 +38,7 @@ def test_every_panel_role_sees_the_dashboard_and_an_outsider_is_refused(clients,
     assert_only_roles(clients, "get", reverse("drpanel:dashboard"), allowed=PANEL_ROLES)
     assert_only_roles(clients, "get", "/api/v1/dashboard", allowed=PANEL_ROLES)
     assert_only_roles(clients, "get", reverse("drpanel:dashboard-jobs"), allowed=PANEL_ROLES)
-    assert_only_roles(clients, "get", reverse("compliance:health-detail", args=[catalog.system.pk]),
+    assert_only_roles(clients, "get", reverse("drpanel:health-detail", args=[catalog.system.pk]),
                       allowed=PANEL_ROLES)
 
 
@@ -170,7 +172,7 @@ def test_the_health_page_lists_the_recorded_history(clients, catalog, healthy):
     ArtifactCopy.objects.filter(location=catalog.offsite).update(status="missing")
     clock.advance(timedelta(minutes=5))
     health_recompute(catalog.system, trigger="copy checked")
-    html = clients["auditor"].get(reverse("compliance:health-detail", args=[catalog.system.pk])).content.decode()
+    html = clients["auditor"].get(reverse("drpanel:health-detail", args=[catalog.system.pk])).content.decode()
     assert 'data-testid="score">76<' in html
     assert "2 recorded" in html and "copy checked" in html and "test run" in html
     assert "Newest full copied off-site, checksum matching: No off-site copy" in html

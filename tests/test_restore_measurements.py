@@ -8,10 +8,12 @@ from django.urls import reverse
 
 from backups.models import Artifact, BackupRun
 from backups.services import backup_request
-from compliance.dashboard import approvals_waiting_for, dashboard_json, drill_rtos, last_rto
+from compliance.approval_kinds import approvals_waiting_for
 from compliance.health import health_evaluate, last_restore_test
+from compliance.measurements import drill_rtos, last_rto
 from drpanel import clock
 from drpanel.approvals import approval_request
+from drpanel.dashboard import dashboard_json
 from restores import services
 from restores.models import RestoreRun, Target, VerificationRun
 from tests.factories import UserFactory

@@ -1,4 +1,8 @@
-"""The health page of one system: its checks now, with evidence, and its recorded history."""
+"""The health page of one system: its checks now, with evidence, its RPO, and its recorded history.
+
+A page that gathers (the health score, the RPO measured from backups, the history chart),
+so it sits beside the dashboard, whose chart and series it shares.
+"""
 
 from datetime import timedelta
 
@@ -7,11 +11,12 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
 from backups.models import System
-from compliance.charts import PALETTE, health_chart
-from compliance.dashboard import HISTORY_DAYS, health_series, rpo_for
 from compliance.health import health_evaluate
+from compliance.measurements import rpo_for
 from compliance.models import HealthSnapshot
 from drpanel import clock
+from drpanel.charts import PALETTE, health_chart
+from drpanel.dashboard import HISTORY_DAYS, health_series
 from drpanel.permissions import Cap, capability_required
 
 HISTORY_ROWS = 200
@@ -28,7 +33,7 @@ def health_detail(request, pk: int):
     history = list(HealthSnapshot.objects.filter(system=system).order_by("-at", "-pk")[:HISTORY_ROWS])
     for row in history:
         row.failing = [c for c in row.checks if c.get("enabled") and not c.get("passed")]
-    return render(request, "compliance/health_detail.html", {
+    return render(request, "drpanel/health_detail.html", {
         "system": system, "health": health_evaluate(system, now), "rpo": rpo_for(system, now),
         "chart": health_chart(series, since, now), "history": history, "history_rows": HISTORY_ROWS,
         "recorded": HealthSnapshot.objects.filter(system=system).count(), "history_days": HISTORY_DAYS,

@@ -1,34 +1,32 @@
-"""What the dashboard shows, assembled from the panel's own records (read-only selectors).
+"""What the dashboard shows, assembled from every app's records (read-only selectors).
 
 Every figure comes with what proves it: the health checks with their evidence, the RPO with
 the verified full it is measured from, each bar of a chart with the artifact (or drill) it
 stands for. Where nothing has been measured yet the selectors return ``None`` or an empty
 list and the page says so; they never fill a gap with a guess.
 
-``last_rto()`` and ``drill_rtos()`` read the restore runs' measured RTOs (request → healthy),
-each linked to its run; ``APPROVAL_KINDS`` lists artifact deletions and production restores.
+The top layer: it reads backups, restores and compliance (RPO and RTO come from
+``compliance.measurements``, approvals from ``compliance.approval_kinds``); nothing below
+imports it. ``drpanel.charts`` draws its charts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
-from django.utils import timezone
 
-from backups.hooks import VERIFICATION_LEVELS
 from backups.models import Artifact, BackupRun, System
-from compliance.charts import PALETTE, health_chart, rto_chart, sizes_chart
+from compliance.approval_kinds import approvals_waiting_for
+from compliance.certifications import last_certification_status
 from compliance.checklists import period_as_dict, period_bounds
-from compliance.evaluators import Evidence
-from compliance.health import VERIFIED_LEVEL, Health, artifact_evidence, format_age, health_evaluate
+from compliance.health import Health, health_evaluate
+from compliance.measurements import drill_rtos, last_rto, rpo_for, rpo_target_seconds, rto_target_seconds, worst_rpo
 from compliance.models import Alert, Cadence, ChecklistPeriod, Contact, HealthSnapshot
 from drpanel import clock
-from drpanel.models import Approval
+from drpanel.charts import PALETTE, health_chart, rto_chart, sizes_chart
 
 HISTORY_DAYS = 30
 ESCALATION = (Contact.Level.L1, Contact.Level.L2, Contact.Level.L3, Contact.Level.EMERGENCY)
@@ -43,180 +41,12 @@ def systems_health(now: datetime | None = None) -> list[Health]:
     return sorted(healths, key=lambda h: (h.score, h.system.name))
 
 
-# --- RPO and RTO --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Rpo:
-    """RPO now: the age of the newest full verified at decrypt level or better, against the target."""
-
-    system: System
-    artifact: Artifact | None
-    seconds: int | None
-    target_seconds: int
-
-    @property
-    def measured(self) -> bool:
-        return self.seconds is not None
-
-    @property
-    def met(self) -> bool | None:
-        return None if self.seconds is None else self.seconds <= self.target_seconds
-
-    @property
-    def age(self) -> str:
-        return format_age(timedelta(seconds=self.seconds)) if self.seconds is not None else ""
-
-    @property
-    def evidence(self) -> Evidence | None:
-        if self.artifact is None:
-            return None
-        return artifact_evidence(self.artifact, f"full {self.artifact.short_id} of "
-                                                f"{self.artifact.created_at:%Y-%m-%d %H:%M} UTC, verified "
-                                                f"{self.artifact.last_verified_level}")
-
-    def as_dict(self) -> dict:
-        return {"system": self.system.name, "seconds": self.seconds, "target_seconds": self.target_seconds,
-                "met": self.met, "artifact": str(self.artifact.pk) if self.artifact else None,
-                "evidence": self.evidence.as_dict() if self.evidence else None}
-
-
-def rpo_target_seconds() -> int:
-    return settings.RPO_TARGET_MINUTES * 60
-
-
-def rto_target_seconds() -> int:
-    return settings.RTO_TARGET_MINUTES * 60
-
-
-def verified_levels() -> list[str]:
-    """``decrypt`` and every level above it."""
-    return list(VERIFICATION_LEVELS[VERIFICATION_LEVELS.index(VERIFIED_LEVEL):])
-
-
-def rpo_for(system: System, now: datetime | None = None) -> Rpo:
-    """The age of ``system``'s newest available full verified at decrypt level or better (None: none is)."""
-    now = now or clock.now()
-    artifact = (Artifact.objects.filter(system=system, kind=Artifact.Kind.FULL, status=Artifact.Status.AVAILABLE,
-                                        created_at__lte=now, last_verified_level__in=verified_levels())
-                .defer("manifest").order_by("-created_at").first())
-    seconds = int((now - artifact.created_at).total_seconds()) if artifact else None
-    return Rpo(system=system, artifact=artifact, seconds=seconds, target_seconds=rpo_target_seconds())
-
-
-def worst_rpo(rpos: list[Rpo]) -> Rpo | None:
-    """The RPO to show: an unmeasured system first (its data is not known to be recoverable), else the oldest."""
-    if not rpos:
-        return None
-    unmeasured = [r for r in rpos if not r.measured]
-    if unmeasured:
-        return unmeasured[0]
-    return max(rpos, key=lambda r: r.seconds)
-
-
-@dataclass(frozen=True)
-class Drill:
-    """One timed restore (a drill): when, its measured RTO, and where its evidence is."""
-
-    at: datetime
-    seconds: int
-    label: str
-    url: str
-
-
-def _timed_runs():
-    """Restore runs whose RTO was measured (request → healthy): succeeded, or rolled back after going live."""
-    from django.db.models import Q
-
-    from restores.models import RestoreRun
-
-    return (RestoreRun.objects.filter(rto_seconds__isnull=False, healthy_at__isnull=False)
-            .filter(Q(state=RestoreRun.State.SUCCEEDED) | Q(state=RestoreRun.State.ROLLED_BACK))
-            .select_related("target", "artifact__system"))
-
-
-def drill_filter():
-    """Which restore runs are drills: marked as one, or into a staging or scratch target."""
-    from django.db.models import Q
-
-    from restores.models import Target
-
-    return Q(is_drill=True) | Q(target__environment__in=[Target.Environment.STAGING, Target.Environment.SCRATCH])
-
-
-def _as_drill(run) -> Drill:
-    kind = "drill" if run.is_drill or not run.target.is_production else "restore"
-    return Drill(at=run.healthy_at, seconds=round(run.rto_seconds),
-                 label=f"{kind} {run.short_id} of {run.artifact.system.name} into {run.target.name} "
-                       f"({run.target.environment})",
-                 url=reverse("restores:run-detail", args=[run.pk]))
-
-
-def last_rto() -> Drill | None:
-    """The newest measured RTO: the restore run (drill or production restore) that went live last."""
-    run = _timed_runs().order_by("-healthy_at").first()
-    return _as_drill(run) if run else None
-
-
-def drill_rtos(since: datetime) -> list[Drill]:
-    """Measured RTOs of the drills that went live since ``since``, oldest first."""
-    runs = _timed_runs().filter(drill_filter(), healthy_at__gte=since).order_by("healthy_at")
-    return [_as_drill(run) for run in runs]
-
-
 # --- work in progress and waiting for people ----------------------------------------------------
 
 def running_jobs() -> list[BackupRun]:
     """Backup runs queued or running, oldest first, with their progress."""
     return list(BackupRun.objects.filter(state__in=[BackupRun.State.QUEUED, BackupRun.State.RUNNING])
                 .select_related("system").order_by("created_at"))
-
-
-def _may_delete(user, approval: Approval) -> bool:
-    from backups.services import may_approve_deletion
-
-    return may_approve_deletion(user)
-
-
-@dataclass(frozen=True)
-class ApprovalKind:
-    """Who may decide an approval of a kind, where it is decided, and how to name it."""
-
-    may_decide: Callable
-    url: Callable
-    label: str
-
-
-def _may_approve_restore(user, approval: Approval) -> bool:
-    """A production restore: ``approve_restore`` on the run's target (own requests are excluded already)."""
-    from drpanel.permissions import has_object_right
-    from restores.models import APPROVE_RESTORE, RestoreRun
-
-    run = RestoreRun.objects.filter(pk=approval.object_id).select_related("target").first()
-    return run is not None and run.requested_by_id != user.pk and has_object_right(user, APPROVE_RESTORE, run.target)
-
-
-APPROVAL_KINDS: dict[str, ApprovalKind] = {
-    "artifact.delete": ApprovalKind(
-        may_decide=_may_delete, label="Delete artifact",
-        url=lambda approval: reverse("backups:artifact-detail", args=[approval.object_id])),
-    "restore.production": ApprovalKind(
-        may_decide=_may_approve_restore, label="Restore into production",
-        url=lambda approval: reverse("restores:run-detail", args=[approval.object_id])),
-}
-
-
-def approvals_waiting_for(user) -> list[dict]:
-    """Pending, unexpired approvals that ``user`` may decide (never their own requests)."""
-    pending = (Approval.objects.filter(state=Approval.State.PENDING, expires_at__gt=timezone.now(),
-                                       kind__in=list(APPROVAL_KINDS))
-               .exclude(requested_by=user).select_related("requested_by").order_by("expires_at"))
-    waiting = []
-    for approval in pending:
-        kind = APPROVAL_KINDS[approval.kind]
-        if kind.may_decide(user, approval):
-            waiting.append({"approval": approval, "label": kind.label, "url": kind.url(approval),
-                            "requested_by": approval.requested_by.get_username()})
-    return waiting
 
 
 def open_alerts(limit: int = 5) -> tuple[int, list[Alert]]:
@@ -293,7 +123,7 @@ def health_series(systems: list[System], since: datetime, now: datetime) -> list
                 points.append((max(at, since), score))
         series.append({"name": system.name, "color": PALETTE[n % len(PALETTE)],
                        "points": downsample_scores(points, since, now),
-                       "url": reverse("compliance:health-detail", args=[system.pk]),
+                       "url": reverse("drpanel:health-detail", args=[system.pk]),
                        "first_recorded": rows[0][0] if rows else None})
     return series
 
@@ -333,8 +163,6 @@ def size_bars(since: datetime, now: datetime, colors: dict[int, str]) -> dict[st
 
 def dashboard_context(user) -> dict:
     """Everything the dashboard page shows, for ``user`` (approvals are per person)."""
-    from compliance.certifications import last_certification_status
-
     now = clock.now()
     since = now - timedelta(days=HISTORY_DAYS)
     healths = systems_health(now)

@@ -1,0 +1,134 @@
+"""RPO and RTO as measured: the age of the newest verified full, and the timed restores (drills).
+
+Read-only selectors shared by the dashboard, the health page, the certification, the API and
+the metrics. ``rpo_for()`` measures a system's RPO from its newest full verified at decrypt
+level or better; ``last_rto()`` and ``drill_rtos()`` read the restore runs' measured RTOs
+(request → healthy), each linked to its run. Nothing measured yet gives ``None`` or an empty
+list, never a guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Q
+from django.urls import reverse
+
+from backups.hooks import VERIFICATION_LEVELS
+from backups.models import Artifact, System
+from compliance.evaluators import Evidence
+from compliance.health import VERIFIED_LEVEL, artifact_evidence, format_age
+from drpanel import clock
+from restores.models import RestoreRun, Target
+
+
+@dataclass(frozen=True)
+class Rpo:
+    """RPO now: the age of the newest full verified at decrypt level or better, against the target."""
+
+    system: System
+    artifact: Artifact | None
+    seconds: int | None
+    target_seconds: int
+
+    @property
+    def measured(self) -> bool:
+        return self.seconds is not None
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.seconds is None else self.seconds <= self.target_seconds
+
+    @property
+    def age(self) -> str:
+        return format_age(timedelta(seconds=self.seconds)) if self.seconds is not None else ""
+
+    @property
+    def evidence(self) -> Evidence | None:
+        if self.artifact is None:
+            return None
+        return artifact_evidence(self.artifact, f"full {self.artifact.short_id} of "
+                                                f"{self.artifact.created_at:%Y-%m-%d %H:%M} UTC, verified "
+                                                f"{self.artifact.last_verified_level}")
+
+    def as_dict(self) -> dict:
+        return {"system": self.system.name, "seconds": self.seconds, "target_seconds": self.target_seconds,
+                "met": self.met, "artifact": str(self.artifact.pk) if self.artifact else None,
+                "evidence": self.evidence.as_dict() if self.evidence else None}
+
+
+def rpo_target_seconds() -> int:
+    return settings.RPO_TARGET_MINUTES * 60
+
+
+def rto_target_seconds() -> int:
+    return settings.RTO_TARGET_MINUTES * 60
+
+
+def verified_levels() -> list[str]:
+    """``decrypt`` and every level above it."""
+    return list(VERIFICATION_LEVELS[VERIFICATION_LEVELS.index(VERIFIED_LEVEL):])
+
+
+def rpo_for(system: System, now: datetime | None = None) -> Rpo:
+    """The age of ``system``'s newest available full verified at decrypt level or better (None: none is)."""
+    now = now or clock.now()
+    artifact = (Artifact.objects.filter(system=system, kind=Artifact.Kind.FULL, status=Artifact.Status.AVAILABLE,
+                                        created_at__lte=now, last_verified_level__in=verified_levels())
+                .defer("manifest").order_by("-created_at").first())
+    seconds = int((now - artifact.created_at).total_seconds()) if artifact else None
+    return Rpo(system=system, artifact=artifact, seconds=seconds, target_seconds=rpo_target_seconds())
+
+
+def worst_rpo(rpos: list[Rpo]) -> Rpo | None:
+    """The RPO to show: an unmeasured system first (its data is not known to be recoverable), else the oldest."""
+    if not rpos:
+        return None
+    unmeasured = [r for r in rpos if not r.measured]
+    if unmeasured:
+        return unmeasured[0]
+    return max(rpos, key=lambda r: r.seconds)
+
+
+@dataclass(frozen=True)
+class Drill:
+    """One timed restore (a drill): when, its measured RTO, and where its evidence is."""
+
+    at: datetime
+    seconds: int
+    label: str
+    url: str
+
+
+def _timed_runs():
+    """Restore runs whose RTO was measured (request → healthy): succeeded, or rolled back after going live."""
+    return (RestoreRun.objects.filter(rto_seconds__isnull=False, healthy_at__isnull=False)
+            .filter(Q(state=RestoreRun.State.SUCCEEDED) | Q(state=RestoreRun.State.ROLLED_BACK))
+            .select_related("target", "artifact__system"))
+
+
+def drill_filter():
+    """Which restore runs are drills: marked as one, or into a staging or scratch target."""
+    return Q(is_drill=True) | Q(target__environment__in=[Target.Environment.STAGING, Target.Environment.SCRATCH])
+
+
+def _as_drill(run) -> Drill:
+    kind = "drill" if run.is_drill or not run.target.is_production else "restore"
+    return Drill(at=run.healthy_at, seconds=round(run.rto_seconds),
+                 label=f"{kind} {run.short_id} of {run.artifact.system.name} into {run.target.name} "
+                       f"({run.target.environment})",
+                 url=reverse("restores:run-detail", args=[run.pk]))
+
+
+def last_rto() -> Drill | None:
+    """The newest measured RTO: the restore run (drill or production restore) that went live last."""
+    run = _timed_runs().order_by("-healthy_at").first()
+    return _as_drill(run) if run else None
+
+
+def drill_rtos(since: datetime) -> list[Drill]:
+    """Measured RTOs of the drills that went live since ``since``, oldest first."""
+    runs = _timed_runs().filter(drill_filter(), healthy_at__gte=since).order_by("healthy_at")
+    return [_as_drill(run) for run in runs]
