@@ -121,7 +121,7 @@ def measure(rounds: int) -> dict:
     from django.test import Client
 
     from backups.models import Artifact, System
-    from compliance.health import health_recompute
+    from compliance.health_recompute import health_recompute
     from drpanel import clock
 
     user = _auditor(Group)

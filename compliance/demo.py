@@ -57,7 +57,7 @@ def seed_health(out) -> None:
     """
     from backups.models import BackupRun
     from backups.services import backup_run_execute
-    from compliance.health import health_recompute_all, health_recompute_deferred
+    from compliance.health_recompute import health_recompute_all, health_recompute_deferred
 
     queued = list(BackupRun.objects.filter(state=BackupRun.State.QUEUED, trigger=BackupRun.Trigger.DEMO)
                   .order_by("created_at").values_list("pk", flat=True))

@@ -20,7 +20,7 @@ import uuid
 from django.db.models.signals import post_save
 
 from backups.models import Artifact, ArtifactCopy, System
-from compliance.health import ALL_SYSTEMS, health_recompute_soon
+from compliance.health_recompute import ALL_SYSTEMS, health_recompute_soon
 from compliance.models import AuditEvent
 
 ARTIFACT_FIELDS = {"status", "created_at", "last_verified_level", "last_verified_at", "offsite_verified_at", "kind",

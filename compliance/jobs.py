@@ -31,6 +31,6 @@ def contacts_review_job() -> dict:
 
 def health_recompute_job() -> list[str]:
     """Every 15 minutes: every system's health score (time alone moves it), its history and its alerts."""
-    from compliance.health import health_recompute_all
+    from compliance.health_recompute import health_recompute_all
 
     return [str(s) for s in health_recompute_all(trigger="schedule")]

@@ -306,9 +306,9 @@ class AlertNotification(models.Model):
 class HealthSnapshot(models.Model):
     """One computed health score of a system (DESIGN.md "Health score"), with its checks and evidence.
 
-    Written only by ``compliance.health.health_recompute``, and only when the score, the
+    Written only by ``compliance.health_recompute.health_recompute``, and only when the score, the
     status or a check (its outcome or the evidence it rests on) changed, or when the newest
-    row is older than ``compliance.health.SNAPSHOT_EVERY`` (so the 15-minute recompute keeps at
+    row is older than ``compliance.health_recompute.SNAPSHOT_EVERY`` (so the 15-minute recompute keeps at
     least one row per hour). Rows are never changed afterwards: they are the history.
     ``checks`` is a list of ``{"code", "label", "weight", "enabled", "passed", "reason",
     "evidence": [{"label", "url", "object_type", "object_id"}]}``; ``fingerprint`` is the

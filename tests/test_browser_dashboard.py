@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from compliance.health import health_recompute
+from compliance.health_recompute import health_recompute
 from compliance.models import HealthSnapshot
 
 pytest_plugins = ["tests.compliance_fixtures", "tests.health_fixtures"]

@@ -8,7 +8,7 @@ from django.urls import reverse
 from backups.models import ArtifactCopy, BackupRun, System
 from compliance import evaluators
 from compliance.checklists import checklist_evaluate
-from compliance.health import health_recompute
+from compliance.health_recompute import health_recompute
 from compliance.models import HealthSnapshot
 from drpanel import clock
 

@@ -9,7 +9,7 @@ from django.urls import reverse
 from backups.models import ArtifactCopy, BackupRun, System
 from backups.services import artifact_delete_request
 from compliance.approval_kinds import approvals_waiting_for
-from compliance.health import health_recompute
+from compliance.health_recompute import health_recompute
 from compliance.measurements import Drill
 from drpanel import clock
 from drpanel.charts import health_chart, rto_chart, sizes_chart

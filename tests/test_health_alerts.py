@@ -8,7 +8,8 @@ from django.core import mail
 
 from backups.models import ArtifactCopy, BackupRun
 from compliance.alerts import alert_acknowledge, escalate_due
-from compliance.health import alerts_armed, last_restore_test
+from compliance.health import last_restore_test
+from compliance.health_recompute import alerts_armed
 from compliance.jobs import health_recompute_job
 from compliance.models import Alert, AuditEvent
 from drpanel import clock

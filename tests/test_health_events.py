@@ -10,7 +10,7 @@ from django.db import connection, transaction
 from backups.models import Artifact, BackupRun
 from backups.services import backup_request
 from compliance.audit import audit_record
-from compliance.health import _Recompute, health_recompute_deferred, health_recompute_soon
+from compliance.health_recompute import _Recompute, health_recompute_deferred, health_recompute_soon
 from compliance.health_signals import watched
 from compliance.models import HealthSnapshot
 from tests.backup_fixtures import *  # noqa: F403 - fixtures

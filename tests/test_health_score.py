@@ -5,13 +5,8 @@ from datetime import timedelta
 import pytest
 
 from backups.models import Artifact, ArtifactCopy, StorageLocation
-from compliance.health import (
-    SNAPSHOT_EVERY,
-    format_age,
-    health_evaluate,
-    health_recompute,
-    status_for,
-)
+from compliance.health import format_age, health_evaluate, status_for
+from compliance.health_recompute import SNAPSHOT_EVERY, health_recompute
 from compliance.models import AuditEvent, HealthSnapshot
 from drpanel import clock
 
