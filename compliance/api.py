@@ -17,17 +17,19 @@ from compliance.audit.export import FORMATS, audit_export_start, export_response
 from compliance.audit.query import TIME_PATTERN, AuditFilter, FilterError, event_json, events_page
 from compliance.audit.signing import current_public_key, fingerprint, public_pem, retired_public_keys
 from compliance.certification_bundle import bundle_response
-from compliance.certifications import (
+from compliance.certification_record import (
     CertificationConflict,
     CertificationError,
     certification_assemble,
+    check_period,
+    content_hash,
+    parse_period,
+)
+from compliance.certifications import (
     certification_document,
     certification_months,
     certification_sign,
-    check_period,
-    content_hash,
     current_certification,
-    parse_period,
 )
 from drpanel.api import capability
 from drpanel.permissions import Cap

@@ -32,7 +32,8 @@ from compliance.audit.actions import AuditAction
 from compliance.audit.export import audit_export_start, jsonl_chunks
 from compliance.audit.query import AuditFilter
 from compliance.audit.signing import current_public_key, fingerprint, public_pem
-from compliance.certifications import certification_document, month_bounds
+from compliance.certification_record import month_bounds
+from compliance.certifications import certification_document
 from compliance.models import Certification
 from drpanel.permissions import Cap, require_cap
 

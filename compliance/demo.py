@@ -82,7 +82,8 @@ def seed_certification(out) -> None:
     """
     import os
 
-    from compliance.certifications import certification_assemble, current_certification, period_label
+    from compliance.certification_record import certification_assemble, period_label
+    from compliance.certifications import current_certification
 
     today = clock.today()
     label = period_label(today.year, today.month)

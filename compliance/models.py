@@ -342,7 +342,7 @@ class Certification(models.Model):
     """The signed monthly DR certification of one period (DESIGN.md "certification").
 
     States: draft → signed. A month without a signed row is a *draft*: its record is assembled
-    live from the panel's data (``compliance.certifications.certification_assemble``) and
+    live from the panel's data (``compliance.certification_record.certification_assemble``) and
     shown, never stored. ``certification_sign`` writes the row as ``draft`` with the record
     assembled in its transaction, marks the signed record of the same period (if any) as
     superseded by it, and seals it as ``signed`` — one transaction, one audit event

@@ -6,18 +6,20 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from compliance.certification_bundle import bundle_response
-from compliance.certifications import (
+from compliance.certification_record import (
     CertificationError,
     certification_assemble,
+    check_period,
+    content_hash,
+    parse_period,
+)
+from compliance.certifications import (
     certification_history,
     certification_months,
     certification_sign,
-    check_period,
-    content_hash,
     current_certification,
     may_sign,
     monthly_signoffs_open,
-    parse_period,
 )
 from drpanel.permissions import Cap, Denied, capability_required, has_cap, recently_reauthenticated, record_denial
 

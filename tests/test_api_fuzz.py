@@ -28,7 +28,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.core.parameters import ParameterLocation
 
 from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, System
-from compliance.certifications import certification_assemble, content_hash
+from compliance.certification_record import certification_assemble, content_hash
 from compliance.checklists import checklist_period_open
 from compliance.models import Alert, Certification, Contact
 from drpanel import clock

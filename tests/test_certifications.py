@@ -16,13 +16,13 @@ from django.urls import reverse
 
 from backups.models import BackupRun
 from compliance.audit.verify import verify_chain
-from compliance.certifications import (
+from compliance.certification_record import (
     CertificationConflict,
     certification_assemble,
-    certification_sign,
     content_hash,
     failure_reason,
 )
+from compliance.certifications import certification_sign
 from compliance.checklists import checklist_month_summary, checklist_period_open
 from compliance.models import AuditEvent, Cadence, Certification, ChecklistItem, Contact
 from drpanel.models import Approval
