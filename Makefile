@@ -33,8 +33,10 @@ bench: $(STAMP)
 audit-deps: $(STAMP)
 	$(VENV)/bin/pip-audit --skip-editable --strict --progress-spinner off
 
+# ruff, then the layers of DESIGN.md (the import-linter contracts in pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # Browser tests drive Debian's Chromium; Playwright never downloads a browser.
 chromium:

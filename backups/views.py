@@ -16,7 +16,7 @@ from backups.models import Artifact, ArtifactCopy, BackupRun, InventoryRun, Stor
 from backups.retention import retention_plan
 from backups.schedules import policy_status
 from backups.selectors import artifact_page, filtered_artifacts
-from compliance.models import AuditEvent
+from compliance.audit.models import AuditEvent
 from drpanel.approvals import ApprovalError, approval_reject, open_approvals
 from drpanel.models import Approval
 from drpanel.permissions import Cap, capability_required, has_cap

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class ComplianceConfig(AppConfig):
@@ -6,8 +7,7 @@ class ComplianceConfig(AppConfig):
     verbose_name = "Compliance"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_migrate
-
+        # In ready(), not at the top: these modules use models, which need the loaded app registry.
         from compliance import daily_evaluators, health_signals  # noqa: F401 - registers
         from compliance.audit import admin, signals  # noqa: F401 - registers
         from compliance.checklists import ensure_checklist_templates

@@ -25,6 +25,7 @@ from django.utils import timezone
 from compliance import evaluators
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
+from compliance.checklist_seed import seed_templates
 from compliance.models import (
     Cadence,
     ChecklistItem,
@@ -432,6 +433,4 @@ def ensure_checklist_templates(**kwargs) -> None:
     The data migration seeds them once; transactional tests flush every table, and this
     re-seeds a template only when its cadence has none, never touching edited ones.
     """
-    from compliance.checklist_seed import seed_templates
-
     seed_templates(ChecklistTemplate, ChecklistTemplateItem)

@@ -1,12 +1,19 @@
 """Demo data of compliance: the old guide's contact table, as a clearly marked demo roster; the scores of
 the demo's real backups; and the month the demo manager can certify."""
 
+import os
+
 from django.db import transaction
 
+from backups.models import BackupRun
+from backups.services import backup_run_execute
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
+from compliance.certification_record import certification_assemble, period_label
+from compliance.certifications import current_certification
 from compliance.checklists import checklist_periods_current
 from compliance.contacts import contacts_review
+from compliance.health_recompute import health_recompute_all, health_recompute_deferred
 from compliance.models import Contact
 from drpanel import clock
 
@@ -55,10 +62,6 @@ def seed_health(out) -> None:
     recomputes are held until both finished, so the demo does not alert about the moment
     between the full and the config backup. No history is invented: it starts now.
     """
-    from backups.models import BackupRun
-    from backups.services import backup_run_execute
-    from compliance.health_recompute import health_recompute_all, health_recompute_deferred
-
     queued = list(BackupRun.objects.filter(state=BackupRun.State.QUEUED, trigger=BackupRun.Trigger.DEMO)
                   .order_by("created_at").values_list("pk", flat=True))
     with health_recompute_deferred():
@@ -80,11 +83,6 @@ def seed_certification(out) -> None:
     shows the demo's real backups, verifications and restores. The demo manager ran no drill,
     so they may sign the current month (and every earlier one the panel knows).
     """
-    import os
-
-    from compliance.certification_record import certification_assemble, period_label
-    from compliance.certifications import current_certification
-
     today = clock.today()
     label = period_label(today.year, today.month)
     if current_certification(today.year, today.month) is not None:

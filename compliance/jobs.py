@@ -1,36 +1,31 @@
 """Jobs of compliance, run by the scheduler (``drpanel/cron.py``): thin calls into the services."""
 
+from compliance.alerts import escalate_due
+from compliance.checklists import checklist_evaluate, checklist_periods_current
+from compliance.contacts import contacts_review
+from compliance.health_recompute import health_recompute_all
+
 
 def alerts_escalate_job() -> int:
     """Every minute: call the next level for alerts nobody acknowledged in time."""
-    from compliance.alerts import escalate_due
-
     return escalate_due()
 
 
 def checklist_open_job() -> list[str]:
     """Just after midnight: open today's daily checklist, and this week's and month's when new."""
-    from compliance.checklists import checklist_periods_current
-
     return [str(p) for p in checklist_periods_current()]
 
 
 def checklist_evaluate_job() -> str:
     """Late each day: evaluate today's automatic items from the evidence of the day."""
-    from compliance.checklists import checklist_evaluate
-
     return str(checklist_evaluate(actor=None))
 
 
 def contacts_review_job() -> dict:
     """Each morning: an info alert for every contact not verified in the last 30 days."""
-    from compliance.contacts import contacts_review
-
     return contacts_review()
 
 
 def health_recompute_job() -> list[str]:
     """Every 15 minutes: every system's health score (time alone moves it), its history and its alerts."""
-    from compliance.health_recompute import health_recompute_all
-
     return [str(s) for s in health_recompute_all(trigger="schedule")]

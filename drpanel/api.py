@@ -9,8 +9,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from drpanel.dashboard import dashboard_json
+from drpanel.models import ApiToken
 from drpanel.permissions import Cap, Denied, has_cap, record_denial, roles_of
+from drpanel.services import api_token_create, api_token_revoke
 
 
 def capability(cap: Cap):
@@ -106,16 +107,6 @@ class MeView(APIView):
         return Response({"username": request.user.get_username(), "roles": roles_of(request.user)})
 
 
-class DashboardView(APIView):
-    """The worst system's health (score, status, checks with evidence), RPO and RTO now, every system's health."""
-
-    permission_classes = [capability(Cap.VIEW_PANEL)]
-
-    @extend_schema(responses=inline_serializer("Dashboard", {"data": serializers.DictField()}))
-    def get(self, request):
-        return Response({"data": dashboard_json()})
-
-
 # --- the caller's own API tokens -----------------------------------------------------------------
 
 class TokenSerializer(serializers.Serializer):
@@ -148,8 +139,6 @@ class TokenListView(APIView):
     @extend_schema(operation_id="tokens_list", responses=inline_serializer(
         "TokenList", {"results": TokenSerializer(many=True)}))
     def get(self, request):
-        from drpanel.models import ApiToken
-
         return Response({"results": [token_json(t) for t in ApiToken.objects.filter(user=request.user)]})
 
     @extend_schema(operation_id="tokens_create",
@@ -158,8 +147,6 @@ class TokenListView(APIView):
                        "token": serializers.CharField(help_text="The token itself; it is not shown again."),
                        "data": TokenSerializer()})})
     def post(self, request):
-        from drpanel.services import api_token_create
-
         body = TokenRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         token, raw = api_token_create(actor=request.user, user=request.user, name=body.validated_data.get("name", ""))
@@ -174,8 +161,5 @@ class TokenRevokeView(APIView):
     @extend_schema(operation_id="tokens_revoke", request=None, responses=inline_serializer(
         "TokenAnswer", {"data": TokenSerializer()}))
     def post(self, request, pk: int):
-        from drpanel.models import ApiToken
-        from drpanel.services import api_token_revoke
-
         token = api_token_revoke(actor=request.user, token=get_object_or_404(ApiToken, pk=pk, user=request.user))
         return Response({"data": token_json(token)})

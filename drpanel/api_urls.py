@@ -5,7 +5,8 @@ from drf_spectacular.views import SpectacularAPIView
 
 from backups.api import urlpatterns as backups_api
 from compliance.api import urlpatterns as compliance_api
-from drpanel.api import DashboardView, MeView, TokenListView, TokenRevokeView
+from drpanel.api import MeView, TokenListView, TokenRevokeView
+from drpanel.api_dashboard import DashboardView
 from restores.api import urlpatterns as restores_api
 
 app_name = "api"

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class DrpanelConfig(AppConfig):
@@ -6,8 +7,7 @@ class DrpanelConfig(AppConfig):
     verbose_name = "DR Panel"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_migrate
-
+        # In ready(), not at the top: these modules use models, which need the loaded app registry.
         from drpanel import signals  # noqa: F401 - connects the sign-in audit receivers
         from drpanel.permissions import ensure_roles
 

@@ -9,6 +9,8 @@ line and stop instead of showing a traceback.
 import os
 from pathlib import Path
 
+from psycopg.conninfo import conninfo_to_dict
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -81,8 +83,6 @@ def env_secret(name: str) -> str | None:
 
 def database_settings(url: str, *, name_for_errors: str = "DATABASE_URL") -> dict:
     """Turn a libpq URL (``postgresql://user:pw@host:port/db?host=/socket``) into Django's form."""
-    from psycopg.conninfo import conninfo_to_dict
-
     if not url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"{name_for_errors} must start with postgresql:// (got {url.split(':', 1)[0]}://…)")
     try:

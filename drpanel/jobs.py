@@ -2,11 +2,13 @@
 
 import os
 
+from django.contrib.sessions.models import Session
+from django.db import connection
+from django.utils import timezone
+
 
 def ping(payload: str) -> dict:
     """Answer from a worker process, proving the queue and a worker work end to end."""
-    from django.db import connection
-
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_database()")
         database = cursor.fetchone()[0]
@@ -16,7 +18,4 @@ def ping(payload: str) -> dict:
 
 def clear_expired_sessions() -> None:
     """Delete expired sessions (the idle timeout makes many)."""
-    from django.contrib.sessions.models import Session
-    from django.utils import timezone
-
     Session.objects.filter(expire_date__lt=timezone.now()).delete()

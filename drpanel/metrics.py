@@ -19,6 +19,7 @@ import ipaddress
 import math
 from dataclasses import dataclass, field
 
+import redis
 from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Count, Max
@@ -26,9 +27,18 @@ from django.http import HttpResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from rest_framework import exceptions
+from rq import Worker
 
+from backups.models import Artifact, System
+from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
+from compliance.health import health_evaluate
+from compliance.measurements import rpo_for
+from compliance.models import Alert, AuditEvent
+from drpanel import clock
+from drpanel.authentication import BearerTokenAuthentication
 from drpanel.permissions import Cap, has_cap
+from restores.models import RestoreRun, VerificationRun
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -85,9 +95,6 @@ def render(families: list[Family]) -> str:
 # --- the measurements ------------------------------------------------------------------------
 
 def _live_workers() -> int | None:
-    import redis
-    from rq import Worker
-
     client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
     try:
         return len(Worker.all(connection=client))
@@ -99,13 +106,6 @@ def _live_workers() -> int | None:
 
 def collect() -> list[Family]:
     """Every family, computed now."""
-    from backups.models import Artifact, System
-    from compliance.health import health_evaluate
-    from compliance.measurements import rpo_for
-    from compliance.models import Alert, AuditEvent
-    from drpanel import clock
-    from restores.models import RestoreRun, VerificationRun
-
     now = clock.now()
     systems = list(System.objects.order_by("name"))
 
@@ -180,8 +180,6 @@ def _from_allowed_network(request) -> bool:
 
 def _token_user(request):
     """The user of a valid bearer token, or None (no header, or an unknown / revoked token)."""
-    from drpanel.authentication import BearerTokenAuthentication
-
     try:
         found = BearerTokenAuthentication().authenticate(request)
     except exceptions.AuthenticationFailed:
@@ -190,8 +188,6 @@ def _token_user(request):
 
 
 def _deny(request, user, reason: str) -> HttpResponse:
-    from compliance.audit import audit_record
-
     address = request.META.get("REMOTE_ADDR", "")
     if user is not None or cache.add(f"drpanel:metrics-denied:{address}", 1, timeout=60):
         audit_record(actor=user, action=AuditAction.ACCESS_DENIED, outcome="denied", request=request,

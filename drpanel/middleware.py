@@ -6,8 +6,11 @@ import time
 import uuid
 
 from django.conf import settings
+from django.contrib.auth import logout
+from django.core.exceptions import PermissionDenied
 
 from drpanel.context import reset_current_request, set_current_request
+from drpanel.permissions import record_denial
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -55,10 +58,6 @@ class DenialAuditMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request, exception):
-        from django.core.exceptions import PermissionDenied
-
-        from drpanel.permissions import record_denial
-
         if isinstance(exception, PermissionDenied):
             record_denial(request, exception)
         return None
@@ -82,7 +81,5 @@ class SessionLifetimeMiddleware:
         if user is not None and user.is_authenticated:
             started = request.session.setdefault(SIGNED_IN_AT, time.time())
             if time.time() - started > settings.SESSION_MAX_HOURS * 3600:
-                from django.contrib.auth import logout
-
                 logout(request)
         return self.get_response(request)

@@ -16,12 +16,14 @@ from functools import wraps
 
 from django.conf import settings
 from django.contrib.auth import REDIRECT_FIELD_NAME
+from django.contrib.auth.models import Group, Permission
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.http import urlencode
 
+from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 
 
@@ -60,8 +62,6 @@ def ensure_roles(**kwargs) -> None:
     The data migration creates the roles; this brings back a role that was deleted (or
     flushed, as transactional tests do) without touching the grants of existing ones.
     """
-    from django.contrib.auth.models import Group, Permission
-
     for role, caps in ROLE_CAPABILITIES.items():
         group, created = Group.objects.get_or_create(name=role.value)
         if created:
@@ -110,8 +110,6 @@ def require_object_right(user, perm: str, obj, *, action: str = "") -> None:
 
 def record_denial(request, exc: PermissionDenied) -> None:
     """Write the ``access.denied`` event for a refused request (its own transaction)."""
-    from compliance.audit import audit_record
-
     details = {"path": request.path[:300], "method": request.method}
     obj = None
     if isinstance(exc, Denied):

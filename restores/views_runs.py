@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from backups.models import Artifact
-from compliance.models import AuditEvent
+from compliance.audit.models import AuditEvent
 from drpanel.permissions import Cap, capability_required, has_cap, has_object_right
 from restores import runs, verifications
 from restores.models import APPROVE_RESTORE, LEVELS, RecoveryCheck, RestoreRun, VerificationRun

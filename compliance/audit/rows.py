@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 
+import psycopg
+
 from compliance.audit.canonical import canonical_json
 
 TABLE = "compliance_auditevent"
@@ -128,8 +130,6 @@ def prev_hash_detail(seq: int, linked: str, previous: str) -> str:
 
 def scan_range(conninfo: dict, low: int, high: int, checkpoints: dict) -> Scan:
     """A worker process's share: rows ``low < seq <= high``, on its own connection."""
-    import psycopg
-
     with psycopg.connect(**conninfo) as conn, conn.transaction(), conn.cursor(name="audit_range") as cursor:
         cursor.execute(f"SELECT {ROW_SQL} FROM {TABLE} WHERE seq > %s AND seq <= %s ORDER BY seq",  # noqa: S608
                        (low, high))

@@ -22,6 +22,7 @@ from django.contrib.auth.hashers import identify_hasher
 from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import ObjectDoesNotExist
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
+from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
 
 from compliance.audit.actions import AuditAction
 from compliance.audit.record import audit_record
@@ -230,8 +231,6 @@ def _audited_bulk_create(model):
 
 def connect() -> None:
     """Connect every receiver (from ``ComplianceConfig.ready``)."""
-    from guardian.utils import get_group_obj_perms_model, get_user_obj_perms_model
-
     User = get_user_model()
     uid = "compliance.audit"
     pre_save.connect(_remember_user, sender=User, dispatch_uid=f"{uid}.user.pre")

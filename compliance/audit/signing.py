@@ -22,6 +22,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from django.conf import settings
+from django.db import transaction
 
 from compliance.audit.actions import AuditAction
 from compliance.audit.canonical import canonical_bytes
@@ -96,15 +98,8 @@ def write_new_key(path: Path) -> bool:
         os.unlink(tmp)
 
 
-def _settings():
-    from django.conf import settings
-
-    return settings
-
-
 def signing_key() -> Ed25519PrivateKey:
     """The current private key (from the setting, or the development key under ``var/``)."""
-    settings = _settings()
     if settings.AUDIT_SIGNING_KEY:
         return load_private_key(settings.AUDIT_SIGNING_KEY)
     if settings.PRODUCTION:
@@ -120,7 +115,7 @@ def current_public_key() -> Ed25519PublicKey:
 
 def retired_public_keys() -> list[tuple[str, Ed25519PublicKey]]:
     """``(file name, key)`` for every ``*.pem`` in the retired keys directory."""
-    directory = Path(_settings().AUDIT_RETIRED_KEYS_DIR)
+    directory = Path(settings.AUDIT_RETIRED_KEYS_DIR)
     if not directory.is_dir():
         return []
     keys = []
@@ -178,11 +173,9 @@ def signing_key_rotate(*, actor) -> tuple[str, str]:
     stays verifiable; the switch is recorded (``audit.key_rotated``) in the same transaction.
     In production the key comes from the environment: rotate it there (README, "Audit log").
     """
-    from django.db import transaction
-
+    # Here, not at the top: the settings import this module before the apps (and the audit model) load.
     from compliance.audit.record import audit_record
 
-    settings = _settings()
     if settings.AUDIT_SIGNING_KEY:
         raise SigningKeyError("the signing key comes from DRPANEL_AUDIT_SIGNING_KEY: rotate it there "
                               "(put the old public key in DRPANEL_AUDIT_RETIRED_KEYS_DIR)")

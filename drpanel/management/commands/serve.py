@@ -16,6 +16,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from backups.demo import start_demo_s3
+
 BIN = Path(sys.executable).parent
 
 
@@ -34,8 +36,6 @@ class Command(BaseCommand):
             call_command("collectstatic", interactive=False, verbosity=0)
         early = {}
         if demo:
-            from backups.demo import start_demo_s3
-
             # The demo's off-site location needs an S3 endpoint before the seed runs: moto's server.
             started = start_demo_s3()
             if started:

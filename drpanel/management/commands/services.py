@@ -3,10 +3,12 @@
 import signal
 import time
 
+import django_rq
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from drpanel import runtime
+from drpanel.jobs import ping
 
 
 class Command(BaseCommand):
@@ -43,10 +45,6 @@ class Command(BaseCommand):
         self.stdout.write("services stopped")
 
     def do_check(self, *, timeout, **_):
-        import django_rq
-
-        from drpanel.jobs import ping
-
         queue = django_rq.get_queue("default")
         job = queue.enqueue(ping, "round-trip")
         deadline = time.monotonic() + timeout
