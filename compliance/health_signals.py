@@ -20,13 +20,14 @@ import uuid
 from django.db.models.signals import post_save
 
 from backups.models import Artifact, ArtifactCopy, System
+from compliance.audit.actions import AuditAction
 from compliance.health_recompute import ALL_SYSTEMS, health_recompute_soon
 from compliance.models import AuditEvent
 
 ARTIFACT_FIELDS = {"status", "created_at", "last_verified_level", "last_verified_at", "offsite_verified_at", "kind",
                    "system", "system_id", "sha256", "size"}
 WATCHED_PREFIXES = ("artifact.", "verification.", "system.")
-WATCHED_ACTIONS = {"backup.succeeded", "backup.failed", "inventory.finished"}
+WATCHED_ACTIONS = {AuditAction.BACKUP_SUCCEEDED, AuditAction.BACKUP_FAILED, AuditAction.INVENTORY_FINISHED}
 RESTORE_OUTCOMES = (".succeeded", ".failed", ".rolled_back")
 
 

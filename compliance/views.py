@@ -10,7 +10,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods
 
-from compliance.audit.actions import action_choices
+from compliance.audit.actions import AuditAction, action_choices
 from compliance.audit.checkpoints import checkpoint_store
 from compliance.audit.export import FORMATS, audit_export_start, export_response, public_key_response
 from compliance.audit.query import FILTER_FIELDS, AuditFilter, FilterError, events_page
@@ -117,7 +117,7 @@ def audit_public_key(request):
 def audit_verify(request):
     """GET: the verify button and recent verifications. POST: verify the whole chain now (audited)."""
     result = audit_verify_service(actor=request.user, request=request) if request.method == "POST" else None
-    recent = AuditEvent.objects.filter(action="audit.verified").order_by("-seq")[:10]
+    recent = AuditEvent.objects.filter(action=AuditAction.AUDIT_VERIFIED).order_by("-seq")[:10]
     current = current_public_key()
     return render(request, "compliance/audit_verify.html", {
         "result": result,

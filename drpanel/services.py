@@ -45,7 +45,7 @@ def api_token_revoke(*, actor, token: ApiToken) -> ApiToken:
 # Wrong passwords re-entered by a signed-in user (re-authentication, approvals). Sign-in itself is
 # limited by django-axes; these checks happen inside a session, so a stolen session must not be
 # a way to guess the password without limit either.
-PASSWORD_FAILURES = ("auth.reauthenticated", "approval.password_refused")
+PASSWORD_FAILURES = (AuditAction.AUTH_REAUTHENTICATED, AuditAction.APPROVAL_PASSWORD_REFUSED)
 
 
 def password_attempts_exhausted(user) -> bool:
