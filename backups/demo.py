@@ -28,6 +28,7 @@ from django.conf import settings
 from django.db import transaction
 
 from backups.models import Artifact, BackupRun, StorageLocation, System
+from backups.runs import backup_request
 from drpanel import runtime
 
 SYSTEM = "chatbotdysa"
@@ -222,8 +223,6 @@ def seed(out) -> None:
     if not endpoint:
         out.write("  no S3 endpoint (set DRPANEL_DEMO_S3_ENDPOINT, or use `manage.py serve --demo`): "
                   "no off-site location")
-    from backups.services import backup_request
-
     for kind in (Artifact.Kind.FULL, Artifact.Kind.CONFIG):
         if not Artifact.objects.filter(system=system, kind=kind, status=Artifact.Status.AVAILABLE).exists():
             run = backup_request(actor=None, system=system, kind=kind, trigger=BackupRun.Trigger.DEMO)

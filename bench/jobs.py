@@ -181,7 +181,7 @@ def bench_detection(system, primary_dir: Path, env: dict, log_dir: Path, reap_ev
     from rq.registry import StartedJobRegistry
 
     from backups.models import BackupRun
-    from backups.services import backup_request, backup_runs_reap
+    from backups.runs import backup_request, backup_runs_reap
 
     worker = start_worker(log_dir, env, "doomed")
     try:

@@ -125,7 +125,7 @@ class Bench:
     def backup(self, label: str, url: str):
         """A full backup through the panel's job; returns the artifact (in a local primary location)."""
         from backups.models import BackupRun, StorageLocation, System
-        from backups.services import backup_request, backup_run_execute
+        from backups.runs import backup_request, backup_run_execute
 
         variable = f"DRPANEL_BENCH_{label.upper()}_URL"
         os.environ[variable] = url
@@ -302,7 +302,7 @@ class Bench:
 
         from backups.models import System
         from drpanel.jobs import ping
-        from restores import services
+        from restores import targets
         from restores.models import RestoreRun, Target
 
         source = f"{self.prefix}_clicksrc"
@@ -311,12 +311,12 @@ class Bench:
             conn.execute("CREATE TABLE users (id int PRIMARY KEY); INSERT INTO users SELECT generate_series(1, 10)")
         artifact = self.backup("clicks", self.url(source))
         os.environ["DRPANEL_BENCH_CLICK_TARGET_URL"] = self.url(f"{self.prefix}_clicktgt")
-        target = Target.objects.filter(name="bench-loop-click").first() or services.target_create(
+        target = Target.objects.filter(name="bench-loop-click").first() or targets.target_create(
             actor=None, name="bench-loop-click", environment="scratch",
             database_ref="env:DRPANEL_BENCH_CLICK_TARGET_URL", system=System.objects.get(name="bench-loop-clicks"))
         user, _ = get_user_model().objects.get_or_create(username="bench-loop-operator")
         user.groups.add(Group.objects.get(name="Operator"))
-        services.target_right_grant(actor=None, target=target, user=user, right="restore_to_target")
+        targets.target_right_grant(actor=None, target=target, user=user, right="restore_to_target")
         client = Client()
         client.force_login(user)
         RestoreRun.objects.filter(target=target).exclude(state__in=RestoreRun.FINAL_STATES).update(state="failed")

@@ -172,7 +172,7 @@ def running_jobs() -> list[BackupRun]:
 
 
 def _may_delete(user, approval: Approval) -> bool:
-    from backups.services import may_approve_deletion
+    from backups.deletion import may_approve_deletion
 
     return may_approve_deletion(user)
 

@@ -55,7 +55,7 @@ def seed_health(out) -> None:
     between the full and the config backup. No history is invented: it starts now.
     """
     from backups.models import BackupRun
-    from backups.services import backup_run_execute
+    from backups.runs import backup_run_execute
     from compliance.health import health_recompute_all, health_recompute_deferred
 
     queued = list(BackupRun.objects.filter(state=BackupRun.State.QUEUED, trigger=BackupRun.Trigger.DEMO)

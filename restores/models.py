@@ -221,7 +221,8 @@ class RestoreRun(models.Model):
     """A restore of an artifact into a target, in a mode, with its steps, timings and rollback.
 
     States and the only allowed transitions (each is a conditional update on the state the
-    caller saw, and each writes an audit event; see ``restores.runs``):
+    caller saw, and each writes an audit event; see ``restores.requests``, ``restores.execution`` and
+    ``restores.rollback``):
 
     - requested → awaiting_approval (production target) | queued (staging, scratch)
     - awaiting_approval → approved (a manager other than the requester, holding

@@ -39,11 +39,10 @@ from backups import formats
 from backups.models import Artifact, System
 from backups.storage import StorageError
 from compliance.audit import audit_record
-from drpanel import runtime, secrets
+from drpanel import runs, runtime, secrets
 from drpanel.permissions import Cap, require_cap
 from restores import configs, materialize, pgops, plainsql, sanity
 from restores.models import LEVELS, SanityCheck, VerificationRun
-from restores.tracking import Heartbeat, StepList
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +96,59 @@ def system_sanity_checks(system: System) -> list[SanityCheck]:
     return checks
 
 
+# --- the verification kind of the run runtime ------------------------------------------------
+
+
+class VerificationRuns(runs.RunKind):
+    """Verification runs in the run runtime: failed through ``verification_fail``, their throw-away database
+    dropped by ``verification_tidy``."""
+
+    name = "verification"
+    model = VerificationRun
+    queue = VERIFY_QUEUE
+    job = "restores.jobs.verification_run_job"
+    timeout = 12 * 3600
+    on_failure = "restores.jobs.verification_job_failed"
+    reconciled = True
+
+    def fail(self, run_id, reason: str, *, expected) -> bool:
+        return verification_fail(run_id, reason, expected=expected)
+
+    def tidy(self, run) -> None:
+        verification_tidy(run)
+
+    def record_requeue(self, run, details: dict) -> None:
+        audit_record(actor=None, action="verification.requeued", obj=run.artifact, details=details)
+
+
+VERIFICATION_RUNS = runs.register(VerificationRuns())
+
+
+def verification_fail(run_id, reason: str, *, expected=(VerificationRun.State.RUNNING,)) -> bool:
+    """Fail a verification run that cannot finish; drop its throw-away database."""
+    with transaction.atomic():
+        changed = VerificationRun.objects.filter(pk=run_id, state__in=list(expected)).update(
+            state=VerificationRun.State.FAILED, finished_at=timezone.now(), error=reason[:4000])
+        if not changed:
+            return False
+        run = VerificationRun.objects.select_related("artifact").get(pk=run_id)
+        audit_record(actor=None, action="verification.failed", obj=run.artifact, outcome="failure",
+                     details={"run": str(run.pk), "level": run.level, "error": reason[:500]})
+    verification_tidy(run)
+    return True
+
+
+def verification_tidy(run: VerificationRun) -> None:
+    """Drop a failed run's throw-away database; if the server cannot be reached, mark it to try again."""
+    try:
+        pgops.drop_copy(verify_server_url(), run.pk, pgops.CopyKind.SIDE)
+    except (pgops.PgOpsError, secrets.SecretReferenceError) as exc:
+        log.warning("cannot drop the throw-away database of verification %s: %s", run.pk, exc)
+        VerificationRun.objects.filter(pk=run.pk).update(needs_cleanup=True)
+        return
+    VerificationRun.objects.filter(pk=run.pk).update(needs_cleanup=False)
+
+
 # --- requests ---------------------------------------------------------------------------------
 
 
@@ -124,8 +176,8 @@ def verification_request(*, actor, artifact: Artifact, level: str, trigger: str 
         run = VerificationRun.objects.create(artifact=artifact, level=level, trigger=trigger, requested_by=actor)
         audit_record(actor=actor, action="verification.requested", obj=artifact, request=request,
                      details={"run": str(run.id), "level": level, "trigger": trigger})
-        # robust: if Redis refuses, the request still stands; the reconciler queues it again.
-        transaction.on_commit(lambda: enqueue_verification(run.id), robust=True)
+        # If Redis refuses, the request still stands; the reconciler queues it again.
+        VERIFICATION_RUNS.enqueue_on_commit(run.id)
     return run
 
 
@@ -141,16 +193,8 @@ def verify_new_backup(artifact: Artifact) -> VerificationRun:
 
 
 def enqueue_verification(run_id) -> None:
-    """Put the run's job on the ``verify`` queue and remember its id (also used to queue a lost job again)."""
-    import django_rq
-    from django.db.models import F
-    from rq import Callback
-
-    from restores.jobs import verification_job_failed, verification_run_job
-
-    job = django_rq.get_queue(VERIFY_QUEUE).enqueue(verification_run_job, str(run_id), job_timeout=12 * 3600,
-                                                    on_failure=Callback(verification_job_failed))
-    VerificationRun.objects.filter(pk=run_id).update(job_id=job.id, enqueue_count=F("enqueue_count") + 1)
+    """Put the run's job on the ``verify`` queue now and remember its id."""
+    VERIFICATION_RUNS.enqueue(run_id)
 
 
 # --- execution --------------------------------------------------------------------------------
@@ -170,9 +214,9 @@ def verification_execute(run_id) -> VerificationRun:
         audit_record(actor=None, action="verification.started", obj=run.artifact,
                      details={"run": str(run.id), "level": run.level})
     levels = LEVELS[: LEVELS.index(run.level) + 1]
-    steps = StepList(run, [(level, WEIGHTS[level]) for level in levels], field="results")
+    steps = runs.StepList(run, [(level, WEIGHTS[level]) for level in levels], field="results")
     error = ""
-    with Heartbeat(run):
+    with runs.Heartbeat(run):
         try:
             _verify(run, steps, levels)
         except LevelFailed as exc:
@@ -186,7 +230,7 @@ def verification_execute(run_id) -> VerificationRun:
     return _finish(run, steps, error)
 
 
-def _finish(run: VerificationRun, steps: StepList, error: str) -> VerificationRun:
+def _finish(run: VerificationRun, steps: runs.StepList, error: str) -> VerificationRun:
     passed = [s["name"] for s in steps.steps if s["state"] == "succeeded"]
     reached = ""
     for level in LEVELS:
@@ -211,7 +255,7 @@ def _finish(run: VerificationRun, steps: StepList, error: str) -> VerificationRu
     return run
 
 
-def _fail(steps: StepList, level: str, message: str, **data) -> None:
+def _fail(steps: runs.StepList, level: str, message: str, **data) -> None:
     steps.finish(level, state="failed", detail=message, data=data or None)
     for step in steps.steps:
         if step["state"] == "pending":
@@ -232,7 +276,7 @@ def _authenticate_only(artifact, copy, steps, progress_of) -> None:
     _record_pass(artifact, copy, steps, result, same_pass=True)
 
 
-def _verify(run: VerificationRun, steps: StepList, levels: tuple[str, ...]) -> None:
+def _verify(run: VerificationRun, steps: runs.StepList, levels: tuple[str, ...]) -> None:
     artifact = run.artifact
     try:
         copy = materialize.pick_copy(artifact)
@@ -285,7 +329,7 @@ def _verify(run: VerificationRun, steps: StepList, levels: tuple[str, ...]) -> N
         materialize.discard(made.path)
 
 
-def _split_failure(artifact, copy, steps: StepList, message: str) -> None:
+def _split_failure(artifact, copy, steps: runs.StepList, message: str) -> None:
     """The decrypting pass failed: tell whether the stored bytes are damaged (checksum) or only the decryption."""
     try:
         size, _ = materialize.hash_copy(artifact, copy)
@@ -297,7 +341,7 @@ def _split_failure(artifact, copy, steps: StepList, message: str) -> None:
     _fail(steps, "decrypt", message)
 
 
-def _record_pass(artifact, copy, steps: StepList, result, *, same_pass: bool) -> None:
+def _record_pass(artifact, copy, steps: runs.StepList, result, *, same_pass: bool) -> None:
     stored_size = result.stored_size
     steps.finish("checksum", bytes=stored_size,
                  detail=f"SHA-256 of the {stored_size} stored bytes in {copy.location.name} matches the catalog"
@@ -314,7 +358,7 @@ def _record_pass(artifact, copy, steps: StepList, result, *, same_pass: bool) ->
     steps.finish("decrypt", bytes=result.plaintext_size, detail=detail)
 
 
-def _structure(artifact: Artifact, steps: StepList, made: materialize.Materialized) -> None:
+def _structure(artifact: Artifact, steps: runs.StepList, made: materialize.Materialized) -> None:
     steps.start("structure")
     content = made.content
     if content == "pg_custom":
@@ -373,7 +417,8 @@ def _ends(path: Path, size: int = 4096) -> tuple[bytes, bytes]:
         return head, handle.read()
 
 
-def _restore_test(run: VerificationRun, artifact: Artifact, steps: StepList, made: materialize.Materialized) -> None:
+def _restore_test(run: VerificationRun, artifact: Artifact, steps: runs.StepList,
+                  made: materialize.Materialized) -> None:
     steps.start("restore-test")
     if made.content == "config_tar":
         _config_restore_test(run, artifact, steps, made)
@@ -422,7 +467,7 @@ def _restore_test(run: VerificationRun, artifact: Artifact, steps: StepList, mad
     steps.finish("restore-test", detail=detail, data=data)
 
 
-def _config_restore_test(run, artifact: Artifact, steps: StepList, made: materialize.Materialized) -> None:
+def _config_restore_test(run, artifact: Artifact, steps: runs.StepList, made: materialize.Materialized) -> None:
     scratch = Path(tempfile.mkdtemp(prefix=f"{materialize.TEMP_PREFIX}{run.id}-", dir=materialize.temp_dir()))
     try:
         try:
@@ -454,26 +499,26 @@ def _drop_throwaway(run: VerificationRun) -> None:
 
 def schedule_daily(now=None) -> list[VerificationRun]:
     """Every day: the newest available full artifact of each system, at the decrypt level."""
-    runs = []
+    queued = []
     for system in System.objects.all():
         newest = Artifact.objects.filter(system=system, kind=Artifact.Kind.FULL,
                                          status=Artifact.Status.AVAILABLE).order_by("-created_at").first()
         if newest is not None:
-            runs.append(verification_request(actor=None, artifact=newest, level="decrypt",
+            queued.append(verification_request(actor=None, artifact=newest, level="decrypt",
                                              trigger=VerificationRun.Trigger.SCHEDULE))
-    return runs
+    return queued
 
 
 def schedule_weekly(now=None, rng: random.Random | None = None) -> list[VerificationRun]:
     """Every week: one full artifact of each system from the last 30 days, picked at random, at restore-test."""
     now = now or timezone.now()
     rng = rng or random.SystemRandom()
-    runs = []
+    queued = []
     for system in System.objects.all():
         recent = list(Artifact.objects.filter(system=system, kind=Artifact.Kind.FULL, status=Artifact.Status.AVAILABLE,
                                               created_at__gte=now - timedelta(days=30)).values_list("pk", flat=True))
         if recent:
             artifact = Artifact.objects.get(pk=rng.choice(recent))
-            runs.append(verification_request(actor=None, artifact=artifact, level="restore-test",
+            queued.append(verification_request(actor=None, artifact=artifact, level="restore-test",
                                              trigger=VerificationRun.Trigger.SCHEDULE))
-    return runs
+    return queued

@@ -10,7 +10,7 @@ from django.db import connection
 
 from backups import demo, pgtools
 from backups.models import Artifact, BackupRun, System
-from backups.services import backup_run_execute
+from backups.runs import backup_run_execute
 from tests.backup_fixtures import *  # noqa: F403 - fixtures
 from tests.backup_fixtures import server_url
 from tests.support import rq_workers, worker_env

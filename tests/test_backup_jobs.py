@@ -8,8 +8,9 @@ import tarfile
 import pytest
 
 from backups import formats, pgtools
+from backups.errors import BackupError
 from backups.models import Artifact, ArtifactCopy, BackupRun
-from backups.services import BackupError, backup_request, backup_run_execute
+from backups.runs import backup_request, backup_run_execute
 from backups.storage import manifest_key
 from compliance.models import AuditEvent
 from tests.backup_fixtures import *  # noqa: F403 - fixtures
@@ -160,7 +161,7 @@ def test_the_reaper_fails_runs_that_can_no_longer_finish(operator, system, prima
 
     from django.utils import timezone
 
-    from backups.services import backup_runs_reap
+    from backups.runs import backup_runs_reap
 
     long_ago = timezone.now() - timedelta(hours=1)
     dead = BackupRun.objects.create(system=system, kind="full", state="running", heartbeat_at=long_ago)

@@ -125,7 +125,7 @@ def test_no_canary_secret_reaches_the_database_logs_exports_or_error_pages(
     pages.append(api.get(f"/api/v1/artifacts/{run.artifact_id}"))
     # A failing backup: its error names the database, never the password.
     os.environ["CANARY_DB_URL"] = os.environ["CANARY_DB_URL"].rsplit("/", 1)[0] + "/no_such_database_canary"
-    from backups.services import backup_request, backup_run_execute
+    from backups.runs import backup_request, backup_run_execute
 
     failed = backup_run_execute(backup_request(actor=user, system=system, kind="full").id)
     assert failed.state == "failed" and "no_such_database_canary" in failed.error

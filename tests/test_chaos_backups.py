@@ -14,7 +14,7 @@ from django.utils import timezone as django_timezone
 
 from backups import pgtools
 from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation
-from backups.services import backup_request, backup_run_execute, backup_runs_reap
+from backups.runs import backup_request, backup_run_execute, backup_runs_reap
 from compliance.audit_verify import verify_chain
 from compliance.models import AuditEvent
 from tests.backup_fixtures import *  # noqa: F403 - fixtures

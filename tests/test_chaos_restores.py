@@ -17,7 +17,7 @@ import pytest
 
 from compliance.audit_verify import verify_chain
 from compliance.models import AuditEvent
-from restores import pgops, reliability, runs
+from restores import pgops, reliability, requests
 from restores.models import RestoreRun, SanityCheck, VerificationRun
 from restores.verifications import verification_request
 from tests.chaos_support import kill_tree, restart_redis_database
@@ -91,8 +91,8 @@ def test_the_restoring_backend_terminated_mid_restore_fails_the_run_and_leaves_t
         operator, staging, slow_sanity, full_artifact, scratch, redis_conn):
     live = scratch.name("shop_staging")
     with rq_workers(["restore"], count=1):
-        run = runs.restore_request(actor=operator, artifact=full_artifact, target=staging, mode="database-only",
-                                   confirm=staging.name)
+        run = requests.restore_request(actor=operator, artifact=full_artifact, target=staging, mode="database-only",
+                                       confirm=staging.name)
         side = pgops.copy_name(live, run.pk, "restore")
         wait_for(lambda: step_running(RestoreRun, run, "sanity checks") and side in scratch.databases(), 90,
                  what="the restore's sanity step on its side database")

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.urls import reverse
 
+from backups.deletion import artifact_delete_request
 from backups.models import ArtifactCopy, BackupRun, System
-from backups.services import artifact_delete_request
 from compliance.charts import health_chart, rto_chart, sizes_chart
 from compliance.dashboard import CHART_SLOTS, Drill, approvals_waiting_for, downsample_scores, on_call, size_bars
 from compliance.health import health_recompute

@@ -13,7 +13,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from compliance.models import AuditEvent
-from restores import jobs, pgops, reliability, runs
+from drpanel.runs import MAX_ENQUEUES
+from restores import jobs, pgops, reliability, requests, rollback
 from restores.models import RestoreRun, SanityCheck, VerificationRun
 from restores.verifications import verification_request
 from tests.loop_support import copy_marker
@@ -28,8 +29,8 @@ def state_of(run) -> str:
 
 
 def request(actor, artifact, target, **extra) -> RestoreRun:
-    return runs.restore_request(actor=actor, artifact=artifact, target=target, mode="database-only",
-                                confirm=target.name, **extra)
+    return requests.restore_request(actor=actor, artifact=artifact, target=target, mode="database-only",
+                                    confirm=target.name, **extra)
 
 
 def live(scratch, target) -> str:
@@ -153,7 +154,7 @@ def test_a_job_lost_again_and_again_fails_the_run_with_the_reason(operator, read
     staging, artifact = ready
     settings.RUN_LOST_JOB_SECONDS = 0
     run = request(operator, artifact, staging)
-    for _ in range(reliability.MAX_ENQUEUES):
+    for _ in range(MAX_ENQUEUES):
         redis_conn.flushdb()
         reliability.reconcile()
     run.refresh_from_db()
@@ -223,10 +224,10 @@ def test_a_worker_that_died_in_the_middle_of_the_swap_is_repaired(operator, read
 
 def test_a_worker_that_died_after_the_swap_committed_leaves_a_rollback_possible(operator, manager, ready, scratch,
                                                                                redis_conn, password):
-    from restores import services
+    from restores import targets
 
     staging, artifact = ready
-    services.target_right_grant(actor=None, target=staging, user=manager, right="approve_restore")
+    targets.target_right_grant(actor=None, target=staging, user=manager, right="approve_restore")
     run = _running(request(operator, artifact, staging))
     name = live(scratch, staging)
     side = pgops.copy_name(name, run.pk, "restore")
@@ -236,7 +237,7 @@ def test_a_worker_that_died_after_the_swap_committed_leaves_a_rollback_possible(
     run.refresh_from_db()
     assert run.state == "failed" and run.swapped_at and run.rollback_until
     assert scratch.marker(name) == "restored"
-    run = runs.restore_rollback(actor=manager, run=run, password=password)
+    run = rollback.restore_rollback(actor=manager, run=run, password=password)
     assert scratch.marker(name) == "before"
     assert copy_marker(scratch, pgops.copy_name(name, run.pk, "failed")) == "restored"
 

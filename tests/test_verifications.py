@@ -10,9 +10,9 @@ import boto3
 import pytest
 from django.utils import timezone
 
+from backups.copies import copy_artifact
 from backups.keys import KeyConfig
 from backups.models import Artifact, ArtifactCopy, StorageLocation
-from backups.services import copy_artifact
 from compliance.models import AuditEvent
 from drpanel.permissions import Denied
 from restores import materialize, verifications
