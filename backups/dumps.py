@@ -23,7 +23,7 @@ from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation
 from backups.storage import StorageError, artifact_key
 from backups.systems import primary_location
 from compliance.audit import audit_record
-from drpanel import secrets
+from drpanel import pgbin, secrets
 from drpanel.runs import ByteProgress, StepLog
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def full_backup(run: BackupRun, steps: StepLog) -> Artifact:
     conn = pgtools.connect(url, autocommit=True)
     try:
         facts = pgtools.server_facts(conn)
-        tool = pgtools.find_tool("pg_dump", facts["server_major"])
+        tool = pgbin.find_tool("pg_dump", facts["server_major"])
         # One snapshot for the dump and the row counts: the manifest's counts are those of the dump.
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         # The counts run beside pg_dump: one core at most, so they do not slow the dump down.

@@ -215,12 +215,13 @@ def bench_dump(label: str, url: str, repeats: int, spool: Path) -> dict:
 
     from backups import pgtools
     from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, System
+    from drpanel import pgbin
 
     env_name = f"DRPANEL_BENCH_{label.upper()}_URL"
     os.environ[env_name] = url
     with psycopg.connect(url) as conn:
         facts = pgtools.server_facts(conn)
-    tool = pgtools.find_tool("pg_dump", facts["server_major"])
+    tool = pgbin.find_tool("pg_dump", facts["server_major"])
     location_dir = spool / f"primary-{label}"
     location_dir.mkdir(parents=True, exist_ok=True)
     StorageLocation.objects.filter(role="primary").update(enabled=False)

@@ -4,7 +4,7 @@ The worker's path (``restore_run_execute``, the body of ``restores.jobs.restore_
 
 1. **fetch and decrypt** — the artifact is materialised into a temporary file from the first
    intact copy (``restores.materialize``); a corrupted, truncated or wrong-key copy is refused
-   before anything is restored. When the temporary disk lacks room (``pgops.plan_restore``)
+   before anything is restored. When the temporary disk lacks room (``pg.plan_restore``)
    the plaintext is streamed into ``pg_restore -j1`` instead, and the run says so;
 2. **restore** into the side database ``<db>__restore_<tag>`` (``pg_restore -jN`` from the
    file, or ``psql`` for a plain SQL dump);
@@ -36,7 +36,7 @@ from backups.models import Artifact
 from compliance.audit import audit_record
 from drpanel import runs, runtime, secrets
 from drpanel.models import Approval
-from restores import configs, healthchecks, materialize, pgops, plainsql, sanity
+from restores import configs, healthchecks, materialize, pg, plainsql, sanity
 from restores.models import RestoreRun
 from restores.recovery_checks import create_recovery_checks, database_connectivity, evaluate_recovery_checks
 from restores.runstate import RunFailure, audit_details, current_binding_hash, transition
@@ -125,7 +125,7 @@ def restore_run_execute(run_id) -> RestoreRun:
             _Execution(run, steps).execute()
         except Exception as exc:
             message = str(exc) or type(exc).__name__
-            if not isinstance(exc, RunFailure | pgops.PgOpsError | materialize.MaterializeError
+            if not isinstance(exc, RunFailure | pg.PgOpsError | materialize.MaterializeError
                               | configs.ConfigArchiveRefused | configs.ConfigSwapError
                               | secrets.SecretReferenceError):
                 log.exception("restore run %s failed", run.pk)
@@ -172,7 +172,7 @@ class _Execution:
     def database(self) -> None:
         artifact = self.run.artifact
         size = artifact.plaintext_size or artifact.size or 0
-        plan = pgops.plan_restore(size)
+        plan = pg.plan_restore(size)
         note = plan.reason
         if plan.mode == "stream" and artifact.format not in STREAMABLE:
             raise RunFailure(f"{plan.reason.split(':')[0]}; and this {artifact.get_format_display()} artifact "
@@ -184,7 +184,7 @@ class _Execution:
         def fetched(done: int) -> None:
             self.steps.progress(fetch, done / stored if stored else None, bytes=done)
 
-        def restored(progress: pgops.RestoreProgress) -> None:
+        def restored(progress: pg.RestoreProgress) -> None:
             self.steps.progress(restore, progress.fraction, detail=f"pg_restore: {progress.message}"[:200])
 
         if plan.mode == "file":
@@ -201,8 +201,8 @@ class _Execution:
             self.steps.start(restore, detail=f"pg_restore -j{plan.jobs} from the file"
                              if made.content == "pg_custom" else "psql, one transaction")
             if made.content == "pg_custom":
-                result = pgops.restore_to_side_database(self.url, self.run.pk, made.path, jobs=plan.jobs,
-                                                        on_progress=restored)
+                result = pg.restore_to_side_database(self.url, self.run.pk, made.path, jobs=plan.jobs,
+                                                     on_progress=restored)
             else:
                 result = plainsql.restore_plain_sql(self.url, self.run.pk, made.path, on_progress=lambda d, t:
                                                     self.steps.progress(restore, d / t if t else None, bytes=d))
@@ -211,8 +211,8 @@ class _Execution:
             self.steps.start(fetch, detail=f"streaming from {copy.location.name}: {note}")
             self.steps.start(restore, detail="pg_restore -j1 from the decrypting stream (low-disk fallback)")
             stream = materialize.plaintext_stream(artifact, copy, progress=fetched)
-            result = pgops.restore_to_side_database(self.url, self.run.pk, stream, bytes_total=size,
-                                                    on_progress=restored)
+            result = pg.restore_to_side_database(self.url, self.run.pk, stream, bytes_total=size,
+                                                 on_progress=restored)
             self.steps.finish(fetch, bytes=stored, detail=f"{stored} bytes streamed from {copy.location.name}, "
                                                           "SHA-256 matches, every chunk authenticated")
         self.side = result.database
@@ -263,7 +263,7 @@ class _Execution:
         self.steps.finish(fetch, bytes=made.stored_size, data=made.as_dict(),
                           detail=f"{made.stored_size} bytes from {made.copy.location.name}, SHA-256 matches, "
                                  "every chunk authenticated")
-        self.steps.start(extract, detail=f"into {self.target.config_dir}.restore-{pgops.run_tag(self.run.pk)}")
+        self.steps.start(extract, detail=f"into {self.target.config_dir}.restore-{pg.run_tag(self.run.pk)}")
         self.config_prefix = configs.single_top_directory(made.path)
         new_dir, summary = configs.extract_config_tar(made.path, self.target.config_dir, self.run.pk,
                                                       strip_prefix=self.config_prefix)
@@ -284,7 +284,7 @@ class _Execution:
                                  "not swapping")
             done = {}
             if self.run.restores_database:
-                result = pgops.swap_in(self.url, self.run.pk)
+                result = pg.swap_in(self.url, self.run.pk)
                 done["database"] = result.as_dict()
             if self.run.restores_config:
                 try:
@@ -292,8 +292,8 @@ class _Execution:
                 except (configs.ConfigSwapError, OSError) as exc:
                     if self.run.restores_database:
                         # A full restore is both or neither: put the database back.
-                        pgops.swap_back(self.url, self.run.pk)
-                        pgops.drop_copy(self.url, self.run.pk, pgops.CopyKind.FAILED)
+                        pg.swap_back(self.url, self.run.pk)
+                        pg.drop_copy(self.url, self.run.pk, pg.CopyKind.FAILED)
                     raise RunFailure(f"the config directory swap failed ({exc}); the database swap was undone, "
                                      "the target is as it was") from None
             swapped_at = timezone.now()
@@ -388,9 +388,9 @@ def tidy_failed(run: RestoreRun) -> list[str]:
         try:
             if run.restores_database:
                 url = secrets.resolve(run.target.database_ref)
-                reconciled = pgops.reconcile_swap(url, run.pk)
+                reconciled = pg.reconcile_swap(url, run.pk)
                 actions += reconciled.actions
-                if reconciled.found in (pgops.SwapState.SWAPPED, pgops.SwapState.ROLLED_BACK) and not run.swapped_at:
+                if reconciled.found in (pg.SwapState.SWAPPED, pg.SwapState.ROLLED_BACK) and not run.swapped_at:
                     # The swap committed but the worker died before recording it.
                     now = timezone.now()
                     until = now + timedelta(hours=settings.RESTORE_ROLLBACK_WINDOW_HOURS)
@@ -398,7 +398,7 @@ def tidy_failed(run: RestoreRun) -> list[str]:
                     actions.append("the swap had happened: the restored database is live, rollback possible")
             if run.restores_config and run.target.config_dir:
                 actions += configs.reconcile_config_swap(run.target.config_dir, run.pk)
-        except (pgops.PgOpsError, secrets.SecretReferenceError, configs.ConfigSwapError, OSError) as exc:
+        except (pg.PgOpsError, secrets.SecretReferenceError, configs.ConfigSwapError, OSError) as exc:
             actions.append(f"could not finish: {exc}")
             RestoreRun.objects.filter(pk=run.pk).update(results={**run.results, "reconcile": actions})
             return actions

@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from compliance.audit import audit_record
 from drpanel import runs, secrets
-from restores import materialize, pgops, verifications
+from restores import materialize, pg, verifications
 from restores.execution import RESTORE_RUNS
 from restores.models import RestoreRun, Target, VerificationRun
 from restores.verifications import VERIFICATION_RUNS
@@ -57,9 +57,9 @@ def drop_orphan_side_databases() -> list[str]:
     Only tags of runs this panel knows are touched: another panel sharing the server keeps
     its own. Pre-restore and failed copies are left to ``rollback.restore_copies_drop_due``.
     """
-    running = {pgops.run_tag(pk) for pk in RestoreRun.objects.filter(
+    running = {pg.run_tag(pk) for pk in RestoreRun.objects.filter(
         state__in=[RestoreRun.State.QUEUED, RestoreRun.State.RUNNING]).values_list("pk", flat=True)}
-    running |= {pgops.run_tag(pk) for pk in VerificationRun.objects.filter(
+    running |= {pg.run_tag(pk) for pk in VerificationRun.objects.filter(
         state__in=[VerificationRun.State.QUEUED, VerificationRun.State.RUNNING]).values_list("pk", flat=True)}
     urls = []
     for target in Target.objects.filter(runs__isnull=False).distinct():
@@ -70,16 +70,16 @@ def drop_orphan_side_databases() -> list[str]:
     dropped = []
     for url, known_runs in urls:
         try:
-            copies = [c for c in pgops.find_orphans(url, keep=running) if c.kind == pgops.CopyKind.SIDE]
-        except pgops.PgOpsError:
+            copies = [c for c in pg.find_orphans(url, keep=running) if c.kind == pg.CopyKind.SIDE]
+        except pg.PgOpsError:
             continue
         if not copies:
             continue
-        known = {pgops.run_tag(pk) for pk in known_runs.values_list("pk", flat=True)}
+        known = {pg.run_tag(pk) for pk in known_runs.values_list("pk", flat=True)}
         for copy in copies:
             if copy.tag in known:
-                with contextlib.suppress(pgops.PgOpsError):
-                    if pgops.drop_database_copy(url, copy.name):
+                with contextlib.suppress(pg.PgOpsError):
+                    if pg.drop_database_copy(url, copy.name):
                         dropped.append(copy.name)
     if dropped:
         with transaction.atomic():

@@ -11,7 +11,7 @@ from django.utils import timezone
 from compliance.audit import audit_record
 from drpanel import secrets
 from drpanel.permissions import Cap, Denied, has_object_right, require_cap
-from restores import configs, pgops
+from restores import configs, pg
 from restores.models import APPROVE_RESTORE, RestoreRun
 from restores.runstate import PasswordRefused, RestoreConflict, audit_details, transition
 from restores.swaplock import target_lock
@@ -60,10 +60,10 @@ def restore_rollback(*, actor, run: RestoreRun, password: str, request=None) -> 
             raise RestoreConflict(blocker)
         try:
             if run.restores_database:
-                done["database"] = pgops.swap_back(secrets.resolve(run.target.database_ref), run.pk).as_dict()
+                done["database"] = pg.swap_back(secrets.resolve(run.target.database_ref), run.pk).as_dict()
             if run.restores_config:
                 done["config"] = configs.swap_back_config_dir(run.target.config_dir, run.pk).as_dict()
-        except (pgops.PgOpsError, configs.ConfigSwapError, secrets.SecretReferenceError, OSError) as exc:
+        except (pg.PgOpsError, configs.ConfigSwapError, secrets.SecretReferenceError, OSError) as exc:
             failure = exc
         if failure is None:
             seconds = time.perf_counter() - started
@@ -93,14 +93,14 @@ def restore_copies_drop_due(now=None) -> int:
             try:
                 if run.restores_database:
                     url = secrets.resolve(run.target.database_ref)
-                    for kind in (pgops.CopyKind.PRE, pgops.CopyKind.FAILED):
-                        if pgops.drop_copy(url, run.pk, kind):
-                            dropped.append(pgops.copy_name(pgops.database_name(url), run.pk, kind))
+                    for kind in (pg.CopyKind.PRE, pg.CopyKind.FAILED):
+                        if pg.drop_copy(url, run.pk, kind):
+                            dropped.append(pg.copy_name(pg.database_name(url), run.pk, kind))
                 if run.restores_config and run.target.config_dir:
                     for kind in (configs.ConfigCopyKind.PRE, configs.ConfigCopyKind.FAILED):
                         if configs.drop_config_copy(run.target.config_dir, run.pk, kind):
                             dropped.append(str(configs.config_copy_path(run.target.config_dir, run.pk, kind)))
-            except (pgops.PgOpsError, secrets.SecretReferenceError, configs.ConfigSwapError, OSError) as exc:
+            except (pg.PgOpsError, secrets.SecretReferenceError, configs.ConfigSwapError, OSError) as exc:
                 log.warning("cannot drop the copies of restore %s: %s", run.pk, exc)
                 continue
             RestoreRun.objects.filter(pk=run.pk).update(copies_dropped_at=timezone.now())

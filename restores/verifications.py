@@ -41,7 +41,7 @@ from backups.storage import StorageError
 from compliance.audit import audit_record
 from drpanel import runs, runtime, secrets
 from drpanel.permissions import Cap, require_cap
-from restores import configs, materialize, pgops, plainsql, sanity
+from restores import configs, materialize, pg, plainsql, sanity
 from restores.models import LEVELS, SanityCheck, VerificationRun
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,8 @@ def verification_fail(run_id, reason: str, *, expected=(VerificationRun.State.RU
 def verification_tidy(run: VerificationRun) -> None:
     """Drop a failed run's throw-away database; if the server cannot be reached, mark it to try again."""
     try:
-        pgops.drop_copy(verify_server_url(), run.pk, pgops.CopyKind.SIDE)
-    except (pgops.PgOpsError, secrets.SecretReferenceError) as exc:
+        pg.drop_copy(verify_server_url(), run.pk, pg.CopyKind.SIDE)
+    except (pg.PgOpsError, secrets.SecretReferenceError) as exc:
         log.warning("cannot drop the throw-away database of verification %s: %s", run.pk, exc)
         VerificationRun.objects.filter(pk=run.pk).update(needs_cleanup=True)
         return
@@ -306,7 +306,7 @@ def _verify(run: VerificationRun, steps: runs.StepList, levels: tuple[str, ...])
     if levels[-1] == "decrypt":
         _authenticate_only(artifact, copy, steps, progress_of)
         return
-    plan = pgops.plan_restore(artifact.plaintext_size or artifact.size or 0, jobs=1)
+    plan = pg.plan_restore(artifact.plaintext_size or artifact.size or 0, jobs=1)
     if plan.mode == "stream":
         # No room to decrypt into a file: prove what one streaming pass can, and say why the rest waits.
         _authenticate_only(artifact, copy, steps, progress_of)
@@ -363,8 +363,8 @@ def _structure(artifact: Artifact, steps: runs.StepList, made: materialize.Mater
     content = made.content
     if content == "pg_custom":
         try:
-            listing = pgops.list_archive(made.path)
-        except pgops.PgOpsError as exc:
+            listing = pg.list_archive(made.path)
+        except pg.PgOpsError as exc:
             _fail(steps, "structure", str(exc))
         expected = {f"{t['schema']}.{t['table']}" for t in (artifact.manifest or {}).get("tables") or []
                     if isinstance(t, dict) and "schema" in t}
@@ -432,7 +432,7 @@ def _restore_test(run: VerificationRun, artifact: Artifact, steps: runs.StepList
     VerificationRun.objects.filter(pk=run.pk).update(needs_cleanup=True)
     try:
         if made.content == "pg_custom":
-            restored = pgops.restore_to_side_database(
+            restored = pg.restore_to_side_database(
                 url, run.id, made.path,
                 on_progress=lambda p: steps.progress("restore-test", (p.fraction or 0) * 0.8,
                                                      detail=f"pg_restore: {p.message}"))
@@ -440,7 +440,7 @@ def _restore_test(run: VerificationRun, artifact: Artifact, steps: runs.StepList
             restored = plainsql.restore_plain_sql(
                 url, run.id, made.path, on_progress=lambda done, total: steps.progress(
                     "restore-test", 0.8 * done / total if total else None, bytes=done))
-    except pgops.PgOpsError as exc:
+    except pg.PgOpsError as exc:
         _fail(steps, "restore-test", f"the restore failed: {exc}")
     side_url = runtime.with_database_name(url, restored.database)
     expected = manifest_counts(artifact)
@@ -489,8 +489,8 @@ def _drop_throwaway(run: VerificationRun) -> None:
     run.refresh_from_db(fields=["needs_cleanup"])
     if not run.needs_cleanup:
         return
-    with contextlib.suppress(pgops.PgOpsError, secrets.SecretReferenceError):
-        pgops.drop_copy(verify_server_url(), run.id, pgops.CopyKind.SIDE)
+    with contextlib.suppress(pg.PgOpsError, secrets.SecretReferenceError):
+        pg.drop_copy(verify_server_url(), run.id, pg.CopyKind.SIDE)
         VerificationRun.objects.filter(pk=run.pk).update(needs_cleanup=False)
 
 
