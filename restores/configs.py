@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from django.conf import settings
+
 from restores.pg import run_tag
 
 
@@ -68,8 +70,6 @@ def _config_dir(config_dir: str | Path) -> Path:
 
 
 def _limits(max_members: int | None, max_bytes: int | None) -> tuple[int, int]:
-    from django.conf import settings
-
     return (int(max_members or settings.CONFIG_RESTORE_MAX_MEMBERS),
             int(max_bytes or settings.CONFIG_RESTORE_MAX_MB * 1024 * 1024))
 

@@ -12,6 +12,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from restores.sanity import Expectation, ExpectationError
+
 TARGET_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 RESTORE_TO_TARGET = "restores.restore_to_target"
@@ -105,8 +107,6 @@ class SanityCheck(models.Model):
         return f"{self.name}: {self.expectation}"
 
     def clean(self):
-        from restores.sanity import Expectation, ExpectationError
-
         try:
             Expectation.parse(self.expectation)
         except ExpectationError as exc:

@@ -38,7 +38,7 @@ package; callers use ``from restores import pg`` and the names below):
 """
 
 from drpanel.pgbin import major_number
-from restores.pg.archive import ArchiveHeader, ArchiveListing, list_archive, parse_archive_header, read_archive_header
+from restores.pg.archive import ArchiveListing, list_archive
 from restores.pg.connect import client_args, database_name, server_version_num
 from restores.pg.databases import (
     create_side_database,
@@ -56,6 +56,7 @@ from restores.pg.errors import (
     SwapFailed,
     UnsafeDatabaseName,
 )
+from restores.pg.header import ArchiveHeader, parse_archive_header, read_archive_header
 from restores.pg.names import CopyDatabase, CopyKind, copy_name, parse_copy_name, run_tag
 from restores.pg.plan import RestorePlan, human_bytes, plan_restore
 from restores.pg.process import CHUNK_BYTES, die_with_parent, feed

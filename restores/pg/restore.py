@@ -11,9 +11,10 @@ from pathlib import Path
 
 from django.conf import settings
 
-from restores.pg.archive import Source, chunks_of, list_archive, parse_archive_header, peek, read_archive_header
+from restores.pg.archive import Source, chunks_of, list_archive, peek
 from restores.pg.connect import client_args, connect
 from restores.pg.errors import RestoreFailed, UnsafeDatabaseName
+from restores.pg.header import parse_archive_header, read_archive_header
 from restores.pg.names import CopyKind, parse_copy_name
 from restores.pg.process import feed, spawn
 from restores.pg.tools import PgTool, choose_pg_restore

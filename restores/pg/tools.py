@@ -8,13 +8,10 @@ first, pgserver's bundled binaries, then the one on ``PATH``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from drpanel.pgbin import candidates, major_number, show_major
 from restores.pg.errors import NoSuitablePgRestore
-
-if TYPE_CHECKING:  # only a type: the archive module imports this one
-    from restores.pg.archive import ArchiveHeader
+from restores.pg.header import ArchiveHeader
 
 
 @dataclass(frozen=True)
