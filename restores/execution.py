@@ -41,7 +41,7 @@ from restores.models import RestoreRun
 from restores.recovery_checks import create_recovery_checks, database_connectivity, evaluate_recovery_checks
 from restores.runstate import RunFailure, audit_details, current_binding_hash, transition
 from restores.swaplock import target_lock
-from restores.verifications import manifest_counts
+from restores.verification_levels import manifest_counts
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,10 @@ from django.utils import timezone
 
 from compliance.audit import audit_record
 from drpanel import runs, secrets
-from restores import materialize, pg, verifications
+from restores import materialize, pg
 from restores.execution import RESTORE_RUNS
 from restores.models import RestoreRun, Target, VerificationRun
+from restores.verification_levels import verify_server_url
 from restores.verifications import VERIFICATION_RUNS
 
 # The kinds of runs this reconciler settles.
@@ -66,7 +67,7 @@ def drop_orphan_side_databases() -> list[str]:
         with contextlib.suppress(secrets.SecretReferenceError):
             urls.append((secrets.resolve(target.database_ref), RestoreRun.objects.filter(target=target)))
     with contextlib.suppress(secrets.SecretReferenceError):
-        urls.append((verifications.verify_server_url(), VerificationRun.objects.all()))
+        urls.append((verify_server_url(), VerificationRun.objects.all()))
     dropped = []
     for url, known_runs in urls:
         try:
