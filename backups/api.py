@@ -12,7 +12,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from backups import services
+from backups import deletion, errors
+from backups import runs as backup_runs
 from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, System
 from backups.schedules import policy_status
 from backups.selectors import SORTS, artifact_json, artifact_page, decode_cursor, run_json
@@ -183,9 +184,9 @@ class SystemBackupView(APIView):
         body = BackupRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
-            run = services.backup_request(actor=request.user, system=system, kind=body.validated_data["kind"],
-                                          trigger=BackupRun.Trigger.API, request=request)
-        except services.BackupError as exc:
+            run = backup_runs.backup_request(actor=request.user, system=system, kind=body.validated_data["kind"],
+                                             trigger=BackupRun.Trigger.API, request=request)
+        except errors.BackupError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         return Response(run_json(run), status=status.HTTP_202_ACCEPTED)
 
@@ -230,7 +231,7 @@ class ArtifactDetailView(APIView):
 # --- deletion: asked by one person, approved by a manager with their password -------------------
 
 def deletion_json(artifact: Artifact) -> dict:
-    approval = open_approvals(artifact, services.DELETE_APPROVAL).first()
+    approval = open_approvals(artifact, deletion.DELETE_APPROVAL).first()
     return {"artifact": str(artifact.pk), "status": artifact.status,
             "approval": {"id": approval.pk, "state": approval.state, "reason": approval.reason,
                          "requested_by": approval.requested_by.get_username() if approval.requested_by else None,
@@ -251,7 +252,7 @@ def _deletion_error(exc: Exception) -> Response:
 
 
 def _open_request(artifact: Artifact):
-    approval = open_approvals(artifact, services.DELETE_APPROVAL).first()
+    approval = open_approvals(artifact, deletion.DELETE_APPROVAL).first()
     if approval is None:
         raise ValidationError({"artifact": ["no deletion of this artifact is waiting for approval"]})
     return approval
@@ -277,9 +278,9 @@ class ArtifactDeletionView(APIView):
         if not isinstance(reason, str) or not reason.strip():
             raise ValidationError({"reason": ["say why this artifact should be deleted"]})
         try:
-            services.artifact_delete_request(actor=request.user, artifact=artifact, reason=reason[:500],
+            deletion.artifact_delete_request(actor=request.user, artifact=artifact, reason=reason[:500],
                                              request=request)
-        except (services.BackupError, ApprovalError) as exc:
+        except (errors.BackupError, ApprovalError) as exc:
             return _deletion_error(exc)
         return Response(deletion_json(artifact), status=status.HTTP_202_ACCEPTED)
 
@@ -299,9 +300,9 @@ class ArtifactDeletionApproveView(APIView):
         if not isinstance(password, str):
             raise ValidationError({"password": ["your password, again"]})
         try:
-            services.artifact_delete_approve(actor=request.user, approval=approval, password=password,
+            deletion.artifact_delete_approve(actor=request.user, approval=approval, password=password,
                                              request=request)
-        except (services.BackupError, ApprovalError) as exc:
+        except (errors.BackupError, ApprovalError) as exc:
             return _deletion_error(exc)
         artifact.refresh_from_db()
         return Response(deletion_json(artifact))
@@ -322,7 +323,7 @@ class ArtifactDeletionRejectView(APIView):
         if not isinstance(note, str):
             raise ValidationError({"note": ["text"]})
         try:
-            approval_reject(actor=request.user, approval=approval, may_approve=services.may_approve_deletion,
+            approval_reject(actor=request.user, approval=approval, may_approve=deletion.may_approve_deletion,
                             note=note[:500], request=request)
         except ApprovalError as exc:
             return _deletion_error(exc)

@@ -24,10 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 from django.conf import settings
 from django.db import transaction
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from backups.models import Artifact, BackupRun, StorageLocation, System
+from backups.runs import backup_request
 from drpanel import runtime
 
 SYSTEM = "chatbotdysa"
@@ -128,9 +131,6 @@ def canary() -> str:
 def source_url() -> str:
     """The demo database's libpq conninfo, carrying a canary password when the server ignores passwords
     (trust authentication, as the embedded and the test servers use); written once to a 0600 file."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
     path = demo_dir() / "secrets" / "chatbotdysa-db-url"
     if path.exists():
         return path.read_text().strip()
@@ -146,9 +146,6 @@ def source_url() -> str:
 
 
 def ensure_source_database(out) -> str:
-    import psycopg
-    from psycopg.conninfo import make_conninfo
-
     url = source_url()
     admin_url = make_conninfo(url, dbname="postgres")
     with psycopg.connect(admin_url, autocommit=True) as admin:
@@ -179,7 +176,7 @@ def ensure_config_dir() -> Path:
 
 
 def ensure_s3(endpoint: str) -> dict:
-    import boto3
+    import boto3  # on first use: slow to load, and only the demo's S3 location needs it
 
     secrets_dir = demo_dir() / "secrets"
     access = _private_file(secrets_dir / "s3-access-key", "AKIA" + secrets.token_hex(8).upper())
@@ -222,8 +219,6 @@ def seed(out) -> None:
     if not endpoint:
         out.write("  no S3 endpoint (set DRPANEL_DEMO_S3_ENDPOINT, or use `manage.py serve --demo`): "
                   "no off-site location")
-    from backups.services import backup_request
-
     for kind in (Artifact.Kind.FULL, Artifact.Kind.CONFIG):
         if not Artifact.objects.filter(system=system, kind=kind, status=Artifact.Status.AVAILABLE).exists():
             run = backup_request(actor=None, system=system, kind=kind, trigger=BackupRun.Trigger.DEMO)

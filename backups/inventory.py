@@ -18,6 +18,8 @@ verified"). A location that cannot be listed is reported, and its copies are lef
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 from datetime import UTC, datetime
 
@@ -27,12 +29,42 @@ from django.utils import timezone
 from backups import formats
 from backups.keys import LEGACY_PREFIX, get_keyring
 from backups.models import Artifact, ArtifactCopy, InventoryRun, StorageLocation, System
-from backups.storage import MANIFEST_SUFFIX, ObjectInfo, StorageError
+from backups.storage import MANIFEST_SUFFIX, ObjectInfo, StorageError, manifest_key
 from compliance.audit import audit_record
+from drpanel import queues
+from drpanel.permissions import Cap, require_cap
 
 LEGACY = re.compile(r"(?:^|/)(?P<system>[a-z0-9][a-z0-9_-]*)-backups/(?P<dir>[^/]+)/(?P<file>[^/]+)$")
 STAMP = re.compile(r"(?P<d>\d{8})_(?P<t>\d{6})")
 EXTRA_LIMIT = 200
+INVENTORY_QUEUE = "backup"
+
+
+def inventory_request(*, actor, request=None) -> InventoryRun:
+    """Queue an inventory sync of every enabled location (operators and up; the cron as system)."""
+    if actor is not None:
+        require_cap(actor, Cap.START_JOBS, action="inventory.sync")
+    with transaction.atomic():
+        run = InventoryRun.objects.create(requested_by=actor)
+        audit_record(actor=actor, action="inventory.requested", obj=run, request=request)
+        queues.enqueue_on_commit("backups.jobs.inventory_sync_job", str(run.id), queue=INVENTORY_QUEUE,
+                                 timeout=6 * 3600)
+    return run
+
+
+def read_manifest(location: StorageLocation, key: str) -> dict | None:
+    """The manifest stored next to ``key`` in ``location``, or None when there is none or it is not JSON."""
+    try:
+        data = json.loads(location.backend().get_bytes(manifest_key(key)))
+    except (StorageError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def head_bytes(location: StorageLocation, key: str, n: int = 4096) -> bytes:
+    """The first ``n`` bytes of an object (to recognise its format)."""
+    with contextlib.closing(location.backend().open_read(key, start=0, length=n)) as handle:
+        return handle.read()
 
 
 def legacy_match(key: str) -> dict | None:
@@ -162,8 +194,6 @@ def _sync_location(location: StorageLocation) -> dict:
 
 
 def _catalogue_from_manifest(location: StorageLocation, key: str, info: ObjectInfo) -> str:
-    from backups.services import read_manifest
-
     manifest = read_manifest(location, key)
     if not manifest or "artifact_id" not in manifest:
         return "manifest unreadable"
@@ -195,8 +225,6 @@ def _catalogue_from_manifest(location: StorageLocation, key: str, info: ObjectIn
 
 
 def _import_legacy(location: StorageLocation, key: str, info: ObjectInfo, legacy: dict) -> str:
-    from backups.services import head_bytes
-
     system = System.objects.filter(name=legacy["system"]).first()
     if system is None:
         return f"importable: no system named {legacy['system']!r} in the catalog"

@@ -1,45 +1,52 @@
-"""Jobs of the backup catalog: thin functions taking ids; the services do the work and the audit."""
+"""Jobs of the backup catalog: thin functions taking ids; the services do the work and the audit.
 
-from backups import services
+Services enqueue these by dotted path (``drpanel.queues``), so nothing here is imported back
+by the services it calls.
+"""
+
+from backups.inventory import inventory_request, inventory_sync_execute
+from backups.keyrotation import key_rotation_execute
+from backups.retention import retention_apply_all
+from backups.runs import backup_run_execute, backup_runs_reap
+from backups.schedules import enqueue_due_backups
+from drpanel.approvals import approval_expire_due
 
 
 def backup_run_job(run_id: str) -> str:
     """Run one queued backup; the run row records the outcome."""
-    return services.backup_run_execute(run_id).state
+    return backup_run_execute(run_id).state
 
 
 def key_rotation_job(to_key_id: str) -> dict:
-    return services.key_rotation_execute(to_key_id)
+    """Re-wrap every artifact not yet under ``to_key_id``."""
+    return key_rotation_execute(to_key_id)
 
 
 def inventory_sync_job(run_id: str) -> str:
-    from backups.inventory import inventory_sync_execute
-
+    """Compare every location with the catalog (one queued inventory run)."""
     return inventory_sync_execute(run_id).state
 
 
 def schedule_tick() -> int:
     """Every minute: queue the backups each system's policy says are due."""
-    from backups.schedules import enqueue_due_backups
-
     return len(enqueue_due_backups())
 
 
 def retention_job() -> int:
-    from backups.retention import retention_apply_all
-
+    """Hourly: delete what each system's retention policy no longer keeps."""
     return retention_apply_all()
 
 
 def reap_stale_runs() -> int:
-    return services.backup_runs_reap()
+    """Every minute: settle backup runs whose worker died or whose job was lost."""
+    return backup_runs_reap()
 
 
 def expire_approvals() -> int:
-    from drpanel.approvals import approval_expire_due
-
+    """Every minute: expire approvals nobody decided in time."""
     return approval_expire_due()
 
 
 def inventory_tick() -> str:
-    return str(services.inventory_request(actor=None).id)
+    """Every six hours: queue an inventory sync (as the system)."""
+    return str(inventory_request(actor=None).id)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import re
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.conf import settings
 
 from backups.formats import (
     WRAP_AES_GCM,
@@ -240,7 +242,7 @@ class KmsKeyProvider(KeyProvider):
     @property
     def client(self):
         if self._client is None:
-            import boto3
+            import boto3  # on first use: slow to load, and only a KMS key provider needs it
 
             self._client = boto3.client("kms", endpoint_url=self.endpoint_url, region_name=self.region or "us-east-1")
         return self._client
@@ -250,13 +252,11 @@ class KmsKeyProvider(KeyProvider):
 
     @staticmethod
     def context(header: Header) -> dict:
-        import hashlib
-
         return {"drpanel-artifact": str(header.artifact_id),
                 "drpanel-header": hashlib.sha256(header.fixed).hexdigest()}
 
     def wrap(self, key_id: str, data_key: bytes, header: Header) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # loaded with boto3, on first use
 
         try:
             answer = self.client.encrypt(KeyId=key_id[len(KMS_PREFIX):], Plaintext=data_key,
@@ -271,7 +271,7 @@ class KmsKeyProvider(KeyProvider):
         return answer["CiphertextBlob"]
 
     def unwrap(self, key_id: str, wrapped: bytes, header: Header) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # loaded with boto3, on first use
 
         try:
             answer = self.client.decrypt(CiphertextBlob=wrapped, KeyId=key_id[len(KMS_PREFIX):],
@@ -339,8 +339,6 @@ class Keyring:
 
 def get_keyring() -> Keyring:
     """The keyring of this process, from ``settings.BACKUP_KEYS``."""
-    from django.conf import settings
-
     config = settings.BACKUP_KEYS
     cached = _cache.get("keyring")
     if cached is None or cached.config is not config:

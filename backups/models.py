@@ -15,6 +15,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from backups.storage import backend_for
 from drpanel import secrets
 
 NAME = RegexValidator(r"^[a-z0-9][a-z0-9_-]{0,62}$", "Lower-case letters, digits, dashes and underscores.")
@@ -147,8 +148,6 @@ class StorageLocation(models.Model):
         return self.role == self.Role.OFFSITE
 
     def backend(self):
-        from backups.storage import backend_for
-
         return backend_for(self)
 
 

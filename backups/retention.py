@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from backups import hooks
+from backups.deletion import artifact_delete
+from backups.errors import BackupError
 from backups.models import Artifact, System
 from compliance.audit import audit_record
 
@@ -60,8 +62,6 @@ def retention_plan(system: System) -> RetentionPlan:
 
 def retention_apply(system: System) -> int:
     """Delete what the plan says (system actor); nothing while a restore of the system runs."""
-    from backups.services import BackupError, artifact_delete
-
     if hooks.restore_running(system):
         with transaction.atomic():
             audit_record(actor=None, action="retention.skipped", obj=system,

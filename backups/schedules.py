@@ -13,7 +13,9 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from backups.errors import BackupError
 from backups.models import Artifact, BackupRun, System
+from backups.runs import backup_request
 
 SCHEDULED_KINDS = (Artifact.Kind.FULL, Artifact.Kind.CONFIG)
 
@@ -60,8 +62,7 @@ def due_backups(now=None) -> list[tuple[System, str]]:
 
 
 def enqueue_due_backups(now=None) -> list[BackupRun]:
-    from backups.services import BackupError, backup_request
-
+    """Request every backup ``due_backups`` lists (as the scheduler); a refused one is skipped."""
     runs = []
     for system, kind in due_backups(now):
         try:

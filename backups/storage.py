@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from django.conf import settings
+
 from drpanel import secrets
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -311,9 +313,8 @@ class S3Backend(StorageBackend):
     @property
     def client(self):
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-            from django.conf import settings
+            import boto3  # on first use: slow to load, and only S3 locations need it
+            from botocore.config import Config  # loaded with boto3, on first use
 
             kwargs = {}
             if self.location.access_key_ref:
@@ -334,7 +335,7 @@ class S3Backend(StorageBackend):
         return self.prefix + check_key(key)
 
     def _fail(self, exc, key: str = "") -> StorageError:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # loaded with boto3, on first use
 
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
@@ -345,7 +346,7 @@ class S3Backend(StorageBackend):
 
     @contextlib.contextmanager
     def open_write(self, key: str):
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # loaded with boto3, on first use
 
         writer = _S3Writer(self, self._full(key), self.part_size)
         try:
@@ -359,7 +360,7 @@ class S3Backend(StorageBackend):
             raise
 
     def open_read(self, key: str, *, start: int = 0, length: int | None = None):
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # loaded with boto3, on first use
 
         kwargs = {}
         if start or length is not None:
@@ -372,7 +373,7 @@ class S3Backend(StorageBackend):
         return _S3Reader(answer["Body"])
 
     def stat(self, key: str) -> ObjectInfo:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # loaded with boto3, on first use
 
         try:
             answer = self.client.head_object(Bucket=self.bucket, Key=self._full(key))
@@ -381,7 +382,7 @@ class S3Backend(StorageBackend):
         return ObjectInfo(key=key, size=answer["ContentLength"], modified=answer.get("LastModified"))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # loaded with boto3, on first use
 
         paginator = self.client.get_paginator("list_objects_v2")
         try:
@@ -393,7 +394,7 @@ class S3Backend(StorageBackend):
             raise self._fail(exc) from None
 
     def delete(self, key: str) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # loaded with boto3, on first use
 
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
@@ -401,7 +402,7 @@ class S3Backend(StorageBackend):
             raise self._fail(exc, key) from None
 
     def discard_partial(self, key: str) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # loaded with boto3, on first use
 
         full = self._full(key)
         try:
@@ -413,7 +414,7 @@ class S3Backend(StorageBackend):
             raise self._fail(exc, key) from None
 
     def check(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError  # loaded with boto3, on first use
 
         try:
             self.client.head_bucket(Bucket=self.bucket)

@@ -9,7 +9,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from backups import hooks, services
+from backups import deletion, errors, hooks, inventory, keyrotation, systems
+from backups import runs as backup_runs
 from backups.forms import LocationForm, SystemForm
 from backups.keys import get_keyring
 from backups.models import Artifact, ArtifactCopy, BackupRun, InventoryRun, StorageLocation, System
@@ -21,7 +22,7 @@ from drpanel.approvals import ApprovalError, approval_reject, open_approvals
 from drpanel.models import Approval
 from drpanel.permissions import Cap, capability_required, has_cap
 
-BACKUP_ERRORS = (services.BackupError, ApprovalError)
+BACKUP_ERRORS = (errors.BackupError, ApprovalError)
 
 
 def access_artifact(user, pk) -> Artifact:
@@ -61,7 +62,7 @@ def artifact_detail(request, pk):
     events = AuditEvent.objects.filter(object_type="backups.artifact", object_id=str(artifact.pk)).order_by("-seq")
     approvals = Approval.objects.filter(content_type__app_label="backups", content_type__model="artifact",
                                         object_id=str(artifact.pk)).select_related("requested_by", "decided_by")
-    pending = open_approvals(artifact, services.DELETE_APPROVAL).filter(state=Approval.State.PENDING).first()
+    pending = open_approvals(artifact, deletion.DELETE_APPROVAL).filter(state=Approval.State.PENDING).first()
     return render(request, "backups/artifact_detail.html", {
         "artifact": artifact, "copies": copies, "events": events[:200], "approvals": approvals,
         "pending": pending, "tables": (artifact.manifest or {}).get("tables") or [],
@@ -69,7 +70,7 @@ def artifact_detail(request, pk):
         "runs": artifact.runs.all(),
         "can_start": has_cap(request.user, Cap.START_JOBS),
         "can_manage": has_cap(request.user, Cap.MANAGE_PANEL),
-        "can_approve": pending is not None and services.may_approve_deletion(request.user)
+        "can_approve": pending is not None and deletion.may_approve_deletion(request.user)
         and pending.requested_by_id != request.user.pk,
         "is_requester": pending is not None and pending.requested_by_id == request.user.pk,
         "restore_running": hooks.restore_running(artifact.system),
@@ -82,7 +83,7 @@ def artifact_detail(request, pk):
 def artifact_delete_request(request, pk):
     artifact = access_artifact(request.user, pk)
     try:
-        services.artifact_delete_request(actor=request.user, artifact=artifact, reason=request.POST.get("reason", ""),
+        deletion.artifact_delete_request(actor=request.user, artifact=artifact, reason=request.POST.get("reason", ""),
                                          request=request)
         messages.success(request, "Deletion requested: a manager must approve it, with their password.")
     except BACKUP_ERRORS as exc:
@@ -93,10 +94,10 @@ def artifact_delete_request(request, pk):
 @capability_required(Cap.VIEW_PANEL)
 @require_POST
 def approval_approve(request, pk):
-    approval = get_object_or_404(Approval, pk=pk, kind=services.DELETE_APPROVAL)
+    approval = get_object_or_404(Approval, pk=pk, kind=deletion.DELETE_APPROVAL)
     artifact = approval.subject
     try:
-        services.artifact_delete_approve(actor=request.user, approval=approval,
+        deletion.artifact_delete_approve(actor=request.user, approval=approval,
                                          password=request.POST.get("password", ""), request=request)
         messages.success(request, "Approved: the artifact was deleted from every location.")
     except BACKUP_ERRORS as exc:
@@ -107,9 +108,9 @@ def approval_approve(request, pk):
 @capability_required(Cap.VIEW_PANEL)
 @require_POST
 def approval_reject_view(request, pk):
-    approval = get_object_or_404(Approval, pk=pk, kind=services.DELETE_APPROVAL)
+    approval = get_object_or_404(Approval, pk=pk, kind=deletion.DELETE_APPROVAL)
     try:
-        approval_reject(actor=request.user, approval=approval, may_approve=services.may_approve_deletion,
+        approval_reject(actor=request.user, approval=approval, may_approve=deletion.may_approve_deletion,
                         note=request.POST.get("note", ""), request=request)
         messages.success(request, "The deletion request was closed; the artifact stays.")
     except BACKUP_ERRORS as exc:
@@ -122,7 +123,7 @@ def approval_reject_view(request, pk):
 def artifact_rewrap(request, pk):
     artifact = access_artifact(request.user, pk)
     try:
-        services.artifact_rewrap(actor=request.user, artifact=artifact)
+        keyrotation.artifact_rewrap(actor=request.user, artifact=artifact)
         messages.success(request, f"Re-wrapped under {artifact.key_id}; every copy was rewritten and re-checked.")
     except BACKUP_ERRORS as exc:
         messages.error(request, str(exc))
@@ -161,8 +162,8 @@ def system_detail(request, pk):
 def system_backup(request, pk):
     system = get_object_or_404(System, pk=pk)
     try:
-        run = services.backup_request(actor=request.user, system=system, kind=request.POST.get("kind", ""),
-                                      request=request)
+        run = backup_runs.backup_request(actor=request.user, system=system, kind=request.POST.get("kind", ""),
+                                         request=request)
     except BACKUP_ERRORS as exc:
         messages.error(request, str(exc))
         return redirect("backups:system-list")
@@ -188,7 +189,7 @@ def _edit(request, *, form_class, instance, save, template, success, title):
 @require_http_methods(["GET", "POST"])
 def system_edit(request, pk=None):
     system = get_object_or_404(System, pk=pk) if pk else None
-    return _edit(request, form_class=SystemForm, instance=system, save=services.system_save,
+    return _edit(request, form_class=SystemForm, instance=system, save=systems.system_save,
                  template="backups/system_form.html", success="backups:system-list",
                  title=f"Edit {system}" if system else "New system")
 
@@ -199,7 +200,7 @@ def system_edit(request, pk=None):
 @require_GET
 def location_list(request):
     locations = StorageLocation.objects.order_by("-role", "name")
-    checks = {loc.pk: services.location_check(loc) for loc in locations if request.GET.get("check")}
+    checks = {loc.pk: systems.location_check(loc) for loc in locations if request.GET.get("check")}
     rows = [{"location": loc, "copies": loc.copies.exclude(status=ArtifactCopy.Status.DELETED).count(),
              "checked": loc.pk in checks, "problem": checks.get(loc.pk)} for loc in locations]
     return render(request, "backups/location_list.html", {"rows": rows})
@@ -209,7 +210,7 @@ def location_list(request):
 @require_http_methods(["GET", "POST"])
 def location_edit(request, pk=None):
     location = get_object_or_404(StorageLocation, pk=pk) if pk else None
-    return _edit(request, form_class=LocationForm, instance=location, save=services.location_save,
+    return _edit(request, form_class=LocationForm, instance=location, save=systems.location_save,
                  template="backups/location_form.html", success="backups:location-list",
                  title=f"Edit {location}" if location else "New storage location")
 
@@ -235,7 +236,7 @@ def run_progress(request, pk):
 @capability_required(Cap.START_JOBS)
 @require_POST
 def inventory_start(request):
-    run = services.inventory_request(actor=request.user, request=request)
+    run = inventory.inventory_request(actor=request.user, request=request)
     messages.success(request, "Inventory sync queued.")
     return redirect("backups:inventory-detail", pk=run.pk)
 
@@ -270,7 +271,7 @@ def key_list(request):
 @require_POST
 def key_rotate(request):
     try:
-        key_id = services.key_rotation_request(actor=request.user, request=request)
+        key_id = keyrotation.key_rotation_request(actor=request.user, request=request)
         messages.success(request, f"Re-wrapping every artifact under {key_id}: a job is on its way. "
                                   "Each artifact's page shows its key once done.")
     except BACKUP_ERRORS as exc:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmarks of the backup catalog, each against the raw tool in the same run.
 
-1. Full backup through the panel's real path (``backups.services.backup_run_execute``: snapshot,
+1. Full backup through the panel's real path (``backups.runs.backup_run_execute``: snapshot,
    row counts, ``pg_dump -Fc`` streamed through hashing + AES-256-GCM into a local primary
    location, manifest) against ``pg_dump -Fc -f file`` of the same database — on a
    ``pgbench -i -s SCALE`` database and on a realistic one (text, jsonb, indexes) of about
@@ -154,7 +154,7 @@ def raw_dump(url: str, tool: str, out_dir: Path) -> tuple[float, int]:
 
 def panel_backup(system, location) -> tuple[float, object]:
     from backups.models import BackupRun
-    from backups.services import backup_run_execute
+    from backups.runs import backup_run_execute
 
     run = BackupRun.objects.create(system=system, kind="full", trigger=BackupRun.Trigger.MANUAL)
     cpu_before = cpu_seconds()
@@ -215,12 +215,13 @@ def bench_dump(label: str, url: str, repeats: int, spool: Path) -> dict:
 
     from backups import pgtools
     from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, System
+    from drpanel import pgbin
 
     env_name = f"DRPANEL_BENCH_{label.upper()}_URL"
     os.environ[env_name] = url
     with psycopg.connect(url) as conn:
         facts = pgtools.server_facts(conn)
-    tool = pgtools.find_tool("pg_dump", facts["server_major"])
+    tool = pgbin.find_tool("pg_dump", facts["server_major"])
     location_dir = spool / f"primary-{label}"
     location_dir.mkdir(parents=True, exist_ok=True)
     StorageLocation.objects.filter(role="primary").update(enabled=False)

@@ -155,9 +155,10 @@ def slow_pg_dump(directory: Path, source_url: str) -> str:
     import psycopg
 
     from backups import pgtools
+    from drpanel import pgbin
 
     with psycopg.connect(source_url) as conn:
-        real = pgtools.find_tool("pg_dump", pgtools.server_facts(conn)["server_major"])
+        real = pgbin.find_tool("pg_dump", pgtools.server_facts(conn)["server_major"])
     script = directory / "pg_dump"
     script.write_text(f'#!/bin/sh\ncase "$1" in --version) exec "{real.path}" --version;; esac\n'
                       f'"{real.path}" "$@"\nsleep 600\n')
@@ -181,7 +182,7 @@ def bench_detection(system, primary_dir: Path, env: dict, log_dir: Path, reap_ev
     from rq.registry import StartedJobRegistry
 
     from backups.models import BackupRun
-    from backups.services import backup_request, backup_runs_reap
+    from backups.runs import backup_request, backup_runs_reap
 
     worker = start_worker(log_dir, env, "doomed")
     try:

@@ -10,13 +10,13 @@ through the panel's real job (an encrypted artifact in a local primary location)
 
 1. **verified restore** — the panel's path: the stored artifact is hashed, authenticated and
    decrypted into a temporary file (``restores.materialize``), then restored into a fresh side
-   database with ``pg_restore -j2`` (``pgops.restore_to_side_database``) — against raw
+   database with ``pg_restore -j2`` (``pg.restore_to_side_database``) — against raw
    ``createdb`` + ``pg_restore -j2`` of the same plaintext archive into a fresh database.
    Interleaved rounds, median of the per-round ratios. Goal ≤ 1.15×;
 2. **decrypt-level verification** (``materialize.authenticate_copy``: stored SHA-256 and the GCM
    authentication of every chunk on two threads) against ``openssl dgst -sha256`` of the same
    file, page cache warm for both. Goal ≥ 0.8× openssl's throughput;
-3. **structure check** (``pgops.list_archive``) against raw ``pg_restore --list``. Goal ≤ 0.3 s;
+3. **structure check** (``pg.list_archive``) against raw ``pg_restore --list``. Goal ≤ 0.3 s;
 
 and once, on a small database:
 
@@ -80,14 +80,14 @@ def p95(values) -> float:
 class Bench:
     def __init__(self, args, server_url: str):
         from drpanel import runtime
-        from restores import pgops
+        from restores import pg
 
         self.args = args
         self.server_url = server_url
         self.url = lambda name: runtime.with_database_name(server_url, name)
         self.prefix = f"drt_bl{secrets.token_hex(3)}"
-        self.pgops = pgops
-        self.tool = pgops.choose_pg_restore(server_version=pgops.server_version_num(self.url("postgres")))
+        self.pg = pg
+        self.tool = pg.choose_pg_restore(server_version=pg.server_version_num(self.url("postgres")))
         self.tmp = Path(tempfile.mkdtemp(prefix="drt-bench-restore-"))
         self.results: dict = {"pg_restore": self.tool.version, "cores": os.cpu_count(),
                               "load_average_start": os.getloadavg()[0], "databases": []}
@@ -125,7 +125,7 @@ class Bench:
     def backup(self, label: str, url: str):
         """A full backup through the panel's job; returns the artifact (in a local primary location)."""
         from backups.models import BackupRun, StorageLocation, System
-        from backups.services import backup_request, backup_run_execute
+        from backups.runs import backup_request, backup_run_execute
 
         variable = f"DRPANEL_BENCH_{label.upper()}_URL"
         os.environ[variable] = url
@@ -157,7 +157,7 @@ class Bench:
 
         def raw() -> float:
             name = f"{self.prefix}_raw"
-            conninfo, env = self.pgops._client_args(self.server_url, name)
+            conninfo, env = self.pg.client_args(self.server_url, name)
             started = time.perf_counter()
             self.sql(f'CREATE DATABASE "{name}" TEMPLATE template0')
             subprocess.run([self.tool.path, "--exit-on-error", "--jobs=2", f"--dbname={conninfo}", str(plaintext)],
@@ -173,12 +173,12 @@ class Bench:
             made = materialize.materialize(artifact, run_id=run)
             decrypted = time.perf_counter() - started
             try:
-                result = self.pgops.restore_to_side_database(target, run, made.path, jobs=2)
+                result = self.pg.restore_to_side_database(target, run, made.path, jobs=2)
             finally:
                 materialize.discard(made.path)
             seconds = time.perf_counter() - started
             assert result.jobs == 2 and result.owners_kept, result
-            self.pgops.drop_copy(target, run, "restore")
+            self.pg.drop_copy(target, run, "restore")
             return seconds, decrypted
 
         samples: dict[str, list[float]] = {"raw_s": [], "ours_s": [], "ours_decrypt_s": []}
@@ -225,7 +225,7 @@ class Bench:
             started = time.perf_counter()
             subprocess.run([self.tool.path, "--list", str(plaintext)], capture_output=True, check=True)
             raw.append(time.perf_counter() - started)
-            ours.append(self.pgops.list_archive(plaintext).duration_s)
+            ours.append(self.pg.list_archive(plaintext).duration_s)
         return {"ours_median_s": median(ours), "ours_max_s": max(ours), "raw_median_s": median(raw)}
 
     def database(self, label: str, url: str) -> None:
@@ -282,7 +282,7 @@ class Bench:
         restore_ops = load("restore_ops")
         ops = restore_ops.Bench.__new__(restore_ops.Bench)
         ops.args = argparse.Namespace(swaps=self.args.swaps, clients=4)
-        ops.pgops = self.pgops
+        ops.pg = self.pg
         ops.prefix = f"{self.prefix}_sw"
         ops.base_url = self.server_url
         ops.url = self.url
@@ -302,7 +302,7 @@ class Bench:
 
         from backups.models import System
         from drpanel.jobs import ping
-        from restores import services
+        from restores import targets
         from restores.models import RestoreRun, Target
 
         source = f"{self.prefix}_clicksrc"
@@ -311,12 +311,12 @@ class Bench:
             conn.execute("CREATE TABLE users (id int PRIMARY KEY); INSERT INTO users SELECT generate_series(1, 10)")
         artifact = self.backup("clicks", self.url(source))
         os.environ["DRPANEL_BENCH_CLICK_TARGET_URL"] = self.url(f"{self.prefix}_clicktgt")
-        target = Target.objects.filter(name="bench-loop-click").first() or services.target_create(
+        target = Target.objects.filter(name="bench-loop-click").first() or targets.target_create(
             actor=None, name="bench-loop-click", environment="scratch",
             database_ref="env:DRPANEL_BENCH_CLICK_TARGET_URL", system=System.objects.get(name="bench-loop-clicks"))
         user, _ = get_user_model().objects.get_or_create(username="bench-loop-operator")
         user.groups.add(Group.objects.get(name="Operator"))
-        services.target_right_grant(actor=None, target=target, user=user, right="restore_to_target")
+        targets.target_right_grant(actor=None, target=target, user=user, right="restore_to_target")
         client = Client()
         client.force_login(user)
         RestoreRun.objects.filter(target=target).exclude(state__in=RestoreRun.FINAL_STATES).update(state="failed")
@@ -364,7 +364,7 @@ class Bench:
                         raise SystemExit("a restore of the click benchmark did not finish")
                     time.sleep(0.05)
                     run.refresh_from_db(fields=["state"])
-                self.pgops.drop_copy(os.environ["DRPANEL_BENCH_CLICK_TARGET_URL"], run.pk, "pre")
+                self.pg.drop_copy(os.environ["DRPANEL_BENCH_CLICK_TARGET_URL"], run.pk, "pre")
         finally:
             worker.terminate()
             worker.wait(30)

@@ -6,11 +6,11 @@ On a ``pgbench -i -s SCALE`` database (``--partitions N`` splits its big table s
 ``-j2`` has work to share) dumped with ``pg_dump -Fc`` (a plaintext archive:
 decryption arrives with the catalog), it measures:
 
-1. the structure check, ``pgops.list_archive`` vs raw ``pg_restore --list`` (goal ≤ 0.3 s);
+1. the structure check, ``pg.list_archive`` vs raw ``pg_restore --list`` (goal ≤ 0.3 s);
 2. restores: raw ``createdb`` + ``pg_restore -j2`` from the file, our side-database restore
    with ``-j2`` from the file (goal ≤ 1.15× raw), raw ``pg_restore -j1`` from stdin, and our
    streaming ``-j1`` restore (the fallback when the disk lacks room);
-3. the swap, ``pgops.swap_in``/``swap_back`` with sessions connected to the live database,
+3. the swap, ``pg.swap_in``/``swap_back`` with sessions connected to the live database,
    vs a bare pair of ``ALTER DATABASE … RENAME`` in one transaction (goal ≤ 0.16 s).
 
 Every database it makes is named ``drt_b<random>…`` and dropped at the end. It uses the
@@ -73,15 +73,15 @@ class Bench:
 
     def __init__(self, args):
         from drpanel import runtime
-        from restores import pgops
+        from restores import pg
 
         self.args = args
-        self.pgops = pgops
+        self.pg = pg
         self.prefix = f"drt_b{secrets.token_hex(3)}"
         self.base_url = os.environ["DATABASE_URL"]
         self.url = lambda name: runtime.with_database_name(self.base_url, name)
-        self.server = pgops.server_version_num(self.url("postgres"))
-        self.tool = pgops.choose_pg_restore(server_version=self.server)
+        self.server = pg.server_version_num(self.url("postgres"))
+        self.tool = pg.choose_pg_restore(server_version=self.server)
         self.bin = Path(self.tool.path).parent
         self.results: dict = {"scale": args.scale, "partitions": args.partitions, "pg_restore": self.tool.version,
                               "server": self.server}
@@ -99,7 +99,7 @@ class Bench:
             conn.execute(statement)
 
     def client_args(self, name: str) -> tuple[list[str], dict]:
-        conninfo, env = self.pgops._client_args(self.base_url, name)
+        conninfo, env = self.pg.client_args(self.base_url, name)
         return [f"--dbname={conninfo}"], env
 
     def settle(self) -> None:
@@ -147,7 +147,7 @@ class Bench:
         ours, raw = [], []
         for _ in range(self.args.repeat):
             raw.append(timed(self.run, [self.tool.path, "--list", str(archive)])[0])
-            ours.append(timed(self.pgops.list_archive, archive)[0])
+            ours.append(timed(self.pg.list_archive, archive)[0])
         self.results["structure"] = {"ours_median_s": median(ours), "raw_median_s": median(raw),
                                      "ours_max_s": max(ours), "ratio": median(ours) / median(raw)}
         verdict = "ok" if max(ours) <= 0.3 else "OVER GOAL"
@@ -184,13 +184,13 @@ class Bench:
             else:
                 handle, source = None, archive
             try:
-                seconds, result = timed(self.pgops.restore_to_side_database, target, run, source, jobs=2,
+                seconds, result = timed(self.pg.restore_to_side_database, target, run, source, jobs=2,
                                         bytes_total=data_size)
             finally:
                 if handle:
                     handle.close()
             assert result.jobs == (1 if stream else 2)
-            self.pgops.drop_copy(target, run, "restore")
+            self.pg.drop_copy(target, run, "restore")
             return seconds
 
         rounds = self.args.rounds
@@ -237,20 +237,20 @@ class Bench:
         swap_in, swap_back, raw = [], [], []
         for n in range(self.args.swaps):
             run = uuid.uuid4()
-            self.sql(f'CREATE DATABASE "{self.pgops.copy_name(live, run, "restore")}"')
+            self.sql(f'CREATE DATABASE "{self.pg.copy_name(live, run, "restore")}"')
             # Clients the swap must disconnect: idle ones, and one in the middle of a long query.
             clients = [psycopg.connect(url, autocommit=True) for _ in range(self.args.clients)]
             busy = threading.Thread(target=_sleep_until_terminated, args=(clients[0],), daemon=True)
             busy.start()
             time.sleep(0.05)
-            result = self.pgops.swap_in(url, run)
+            result = self.pg.swap_in(url, run)
             assert result.sessions_terminated == len(clients), result
             swap_in.append(result.duration_s)
             busy.join()
             for client in clients:
                 client.close()
-            swap_back.append(self.pgops.swap_back(url, run).duration_s)
-            self.pgops.drop_copy(url, run, "failed")
+            swap_back.append(self.pg.swap_back(url, run).duration_s)
+            self.pg.drop_copy(url, run, "failed")
             # The raw tool: the same two renames in one transaction, nobody connected, nothing else.
             a, b = f"{self.prefix}_ra{n}", f"{self.prefix}_rb{n}"
             self.sql(f'CREATE DATABASE "{a}"')

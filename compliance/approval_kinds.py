@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from django.urls import reverse
 from django.utils import timezone
 
-from backups.services import may_approve_deletion
+from backups.deletion import may_approve_deletion
 from drpanel.models import Approval
 from drpanel.permissions import has_object_right
 from restores.models import APPROVE_RESTORE, RestoreRun

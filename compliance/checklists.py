@@ -5,7 +5,7 @@ first time anyone or any job needs it, from the template version in force at tha
 and it is open until the panel's today passes its last day. After that its unticked and
 failed items are *missed*, shown on its page and counted by ``checklist_month_summary``.
 
-- ``automatic`` items are decided by the evaluators registered in ``compliance.evaluators``
+- ``automatic`` items are decided by the evaluators registered in ``drpanel.evidence``
   (none exist in this phase, so they honestly show "no evidence source yet").
 - ``manual`` items are ticked by operators and managers with a note; an item that
   ``requires_evidence`` needs evidence a registered validator accepts.
@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from compliance import evaluators
+from drpanel import evidence as evaluators
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from compliance.checklist_seed import seed_templates

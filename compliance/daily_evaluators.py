@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from backups.hooks import verified_at_least
 from backups.models import Artifact, BackupRun, System
-from compliance.evaluators import FAILED, NO_DATA, PASSED, Evidence, Result, register
+from drpanel.evidence import FAILED, NO_DATA, PASSED, Evidence, Result, register
 from compliance.health import (
     VERIFIED_LEVEL,
     artifact_evidence,

@@ -6,7 +6,7 @@ import os
 from django.db import transaction
 
 from backups.models import BackupRun
-from backups.services import backup_run_execute
+from backups.runs import backup_run_execute
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from compliance.certification_record import certification_assemble, period_label

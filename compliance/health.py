@@ -32,7 +32,7 @@ from django.urls import reverse
 
 from backups.hooks import verified_at_least
 from backups.models import Artifact, ArtifactCopy, StorageLocation, System
-from compliance.evaluators import Evidence
+from drpanel.evidence import Evidence
 from compliance.models import HealthSnapshot
 from drpanel import clock
 from restores.models import RestoreRun, Target, VerificationRun

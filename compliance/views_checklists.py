@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from compliance import evaluators
+from drpanel import evidence as evaluators
 from compliance.checklists import (
     KINDS_BY_CADENCE,
     TEMPLATE_FIELDS,

@@ -290,6 +290,9 @@ BACKUP_CHUNK_SIZE = env_int("DRPANEL_CHUNK_SIZE", 1 << 20, minimum=1 << 10, maxi
 BACKUP_RETRY_MINUTES = env_int("DRPANEL_BACKUP_RETRY_MINUTES", 30, minimum=1)
 # A running backup whose row has not heard from its worker for this long is failed by the reaper.
 BACKUP_STALE_SECONDS = env_int("DRPANEL_BACKUP_STALE_SECONDS", 180, minimum=5)
+# A queued backup whose RQ job is gone is queued again after this wait, and failed after the second one.
+BACKUP_REQUEUE_SECONDS = env_int("DRPANEL_BACKUP_REQUEUE_SECONDS", 60, minimum=0, maximum=24 * 3600)
+BACKUP_LOST_SECONDS = env_int("DRPANEL_BACKUP_LOST_SECONDS", 600, minimum=1, maximum=7 * 24 * 3600)
 # Off-site (S3) calls: seconds to connect and between bytes, and attempts per call.
 S3_TIMEOUT_SECONDS = env_int("DRPANEL_S3_TIMEOUT_SECONDS", 60, minimum=1, maximum=3600)
 S3_ATTEMPTS = env_int("DRPANEL_S3_ATTEMPTS", 5, minimum=1, maximum=20)
@@ -311,7 +314,7 @@ RESTORE_TEMP_DIR = env_str("DRPANEL_RESTORE_TEMP_DIR") or None
 RESTORE_TEMP_HEADROOM_MB = env_int("DRPANEL_RESTORE_TEMP_HEADROOM_MB", 1024, minimum=0)
 CONFIG_RESTORE_MAX_MEMBERS = env_int("DRPANEL_CONFIG_RESTORE_MAX_MEMBERS", 10000, minimum=1)
 CONFIG_RESTORE_MAX_MB = env_int("DRPANEL_CONFIG_RESTORE_MAX_MB", 512, minimum=1)
-# Verification and restore runs (restores.verifications, restores.runs, restores.reliability).
+# Verification and restore runs (restores.verifications, restores.execution, restores.reliability).
 # The server that hosts restore-tests' throw-away databases: a secret reference to a libpq URL whose
 # database name is the base of the throw-away names; by default the panel's own server, "<panel db>_verify".
 VERIFY_DATABASE_REF = env_str("DRPANEL_VERIFY_DATABASE") or None
@@ -322,8 +325,14 @@ if VERIFY_DATABASE_REF:
         raise ConfigError(f"DRPANEL_VERIFY_DATABASE: {exc}") from None
 RESTORE_ROLLBACK_WINDOW_HOURS = env_int("DRPANEL_ROLLBACK_WINDOW_HOURS", 24, minimum=1, maximum=24 * 90)
 RESTORE_HEALTH_WAIT_SECONDS = env_int("DRPANEL_RESTORE_HEALTH_WAIT_SECONDS", 60, minimum=0, maximum=3600)
-RUN_STALE_SECONDS = env_int("DRPANEL_RUN_STALE_SECONDS", 45, minimum=10, maximum=3600)
+# The run runtime (drpanel.runs): how often a running job stamps its row, and when the reconciler gives up on it.
+HEARTBEAT_SECONDS = env_int("DRPANEL_HEARTBEAT_SECONDS", 5, minimum=1, maximum=600)
+RUN_STALE_SECONDS = env_int("DRPANEL_RUN_STALE_SECONDS", 45, minimum=2, maximum=3600)
+RUN_ENDED_JOB_GRACE_SECONDS = env_int("DRPANEL_RUN_ENDED_JOB_GRACE_SECONDS", 15, minimum=0, maximum=3600)
 RUN_LOST_JOB_SECONDS = env_int("DRPANEL_RUN_LOST_JOB_SECONDS", 30, minimum=0, maximum=3600)
+if RUN_STALE_SECONDS <= HEARTBEAT_SECONDS:
+    raise ConfigError(f"DRPANEL_RUN_STALE_SECONDS ({RUN_STALE_SECONDS}) must be longer than "
+                      f"DRPANEL_HEARTBEAT_SECONDS ({HEARTBEAT_SECONDS}), or every run would look dead")
 for _name, _path in (("PG_BIN_DIR", PG_BIN_DIR), ("DRPANEL_RESTORE_TEMP_DIR", RESTORE_TEMP_DIR)):
     if _path and not Path(_path).is_absolute():
         raise ConfigError(f"{_name}={_path!r} must be an absolute path")

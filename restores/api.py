@@ -22,7 +22,7 @@ from backups.models import Artifact
 from drpanel.api import StrictCharField, capability
 from drpanel.permissions import Cap, require_cap
 from drpanel.schema import error_response
-from restores import runs, services, verifications
+from restores import recovery_checks, requests, rollback, runstate, targets, verifications
 from restores.models import TARGET_RIGHTS, HealthCheck, RecoveryCheck, RestoreRun, SanityCheck, Target, VerificationRun
 from restores.selectors import access_run, access_target, access_verification, rights_of, visible_runs, visible_targets
 
@@ -176,7 +176,7 @@ class VerificationView(APIView):
 def restore_json(run: RestoreRun) -> dict:
     """A restore run as the API shows it: ``state, progress (0-100), steps[…], rto_seconds, rpo_seconds`` and more."""
     approval = run.approval
-    blocker = runs.rollback_blocker(run) if run.swapped_at else "not swapped in"
+    blocker = rollback.rollback_blocker(run) if run.swapped_at else "not swapped in"
     return {
         "id": str(run.pk), "state": run.state, "target": run.target.name, "target_id": run.target_id,
         "environment": run.target.environment, "mode": run.mode, "artifact": str(run.artifact_id),
@@ -203,9 +203,9 @@ def restore_json(run: RestoreRun) -> dict:
 
 
 def _error(exc: Exception) -> Response:
-    if isinstance(exc, runs.PasswordRefused):
+    if isinstance(exc, runstate.PasswordRefused):
         code = status.HTTP_403_FORBIDDEN
-    elif isinstance(exc, runs.RestoreConflict):
+    elif isinstance(exc, runstate.RestoreConflict):
         code = status.HTTP_409_CONFLICT
     else:
         code = status.HTTP_400_BAD_REQUEST
@@ -256,11 +256,11 @@ class RestoreListView(APIView):
             return Response({"detail": "No such target (among those you may see)."},
                             status=status.HTTP_400_BAD_REQUEST)
         try:
-            run = runs.restore_request(actor=request.user, artifact=artifact, target=target,
-                                       mode=str(data.get("mode", "")), confirm=str(data.get("confirm", "")),
-                                       is_drill=bool(data.get("drill", False)), reason=str(data.get("reason", "")),
-                                       trigger=RestoreRun.Trigger.API, request=request)
-        except runs.RestoreError as exc:
+            run = requests.restore_request(actor=request.user, artifact=artifact, target=target,
+                                           mode=str(data.get("mode", "")), confirm=str(data.get("confirm", "")),
+                                           is_drill=bool(data.get("drill", False)), reason=str(data.get("reason", "")),
+                                           trigger=RestoreRun.Trigger.API, request=request)
+        except runstate.RestoreError as exc:
             return _error(exc)
         return _state(run, status.HTTP_201_CREATED)
 
@@ -286,9 +286,9 @@ class RestoreApproveView(APIView):
     def post(self, request, pk):
         run = access_run(request.user, pk)
         try:
-            runs.restore_approve(actor=request.user, run=run, password=str(_body(request).get("password", "")),
-                                 note=str(_body(request).get("note", "")), request=request)
-        except runs.RestoreError as exc:
+            requests.restore_approve(actor=request.user, run=run, password=str(_body(request).get("password", "")),
+                                     note=str(_body(request).get("note", "")), request=request)
+        except runstate.RestoreError as exc:
             return _error(exc)
         return _state(run)
 
@@ -304,8 +304,9 @@ class RestoreRejectView(APIView):
     def post(self, request, pk):
         run = access_run(request.user, pk)
         try:
-            runs.restore_reject(actor=request.user, run=run, note=str(_body(request).get("note", "")), request=request)
-        except runs.RestoreError as exc:
+            requests.restore_reject(actor=request.user, run=run, note=str(_body(request).get("note", "")),
+                                    request=request)
+        except runstate.RestoreError as exc:
             return _error(exc)
         return _state(run)
 
@@ -321,9 +322,9 @@ class RestoreRollbackView(APIView):
     def post(self, request, pk):
         run = access_run(request.user, pk)
         try:
-            runs.restore_rollback(actor=request.user, run=run, password=str(_body(request).get("password", "")),
-                                  request=request)
-        except runs.RestoreError as exc:
+            rollback.restore_rollback(actor=request.user, run=run, password=str(_body(request).get("password", "")),
+                                      request=request)
+        except runstate.RestoreError as exc:
             return _error(exc)
         return _state(run)
 
@@ -345,9 +346,9 @@ class RecoveryCheckTickView(APIView):
         run = access_run(request.user, pk)
         check = get_object_or_404(RecoveryCheck, pk=check_pk, run=run)
         try:
-            check = runs.recovery_check_tick(actor=request.user, check=check,
-                                             note=str(_body(request).get("note", "")), request=request)
-        except runs.RestoreError as exc:
+            check = recovery_checks.recovery_check_tick(actor=request.user, check=check,
+                                                        note=str(_body(request).get("note", "")), request=request)
+        except runstate.RestoreError as exc:
             return _error(exc)
         return Response({"code": check.code, "status": check.status, "ticked_by": check.ticked_by.get_username()})
 
@@ -360,7 +361,7 @@ class RecoveryChecksRefreshView(APIView):
     @extend_schema(operation_id="restores_checklist_refresh", request=None, responses=RestoreSchema)
     def post(self, request, pk):
         run = access_run(request.user, pk)
-        runs.recovery_checks_refresh(run, actor=request.user, request=request)
+        recovery_checks.recovery_checks_refresh(run, actor=request.user, request=request)
         return Response(restore_json(access_run(request.user, pk)))
 
 
@@ -401,7 +402,7 @@ class TargetRightGrantView(_TargetRightChange):
     """Give a user a right on a target: ``restore_to_target`` (operators, managers, admins) or
     ``approve_restore`` (managers)."""
 
-    service = services.target_right_grant
+    service = targets.target_right_grant
 
     @extend_schema(operation_id="targets_rights_grant", request=TargetRightSerializer, responses=TargetRightAnswer)
     def post(self, request, pk: int):
@@ -411,7 +412,7 @@ class TargetRightGrantView(_TargetRightChange):
 class TargetRightRevokeView(_TargetRightChange):
     """Take a right on a target away from a user."""
 
-    service = services.target_right_revoke
+    service = targets.target_right_revoke
 
     @extend_schema(operation_id="targets_rights_revoke", request=TargetRightSerializer, responses=TargetRightAnswer)
     def post(self, request, pk: int):

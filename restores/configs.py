@@ -1,6 +1,6 @@
 """Config restores: a tar of configuration files, extracted safely, then swapped in as a directory.
 
-For a target's config directory ``<dir>`` and a run tag (``restores.pgops.run_tag``):
+For a target's config directory ``<dir>`` and a run tag (``restores.pg.run_tag``):
 
 1. ``check_config_tar`` reads the tar's headers only and refuses it, before anything is
    written, when it has too many members (``DRPANEL_CONFIG_RESTORE_MAX_MEMBERS``), too many
@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from restores.pgops import run_tag
+from django.conf import settings
+
+from restores.pg import run_tag
 
 
 class ConfigArchiveRefused(Exception):
@@ -68,8 +70,6 @@ def _config_dir(config_dir: str | Path) -> Path:
 
 
 def _limits(max_members: int | None, max_bytes: int | None) -> tuple[int, int]:
-    from django.conf import settings
-
     return (int(max_members or settings.CONFIG_RESTORE_MAX_MEMBERS),
             int(max_bytes or settings.CONFIG_RESTORE_MAX_MB * 1024 * 1024))
 

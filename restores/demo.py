@@ -21,8 +21,8 @@ from django.db import transaction
 from backups import demo as backups_demo
 from backups.models import System
 from drpanel import runtime
-from restores import services
 from restores.models import Target
+from restores.targets import target_create, target_right_grant, target_update
 
 
 def targets() -> tuple:
@@ -80,12 +80,12 @@ def seed(out) -> None:
                   "health_checks": [{"url": f"http://127.0.0.1:{port}/health", "expected_status": 200}]}
         target = Target.objects.filter(name=name).first()
         if target is None:
-            target = services.target_create(actor=None, name=name, **fields, **checks)
+            target = target_create(actor=None, name=name, **fields, **checks)
         else:
-            services.target_update(actor=None, target=target, **fields, **checks)
+            target_update(actor=None, target=target, **fields, **checks)
         for right in OPERATOR_RIGHTS:
-            services.target_right_grant(actor=None, target=target, user=operator, right=right)
+            target_right_grant(actor=None, target=target, user=operator, right=right)
         for right in MANAGER_RIGHTS.get(name, ()):
-            services.target_right_grant(actor=None, target=target, user=manager, right=right)
+            target_right_grant(actor=None, target=target, user=manager, right=right)
         out.write(f"  {name:<24} {environment:<11} {database}")
     out.write("  operator may restore into all three; manager approves production restores.")

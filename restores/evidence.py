@@ -7,7 +7,7 @@ being ticked.
 
 from datetime import UTC, datetime, time
 
-from compliance.evaluators import Evidence, EvidenceRejected, register_validator
+from drpanel.evidence import Evidence, EvidenceRejected, register_validator
 from restores.models import RestoreRun, Target, VerificationRun
 
 RESTORE_TYPE = "restores.restorerun"

@@ -2,6 +2,7 @@
 
 from django import forms
 
+from backups.models import System
 from restores.models import TARGET_RIGHTS, Target
 from restores.selectors import grantable_users
 
@@ -30,8 +31,6 @@ class TargetForm(forms.Form):
     is_active = forms.BooleanField(label="Active (accepts new restores)", required=False, initial=True)
 
     def __init__(self, *args, **kwargs):
-        from backups.models import System
-
         super().__init__(*args, **kwargs)
         self.fields["system"].queryset = System.objects.order_by("name")
 

@@ -1,16 +1,23 @@
 """Jobs of the restores app: thin functions taking ids; the services do the work, the audit and the state.
 
-``*_job_failed`` are RQ failure callbacks (``on_failure``): they run in a worker when a job
-raised, when its work horse died (``drpanel.worker.PanelWorker``) or when another worker's
-registry clean-up found it abandoned (its worker died); they mark the run failed.
+Services enqueue these by dotted path (``drpanel.queues``). ``*_job_failed`` are RQ failure
+callbacks (``on_failure``): they run in a worker when a job raised, when its work horse died
+(``drpanel.worker.PanelWorker``) or when another worker's registry clean-up found it
+abandoned (its worker died); they mark the run failed through its kind (``drpanel.runs``).
 """
 
-from restores import reliability, runs, verifications
+from drpanel.runs import failure_reason
+from restores import reliability, verifications
+from restores.execution import RESTORE_RUNS, restore_run_execute
+from restores.recovery_checks import recovery_checks_refresh_open
+from restores.requests import restore_expire_due
+from restores.rollback import restore_copies_drop_due
+from restores.verifications import VERIFICATION_RUNS
 
 
 def restore_run_job(run_id: str) -> str:
     """Execute one queued restore; the run row records the outcome (a second delivery does nothing)."""
-    return runs.restore_run_execute(run_id).state
+    return restore_run_execute(run_id).state
 
 
 def verification_run_job(run_id: str) -> str:
@@ -19,25 +26,27 @@ def verification_run_job(run_id: str) -> str:
 
 
 def restore_job_failed(job, connection, exc_type, exc_value, traceback) -> None:
-    reliability.job_failed("restore", job.args[0], reliability.failure_reason(exc_type, exc_value))
+    """RQ failure callback of ``restore_run_job``."""
+    RESTORE_RUNS.job_failed(job.args[0], failure_reason(exc_type, exc_value))
 
 
 def verification_job_failed(job, connection, exc_type, exc_value, traceback) -> None:
-    reliability.job_failed("verification", job.args[0], reliability.failure_reason(exc_type, exc_value))
+    """RQ failure callback of ``verification_run_job``."""
+    VERIFICATION_RUNS.job_failed(job.args[0], failure_reason(exc_type, exc_value))
 
 
 def reconcile_job() -> dict:
     """Every minute: expire unapproved restores, then reconcile runs with RQ and with their databases."""
-    expired = runs.restore_expire_due()
+    expired = restore_expire_due()
     summary = reliability.reconcile()
     summary["expired"] = expired
-    summary["checklists"] = runs.recovery_checks_refresh_open()
+    summary["checklists"] = recovery_checks_refresh_open()
     return summary
 
 
 def drop_copies_job() -> int:
     """Hourly: drop pre-restore copies whose rollback window passed."""
-    return runs.restore_copies_drop_due()
+    return restore_copies_drop_due()
 
 
 def verify_daily_job() -> int:

@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from django.conf import settings
+
 from backups import formats
 from backups.keys import LEGACY_PREFIX, get_keyring
 from backups.models import Artifact, ArtifactCopy, StorageLocation
@@ -183,8 +185,6 @@ def authenticate_copy(artifact: Artifact, copy: ArtifactCopy, *, progress: Progr
 
 
 def temp_dir() -> str:
-    from django.conf import settings
-
     return settings.RESTORE_TEMP_DIR or tempfile.gettempdir()
 
 

@@ -12,6 +12,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from restores.sanity import Expectation, ExpectationError
+
 TARGET_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 RESTORE_TO_TARGET = "restores.restore_to_target"
@@ -105,8 +107,6 @@ class SanityCheck(models.Model):
         return f"{self.name}: {self.expectation}"
 
     def clean(self):
-        from restores.sanity import Expectation, ExpectationError
-
         try:
             Expectation.parse(self.expectation)
         except ExpectationError as exc:
@@ -221,7 +221,8 @@ class RestoreRun(models.Model):
     """A restore of an artifact into a target, in a mode, with its steps, timings and rollback.
 
     States and the only allowed transitions (each is a conditional update on the state the
-    caller saw, and each writes an audit event; see ``restores.runs``):
+    caller saw, and each writes an audit event; see ``restores.requests``, ``restores.execution`` and
+    ``restores.rollback``):
 
     - requested → awaiting_approval (production target) | queued (staging, scratch)
     - awaiting_approval → approved (a manager other than the requester, holding

@@ -9,11 +9,12 @@ Who may see a target (the list page and ``GET /api/v1/targets``):
 """
 
 from django.contrib.auth import get_user_model
+from django.db.models import Q
 from django.http import Http404
 from guardian.shortcuts import get_objects_for_user, get_user_perms, get_users_with_perms
 
 from drpanel.permissions import Cap, has_cap
-from restores.models import TARGET_RIGHTS, Target
+from restores.models import TARGET_RIGHTS, RestoreRun, Target, VerificationRun
 
 
 def sees_all_targets(user) -> bool:
@@ -68,16 +69,12 @@ def grantable_users():
 
 def visible_runs(user):
     """Restore runs into the targets ``user`` may see, newest first."""
-    from restores.models import RestoreRun
-
     return RestoreRun.objects.filter(target__in=visible_targets(user)).select_related(
         "artifact__system", "target", "requested_by", "approval__decided_by", "rolled_back_by")
 
 
 def access_run(user, pk):
     """The restore run ``pk`` if its target is visible to ``user``; the same 404 for "missing" and "not yours"."""
-    from restores.models import RestoreRun
-
     try:
         return visible_runs(user).get(pk=pk)
     except (RestoreRun.DoesNotExist, ValueError, TypeError):
@@ -86,8 +83,6 @@ def access_run(user, pk):
 
 def access_verification(user, pk):
     """A verification run (every role that views the panel sees every artifact, hence every verification)."""
-    from restores.models import VerificationRun
-
     if not has_cap(user, Cap.VIEW_PANEL):
         raise Http404("No such verification.")
     try:
@@ -98,8 +93,6 @@ def access_verification(user, pk):
 
 def restorable_targets(user, artifact=None):
     """Active targets ``user`` holds ``restore_to_target`` on (and that accept ``artifact``'s system)."""
-    from django.db.models import Q
-
     targets = get_objects_for_user(user, "restores.restore_to_target", klass=Target, accept_global_perms=False,
                                    with_superuser=False).filter(is_active=True)
     if artifact is not None:
@@ -112,17 +105,11 @@ def restore_running(system) -> bool:
 
     Retention and deletions wait while it is (``backups.hooks.restore_running``).
     """
-    from django.db.models import Q
-
-    from restores.models import RestoreRun
-
     return RestoreRun.objects.filter(state__in=RestoreRun.ACTIVE_STATES).filter(
         Q(artifact__system=system) | Q(config_artifact__system=system)).exists()
 
 
 def latest_verifications(artifact, limit: int = 20):
-    from restores.models import VerificationRun
-
     return VerificationRun.objects.filter(artifact=artifact).select_related("requested_by")[:limit]
 
 
@@ -132,8 +119,6 @@ def latest_measurements() -> dict:
     ``{"rto_seconds", "rpo_seconds", "run", "target", "environment", "drill", "finished_at"}``, all
     None when no restore has succeeded yet: the panel shows no figure it did not measure.
     """
-    from restores.models import RestoreRun
-
     run = RestoreRun.objects.filter(state=RestoreRun.State.SUCCEEDED, rto_seconds__isnull=False).select_related(
         "target").order_by("-finished_at").first()
     if run is None:

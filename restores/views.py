@@ -7,7 +7,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from drpanel.permissions import Cap, capability_required, has_cap
-from restores import services
+from restores import targets
 from restores.forms import GrantForm, HealthCheckFormSet, SanityCheckFormSet, TargetForm, checks_from
 from restores.models import TARGET_RIGHTS, Target
 from restores.selectors import access_target, right_holders, rights_of, sees_all_targets, visible_targets
@@ -61,13 +61,13 @@ def _target_form(request, target: Target | None):
             fields = form.cleaned_data
             try:
                 if target is None:
-                    target = services.target_create(actor=request.user, sanity_checks=checks_from(sanity),
-                                                    health_checks=checks_from(health), **fields)
+                    target = targets.target_create(actor=request.user, sanity_checks=checks_from(sanity),
+                                                   health_checks=checks_from(health), **fields)
                     messages.success(request, f"Target “{target.name}” created.")
                 else:
-                    target = services.target_update(actor=request.user, target=target,
-                                                    sanity_checks=checks_from(sanity),
-                                                    health_checks=checks_from(health), **fields)
+                    target = targets.target_update(actor=request.user, target=target,
+                                                   sanity_checks=checks_from(sanity),
+                                                   health_checks=checks_from(health), **fields)
                     messages.success(request, f"Target “{target.name}” saved.")
                 return redirect("restores:target-detail", pk=target.pk)
             except ValidationError as exc:
@@ -114,7 +114,7 @@ def target_right_grant(request, pk: int):
         return redirect("restores:target-detail", pk=target.pk)
     user, right = form.cleaned_data["user"], form.cleaned_data["right"]
     try:
-        granted = services.target_right_grant(actor=request.user, target=target, user=user, right=right)
+        granted = targets.target_right_grant(actor=request.user, target=target, user=user, right=right)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:
@@ -132,7 +132,7 @@ def target_right_revoke(request, pk: int):
     user = get_object_or_404(get_user_model(), username=request.POST.get("user", ""))
     right = request.POST.get("right", "")
     try:
-        revoked = services.target_right_revoke(actor=request.user, target=target, user=user, right=right)
+        revoked = targets.target_right_revoke(actor=request.user, target=target, user=user, right=right)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:

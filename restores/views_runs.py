@@ -1,7 +1,8 @@
 """Pages of restore runs and verifications: request, live progress, approval, rollback, the checklist.
 
 Views parse input, fetch the run through ``access_run`` (the same 404 for "missing" and
-"not yours"), call one service of ``restores.runs`` / ``restores.verifications`` and redirect.
+"not yours"), call one service of ``restores.requests`` / ``rollback`` / ``recovery_checks`` /
+``verifications`` and redirect.
 A ``Denied`` raised by a service becomes a 403 and an ``access.denied`` audit event.
 """
 
@@ -19,7 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from backups.models import Artifact
 from compliance.audit.models import AuditEvent
 from drpanel.permissions import Cap, capability_required, has_cap, has_object_right
-from restores import runs, verifications
+from restores import recovery_checks, requests, rollback, runstate, verifications
 from restores.models import APPROVE_RESTORE, LEVELS, RecoveryCheck, RestoreRun, VerificationRun
 from restores.selectors import access_run, access_verification, restorable_targets, visible_runs, visible_targets
 
@@ -86,14 +87,14 @@ def run_create(request):
             status = 400
         else:
             try:
-                run = runs.restore_request(
+                run = requests.restore_request(
                     actor=request.user, artifact=artifact, target=target, mode=mode,
                     confirm=request.POST.get("confirm", ""), is_drill=request.POST.get("is_drill") == "on",
                     reason=request.POST.get("reason", ""), request=request)
-            except runs.RestoreConflict as exc:
+            except runstate.RestoreConflict as exc:
                 _messages_for(request, exc)
                 status = 409
-            except runs.RestoreError as exc:
+            except runstate.RestoreError as exc:
                 _messages_for(request, exc)
                 status = 400
             else:
@@ -105,7 +106,7 @@ def run_create(request):
                 return redirect("restores:run-detail", pk=run.pk)
     return render(request, "restores/run_create.html", {
         "artifact": artifact, "targets": targets, "target": target, "mode": mode, "modes": RestoreRun.Mode.choices,
-        "config_artifact": runs.config_artifact_for(artifact) if mode == RestoreRun.Mode.FULL else None,
+        "config_artifact": requests.config_artifact_for(artifact) if mode == RestoreRun.Mode.FULL else None,
         "approval_minutes": _approval_minutes(),
     }, status=status)
 
@@ -127,7 +128,7 @@ def _run_context(request, run: RestoreRun) -> dict:
     user = request.user
     approver = has_object_right(user, APPROVE_RESTORE, run.target)
     awaiting = run.state == RestoreRun.State.AWAITING_APPROVAL
-    blocker = runs.rollback_blocker(run) if run.swapped_at else None
+    blocker = rollback.rollback_blocker(run) if run.swapped_at else None
     return {
         "run": run, "state_help": STATE_HELP.get(run.state, ""),
         "can_approve": awaiting and approver and run.requested_by_id != user.pk,
@@ -165,10 +166,10 @@ def run_progress(request, pk):
 def run_approve(request, pk):
     run = access_run(request.user, pk)
     try:
-        runs.restore_approve(actor=request.user, run=run, password=request.POST.get("password", ""),
-                             note=request.POST.get("note", ""), request=request)
+        requests.restore_approve(actor=request.user, run=run, password=request.POST.get("password", ""),
+                                 note=request.POST.get("note", ""), request=request)
         messages.success(request, "Approved: the restore is queued.")
-    except runs.RestoreError as exc:
+    except runstate.RestoreError as exc:
         _messages_for(request, exc)
     return redirect("restores:run-detail", pk=run.pk)
 
@@ -178,9 +179,9 @@ def run_approve(request, pk):
 def run_reject(request, pk):
     run = access_run(request.user, pk)
     try:
-        runs.restore_reject(actor=request.user, run=run, note=request.POST.get("note", ""), request=request)
+        requests.restore_reject(actor=request.user, run=run, note=request.POST.get("note", ""), request=request)
         messages.success(request, "Withdrawn." if run.requested_by_id == request.user.pk else "Rejected.")
-    except runs.RestoreError as exc:
+    except runstate.RestoreError as exc:
         _messages_for(request, exc)
     return redirect("restores:run-detail", pk=run.pk)
 
@@ -190,11 +191,11 @@ def run_reject(request, pk):
 def run_rollback(request, pk):
     run = access_run(request.user, pk)
     try:
-        run = runs.restore_rollback(actor=request.user, run=run, password=request.POST.get("password", ""),
-                                    request=request)
+        run = rollback.restore_rollback(actor=request.user, run=run, password=request.POST.get("password", ""),
+                                        request=request)
         messages.success(request, f"Rolled back in {run.rollback_seconds * 1000:.0f} ms: the previous state of "
                                   f"{run.target.name} is live again.")
-    except runs.RestoreError as exc:
+    except runstate.RestoreError as exc:
         _messages_for(request, exc)
     return redirect("restores:run-detail", pk=run.pk)
 
@@ -205,9 +206,10 @@ def check_tick(request, pk, check_pk: int):
     run = access_run(request.user, pk)
     check = get_object_or_404(RecoveryCheck, pk=check_pk, run=run)
     try:
-        runs.recovery_check_tick(actor=request.user, check=check, note=request.POST.get("note", ""), request=request)
+        recovery_checks.recovery_check_tick(actor=request.user, check=check, note=request.POST.get("note", ""),
+                                            request=request)
         messages.success(request, f"“{check.title}” ticked.")
-    except runs.RestoreError as exc:
+    except runstate.RestoreError as exc:
         _messages_for(request, exc)
     return redirect(reverse("restores:run-detail", kwargs={"pk": run.pk}) + "#checklist")
 
@@ -216,7 +218,7 @@ def check_tick(request, pk, check_pk: int):
 @require_POST
 def checks_refresh(request, pk):
     run = access_run(request.user, pk)
-    runs.recovery_checks_refresh(run, actor=request.user, request=request)
+    recovery_checks.recovery_checks_refresh(run, actor=request.user, request=request)
     messages.success(request, "The automatic items were checked again.")
     return redirect(reverse("restores:run-detail", kwargs={"pk": run.pk}) + "#checklist")
 

@@ -17,7 +17,7 @@ import pytest
 
 from backups.keys import KeyConfig
 from backups.models import Artifact, StorageLocation, System
-from restores import services
+from restores import targets
 from tests.loop_support import make_target, take_backup
 from tests.restore_support import SAMPLE_SCHEMA
 
@@ -121,7 +121,7 @@ def health_server():
 def staging(scratch, monkeypatch, tmp_path, shop_system, health_server, operator):
     target = make_target(scratch, monkeypatch, tmp_path, name="shop-staging", environment="staging", system=shop_system,
                          health_url=health_server.url)
-    services.target_right_grant(actor=None, target=target, user=operator, right="restore_to_target")
+    targets.target_right_grant(actor=None, target=target, user=operator, right="restore_to_target")
     return target
 
 
@@ -129,7 +129,7 @@ def staging(scratch, monkeypatch, tmp_path, shop_system, health_server, operator
 def production(scratch, monkeypatch, tmp_path, shop_system, health_server, operator, manager):
     target = make_target(scratch, monkeypatch, tmp_path, name="shop-production", environment="production",
                          system=shop_system, health_url=health_server.url)
-    services.target_right_grant(actor=None, target=target, user=operator, right="restore_to_target")
-    services.target_right_grant(actor=None, target=target, user=manager, right="restore_to_target")
-    services.target_right_grant(actor=None, target=target, user=manager, right="approve_restore")
+    targets.target_right_grant(actor=None, target=target, user=operator, right="restore_to_target")
+    targets.target_right_grant(actor=None, target=target, user=manager, right="restore_to_target")
+    targets.target_right_grant(actor=None, target=target, user=manager, right="approve_restore")
     return target

@@ -9,9 +9,9 @@ from pathlib import Path
 from backups import formats
 from backups.keys import get_keyring
 from backups.models import Artifact, ArtifactCopy, StorageLocation, System
-from backups.services import backup_request, backup_run_execute
+from backups.runs import backup_request, backup_run_execute
 from backups.storage import artifact_key
-from restores import services
+from restores import targets
 
 SHOP_COUNTS = {"users": 300, "orders": 2000, "info": 1}
 
@@ -32,7 +32,7 @@ def make_target(scratch, monkeypatch, tmp_path, *, name: str, environment: str, 
     config = tmp_path / f"{name}-config"
     config.mkdir()
     (config / "app.env").write_text("FEATURE=before\n")
-    return services.target_create(
+    return targets.target_create(
         actor=None, name=name, environment=environment, database_ref=f"env:{variable}", config_dir=str(config),
         system=system, health_check_hosts=["127.0.0.1"],
         sanity_checks=[{"name": "users exist", "query": "SELECT count(*) FROM users", "expectation": ">= 1"}]

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from drpanel import runtime
-from restores import pgops
+from restores import pg
 
 
 def server_url(dbname: str) -> str:
@@ -110,7 +110,7 @@ SAMPLE_COUNTS = {"public.users": 300, "public.orders": 2000, "public.info": 1}
 
 def pg_dump_for_server() -> str:
     """A ``pg_dump`` as new as the test server (beside the ``pg_restore`` chosen for it)."""
-    tool = pgops.choose_pg_restore(server_version=pgops.server_version_num(server_url("postgres")))
+    tool = pg.choose_pg_restore(server_version=pg.server_version_num(server_url("postgres")))
     path = Path(tool.path).with_name("pg_dump")
     return str(path) if path.exists() else shutil.which("pg_dump")
 

@@ -10,7 +10,8 @@ from django.db import connection
 
 from backups import demo, pgtools
 from backups.models import Artifact, BackupRun, System
-from backups.services import backup_run_execute
+from backups.runs import backup_run_execute
+from drpanel import pgbin
 from tests.backup_fixtures import *  # noqa: F403 - fixtures
 from tests.backup_fixtures import server_url
 from tests.support import rq_workers, worker_env
@@ -52,7 +53,7 @@ def test_the_demo_takes_real_backups_and_stores_no_secret(demo_env, redis_conn, 
     url = worker_env()["DATABASE_URL"]
     with psycopg.connect(url) as conn:
         major = pgtools.server_facts(conn)["server_major"]
-    dump = subprocess.run([pgtools.find_tool("pg_dump", major).path, "--data-only"], env=pgtools.libpq_env(url),
+    dump = subprocess.run([pgbin.find_tool("pg_dump", major).path, "--data-only"], env=pgtools.libpq_env(url),
                           capture_output=True, text=True, check=True).stdout
     assert "chatbotdysa" in dump
     for secret in canaries:

@@ -8,10 +8,12 @@ import tarfile
 import pytest
 
 from backups import formats, pgtools
+from backups.errors import BackupError
 from backups.models import Artifact, ArtifactCopy, BackupRun
-from backups.services import BackupError, backup_request, backup_run_execute
+from backups.runs import backup_request, backup_run_execute
 from backups.storage import manifest_key
 from compliance.models import AuditEvent
+from drpanel import pgbin
 from tests.backup_fixtures import *  # noqa: F403 - fixtures
 from tests.backup_fixtures import keyring_of
 
@@ -50,7 +52,7 @@ def test_a_full_backup_dumps_encrypts_and_verifies_the_offsite_copy(operator, sy
     assert stored["artifact_id"] == str(artifact.id)
     dump = tmp_path / "dump.pgc"
     dump.write_bytes(decrypt(artifact, test_keys))
-    pg_restore = pgtools.find_tool("pg_restore", manifest["postgres"]["pg_dump_major"]).path
+    pg_restore = pgbin.find_tool("pg_restore", manifest["postgres"]["pg_dump_major"]).path
     listing = subprocess.run([pg_restore, "--list", str(dump)], capture_output=True, text=True, check=True).stdout
     assert "TABLE DATA public orders" in listing
     actions = set(AuditEvent.objects.values_list("action", flat=True))
@@ -103,14 +105,14 @@ def test_a_pg_dump_that_dies_midway_marks_the_artifact_failed(operator, system, 
 def test_no_fitting_pg_dump_is_a_clear_error(settings):
     settings.PG_BIN_DIR = None
     with pytest.raises(pgtools.ToolError, match="no pg_dump of version 99 or newer"):
-        pgtools.find_tool("pg_dump", 99)
+        pgbin.find_tool("pg_dump", 99)
 
 
 def test_the_closest_pg_dump_at_least_the_server_version_is_chosen(settings):
     settings.PG_BIN_DIR = None
-    tools = [pgtools.tool_version(d + "/pg_dump") for d in pgtools.candidate_dirs()]
+    tools = [pgbin.tool_version(d + "/pg_dump") for d in pgbin.candidate_dirs()]
     majors = sorted({t.major for t in tools if t})
-    chosen = pgtools.find_tool("pg_dump", majors[0])
+    chosen = pgbin.find_tool("pg_dump", majors[0])
     assert chosen.major == majors[0]
 
 
@@ -160,7 +162,7 @@ def test_the_reaper_fails_runs_that_can_no_longer_finish(operator, system, prima
 
     from django.utils import timezone
 
-    from backups.services import backup_runs_reap
+    from backups.runs import backup_runs_reap
 
     long_ago = timezone.now() - timedelta(hours=1)
     dead = BackupRun.objects.create(system=system, kind="full", state="running", heartbeat_at=long_ago)

@@ -19,7 +19,7 @@ import pytest
 from backups.models import Artifact, BackupRun
 from compliance.audit.verify import verify_chain
 from compliance.models import AuditEvent
-from restores import runs
+from restores import requests
 from restores.models import RestoreRun, VerificationRun
 from tests.support import journey_screenshot, rq_workers, wait_for
 from tests.test_browser_restore import DONE, accept_confirmations, leave, request_restore
@@ -102,8 +102,8 @@ def test_manager_approves_an_operators_restore_is_refused_their_own_and_rolls_ba
                                                                                     scratch, password,
                                                                                     redis_conn):
     base = live_server.url
-    requested = runs.restore_request(actor=operator, artifact=full_artifact, target=production,
-                                     mode="database-only", confirm="shop-production")
+    requested = requests.restore_request(actor=operator, artifact=full_artifact, target=production,
+                                         mode="database-only", confirm="shop-production")
     assert requested.state == "awaiting_approval"
     accept_confirmations(page)
     with rq_workers(["restore"], count=1):

@@ -12,7 +12,7 @@ import io
 import pytest
 
 from backups.models import Artifact, BackupRun
-from backups.services import backup_run_execute
+from backups.runs import backup_run_execute
 from restores.models import RestoreRun
 from tests.support import rq_workers
 

@@ -25,6 +25,7 @@ from django.test import Client
 from backups import pgtools
 from backups.keys import KeyConfig
 from backups.models import BackupRun, StorageLocation, System
+from drpanel import pgbin
 from tests.backup_fixtures import *  # noqa: F403 - fixtures (source_db, primary, ...)
 from tests.factories import UserFactory
 from tests.support import rq_workers, worker_env
@@ -125,7 +126,7 @@ def test_no_canary_secret_reaches_the_database_logs_exports_or_error_pages(
     pages.append(api.get(f"/api/v1/artifacts/{run.artifact_id}"))
     # A failing backup: its error names the database, never the password.
     os.environ["CANARY_DB_URL"] = os.environ["CANARY_DB_URL"].rsplit("/", 1)[0] + "/no_such_database_canary"
-    from backups.services import backup_request, backup_run_execute
+    from backups.runs import backup_request, backup_run_execute
 
     failed = backup_run_execute(backup_request(actor=user, system=system, kind="full").id)
     assert failed.state == "failed" and "no_such_database_canary" in failed.error
@@ -142,7 +143,7 @@ def test_no_canary_secret_reaches_the_database_logs_exports_or_error_pages(
     url = worker_env()["DATABASE_URL"]
     with psycopg.connect(url) as conn:
         major = pgtools.server_facts(conn)["server_major"]
-    dump = subprocess.run([pgtools.find_tool("pg_dump", major).path], env=pgtools.libpq_env(url),
+    dump = subprocess.run([pgbin.find_tool("pg_dump", major).path], env=pgtools.libpq_env(url),
                           capture_output=True, check=True).stdout
     assert b"canary-manager" in dump and b"CANARY_DB_URL" in dump  # the dump is of the right database
     worker_log = b"".join(p.read_bytes() for p in logs.iterdir())

@@ -9,20 +9,15 @@ import pytest
 from django.utils import timezone
 
 from backups import formats
+from backups.deletion import artifact_delete, artifact_delete_approve, artifact_delete_request
+from backups.errors import BackupError
 from backups.inventory import inventory_sync_execute, legacy_match
+from backups.keyrotation import artifact_rewrap
 from backups.keys import KeyConfig
 from backups.models import Artifact, ArtifactCopy, BackupRun, InventoryRun, StorageLocation
 from backups.retention import retention_apply, retention_plan
+from backups.runs import backup_request, backup_run_execute
 from backups.schedules import due_backups, enqueue_due_backups
-from backups.services import (
-    BackupError,
-    artifact_delete,
-    artifact_delete_approve,
-    artifact_delete_request,
-    artifact_rewrap,
-    backup_request,
-    backup_run_execute,
-)
 from compliance.models import AuditEvent
 from drpanel.approvals import ApprovalError, approval_expire_due, approval_reject
 from drpanel.models import Approval

@@ -8,8 +8,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from backups.deletion import artifact_delete_request
 from backups.models import Artifact, ArtifactCopy, BackupRun, InventoryRun, StorageLocation, System
-from backups.services import artifact_delete_request
 from compliance.models import AuditEvent
 from drpanel.models import Approval
 from tests.support import assert_only_roles

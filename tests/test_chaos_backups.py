@@ -14,9 +14,10 @@ from django.utils import timezone as django_timezone
 
 from backups import pgtools
 from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation
-from backups.services import backup_request, backup_run_execute, backup_runs_reap
+from backups.runs import backup_request, backup_run_execute, backup_runs_reap
 from compliance.audit.verify import verify_chain
 from compliance.models import AuditEvent
+from drpanel import pgbin
 from tests.backup_fixtures import *  # noqa: F403 - fixtures
 from tests.backup_fixtures import keys_env
 from tests.chaos_support import FaultyProxy, fill, kill_tree, restart_redis_database, small_filesystem
@@ -51,7 +52,7 @@ def slow_pg_dump(tmp_path, source_db):
     import psycopg
 
     with psycopg.connect(source_db) as conn:
-        real = pgtools.find_tool("pg_dump", pgtools.server_facts(conn)["server_major"])
+        real = pgbin.find_tool("pg_dump", pgtools.server_facts(conn)["server_major"])
     bin_dir = tmp_path / "slow-bin"
     bin_dir.mkdir()
     script = bin_dir / "pg_dump"

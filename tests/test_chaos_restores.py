@@ -17,7 +17,7 @@ import pytest
 
 from compliance.audit.verify import verify_chain
 from compliance.models import AuditEvent
-from restores import pgops, reliability, runs
+from restores import pg, reliability, requests
 from restores.models import RestoreRun, SanityCheck, VerificationRun
 from restores.verifications import verification_request
 from tests.chaos_support import kill_tree, restart_redis_database
@@ -38,7 +38,7 @@ def chain_is_intact() -> None:
 
 def copies_of(scratch, run) -> list[str]:
     """The databases named after ``run`` (side, throw-away, pre-restore copies)."""
-    tag = pgops.run_tag(run.pk)
+    tag = pg.run_tag(run.pk)
     return [name for name in scratch.databases() if name.endswith(f"_{tag}")]
 
 
@@ -91,9 +91,9 @@ def test_the_restoring_backend_terminated_mid_restore_fails_the_run_and_leaves_t
         operator, staging, slow_sanity, full_artifact, scratch, redis_conn):
     live = scratch.name("shop_staging")
     with rq_workers(["restore"], count=1):
-        run = runs.restore_request(actor=operator, artifact=full_artifact, target=staging, mode="database-only",
-                                   confirm=staging.name)
-        side = pgops.copy_name(live, run.pk, "restore")
+        run = requests.restore_request(actor=operator, artifact=full_artifact, target=staging, mode="database-only",
+                                       confirm=staging.name)
+        side = pg.copy_name(live, run.pk, "restore")
         wait_for(lambda: step_running(RestoreRun, run, "sanity checks") and side in scratch.databases(), 90,
                  what="the restore's sanity step on its side database")
         with scratch.admin() as conn:

@@ -6,7 +6,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
-from compliance import evaluators
+from drpanel import evidence as evaluators
 from compliance.checklists import (
     ChecklistError,
     checklist_evaluate,

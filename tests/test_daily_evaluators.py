@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 
 from backups.models import ArtifactCopy, BackupRun, System
-from compliance import evaluators
+from drpanel import evidence as evaluators
 from compliance.checklists import checklist_evaluate
 from compliance.health_recompute import health_recompute
 from compliance.models import HealthSnapshot

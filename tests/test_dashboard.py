@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.urls import reverse
 
+from backups.deletion import artifact_delete_request
 from backups.models import ArtifactCopy, BackupRun, System
-from backups.services import artifact_delete_request
 from compliance.approval_kinds import approvals_waiting_for
 from compliance.health_recompute import health_recompute
 from compliance.measurements import Drill

@@ -108,8 +108,8 @@ def test_wrong_passwords_reentered_in_a_session_end_it_after_the_limit(client, m
 
 @pytest.mark.django_db
 def test_approvals_refuse_a_password_after_too_many_wrong_ones(manager, operator, password, tmp_path):
+    from backups.deletion import artifact_delete_approve, artifact_delete_request
     from backups.models import Artifact, System
-    from backups.services import artifact_delete_approve, artifact_delete_request
     from drpanel.approvals import ApprovalError
 
     system = System.objects.create(name="app", database_ref="env:UNSET_FOR_TEST")

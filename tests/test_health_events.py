@@ -8,7 +8,7 @@ import pytest
 from django.db import connection, transaction
 
 from backups.models import Artifact, BackupRun
-from backups.services import backup_request
+from backups.runs import backup_request
 from compliance.audit import audit_record
 from compliance.health_recompute import _Recompute, health_recompute_deferred, health_recompute_soon
 from compliance.health_signals import watched

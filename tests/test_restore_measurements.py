@@ -7,14 +7,14 @@ import pytest
 from django.urls import reverse
 
 from backups.models import Artifact, BackupRun
-from backups.services import backup_request
+from backups.runs import backup_request
 from compliance.approval_kinds import approvals_waiting_for
 from compliance.health import health_evaluate, last_restore_test
 from compliance.measurements import drill_rtos, last_rto
 from drpanel import clock
 from drpanel.approvals import approval_request
 from drpanel.dashboard import dashboard_json
-from restores import services
+from restores import targets
 from restores.models import RestoreRun, Target, VerificationRun
 from tests.factories import UserFactory
 from tests.support import rq_workers, wait_for
@@ -112,8 +112,8 @@ def test_a_production_restore_waits_for_managers_holding_approve_restore_but_not
                                                                                                  operator, manager):
     production = target("production", "production")
     other_manager = UserFactory(username="manager2", role="Manager")
-    services.target_right_grant(actor=None, target=production, user=manager, right="approve_restore")
-    services.target_right_grant(actor=None, target=production, user=other_manager, right="approve_restore")
+    targets.target_right_grant(actor=None, target=production, user=manager, right="approve_restore")
+    targets.target_right_grant(actor=None, target=production, user=other_manager, right="approve_restore")
     run = RestoreRun.objects.create(artifact=healthy["full"], target=production, mode="database-only",
                                     state="awaiting_approval", requested_by=manager)
     approval_request(actor=manager, kind="restore.production", subject=run, params={"target": production.pk})

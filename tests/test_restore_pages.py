@@ -7,7 +7,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from compliance.models import AuditEvent
-from restores import runs, services
+from restores import execution, requests, targets
 from restores.models import RestoreRun, VerificationRun
 from restores.verifications import verification_execute, verification_request
 from tests.support import ROLES, assert_only_roles
@@ -21,7 +21,7 @@ TICKERS = {"operator", "manager"}
 
 
 def request(actor, artifact, target, mode="database-only") -> RestoreRun:
-    return runs.restore_request(actor=actor, artifact=artifact, target=target, mode=mode, confirm=target.name)
+    return requests.restore_request(actor=actor, artifact=artifact, target=target, mode=mode, confirm=target.name)
 
 
 def denials() -> int:
@@ -30,8 +30,8 @@ def denials() -> int:
 
 @pytest.fixture
 def succeeded(operator, manager, full_artifact, production, password) -> RestoreRun:
-    run = runs.restore_approve(actor=manager, run=request(operator, full_artifact, production), password=password)
-    return runs.restore_run_execute(run.pk)
+    run = requests.restore_approve(actor=manager, run=request(operator, full_artifact, production), password=password)
+    return execution.restore_run_execute(run.pk)
 
 
 # --- permission boundaries, pages --------------------------------------------------------------
@@ -83,7 +83,7 @@ def test_a_run_page_is_seen_by_whoever_sees_its_target_and_a_404_otherwise(clien
     run = request(operator, full_artifact, staging)
     url = reverse("restores:run-detail", args=[run.pk])
     assert_only_roles(clients, "get", url, allowed=VIEWERS)
-    services.target_right_revoke(actor=None, target=staging, user=operator, right="restore_to_target")
+    targets.target_right_revoke(actor=None, target=staging, user=operator, right="restore_to_target")
     assert clients["operator"].get(url).status_code == 404
     assert clients["operator"].get(reverse("restores:run-progress", args=[run.pk])).status_code == 404
 
@@ -174,7 +174,7 @@ def test_a_running_run_is_polled_and_its_fragment_says_when_it_is_done(clients, 
     assert f'data-poll="{reverse("restores:run-progress", args=[run.pk])}"' in page
     fragment = clients["operator"].get(reverse("restores:run-progress", args=[run.pk])).content.decode()
     assert "data-poll-done" not in fragment and "Waiting for a worker" in fragment
-    runs.restore_run_execute(run.pk)
+    execution.restore_run_execute(run.pk)
     fragment = clients["operator"].get(reverse("restores:run-progress", args=[run.pk])).content.decode()
     assert "data-poll-done" in fragment and 'value="100"' in fragment
 

@@ -13,7 +13,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from compliance.models import AuditEvent
-from restores import jobs, pgops, reliability, runs
+from drpanel.runs import MAX_ENQUEUES
+from restores import jobs, pg, reliability, requests, rollback
 from restores.models import RestoreRun, SanityCheck, VerificationRun
 from restores.verifications import verification_request
 from tests.loop_support import copy_marker
@@ -28,8 +29,8 @@ def state_of(run) -> str:
 
 
 def request(actor, artifact, target, **extra) -> RestoreRun:
-    return runs.restore_request(actor=actor, artifact=artifact, target=target, mode="database-only",
-                                confirm=target.name, **extra)
+    return requests.restore_request(actor=actor, artifact=artifact, target=target, mode="database-only",
+                                    confirm=target.name, **extra)
 
 
 def live(scratch, target) -> str:
@@ -86,7 +87,7 @@ def test_kill_9_mid_restore_leaves_the_target_untouched_fails_the_run_in_time_an
         run = request(operator, artifact, staging)
         wait_for(lambda: any(s["name"] == "sanity checks" and s["state"] == "running"
                              for s in RestoreRun.objects.get(pk=run.pk).steps), 90, what="the sanity step")
-        side = pgops.copy_name(live(scratch, staging), run.pk, "restore")
+        side = pg.copy_name(live(scratch, staging), run.pk, "restore")
         assert side in scratch.databases(), "the restore is half way: its side database exists"
         [horse] = children_of(worker.pid)
         os.kill(worker.pid, signal.SIGKILL)
@@ -153,7 +154,7 @@ def test_a_job_lost_again_and_again_fails_the_run_with_the_reason(operator, read
     staging, artifact = ready
     settings.RUN_LOST_JOB_SECONDS = 0
     run = request(operator, artifact, staging)
-    for _ in range(reliability.MAX_ENQUEUES):
+    for _ in range(MAX_ENQUEUES):
         redis_conn.flushdb()
         reliability.reconcile()
     run.refresh_from_db()
@@ -209,7 +210,7 @@ def test_a_worker_that_died_in_the_middle_of_the_swap_is_repaired(operator, read
     staging, artifact = ready
     run = _running(request(operator, artifact, staging))
     name = live(scratch, staging)
-    pre = pgops.copy_name(name, run.pk, "pre")
+    pre = pg.copy_name(name, run.pk, "pre")
     with scratch.admin() as conn:
         conn.execute(f'ALTER DATABASE "{name}" RENAME TO "{pre}"')  # the first rename happened, then the crash
     assert name not in scratch.databases()
@@ -223,22 +224,22 @@ def test_a_worker_that_died_in_the_middle_of_the_swap_is_repaired(operator, read
 
 def test_a_worker_that_died_after_the_swap_committed_leaves_a_rollback_possible(operator, manager, ready, scratch,
                                                                                redis_conn, password):
-    from restores import services
+    from restores import targets
 
     staging, artifact = ready
-    services.target_right_grant(actor=None, target=staging, user=manager, right="approve_restore")
+    targets.target_right_grant(actor=None, target=staging, user=manager, right="approve_restore")
     run = _running(request(operator, artifact, staging))
     name = live(scratch, staging)
-    side = pgops.copy_name(name, run.pk, "restore")
+    side = pg.copy_name(name, run.pk, "restore")
     scratch.create_named(side, marker="restored")
-    pgops.swap_in(scratch.url(name), run.pk)  # committed, then the worker died before recording it
+    pg.swap_in(scratch.url(name), run.pk)  # committed, then the worker died before recording it
     reliability.reconcile()
     run.refresh_from_db()
     assert run.state == "failed" and run.swapped_at and run.rollback_until
     assert scratch.marker(name) == "restored"
-    run = runs.restore_rollback(actor=manager, run=run, password=password)
+    run = rollback.restore_rollback(actor=manager, run=run, password=password)
     assert scratch.marker(name) == "before"
-    assert copy_marker(scratch, pgops.copy_name(name, run.pk, "failed")) == "restored"
+    assert copy_marker(scratch, pg.copy_name(name, run.pk, "failed")) == "restored"
 
 
 def test_orphan_side_databases_of_finished_runs_are_dropped_and_strangers_left_alone(operator, ready, scratch,
@@ -247,8 +248,8 @@ def test_orphan_side_databases_of_finished_runs_are_dropped_and_strangers_left_a
     run = request(operator, artifact, staging)
     RestoreRun.objects.filter(pk=run.pk).update(state="failed")
     name = live(scratch, staging)
-    ours = pgops.copy_name(name, run.pk, "restore")
-    stranger = pgops.copy_name(name, "f" * 32, "restore")
+    ours = pg.copy_name(name, run.pk, "restore")
+    stranger = pg.copy_name(name, "f" * 32, "restore")
     scratch.create_named(ours)
     scratch.create_named(stranger)
     dropped = reliability.drop_orphan_side_databases()

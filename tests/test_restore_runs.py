@@ -17,7 +17,7 @@ from backups.models import Artifact, BackupRun
 from compliance.models import AuditEvent
 from drpanel.models import Approval
 from drpanel.permissions import Denied
-from restores import configs, runs, services
+from restores import configs, execution, recovery_checks, requests, rollback, runstate, targets
 from restores.models import HealthCheck, RecoveryCheck, RestoreRun, Target
 from restores.selectors import restore_running
 from tests.loop_support import copy_marker, store_artifact, stored_path, take_backup
@@ -29,12 +29,12 @@ pytestmark = pytest.mark.django_db
 
 
 def request(actor, artifact, target, mode="database-only", **extra) -> RestoreRun:
-    return runs.restore_request(actor=actor, artifact=artifact, target=target, mode=mode, confirm=target.name,
-                                **extra)
+    return requests.restore_request(actor=actor, artifact=artifact, target=target, mode=mode, confirm=target.name,
+                                    **extra)
 
 
 def execute(run) -> RestoreRun:
-    return runs.restore_run_execute(run.pk)
+    return execution.restore_run_execute(run.pk)
 
 
 def live(scratch, target) -> str:
@@ -66,8 +66,8 @@ def test_a_staging_restore_is_queued_at_once_and_audited(operator, full_artifact
 def test_bad_requests_are_refused_and_nothing_is_recorded(operator, full_artifact, staging, change, message):
     fields = {"actor": operator, "artifact": full_artifact, "target": staging, "mode": "database-only",
               "confirm": "shop-staging", **change}
-    with pytest.raises(runs.RestoreError, match=message):
-        runs.restore_request(**fields)
+    with pytest.raises(runstate.RestoreError, match=message):
+        requests.restore_request(**fields)
     assert not RestoreRun.objects.exists()
 
 
@@ -78,17 +78,17 @@ def test_an_artifact_of_another_system_is_refused_by_a_target_bound_to_its_syste
     other = System.objects.create(name="other", database_ref="env:NOPE")
     Target.objects.filter(pk=staging.pk).update(system=other)
     staging.refresh_from_db()
-    with pytest.raises(runs.RestoreError, match="receives other; this artifact is of shop"):
+    with pytest.raises(runstate.RestoreError, match="receives other; this artifact is of shop"):
         request(operator, full_artifact, staging)
 
 
 def test_drills_never_go_into_production_and_inactive_targets_take_nothing(operator, full_artifact, production,
                                                                            staging):
-    with pytest.raises(runs.RestoreError, match="drills go into staging"):
+    with pytest.raises(runstate.RestoreError, match="drills go into staging"):
         request(operator, full_artifact, production, is_drill=True)
     Target.objects.filter(pk=staging.pk).update(is_active=False)
     staging.refresh_from_db()
-    with pytest.raises(runs.RestoreError, match="deactivated"):
+    with pytest.raises(runstate.RestoreError, match="deactivated"):
         request(operator, full_artifact, staging)
 
 
@@ -100,9 +100,9 @@ def test_without_restore_to_target_the_request_is_denied(auditor, admin, full_ar
 
 
 def test_one_active_restore_per_target_is_enforced_by_the_database(operator, manager, full_artifact, staging):
-    services.target_right_grant(actor=None, target=staging, user=manager, right="restore_to_target")
+    targets.target_right_grant(actor=None, target=staging, user=manager, right="restore_to_target")
     first = request(operator, full_artifact, staging)
-    with pytest.raises(runs.RestoreConflict, match=f"already in flight \\(run {first.short_id}, queued\\)"):
+    with pytest.raises(runstate.RestoreConflict, match=f"already in flight \\(run {first.short_id}, queued\\)"):
         request(manager, full_artifact, staging)
     with pytest.raises(IntegrityError), transaction.atomic():
         RestoreRun.objects.create(artifact=full_artifact, target=staging, mode="database-only",
@@ -204,13 +204,13 @@ def test_health_checks_failing_after_the_swap_fail_the_run_and_allow_a_rollback(
                                                                                  settings, password):
     settings.RESTORE_HEALTH_WAIT_SECONDS = 1
     health_server.handler.status = 503
-    services.target_right_grant(actor=None, target=staging, user=manager, right="approve_restore")
+    targets.target_right_grant(actor=None, target=staging, user=manager, right="approve_restore")
     run = execute(request(operator, full_artifact, staging))
     assert run.state == "failed" and "health checks failed after the swap" in run.error
     assert run.swapped_at and run.rto_seconds is None
     assert scratch.marker(live(scratch, staging)) == "restored"
-    assert runs.rollback_blocker(run) is None
-    run = runs.restore_rollback(actor=manager, run=run, password=password)
+    assert rollback.rollback_blocker(run) is None
+    run = rollback.restore_rollback(actor=manager, run=run, password=password)
     assert run.state == "rolled_back" and scratch.marker(live(scratch, staging)) == "before"
 
 
@@ -260,8 +260,8 @@ def test_a_full_restore_restores_the_database_and_the_nearest_config(operator, m
     assert scratch.marker(live(scratch, staging)) == "restored"
     assert Path(f"{staging.config_dir}/app.env").read_text() == "FEATURE=restored\n"
     assert RecoveryCheck.objects.filter(run=run).count() == 10, "a full restore gets the checklist"
-    services.target_right_grant(actor=None, target=staging, user=manager, right="approve_restore")
-    runs.restore_rollback(actor=manager, run=run, password=password)
+    targets.target_right_grant(actor=None, target=staging, user=manager, right="approve_restore")
+    rollback.restore_rollback(actor=manager, run=run, password=password)
     assert scratch.marker(live(scratch, staging)) == "before"
     assert Path(f"{staging.config_dir}/app.env").read_text() == "FEATURE=before\n"
 
@@ -316,7 +316,7 @@ def test_a_production_restore_waits_for_approval_bound_to_what_was_asked(operato
     assert run.state == "awaiting_approval" and run.queued_at is None
     approval = run.approval
     assert approval.kind == "restore.production" and approval.state == "pending"
-    assert approval.binding_hash == run.binding_hash == runs.current_binding_hash(run)
+    assert approval.binding_hash == run.binding_hash == runstate.current_binding_hash(run)
     assert approval.params["mode"] == "database-only" and approval.params["artifact"] == str(full_artifact.pk)
     assert actions(run) == ["restore.requested", "approval.requested", "restore.awaiting_approval"]
 
@@ -324,7 +324,7 @@ def test_a_production_restore_waits_for_approval_bound_to_what_was_asked(operato
 def test_the_manager_approves_with_the_password_and_the_run_is_queued(operator, manager, full_artifact, production,
                                                                       scratch, password):
     run = request(operator, full_artifact, production)
-    run = runs.restore_approve(actor=manager, run=run, password=password, note="go")
+    run = requests.restore_approve(actor=manager, run=run, password=password, note="go")
     assert run.state == "queued" and run.approval.state == "consumed" and run.approval.decided_by == manager
     event = AuditEvent.objects.get(action="restore.approved")
     assert (event.actor_username, event.details["requested_by"], event.details["approved_by"]) == (
@@ -338,7 +338,7 @@ def test_the_manager_approves_with_the_password_and_the_run_is_queued(operator, 
 def test_the_requester_cannot_approve_their_own_restore(manager, full_artifact, production, password):
     run = request(manager, full_artifact, production)
     with pytest.raises(Denied, match="another person"):
-        runs.restore_approve(actor=manager, run=run, password=password)
+        requests.restore_approve(actor=manager, run=run, password=password)
     run.refresh_from_db()
     assert run.state == "awaiting_approval"
 
@@ -350,14 +350,14 @@ def test_a_manager_without_approve_restore_on_the_target_cannot_approve(operator
     other = UserFactory(username="manager2", role="Manager")
     run = request(operator, full_artifact, production)
     with pytest.raises(Denied):
-        runs.restore_approve(actor=other, run=run, password=password)
+        requests.restore_approve(actor=other, run=run, password=password)
     assert Approval.objects.get().state == "pending"
 
 
 def test_a_wrong_password_is_refused_and_audited(operator, manager, full_artifact, production):
     run = request(operator, full_artifact, production)
-    with pytest.raises(runs.PasswordRefused):
-        runs.restore_approve(actor=manager, run=run, password="not it")
+    with pytest.raises(runstate.PasswordRefused):
+        requests.restore_approve(actor=manager, run=run, password="not it")
     assert AuditEvent.objects.filter(action="approval.password_refused", actor_username="manager").count() == 1
     run.refresh_from_db()
     assert run.state == "awaiting_approval"
@@ -374,8 +374,8 @@ def test_any_change_after_the_request_voids_the_approval(operator, manager, full
     else:
         Artifact.objects.filter(pk=full_artifact.pk).update(sha256="f" * 64)
     run = RestoreRun.objects.get(pk=run.pk)
-    with pytest.raises(runs.RestoreConflict, match="changed since it was made"):
-        runs.restore_approve(actor=manager, run=run, password=password)
+    with pytest.raises(runstate.RestoreConflict, match="changed since it was made"):
+        requests.restore_approve(actor=manager, run=run, password=password)
     assert AuditEvent.objects.filter(action="approval.binding_mismatch").exists()
     run.refresh_from_db()
     assert run.state == "awaiting_approval"
@@ -389,7 +389,7 @@ def test_the_worker_refuses_a_production_run_without_a_consumed_matching_approva
     assert run.state == "failed" and "refused: its approval is pending" in run.error
     assert scratch.marker(live(scratch, production)) == "before"
     second = request(operator, full_artifact, production)
-    second = runs.restore_approve(actor=manager, run=second, password=password)
+    second = requests.restore_approve(actor=manager, run=second, password=password)
     Target.objects.filter(pk=production.pk).update(config_dir="/srv/changed-after-approval")
     run = execute(second)
     assert run.state == "failed" and "changed after the approval" in run.error
@@ -398,10 +398,10 @@ def test_the_worker_refuses_a_production_run_without_a_consumed_matching_approva
 
 def test_one_rejection_is_final(operator, manager, full_artifact, production, password):
     run = request(operator, full_artifact, production)
-    run = runs.restore_reject(actor=manager, run=run, note="wrong artifact")
+    run = requests.restore_reject(actor=manager, run=run, note="wrong artifact")
     assert run.state == "rejected" and run.approval.state == "rejected"
-    with pytest.raises(runs.RestoreConflict):
-        runs.restore_approve(actor=manager, run=RestoreRun.objects.get(pk=run.pk), password=password)
+    with pytest.raises(runstate.RestoreConflict):
+        requests.restore_approve(actor=manager, run=RestoreRun.objects.get(pk=run.pk), password=password)
     event = AuditEvent.objects.get(action="restore.rejected")
     assert event.details["rejected_by"] == "manager" and event.details["requested_by"] == "operator"
 
@@ -413,21 +413,21 @@ def test_the_requester_may_withdraw_but_not_an_operator_without_the_right(operat
     bystander = UserFactory(username="op2", role="Operator")
     run = request(operator, full_artifact, production)
     with pytest.raises(Denied):
-        runs.restore_reject(actor=bystander, run=run)
-    run = runs.restore_reject(actor=operator, run=run)
+        requests.restore_reject(actor=bystander, run=run)
+    run = requests.restore_reject(actor=operator, run=run)
     assert run.state == "rejected" and AuditEvent.objects.get(action="restore.rejected").details["withdrawn"]
 
 
 def test_an_unapproved_request_expires_after_its_window_and_is_rejected_for_good(operator, manager, full_artifact,
                                                                                  production, password):
     run = request(operator, full_artifact, production)
-    assert runs.restore_expire_due() == 0
+    assert requests.restore_expire_due() == 0
     Approval.objects.filter(pk=run.approval_id).update(expires_at=timezone.now() - timedelta(seconds=1))
-    assert runs.restore_expire_due() == 1
+    assert requests.restore_expire_due() == 1
     run.refresh_from_db()
     assert run.state == "expired" and run.approval.state == "expired"
-    with pytest.raises(runs.RestoreConflict):
-        runs.restore_approve(actor=manager, run=run, password=password)
+    with pytest.raises(runstate.RestoreConflict):
+        requests.restore_approve(actor=manager, run=run, password=password)
     assert actions(run)[-2:] == ["approval.expired", "restore.expired"]
 
 
@@ -435,8 +435,8 @@ def test_approving_after_the_expiry_but_before_the_job_expires_it_anyway(operato
                                                                          production, password):
     run = request(operator, full_artifact, production)
     Approval.objects.filter(pk=run.approval_id).update(expires_at=timezone.now() - timedelta(seconds=1))
-    with pytest.raises(runs.RestoreConflict, match="expired"):
-        runs.restore_approve(actor=manager, run=run, password=password)
+    with pytest.raises(runstate.RestoreConflict, match="expired"):
+        requests.restore_approve(actor=manager, run=run, password=password)
     run.refresh_from_db()
     assert run.state == "expired"
 
@@ -454,12 +454,12 @@ def test_the_admin_site_offers_no_way_to_edit_runs_or_approvals(clients, admin):
 def test_a_manager_rolls_back_within_the_window_timed_and_audited(operator, manager, full_artifact, production,
                                                                   scratch, password):
     run = request(operator, full_artifact, production)
-    run = execute(runs.restore_approve(actor=manager, run=run, password=password))
+    run = execute(requests.restore_approve(actor=manager, run=run, password=password))
     with pytest.raises(Denied):
-        runs.restore_rollback(actor=operator, run=run, password=password)
-    with pytest.raises(runs.PasswordRefused):
-        runs.restore_rollback(actor=manager, run=run, password="wrong")
-    run = runs.restore_rollback(actor=manager, run=run, password=password)
+        rollback.restore_rollback(actor=operator, run=run, password=password)
+    with pytest.raises(runstate.PasswordRefused):
+        rollback.restore_rollback(actor=manager, run=run, password="wrong")
+    run = rollback.restore_rollback(actor=manager, run=run, password=password)
     assert run.state == "rolled_back" and run.rolled_back_by == manager and 0 < run.rollback_seconds < 5
     name = live(scratch, production)
     assert scratch.marker(name) == "before"
@@ -467,39 +467,39 @@ def test_a_manager_rolls_back_within_the_window_timed_and_audited(operator, mana
     event = AuditEvent.objects.get(action="restore.rolled_back")
     assert event.actor_username == "manager" and event.details["database"]["moved_in"].endswith(run.pk.hex[:12])
     assert AuditEvent.objects.filter(action="restore.rollback_password_refused").count() == 1
-    with pytest.raises(runs.RestoreConflict, match="only a restore that was swapped in"):
-        runs.restore_rollback(actor=manager, run=run, password=password)
+    with pytest.raises(runstate.RestoreConflict, match="only a restore that was swapped in"):
+        rollback.restore_rollback(actor=manager, run=run, password=password)
     pending = run.recovery_checks.get(code="authentication")
-    with pytest.raises(runs.RestoreConflict, match="rolled back: its post-recovery checklist is closed"):
-        runs.recovery_check_tick(actor=operator, check=pending, note="logged in fine")
+    with pytest.raises(runstate.RestoreConflict, match="rolled back: its post-recovery checklist is closed"):
+        recovery_checks.recovery_check_tick(actor=operator, check=pending, note="logged in fine")
     pending.refresh_from_db()
     assert pending.status == "pending"
 
 
 def test_after_the_window_there_is_no_rollback_and_the_copies_are_dropped(operator, manager, full_artifact, staging,
                                                                           scratch, password):
-    services.target_right_grant(actor=None, target=staging, user=manager, right="approve_restore")
+    targets.target_right_grant(actor=None, target=staging, user=manager, right="approve_restore")
     run = execute(request(operator, full_artifact, staging))
     pre = f"{live(scratch, staging)}__pre_{run.pk.hex[:12]}"
     assert pre in scratch.databases()
-    assert runs.restore_copies_drop_due() == 0
+    assert rollback.restore_copies_drop_due() == 0
     RestoreRun.objects.filter(pk=run.pk).update(rollback_until=timezone.now() - timedelta(seconds=1))
     run.refresh_from_db()
-    assert "window has passed" in runs.rollback_blocker(run)
-    assert runs.restore_copies_drop_due() == 1
+    assert "window has passed" in rollback.rollback_blocker(run)
+    assert rollback.restore_copies_drop_due() == 1
     assert pre not in scratch.databases() and scratch.marker(live(scratch, staging)) == "restored"
     run.refresh_from_db()
     assert run.copies_dropped_at and AuditEvent.objects.get(action="restore.copies_dropped").details["dropped"] == [pre]
 
 
 def test_a_later_restore_must_be_rolled_back_first(operator, manager, full_artifact, staging, password):
-    services.target_right_grant(actor=None, target=staging, user=manager, right="approve_restore")
+    targets.target_right_grant(actor=None, target=staging, user=manager, right="approve_restore")
     first = execute(request(operator, full_artifact, staging))
     second = execute(request(operator, full_artifact, staging))
-    assert "a later restore" in runs.rollback_blocker(first)
-    runs.restore_rollback(actor=manager, run=second, password=password)
+    assert "a later restore" in rollback.rollback_blocker(first)
+    rollback.restore_rollback(actor=manager, run=second, password=password)
     first.refresh_from_db()
-    assert runs.rollback_blocker(first) is None
+    assert rollback.rollback_blocker(first) is None
 
 
 # --- the post-recovery checklist ---------------------------------------------------------------
@@ -507,8 +507,8 @@ def test_a_later_restore_must_be_rolled_back_first(operator, manager, full_artif
 
 def test_a_production_restore_gets_the_ten_items_and_the_panel_ticks_what_it_can(operator, manager, full_artifact,
                                                                                  production, password):
-    run = execute(runs.restore_approve(actor=manager, run=request(operator, full_artifact, production),
-                                       password=password))
+    run = execute(requests.restore_approve(actor=manager, run=request(operator, full_artifact, production),
+                                           password=password))
     checks = {c.code: c for c in run.recovery_checks.all()}
     assert len(checks) == 10 and [c.position for c in run.recovery_checks.all()] == list(range(10))
     assert checks["database_connectivity"].status == "passed"
@@ -518,7 +518,7 @@ def test_a_production_restore_gets_the_ten_items_and_the_panel_ticks_what_it_can
         checks["backups_reenabled"].summary
     assert {c.status for code, c in checks.items() if not c.automatic} == {"pending"}
     take_backup(run.artifact.system)
-    assert runs.recovery_checks_refresh_open() == 1
+    assert recovery_checks.recovery_checks_refresh_open() == 1
     backups = RecoveryCheck.objects.get(run=run, code="backups_reenabled")
     assert backups.status == "passed" and backups.evidence[0]["url"].startswith("/backups/runs/")
     assert BackupRun.objects.filter(pk=backups.evidence[0]["object_id"]).exists()
@@ -526,19 +526,21 @@ def test_a_production_restore_gets_the_ten_items_and_the_panel_ticks_what_it_can
 
 def test_people_tick_the_manual_items_with_a_note_not_the_automatic_ones(operator, manager, auditor, full_artifact,
                                                                          production, password):
-    run = execute(runs.restore_approve(actor=manager, run=request(operator, full_artifact, production),
-                                       password=password))
+    run = execute(requests.restore_approve(actor=manager, run=request(operator, full_artifact, production),
+                                           password=password))
     payments = run.recovery_checks.get(code="payments")
-    with pytest.raises(runs.RestoreError, match="note"):
-        runs.recovery_check_tick(actor=operator, check=payments, note=" ")
+    with pytest.raises(runstate.RestoreError, match="note"):
+        recovery_checks.recovery_check_tick(actor=operator, check=payments, note=" ")
     with pytest.raises(Denied):
-        runs.recovery_check_tick(actor=auditor, check=payments, note="checked")
-    ticked = runs.recovery_check_tick(actor=operator, check=payments, note="test payment of 1 USD went through")
+        recovery_checks.recovery_check_tick(actor=auditor, check=payments, note="checked")
+    ticked = recovery_checks.recovery_check_tick(actor=operator, check=payments,
+                                                 note="test payment of 1 USD went through")
     assert ticked.status == "done" and ticked.ticked_by == operator
-    with pytest.raises(runs.RestoreConflict, match="already ticked"):
-        runs.recovery_check_tick(actor=manager, check=payments, note="again")
-    with pytest.raises(runs.RestoreConflict, match="decided by the panel"):
-        runs.recovery_check_tick(actor=operator, check=run.recovery_checks.get(code="tables_intact"), note="ok")
+    with pytest.raises(runstate.RestoreConflict, match="already ticked"):
+        recovery_checks.recovery_check_tick(actor=manager, check=payments, note="again")
+    with pytest.raises(runstate.RestoreConflict, match="decided by the panel"):
+        tables_intact = run.recovery_checks.get(code="tables_intact")
+        recovery_checks.recovery_check_tick(actor=operator, check=tables_intact, note="ok")
     assert AuditEvent.objects.filter(action="restore.checklist_ticked").count() == 1
 
 
@@ -546,11 +548,11 @@ def test_checking_again_sees_a_health_url_that_recovered(operator, manager, full
                                                          health_server, settings):
     settings.RESTORE_HEALTH_WAIT_SECONDS = 1
     health_server.handler.status = 500
-    run = execute(runs.restore_approve(actor=manager, run=request(operator, full_artifact, production),
-                                       password=password))
+    run = execute(requests.restore_approve(actor=manager, run=request(operator, full_artifact, production),
+                                           password=password))
     assert run.recovery_checks.get(code="application_running").status == "failed"
     health_server.handler.status = 200
-    runs.recovery_checks_refresh(run, actor=operator)
+    recovery_checks.recovery_checks_refresh(run, actor=operator)
     assert run.recovery_checks.get(code="application_running").status == "passed"
     asked = AuditEvent.objects.filter(action="restore.checklist_refreshed").latest("seq")
     assert asked.actor_username == operator.username and asked.details["statuses"]["application_running"] == "passed"
@@ -558,7 +560,7 @@ def test_checking_again_sees_a_health_url_that_recovered(operator, manager, full
 
 def test_the_checklist_validator_accepts_a_staging_restore_of_the_week(operator, full_artifact, staging, production,
                                                                        manager, password):
-    from compliance.evaluators import EvidenceRejected, validator_for
+    from drpanel.evidence import EvidenceRejected, validator_for
 
     validator = validator_for("weekly.staging_restore")
     run = execute(request(operator, full_artifact, staging))
@@ -567,8 +569,8 @@ def test_the_checklist_validator_accepts_a_staging_restore_of_the_week(operator,
     [evidence] = validator.candidates(*week)
     assert evidence.object_id == str(run.pk) and "shop-staging" in evidence.label
     assert validator.validate(*week, "restores.restorerun", str(run.pk)).url == f"/restores/runs/{run.pk}/"
-    prod = execute(runs.restore_approve(actor=manager, run=request(operator, full_artifact, production),
-                                        password=password))
+    prod = execute(requests.restore_approve(actor=manager, run=request(operator, full_artifact, production),
+                                            password=password))
     with pytest.raises(EvidenceRejected):
         validator.validate(*week, "restores.restorerun", str(prod.pk))
     last_week = (week[0] - timedelta(days=7), week[1] - timedelta(days=7))

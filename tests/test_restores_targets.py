@@ -6,7 +6,7 @@ from django.urls import reverse
 
 from compliance.models import AuditEvent
 from drpanel.permissions import Denied, has_object_right
-from restores import services
+from restores import targets
 from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, Target
 from tests.support import assert_only_roles
 
@@ -18,7 +18,7 @@ ALL_ROLES = {"operator", "manager", "auditor", "admin"}
 def make_target(name="staging", environment="staging", **extra):
     fields = {"database_ref": f"env:{name.upper().replace('-', '_')}_DATABASE_URL", "config_dir": f"/srv/{name}/config"}
     fields.update(extra)
-    return services.target_create(actor=None, name=name, environment=environment, **fields)
+    return targets.target_create(actor=None, name=name, environment=environment, **fields)
 
 
 def events(action):
@@ -29,7 +29,7 @@ def events(action):
 
 
 def test_an_admin_creates_a_target_with_its_checks_and_it_is_audited(admin):
-    target = services.target_create(
+    target = targets.target_create(
         actor=admin, name="shop-staging", environment="staging", database_ref="env:SHOP_STAGING_URL",
         config_dir="/srv/shop/config/", health_check_hosts=["127.0.0.1"],
         sanity_checks=[{"name": "users exist", "query": "SELECT count(*) FROM users", "expectation": ">=1"}],
@@ -58,7 +58,7 @@ def test_an_admin_creates_a_target_with_its_checks_and_it_is_audited(admin):
 def test_invalid_fields_are_refused_and_nothing_is_saved(admin, field, value, message):
     fields = {"name": "shop", "environment": "staging", "database_ref": "env:SHOP_URL", field: value}
     with pytest.raises(ValidationError) as refused:
-        services.target_create(actor=admin, **fields)
+        targets.target_create(actor=admin, **fields)
     assert field in refused.value.message_dict
     assert message in " ".join(refused.value.message_dict[field])
     assert not Target.objects.exists() and not events("target.created")
@@ -73,7 +73,7 @@ def test_names_are_unique(admin):
 def test_health_check_urls_must_pass_the_allowlist_when_saved(admin, settings):
     settings.HEALTHCHECK_ALLOWED_HOSTS = ["status.example.com"]
     with pytest.raises(ValidationError) as refused:
-        services.target_create(actor=admin, name="shop", environment="staging", database_ref="env:X", health_checks=[
+        targets.target_create(actor=admin, name="shop", environment="staging", database_ref="env:X", health_checks=[
             {"url": "http://169.254.169.254/latest/meta-data/", "expected_status": 200},
             {"url": "http://2130706433/", "expected_status": 200},
             {"url": "ftp://status.example.com/", "expected_status": 200},
@@ -81,14 +81,14 @@ def test_health_check_urls_must_pass_the_allowlist_when_saved(admin, settings):
         ])
     messages = refused.value.message_dict["health_checks"]
     assert len(messages) == 4
-    target = services.target_create(actor=admin, name="shop", environment="staging", database_ref="env:X",
-                                    health_checks=[{"url": "https://status.example.com/health"}])
+    target = targets.target_create(actor=admin, name="shop", environment="staging", database_ref="env:X",
+                                   health_checks=[{"url": "https://status.example.com/health"}])
     assert target.health_checks.get().expected_status == 200
 
 
 def test_bad_sanity_checks_are_refused(admin):
     with pytest.raises(ValidationError) as refused:
-        services.target_create(actor=admin, name="shop", environment="staging", database_ref="env:X", sanity_checks=[
+        targets.target_create(actor=admin, name="shop", environment="staging", database_ref="env:X", sanity_checks=[
             {"name": "users", "query": "SELECT count(*) FROM users", "expectation": "lots"},
             {"name": "", "query": "SELECT 1", "expectation": "= 1"},
         ])
@@ -97,8 +97,8 @@ def test_bad_sanity_checks_are_refused(admin):
 
 def test_an_update_records_what_changed(admin):
     target = make_target("shop")
-    services.target_update(actor=admin, target=target, environment="production", is_active=False,
-                           sanity_checks=[{"name": "one", "query": "SELECT 1", "expectation": "= 1"}])
+    targets.target_update(actor=admin, target=target, environment="production", is_active=False,
+                          sanity_checks=[{"name": "one", "query": "SELECT 1", "expectation": "= 1"}])
     target.refresh_from_db()
     assert target.environment == "production" and not target.is_active
     [event] = events("target.updated")
@@ -107,68 +107,68 @@ def test_an_update_records_what_changed(admin):
     assert changes["is_active"] == {"from": True, "to": False}
     assert changes["sanity_checks"]["to"] == [{"name": "one", "query": "SELECT 1", "expectation": "= 1"}]
     assert "database_ref" not in changes
-    services.target_update(actor=admin, target=target, environment="production")
+    targets.target_update(actor=admin, target=target, environment="production")
     assert len(events("target.updated")) == 1, "saving without a change writes no event"
 
 
 def test_only_admins_manage_targets(operator, manager):
     for actor in (operator, manager):
         with pytest.raises(Denied):
-            services.target_create(actor=actor, name="shop", environment="staging", database_ref="env:X")
+            targets.target_create(actor=actor, name="shop", environment="staging", database_ref="env:X")
     target = make_target("shop")
     with pytest.raises(Denied):
-        services.target_update(actor=manager, target=target, environment="production")
+        targets.target_update(actor=manager, target=target, environment="production")
     with pytest.raises(Denied):
-        services.target_right_grant(actor=manager, target=target, user=manager, right="approve_restore")
+        targets.target_right_grant(actor=manager, target=target, user=manager, right="approve_restore")
 
 
 def test_granting_a_right_is_audited_with_who_what_whom_and_where(admin, operator):
     target = make_target("shop-staging")
     assert not has_object_right(operator, RESTORE_TO_TARGET, target)
-    assert services.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
+    assert targets.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
     assert has_object_right(operator, RESTORE_TO_TARGET, target)
     [event] = events("target.right_granted")
     assert event.actor_username == "admin" and event.object_id == str(target.pk)
     assert event.details == {"right": "restore_to_target", "user": "operator", "user_id": operator.pk,
                              "target": "shop-staging", "environment": "staging"}
-    assert not services.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
+    assert not targets.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
     assert len(events("target.right_granted")) == 1, "granting twice is one event"
 
 
 def test_rights_go_only_to_the_roles_that_use_them(admin, operator, manager, auditor, outsider):
     target = make_target("shop", "production")
     with pytest.raises(ValidationError, match="only be granted to Managers"):
-        services.target_right_grant(actor=admin, target=target, user=operator, right="approve_restore")
+        targets.target_right_grant(actor=admin, target=target, user=operator, right="approve_restore")
     for user in (auditor, outsider):
         with pytest.raises(ValidationError, match="restore_to_target can only be granted"):
-            services.target_right_grant(actor=admin, target=target, user=user, right="restore_to_target")
+            targets.target_right_grant(actor=admin, target=target, user=user, right="restore_to_target")
     with pytest.raises(ValidationError, match="Unknown right"):
-        services.target_right_grant(actor=admin, target=target, user=manager, right="delete_target")
-    assert services.target_right_grant(actor=admin, target=target, user=manager, right="approve_restore")
+        targets.target_right_grant(actor=admin, target=target, user=manager, right="delete_target")
+    assert targets.target_right_grant(actor=admin, target=target, user=manager, right="approve_restore")
     assert has_object_right(manager, APPROVE_RESTORE, target)
     assert not has_object_right(manager, RESTORE_TO_TARGET, target)
 
 
 def test_a_right_on_one_target_says_nothing_about_another(admin, operator):
     staging, production = make_target("staging"), make_target("production", "production")
-    services.target_right_grant(actor=admin, target=staging, user=operator, right="restore_to_target")
+    targets.target_right_grant(actor=admin, target=staging, user=operator, right="restore_to_target")
     assert has_object_right(operator, RESTORE_TO_TARGET, staging)
     assert not has_object_right(operator, RESTORE_TO_TARGET, production)
 
 
 def test_revoking_is_audited_and_takes_effect(admin, operator):
     target = make_target("shop")
-    services.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
-    assert services.target_right_revoke(actor=admin, target=target, user=operator, right="restore_to_target")
+    targets.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
+    assert targets.target_right_revoke(actor=admin, target=target, user=operator, right="restore_to_target")
     assert not has_object_right(operator, RESTORE_TO_TARGET, target)
     [event] = events("target.right_revoked")
     assert event.details["user"] == "operator" and event.details["right"] == "restore_to_target"
-    assert not services.target_right_revoke(actor=admin, target=target, user=operator, right="restore_to_target")
+    assert not targets.target_right_revoke(actor=admin, target=target, user=operator, right="restore_to_target")
 
 
 def test_a_deactivated_user_holds_no_right(admin, operator):
     target = make_target("shop")
-    services.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
+    targets.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
     operator.is_active = False
     operator.save(update_fields=["is_active"])
     assert not has_object_right(operator, RESTORE_TO_TARGET, target)
@@ -200,7 +200,7 @@ def test_only_admins_may_grant_or_revoke(clients, operator):
 
 def test_operators_see_only_the_targets_they_hold_a_right_on(clients, admin, operator):
     mine, other = make_target("mine"), make_target("other")
-    services.target_right_grant(actor=admin, target=mine, user=operator, right="restore_to_target")
+    targets.target_right_grant(actor=admin, target=mine, user=operator, right="restore_to_target")
     page = clients["operator"].get(reverse("restores:target-list")).content.decode()
     assert "mine" in page and "other" not in page
     assert clients["operator"].get(reverse("restores:target-detail", args=[mine.pk])).status_code == 200
@@ -264,8 +264,8 @@ def test_the_edit_page_shows_the_current_checks_and_saves_changes(clients):
 
 def test_the_detail_page_lists_who_holds_which_right(clients, admin, operator, manager):
     target = make_target("prod", "production")
-    services.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
-    services.target_right_grant(actor=admin, target=target, user=manager, right="approve_restore")
+    targets.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
+    targets.target_right_grant(actor=admin, target=target, user=manager, right="approve_restore")
     page = clients["operator"].get(reverse("restores:target-detail", args=[target.pk])).content.decode()
     assert "waits for a manager" in page
     assert "Revoke" not in page and "Grant" not in page
@@ -278,7 +278,7 @@ def test_the_detail_page_lists_who_holds_which_right(clients, admin, operator, m
 
 def test_the_api_lists_the_targets_the_caller_may_see(clients, admin, operator):
     mine, other = make_target("mine"), make_target("other", "production")
-    services.target_right_grant(actor=admin, target=mine, user=operator, right="restore_to_target")
+    targets.target_right_grant(actor=admin, target=mine, user=operator, right="restore_to_target")
     url = reverse("api:target-list")
     body = clients["operator"].get(url).json()
     assert [t["name"] for t in body] == ["mine"]
@@ -298,7 +298,7 @@ def test_the_api_works_with_a_bearer_token(client, operator, admin):
     from drpanel.services import api_token_create
 
     target = make_target("mine")
-    services.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
+    targets.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
     _, raw = api_token_create(actor=operator, user=operator, name="script")
     response = client.get(reverse("api:target-list"), HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert response.status_code == 200 and response.json()[0]["name"] == "mine"

@@ -10,12 +10,12 @@ import boto3
 import pytest
 from django.utils import timezone
 
+from backups.copies import copy_artifact
 from backups.keys import KeyConfig
 from backups.models import Artifact, ArtifactCopy, StorageLocation
-from backups.services import copy_artifact
 from compliance.models import AuditEvent
 from drpanel.permissions import Denied
-from restores import materialize, verifications
+from restores import materialize, verification_levels, verifications
 from restores.models import SanityCheck, VerificationRun
 from tests.loop_support import SHOP_COUNTS, store_artifact, stored_path, take_backup
 from tests.restore_support import pg_dump_for_server
@@ -270,15 +270,15 @@ def test_the_weekly_schedule_restore_tests_a_random_full_of_the_last_30_days(sho
 
 
 def test_the_verification_server_names_throwaway_databases_after_its_base(settings, verify_server, full_artifact):
-    assert verifications.verify_server_url() == verify_server
+    assert verification_levels.verify_server_url() == verify_server
     settings.VERIFY_DATABASE_REF = None
-    assert verifications.verify_server_url().rsplit("/", 1)[1].endswith("_verify")
+    assert verification_levels.verify_server_url().rsplit("/", 1)[1].endswith("_verify")
 
 
 def test_the_manifest_counts_are_quoted_exactly(full_artifact):
-    counts = verifications.manifest_counts(full_artifact)
+    counts = verification_levels.manifest_counts(full_artifact)
     assert counts == {f'"public"."{t}"': n for t, n in SHOP_COUNTS.items()}
-    assert verifications.quoted_table('we"ird', "a.b") == '"we""ird"."a.b"'
+    assert verification_levels.quoted_table('we"ird', "a.b") == '"we""ird"."a.b"'
 
 
 def test_a_restore_test_of_a_gzip_plain_dump_works_end_to_end(operator, shop_system, shop):

@@ -5,7 +5,7 @@ from django import template
 from backups.hooks import VERIFICATION_LEVELS
 from drpanel.permissions import Cap, has_cap
 from restores.models import RestoreRun, VerificationRun
-from restores.runs import DATABASE_FORMATS
+from restores.requests import DATABASE_FORMATS
 from restores.selectors import restorable_targets, visible_runs
 
 register = template.Library()

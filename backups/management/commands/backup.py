@@ -2,8 +2,9 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
+from backups.errors import BackupError
 from backups.models import BackupRun, System
-from backups.services import BackupError, backup_request, backup_run_execute
+from backups.runs import backup_request, backup_run_execute
 
 
 class Command(BaseCommand):

@@ -2,8 +2,9 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
+from backups.errors import BackupError
+from backups.keyrotation import key_rotation_execute
 from backups.keys import generate_key, get_keyring
-from backups.services import BackupError, key_rotation_execute
 
 
 class Command(BaseCommand):

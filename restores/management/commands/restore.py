@@ -12,7 +12,7 @@ from django.db import transaction
 
 from backups.models import Artifact
 from compliance.audit import audit_record
-from restores import runs
+from restores import requests, runstate
 from restores.models import RestoreRun, Target
 
 
@@ -40,15 +40,15 @@ class Command(BaseCommand):
         if found is None:
             raise CommandError(f"no target {target!r}")
         try:
-            run = runs.restore_request(actor=user, artifact=artifacts[0], target=found, mode=mode, confirm=confirm,
-                                       is_drill=drill, reason=reason, trigger=RestoreRun.Trigger.COMMAND)
+            run = requests.restore_request(actor=user, artifact=artifacts[0], target=found, mode=mode, confirm=confirm,
+                                           is_drill=drill, reason=reason, trigger=RestoreRun.Trigger.COMMAND)
         except PermissionDenied as exc:
             with transaction.atomic():
                 audit_record(actor=user, action="access.denied", obj=found, outcome="denied",
                              details={"attempted": "restore.request", "via": "manage.py restore",
                                       "reason": str(exc)[:300]})
             raise CommandError(f"refused: {exc}") from None
-        except runs.RestoreError as exc:
+        except runstate.RestoreError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(f"restore {run.pk}: {run.state}")
         if run.state == RestoreRun.State.AWAITING_APPROVAL:

@@ -1,4 +1,4 @@
-"""Services of the restores app: creating and changing targets, granting and revoking rights on them.
+"""Targets: creating and changing them, granting and revoking rights on them.
 
 Each service takes the acting user as ``actor=`` (``None`` is the system: the demo seed, a
 management command), checks that the actor may do it, validates, writes the change and

@@ -1,0 +1,205 @@
+"""Restore requests: the rights to ask, the request itself, the four-eyes approval of production restores,
+rejection, and the expiry of approvals nobody gave in time.
+
+Every change goes through one service here (``restore_request``, ``restore_approve``,
+``restore_reject``, ``restore_expire_due``): the service owns the transaction, the
+validation, the state transition (a conditional update on the state it expects, see
+``RestoreRun``'s docstring) and the audit event. Views, the API, jobs and management
+commands call these alike; nothing else changes a run. A queued run's job is enqueued when
+the transaction commits (``restores.execution.RESTORE_RUNS``).
+"""
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from backups.models import Artifact
+from compliance.audit import audit_record
+from drpanel.approvals import ApprovalError, approval_approve, approval_consume, approval_reject, approval_request
+from drpanel.models import Approval
+from drpanel.permissions import Cap, has_object_right, require_cap, require_object_right
+from restores.execution import RESTORE_RUNS
+from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, RestoreRun, Target
+from restores.runstate import (
+    PRODUCTION_APPROVAL,
+    PasswordRefused,
+    RestoreConflict,
+    RestoreError,
+    audit_details,
+    run_binding_params,
+    transition,
+)
+
+DATABASE_FORMATS = (Artifact.Format.PG_CUSTOM, Artifact.Format.PG_PLAIN, Artifact.Format.PG_PLAIN_GZIP)
+
+
+def may_approve(target: Target):
+    """The approval rule of one target: holds ``approve_restore`` on it (guardian)."""
+    return lambda user: has_object_right(user, APPROVE_RESTORE, target)
+
+
+def config_artifact_for(artifact: Artifact) -> Artifact | None:
+    """The config artifact of the same system taken closest in time to ``artifact`` (for a full restore)."""
+    candidates = Artifact.objects.filter(system_id=artifact.system_id, kind=Artifact.Kind.CONFIG,
+                                         status=Artifact.Status.AVAILABLE, format=Artifact.Format.CONFIG_TAR)
+    before = candidates.filter(created_at__lte=artifact.created_at).order_by("-created_at").first()
+    after = candidates.filter(created_at__gt=artifact.created_at).order_by("created_at").first()
+    options = [a for a in (before, after) if a is not None]
+    return min(options, key=lambda a: abs((a.created_at - artifact.created_at).total_seconds()), default=None)
+
+
+def _validate(*, artifact: Artifact, target: Target, mode: str, confirm: str, is_drill: bool) -> Artifact | None:
+    if mode not in RestoreRun.Mode.values:
+        raise RestoreError(f"unknown mode {mode!r}; the modes are {', '.join(RestoreRun.Mode.values)}")
+    if not target.is_active:
+        raise RestoreError(f"the target {target.name} is deactivated: it accepts no restore")
+    if (confirm or "").strip() != target.name:
+        raise RestoreError(f"type the target's name ({target.name}) to confirm the restore")
+    if artifact.status != Artifact.Status.AVAILABLE:
+        raise RestoreError(f"this artifact is {artifact.status}: it cannot be restored")
+    if target.system_id and target.system_id != artifact.system_id:
+        raise RestoreError(f"{target.name} receives {target.system.name}; this artifact is of {artifact.system.name}")
+    if is_drill and target.is_production:
+        raise RestoreError("drills go into staging or scratch targets, never production")
+    config_artifact = None
+    if mode in (RestoreRun.Mode.DATABASE, RestoreRun.Mode.FULL) and (
+            artifact.kind != Artifact.Kind.FULL or artifact.format not in DATABASE_FORMATS):
+        raise RestoreError(f"a {mode} restore needs a full backup in pg_dump custom or plain SQL format; "
+                           f"this is a {artifact.kind} artifact ({artifact.get_format_display()})")
+    if mode == RestoreRun.Mode.CONFIG and (artifact.kind != Artifact.Kind.CONFIG
+                                           or artifact.format != Artifact.Format.CONFIG_TAR):
+        raise RestoreError("a config-only restore needs a config artifact")
+    if mode in (RestoreRun.Mode.CONFIG, RestoreRun.Mode.FULL) and not target.config_dir:
+        raise RestoreError(f"{target.name} has no config directory: it takes no config restore")
+    if mode == RestoreRun.Mode.FULL:
+        config_artifact = config_artifact_for(artifact)
+        if config_artifact is None:
+            raise RestoreError(f"no available config artifact of {artifact.system.name} to restore with this one")
+    return config_artifact
+
+
+def restore_request(*, actor, artifact: Artifact, target: Target, mode: str, confirm: str, is_drill: bool = False,
+                    reason: str = "", trigger: str = RestoreRun.Trigger.MANUAL, request=None) -> RestoreRun:
+    """Ask for a restore of ``artifact`` into ``target`` (needs ``restore_to_target`` on it).
+
+    ``confirm`` must be the target's name. A production target waits for an approval;
+    staging and scratch are queued at once. Raises ``Denied``, ``RestoreError`` (bad input)
+    or ``RestoreConflict`` (another restore into this target is in flight).
+    """
+    require_cap(actor, Cap.VIEW_PANEL, action="restore.request", obj=target)
+    require_object_right(actor, RESTORE_TO_TARGET, target, action="restore.request")
+    config_artifact = _validate(artifact=artifact, target=target, mode=mode, confirm=confirm, is_drill=is_drill)
+    with transaction.atomic():
+        run = RestoreRun(artifact=artifact, target=target, mode=mode, config_artifact=config_artifact,
+                         is_drill=bool(is_drill), reason=(reason or "")[:500], requested_by=actor, trigger=trigger)
+        try:
+            # The partial unique index decides between two requests for one target, not a prior read.
+            with transaction.atomic():
+                run.save(force_insert=True)
+        except IntegrityError:
+            active = RestoreRun.objects.filter(target=target, state__in=RestoreRun.ACTIVE_STATES).first()
+            raise RestoreConflict(f"a restore into {target.name} is already in flight"
+                                  + (f" (run {active.short_id}, {active.get_state_display()})" if active else "")
+                                  ) from None
+        audit_record(actor=actor, action="restore.requested", obj=run, request=request,
+                     details=audit_details(run, reason=run.reason, confirm_typed=True))
+        if target.is_production:
+            params = run_binding_params(run)
+            approval = approval_request(actor=actor, kind=PRODUCTION_APPROVAL, subject=run, params=params,
+                                        reason=run.reason or f"{mode} restore into {target.name}", request=request)
+            transition(run, RestoreRun.State.REQUESTED, RestoreRun.State.AWAITING_APPROVAL, approval=approval,
+                       binding_hash=approval.binding_hash)
+            audit_record(actor=actor, action="restore.awaiting_approval", obj=run, request=request,
+                         details=audit_details(run, approval=approval.pk, binding_hash=approval.binding_hash,
+                                               expires_at=approval.expires_at))
+        else:
+            _queue(run, actor=actor, request=request)
+    return run
+
+
+def _queue(run: RestoreRun, *, actor, request=None) -> None:
+    """requested | approved → queued, and enqueue the job once the transaction commits."""
+    if not transition(run, [RestoreRun.State.REQUESTED, RestoreRun.State.APPROVED], RestoreRun.State.QUEUED,
+                      queued_at=timezone.now()):
+        raise RestoreConflict("this restore could not be queued: its state changed meanwhile")
+    audit_record(actor=actor, action="restore.queued", obj=run, request=request, details=audit_details(run))
+    # If Redis refuses, the request stands; the reconciler queues it again (restores.reliability).
+    RESTORE_RUNS.enqueue_on_commit(run.pk)
+
+
+def restore_approve(*, actor, run: RestoreRun, password: str, note: str = "", request=None) -> RestoreRun:
+    """Approve a production restore: another person than the requester, holding ``approve_restore`` on
+    the target, with their password re-entered, for exactly the artifact, target and mode asked for.
+
+    Raises ``Denied`` (self-approval, no right), ``PasswordRefused``, ``RestoreConflict``
+    (not awaiting approval, expired, or the request changed since it was made).
+    """
+    require_cap(actor, Cap.VIEW_PANEL, action="restore.approve", obj=run)
+    if run.state != RestoreRun.State.AWAITING_APPROVAL or run.approval is None:
+        raise RestoreConflict(f"this restore is {run.get_state_display()}; only one awaiting approval can be approved")
+    try:
+        approval_approve(actor=actor, approval=run.approval, password=password, params=run_binding_params(run),
+                         may_approve=may_approve(run.target), note=note, request=request)
+    except ApprovalError as exc:
+        if str(exc).startswith("That password"):
+            raise PasswordRefused(str(exc)) from None
+        run.approval.refresh_from_db()
+        if run.approval.state == Approval.State.EXPIRED:
+            _expire(run)
+        raise RestoreConflict(str(exc)) from None
+    with transaction.atomic():
+        locked = RestoreRun.objects.select_for_update().select_related("target", "artifact", "requested_by").get(
+            pk=run.pk)
+        if not transition(locked, RestoreRun.State.AWAITING_APPROVAL, RestoreRun.State.APPROVED):
+            raise RestoreConflict(f"this restore is {locked.get_state_display()} now")
+        approval = approval_consume(approval=run.approval, params=run_binding_params(locked), actor=actor)
+        audit_record(actor=actor, action="restore.approved", obj=locked, request=request,
+                     details=audit_details(locked, approved_by=actor.get_username(), approval=approval.pk,
+                                           binding_hash=approval.binding_hash, reauthenticated=True, note=note[:300]))
+        _queue(locked, actor=actor, request=request)
+    locked.refresh_from_db()
+    return locked
+
+
+def restore_reject(*, actor, run: RestoreRun, note: str = "", request=None) -> RestoreRun:
+    """Reject a production restore (an approver), or withdraw it (the requester). Final."""
+    require_cap(actor, Cap.VIEW_PANEL, action="restore.reject", obj=run)
+    if run.state != RestoreRun.State.AWAITING_APPROVAL or run.approval is None:
+        raise RestoreConflict(f"this restore is {run.get_state_display()}; only one awaiting approval can be rejected")
+    try:
+        approval_reject(actor=actor, approval=run.approval, may_approve=may_approve(run.target), note=note,
+                        request=request)
+    except ApprovalError as exc:
+        raise RestoreConflict(str(exc)) from None
+    run.approval.refresh_from_db()
+    withdrawn = actor.pk == run.requested_by_id
+    with transaction.atomic():
+        if not transition(run, RestoreRun.State.AWAITING_APPROVAL, RestoreRun.State.REJECTED,
+                          finished_at=timezone.now()):
+            raise RestoreConflict(f"this restore is {run.get_state_display()} now")
+        audit_record(actor=actor, action="restore.rejected", obj=run, request=request,
+                     details=audit_details(run, rejected_by=actor.get_username(), withdrawn=withdrawn, note=note[:300]))
+    return run
+
+
+def _expire(run: RestoreRun) -> bool:
+    with transaction.atomic():
+        # Conditional: an approval decided a moment ago keeps its decision.
+        if run.approval_id and Approval.objects.filter(pk=run.approval_id, state=Approval.State.PENDING).update(
+                state=Approval.State.EXPIRED):
+            audit_record(actor=None, action="approval.expired", obj=run,
+                         details={"approval": run.approval_id, "kind": PRODUCTION_APPROVAL})
+        if not transition(run, RestoreRun.State.AWAITING_APPROVAL, RestoreRun.State.EXPIRED,
+                          finished_at=timezone.now()):
+            return False
+        why = f"nobody approved it within {settings.APPROVAL_TTL_MINUTES} minutes"
+        audit_record(actor=None, action="restore.expired", obj=run, details=audit_details(run, why=why))
+    return True
+
+
+def restore_expire_due(now=None) -> int:
+    """Expire (auto-reject) production restores whose approval window passed (cron, every minute)."""
+    now = now or timezone.now()
+    due = RestoreRun.objects.filter(state=RestoreRun.State.AWAITING_APPROVAL, approval__expires_at__lte=now
+                                    ).select_related("target", "requested_by")
+    return sum(_expire(run) for run in due)
