@@ -22,7 +22,6 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from drpanel import evidence as evaluators
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from compliance.checklist_seed import seed_templates
@@ -35,6 +34,7 @@ from compliance.models import (
     ItemKind,
 )
 from drpanel import clock
+from drpanel import evidence as evaluators
 from drpanel.permissions import Cap, require_cap
 
 KINDS_BY_CADENCE = {

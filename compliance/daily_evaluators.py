@@ -29,7 +29,6 @@ from django.utils import timezone
 
 from backups.hooks import verified_at_least
 from backups.models import Artifact, BackupRun, System
-from drpanel.evidence import FAILED, NO_DATA, PASSED, Evidence, Result, register
 from compliance.health import (
     VERIFIED_LEVEL,
     artifact_evidence,
@@ -42,6 +41,7 @@ from compliance.health import (
 )
 from compliance.models import HealthSnapshot
 from drpanel import clock
+from drpanel.evidence import FAILED, NO_DATA, PASSED, Evidence, Result, register
 
 MAX_EVIDENCE = 20
 

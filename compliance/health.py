@@ -32,9 +32,9 @@ from django.urls import reverse
 
 from backups.hooks import verified_at_least
 from backups.models import Artifact, ArtifactCopy, StorageLocation, System
-from drpanel.evidence import Evidence
 from compliance.models import HealthSnapshot
 from drpanel import clock
+from drpanel.evidence import Evidence
 from restores.models import RestoreRun, Target, VerificationRun
 
 HEALTHY, WARNING, CRITICAL = (HealthSnapshot.Status.HEALTHY, HealthSnapshot.Status.WARNING,

@@ -18,9 +18,9 @@ from django.urls import reverse
 
 from backups.hooks import VERIFICATION_LEVELS
 from backups.models import Artifact, System
-from drpanel.evidence import Evidence
 from compliance.health import VERIFIED_LEVEL, artifact_evidence, format_age
 from drpanel import clock
+from drpanel.evidence import Evidence
 from restores.models import RestoreRun, Target
 
 

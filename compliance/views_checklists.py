@@ -9,7 +9,6 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from drpanel import evidence as evaluators
 from compliance.checklists import (
     KINDS_BY_CADENCE,
     TEMPLATE_FIELDS,
@@ -36,6 +35,7 @@ from compliance.models import (
     ItemKind,
 )
 from drpanel import clock
+from drpanel import evidence as evaluators
 from drpanel.permissions import Cap, capability_required, has_cap
 
 

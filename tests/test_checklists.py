@@ -6,7 +6,6 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.urls import reverse
 
-from drpanel import evidence as evaluators
 from compliance.checklists import (
     ChecklistError,
     checklist_evaluate,
@@ -21,6 +20,7 @@ from compliance.checklists import (
     period_bounds,
 )
 from compliance.models import AuditEvent, ChecklistItem, ChecklistTemplate, ChecklistTemplateItem
+from drpanel import evidence as evaluators
 from drpanel.permissions import Denied
 from tests.support import assert_only_roles
 

@@ -6,11 +6,11 @@ import pytest
 from django.urls import reverse
 
 from backups.models import ArtifactCopy, BackupRun, System
-from drpanel import evidence as evaluators
 from compliance.checklists import checklist_evaluate
 from compliance.health_recompute import health_recompute
 from compliance.models import HealthSnapshot
 from drpanel import clock
+from drpanel import evidence as evaluators
 
 pytestmark = pytest.mark.django_db
 pytest_plugins = ["tests.compliance_fixtures", "tests.health_fixtures"]
