@@ -31,6 +31,7 @@ from drpanel import secrets
 from drpanel.approvals import approval_approve, approval_consume, approval_request, open_approvals
 from drpanel.models import Approval
 from drpanel.permissions import Cap, Denied, Role, require_cap
+from drpanel.scrub import scrub
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ def backup_run_execute(run_id) -> BackupRun:
         backup = _full_backup if run.kind == Artifact.Kind.FULL else _config_backup
         artifact = backup(run, steps)
     except Exception as exc:
-        message = str(exc) or type(exc).__name__
+        message = scrub(str(exc) or type(exc).__name__)
         if not isinstance(exc, BackupError | pgtools.ToolError | StorageError | formats.ArtifactError
                           | secrets.SecretReferenceError):
             log.exception("backup run %s failed", run.id)
@@ -452,8 +453,8 @@ def _finish_artifact(run, artifact, primary, result, manifest, steps) -> Artifac
         try:
             copy = copy_artifact(artifact, source=primary, target=location, progress=progress)
         except (StorageError, BackupError) as exc:
-            _copy_failed(artifact, location, str(exc))
-            steps.finish(step, state="failed", detail=str(exc))
+            _copy_failed(artifact, location, scrub(exc))
+            steps.finish(step, state="failed", detail=scrub(exc))
             continue
         state = "succeeded" if copy.status == ArtifactCopy.Status.OK else "failed"
         steps.finish(step, state=state, bytes=copy.size,
@@ -682,7 +683,7 @@ def artifact_delete(*, actor, artifact: Artifact, approval: Approval | None = No
             backend.delete(copy.key)
             backend.delete(manifest_key(copy.key))
         except StorageError as exc:
-            failures.append(f"{copy.location.name}: {exc}")
+            failures.append(scrub(f"{copy.location.name}: {exc}"))
             continue
         ArtifactCopy.objects.filter(pk=copy.pk).update(status=ArtifactCopy.Status.DELETED)
     if failures:
@@ -749,7 +750,7 @@ def artifact_rewrap(*, actor, artifact: Artifact, to_key_id: str | None = None) 
                 with transaction.atomic():
                     ArtifactCopy.objects.filter(pk=copy.pk).update(status=ArtifactCopy.Status.CHECKSUM_MISMATCH)
                     audit_record(actor=None, action="artifact.copy_rewrap_failed", obj=artifact, outcome="failure",
-                                 details={"location": copy.location.name, "error": str(exc)})
+                                 details={"location": copy.location.name, "error": scrub(exc)})
                 continue
             now = timezone.now()
             ok = sha == artifact.sha256
@@ -806,7 +807,7 @@ def key_rotation_execute(to_key_id: str) -> dict:
             artifact_rewrap(actor=None, artifact=artifact, to_key_id=to_key_id)
             done += 1
         except (BackupError, StorageError, formats.ArtifactError) as exc:
-            failed.append({"artifact": str(pk), "error": str(exc)[:300]})
+            failed.append({"artifact": str(pk), "error": scrub(exc)[:300]})
     with transaction.atomic():
         audit_record(actor=None, action="keys.rotation_finished", object_type="backups.keyring",
                      object_repr=to_key_id, outcome="success" if not failed else "failure",

@@ -4,6 +4,7 @@ Every variable is documented in the README's deployment notes. An invalid value 
 start-up with a one-line reason (``drpanel.env.ConfigError``).
 """
 
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -320,7 +321,7 @@ if VERIFY_DATABASE_REF:
     from drpanel import secrets as _secrets
 
     try:
-        VERIFY_DATABASE_REF = _secrets.validate(VERIFY_DATABASE_REF)
+        VERIFY_DATABASE_REF = _secrets.check_form(VERIFY_DATABASE_REF)
     except _secrets.SecretReferenceError as exc:
         raise ConfigError(f"DRPANEL_VERIFY_DATABASE: {exc}") from None
 RESTORE_ROLLBACK_WINDOW_HOURS = env_int("DRPANEL_ROLLBACK_WINDOW_HOURS", 24, minimum=1, maximum=24 * 90)
@@ -330,6 +331,33 @@ RUN_LOST_JOB_SECONDS = env_int("DRPANEL_RUN_LOST_JOB_SECONDS", 30, minimum=0, ma
 for _name, _path in (("PG_BIN_DIR", PG_BIN_DIR), ("DRPANEL_RESTORE_TEMP_DIR", RESTORE_TEMP_DIR)):
     if _path and not Path(_path).is_absolute():
         raise ConfigError(f"{_name}={_path!r} must be an absolute path")
+
+# --- trust boundary ------------------------------------------------------------------------
+# Which environment variables and files a secret reference (a row's env:/file:) may name:
+# variables with one of these prefixes, files under these directories. The panel's own secrets
+# never, whatever these say (drpanel.secrets.is_panel_secret).
+SECRET_ENV_PREFIXES = env_list("DRPANEL_SECRET_ENV_PREFIXES", ["DRPANEL_SECRET_"])
+for _prefix in SECRET_ENV_PREFIXES:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{2,}", _prefix):
+        raise ConfigError(f"DRPANEL_SECRET_ENV_PREFIXES: {_prefix!r} is not a variable-name prefix of 3 or more "
+                          "characters")
+# (Development also allows the demo's var/demo/secrets: drpanel.secrets.secret_dirs.)
+SECRET_DIRS = [Path(p) for p in env_list("DRPANEL_SECRET_DIRS", [])]
+for _path in SECRET_DIRS:
+    if not _path.is_absolute() or Path(_path).resolve() in (Path("/"), VAR_DIR, *VAR_DIR.parents):
+        raise ConfigError(f"DRPANEL_SECRET_DIRS: {str(_path)!r} must be an absolute directory of its own (not /, "
+                          "var/ or a parent of it)")
+# Plain SQL dumps run as this (non-superuser) role on the target's server when set; its password
+# from a secret reference when the server asks for one (restores.plainsql).
+PLAIN_SQL_ROLE = env_str("DRPANEL_PLAIN_SQL_ROLE") or None
+PLAIN_SQL_ROLE_PASSWORD = env_str("DRPANEL_PLAIN_SQL_ROLE_PASSWORD") or None
+if PLAIN_SQL_ROLE_PASSWORD:
+    from drpanel import secrets as _secrets
+
+    try:
+        PLAIN_SQL_ROLE_PASSWORD = _secrets.check_form(PLAIN_SQL_ROLE_PASSWORD)
+    except _secrets.SecretReferenceError as exc:
+        raise ConfigError(f"DRPANEL_PLAIN_SQL_ROLE_PASSWORD: {exc}") from None
 
 # --- mail ----------------------------------------------------------------------------------
 
@@ -366,7 +394,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"scrub": {"()": "drpanel.scrub.ScrubFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["scrub"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO", choices=(
         "DEBUG", "INFO", "WARNING", "ERROR"))},
     "loggers": {"django.db.backends": {"level": "WARNING"}},

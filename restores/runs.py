@@ -46,6 +46,7 @@ from drpanel.approvals import ApprovalError, approval_approve, approval_consume,
 from drpanel.approvals import binding_hash as approval_binding_hash
 from drpanel.models import Approval
 from drpanel.permissions import Cap, Denied, has_object_right, require_cap, require_object_right
+from drpanel.scrub import scrub
 from restores import configs, healthchecks, materialize, pgops, plainsql, sanity
 from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, RecoveryCheck, RestoreRun, Target
 from restores.tracking import Heartbeat, StepList, target_lock
@@ -366,7 +367,7 @@ def restore_run_execute(run_id) -> RestoreRun:
             _check_approval(run)
             _Execution(run, steps).execute()
         except Exception as exc:
-            message = str(exc) or type(exc).__name__
+            message = scrub(str(exc) or type(exc).__name__)
             if not isinstance(exc, RunFailure | pgops.PgOpsError | materialize.MaterializeError
                               | configs.ConfigArchiveRefused | configs.ConfigSwapError
                               | secrets.SecretReferenceError):
@@ -628,6 +629,7 @@ def restore_fail(run_id, message: str, *, expected=(RestoreRun.State.RUNNING,)) 
     is untouched. After the swap, the restored state stays live and the previous one is
     kept for a rollback. Returns False if the run was no longer in ``expected``.
     """
+    message = scrub(message)
     run = RestoreRun.objects.select_related("target", "artifact", "requested_by").get(pk=run_id)
     with transaction.atomic():
         if not _transition(run, list(expected), RestoreRun.State.FAILED, finished_at=timezone.now(),
@@ -727,8 +729,8 @@ def restore_rollback(*, actor, run: RestoreRun, password: str, request=None) -> 
             return run
     with transaction.atomic():
         audit_record(actor=actor, action="restore.rollback_failed", obj=run, outcome="failure", request=request,
-                     details=_details(run, error=str(failure)[:500], done=done))
-    raise RestoreConflict(f"the rollback failed: {failure}"
+                     details=_details(run, error=scrub(failure)[:500], done=done))
+    raise RestoreConflict(f"the rollback failed: {scrub(failure)}"
                           + (" (the database was swapped back)" if "database" in done else ""))
 
 

@@ -41,6 +41,7 @@ from backups.storage import StorageError
 from compliance.audit import audit_record
 from drpanel import runtime, secrets
 from drpanel.permissions import Cap, require_cap
+from drpanel.scrub import scrub
 from restores import configs, materialize, pgops, plainsql, sanity
 from restores.models import LEVELS, SanityCheck, VerificationRun
 from restores.tracking import Heartbeat, StepList
@@ -67,7 +68,7 @@ class LevelFailed(Exception):
 def verify_server_url() -> str:
     """The libpq URL whose server hosts throw-away databases; its database name is their base name."""
     if settings.VERIFY_DATABASE_REF:
-        return secrets.resolve(settings.VERIFY_DATABASE_REF)
+        return secrets.resolve(settings.VERIFY_DATABASE_REF, deployment=True)
     return runtime.with_database_name(settings.DATABASE_URL, f"{connection.settings_dict['NAME']}_verify")
 
 
@@ -176,10 +177,10 @@ def verification_execute(run_id) -> VerificationRun:
         try:
             _verify(run, steps, levels)
         except LevelFailed as exc:
-            error = str(exc)
+            error = scrub(exc)
         except Exception as exc:
             log.exception("verification %s failed unexpectedly", run.id)
-            error = f"unexpected error: {type(exc).__name__}: {exc}"[:2000]
+            error = scrub(f"unexpected error: {type(exc).__name__}: {exc}")[:2000]
             steps.fail_open(error)
         finally:
             _drop_throwaway(run)
@@ -212,6 +213,7 @@ def _finish(run: VerificationRun, steps: StepList, error: str) -> VerificationRu
 
 
 def _fail(steps: StepList, level: str, message: str, **data) -> None:
+    message = scrub(message)
     steps.finish(level, state="failed", detail=message, data=data or None)
     for step in steps.steps:
         if step["state"] == "pending":
@@ -290,7 +292,7 @@ def _split_failure(artifact, copy, steps: StepList, message: str) -> None:
     try:
         size, _ = materialize.hash_copy(artifact, copy)
     except materialize.MaterializeError as exc:
-        steps.finish("decrypt", state="failed", detail=message)
+        steps.finish("decrypt", state="failed", detail=scrub(message))
         _fail(steps, "checksum", str(exc))
     steps.finish("checksum", bytes=size, detail=f"the {size} stored bytes match the catalog's SHA-256 "
                                                 "(re-read after the decryption failed)")

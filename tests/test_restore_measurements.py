@@ -22,7 +22,7 @@ pytest_plugins = ["tests.compliance_fixtures", "tests.health_fixtures", "tests.r
 
 
 def target(name: str, environment: str, system=None) -> Target:
-    return Target.objects.create(name=name, environment=environment, database_ref=f"env:DRPANEL_{name.upper()}_URL",
+    return Target.objects.create(name=name, environment=environment, database_ref=f"env:DRPANEL_SECRET_{name.upper()}_URL",
                                  system=system)
 
 
