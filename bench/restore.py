@@ -313,7 +313,8 @@ class Bench:
         os.environ["DRPANEL_SECRET_BENCH_CLICK_TARGET_URL"] = self.url(f"{self.prefix}_clicktgt")
         target = Target.objects.filter(name="bench-loop-click").first() or services.target_create(
             actor=None, name="bench-loop-click", environment="scratch",
-            database_ref="env:DRPANEL_SECRET_BENCH_CLICK_TARGET_URL", system=System.objects.get(name="bench-loop-clicks"))
+            database_ref="env:DRPANEL_SECRET_BENCH_CLICK_TARGET_URL",
+            system=System.objects.get(name="bench-loop-clicks"))
         user, _ = get_user_model().objects.get_or_create(username="bench-loop-operator")
         user.groups.add(Group.objects.get(name="Operator"))
         services.target_right_grant(actor=None, target=target, user=user, right="restore_to_target")

@@ -8,8 +8,9 @@ removes, from any text:
 - the password of every URL (``scheme://user:***@host``) and of every conninfo ``password=``;
 - every value this process resolved from a secret reference (``drpanel.secrets``), and any
   password inside such a value;
-- the values of the panel's own secrets and of every variable a reference may name
-  (``DRPANEL_SECRET_*`` by default), read from the environment when called.
+- the values of the panel's own secrets (``SECRET_KEY``, ``DATABASE_URL``, ``DRPANEL_KEYS``,
+  ``AWS_SECRET_ACCESS_KEY``…) and of every variable a reference may name (``DRPANEL_SECRET_*`` by
+  default), read from the environment when called — with the words and the password inside each.
 
 Values shorter than ``MIN_SECRET_LENGTH`` are left alone (scrubbing "1" from every text would
 destroy it and protect nothing). ``ScrubFilter`` applies the same to every log record.
@@ -24,15 +25,18 @@ from psycopg.conninfo import conninfo_to_dict
 from drpanel import secrets
 
 MASK = "***"
-MIN_SECRET_LENGTH = 6
+MIN_SECRET_LENGTH = 8
+# Besides what a reference may name, the environment variables whose values are the panel's own secrets.
+_ENV_SECRETS = (*secrets.PANEL_SECRET_NAMES, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"]*:)(?P<pw>[^\s@'\"]*)(?P<at>@)")
 _CONNINFO_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s'\"]+)",
                                 re.IGNORECASE)
 
 
 def _with_parts(value: str) -> set[str]:
-    """A secret value, and the password inside it when it is a connection string."""
-    found = {value}
+    """A secret value, its words (libpq quotes one word of a malformed conninfo), and the password inside it."""
+    # Only words that cannot be ordinary English (a digit or a sign in them): "password" stays readable.
+    found = {value, *(w for w in re.split(r"[\s'\"=]+", value) if not w.isalpha())}
     for match in _URL_PASSWORD.finditer(value):
         found.add(match.group("pw"))
     if "=" in value or "://" in value:
@@ -51,7 +55,7 @@ def known_secrets() -> list[str]:
     for value in secrets.resolved_values():
         values |= _with_parts(value)
     for name, value in os.environ.items():
-        if value and (secrets.is_panel_secret(name) or secrets.env_allowed(name)) and not name.endswith("_FILE"):
+        if value and (name in _ENV_SECRETS or secrets.env_allowed(name)):
             values |= _with_parts(value.strip())
     return sorted((v for v in values if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
 

@@ -205,8 +205,8 @@ def test_an_artifacts_verifications_are_listed_newest_first(api, auditor, artifa
 
 @pytest.fixture
 def finished_run(artifact, operator, tmp_path):
-    target = Target.objects.create(name="production", environment="production", database_ref="env:DRPANEL_SECRET_UNSET_DB",
-                                   config_dir=str(tmp_path))
+    target = Target.objects.create(name="production", environment="production",
+                                   database_ref="env:DRPANEL_SECRET_UNSET_DB", config_dir=str(tmp_path))
     assign_perm("restore_to_target", operator, target)
     run = RestoreRun.objects.create(artifact=artifact, target=target, mode="database-only", state="succeeded",
                                     requested_by=operator)

@@ -94,7 +94,8 @@ def test_no_canary_secret_reaches_the_database_logs_exports_or_error_pages(
     system = System.objects.create(name="canary-app", database_ref="env:DRPANEL_SECRET_CANARY_DB_URL")
     StorageLocation.objects.create(name="canary-s3", kind="s3", role="offsite", bucket="canary-offsite",
                                    prefix="dr/", region="us-east-1", endpoint_url=s3_endpoint,
-                                   access_key_ref="env:DRPANEL_SECRET_CANARY_S3_ACCESS", secret_key_ref="env:DRPANEL_SECRET_CANARY_S3_SECRET")
+                                   access_key_ref="env:DRPANEL_SECRET_CANARY_S3_ACCESS",
+                                   secret_key_ref="env:DRPANEL_SECRET_CANARY_S3_SECRET")
     pages = []
 
     # Sign-in: a wrong password, then the right one.
@@ -124,7 +125,8 @@ def test_no_canary_secret_reaches_the_database_logs_exports_or_error_pages(
     pages.append(api.get(f"/api/v1/backup-runs/{run_id}"))
     pages.append(api.get(f"/api/v1/artifacts/{run.artifact_id}"))
     # A failing backup: its error names the database, never the password.
-    os.environ["DRPANEL_SECRET_CANARY_DB_URL"] = os.environ["DRPANEL_SECRET_CANARY_DB_URL"].rsplit("/", 1)[0] + "/no_such_database_canary"
+    url = os.environ["DRPANEL_SECRET_CANARY_DB_URL"]
+    os.environ["DRPANEL_SECRET_CANARY_DB_URL"] = url.rsplit("/", 1)[0] + "/no_such_database_canary"
     from backups.services import backup_request, backup_run_execute
 
     failed = backup_run_execute(backup_request(actor=user, system=system, kind="full").id)

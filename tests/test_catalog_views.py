@@ -156,7 +156,8 @@ def test_an_admin_adds_a_system_by_reference_only(clients):
     assert response.status_code == 302
     system = System.objects.get(name="shop")
     assert system.config_paths == ["/etc/shop", "/srv/shop/.env"]
-    assert AuditEvent.objects.get(action="system.created").details["changed"]["database_ref"] == "env:DRPANEL_SECRET_SHOP_DB_URL"
+    changed = AuditEvent.objects.get(action="system.created").details["changed"]
+    assert changed["database_ref"] == "env:DRPANEL_SECRET_SHOP_DB_URL"
 
 
 def test_an_admin_adds_locations_and_only_one_primary(clients, tmp_path):

@@ -16,7 +16,8 @@ ALL_ROLES = {"operator", "manager", "auditor", "admin"}
 
 
 def make_target(name="staging", environment="staging", **extra):
-    fields = {"database_ref": f"env:DRPANEL_SECRET_{name.upper().replace('-', '_')}_DATABASE_URL", "config_dir": f"/srv/{name}/config"}
+    fields = {"database_ref": f"env:DRPANEL_SECRET_{name.upper().replace('-', '_')}_DATABASE_URL",
+              "config_dir": f"/srv/{name}/config"}
     fields.update(extra)
     return services.target_create(actor=None, name=name, environment=environment, **fields)
 
@@ -73,7 +74,8 @@ def test_names_are_unique(admin):
 def test_health_check_urls_must_pass_the_allowlist_when_saved(admin, settings):
     settings.HEALTHCHECK_ALLOWED_HOSTS = ["status.example.com"]
     with pytest.raises(ValidationError) as refused:
-        services.target_create(actor=admin, name="shop", environment="staging", database_ref="env:DRPANEL_SECRET_X", health_checks=[
+        services.target_create(actor=admin, name="shop", environment="staging", database_ref="env:DRPANEL_SECRET_X",
+                               health_checks=[
             {"url": "http://169.254.169.254/latest/meta-data/", "expected_status": 200},
             {"url": "http://2130706433/", "expected_status": 200},
             {"url": "ftp://status.example.com/", "expected_status": 200},
@@ -81,14 +83,16 @@ def test_health_check_urls_must_pass_the_allowlist_when_saved(admin, settings):
         ])
     messages = refused.value.message_dict["health_checks"]
     assert len(messages) == 4
-    target = services.target_create(actor=admin, name="shop", environment="staging", database_ref="env:DRPANEL_SECRET_X",
+    target = services.target_create(actor=admin, name="shop", environment="staging",
+                                    database_ref="env:DRPANEL_SECRET_X",
                                     health_checks=[{"url": "https://status.example.com/health"}])
     assert target.health_checks.get().expected_status == 200
 
 
 def test_bad_sanity_checks_are_refused(admin):
     with pytest.raises(ValidationError) as refused:
-        services.target_create(actor=admin, name="shop", environment="staging", database_ref="env:DRPANEL_SECRET_X", sanity_checks=[
+        services.target_create(actor=admin, name="shop", environment="staging", database_ref="env:DRPANEL_SECRET_X",
+                               sanity_checks=[
             {"name": "users", "query": "SELECT count(*) FROM users", "expectation": "lots"},
             {"name": "", "query": "SELECT 1", "expectation": "= 1"},
         ])
