@@ -8,7 +8,7 @@ class DrpanelConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_migrate
 
-        from drpanel import signals  # noqa: F401 - connects the sign-in audit receivers
+        from drpanel import checks, signals  # noqa: F401 - registers the checks, connects the sign-in audit receivers
         from drpanel.permissions import ensure_roles
 
         post_migrate.connect(ensure_roles, sender=self)

@@ -286,6 +286,9 @@ AUDIT_CHECKPOINT_DIR = Path(env_str("DRPANEL_AUDIT_CHECKPOINT_DIR") or VAR_DIR /
 from backups.keys import read_key_config  # noqa: E402 - needs VAR_DIR and PRODUCTION above
 
 BACKUP_KEYS = read_key_config(development_var_dir=None if PRODUCTION else VAR_DIR)
+if PRODUCTION and not (BACKUP_KEYS.master_keys or BACKUP_KEYS.kms_key_id):
+    raise ConfigError("backup master keys are required when DRPANEL_ENV=production (DRPANEL_KEYS, DRPANEL_KEYS_FILE "
+                      "or DRPANEL_KMS_KEY_ID); none is ever generated there")
 PG_BIN_DIR = env_str("PG_BIN_DIR") or None
 BACKUP_SPOOL_DIR = Path(env_str("DRPANEL_SPOOL_DIR") or VAR_DIR / "spool")
 BACKUP_CHUNK_SIZE = env_int("DRPANEL_CHUNK_SIZE", 1 << 20, minimum=1 << 10, maximum=1 << 26)
