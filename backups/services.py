@@ -27,7 +27,7 @@ from backups.keys import get_keyring
 from backups.models import Artifact, ArtifactCopy, BackupRun, InventoryRun, StorageLocation, System
 from backups.storage import StorageError, artifact_key, manifest_key
 from compliance.audit import audit_record
-from drpanel import secrets
+from drpanel import endpoints, secrets
 from drpanel.approvals import approval_approve, approval_consume, approval_request, open_approvals
 from drpanel.models import Approval
 from drpanel.permissions import Cap, Denied, Role, require_cap
@@ -360,6 +360,11 @@ def _full_backup(run: BackupRun, steps: _Steps) -> Artifact:
 
 def _config_backup(run: BackupRun, steps: _Steps) -> Artifact:
     step = steps.start("collect config files")
+    for path in run.system.config_paths:
+        try:
+            endpoints.check_config_path(path, what="config path")
+        except endpoints.EndpointRefused as exc:
+            raise BackupError(str(exc)) from None
     paths = [Path(p) for p in run.system.config_paths]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:

@@ -16,6 +16,7 @@ Values shorter than ``MIN_SECRET_LENGTH`` are left alone (scrubbing "1" from eve
 destroy it and protect nothing). ``ScrubFilter`` applies the same to every log record.
 """
 
+import functools
 import logging
 import os
 import re
@@ -33,7 +34,8 @@ _CONNINFO_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\
                                 re.IGNORECASE)
 
 
-def _with_parts(value: str) -> set[str]:
+@functools.lru_cache(maxsize=1024)
+def _with_parts(value: str) -> frozenset[str]:
     """A secret value, its words (libpq quotes one word of a malformed conninfo), and the password inside it."""
     # Only words that cannot be ordinary English (a digit or a sign in them): "password" stays readable.
     found = {value, *(w for w in re.split(r"[\s'\"=]+", value) if not w.isalpha())}
@@ -46,7 +48,7 @@ def _with_parts(value: str) -> set[str]:
             password = None
         if password:
             found.add(password)
-    return found
+    return frozenset(found)
 
 
 def known_secrets() -> list[str]:

@@ -362,6 +362,17 @@ if PLAIN_SQL_ROLE_PASSWORD:
     except _secrets.SecretReferenceError as exc:
         raise ConfigError(f"DRPANEL_PLAIN_SQL_ROLE_PASSWORD: {exc}") from None
 
+# Endpoints (S3, KMS) and config paths a row may name (drpanel.endpoints). Development allows the
+# local moto server of the tests and the demo (http on 127.0.0.1); production allows nothing it does not list.
+_LOCAL = [] if PRODUCTION else ["127.0.0.1", "localhost"]
+ENDPOINT_ALLOWLIST = env_list("DRPANEL_ENDPOINT_ALLOWLIST", _LOCAL)
+ENDPOINT_HTTP_HOSTS = env_list("DRPANEL_ENDPOINT_HTTP_HOSTS", _LOCAL)
+ENDPOINT_PRIVATE_HOSTS = env_list("DRPANEL_ENDPOINT_PRIVATE_HOSTS", _LOCAL)
+CONFIG_ROOTS = [Path(p) for p in env_list("DRPANEL_CONFIG_ROOTS", [])]
+for _path in CONFIG_ROOTS:
+    if not _path.is_absolute() or _path == Path("/"):
+        raise ConfigError(f"DRPANEL_CONFIG_ROOTS: {str(_path)!r} must be an absolute directory other than /")
+
 # --- mail ----------------------------------------------------------------------------------
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

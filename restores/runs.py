@@ -41,7 +41,7 @@ from django.utils import timezone
 
 from backups.models import Artifact, BackupRun
 from compliance.audit import audit_record
-from drpanel import runtime, secrets
+from drpanel import endpoints, runtime, secrets
 from drpanel.approvals import ApprovalError, approval_approve, approval_consume, approval_reject, approval_request
 from drpanel.approvals import binding_hash as approval_binding_hash
 from drpanel.models import Approval
@@ -500,6 +500,10 @@ class _Execution:
     def config(self) -> None:
         artifact = self.run.config_artifact if self.run.mode == RestoreRun.Mode.FULL else self.run.artifact
         fetch, extract = "config: fetch and decrypt", "config: extract"
+        try:  # the row was checked when saved; the deployment's roots may have changed since
+            endpoints.check_config_path(self.target.config_dir, what="config directory")
+        except endpoints.EndpointRefused as exc:
+            raise RunFailure(str(exc)) from None
         self.steps.start(fetch, detail=f"reading config artifact {artifact.short_id}")
         made = materialize.materialize(artifact, run_id=self.run.pk)
         self.files.append(made.path)
