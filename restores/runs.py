@@ -664,7 +664,7 @@ def tidy_failed(run: RestoreRun) -> list[str]:
             if run.restores_config and run.target.config_dir:
                 actions += configs.reconcile_config_swap(run.target.config_dir, run.pk)
         except (pgops.PgOpsError, secrets.SecretReferenceError, configs.ConfigSwapError, OSError) as exc:
-            actions.append(f"could not finish: {exc}")
+            actions.append(scrub(f"could not finish: {exc}"))
             RestoreRun.objects.filter(pk=run.pk).update(results={**run.results, "reconcile": actions})
             return actions
         RestoreRun.objects.filter(pk=run.pk).update(needs_cleanup=False,
