@@ -13,6 +13,7 @@ from compliance.audit import audit_record
 from drpanel.approvals import approval_approve, approval_consume, approval_request, open_approvals
 from drpanel.models import Approval
 from drpanel.permissions import Cap, Denied, Role, require_cap
+from drpanel.scrub import scrub
 
 DELETE_APPROVAL = "artifact.delete"
 
@@ -77,7 +78,7 @@ def artifact_delete(*, actor, artifact: Artifact, approval: Approval | None = No
             backend.delete(copy.key)
             backend.delete(manifest_key(copy.key))
         except StorageError as exc:
-            failures.append(f"{copy.location.name}: {exc}")
+            failures.append(scrub(f"{copy.location.name}: {exc}"))
             continue
         ArtifactCopy.objects.filter(pk=copy.pk).update(status=ArtifactCopy.Status.DELETED)
     if failures:

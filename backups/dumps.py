@@ -23,8 +23,9 @@ from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation
 from backups.storage import StorageError, artifact_key
 from backups.systems import primary_location
 from compliance.audit import audit_record
-from drpanel import pgbin, secrets
+from drpanel import endpoints, pgbin, secrets
 from drpanel.runs import ByteProgress, StepLog
+from drpanel.scrub import scrub
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,11 @@ def full_backup(run: BackupRun, steps: StepLog) -> Artifact:
 def config_backup(run: BackupRun, steps: StepLog) -> Artifact:
     """Archive the system's config paths (tar, relative names) into a new artifact."""
     step = steps.start("collect config files")
+    for path in run.system.config_paths:
+        try:
+            endpoints.check_config_path(path, what="config path")
+        except endpoints.EndpointRefused as exc:
+            raise BackupError(str(exc)) from None
     paths = [Path(p) for p in run.system.config_paths]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -231,8 +237,8 @@ def _finish_artifact(run, artifact, primary, result, manifest, steps) -> Artifac
         try:
             copy = copy_artifact(artifact, source=primary, target=location, progress=progress)
         except (StorageError, BackupError) as exc:
-            copy_failed(artifact, location, str(exc))
-            steps.finish(step, state="failed", detail=str(exc))
+            copy_failed(artifact, location, scrub(exc))
+            steps.finish(step, state="failed", detail=scrub(exc))
             continue
         state = "succeeded" if copy.status == ArtifactCopy.Status.OK else "failed"
         steps.finish(step, state=state, bytes=copy.size,

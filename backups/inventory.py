@@ -33,6 +33,7 @@ from backups.storage import MANIFEST_SUFFIX, ObjectInfo, StorageError, manifest_
 from compliance.audit import audit_record
 from drpanel import queues
 from drpanel.permissions import Cap, require_cap
+from drpanel.scrub import scrub
 
 LEGACY = re.compile(r"(?:^|/)(?P<system>[a-z0-9][a-z0-9_-]*)-backups/(?P<dir>[^/]+)/(?P<file>[^/]+)$")
 STAMP = re.compile(r"(?P<d>\d{8})_(?P<t>\d{6})")
@@ -115,11 +116,12 @@ def inventory_sync_execute(run_id) -> InventoryRun:
             audit_record(actor=None, action="inventory.finished", obj=run, details={
                 "totals": totals, "unreachable": [n for n, s in summary["locations"].items() if s.get("error")]})
     except Exception as exc:
+        error = scrub(f"{type(exc).__name__}: {exc}")
         with transaction.atomic():
             InventoryRun.objects.filter(pk=run.pk).update(state=InventoryRun.State.FAILED, finished_at=timezone.now(),
-                                                          summary=summary, error=f"{type(exc).__name__}: {exc}"[:2000])
+                                                          summary=summary, error=error[:2000])
             audit_record(actor=None, action="inventory.failed", obj=run, outcome="failure",
-                         details={"error": f"{type(exc).__name__}: {exc}"[:500]})
+                         details={"error": error[:500]})
         raise
     run.refresh_from_db()
     return run
@@ -141,7 +143,7 @@ def _sync_location(location: StorageLocation) -> dict:
     try:
         objects: dict[str, ObjectInfo] = {o.key: o for o in backend.list()}
     except StorageError as exc:
-        report["error"] = str(exc)
+        report["error"] = scrub(exc)
         return report
     report["objects"] = len(objects)
     now = timezone.now()

@@ -20,6 +20,7 @@ from backups.storage import StorageError
 from compliance.audit import audit_record
 from drpanel import queues
 from drpanel.permissions import Cap, require_cap
+from drpanel.scrub import scrub
 
 ROTATION_QUEUE = "backup"
 
@@ -78,7 +79,7 @@ def artifact_rewrap(*, actor, artifact: Artifact, to_key_id: str | None = None) 
                 with transaction.atomic():
                     ArtifactCopy.objects.filter(pk=copy.pk).update(status=ArtifactCopy.Status.CHECKSUM_MISMATCH)
                     audit_record(actor=None, action="artifact.copy_rewrap_failed", obj=artifact, outcome="failure",
-                                 details={"location": copy.location.name, "error": str(exc)})
+                                 details={"location": copy.location.name, "error": scrub(exc)})
                 continue
             now = timezone.now()
             ok = sha == artifact.sha256
@@ -129,7 +130,7 @@ def key_rotation_execute(to_key_id: str) -> dict:
             artifact_rewrap(actor=None, artifact=artifact, to_key_id=to_key_id)
             done += 1
         except (BackupError, StorageError, formats.ArtifactError) as exc:
-            failed.append({"artifact": str(pk), "error": str(exc)[:300]})
+            failed.append({"artifact": str(pk), "error": scrub(exc)[:300]})
     with transaction.atomic():
         audit_record(actor=None, action="keys.rotation_finished", object_type="backups.keyring",
                      object_repr=to_key_id, outcome="success" if not failed else "failure",

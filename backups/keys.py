@@ -244,7 +244,13 @@ class KmsKeyProvider(KeyProvider):
         if self._client is None:
             import boto3  # on first use: slow to load, and only a KMS key provider needs it
 
-            self._client = boto3.client("kms", endpoint_url=self.endpoint_url, region_name=self.region or "us-east-1")
+            from drpanel import endpoints
+
+            try:
+                endpoint = endpoints.check_endpoint(self.endpoint_url, what="DRPANEL_KMS_ENDPOINT_URL", resolve=True)
+            except endpoints.EndpointRefused as exc:
+                raise ArtifactError(str(exc)) from None
+            self._client = boto3.client("kms", endpoint_url=endpoint or None, region_name=self.region or "us-east-1")
         return self._client
 
     def handles(self, key_id: str) -> bool:

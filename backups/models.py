@@ -16,7 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from backups.storage import backend_for
-from drpanel import secrets
+from drpanel import endpoints, secrets
 
 NAME = RegexValidator(r"^[a-z0-9][a-z0-9_-]{0,62}$", "Lower-case letters, digits, dashes and underscores.")
 
@@ -71,6 +71,10 @@ class System(models.Model):
             pure = PurePosixPath(path)
             if not pure.is_absolute() or ".." in pure.parts:
                 raise ValidationError({"config_paths": f"{path!r} is not an absolute path without '..'."})
+            try:
+                endpoints.check_config_path(path, what="config path")
+            except endpoints.EndpointRefused as exc:
+                raise ValidationError({"config_paths": str(exc)}) from None
         names = [PurePosixPath(p).name for p in paths]
         if len(set(names)) != len(names):
             raise ValidationError({"config_paths": "Two paths share a last name; the archive could not tell them "
@@ -133,6 +137,10 @@ class StorageLocation(models.Model):
         elif self.kind == self.Kind.S3:
             if not self.bucket:
                 raise ValidationError({"bucket": "An S3 location needs a bucket."})
+            try:
+                endpoints.check_endpoint(self.endpoint_url, what="endpoint URL")
+            except endpoints.EndpointRefused as exc:
+                raise ValidationError({"endpoint_url": str(exc)}) from None
             if bool(self.access_key_ref) != bool(self.secret_key_ref):
                 raise ValidationError({"secret_key_ref": "Give both credential references, or neither "
                                                          "(boto3's default chain)."})

@@ -25,6 +25,7 @@ from backups.storage import StorageError
 from compliance.audit import audit_record
 from drpanel import queues, runs, secrets
 from drpanel.permissions import Cap, require_cap
+from drpanel.scrub import scrub
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def backup_run_execute(run_id) -> BackupRun:
         backup = full_backup if run.kind == Artifact.Kind.FULL else config_backup
         artifact = backup(run, steps)
     except Exception as exc:
-        message = str(exc) or type(exc).__name__
+        message = scrub(str(exc) or type(exc).__name__)
         if not isinstance(exc, BackupError | pgtools.ToolError | StorageError | formats.ArtifactError
                           | secrets.SecretReferenceError):
             log.exception("backup run %s failed", run.id)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from drpanel import secrets
+from drpanel import endpoints, secrets
 
 MANIFEST_SUFFIX = ".manifest.json"
 ARTIFACT_SUFFIX = ".drp"
@@ -317,18 +317,23 @@ class S3Backend(StorageBackend):
             from botocore.config import Config  # loaded with boto3, on first use
 
             kwargs = {}
+            try:
+                endpoint = endpoints.check_endpoint(self.location.endpoint_url, what=f"{self.location}: endpoint URL",
+                                                    resolve=True)
+            except endpoints.EndpointRefused as exc:
+                raise StorageError(str(exc)) from None
             if self.location.access_key_ref:
                 try:
                     kwargs["aws_access_key_id"] = secrets.resolve(self.location.access_key_ref)
                     kwargs["aws_secret_access_key"] = secrets.resolve(self.location.secret_key_ref)
                 except secrets.SecretReferenceError as exc:
                     raise StorageError(f"credentials of {self.location}: {exc}") from None
-            self._client = boto3.client(
-                "s3", endpoint_url=self.location.endpoint_url or None, region_name=self.location.region or None,
+            self._client = endpoints.no_redirects(boto3.client(
+                "s3", endpoint_url=endpoint or None, region_name=self.location.region or None,
                 config=Config(retries={"max_attempts": settings.S3_ATTEMPTS, "mode": "standard"},
                               s3={"addressing_style": "path"}, connect_timeout=settings.S3_TIMEOUT_SECONDS,
                               read_timeout=settings.S3_TIMEOUT_SECONDS),
-                **kwargs)
+                **kwargs))
         return self._client
 
     def _full(self, key: str) -> str:

@@ -217,7 +217,7 @@ def bench_dump(label: str, url: str, repeats: int, spool: Path) -> dict:
     from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, System
     from drpanel import pgbin
 
-    env_name = f"DRPANEL_BENCH_{label.upper()}_URL"
+    env_name = f"DRPANEL_SECRET_BENCH_{label.upper()}_URL"
     os.environ[env_name] = url
     with psycopg.connect(url) as conn:
         facts = pgtools.server_facts(conn)
@@ -277,7 +277,7 @@ def bench_list(sizes=(100, 100_000), requests: int = 20) -> dict:
 
     from backups.models import Artifact, ArtifactCopy, StorageLocation, System
 
-    system, _ = System.objects.get_or_create(name="bench-list", defaults={"database_ref": "env:UNUSED"})
+    system, _ = System.objects.get_or_create(name="bench-list", defaults={"database_ref": "env:DRPANEL_SECRET_UNUSED"})
     locations = [StorageLocation.objects.get_or_create(name=f"bench-list-{role}", defaults={
         "kind": "local", "role": role, "enabled": False, "path": "/nonexistent"})[0] for role in ("primary", "offsite")]
     user, _ = get_user_model().objects.get_or_create(username="bench-auditor")

@@ -72,8 +72,9 @@ def fill(systems: int, days: int, old_days: int) -> int:
     offsite = StorageLocation.objects.create(name="offsite", kind="local", role="offsite", path="/nonexistent/offsite")
     total = 0
     for n in range(systems):
-        system = System.objects.create(name=f"system-{n}", database_ref="env:BENCH_DB", config_paths=["/etc/app"],
-                                       incremental_enabled=True, created_at=now - timedelta(days=days + old_days))
+        system = System.objects.create(name=f"system-{n}", database_ref="env:DRPANEL_SECRET_BENCH_DB",
+                                       config_paths=["/etc/app"], incremental_enabled=True,
+                                       created_at=now - timedelta(days=days + old_days))
         batch, copies = [], []
         steps = (("full", timedelta(days=1)), ("config", timedelta(hours=4)), ("incremental", timedelta(minutes=15)))
         for kind, every in steps:

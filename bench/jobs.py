@@ -246,12 +246,12 @@ def main() -> None:
     (work / "logs").mkdir()
     (work / "bin").mkdir()
     source_url = source_database(server_url, f"{args.panel_db}_src")
-    os.environ["DRPANEL_BENCH_JOBS_SOURCE"] = source_url
+    os.environ["DRPANEL_SECRET_BENCH_JOBS_SOURCE"] = source_url
     StorageLocation.objects.update(enabled=False)
     StorageLocation.objects.update_or_create(name="bench-jobs-primary", defaults={
         "kind": "local", "role": "primary", "enabled": True, "path": str(work / "primary")})
     system, _ = System.objects.update_or_create(name="bench-jobs", defaults={
-        "database_ref": "env:DRPANEL_BENCH_JOBS_SOURCE", "config_paths": [str(work / "config")],
+        "database_ref": "env:DRPANEL_SECRET_BENCH_JOBS_SOURCE", "config_paths": [str(work / "config")],
         "schedule_enabled": False})
     user, _ = get_user_model().objects.get_or_create(username="bench-operator")
     user.groups.add(Group.objects.get(name="Operator"))

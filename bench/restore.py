@@ -127,7 +127,7 @@ class Bench:
         from backups.models import BackupRun, StorageLocation, System
         from backups.runs import backup_request, backup_run_execute
 
-        variable = f"DRPANEL_BENCH_{label.upper()}_URL"
+        variable = f"DRPANEL_SECRET_BENCH_{label.upper()}_URL"
         os.environ[variable] = url
         primary = self.tmp / "primary"
         primary.mkdir(exist_ok=True)
@@ -310,10 +310,11 @@ class Bench:
         with psycopg.connect(self.url(source), autocommit=True) as conn:
             conn.execute("CREATE TABLE users (id int PRIMARY KEY); INSERT INTO users SELECT generate_series(1, 10)")
         artifact = self.backup("clicks", self.url(source))
-        os.environ["DRPANEL_BENCH_CLICK_TARGET_URL"] = self.url(f"{self.prefix}_clicktgt")
+        os.environ["DRPANEL_SECRET_BENCH_CLICK_TARGET_URL"] = self.url(f"{self.prefix}_clicktgt")
         target = Target.objects.filter(name="bench-loop-click").first() or targets.target_create(
             actor=None, name="bench-loop-click", environment="scratch",
-            database_ref="env:DRPANEL_BENCH_CLICK_TARGET_URL", system=System.objects.get(name="bench-loop-clicks"))
+            database_ref="env:DRPANEL_SECRET_BENCH_CLICK_TARGET_URL",
+            system=System.objects.get(name="bench-loop-clicks"))
         user, _ = get_user_model().objects.get_or_create(username="bench-loop-operator")
         user.groups.add(Group.objects.get(name="Operator"))
         targets.target_right_grant(actor=None, target=target, user=user, right="restore_to_target")
@@ -364,7 +365,7 @@ class Bench:
                         raise SystemExit("a restore of the click benchmark did not finish")
                     time.sleep(0.05)
                     run.refresh_from_db(fields=["state"])
-                self.pg.drop_copy(os.environ["DRPANEL_BENCH_CLICK_TARGET_URL"], run.pk, "pre")
+                self.pg.drop_copy(os.environ["DRPANEL_SECRET_BENCH_CLICK_TARGET_URL"], run.pk, "pre")
         finally:
             worker.terminate()
             worker.wait(30)

@@ -8,7 +8,7 @@ class DrpanelConfig(AppConfig):
 
     def ready(self) -> None:
         # In ready(), not at the top: these modules use models, which need the loaded app registry.
-        from drpanel import signals  # noqa: F401 - connects the sign-in audit receivers
+        from drpanel import checks, signals  # noqa: F401 - registers the checks, connects the sign-in audit receivers
         from drpanel.permissions import ensure_roles
 
         post_migrate.connect(ensure_roles, sender=self)

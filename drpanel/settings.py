@@ -5,6 +5,7 @@ start-up with a one-line reason (``drpanel.env.ConfigError``).
 """
 
 import ipaddress
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -284,6 +285,9 @@ AUDIT_CHECKPOINT_DIR = Path(env_str("DRPANEL_AUDIT_CHECKPOINT_DIR") or VAR_DIR /
 from backups.keys import read_key_config  # noqa: E402 - needs VAR_DIR and PRODUCTION above
 
 BACKUP_KEYS = read_key_config(development_var_dir=None if PRODUCTION else VAR_DIR)
+if PRODUCTION and not (BACKUP_KEYS.master_keys or BACKUP_KEYS.kms_key_id):
+    raise ConfigError("backup master keys are required when DRPANEL_ENV=production (DRPANEL_KEYS, DRPANEL_KEYS_FILE "
+                      "or DRPANEL_KMS_KEY_ID); none is ever generated there")
 PG_BIN_DIR = env_str("PG_BIN_DIR") or None
 BACKUP_SPOOL_DIR = Path(env_str("DRPANEL_SPOOL_DIR") or VAR_DIR / "spool")
 BACKUP_CHUNK_SIZE = env_int("DRPANEL_CHUNK_SIZE", 1 << 20, minimum=1 << 10, maximum=1 << 26)
@@ -320,7 +324,7 @@ CONFIG_RESTORE_MAX_MB = env_int("DRPANEL_CONFIG_RESTORE_MAX_MB", 512, minimum=1)
 VERIFY_DATABASE_REF = env_str("DRPANEL_VERIFY_DATABASE") or None
 if VERIFY_DATABASE_REF:
     try:
-        VERIFY_DATABASE_REF = _secrets.validate(VERIFY_DATABASE_REF)
+        VERIFY_DATABASE_REF = _secrets.check_form(VERIFY_DATABASE_REF)
     except _secrets.SecretReferenceError as exc:
         raise ConfigError(f"DRPANEL_VERIFY_DATABASE: {exc}") from None
 RESTORE_ROLLBACK_WINDOW_HOURS = env_int("DRPANEL_ROLLBACK_WINDOW_HOURS", 24, minimum=1, maximum=24 * 90)
@@ -336,6 +340,42 @@ if RUN_STALE_SECONDS <= HEARTBEAT_SECONDS:
 for _name, _path in (("PG_BIN_DIR", PG_BIN_DIR), ("DRPANEL_RESTORE_TEMP_DIR", RESTORE_TEMP_DIR)):
     if _path and not Path(_path).is_absolute():
         raise ConfigError(f"{_name}={_path!r} must be an absolute path")
+
+# --- trust boundary ------------------------------------------------------------------------
+# Which environment variables and files a secret reference (a row's env:/file:) may name:
+# variables with one of these prefixes, files under these directories. The panel's own secrets
+# never, whatever these say (drpanel.secrets.is_panel_secret).
+SECRET_ENV_PREFIXES = env_list("DRPANEL_SECRET_ENV_PREFIXES", ["DRPANEL_SECRET_"])
+for _prefix in SECRET_ENV_PREFIXES:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{2,}", _prefix):
+        raise ConfigError(f"DRPANEL_SECRET_ENV_PREFIXES: {_prefix!r} is not a variable-name prefix of 3 or more "
+                          "characters")
+# (Development also allows the demo's var/demo/secrets: drpanel.secrets.secret_dirs.)
+SECRET_DIRS = [Path(p) for p in env_list("DRPANEL_SECRET_DIRS", [])]
+for _path in SECRET_DIRS:
+    if not _path.is_absolute() or Path(_path).resolve() in (Path("/"), VAR_DIR, *VAR_DIR.parents):
+        raise ConfigError(f"DRPANEL_SECRET_DIRS: {str(_path)!r} must be an absolute directory of its own (not /, "
+                          "var/ or a parent of it)")
+# Plain SQL dumps run as this (non-superuser) role on the target's server when set; its password
+# from a secret reference when the server asks for one (restores.plainsql).
+PLAIN_SQL_ROLE = env_str("DRPANEL_PLAIN_SQL_ROLE") or None
+PLAIN_SQL_ROLE_PASSWORD = env_str("DRPANEL_PLAIN_SQL_ROLE_PASSWORD") or None
+if PLAIN_SQL_ROLE_PASSWORD:
+    try:
+        PLAIN_SQL_ROLE_PASSWORD = _secrets.check_form(PLAIN_SQL_ROLE_PASSWORD)
+    except _secrets.SecretReferenceError as exc:
+        raise ConfigError(f"DRPANEL_PLAIN_SQL_ROLE_PASSWORD: {exc}") from None
+
+# Endpoints (S3, KMS) and config paths a row may name (drpanel.endpoints). Development allows the
+# local moto server of the tests and the demo (http on 127.0.0.1); production allows nothing it does not list.
+_LOCAL = [] if PRODUCTION else ["127.0.0.1", "localhost"]
+ENDPOINT_ALLOWLIST = env_list("DRPANEL_ENDPOINT_ALLOWLIST", _LOCAL)
+ENDPOINT_HTTP_HOSTS = env_list("DRPANEL_ENDPOINT_HTTP_HOSTS", _LOCAL)
+ENDPOINT_PRIVATE_HOSTS = env_list("DRPANEL_ENDPOINT_PRIVATE_HOSTS", _LOCAL)
+CONFIG_ROOTS = [Path(p) for p in env_list("DRPANEL_CONFIG_ROOTS", [])]
+for _path in CONFIG_ROOTS:
+    if not _path.is_absolute() or _path == Path("/"):
+        raise ConfigError(f"DRPANEL_CONFIG_ROOTS: {str(_path)!r} must be an absolute directory other than /")
 
 # --- mail ----------------------------------------------------------------------------------
 
@@ -372,7 +412,8 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"scrub": {"()": "drpanel.scrub.ScrubFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["scrub"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO", choices=(
         "DEBUG", "INFO", "WARNING", "ERROR"))},
     "loggers": {"django.db.backends": {"level": "WARNING"}},

@@ -2,7 +2,7 @@
 
 All three live on the demo's own PostgreSQL (the panel's server): ``<demo>_staging``,
 ``<demo>_scratch`` and ``<demo>`` itself (``DRPANEL_DEMO_DATABASE``, default ``chatbotdysa``,
-created by the catalog's demo step). Their URLs are written to ``var/targets/<database>.url``
+created by the catalog's demo step). Their URLs are written to ``var/demo/secrets/<database>.url``
 (mode 0600) and the targets name them as ``file:`` secret references. The production target
 restores into the demo system's own config directory (``var/demo/chatbotdysa-config``);
 staging and scratch have their own under ``var/demo/targets/``. A restore creates a missing
@@ -47,8 +47,11 @@ MANAGER_RIGHTS = {"chatbotdysa-production": ("approve_restore",)}
 
 
 def _secret_file(database: str) -> str:
-    """Write the database's URL to ``var/targets/<database>.url`` (0600); return its ``file:`` reference."""
-    directory = settings.VAR_DIR / "targets"
+    """Write the database's URL to ``var/demo/secrets/<database>.url`` (0600); return its ``file:`` reference.
+
+    ``var/demo/secrets`` is the development default of ``DRPANEL_SECRET_DIRS``: references may name it.
+    """
+    directory = backups_demo.demo_dir() / "secrets"
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     path = directory / f"{database}.url"

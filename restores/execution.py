@@ -34,8 +34,9 @@ from django.utils import timezone
 
 from backups.models import Artifact
 from compliance.audit import audit_record
-from drpanel import runs, runtime, secrets
+from drpanel import endpoints, runs, runtime, secrets
 from drpanel.models import Approval
+from drpanel.scrub import scrub
 from restores import configs, healthchecks, materialize, pg, plainsql, sanity
 from restores.models import RestoreRun
 from restores.recovery_checks import create_recovery_checks, database_connectivity, evaluate_recovery_checks
@@ -124,7 +125,7 @@ def restore_run_execute(run_id) -> RestoreRun:
             _check_approval(run)
             _Execution(run, steps).execute()
         except Exception as exc:
-            message = str(exc) or type(exc).__name__
+            message = scrub(str(exc) or type(exc).__name__)
             if not isinstance(exc, RunFailure | pg.PgOpsError | materialize.MaterializeError
                               | configs.ConfigArchiveRefused | configs.ConfigSwapError
                               | secrets.SecretReferenceError):
@@ -257,6 +258,10 @@ class _Execution:
     def config(self) -> None:
         artifact = self.run.config_artifact if self.run.mode == RestoreRun.Mode.FULL else self.run.artifact
         fetch, extract = "config: fetch and decrypt", "config: extract"
+        try:  # the row was checked when saved; the deployment's roots may have changed since
+            endpoints.check_config_path(self.target.config_dir, what="config directory")
+        except endpoints.EndpointRefused as exc:
+            raise RunFailure(str(exc)) from None
         self.steps.start(fetch, detail=f"reading config artifact {artifact.short_id}")
         made = materialize.materialize(artifact, run_id=self.run.pk)
         self.files.append(made.path)
@@ -369,6 +374,7 @@ def restore_fail(run_id, message: str, *, expected=(RestoreRun.State.RUNNING,)) 
     is untouched. After the swap, the restored state stays live and the previous one is
     kept for a rollback. Returns False if the run was no longer in ``expected``.
     """
+    message = scrub(message)
     run = RestoreRun.objects.select_related("target", "artifact", "requested_by").get(pk=run_id)
     with transaction.atomic():
         if not transition(run, list(expected), RestoreRun.State.FAILED, finished_at=timezone.now(),
@@ -399,7 +405,7 @@ def tidy_failed(run: RestoreRun) -> list[str]:
             if run.restores_config and run.target.config_dir:
                 actions += configs.reconcile_config_swap(run.target.config_dir, run.pk)
         except (pg.PgOpsError, secrets.SecretReferenceError, configs.ConfigSwapError, OSError) as exc:
-            actions.append(f"could not finish: {exc}")
+            actions.append(scrub(f"could not finish: {exc}"))
             RestoreRun.objects.filter(pk=run.pk).update(results={**run.results, "reconcile": actions})
             return actions
         RestoreRun.objects.filter(pk=run.pk).update(needs_cleanup=False,

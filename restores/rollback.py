@@ -11,6 +11,7 @@ from django.utils import timezone
 from compliance.audit import audit_record
 from drpanel import secrets
 from drpanel.permissions import Cap, Denied, has_object_right, require_cap
+from drpanel.scrub import scrub
 from restores import configs, pg
 from restores.models import APPROVE_RESTORE, RestoreRun
 from restores.runstate import PasswordRefused, RestoreConflict, audit_details, transition
@@ -75,8 +76,8 @@ def restore_rollback(*, actor, run: RestoreRun, password: str, request=None) -> 
             return run
     with transaction.atomic():
         audit_record(actor=actor, action="restore.rollback_failed", obj=run, outcome="failure", request=request,
-                     details=audit_details(run, error=str(failure)[:500], done=done))
-    raise RestoreConflict(f"the rollback failed: {failure}"
+                     details=audit_details(run, error=scrub(failure)[:500], done=done))
+    raise RestoreConflict(f"the rollback failed: {scrub(failure)}"
                           + (" (the database was swapped back)" if "database" in done else ""))
 
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, get_user_perms, remove_perm
 
 from compliance.audit import audit_record
-from drpanel import secrets
+from drpanel import endpoints, secrets
 from drpanel.permissions import Cap, Role, require_cap, roles_of
 from restores import healthchecks
 from restores.models import TARGET_RIGHTS, HealthCheck, SanityCheck, Target
@@ -46,6 +46,10 @@ def clean_config_dir(value: str) -> str:
         raise ValidationError("The config directory cannot be the root directory.")
     if normalised != value.rstrip("/") or ".." in value.split("/"):
         raise ValidationError(f"Write the path without '.', '..' or repeated slashes (e.g. {normalised}).")
+    try:
+        endpoints.check_config_path(normalised, what="config directory")
+    except endpoints.EndpointRefused as exc:
+        raise ValidationError(str(exc)) from None
     return normalised
 
 

@@ -23,6 +23,7 @@ from backups import formats
 from backups.models import Artifact, System
 from backups.storage import StorageError
 from drpanel import runs, runtime, secrets
+from drpanel.scrub import scrub
 from restores import configs, materialize, pg, plainsql, sanity
 from restores.models import SanityCheck, VerificationRun
 
@@ -42,7 +43,7 @@ class LevelFailed(Exception):
 def verify_server_url() -> str:
     """The libpq URL whose server hosts throw-away databases; its database name is their base name."""
     if settings.VERIFY_DATABASE_REF:
-        return secrets.resolve(settings.VERIFY_DATABASE_REF)
+        return secrets.resolve(settings.VERIFY_DATABASE_REF, deployment=True)
     return runtime.with_database_name(settings.DATABASE_URL, f"{connection.settings_dict['NAME']}_verify")
 
 
@@ -76,6 +77,7 @@ def system_sanity_checks(system: System) -> list[SanityCheck]:
 
 
 def _fail(steps: runs.StepList, level: str, message: str, **data) -> None:
+    message = scrub(message)
     steps.finish(level, state="failed", detail=message, data=data or None)
     for step in steps.steps:
         if step["state"] == "pending":
@@ -155,7 +157,7 @@ def _split_failure(artifact, copy, steps: runs.StepList, message: str) -> None:
     try:
         size, _ = materialize.hash_copy(artifact, copy)
     except materialize.MaterializeError as exc:
-        steps.finish("decrypt", state="failed", detail=message)
+        steps.finish("decrypt", state="failed", detail=scrub(message))
         _fail(steps, "checksum", str(exc))
     steps.finish("checksum", bytes=size, detail=f"the {size} stored bytes match the catalog's SHA-256 "
                                                 "(re-read after the decryption failed)")

@@ -35,6 +35,7 @@ from backups.models import Artifact, System
 from compliance.audit import audit_record
 from drpanel import runs, secrets
 from drpanel.permissions import Cap, require_cap
+from drpanel.scrub import scrub
 from restores import pg
 from restores.models import LEVELS, VerificationRun
 from restores.verification_levels import LevelFailed, verify_levels, verify_server_url
@@ -172,10 +173,10 @@ def verification_execute(run_id) -> VerificationRun:
         try:
             verify_levels(run, steps, levels)
         except LevelFailed as exc:
-            error = str(exc)
+            error = scrub(exc)
         except Exception as exc:
             log.exception("verification %s failed unexpectedly", run.id)
-            error = f"unexpected error: {type(exc).__name__}: {exc}"[:2000]
+            error = scrub(f"unexpected error: {type(exc).__name__}: {exc}")[:2000]
             steps.fail_open(error)
         finally:
             _drop_throwaway(run)

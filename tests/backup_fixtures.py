@@ -29,14 +29,14 @@ def server_url(name: str) -> str:
 
 @pytest.fixture
 def source_db(monkeypatch):
-    """A small real database on the test server; its URL is in $DRPANEL_TEST_SOURCE_URL."""
+    """A small real database on the test server; its URL is in $DRPANEL_SECRET_TEST_SOURCE_URL."""
     name = f"{connection.settings_dict['NAME']}_src_{uuid.uuid4().hex[:6]}"
     with psycopg.connect(server_url("postgres"), autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     url = server_url(name)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SOURCE_SQL)
-    monkeypatch.setenv("DRPANEL_TEST_SOURCE_URL", url)
+    monkeypatch.setenv("DRPANEL_SECRET_TEST_SOURCE_URL", url)
     yield url
     with psycopg.connect(server_url("postgres"), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -80,5 +80,5 @@ def system(source_db, tmp_path):
     (config / "nested").mkdir(parents=True)
     (config / "app.env").write_text("FEATURE=1\n")
     (config / "nested" / "nginx.conf").write_text("server {}\n")
-    return System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_TEST_SOURCE_URL",
+    return System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_SECRET_TEST_SOURCE_URL",
                                  config_paths=[str(config)])

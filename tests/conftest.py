@@ -54,6 +54,14 @@ def _own_audit_checkpoints(settings, tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DRPANEL_AUDIT_CHECKPOINT_DIR", str(path))
 
 
+@pytest.fixture(autouse=True)
+def _config_roots(settings, tmp_path_factory, monkeypatch):
+    """Config paths may lie under the tests' temporary directories, /srv and /etc (DRPANEL_CONFIG_ROOTS)."""
+    roots = [str(tmp_path_factory.getbasetemp()), "/srv", "/etc"]
+    settings.CONFIG_ROOTS = roots
+    monkeypatch.setenv("DRPANEL_CONFIG_ROOTS", ",".join(roots))
+
+
 @pytest.fixture
 def password():
     return PASSWORD

@@ -26,7 +26,7 @@ class Catalog:
                                                       path=str(tmp_path / "primary"))
         self.offsite = StorageLocation.objects.create(name="offsite", kind="local", role="offsite",
                                                       path=str(tmp_path / "offsite"))
-        self.system = System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_TEST_SOURCE_URL",
+        self.system = System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_SECRET_TEST_SOURCE_URL",
                                             config_paths=["/etc/chatbotdysa"], created_at=now - timedelta(days=60))
 
     def artifact(self, kind="full", age=timedelta(hours=2), *, status="available", offsite="ok",

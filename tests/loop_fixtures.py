@@ -36,7 +36,7 @@ def loop_keys(settings, monkeypatch):
 def shop(scratch, monkeypatch):
     """The source database of the system ``shop`` (users 300, orders 2000, info 1)."""
     url = scratch.create("shop", setup=SAMPLE_SCHEMA)
-    monkeypatch.setenv("DRPANEL_LOOP_SHOP_URL", url)
+    monkeypatch.setenv("DRPANEL_SECRET_LOOP_SHOP_URL", url)
     return url
 
 
@@ -76,7 +76,7 @@ def shop_system(shop, loop_keys, verify_server, temp_dir, tmp_path, shop_config)
     """The system ``shop`` with a local primary location."""
     (tmp_path / "primary").mkdir()
     StorageLocation.objects.create(name="primary", kind="local", role="primary", path=str(tmp_path / "primary"))
-    return System.objects.create(name="shop", database_ref="env:DRPANEL_LOOP_SHOP_URL",
+    return System.objects.create(name="shop", database_ref="env:DRPANEL_SECRET_LOOP_SHOP_URL",
                                  config_paths=[str(shop_config)])
 
 

@@ -27,7 +27,7 @@ def make_target(scratch, monkeypatch, tmp_path, *, name: str, environment: str, 
     """A target whose database is ``drt_<random>_<name>`` holding ``info(marker)`` and a config directory."""
     suffix = name.replace("-", "_")
     url = scratch.create(suffix, marker=marker)
-    variable = f"DRPANEL_LOOP_{suffix.upper()}_URL"
+    variable = f"DRPANEL_SECRET_LOOP_{suffix.upper()}_URL"
     monkeypatch.setenv(variable, url)
     config = tmp_path / f"{name}-config"
     config.mkdir()

@@ -164,7 +164,7 @@ def test_an_auditor_may_read_but_not_acknowledge_an_alert(api, auditor, alert):
 
 
 def test_a_systems_health_is_its_checks_now(api, auditor):
-    system = System.objects.create(name="chatbotdysa", database_ref="env:UNSET_DB")
+    system = System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_SECRET_UNSET_DB")
     response = api(auditor).get(f"systems/{system.pk}/health")
     assert response.status_code == 200
     data = response.json()["data"]
@@ -178,7 +178,7 @@ def test_a_systems_health_is_its_checks_now(api, auditor):
 
 
 def test_someone_without_a_role_sees_no_health(api, outsider):
-    system = System.objects.create(name="chatbotdysa", database_ref="env:UNSET_DB")
+    system = System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_SECRET_UNSET_DB")
     denied(api(outsider).get(f"systems/{system.pk}/health"), need="view_panel")
 
 
@@ -186,7 +186,7 @@ def test_someone_without_a_role_sees_no_health(api, outsider):
 
 @pytest.fixture
 def artifact(db):
-    system = System.objects.create(name="chatbotdysa", database_ref="env:UNSET_DB")
+    system = System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_SECRET_UNSET_DB")
     return Artifact.objects.create(system=system, kind="full", format="pg_custom", status="available", size=10,
                                    sha256="a" * 64, storage_key="k", manifest={})
 
@@ -205,8 +205,8 @@ def test_an_artifacts_verifications_are_listed_newest_first(api, auditor, artifa
 
 @pytest.fixture
 def finished_run(artifact, operator, tmp_path):
-    target = Target.objects.create(name="production", environment="production", database_ref="env:UNSET_DB",
-                                   config_dir=str(tmp_path))
+    target = Target.objects.create(name="production", environment="production",
+                                   database_ref="env:DRPANEL_SECRET_UNSET_DB", config_dir=str(tmp_path))
     assign_perm("restore_to_target", operator, target)
     run = RestoreRun.objects.create(artifact=artifact, target=target, mode="database-only", state="succeeded",
                                     requested_by=operator)
@@ -236,7 +236,7 @@ def test_an_auditor_does_not_tick_post_recovery_items(api, auditor, finished_run
 
 
 def test_an_admin_grants_and_revokes_a_right_on_a_target(api, admin, operator, manager, tmp_path):
-    target = Target.objects.create(name="staging", environment="staging", database_ref="env:UNSET_DB",
+    target = Target.objects.create(name="staging", environment="staging", database_ref="env:DRPANEL_SECRET_UNSET_DB",
                                    config_dir=str(tmp_path))
     caller = api(admin)
     granted = caller.post(f"targets/{target.pk}/rights/grant", {"user": "operator", "right": "restore_to_target"})

@@ -77,7 +77,7 @@ def test_a_config_backup_archives_relative_names_only(operator, system, primary,
 
 
 def test_a_failed_dump_fails_the_run_and_leaves_no_object(operator, system, primary, test_keys, monkeypatch):
-    monkeypatch.setenv("DRPANEL_TEST_SOURCE_URL", "postgresql://postgres:canary-pw-7731@127.0.0.1:5432/no_such_db")
+    monkeypatch.setenv("DRPANEL_SECRET_TEST_SOURCE_URL", "postgresql://postgres:canary-pw-7731@127.0.0.1:5432/no_such_db")
     run = backup_run_execute(backup_request(actor=operator, system=system, kind="full").id)
     assert run.state == BackupRun.State.FAILED
     assert "no_such_db" in run.error and "canary-pw-7731" not in run.error

@@ -21,7 +21,7 @@ def test_an_admin_creates_a_target_then_grants_and_revokes_a_right(page, live_se
     page.get_by_role("link", name="New target").click()
     page.fill("#id_name", "shop-staging")
     page.select_option("#id_environment", "staging")
-    page.fill("#id_database_ref", "env:SHOP_STAGING_DATABASE_URL")
+    page.fill("#id_database_ref", "env:DRPANEL_SECRET_SHOP_STAGING_DATABASE_URL")
     page.fill("#id_sanity-0-name", "users exist")
     page.fill("#id_sanity-0-query", "SELECT count(*) FROM users")
     page.fill("#id_sanity-0-expectation", ">= 1")

@@ -75,8 +75,8 @@ def canaries(source_db, monkeypatch, settings):
     # The server trusts local connections: the password in the URL is carried, never needed.
     with_password = source_db.replace("postgresql://postgres@", f"postgresql://postgres:{values['db_password']}@")
     assert with_password != source_db, "the source URL has no user to add a password to"
-    env = {"CANARY_DB_URL": with_password, "CANARY_S3_ACCESS": values["s3_access_key"],
-           "CANARY_S3_SECRET": values["s3_secret_key"],
+    env = {"DRPANEL_SECRET_CANARY_DB_URL": with_password, "DRPANEL_SECRET_CANARY_S3_ACCESS": values["s3_access_key"],
+           "DRPANEL_SECRET_CANARY_S3_SECRET": values["s3_secret_key"],
            "DRPANEL_KEYS": f"k1:{values['master_key_b64']}", "DRPANEL_ACTIVE_KEY_ID": "k1"}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -92,10 +92,11 @@ def test_no_canary_secret_reaches_the_database_logs_exports_or_error_pages(
     user = UserFactory(username="canary-manager", role="Manager")
     user.set_password(canaries["password"])
     user.save()
-    system = System.objects.create(name="canary-app", database_ref="env:CANARY_DB_URL")
+    system = System.objects.create(name="canary-app", database_ref="env:DRPANEL_SECRET_CANARY_DB_URL")
     StorageLocation.objects.create(name="canary-s3", kind="s3", role="offsite", bucket="canary-offsite",
                                    prefix="dr/", region="us-east-1", endpoint_url=s3_endpoint,
-                                   access_key_ref="env:CANARY_S3_ACCESS", secret_key_ref="env:CANARY_S3_SECRET")
+                                   access_key_ref="env:DRPANEL_SECRET_CANARY_S3_ACCESS",
+                                   secret_key_ref="env:DRPANEL_SECRET_CANARY_S3_SECRET")
     pages = []
 
     # Sign-in: a wrong password, then the right one.
@@ -125,7 +126,8 @@ def test_no_canary_secret_reaches_the_database_logs_exports_or_error_pages(
     pages.append(api.get(f"/api/v1/backup-runs/{run_id}"))
     pages.append(api.get(f"/api/v1/artifacts/{run.artifact_id}"))
     # A failing backup: its error names the database, never the password.
-    os.environ["CANARY_DB_URL"] = os.environ["CANARY_DB_URL"].rsplit("/", 1)[0] + "/no_such_database_canary"
+    url = os.environ["DRPANEL_SECRET_CANARY_DB_URL"]
+    os.environ["DRPANEL_SECRET_CANARY_DB_URL"] = url.rsplit("/", 1)[0] + "/no_such_database_canary"
     from backups.runs import backup_request, backup_run_execute
 
     failed = backup_run_execute(backup_request(actor=user, system=system, kind="full").id)
@@ -145,7 +147,7 @@ def test_no_canary_secret_reaches_the_database_logs_exports_or_error_pages(
         major = pgtools.server_facts(conn)["server_major"]
     dump = subprocess.run([pgbin.find_tool("pg_dump", major).path], env=pgtools.libpq_env(url),
                           capture_output=True, check=True).stdout
-    assert b"canary-manager" in dump and b"CANARY_DB_URL" in dump  # the dump is of the right database
+    assert b"canary-manager" in dump and b"DRPANEL_SECRET_CANARY_DB_URL" in dump  # the dump is of the right database
     worker_log = b"".join(p.read_bytes() for p in logs.iterdir())
     assert b"backup_run_job" in worker_log  # the worker's log is the one that did the job
     places = {

@@ -22,7 +22,7 @@ STARTERS = {"operator", "manager", "admin"}
 
 @pytest.fixture
 def catalog(tmp_path):
-    system = System.objects.create(name="chatbotdysa", database_ref="env:CHATBOT_DB_URL",
+    system = System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_SECRET_CHATBOT_DB_URL",
                                    config_paths=[str(tmp_path)])
     primary = StorageLocation.objects.create(name="primary", kind="local", role="primary", path=str(tmp_path / "p"))
     offsite = StorageLocation.objects.create(name="offsite", kind="s3", role="offsite", bucket="b")
@@ -150,13 +150,14 @@ def test_an_admin_adds_a_system_by_reference_only(clients):
     assert response.status_code == 400 and b"secret reference" in response.content
     assert not System.objects.exists()
     response = clients["admin"].post(reverse("backups:system-create"), {
-        "name": "shop", "database_ref": "env:SHOP_DB_URL", "config_paths": "/etc/shop\n/srv/shop/.env",
+        "name": "shop", "database_ref": "env:DRPANEL_SECRET_SHOP_DB_URL", "config_paths": "/etc/shop\n/srv/shop/.env",
         "schedule_enabled": "on", "full_every_hours": 24, "incremental_every_hours": 6, "config_every_hours": 4,
         "keep_last": 7, "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6})
     assert response.status_code == 302
     system = System.objects.get(name="shop")
     assert system.config_paths == ["/etc/shop", "/srv/shop/.env"]
-    assert AuditEvent.objects.get(action="system.created").details["changed"]["database_ref"] == "env:SHOP_DB_URL"
+    changed = AuditEvent.objects.get(action="system.created").details["changed"]
+    assert changed["database_ref"] == "env:DRPANEL_SECRET_SHOP_DB_URL"
 
 
 def test_an_admin_adds_locations_and_only_one_primary(clients, tmp_path):
@@ -169,7 +170,7 @@ def test_an_admin_adds_locations_and_only_one_primary(clients, tmp_path):
     assert StorageLocation.objects.count() == 1
     response = clients["admin"].post(reverse("backups:location-create"), {
         "name": "cloud", "kind": "s3", "role": "offsite", "enabled": "on", "bucket": "b",
-        "access_key_ref": "env:AWS_KEY"})
+        "access_key_ref": "env:DRPANEL_SECRET_AWS_KEY"})
     assert response.status_code == 400 and b"both credential references" in response.content
 
 
@@ -209,7 +210,7 @@ def test_keyset_pages_cover_every_artifact_once_in_order(clients, catalog):
 
 def test_the_list_filters_by_system_kind_status_location_and_dates(clients, catalog):
     system, primary, offsite = catalog
-    other = System.objects.create(name="other", database_ref="env:X")
+    other = System.objects.create(name="other", database_ref="env:DRPANEL_SECRET_X")
     full = add_artifacts(system, [primary, offsite], 2)
     config = add_artifacts(system, [primary], 1, kind="config")
     old = add_artifacts(other, [primary], 1, start=timezone.now() - timedelta(days=10))

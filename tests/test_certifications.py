@@ -57,7 +57,7 @@ def verification(artifact, level, state, when, error="", seconds=60) -> Verifica
 
 
 def target(name, environment) -> Target:
-    return Target.objects.create(name=name, environment=environment, database_ref=f"env:DRPANEL_{name.upper()}")
+    return Target.objects.create(name=name, environment=environment, database_ref=f"env:DRPANEL_SECRET_{name.upper()}")
 
 
 def restore(artifact, into, requester, when, *, state="succeeded", rto=None, rpo=None, approval=None) -> RestoreRun:

@@ -70,7 +70,8 @@ def test_a_system_whose_fulls_are_every_two_days_passes_while_within_policy(cata
 
 def test_one_system_without_a_full_fails_the_item(catalog):
     catalog.artifact("full", timedelta(hours=1))
-    other = System.objects.create(name="billing", database_ref="env:X", created_at=clock.now() - timedelta(days=9))
+    other = System.objects.create(name="billing", database_ref="env:DRPANEL_SECRET_X",
+                                  created_at=clock.now() - timedelta(days=9))
     result = run("daily.full_backup")
     assert result.status == "failed" and result.summary.startswith("1 of 2 system(s) pass.")
     assert f"/systems/{other.pk}/" in [e.url for e in result.evidence]
@@ -113,7 +114,8 @@ def test_incrementals_disabled_everywhere_is_passed_as_not_applicable(catalog):
 def test_incrementals_are_checked_where_the_policy_enables_them(catalog):
     catalog.system.incremental_enabled = True
     catalog.system.save(update_fields=["incremental_enabled"])
-    System.objects.create(name="static-site", database_ref="env:X", created_at=clock.now() - timedelta(days=9))
+    System.objects.create(name="static-site", database_ref="env:DRPANEL_SECRET_X",
+                          created_at=clock.now() - timedelta(days=9))
     for hours in (15, 9, 3):
         catalog.artifact("incremental", timedelta(hours=hours))
     result = run("daily.incremental_backup")

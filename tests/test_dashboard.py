@@ -55,7 +55,8 @@ def test_a_missing_system_has_no_health_page(clients):
 # --- the API --------------------------------------------------------------------------------------
 
 def test_the_api_gives_the_worst_systems_health_with_checks_and_evidence(clients, catalog, healthy):
-    other = System.objects.create(name="billing", database_ref="env:X", created_at=clock.now() - timedelta(days=9))
+    other = System.objects.create(name="billing", database_ref="env:DRPANEL_SECRET_X",
+                                  created_at=clock.now() - timedelta(days=9))
     data = clients["operator"].get("/api/v1/dashboard").json()["data"]
     assert set(data) >= {"backup_health", "rpo_seconds", "rto_seconds", "systems"}
     health = data["backup_health"]

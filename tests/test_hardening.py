@@ -112,7 +112,7 @@ def test_approvals_refuse_a_password_after_too_many_wrong_ones(manager, operator
     from backups.models import Artifact, System
     from drpanel.approvals import ApprovalError
 
-    system = System.objects.create(name="app", database_ref="env:UNSET_FOR_TEST")
+    system = System.objects.create(name="app", database_ref="env:DRPANEL_SECRET_UNSET_FOR_TEST")
     artifact = Artifact.objects.create(system=system, kind="full", format="pg_custom", status="available",
                                        storage_key="k")
     approval = artifact_delete_request(actor=operator, artifact=artifact, reason="test")

@@ -91,8 +91,8 @@ def test_an_empty_panel_exposes_only_what_it_measured(scrape):
 def test_the_values_are_the_rows(scrape, operator, monkeypatch):
     now = clock.now()
     tricky = 'chat"bot\\dysa\nprod'  # a name needing every escape
-    system = System.objects.create(name=tricky, database_ref="env:UNSET_DB")
-    other = System.objects.create(name="crm", database_ref="env:UNSET_DB")
+    system = System.objects.create(name=tricky, database_ref="env:DRPANEL_SECRET_UNSET_DB")
+    other = System.objects.create(name="crm", database_ref="env:DRPANEL_SECRET_UNSET_DB")
     old_full = Artifact.objects.create(system=system, kind="full", format="pg_custom", status="available",
                                        size=1, sha256="a" * 64, storage_key="a", manifest={})
     Artifact.objects.filter(pk=old_full.pk).update(created_at=now - timedelta(hours=5),
@@ -102,7 +102,7 @@ def test_the_values_are_the_rows(scrape, operator, monkeypatch):
     Artifact.objects.filter(pk=newest.pk).update(created_at=now - timedelta(hours=1))
     deleted = Artifact.objects.create(system=other, kind="config", format="config_tar", status="deleted",
                                       size=1, sha256="c" * 64, storage_key="c", manifest={})
-    target = Target.objects.create(name="staging", environment="staging", database_ref="env:UNSET_DB",
+    target = Target.objects.create(name="staging", environment="staging", database_ref="env:DRPANEL_SECRET_UNSET_DB",
                                    config_dir="/tmp/x")
     for state, rto, healthy in (("succeeded", 412.5, now - timedelta(hours=2)), ("succeeded", 97.25, now),
                                 ("failed", None, None)):
@@ -156,7 +156,7 @@ def test_workers_live_counts_the_registered_workers(scrape, redis_conn):
 
 def test_prometheus_clients_own_parser_reads_it_when_installed(scrape):
     parser = pytest.importorskip("prometheus_client.parser")
-    System.objects.create(name='a "quoted" name', database_ref="env:UNSET_DB")
+    System.objects.create(name='a "quoted" name', database_ref="env:DRPANEL_SECRET_UNSET_DB")
     names = {family.name for family in parser.text_string_to_metric_families(scrape())}
     assert {"drpanel_health_score", "drpanel_restore_runs", "drpanel_audit_head_seq"} <= names
 
@@ -207,12 +207,12 @@ def test_a_malformed_network_is_refused_at_start(monkeypatch):
 
 def test_no_secret_reaches_the_output(client, auditor, monkeypatch):
     password = f"canary-{secrets.token_hex(8)}"
-    monkeypatch.setenv("DRPANEL_METRICS_CANARY_DB", f"postgresql://app:{password}@127.0.0.1/app")
-    system = System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_METRICS_CANARY_DB")
+    monkeypatch.setenv("DRPANEL_SECRET_METRICS_CANARY_DB", f"postgresql://app:{password}@127.0.0.1/app")
+    system = System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_SECRET_METRICS_CANARY_DB")
     Artifact.objects.create(system=system, kind="full", format="pg_custom", status="available", size=1,
                             sha256="d" * 64, storage_key="d", manifest={})
     _, raw = api_token_create(actor=auditor, user=auditor, name="prometheus")
     text = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {raw}").content.decode()
     assert "chatbotdysa" in text
-    for secret in (password, raw, raw[10:], "DRPANEL_METRICS_CANARY_DB"):
+    for secret in (password, raw, raw[10:], "DRPANEL_SECRET_METRICS_CANARY_DB"):
         assert secret not in text

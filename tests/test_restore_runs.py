@@ -75,7 +75,7 @@ def test_an_artifact_of_another_system_is_refused_by_a_target_bound_to_its_syste
                                                                                   scratch, monkeypatch, tmp_path):
     from backups.models import System
 
-    other = System.objects.create(name="other", database_ref="env:NOPE")
+    other = System.objects.create(name="other", database_ref="env:DRPANEL_SECRET_NOPE")
     Target.objects.filter(pk=staging.pk).update(system=other)
     staging.refresh_from_db()
     with pytest.raises(runstate.RestoreError, match="receives other; this artifact is of shop"):
@@ -368,7 +368,7 @@ def test_any_change_after_the_request_voids_the_approval(operator, manager, full
                                                          change):
     run = request(operator, full_artifact, production)
     if change == "target database":
-        Target.objects.filter(pk=production.pk).update(database_ref="env:SOMEWHERE_ELSE")
+        Target.objects.filter(pk=production.pk).update(database_ref="env:DRPANEL_SECRET_SOMEWHERE_ELSE")
     elif change == "config directory":
         Target.objects.filter(pk=production.pk).update(config_dir="/srv/elsewhere")
     else:
@@ -579,7 +579,7 @@ def test_the_checklist_validator_accepts_a_staging_restore_of_the_week(operator,
 
 
 def test_failures_record_no_secret_of_the_target(operator, full_artifact, staging, monkeypatch):
-    monkeypatch.setenv("DRPANEL_LOOP_SHOP_STAGING_URL",
+    monkeypatch.setenv("DRPANEL_SECRET_LOOP_SHOP_STAGING_URL",
                        "postgresql://postgres:canary-secret-8812@127.0.0.1:1/nowhere")
     run = execute(request(operator, full_artifact, staging))
     assert run.state == "failed"

@@ -30,7 +30,7 @@ def test_the_demo_seeds_three_targets_with_rights_and_runs_again_without_changes
     production = targets["chatbotdysa-production"]
     url = secrets.resolve(production.database_ref)
     assert url.endswith("/chatbotdysa") and production.database_ref.startswith(f"file:{tmp_path}")
-    assert stat.S_IMODE((tmp_path / "targets" / "chatbotdysa.url").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "demo" / "secrets" / "chatbotdysa.url").stat().st_mode) == 0o600
     assert secrets.resolve(targets["chatbotdysa-staging"].database_ref).endswith("/chatbotdysa_staging")
     assert production.health_checks.get().url == "http://127.0.0.1:8123/health"
     assert production.config_dir == str(tmp_path / "demo" / "chatbotdysa-config"), "the demo system's config"
@@ -55,7 +55,7 @@ def test_the_demo_targets_follow_the_demo_database_and_receive_the_demo_system(s
     settings.VAR_DIR = tmp_path
     settings.DEMO_DATABASE = "chatbotdysa_elsewhere"
     monkeypatch.setenv("DRPANEL_DEMO_PASSWORD", "demo password 123")
-    System.objects.create(name="chatbotdysa", database_ref="env:ANYTHING")
+    System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_SECRET_ANYTHING")
     seed_users(io.StringIO())
     seed(io.StringIO())
     targets = {t.name: t for t in Target.objects.select_related("system")}

@@ -16,7 +16,8 @@ ALL_ROLES = {"operator", "manager", "auditor", "admin"}
 
 
 def make_target(name="staging", environment="staging", **extra):
-    fields = {"database_ref": f"env:{name.upper().replace('-', '_')}_DATABASE_URL", "config_dir": f"/srv/{name}/config"}
+    fields = {"database_ref": f"env:DRPANEL_SECRET_{name.upper().replace('-', '_')}_DATABASE_URL",
+              "config_dir": f"/srv/{name}/config"}
     fields.update(extra)
     return targets.target_create(actor=None, name=name, environment=environment, **fields)
 
@@ -30,7 +31,7 @@ def events(action):
 
 def test_an_admin_creates_a_target_with_its_checks_and_it_is_audited(admin):
     target = targets.target_create(
-        actor=admin, name="shop-staging", environment="staging", database_ref="env:SHOP_STAGING_URL",
+        actor=admin, name="shop-staging", environment="staging", database_ref="env:DRPANEL_SECRET_SHOP_STAGING_URL",
         config_dir="/srv/shop/config/", health_check_hosts=["127.0.0.1"],
         sanity_checks=[{"name": "users exist", "query": "SELECT count(*) FROM users", "expectation": ">=1"}],
         health_checks=[{"url": "http://127.0.0.1:8005/health", "expected_status": 200}],
@@ -40,7 +41,7 @@ def test_an_admin_creates_a_target_with_its_checks_and_it_is_audited(admin):
     assert [c.url for c in target.health_checks.all()] == ["http://127.0.0.1:8005/health"]
     [event] = events("target.created")
     assert event.actor_id == admin.pk and event.object_id == str(target.pk)
-    assert event.details["database_ref"] == "env:SHOP_STAGING_URL"
+    assert event.details["database_ref"] == "env:DRPANEL_SECRET_SHOP_STAGING_URL"
     assert event.details["sanity_checks"][0]["query"] == "SELECT count(*) FROM users"
 
 
@@ -56,7 +57,7 @@ def test_an_admin_creates_a_target_with_its_checks_and_it_is_audited(admin):
     ("health_check_hosts", ["not a host"], "allowlist entry"),
 ])
 def test_invalid_fields_are_refused_and_nothing_is_saved(admin, field, value, message):
-    fields = {"name": "shop", "environment": "staging", "database_ref": "env:SHOP_URL", field: value}
+    fields = {"name": "shop", "environment": "staging", "database_ref": "env:DRPANEL_SECRET_SHOP_URL", field: value}
     with pytest.raises(ValidationError) as refused:
         targets.target_create(actor=admin, **fields)
     assert field in refused.value.message_dict
@@ -73,7 +74,8 @@ def test_names_are_unique(admin):
 def test_health_check_urls_must_pass_the_allowlist_when_saved(admin, settings):
     settings.HEALTHCHECK_ALLOWED_HOSTS = ["status.example.com"]
     with pytest.raises(ValidationError) as refused:
-        targets.target_create(actor=admin, name="shop", environment="staging", database_ref="env:X", health_checks=[
+        targets.target_create(actor=admin, name="shop", environment="staging", database_ref="env:DRPANEL_SECRET_X",
+                               health_checks=[
             {"url": "http://169.254.169.254/latest/meta-data/", "expected_status": 200},
             {"url": "http://2130706433/", "expected_status": 200},
             {"url": "ftp://status.example.com/", "expected_status": 200},
@@ -81,14 +83,16 @@ def test_health_check_urls_must_pass_the_allowlist_when_saved(admin, settings):
         ])
     messages = refused.value.message_dict["health_checks"]
     assert len(messages) == 4
-    target = targets.target_create(actor=admin, name="shop", environment="staging", database_ref="env:X",
-                                   health_checks=[{"url": "https://status.example.com/health"}])
+    target = targets.target_create(actor=admin, name="shop", environment="staging",
+                                    database_ref="env:DRPANEL_SECRET_X",
+                                    health_checks=[{"url": "https://status.example.com/health"}])
     assert target.health_checks.get().expected_status == 200
 
 
 def test_bad_sanity_checks_are_refused(admin):
     with pytest.raises(ValidationError) as refused:
-        targets.target_create(actor=admin, name="shop", environment="staging", database_ref="env:X", sanity_checks=[
+        targets.target_create(actor=admin, name="shop", environment="staging", database_ref="env:DRPANEL_SECRET_X",
+                               sanity_checks=[
             {"name": "users", "query": "SELECT count(*) FROM users", "expectation": "lots"},
             {"name": "", "query": "SELECT 1", "expectation": "= 1"},
         ])
@@ -114,7 +118,7 @@ def test_an_update_records_what_changed(admin):
 def test_only_admins_manage_targets(operator, manager):
     for actor in (operator, manager):
         with pytest.raises(Denied):
-            targets.target_create(actor=actor, name="shop", environment="staging", database_ref="env:X")
+            targets.target_create(actor=actor, name="shop", environment="staging", database_ref="env:DRPANEL_SECRET_X")
     target = make_target("shop")
     with pytest.raises(Denied):
         targets.target_update(actor=manager, target=target, environment="production")
@@ -215,7 +219,8 @@ def test_an_operator_without_rights_is_told_how_to_get_them(clients):
     assert "You hold no right on any target" in page
 
 
-def test_the_admin_creates_a_target_through_the_page(clients):
+def test_the_admin_creates_a_target_through_the_page(clients, settings):
+    settings.SECRET_DIRS = ["/etc/drpanel"]
     response = clients["admin"].post(reverse("restores:target-create"), {
         "name": "shop-scratch", "environment": "scratch", "database_ref": "file:/etc/drpanel/scratch.url",
         "config_dir": "", "health_check_hosts": "127.0.0.1\n::1", "is_active": "on",
@@ -283,7 +288,7 @@ def test_the_api_lists_the_targets_the_caller_may_see(clients, admin, operator):
     body = clients["operator"].get(url).json()
     assert [t["name"] for t in body] == ["mine"]
     assert body[0]["your_rights"] == ["restore_to_target"]
-    assert body[0]["database"] == "env:MINE_DATABASE_URL"
+    assert body[0]["database"] == "env:DRPANEL_SECRET_MINE_DATABASE_URL"
     for who in ("auditor", "manager", "admin"):
         assert [t["name"] for t in clients[who].get(url).json()] == ["mine", "other"]
     assert clients["operator"].get(reverse("api:target-detail", args=[other.pk])).status_code == 404

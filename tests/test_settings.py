@@ -1,5 +1,6 @@
 """Settings are strict: a bad value stops start-up with one line; production passes check --deploy."""
 
+import base64
 import os
 import subprocess
 import sys
@@ -34,13 +35,14 @@ def test_an_invalid_value_stops_start_up_with_one_line(name, value, reason):
 
 
 def production_env(tmp_path) -> dict:
-    """The smallest valid production environment: a secret key, a host and an audit signing key."""
+    """The smallest valid production environment: a secret key, a host, an audit signing key and a master key."""
     key_file = tmp_path / "key"
     key_file.write_text("p" * 20 + "roduction-secret-key-for-the-deploy-check-0123456789")
     audit_key = tmp_path / "audit-signing-key.pem"
     subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(audit_key)], check=True)
     return {"DRPANEL_ENV": "production", "SECRET_KEY_FILE": str(key_file), "ALLOWED_HOSTS": "panel.example.com",
-            "DRPANEL_AUDIT_SIGNING_KEY_FILE": str(audit_key)}
+            "DRPANEL_AUDIT_SIGNING_KEY_FILE": str(audit_key),
+            "DRPANEL_KEYS": "k1:" + base64.b64encode(b"production-master-key-32-bytes!!").decode()}
 
 
 def test_production_requires_a_secret_key():

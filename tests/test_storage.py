@@ -111,16 +111,16 @@ def test_a_failed_s3_upload_is_aborted(s3_endpoint, bucket):
 
 
 def test_s3_credentials_come_from_secret_references(s3_endpoint, bucket, monkeypatch):
-    monkeypatch.setenv("DRPANEL_TEST_S3_KEY", "AKIDEXAMPLE")
-    monkeypatch.setenv("DRPANEL_TEST_S3_SECRET", "canary-s3-secret")
-    backend = s3(s3_endpoint, bucket, access_key_ref="env:DRPANEL_TEST_S3_KEY",
-                 secret_key_ref="env:DRPANEL_TEST_S3_SECRET")
+    monkeypatch.setenv("DRPANEL_SECRET_TEST_S3_KEY", "AKIDEXAMPLE")
+    monkeypatch.setenv("DRPANEL_SECRET_TEST_S3_SECRET", "canary-s3-secret")
+    backend = s3(s3_endpoint, bucket, access_key_ref="env:DRPANEL_SECRET_TEST_S3_KEY",
+                 secret_key_ref="env:DRPANEL_SECRET_TEST_S3_SECRET")
     backend.put_bytes("drpanel/a.drp", b"abc")
     assert backend.client._request_signer._credentials.access_key == "AKIDEXAMPLE"
-    monkeypatch.delenv("DRPANEL_TEST_S3_SECRET")
-    with pytest.raises(StorageError, match="env:DRPANEL_TEST_S3_SECRET") as caught:
-        s3(s3_endpoint, bucket, access_key_ref="env:DRPANEL_TEST_S3_KEY",
-           secret_key_ref="env:DRPANEL_TEST_S3_SECRET").check()
+    monkeypatch.delenv("DRPANEL_SECRET_TEST_S3_SECRET")
+    with pytest.raises(StorageError, match="env:DRPANEL_SECRET_TEST_S3_SECRET") as caught:
+        s3(s3_endpoint, bucket, access_key_ref="env:DRPANEL_SECRET_TEST_S3_KEY",
+           secret_key_ref="env:DRPANEL_SECRET_TEST_S3_SECRET").check()
     assert "canary" not in str(caught.value)
 
 

@@ -1,9 +1,11 @@
 """``manage.py demo``: seed (or refresh) the demo. Safe to run again.
 
 Each app adds its part as a ``seed(out)`` function listed in ``STEPS``, in dependency order.
+Refused in production.
 """
 
-from django.core.management.base import BaseCommand
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
 from django.utils.module_loading import import_string
 
 STEPS = [
@@ -20,6 +22,9 @@ class Command(BaseCommand):
     help = "Seed the demo: users per role, and each app's demo data."
 
     def handle(self, *args, **options):
+        if settings.PRODUCTION:
+            raise CommandError("the demo (users with printed passwords, demo data) is refused when "
+                               "DRPANEL_ENV=production")
         for step in STEPS:
             import_string(step)(self.stdout)
         self.stdout.write(self.style.SUCCESS("Demo ready."))
