@@ -45,6 +45,7 @@ from drpanel import runtime, secrets
 from drpanel.approvals import ApprovalError, approval_approve, approval_consume, approval_reject, approval_request
 from drpanel.approvals import binding_hash as approval_binding_hash
 from drpanel.models import Approval
+from drpanel.passwords import password_confirm
 from drpanel.permissions import Cap, Denied, has_object_right, require_cap, require_object_right
 from restores import configs, healthchecks, materialize, pgops, plainsql, sanity
 from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, RecoveryCheck, RestoreRun, Target
@@ -79,10 +80,6 @@ class RestoreError(Exception):
 
 class RestoreConflict(RestoreError):
     """The run (or its target) is not in a state that allows this (HTTP 409)."""
-
-
-class PasswordRefused(RestoreError):
-    """The re-entered password was wrong (HTTP 403; audited as such)."""
 
 
 class RunFailure(Exception):
@@ -244,7 +241,7 @@ def restore_approve(*, actor, run: RestoreRun, password: str, note: str = "", re
     """Approve a production restore: another person than the requester, holding ``approve_restore`` on
     the target, with their password re-entered, for exactly the artifact, target and mode asked for.
 
-    Raises ``Denied`` (self-approval, no right), ``PasswordRefused``, ``RestoreConflict``
+    Raises ``Denied`` (self-approval, no right), ``PasswordRefused`` or ``PasswordLocked``, ``RestoreConflict``
     (not awaiting approval, expired, or the request changed since it was made).
     """
     require_cap(actor, Cap.VIEW_PANEL, action="restore.approve", obj=run)
@@ -254,8 +251,6 @@ def restore_approve(*, actor, run: RestoreRun, password: str, note: str = "", re
         approval_approve(actor=actor, approval=run.approval, password=password, params=run_binding_params(run),
                          may_approve=may_approve(run.target), note=note, request=request)
     except ApprovalError as exc:
-        if str(exc).startswith("That password"):
-            raise PasswordRefused(str(exc)) from None
         run.approval.refresh_from_db()
         if run.approval.state == Approval.State.EXPIRED:
             _expire(run)
@@ -691,17 +686,14 @@ def rollback_blocker(run: RestoreRun, now=None) -> str | None:
 def restore_rollback(*, actor, run: RestoreRun, password: str, request=None) -> RestoreRun:
     """Swap the pre-restore state back (a manager holding ``approve_restore`` on the target, password re-entered).
 
-    Timed and audited. Raises ``Denied``, ``PasswordRefused`` or ``RestoreConflict``.
+    Timed and audited. Raises ``Denied``, ``PasswordRefused`` or ``PasswordLocked``, or ``RestoreConflict``.
     """
     require_cap(actor, Cap.VIEW_PANEL, action="restore.rollback", obj=run)
     if not has_object_right(actor, APPROVE_RESTORE, run.target):
         raise Denied("Rolling back needs approve_restore on this target.", need=APPROVE_RESTORE, obj=run,
                      action="restore.rollback")
-    if not password or not actor.check_password(password):
-        with transaction.atomic():
-            audit_record(actor=actor, action="restore.rollback_password_refused", obj=run, outcome="failure",
-                         request=request, details=_details(run))
-        raise PasswordRefused("That password is not correct.")
+    password_confirm(actor=actor, password=password, purpose="restore.rollback", obj=run, request=request,
+                     details=_details(run))
     started = time.perf_counter()
     done: dict = {}
     failure = None
