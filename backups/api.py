@@ -17,8 +17,9 @@ from backups import runs as backup_runs
 from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, System
 from backups.schedules import policy_status
 from backups.selectors import SORTS, artifact_json, artifact_page, decode_cursor, run_json
-from drpanel.api import StrictCharField, capability
+from drpanel.api import InputSerializer, PasswordField, StrictCharField, capability, password_refusal, validated_body
 from drpanel.approvals import ApprovalError, approval_reject, open_approvals
+from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap
 from drpanel.schema import error_response
 
@@ -84,7 +85,7 @@ class BackupRunSerializer(serializers.Serializer):
 BACKUP_KINDS = [(Artifact.Kind.FULL.value, "full"), (Artifact.Kind.CONFIG.value, "config")]
 
 
-class BackupRequestSerializer(serializers.Serializer):
+class BackupRequestSerializer(InputSerializer):
     kind = serializers.ChoiceField(BACKUP_KINDS)
 
 
@@ -181,11 +182,10 @@ class SystemBackupView(APIView):
                                                        "without config paths.")})
     def post(self, request, pk: int):
         system = get_object_or_404(System, pk=pk)
-        body = BackupRequestSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = validated_body(request, BackupRequestSerializer)
         try:
-            run = backup_runs.backup_request(actor=request.user, system=system, kind=body.validated_data["kind"],
-                                             trigger=BackupRun.Trigger.API, request=request)
+            run = backup_runs.backup_request(actor=request.user, system=system, kind=body["kind"],
+                                          trigger=BackupRun.Trigger.API, request=request)
         except errors.BackupError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         return Response(run_json(run), status=status.HTTP_202_ACCEPTED)
@@ -245,9 +245,21 @@ DELETION_CONFLICT = error_response(409, "Refused: the artifact is already delete
                                         "there is no open request, it expired, or a restore of its system runs.")
 
 
+class DeletionRequestSerializer(InputSerializer):
+    reason = StrictCharField(max_length=500, help_text="Why this artifact should be deleted.")
+
+
+class DeletionApproveSerializer(InputSerializer):
+    password = PasswordField()
+
+
+class DeletionRejectSerializer(InputSerializer):
+    note = StrictCharField(required=False, allow_blank=True, max_length=500)
+
+
 def _deletion_error(exc: Exception) -> Response:
-    if isinstance(exc, ApprovalError) and str(exc).startswith("That password"):
-        return Response({"detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
+    if isinstance(exc, PasswordError):
+        return password_refusal(exc)
     return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
 
 
@@ -269,16 +281,13 @@ class ArtifactDeletionView(APIView):
     def get(self, request, pk):
         return Response(deletion_json(get_object_or_404(Artifact, pk=pk)))
 
-    @extend_schema(operation_id="artifacts_deletion_request", request=inline_serializer(
-        "DeletionRequest", {"reason": StrictCharField(max_length=500)}),
-        responses={202: DeletionAnswer, 409: DELETION_CONFLICT})
+    @extend_schema(operation_id="artifacts_deletion_request", request=DeletionRequestSerializer,
+                   responses={202: DeletionAnswer, 409: DELETION_CONFLICT})
     def post(self, request, pk):
         artifact = get_object_or_404(Artifact, pk=pk)
-        reason = request.data.get("reason") if isinstance(request.data, dict) else None
-        if not isinstance(reason, str) or not reason.strip():
-            raise ValidationError({"reason": ["say why this artifact should be deleted"]})
+        body = validated_body(request, DeletionRequestSerializer)
         try:
-            deletion.artifact_delete_request(actor=request.user, artifact=artifact, reason=reason[:500],
+            deletion.artifact_delete_request(actor=request.user, artifact=artifact, reason=body["reason"],
                                              request=request)
         except (errors.BackupError, ApprovalError) as exc:
             return _deletion_error(exc)
@@ -290,19 +299,16 @@ class ArtifactDeletionApproveView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(operation_id="artifacts_deletion_approve", request=inline_serializer(
-        "DeletionApprove", {"password": StrictCharField()}),
-        responses={200: DeletionAnswer, 409: DELETION_CONFLICT})
+    @extend_schema(operation_id="artifacts_deletion_approve", request=DeletionApproveSerializer,
+                   responses={200: DeletionAnswer, 409: DELETION_CONFLICT})
     def post(self, request, pk):
         artifact = get_object_or_404(Artifact, pk=pk)
+        body = validated_body(request, DeletionApproveSerializer)
         approval = _open_request(artifact)
-        password = request.data.get("password") if isinstance(request.data, dict) else None
-        if not isinstance(password, str):
-            raise ValidationError({"password": ["your password, again"]})
         try:
-            deletion.artifact_delete_approve(actor=request.user, approval=approval, password=password,
+            deletion.artifact_delete_approve(actor=request.user, approval=approval, password=body["password"],
                                              request=request)
-        except (errors.BackupError, ApprovalError) as exc:
+        except (errors.BackupError, ApprovalError, PasswordError) as exc:
             return _deletion_error(exc)
         artifact.refresh_from_db()
         return Response(deletion_json(artifact))
@@ -313,18 +319,15 @@ class ArtifactDeletionRejectView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(operation_id="artifacts_deletion_reject", request=inline_serializer(
-        "DeletionReject", {"note": StrictCharField(required=False, allow_blank=True, max_length=500)}),
-        responses={200: DeletionAnswer, 409: DELETION_CONFLICT})
+    @extend_schema(operation_id="artifacts_deletion_reject", request=DeletionRejectSerializer,
+                   responses={200: DeletionAnswer, 409: DELETION_CONFLICT})
     def post(self, request, pk):
         artifact = get_object_or_404(Artifact, pk=pk)
+        body = validated_body(request, DeletionRejectSerializer)
         approval = _open_request(artifact)
-        note = request.data.get("note", "") if isinstance(request.data, dict) else ""
-        if not isinstance(note, str):
-            raise ValidationError({"note": ["text"]})
         try:
             approval_reject(actor=request.user, approval=approval, may_approve=deletion.may_approve_deletion,
-                            note=note[:500], request=request)
+                            note=body.get("note", ""), request=request)
         except ApprovalError as exc:
             return _deletion_error(exc)
         return Response(deletion_json(artifact))

@@ -20,9 +20,10 @@ from backups.selectors import artifact_page, filtered_artifacts
 from compliance.audit.models import AuditEvent
 from drpanel.approvals import ApprovalError, approval_reject, open_approvals
 from drpanel.models import Approval
+from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, capability_required, has_cap
 
-BACKUP_ERRORS = (errors.BackupError, ApprovalError)
+BACKUP_ERRORS = (errors.BackupError, ApprovalError, PasswordError)
 
 
 def access_artifact(user, pk) -> Artifact:

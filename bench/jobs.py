@@ -255,7 +255,7 @@ def main() -> None:
         "schedule_enabled": False})
     user, _ = get_user_model().objects.get_or_create(username="bench-operator")
     user.groups.add(Group.objects.get(name="Operator"))
-    _, token = api_token_create(actor=user, user=user, name="bench")
+    _, token = api_token_create(actor=None, user=user, name="bench")
     import django_rq
 
     django_rq.get_connection("backup").delete("rq:queue:backup")

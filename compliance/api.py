@@ -31,7 +31,7 @@ from compliance.certifications import (
     certification_sign,
     current_certification,
 )
-from drpanel.api import capability
+from drpanel.api import InputSerializer, PasswordField, StrictCharField, capability, validated_body
 from drpanel.permissions import Cap
 from drpanel.schema import ErrorSerializer, error_response
 
@@ -227,8 +227,12 @@ def _month(period: str) -> tuple[int, int]:
     return year, month
 
 
-def _body(request) -> dict:
-    return request.data if isinstance(request.data, dict) else {}
+class CertificationSignRequestSerializer(InputSerializer):
+    password = PasswordField(required=False, help_text="Your password, again (else the session must have "
+                                                       "re-authenticated in the last minutes).")
+    attestation = StrictCharField(max_length=4000, help_text="What you checked and what you certify.")
+    reason = StrictCharField(required=False, allow_blank=True, default="",
+                             help_text="Why a month already signed is signed again.")
 
 
 class CertificationListView(APIView):
@@ -270,20 +274,17 @@ class CertificationSignView(APIView):
     permission_classes = [capability(Cap.SIGN_CERTIFICATION)]
 
     @extend_schema(operation_id="certifications_sign", parameters=[PERIOD_PARAMETER],
-                   request=inline_serializer("CertificationSign", {
-                       "password": serializers.CharField(), "attestation": serializers.CharField(),
-                       "reason": serializers.CharField(required=False)}),
+                   request=CertificationSignRequestSerializer,
                    responses={201: inline_serializer("CertificationSignAnswer",
                                                        {"data": CertificationSignatureSerializer()}),
                               409: error_response(409)})
     def post(self, request, id):
         year, month = _month(id)
-        body = _body(request)
+        body = validated_body(request, CertificationSignRequestSerializer)
         try:
             cert = certification_sign(actor=request.user, year=year, month=month, request=request,
-                                      password=str(body.get("password") or ""),
-                                      attestation=str(body.get("attestation") or ""),
-                                      reason=str(body.get("reason") or ""))
+                                      password=body.get("password", ""), attestation=body["attestation"],
+                                      reason=body["reason"])
         except CertificationConflict as exc:
             return Response({"detail": str(exc)}, status=409)
         except CertificationError as exc:

@@ -39,7 +39,14 @@ from compliance.health import health_evaluate
 from compliance.measurements import rpo_for
 from compliance.models import Alert, ChecklistItem, Contact
 from drpanel import clock
-from drpanel.api import StrictBooleanField, StrictCharField, StrictIntegerField, capability
+from drpanel.api import (
+    InputSerializer,
+    StrictBooleanField,
+    StrictCharField,
+    StrictIntegerField,
+    capability,
+    validated_body,
+)
 from drpanel.permissions import Cap
 from drpanel.schema import error_response
 
@@ -157,7 +164,7 @@ def _refused_fields(exc: DjangoValidationError) -> ValidationError:
 
 # --- contacts --------------------------------------------------------------------------------
 
-class ContactWriteSerializer(serializers.Serializer):
+class ContactWriteSerializer(InputSerializer):
     """A contact's editable fields (``compliance.contacts.EDITABLE_FIELDS``); the model validates the rest."""
 
     level = serializers.ChoiceField(Contact.Level.choices)
@@ -191,10 +198,9 @@ class ContactListView(APIView):
 
     @extend_schema(operation_id="contacts_create", request=ContactWriteSerializer, responses={201: ContactAnswer})
     def post(self, request):
-        body = ContactWriteSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = validated_body(request, ContactWriteSerializer)
         try:
-            contact = contact_create(actor=request.user, **body.validated_data)
+            contact = contact_create(actor=request.user, **body)
         except DjangoValidationError as exc:
             raise _refused_fields(exc) from None
         return Response({"data": contact_as_dict(contact, clock.today())}, status=status.HTTP_201_CREATED)
@@ -214,10 +220,9 @@ class ContactDetailView(APIView):
                    responses=ContactAnswer)
     def patch(self, request, pk: int):
         contact = get_object_or_404(Contact, pk=pk)
-        body = ContactWriteSerializer(data=request.data, partial=True)
-        body.is_valid(raise_exception=True)
+        body = validated_body(request, ContactWriteSerializer, partial=True)
         try:
-            contact = contact_update(actor=request.user, contact=contact, **body.validated_data)
+            contact = contact_update(actor=request.user, contact=contact, **body)
         except DjangoValidationError as exc:
             raise _refused_fields(exc) from None
         return Response({"data": contact_as_dict(contact, clock.today())})
@@ -230,13 +235,15 @@ class ContactVerifyView(APIView):
 
     @extend_schema(operation_id="contacts_verify", request=None, responses=ContactAnswer)
     def post(self, request, pk: int):
-        contact = contact_verify(actor=request.user, contact=get_object_or_404(Contact, pk=pk))
+        contact = get_object_or_404(Contact, pk=pk)
+        validated_body(request)
+        contact = contact_verify(actor=request.user, contact=contact)
         return Response({"data": contact_as_dict(contact, clock.today())})
 
 
 # --- checklist items -------------------------------------------------------------------------
 
-class TickSerializer(serializers.Serializer):
+class TickSerializer(InputSerializer):
     note = StrictCharField(max_length=2000, help_text="What was checked.")
     evidence_url = StrictCharField(max_length=500, required=False, allow_blank=True,
                                          help_text="A panel path (/…) or an http(s) address.")
@@ -264,10 +271,9 @@ class ChecklistItemTickView(APIView):
                    responses={200: ChecklistItemAnswer, 409: CHECKLIST_CONFLICT})
     def post(self, request, pk: int):
         item = get_object_or_404(ChecklistItem.objects.select_related("period"), pk=pk)
-        body = TickSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = validated_body(request, TickSerializer)
         try:
-            item = checklist_item_tick(actor=request.user, item=item, **body.validated_data)
+            item = checklist_item_tick(actor=request.user, item=item, **body)
         except ChecklistError as exc:
             return _conflict(exc)
         return Response({"data": _item_json(item)})
@@ -282,6 +288,7 @@ class ChecklistItemUntickView(APIView):
                    responses={200: ChecklistItemAnswer, 409: CHECKLIST_CONFLICT})
     def post(self, request, pk: int):
         item = get_object_or_404(ChecklistItem.objects.select_related("period"), pk=pk)
+        validated_body(request)
         try:
             item = checklist_item_untick(actor=request.user, item=item)
         except ChecklistError as exc:
@@ -298,6 +305,7 @@ class ChecklistEvaluateView(APIView):
                    responses={200: inline_serializer("ChecklistEvaluated", {"data": ChecklistPeriodSerializer()}),
                               409: CHECKLIST_CONFLICT})
     def post(self, request):
+        validated_body(request)
         try:
             period = checklist_evaluate(actor=request.user)
         except ChecklistError as exc:
@@ -319,6 +327,7 @@ class AuditVerifyView(APIView):
         "reason": serializers.CharField(allow_blank=True), "detail": serializers.CharField(allow_blank=True),
         "seconds": serializers.FloatField()}))
     def post(self, request):
+        validated_body(request)
         result = audit_verify(actor=request.user, request=request, via="api")
         return Response({"ok": result.ok, "count": result.count, "head_seq": result.head_seq,
                          "head_hash": result.head_hash, "checkpoints": result.checkpoints,
@@ -351,6 +360,7 @@ class AlertAcknowledgeView(APIView):
                    responses={200: AlertAnswer, 409: error_response(409, "Refused: the alert is not open.")})
     def post(self, request, pk: int):
         alert = get_object_or_404(Alert, pk=pk)
+        validated_body(request)
         try:
             alert = alert_acknowledge(actor=request.user, alert=alert)
         except AlertStateError as exc:

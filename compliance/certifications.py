@@ -34,6 +34,7 @@ from compliance.checklists import checklist_period_open
 from compliance.measurements import drill_filter
 from compliance.models import Cadence, Certification, ChecklistItem, ItemKind
 from drpanel import clock
+from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, Denied, has_cap, recently_reauthenticated, require_cap
 from drpanel.services import reauthenticate
 from restores.models import RestoreRun
@@ -142,18 +143,24 @@ def certification_sign(*, actor, year: int, month: int, attestation: str, reques
                        reason: str = "") -> Certification:
     """Sign the month: a manager, re-authenticated in the last minutes, not the month's drill operator.
 
-    ``password`` (optional) re-authenticates here (``drpanel.services.reauthenticate``); without
-    it the session must have re-authenticated within ``DRPANEL_REAUTH_MINUTES``. A month that
-    is already signed is signed again only with a ``reason``: the new record supersedes the
-    old one. Raises ``Denied`` (403, audited), ``CertificationError`` (400) or
-    ``CertificationConflict`` (409).
+    ``password`` (optional) re-authenticates here (``drpanel.services.reauthenticate``, which
+    counts a wrong one toward the lockout); without it the session must have re-authenticated
+    within ``DRPANEL_REAUTH_MINUTES``. A month that is already signed is signed again only with
+    a ``reason``: the new record supersedes the old one. Raises ``Denied`` (403, audited),
+    ``CertificationError`` (400) or ``CertificationConflict`` (409).
     """
     label = period_label(year, month)
     require_cap(actor, Cap.SIGN_CERTIFICATION, action="certification.sign")
     check_period(year, month)
-    if password and (request is None or not reauthenticate(request=request, password=password)):
-        raise Denied("That password is not correct (or too many were wrong): the certification is not signed.",
+    if password and request is None:
+        raise Denied("A password is only re-entered from a signed-in session: the certification is not signed.",
                      need="re-authentication", action=f"certification.sign {label}")
+    if password:
+        try:
+            reauthenticate(request=request, password=password, purpose="certification.sign")
+        except PasswordError as exc:
+            raise Denied(f"{exc} The certification is not signed.", need="re-authentication",
+                         action=f"certification.sign {label}") from None
     if request is None or not recently_reauthenticated(request):
         raise Denied(f"Re-enter your password: signing needs a re-authentication within the last "
                      f"{settings.REAUTH_VALID_MINUTES} minutes.", need="re-authentication",

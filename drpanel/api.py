@@ -1,4 +1,7 @@
-"""The API's shared parts: capability permissions, the audited exception handler, ``/me``."""
+"""The API's shared parts: capability permissions, the audited exception handler, strict input (serializers
+that refuse wrong types and unknown fields, ``validated_body``), ``/me`` and the caller's tokens."""
+
+from collections.abc import Mapping
 
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404
@@ -10,6 +13,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from drpanel.models import ApiToken
+from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, Denied, has_cap, record_denial, roles_of
 from drpanel.services import api_token_create, api_token_revoke
 
@@ -94,6 +98,52 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+class StrictUUIDField(serializers.UUIDField):
+    """A UUID written as text: DRF's field would also read an integer (or a boolean) as one."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid", value=data)
+        return super().to_internal_value(data)
+
+
+class InputSerializer(serializers.Serializer):
+    """A request body: a JSON object holding only the declared fields. An undeclared field is refused
+    by name (a misspelt ``"drill"`` must not be silently ignored), so is any other JSON value."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):
+            unknown = sorted(str(name) for name in data if name not in self.fields)
+            if unknown:
+                raise exceptions.ValidationError({name: ["not a field of this request"] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class NoBody(InputSerializer):
+    """The body of an action that takes no input: nothing, or an empty object."""
+
+
+def validated_body(request, serializer: type[serializers.Serializer] = NoBody, **kwargs) -> dict:
+    """The request's body checked by ``serializer``: its validated data, or a 400 naming each refused field."""
+    body = serializer(data=request.data, **kwargs)
+    body.is_valid(raise_exception=True)
+    return body.validated_data
+
+
+class PasswordField(StrictCharField):
+    """The password re-entered: text, taken as typed (no trimming); ``password_confirm`` decides if it is right."""
+
+    def __init__(self, **kwargs):
+        kwargs = {"trim_whitespace": False, "allow_blank": True, "max_length": 4096,
+                  "style": {"input_type": "password"}, "help_text": "Your password, again.", **kwargs}
+        super().__init__(**kwargs)
+
+
+def password_refusal(exc: PasswordError) -> Response:
+    """A wrong or locked-out password as the API answers it: 403 with the reason (the event is audited)."""
+    return Response({"detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
+
+
 class MeView(APIView):
     """Who the token (or session) belongs to, and their roles."""
 
@@ -119,8 +169,9 @@ class TokenSerializer(serializers.Serializer):
     active = serializers.BooleanField()
 
 
-class TokenRequestSerializer(serializers.Serializer):
+class TokenRequestSerializer(InputSerializer):
     name = StrictCharField(max_length=100, required=False, allow_blank=True)
+    password = PasswordField()
 
 
 def token_json(token) -> dict:
@@ -131,8 +182,8 @@ def token_json(token) -> dict:
 
 
 class TokenListView(APIView):
-    """``GET``: the caller's own tokens (never their values). ``POST`` ``{"name"}``: a new token for the caller;
-    201 with its value, shown this once (only its hash is stored)."""
+    """``GET``: the caller's own tokens (never their values). ``POST`` ``{"name", "password"}``: a new token for
+    the caller, their password re-entered; 201 with its value, shown this once (only its hash is stored)."""
 
     permission_classes = [IsAuthenticated]
 
@@ -147,9 +198,12 @@ class TokenListView(APIView):
                        "token": serializers.CharField(help_text="The token itself; it is not shown again."),
                        "data": TokenSerializer()})})
     def post(self, request):
-        body = TokenRequestSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        token, raw = api_token_create(actor=request.user, user=request.user, name=body.validated_data.get("name", ""))
+        body = validated_body(request, TokenRequestSerializer)
+        try:
+            token, raw = api_token_create(actor=request.user, user=request.user, name=body.get("name", ""),
+                                          password=body["password"], request=request)
+        except PasswordError as exc:
+            return password_refusal(exc)
         return Response({"token": raw, "data": token_json(token)}, status=status.HTTP_201_CREATED)
 
 
@@ -161,5 +215,6 @@ class TokenRevokeView(APIView):
     @extend_schema(operation_id="tokens_revoke", request=None, responses=inline_serializer(
         "TokenAnswer", {"data": TokenSerializer()}))
     def post(self, request, pk: int):
+        validated_body(request)
         token = api_token_revoke(actor=request.user, token=get_object_or_404(ApiToken, pk=pk, user=request.user))
         return Response({"data": token_json(token)})

@@ -6,7 +6,8 @@ Reusable by any action: artifact deletion (``artifact.delete``) now, production 
 1. ``approval_request(actor=, kind=, subject=, params=)`` records what is asked for, with
    ``binding_hash`` = SHA-256 of the canonical JSON of ``{"kind", "subject", "params"}``.
 2. ``approval_approve(actor=, approval=, password=, params=, may_approve=)`` — someone other than
-   the requester, allowed by the caller's ``may_approve(actor)`` rule, re-enters their password;
+   the requester, allowed by the caller's ``may_approve(actor)`` rule, re-enters their password
+   (``drpanel.passwords.password_confirm``: counted toward the lockout, typed errors);
    the parameters they saw must hash to the same binding, and the approval must not have expired.
    ``approval_reject`` is final.
 3. The action calls ``approval_consume(approval=, params=)`` just before it runs: approved,
@@ -29,8 +30,8 @@ from django.utils import timezone
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from drpanel.models import Approval
+from drpanel.passwords import password_confirm
 from drpanel.permissions import Denied
-from drpanel.services import password_attempts_exhausted
 
 
 class ApprovalError(Exception):
@@ -79,7 +80,9 @@ def _lock_open(approval: Approval, expected: str) -> Approval:
 
 def approval_approve(*, actor, approval: Approval, password: str, params: dict, may_approve, note: str = "",
                      request=None) -> Approval:
-    """Approve: not the requester, allowed by ``may_approve(actor)``, password re-entered, same parameters."""
+    """Approve: not the requester, allowed by ``may_approve(actor)``, password re-entered, same parameters.
+
+    Raises ``Denied``, ``PasswordRefused`` / ``PasswordLocked`` (``drpanel.passwords``) or ``ApprovalError``."""
     subject = approval.subject
     if actor.pk == approval.requested_by_id:
         raise Denied("You cannot approve your own request: another person must.", obj=subject,
@@ -87,13 +90,8 @@ def approval_approve(*, actor, approval: Approval, password: str, params: dict, 
     if not may_approve(actor):
         raise Denied("You may not approve this request.", obj=subject, action=f"approve {approval.kind}",
                      need=f"approver of {approval.kind}")
-    if password_attempts_exhausted(actor):
-        raise ApprovalError("Too many wrong passwords: approvals by you are refused for a while.")
-    if not password or not actor.check_password(password):
-        with transaction.atomic():
-            audit_record(actor=actor, action=AuditAction.APPROVAL_PASSWORD_REFUSED, obj=subject, outcome="failure",
-                         request=request, details=_details(approval, approver=actor.get_username()))
-        raise ApprovalError("That password is not correct.")
+    password_confirm(actor=actor, password=password, purpose="approval.approve", obj=subject, request=request,
+                     details=_details(approval, approver=actor.get_username()))
     expected = binding_hash(kind=approval.kind, content_type=approval.content_type, object_id=approval.object_id,
                             params=params)
     with transaction.atomic():

@@ -1,29 +1,32 @@
 """Services of the project package: API tokens and re-authentication (each one audited)."""
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
-from compliance.audit.models import AuditEvent
 from drpanel.models import ApiToken, hash_token
+from drpanel.passwords import password_confirm
 from drpanel.permissions import Denied, mark_reauthenticated
 
 
-def api_token_create(*, actor, user, name: str) -> tuple[ApiToken, str]:
+def api_token_create(*, actor, user, name: str, password: str | None = None, request=None) -> tuple[ApiToken, str]:
     """Create a token for ``user`` and return it with its only plaintext copy.
 
-    Users create their own tokens; the ``api_token`` management command (run by whoever
-    operates the server) creates them for anyone, with ``actor=None`` ("system").
+    Users create their own tokens, with their password re-entered (``password_confirm``: a
+    stolen session or token cannot mint more); the ``api_token`` management command (run by
+    whoever operates the server) creates them for anyone, with ``actor=None`` ("system").
+    Raises ``Denied``, ``PasswordRefused`` or ``PasswordLocked``.
     """
-    if actor is not None and actor.pk != user.pk:
-        raise Denied("You can only create tokens for yourself.", action="api_token.create")
+    if actor is not None:
+        if actor.pk != user.pk:
+            raise Denied("You can only create tokens for yourself.", action="api_token.create")
+        password_confirm(actor=actor, password=password, purpose="api_token.create", request=request)
     name = (name or "").strip()[:100] or "API token"
     raw = ApiToken.generate()
     with transaction.atomic():
         token = ApiToken.objects.create(user=user, name=name, prefix=raw[:10], token_hash=hash_token(raw))
-        audit_record(actor=actor, action=AuditAction.API_TOKEN_CREATED, obj=token,
+        audit_record(actor=actor, action=AuditAction.API_TOKEN_CREATED, obj=token, request=request,
                      details={"owner": user.get_username(), "name": name, "prefix": token.prefix})
     return token, raw
 
@@ -42,37 +45,15 @@ def api_token_revoke(*, actor, token: ApiToken) -> ApiToken:
     return token
 
 
-# Wrong passwords re-entered by a signed-in user (re-authentication, approvals). Sign-in itself is
-# limited by django-axes; these checks happen inside a session, so a stolen session must not be
-# a way to guess the password without limit either.
-PASSWORD_FAILURES = (AuditAction.AUTH_REAUTHENTICATED, AuditAction.APPROVAL_PASSWORD_REFUSED)
+def reauthenticate(*, request, password: str, purpose: str = "auth.reauthenticate") -> None:
+    """Check the signed-in user's password again (``password_confirm``); on success approvals and
+    sign-offs are open for a few minutes (``DRPANEL_REAUTH_MINUTES``).
 
-
-def password_attempts_exhausted(user) -> bool:
-    """True when ``user`` re-entered a wrong password ``AXES_FAILURE_LIMIT`` times within the cool-off.
-
-    The audit log is the counter: every wrong password is already an event there, in every
-    process and on every host.
-    """
-    since = timezone.now() - settings.AXES_COOLOFF_TIME
-    failures = AuditEvent.objects.filter(actor=user, action__in=PASSWORD_FAILURES, outcome="failure",
-                                         occurred_at__gte=since).count()
-    return failures >= settings.AXES_FAILURE_LIMIT
-
-
-def reauthenticate(*, request, password: str) -> bool:
-    """Check the signed-in user's password again; on success approvals are open for a few minutes.
-
-    After too many wrong passwords the password is not even checked (``password_attempts_exhausted``)."""
+    Raises ``PasswordRefused`` or ``PasswordLocked`` (after too many wrong passwords the password
+    is not even checked)."""
     user = request.user
-    if password_attempts_exhausted(user):
-        with transaction.atomic():
-            audit_record(actor=user, action=AuditAction.AUTH_REAUTH_LOCKED, obj=user, outcome="denied", request=request)
-        return False
-    ok = bool(password) and user.check_password(password)
+    password_confirm(actor=user, password=password, purpose=purpose, request=request)
     with transaction.atomic():
-        audit_record(actor=user, action=AuditAction.AUTH_REAUTHENTICATED, obj=user,
-                     outcome="success" if ok else "failure", request=request)
-    if ok:
-        mark_reauthenticated(request)
-    return ok
+        audit_record(actor=user, action=AuditAction.AUTH_REAUTHENTICATED, obj=user, request=request,
+                     details={"purpose": purpose})
+    mark_reauthenticated(request)

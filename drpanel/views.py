@@ -18,8 +18,9 @@ from rq.worker import Worker
 
 from drpanel.dashboard import dashboard_context, running_jobs
 from drpanel.models import ApiToken
+from drpanel.passwords import PasswordError, PasswordLocked, password_attempts_exhausted
 from drpanel.permissions import Cap, capability_required, record_denial
-from drpanel.services import api_token_create, api_token_revoke, password_attempts_exhausted, reauthenticate
+from drpanel.services import api_token_create, api_token_revoke, reauthenticate
 
 
 class LoginView(auth_views.LoginView):
@@ -47,13 +48,15 @@ def reauth(request):
         next_url = reverse("drpanel:dashboard")
     error = None
     if request.method == "POST":
-        if reauthenticate(request=request, password=request.POST.get("password", "")):
+        try:
+            reauthenticate(request=request, password=request.POST.get("password", ""))
             return redirect(next_url)
-        if password_attempts_exhausted(request.user):
-            # Too many wrong passwords inside one session: end the session, as a lockout would.
-            auth_logout(request)
-            return lockout(request)
-        error = "That password is not correct."
+        except PasswordError as exc:
+            if isinstance(exc, PasswordLocked) or password_attempts_exhausted(request.user):
+                # Too many wrong passwords inside one session: end the session, as a lockout would.
+                auth_logout(request)
+                return lockout(request)
+            error = str(exc)
     return render(request, "drpanel/reauth.html", {"next": next_url, "error": error},
                   status=400 if error else 200)
 
@@ -68,8 +71,13 @@ def token_list(request):
 @login_required
 @require_POST
 def token_create(request):
-    token, raw = api_token_create(actor=request.user, user=request.user, name=request.POST.get("name", ""))
+    """Create a token for the signed-in user, with their password re-entered; shown once."""
     tokens = ApiToken.objects.filter(user=request.user)
+    try:
+        token, raw = api_token_create(actor=request.user, user=request.user, name=request.POST.get("name", ""),
+                                      password=request.POST.get("password", ""), request=request)
+    except PasswordError as exc:
+        return render(request, "drpanel/token_list.html", {"tokens": tokens, "error": str(exc)}, status=403)
     # The plaintext is rendered once, into this response only; it is never stored or logged.
     return render(request, "drpanel/token_list.html", {"tokens": tokens, "new_token": raw, "new": token})
 

@@ -5,13 +5,11 @@ Same services, permissions and audit events as the pages. Refusals answer with a
 in a state that allows it), 400 (bad input), 404 (missing, or a target you may not see).
 """
 
-import uuid
-
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from django.urls import path
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.generics import ListAPIView, RetrieveAPIView
@@ -19,11 +17,31 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from backups.models import Artifact
-from drpanel.api import StrictCharField, capability
+from drpanel.api import (
+    InputSerializer,
+    NoBody,
+    PasswordField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictUUIDField,
+    capability,
+    password_refusal,
+    validated_body,
+)
+from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, require_cap
 from drpanel.schema import error_response
 from restores import recovery_checks, requests, rollback, runstate, targets, verifications
-from restores.models import TARGET_RIGHTS, HealthCheck, RecoveryCheck, RestoreRun, SanityCheck, Target, VerificationRun
+from restores.models import (
+    LEVELS,
+    TARGET_RIGHTS,
+    HealthCheck,
+    RecoveryCheck,
+    RestoreRun,
+    SanityCheck,
+    Target,
+    VerificationRun,
+)
 from restores.selectors import access_run, access_target, access_verification, rights_of, visible_runs, visible_targets
 
 
@@ -99,11 +117,6 @@ def verification_json(run: VerificationRun) -> dict:
     }
 
 
-def _body(request) -> dict:
-    """The JSON body as an object; any other JSON value (null, a list, a number) counts as empty."""
-    return request.data if isinstance(request.data, dict) else {}
-
-
 def _iso(value):
     return value.isoformat() if value else None
 
@@ -127,6 +140,11 @@ RestoreSchema = inline_serializer("Restore", {
     "checklist": _json_list(), "error": serializers.CharField(allow_null=True)})
 
 
+class VerificationRequestSerializer(InputSerializer):
+    level = serializers.ChoiceField(LEVELS, error_messages={
+        "invalid_choice": f"unknown level {{input}}; the levels are {', '.join(LEVELS)}"})
+
+
 class ArtifactVerificationView(APIView):
     """``GET``: the artifact's verification runs, newest first (at most 100).
 
@@ -143,17 +161,15 @@ class ArtifactVerificationView(APIView):
                 .order_by("-created_at")[:100])
         return Response({"results": [verification_json(run) for run in rows]})
 
-    @extend_schema(operation_id="artifacts_verifications_create",
-                   request=inline_serializer("VerificationRequest", {"level": serializers.ChoiceField(
-                       ["checksum", "decrypt", "structure", "restore-test"])}),
+    @extend_schema(operation_id="artifacts_verifications_create", request=VerificationRequestSerializer,
                    responses={202: VerificationSchema})
     def post(self, request, pk):
         artifact = Artifact.objects.select_related("system").filter(pk=pk).first()
         if artifact is None:
             return Response({"detail": "No such artifact."}, status=status.HTTP_404_NOT_FOUND)
+        body = validated_body(request, VerificationRequestSerializer)
         try:
-            run = verifications.verification_request(actor=request.user, artifact=artifact,
-                                                     level=str(_body(request).get("level", "")),
+            run = verifications.verification_request(actor=request.user, artifact=artifact, level=body["level"],
                                                      trigger=VerificationRun.Trigger.API, request=request)
         except verifications.VerificationError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
@@ -203,12 +219,9 @@ def restore_json(run: RestoreRun) -> dict:
 
 
 def _error(exc: Exception) -> Response:
-    if isinstance(exc, runstate.PasswordRefused):
-        code = status.HTTP_403_FORBIDDEN
-    elif isinstance(exc, runstate.RestoreConflict):
-        code = status.HTTP_409_CONFLICT
-    else:
-        code = status.HTTP_400_BAD_REQUEST
+    if isinstance(exc, PasswordError):
+        return password_refusal(exc)
+    code = status.HTTP_409_CONFLICT if isinstance(exc, runstate.RestoreConflict) else status.HTTP_400_BAD_REQUEST
     return Response({"detail": str(exc)}, status=code)
 
 
@@ -216,6 +229,44 @@ def _state(run: RestoreRun, code=status.HTTP_200_OK) -> Response:
     run.refresh_from_db()
     return Response({"id": str(run.pk), "state": run.state, **({"rollback_seconds": run.rollback_seconds}
                                                                  if run.rolled_back_at else {})}, status=code)
+
+
+@extend_schema_field({"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]})
+class TargetNameOrIdField(serializers.Field):
+    """A target by its name (text) or its id (a JSON integer, or digits as text); nothing else."""
+
+    default_error_messages = {"invalid": "a target's name or id"}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, str | int) or data == "":
+            self.fail("invalid")
+        return str(data)
+
+
+class RestoreRequestSerializer(InputSerializer):
+    artifact = StrictUUIDField(error_messages={"invalid": "No such artifact: {value} is not an artifact id."})
+    target = TargetNameOrIdField(help_text="name or id")
+    mode = serializers.ChoiceField(RestoreRun.Mode.values)
+    confirm = StrictCharField(allow_blank=True, trim_whitespace=False, help_text="the target's name, typed")
+    drill = StrictBooleanField(required=False, default=False, help_text="true or false (a JSON boolean)")
+    reason = StrictCharField(required=False, allow_blank=True, default="")
+
+
+class ApproveSerializer(InputSerializer):
+    password = PasswordField()
+    note = StrictCharField(required=False, allow_blank=True, default="")
+
+
+class RejectSerializer(InputSerializer):
+    note = StrictCharField(required=False, allow_blank=True, default="")
+
+
+class RollbackSerializer(InputSerializer):
+    password = PasswordField()
+
+
+class RecoveryCheckTickSerializer(InputSerializer):
+    note = StrictCharField(help_text="What was checked.")
 
 
 class RestoreListView(APIView):
@@ -237,29 +288,23 @@ class RestoreListView(APIView):
         rows = rows.prefetch_related("recovery_checks__ticked_by")[:100]
         return Response({"results": [restore_json(r) for r in rows]})
 
-    @extend_schema(operation_id="restores_create", request=inline_serializer("RestoreRequest", {
-        "artifact": serializers.UUIDField(), "target": serializers.CharField(help_text="name or id"),
-        "mode": serializers.ChoiceField(RestoreRun.Mode.values), "confirm": serializers.CharField(),
-        "drill": serializers.BooleanField(required=False), "reason": serializers.CharField(required=False)}),
-        responses={201: RestoreStateSchema, 409: error_response(409)})
+    @extend_schema(operation_id="restores_create", request=RestoreRequestSerializer,
+                   responses={201: RestoreStateSchema, 409: error_response(409)})
     def post(self, request):
         require_cap(request.user, Cap.START_JOBS, action="restore.request")
-        data = _body(request)
-        try:
-            artifact = Artifact.objects.select_related("system").get(pk=uuid.UUID(str(data.get("artifact"))))
-        except (ValueError, Artifact.DoesNotExist):
-            return Response({"detail": "No such artifact."}, status=status.HTTP_400_BAD_REQUEST)
-        wanted = str(data.get("target", ""))
+        data = validated_body(request, RestoreRequestSerializer)
+        artifact = Artifact.objects.select_related("system").filter(pk=data["artifact"]).first()
+        if artifact is None:
+            raise ValidationError({"artifact": ["No such artifact."]})
+        wanted = data["target"]
         target = visible_targets(request.user).filter(name=wanted).first() or (
             visible_targets(request.user).filter(pk=int(wanted)).first() if wanted.isdigit() else None)
         if target is None:
-            return Response({"detail": "No such target (among those you may see)."},
-                            status=status.HTTP_400_BAD_REQUEST)
+            raise ValidationError({"target": ["No such target (among those you may see)."]})
         try:
-            run = requests.restore_request(actor=request.user, artifact=artifact, target=target,
-                                           mode=str(data.get("mode", "")), confirm=str(data.get("confirm", "")),
-                                           is_drill=bool(data.get("drill", False)), reason=str(data.get("reason", "")),
-                                           trigger=RestoreRun.Trigger.API, request=request)
+            run = requests.restore_request(actor=request.user, artifact=artifact, target=target, mode=data["mode"],
+                                       confirm=data["confirm"], is_drill=data["drill"], reason=data["reason"],
+                                       trigger=RestoreRun.Trigger.API, request=request)
         except runstate.RestoreError as exc:
             return _error(exc)
         return _state(run, status.HTTP_201_CREATED)
@@ -280,15 +325,15 @@ class RestoreApproveView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(operation_id="restores_approve", request=inline_serializer("RestoreApprove", {
-        "password": serializers.CharField(), "note": serializers.CharField(required=False)}),
-        responses={200: RestoreStateSchema, 409: error_response(409)})
+    @extend_schema(operation_id="restores_approve", request=ApproveSerializer,
+                   responses={200: RestoreStateSchema, 409: error_response(409)})
     def post(self, request, pk):
         run = access_run(request.user, pk)
+        body = validated_body(request, ApproveSerializer)
         try:
-            requests.restore_approve(actor=request.user, run=run, password=str(_body(request).get("password", "")),
-                                     note=str(_body(request).get("note", "")), request=request)
-        except runstate.RestoreError as exc:
+            requests.restore_approve(actor=request.user, run=run, password=body["password"], note=body["note"],
+                                 request=request)
+        except (runstate.RestoreError, PasswordError) as exc:
             return _error(exc)
         return _state(run)
 
@@ -298,14 +343,13 @@ class RestoreRejectView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(operation_id="restores_reject", request=inline_serializer("RestoreReject", {
-        "note": serializers.CharField(required=False)}),
-        responses={200: RestoreStateSchema, 409: error_response(409)})
+    @extend_schema(operation_id="restores_reject", request=RejectSerializer,
+                   responses={200: RestoreStateSchema, 409: error_response(409)})
     def post(self, request, pk):
         run = access_run(request.user, pk)
+        body = validated_body(request, RejectSerializer)
         try:
-            requests.restore_reject(actor=request.user, run=run, note=str(_body(request).get("note", "")),
-                                    request=request)
+            requests.restore_reject(actor=request.user, run=run, note=body["note"], request=request)
         except runstate.RestoreError as exc:
             return _error(exc)
         return _state(run)
@@ -316,15 +360,14 @@ class RestoreRollbackView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(operation_id="restores_rollback", request=inline_serializer("RestoreRollback", {
-        "password": serializers.CharField()}),
-        responses={200: RestoreStateSchema, 409: error_response(409)})
+    @extend_schema(operation_id="restores_rollback", request=RollbackSerializer,
+                   responses={200: RestoreStateSchema, 409: error_response(409)})
     def post(self, request, pk):
         run = access_run(request.user, pk)
+        body = validated_body(request, RollbackSerializer)
         try:
-            rollback.restore_rollback(actor=request.user, run=run, password=str(_body(request).get("password", "")),
-                                      request=request)
-        except runstate.RestoreError as exc:
+            rollback.restore_rollback(actor=request.user, run=run, password=body["password"], request=request)
+        except (runstate.RestoreError, PasswordError) as exc:
             return _error(exc)
         return _state(run)
 
@@ -336,8 +379,7 @@ class RecoveryCheckTickView(APIView):
 
     permission_classes = [capability(Cap.TICK_CHECKLISTS)]
 
-    @extend_schema(operation_id="restores_checklist_tick", request=inline_serializer("RecoveryCheckTick", {
-        "note": serializers.CharField(help_text="What was checked.")}),
+    @extend_schema(operation_id="restores_checklist_tick", request=RecoveryCheckTickSerializer,
         responses={200: inline_serializer("RecoveryCheckAnswer", {"code": serializers.CharField(),
                                                                   "status": serializers.CharField(),
                                                                   "ticked_by": serializers.CharField()}),
@@ -345,9 +387,10 @@ class RecoveryCheckTickView(APIView):
     def post(self, request, pk, check_pk: int):
         run = access_run(request.user, pk)
         check = get_object_or_404(RecoveryCheck, pk=check_pk, run=run)
+        body = validated_body(request, RecoveryCheckTickSerializer)
         try:
-            check = recovery_checks.recovery_check_tick(actor=request.user, check=check,
-                                                        note=str(_body(request).get("note", "")), request=request)
+            check = recovery_checks.recovery_check_tick(actor=request.user, check=check, note=body["note"],
+                                                        request=request)
         except runstate.RestoreError as exc:
             return _error(exc)
         return Response({"code": check.code, "status": check.status, "ticked_by": check.ticked_by.get_username()})
@@ -361,11 +404,12 @@ class RecoveryChecksRefreshView(APIView):
     @extend_schema(operation_id="restores_checklist_refresh", request=None, responses=RestoreSchema)
     def post(self, request, pk):
         run = access_run(request.user, pk)
+        validated_body(request, NoBody)
         recovery_checks.recovery_checks_refresh(run, actor=request.user, request=request)
         return Response(restore_json(access_run(request.user, pk)))
 
 
-class TargetRightSerializer(serializers.Serializer):
+class TargetRightSerializer(InputSerializer):
     user = StrictCharField(max_length=150, help_text="username")
     right = serializers.ChoiceField(list(TARGET_RIGHTS))
 
@@ -384,12 +428,11 @@ class _TargetRightChange(APIView):
 
     def post(self, request, pk: int):
         target = get_object_or_404(Target, pk=pk)
-        body = TargetRightSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        user = get_user_model().objects.filter(username=body.validated_data["user"]).first()
+        body = validated_body(request, TargetRightSerializer)
+        user = get_user_model().objects.filter(username=body["user"]).first()
         if user is None:
             raise ValidationError({"user": ["no such user"]})
-        right = body.validated_data["right"]
+        right = body["right"]
         try:
             changed = type(self).service(actor=request.user, target=target, user=user, right=right)
         except DjangoValidationError as exc:

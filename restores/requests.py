@@ -22,7 +22,6 @@ from restores.execution import RESTORE_RUNS
 from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, RestoreRun, Target
 from restores.runstate import (
     PRODUCTION_APPROVAL,
-    PasswordRefused,
     RestoreConflict,
     RestoreError,
     audit_details,
@@ -131,7 +130,7 @@ def restore_approve(*, actor, run: RestoreRun, password: str, note: str = "", re
     """Approve a production restore: another person than the requester, holding ``approve_restore`` on
     the target, with their password re-entered, for exactly the artifact, target and mode asked for.
 
-    Raises ``Denied`` (self-approval, no right), ``PasswordRefused``, ``RestoreConflict``
+    Raises ``Denied`` (self-approval, no right), ``PasswordRefused`` or ``PasswordLocked``, ``RestoreConflict``
     (not awaiting approval, expired, or the request changed since it was made).
     """
     require_cap(actor, Cap.VIEW_PANEL, action="restore.approve", obj=run)
@@ -141,8 +140,6 @@ def restore_approve(*, actor, run: RestoreRun, password: str, note: str = "", re
         approval_approve(actor=actor, approval=run.approval, password=password, params=run_binding_params(run),
                          may_approve=may_approve(run.target), note=note, request=request)
     except ApprovalError as exc:
-        if str(exc).startswith("That password"):
-            raise PasswordRefused(str(exc)) from None
         run.approval.refresh_from_db()
         if run.approval.state == Approval.State.EXPIRED:
             _expire(run)

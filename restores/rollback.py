@@ -10,11 +10,12 @@ from django.utils import timezone
 
 from compliance.audit import audit_record
 from drpanel import secrets
+from drpanel.passwords import password_confirm
 from drpanel.permissions import Cap, Denied, has_object_right, require_cap
 from drpanel.scrub import scrub
 from restores import configs, pg
 from restores.models import APPROVE_RESTORE, RestoreRun
-from restores.runstate import PasswordRefused, RestoreConflict, audit_details, transition
+from restores.runstate import RestoreConflict, audit_details, transition
 from restores.swaplock import target_lock
 
 log = logging.getLogger(__name__)
@@ -40,17 +41,14 @@ def rollback_blocker(run: RestoreRun, now=None) -> str | None:
 def restore_rollback(*, actor, run: RestoreRun, password: str, request=None) -> RestoreRun:
     """Swap the pre-restore state back (a manager holding ``approve_restore`` on the target, password re-entered).
 
-    Timed and audited. Raises ``Denied``, ``PasswordRefused`` or ``RestoreConflict``.
+    Timed and audited. Raises ``Denied``, ``PasswordRefused`` or ``PasswordLocked``, or ``RestoreConflict``.
     """
     require_cap(actor, Cap.VIEW_PANEL, action="restore.rollback", obj=run)
     if not has_object_right(actor, APPROVE_RESTORE, run.target):
         raise Denied("Rolling back needs approve_restore on this target.", need=APPROVE_RESTORE, obj=run,
                      action="restore.rollback")
-    if not password or not actor.check_password(password):
-        with transaction.atomic():
-            audit_record(actor=actor, action="restore.rollback_password_refused", obj=run, outcome="failure",
-                         request=request, details=audit_details(run))
-        raise PasswordRefused("That password is not correct.")
+    password_confirm(actor=actor, password=password, purpose="restore.rollback", obj=run, request=request,
+                     details=audit_details(run))
     started = time.perf_counter()
     done: dict = {}
     failure = None

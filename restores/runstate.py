@@ -18,10 +18,6 @@ class RestoreConflict(RestoreError):
     """The run (or its target) is not in a state that allows this (HTTP 409)."""
 
 
-class PasswordRefused(RestoreError):
-    """The re-entered password was wrong (HTTP 403; audited as such)."""
-
-
 class RunFailure(Exception):
     """A step of the worker's path failed; the run fails with this message."""
 

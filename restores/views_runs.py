@@ -18,7 +18,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from backups.models import Artifact
-from compliance.audit.models import AuditEvent
+from compliance.models import AuditEvent
+from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, capability_required, has_cap, has_object_right
 from restores import recovery_checks, requests, rollback, runstate, verifications
 from restores.models import APPROVE_RESTORE, LEVELS, RecoveryCheck, RestoreRun, VerificationRun
@@ -169,7 +170,7 @@ def run_approve(request, pk):
         requests.restore_approve(actor=request.user, run=run, password=request.POST.get("password", ""),
                                  note=request.POST.get("note", ""), request=request)
         messages.success(request, "Approved: the restore is queued.")
-    except runstate.RestoreError as exc:
+    except (runstate.RestoreError, PasswordError) as exc:
         _messages_for(request, exc)
     return redirect("restores:run-detail", pk=run.pk)
 
@@ -195,7 +196,7 @@ def run_rollback(request, pk):
                                         request=request)
         messages.success(request, f"Rolled back in {run.rollback_seconds * 1000:.0f} ms: the previous state of "
                                   f"{run.target.name} is live again.")
-    except runstate.RestoreError as exc:
+    except (runstate.RestoreError, PasswordError) as exc:
         _messages_for(request, exc)
     return redirect("restores:run-detail", pk=run.pk)
 

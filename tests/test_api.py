@@ -10,6 +10,7 @@ from django.urls import reverse
 from compliance.models import AuditEvent
 from drpanel.models import ApiToken, hash_token
 from drpanel.services import api_token_create, api_token_revoke
+from tests.factories import PASSWORD
 from tests.support import worker_env
 
 pytestmark = pytest.mark.django_db
@@ -21,14 +22,14 @@ def bearer(raw):
 
 
 def test_me_answers_with_the_tokens_user_and_roles(client, manager):
-    _, raw = api_token_create(actor=manager, user=manager, name="script")
+    _, raw = api_token_create(actor=manager, user=manager, name="script", password=PASSWORD)
     response = client.get("/api/v1/me", **bearer(raw))
     assert response.status_code == 200
     assert response.json() == {"username": "manager", "roles": ["Manager"]}
 
 
 def test_tokens_are_stored_only_as_hashes(manager):
-    token, raw = api_token_create(actor=manager, user=manager, name="script")
+    token, raw = api_token_create(actor=manager, user=manager, name="script", password=PASSWORD)
     token.refresh_from_db()
     assert token.token_hash == hash_token(raw)
     assert raw not in str(ApiToken.objects.values())
@@ -37,7 +38,7 @@ def test_tokens_are_stored_only_as_hashes(manager):
 
 
 def test_a_revoked_or_unknown_token_is_refused(client, manager):
-    token, raw = api_token_create(actor=manager, user=manager, name="script")
+    token, raw = api_token_create(actor=manager, user=manager, name="script", password=PASSWORD)
     api_token_revoke(actor=manager, token=token)
     assert client.get("/api/v1/me", **bearer(raw)).status_code == 401
     assert client.get("/api/v1/me", **bearer("drp_nonsense")).status_code == 401
@@ -46,7 +47,7 @@ def test_a_revoked_or_unknown_token_is_refused(client, manager):
 
 
 def test_nobody_revokes_someone_elses_token(client, manager, operator):
-    token, _ = api_token_create(actor=manager, user=manager, name="script")
+    token, _ = api_token_create(actor=manager, user=manager, name="script", password=PASSWORD)
     client.force_login(operator)
     response = client.post(reverse("drpanel:token-revoke", args=[token.pk]))
     assert response.status_code == 404
@@ -56,7 +57,7 @@ def test_nobody_revokes_someone_elses_token(client, manager, operator):
 
 def test_the_token_page_creates_shows_once_and_revokes(client, operator):
     client.force_login(operator)
-    response = client.post(reverse("drpanel:token-create"), {"name": "monitoring"})
+    response = client.post(reverse("drpanel:token-create"), {"name": "monitoring", "password": PASSWORD})
     raw = response.context["new_token"]
     assert raw.encode() in response.content
     assert raw.encode() not in client.get(reverse("drpanel:token-list")).content

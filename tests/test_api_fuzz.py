@@ -35,7 +35,7 @@ from drpanel import clock
 from drpanel.services import api_token_create
 from drpanel.wsgi import application
 from restores.models import RestoreRun, Target, VerificationRun
-from tests.factories import UserFactory
+from tests.factories import PASSWORD, UserFactory
 
 EXAMPLES_PER_OPERATION = 25
 CONFIG = SchemathesisConfig.from_dict({
@@ -65,7 +65,7 @@ def _one_connection_for_the_test():
 
 @pytest.fixture
 def tokens(operator, manager, auditor, admin):
-    return {user.username: api_token_create(actor=user, user=user, name="schemathesis")[1]
+    return {user.username: api_token_create(actor=user, user=user, name="schemathesis", password=PASSWORD)[1]
             for user in (operator, manager, auditor, admin)}
 
 

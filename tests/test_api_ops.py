@@ -14,6 +14,7 @@ from compliance.models import Alert, AuditEvent, ChecklistItem, Contact
 from drpanel.models import ApiToken
 from drpanel.services import api_token_create
 from restores.models import RecoveryCheck, RestoreRun, Target, VerificationRun
+from tests.factories import PASSWORD
 
 pytestmark = pytest.mark.django_db
 
@@ -24,7 +25,8 @@ def api(client):
 
     class Caller:
         def __init__(self, user):
-            self.headers = {"HTTP_AUTHORIZATION": f"Bearer {api_token_create(actor=user, user=user, name='t')[1]}"}
+            _, raw = api_token_create(actor=user, user=user, name="t", password=PASSWORD)
+            self.headers = {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
 
         def get(self, path):
             return client.get(f"/api/v1/{path}", **self.headers)
@@ -258,7 +260,7 @@ def test_an_admin_grants_and_revokes_a_right_on_a_target(api, admin, operator, m
 
 def test_a_user_lists_creates_and_revokes_only_their_own_tokens(api, client, auditor, operator):
     caller = api(auditor)
-    created = caller.post("tokens", {"name": "monitoring"})
+    created = caller.post("tokens", {"name": "monitoring", "password": PASSWORD})
     assert created.status_code == 201
     raw = created.json()["token"]
     assert client.get("/api/v1/me", HTTP_AUTHORIZATION=f"Bearer {raw}").json()["username"] == "auditor"
@@ -266,7 +268,7 @@ def test_a_user_lists_creates_and_revokes_only_their_own_tokens(api, client, aud
     assert {t["name"] for t in listed} == {"t", "monitoring"}
     assert raw not in str(listed)
 
-    others, _ = api_token_create(actor=operator, user=operator, name="operator's")
+    others, _ = api_token_create(actor=operator, user=operator, name="operator's", password=PASSWORD)
     assert caller.post(f"tokens/{others.pk}/revoke").status_code == 404
     assert ApiToken.objects.get(pk=others.pk).is_active
 

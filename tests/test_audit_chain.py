@@ -20,6 +20,7 @@ from compliance.models import AuditEvent
 from drpanel.models import ApiToken
 from drpanel.services import api_token_create
 from tests.audit_support import ROOT, TABLE, force_audit_failures, record
+from tests.factories import PASSWORD
 from tests.support import worker_env
 
 pytestmark = pytest.mark.django_db
@@ -177,7 +178,7 @@ def audit_writes_fail():
 
 def test_a_token_whose_creation_cannot_be_audited_is_not_created(manager, audit_writes_fail):
     with pytest.raises(DatabaseError, match="forced by the test"):
-        api_token_create(actor=manager, user=manager, name="script")
+        api_token_create(actor=manager, user=manager, name="script", password=PASSWORD)
     assert not ApiToken.objects.exists()
 
 

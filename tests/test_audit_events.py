@@ -203,7 +203,7 @@ def test_no_password_hash_or_token_ever_reaches_the_log_or_an_export(tmp_path, m
     client.post(reverse("drpanel:login"), {"username": "canary", "password": CANARY_PASSWORD})
     client.post(reverse("drpanel:reauth"), {"password": "wrong-" + CANARY_PASSWORD})
     client.post(reverse("drpanel:reauth"), {"password": CANARY_PASSWORD})
-    token, raw_token = api_token_create(actor=user, user=user, name="canary token")
+    token, raw_token = api_token_create(actor=user, user=user, name="canary token", password=CANARY_PASSWORD)
     api = Client()
     assert api.get("/api/v1/audit/events", HTTP_AUTHORIZATION=f"Bearer {raw_token}").status_code == 200
     operator_token = api_token_create(actor=None, user=UserFactory(username="op2", role="Operator"), name="x")[1]

@@ -22,6 +22,7 @@ from compliance.audit.signing import current_public_key, fingerprint, private_pe
 from compliance.models import AuditEvent
 from drpanel.services import api_token_create
 from tests.audit_support import VERIFIER, clean_env, force_audit_failures, record, run_verifier
+from tests.factories import PASSWORD
 from tests.support import assert_only_roles
 
 pytestmark = pytest.mark.django_db
@@ -307,7 +308,7 @@ def test_the_events_api_filters_and_pages_by_seq(clients):
 
 
 def test_the_events_api_works_with_a_bearer_token(manager):
-    _, raw = api_token_create(actor=manager, user=manager, name="siem")
+    _, raw = api_token_create(actor=manager, user=manager, name="siem", password=PASSWORD)
     response = Client().get("/api/v1/audit/events?actor=manager", HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert response.status_code == 200
     assert response.json()["results"][0]["action"] == "api_token.created"

@@ -105,7 +105,7 @@ def test_no_canary_secret_reaches_the_database_logs_exports_or_error_pages(
     pages.append(client.post("/login/", {"username": "canary-manager", "password": canaries["password"]}))
     assert pages[-1].status_code == 302
     # An API token from the token page, used; and a wrong one.
-    token = client.post("/tokens/new", {"name": "canary"}).context["new_token"]
+    token = client.post("/tokens/new", {"name": "canary", "password": canaries["password"]}).context["new_token"]
     api = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
     pages.append(Client(HTTP_AUTHORIZATION=f"Bearer {canaries['wrong_token']}").get("/api/v1/me"))
     assert pages[-1].status_code == 401

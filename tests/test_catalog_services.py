@@ -21,6 +21,7 @@ from backups.schedules import due_backups, enqueue_due_backups
 from compliance.models import AuditEvent
 from drpanel.approvals import ApprovalError, approval_expire_due, approval_reject
 from drpanel.models import Approval
+from drpanel.passwords import PasswordRefused
 from drpanel.permissions import Denied
 from restores.models import VerificationRun
 from tests.backup_fixtures import *  # noqa: F403 - fixtures
@@ -77,7 +78,7 @@ def test_only_managers_approve_deletions(artifact, operator, admin):
 
 def test_an_approval_needs_the_password_again(artifact, operator, manager):
     approval = artifact_delete_request(actor=operator, artifact=artifact, reason="x")
-    with pytest.raises(ApprovalError, match="password"):
+    with pytest.raises(PasswordRefused, match="password"):
         artifact_delete_approve(actor=manager, approval=approval, password="wrong")
     approval.refresh_from_db()
     assert approval.state == Approval.State.PENDING

@@ -110,16 +110,16 @@ def test_wrong_passwords_reentered_in_a_session_end_it_after_the_limit(client, m
 def test_approvals_refuse_a_password_after_too_many_wrong_ones(manager, operator, password, tmp_path):
     from backups.deletion import artifact_delete_approve, artifact_delete_request
     from backups.models import Artifact, System
-    from drpanel.approvals import ApprovalError
+    from drpanel.passwords import PasswordLocked, PasswordRefused
 
     system = System.objects.create(name="app", database_ref="env:DRPANEL_SECRET_UNSET_FOR_TEST")
     artifact = Artifact.objects.create(system=system, kind="full", format="pg_custom", status="available",
                                        storage_key="k")
     approval = artifact_delete_request(actor=operator, artifact=artifact, reason="test")
     for _ in range(settings.AXES_FAILURE_LIMIT):
-        with pytest.raises(ApprovalError, match="not correct"):
+        with pytest.raises(PasswordRefused, match="not correct"):
             artifact_delete_approve(actor=manager, approval=approval, password="guess")
-    with pytest.raises(ApprovalError, match="Too many wrong passwords"):
+    with pytest.raises(PasswordLocked, match="Too many wrong passwords"):
         artifact_delete_approve(actor=manager, approval=approval, password=password)
     artifact.refresh_from_db()
     assert artifact.status == "available"

@@ -18,6 +18,7 @@ from drpanel import clock
 from drpanel.metrics import escape_label_value, render
 from drpanel.services import api_token_create
 from restores.models import RestoreRun, Target, VerificationRun
+from tests.factories import PASSWORD
 
 pytestmark = pytest.mark.django_db
 
@@ -69,7 +70,7 @@ def _no_remembered_denials():
 
 @pytest.fixture
 def scrape(client, auditor):
-    _, raw = api_token_create(actor=auditor, user=auditor, name="prometheus")
+    _, raw = api_token_create(actor=auditor, user=auditor, name="prometheus", password=PASSWORD)
 
     def _scrape():
         response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {raw}")
@@ -183,7 +184,7 @@ def test_it_refuses_a_caller_without_a_token_and_audits_it(client):
 
 def test_it_refuses_a_bad_token_and_a_user_without_a_role(client, outsider):
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer drp_not-a-token").status_code == 403
-    _, raw = api_token_create(actor=outsider, user=outsider, name="x")
+    _, raw = api_token_create(actor=outsider, user=outsider, name="x", password=PASSWORD)
     assert client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {raw}").status_code == 403
     assert AuditEvent.objects.filter(action="access.denied", actor_username="outsider").count() == 1
 
@@ -211,7 +212,7 @@ def test_no_secret_reaches_the_output(client, auditor, monkeypatch):
     system = System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_SECRET_METRICS_CANARY_DB")
     Artifact.objects.create(system=system, kind="full", format="pg_custom", status="available", size=1,
                             sha256="d" * 64, storage_key="d", manifest={})
-    _, raw = api_token_create(actor=auditor, user=auditor, name="prometheus")
+    _, raw = api_token_create(actor=auditor, user=auditor, name="prometheus", password=PASSWORD)
     text = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {raw}").content.decode()
     assert "chatbotdysa" in text
     for secret in (password, raw, raw[10:], "DRPANEL_SECRET_METRICS_CANARY_DB"):

@@ -16,6 +16,7 @@ from backups.keys import KeyConfig
 from backups.models import Artifact, BackupRun
 from compliance.models import AuditEvent
 from drpanel.models import Approval
+from drpanel.passwords import PasswordRefused
 from drpanel.permissions import Denied
 from restores import configs, execution, recovery_checks, requests, rollback, runstate, targets
 from restores.models import HealthCheck, RecoveryCheck, RestoreRun, Target
@@ -356,7 +357,7 @@ def test_a_manager_without_approve_restore_on_the_target_cannot_approve(operator
 
 def test_a_wrong_password_is_refused_and_audited(operator, manager, full_artifact, production):
     run = request(operator, full_artifact, production)
-    with pytest.raises(runstate.PasswordRefused):
+    with pytest.raises(PasswordRefused):
         requests.restore_approve(actor=manager, run=run, password="not it")
     assert AuditEvent.objects.filter(action="approval.password_refused", actor_username="manager").count() == 1
     run.refresh_from_db()
@@ -457,7 +458,7 @@ def test_a_manager_rolls_back_within_the_window_timed_and_audited(operator, mana
     run = execute(requests.restore_approve(actor=manager, run=run, password=password))
     with pytest.raises(Denied):
         rollback.restore_rollback(actor=operator, run=run, password=password)
-    with pytest.raises(runstate.PasswordRefused):
+    with pytest.raises(PasswordRefused):
         rollback.restore_rollback(actor=manager, run=run, password="wrong")
     run = rollback.restore_rollback(actor=manager, run=run, password=password)
     assert run.state == "rolled_back" and run.rolled_back_by == manager and 0 < run.rollback_seconds < 5

@@ -8,6 +8,7 @@ from compliance.models import AuditEvent
 from drpanel.permissions import Denied, has_object_right
 from restores import targets
 from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, Target
+from tests.factories import PASSWORD
 from tests.support import assert_only_roles
 
 pytestmark = pytest.mark.django_db
@@ -304,6 +305,6 @@ def test_the_api_works_with_a_bearer_token(client, operator, admin):
 
     target = make_target("mine")
     targets.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
-    _, raw = api_token_create(actor=operator, user=operator, name="script")
+    _, raw = api_token_create(actor=operator, user=operator, name="script", password=PASSWORD)
     response = client.get(reverse("api:target-list"), HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert response.status_code == 200 and response.json()[0]["name"] == "mine"

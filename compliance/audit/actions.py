@@ -39,6 +39,8 @@ class AuditAction(StrEnum):
 
     API_TOKEN_CREATED = "api_token.created", "A user created an API token."
     API_TOKEN_REVOKED = "api_token.revoked", "An API token was revoked."
+    API_TOKEN_PASSWORD_REFUSED = ("api_token.password_refused",
+                                  "A wrong password was given when creating an API token (counts toward the lockout).")
 
     APPROVAL_REQUESTED = "approval.requested", "A change that needs a second person asked for approval."
     APPROVAL_APPROVED = "approval.approved", "A second person approved a change with their password."
