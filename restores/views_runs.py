@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from backups.models import Artifact
-from compliance.models import AuditEvent
+from compliance.audit.models import AuditEvent
 from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, capability_required, has_cap, has_object_right
 from restores import recovery_checks, requests, rollback, runstate, verifications
