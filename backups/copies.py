@@ -13,6 +13,7 @@ from backups import formats
 from backups.models import Artifact, ArtifactCopy, StorageLocation
 from backups.storage import StorageError, manifest_key
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 
 
 def write_manifest(location: StorageLocation, artifact: Artifact) -> None:
@@ -42,7 +43,8 @@ def copy_artifact(artifact: Artifact, *, source: StorageLocation, target: Storag
                                                        last_seen_at=now)
         if ok and target.is_offsite:
             Artifact.objects.filter(pk=artifact.pk).update(offsite_verified_at=now)
-        audit_record(actor=None, action="artifact.copied", obj=artifact, outcome="success" if ok else "failure",
+        audit_record(actor=None, action=AuditAction.ARTIFACT_COPIED, obj=artifact,
+                     outcome="success" if ok else "failure",
                      details={"location": target.name, "size": size, "sha256": sha, "status": status})
     copy.refresh_from_db()
     return copy
@@ -53,7 +55,7 @@ def copy_failed(artifact: Artifact, location: StorageLocation, error: str) -> No
     with transaction.atomic():
         ArtifactCopy.objects.filter(artifact=artifact, location=location,
                                     status=ArtifactCopy.Status.PENDING).update(status=ArtifactCopy.Status.MISSING)
-        audit_record(actor=None, action="artifact.copied", obj=artifact, outcome="failure",
+        audit_record(actor=None, action=AuditAction.ARTIFACT_COPIED, obj=artifact, outcome="failure",
                      details={"location": location.name, "status": ArtifactCopy.Status.MISSING, "error": error[:500]})
     with contextlib.suppress(StorageError):
         location.backend().discard_partial(artifact.storage_key)

@@ -10,6 +10,7 @@ from backups.errors import BackupError
 from backups.models import Artifact, ArtifactCopy
 from backups.storage import StorageError, manifest_key
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from drpanel.approvals import approval_approve, approval_consume, approval_request, open_approvals
 from drpanel.models import Approval
 from drpanel.permissions import Cap, Denied, Role, require_cap
@@ -64,7 +65,7 @@ def artifact_delete(*, actor, artifact: Artifact, approval: Approval | None = No
         if approval is not None:
             approval_consume(approval=approval, params=_delete_params(locked), actor=actor)
         Artifact.objects.filter(pk=locked.pk).update(status=Artifact.Status.DELETED, deleted_at=timezone.now())
-        audit_record(actor=actor, action="artifact.deleted", obj=locked, request=request, details={
+        audit_record(actor=actor, action=AuditAction.ARTIFACT_DELETED, obj=locked, request=request, details={
             "why": "retention" if retention is not None else "approved deletion",
             "approval": approval.pk if approval else None,
             "approved_by": approval.decided_by.get_username() if approval and approval.decided_by else None,
@@ -83,7 +84,7 @@ def artifact_delete(*, actor, artifact: Artifact, approval: Approval | None = No
         ArtifactCopy.objects.filter(pk=copy.pk).update(status=ArtifactCopy.Status.DELETED)
     if failures:
         with transaction.atomic():
-            audit_record(actor=None, action="artifact.delete_incomplete", obj=artifact, outcome="failure",
+            audit_record(actor=None, action=AuditAction.ARTIFACT_DELETE_INCOMPLETE, obj=artifact, outcome="failure",
                          details={"failures": failures})
     artifact.refresh_from_db()
     return artifact

@@ -23,6 +23,7 @@ from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation
 from backups.storage import StorageError, artifact_key
 from backups.systems import primary_location
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from drpanel import endpoints, pgbin, secrets
 from drpanel.runs import ByteProgress, StepLog
 from drpanel.scrub import scrub
@@ -250,7 +251,7 @@ def _finish_artifact(run, artifact, primary, result, manifest, steps) -> Artifac
         artifact.refresh_from_db()
         copies = {c.location.name: c.status for c in artifact.copies.select_related("location")}
         failed = [s for s in run.steps if s["state"] == "failed"]
-        audit_record(actor=None, action="backup.succeeded", obj=artifact,
+        audit_record(actor=None, action=AuditAction.BACKUP_SUCCEEDED, obj=artifact,
                      details={"run": str(run.id), "kind": artifact.kind, "size": artifact.size,
                               "sha256": artifact.sha256, "plaintext_sha256": artifact.plaintext_sha256,
                               "key_id": artifact.key_id, "copies": copies,

@@ -31,6 +31,7 @@ from backups.keys import LEGACY_PREFIX, get_keyring
 from backups.models import Artifact, ArtifactCopy, InventoryRun, StorageLocation, System
 from backups.storage import MANIFEST_SUFFIX, ObjectInfo, StorageError, manifest_key
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from drpanel import queues
 from drpanel.permissions import Cap, require_cap
 from drpanel.scrub import scrub
@@ -47,7 +48,7 @@ def inventory_request(*, actor, request=None) -> InventoryRun:
         require_cap(actor, Cap.START_JOBS, action="inventory.sync")
     with transaction.atomic():
         run = InventoryRun.objects.create(requested_by=actor)
-        audit_record(actor=actor, action="inventory.requested", obj=run, request=request)
+        audit_record(actor=actor, action=AuditAction.INVENTORY_REQUESTED, obj=run, request=request)
         queues.enqueue_on_commit("backups.jobs.inventory_sync_job", str(run.id), queue=INVENTORY_QUEUE,
                                  timeout=6 * 3600)
     return run
@@ -113,14 +114,14 @@ def inventory_sync_execute(run_id) -> InventoryRun:
         with transaction.atomic():
             InventoryRun.objects.filter(pk=run.pk).update(state=InventoryRun.State.SUCCEEDED,
                                                           finished_at=timezone.now(), summary=summary)
-            audit_record(actor=None, action="inventory.finished", obj=run, details={
+            audit_record(actor=None, action=AuditAction.INVENTORY_FINISHED, obj=run, details={
                 "totals": totals, "unreachable": [n for n, s in summary["locations"].items() if s.get("error")]})
     except Exception as exc:
         error = scrub(f"{type(exc).__name__}: {exc}")
         with transaction.atomic():
             InventoryRun.objects.filter(pk=run.pk).update(state=InventoryRun.State.FAILED, finished_at=timezone.now(),
                                                           summary=summary, error=error[:2000])
-            audit_record(actor=None, action="inventory.failed", obj=run, outcome="failure",
+            audit_record(actor=None, action=AuditAction.INVENTORY_FAILED, obj=run, outcome="failure",
                          details={"error": error[:500]})
         raise
     run.refresh_from_db()
@@ -131,7 +132,7 @@ def _set_copy(copy: ArtifactCopy, status: str, **fields) -> None:
     previous = copy.status
     ArtifactCopy.objects.filter(pk=copy.pk).update(status=status, **fields)
     if previous != status:
-        audit_record(actor=None, action="artifact.copy_status", obj=copy.artifact,
+        audit_record(actor=None, action=AuditAction.ARTIFACT_COPY_STATUS, obj=copy.artifact,
                      outcome="success" if status == ArtifactCopy.Status.OK else "failure",
                      details={"location": copy.location.name, "from": previous, "to": status})
 
@@ -217,7 +218,7 @@ def _catalogue_from_manifest(location: StorageLocation, key: str, info: ObjectIn
                 size=manifest.get("size"), sha256=manifest.get("sha256", ""),
                 plaintext_size=manifest.get("plaintext_size"), plaintext_sha256=manifest.get("plaintext_sha256", ""),
                 key_id=(manifest.get("encryption") or {}).get("key_id", ""), storage_key=key, manifest=manifest)
-            audit_record(actor=None, action="artifact.catalogued", obj=artifact,
+            audit_record(actor=None, action=AuditAction.ARTIFACT_CATALOGUED, obj=artifact,
                          details={"location": location.name, "from": "manifest", "key": key})
         ok = sha == artifact.sha256
         ArtifactCopy.objects.update_or_create(artifact=artifact, location=location, defaults={
@@ -256,7 +257,7 @@ def _import_legacy(location: StorageLocation, key: str, info: ObjectInfo, legacy
             created_at=legacy["created_at"], size=size, sha256=sha, key_id=key_id, storage_key=key, manifest=manifest)
         ArtifactCopy.objects.create(artifact=artifact, location=location, key=key, status=ArtifactCopy.Status.OK,
                                     size=size, sha256_seen=sha, checked_at=now, last_seen_at=now)
-        audit_record(actor=None, action="artifact.catalogued", obj=artifact,
+        audit_record(actor=None, action=AuditAction.ARTIFACT_CATALOGUED, obj=artifact,
                      details={"location": location.name, "from": "legacy layout", "key": key, "key_id": key_id})
     return "imported" + ("" if key_id or encryption == formats.ENCRYPTION_NONE else " (passphrase unknown)")
 
@@ -272,7 +273,7 @@ def _refresh_statuses(location: StorageLocation) -> None:
             with transaction.atomic():
                 changed = Artifact.objects.filter(pk=artifact.pk, status=artifact.status).update(status=target)
                 if changed:
-                    audit_record(actor=None, action="artifact.status", obj=artifact, outcome=(
+                    audit_record(actor=None, action=AuditAction.ARTIFACT_STATUS, obj=artifact, outcome=(
                         "success" if present else "failure"), details={"from": artifact.status, "to": target})
 
 

@@ -18,6 +18,7 @@ from backups.keys import get_keyring
 from backups.models import Artifact, ArtifactCopy
 from backups.storage import StorageError
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from drpanel import queues
 from drpanel.permissions import Cap, require_cap
 from drpanel.scrub import scrub
@@ -63,7 +64,7 @@ def artifact_rewrap(*, actor, artifact: Artifact, to_key_id: str | None = None) 
                                                          "to_key_id": header.key_id, "previous_sha256": old["sha256"]})
             Artifact.objects.filter(pk=artifact.pk).update(key_id=header.key_id, sha256=result.stored_sha256,
                                                            size=result.stored_size, manifest=manifest)
-            audit_record(actor=actor, action="artifact.rewrapped", obj=artifact, details={
+            audit_record(actor=actor, action=AuditAction.ARTIFACT_REWRAPPED, obj=artifact, details={
                 "from_key_id": old["key_id"], "to_key_id": header.key_id, "previous_sha256": old["sha256"],
                 "sha256": result.stored_sha256, "size": result.stored_size})
         artifact.refresh_from_db()
@@ -78,7 +79,8 @@ def artifact_rewrap(*, actor, artifact: Artifact, to_key_id: str | None = None) 
             except StorageError as exc:
                 with transaction.atomic():
                     ArtifactCopy.objects.filter(pk=copy.pk).update(status=ArtifactCopy.Status.CHECKSUM_MISMATCH)
-                    audit_record(actor=None, action="artifact.copy_rewrap_failed", obj=artifact, outcome="failure",
+                    audit_record(actor=None, action=AuditAction.ARTIFACT_COPY_REWRAP_FAILED, obj=artifact,
+                                 outcome="failure",
                                  details={"location": copy.location.name, "error": scrub(exc)})
                 continue
             now = timezone.now()
@@ -111,7 +113,8 @@ def key_rotation_request(*, actor, to_key_id: str | None = None, request=None) -
         raise BackupError(f"{to_key_id!r} is not a key this panel holds")
     pending = Artifact.objects.live().filter(encryption=Artifact.Encryption.DRPANEL).exclude(key_id=to_key_id).count()
     with transaction.atomic():
-        audit_record(actor=actor, action="keys.rotation_requested", request=request, object_type="backups.keyring",
+        audit_record(actor=actor, action=AuditAction.KEYS_ROTATION_REQUESTED, request=request,
+                     object_type="backups.keyring",
                      object_repr=to_key_id, details={"to_key_id": to_key_id, "artifacts": pending})
         # Not robust (as it always was): a Redis that refuses is an error the admin sees at once.
         queues.enqueue_on_commit("backups.jobs.key_rotation_job", to_key_id, queue=ROTATION_QUEUE,
@@ -132,7 +135,7 @@ def key_rotation_execute(to_key_id: str) -> dict:
         except (BackupError, StorageError, formats.ArtifactError) as exc:
             failed.append({"artifact": str(pk), "error": scrub(exc)[:300]})
     with transaction.atomic():
-        audit_record(actor=None, action="keys.rotation_finished", object_type="backups.keyring",
+        audit_record(actor=None, action=AuditAction.KEYS_ROTATION_FINISHED, object_type="backups.keyring",
                      object_repr=to_key_id, outcome="success" if not failed else "failure",
                      details={"to_key_id": to_key_id, "rewrapped": done, "failed": failed[:50]})
     return {"rewrapped": done, "failed": failed}

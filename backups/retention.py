@@ -19,6 +19,7 @@ from backups.deletion import artifact_delete
 from backups.errors import BackupError
 from backups.models import Artifact, System
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 
 
 @dataclass
@@ -64,7 +65,7 @@ def retention_apply(system: System) -> int:
     """Delete what the plan says (system actor); nothing while a restore of the system runs."""
     if hooks.restore_running(system):
         with transaction.atomic():
-            audit_record(actor=None, action="retention.skipped", obj=system,
+            audit_record(actor=None, action=AuditAction.RETENTION_SKIPPED, obj=system,
                          details={"reason": "a restore of this system is running"})
         return 0
     plan = retention_plan(system)

@@ -23,6 +23,7 @@ from backups.errors import BackupError
 from backups.models import Artifact, BackupRun, System
 from backups.storage import StorageError
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from drpanel import queues, runs, secrets
 from drpanel.permissions import Cap, require_cap
 from drpanel.scrub import scrub
@@ -55,7 +56,7 @@ class BackupRuns(runs.RunKind):
                 run = BackupRun.objects.select_related("system").get(pk=run_id)
                 artifact = Artifact.objects.filter(runs=run, status=Artifact.Status.WRITING).first()
                 Artifact.objects.filter(runs=run, status=Artifact.Status.WRITING).update(status=Artifact.Status.FAILED)
-                audit_record(actor=None, action="backup.failed", obj=run.system, outcome="failure",
+                audit_record(actor=None, action=AuditAction.BACKUP_FAILED, obj=run.system, outcome="failure",
                              details={"run": str(run.id), "error": reason,
                                       "artifact": str(artifact.id) if artifact else None})
         if artifact is not None:
@@ -64,7 +65,7 @@ class BackupRuns(runs.RunKind):
         return bool(changed)
 
     def record_requeue(self, run, details: dict) -> None:
-        audit_record(actor=None, action="backup.requeued", obj=run.system, details=details)
+        audit_record(actor=None, action=AuditAction.BACKUP_REQUEUED, obj=run.system, details=details)
 
 
 BACKUP_RUNS = runs.register(BackupRuns())
@@ -95,7 +96,7 @@ def backup_request(*, actor, system: System, kind: str, trigger: str = BackupRun
                     .first())
         run = BackupRun.objects.create(system=system, kind=kind, trigger=trigger,
                                        requested_by=actor if actor is not None else None, bytes_expected=previous)
-        audit_record(actor=actor, action="backup.requested", obj=system, request=request,
+        audit_record(actor=actor, action=AuditAction.BACKUP_REQUESTED, obj=system, request=request,
                      details={"run": str(run.id), "kind": kind, "trigger": trigger})
         # If Redis refuses, the request still succeeds; the reaper fails the lost run later.
         BACKUP_RUNS.enqueue_on_commit(run.id)
@@ -111,7 +112,7 @@ def backup_run_execute(run_id) -> BackupRun:
         run = BackupRun.objects.select_related("system").get(pk=run_id)
         if not started:
             return run
-        audit_record(actor=None, action="backup.started", obj=run.system,
+        audit_record(actor=None, action=AuditAction.BACKUP_STARTED, obj=run.system,
                      details={"run": str(run.id), "kind": run.kind})
     steps = runs.StepLog(run)
     artifact = None
@@ -132,7 +133,7 @@ def backup_run_execute(run_id) -> BackupRun:
                 artifact = Artifact.objects.filter(runs=run, status=Artifact.Status.WRITING).first()
             if artifact is not None and artifact.status == Artifact.Status.WRITING:
                 Artifact.objects.filter(pk=artifact.pk).update(status=Artifact.Status.FAILED)
-            audit_record(actor=None, action="backup.failed", obj=run.system, outcome="failure",
+            audit_record(actor=None, action=AuditAction.BACKUP_FAILED, obj=run.system, outcome="failure",
                          details={"run": str(run.id), "kind": run.kind, "error": message[:500],
                                   "artifact": str(artifact.id) if artifact else None})
         if artifact is not None:

@@ -34,6 +34,7 @@ from django.utils import timezone
 
 from backups.models import Artifact
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from drpanel import endpoints, runs, runtime, secrets
 from drpanel.models import Approval
 from drpanel.scrub import scrub
@@ -69,7 +70,7 @@ class RestoreRuns(runs.RunKind):
         tidy_failed(run)
 
     def record_requeue(self, run, details: dict) -> None:
-        audit_record(actor=None, action="restore.requeued", obj=run, details=details)
+        audit_record(actor=None, action=AuditAction.RESTORE_REQUEUED, obj=run, details=details)
 
 
 RESTORE_RUNS = runs.register(RestoreRuns())
@@ -118,7 +119,7 @@ def restore_run_execute(run_id) -> RestoreRun:
             pk=run_id)
         if not started:
             return run
-        audit_record(actor=None, action="restore.started", obj=run, details=audit_details(run))
+        audit_record(actor=None, action=AuditAction.RESTORE_STARTED, obj=run, details=audit_details(run))
     steps = runs.StepList(run, _plan(run))
     with runs.Heartbeat(run):
         try:
@@ -305,7 +306,7 @@ class _Execution:
             until = swapped_at + timedelta(hours=settings.RESTORE_ROLLBACK_WINDOW_HOURS)
             RestoreRun.objects.filter(pk=self.run.pk).update(swapped_at=swapped_at, rollback_until=until)
             self.run.swapped_at, self.run.rollback_until = swapped_at, until
-            audit_record(actor=None, action="restore.swapped", obj=self.run,
+            audit_record(actor=None, action=AuditAction.RESTORE_SWAPPED, obj=self.run,
                          details=audit_details(self.run, **done, rollback_until=until))
         ms = (timezone.now() - now).total_seconds() * 1000
         parts = []
@@ -362,7 +363,7 @@ class _Execution:
                               finished_at=timezone.now(), rto_seconds=rto, rpo_seconds=rpo, percent=100,
                               eta_seconds=None):
                 raise RunFailure("the run was marked failed while it worked (its worker was presumed dead)")
-            audit_record(actor=None, action="restore.succeeded", obj=run,
+            audit_record(actor=None, action=AuditAction.RESTORE_SUCCEEDED, obj=run,
                          details=audit_details(run, rto_seconds=round(rto, 3), rpo_seconds=round(rpo, 3),
                                                rollback_until=run.rollback_until))
 
@@ -380,7 +381,7 @@ def restore_fail(run_id, message: str, *, expected=(RestoreRun.State.RUNNING,)) 
         if not transition(run, list(expected), RestoreRun.State.FAILED, finished_at=timezone.now(),
                           error=message[:4000], eta_seconds=None, needs_cleanup=True):
             return False
-        audit_record(actor=None, action="restore.failed", obj=run, outcome="failure",
+        audit_record(actor=None, action=AuditAction.RESTORE_FAILED, obj=run, outcome="failure",
                      details=audit_details(run, error=message[:500], target_untouched=run.swapped_at is None))
     tidy_failed(run)
     return True
@@ -411,5 +412,6 @@ def tidy_failed(run: RestoreRun) -> list[str]:
         RestoreRun.objects.filter(pk=run.pk).update(needs_cleanup=False,
                                                     results={**run.results, "reconcile": actions})
         if actions:
-            audit_record(actor=None, action="restore.reconciled", obj=run, details=audit_details(run, actions=actions))
+            audit_record(actor=None, action=AuditAction.RESTORE_RECONCILED, obj=run,
+                         details=audit_details(run, actions=actions))
     return actions

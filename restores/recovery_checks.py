@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from backups.models import Artifact, BackupRun
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from drpanel import secrets
 from drpanel.permissions import Cap, require_cap
 from restores import healthchecks
@@ -136,7 +137,8 @@ def recovery_checks_refresh(run: RestoreRun, *, actor=None, request=None) -> Res
     if actor is not None:
         # The panel's decisions are audited as they change; this records who asked for them again.
         with transaction.atomic():
-            audit_record(actor=actor, action="restore.checklist_refreshed", obj=run, request=request, details={
+            audit_record(actor=actor, action=AuditAction.RESTORE_CHECKLIST_REFRESHED, obj=run, request=request,
+                         details={
                 "run": str(run.pk), "statuses": dict(run.recovery_checks.values_list("code", "status"))})
     return run
 
@@ -170,7 +172,7 @@ def recovery_check_tick(*, actor, check: RecoveryCheck, note: str, request=None)
             status=RecoveryCheck.Status.DONE, note=note[:2000], ticked_by=actor, ticked_at=timezone.now())
         if not changed:
             raise RestoreConflict(f"“{check.title}” is already ticked")
-        audit_record(actor=actor, action="restore.checklist_ticked", obj=check.run, request=request,
+        audit_record(actor=actor, action=AuditAction.RESTORE_CHECKLIST_TICKED, obj=check.run, request=request,
                      details={"run": str(check.run_id), "item": check.code, "title": check.title, "note": note[:300]})
     check.refresh_from_db()
     return check

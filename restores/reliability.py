@@ -31,6 +31,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from drpanel import runs, secrets
 from restores import materialize, pg
 from restores.execution import RESTORE_RUNS
@@ -84,7 +85,7 @@ def drop_orphan_side_databases() -> list[str]:
                         dropped.append(copy.name)
     if dropped:
         with transaction.atomic():
-            audit_record(actor=None, action="restore.orphans_dropped", object_type="restores.target",
+            audit_record(actor=None, action=AuditAction.RESTORE_ORPHANS_DROPPED, object_type="restores.target",
                          object_repr="side databases", details={"dropped": dropped})
     return dropped
 

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from backups.models import Artifact
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from drpanel.approvals import ApprovalError, approval_approve, approval_consume, approval_reject, approval_request
 from drpanel.models import Approval
 from drpanel.permissions import Cap, has_object_right, require_cap, require_object_right
@@ -100,7 +101,7 @@ def restore_request(*, actor, artifact: Artifact, target: Target, mode: str, con
             raise RestoreConflict(f"a restore into {target.name} is already in flight"
                                   + (f" (run {active.short_id}, {active.get_state_display()})" if active else "")
                                   ) from None
-        audit_record(actor=actor, action="restore.requested", obj=run, request=request,
+        audit_record(actor=actor, action=AuditAction.RESTORE_REQUESTED, obj=run, request=request,
                      details=audit_details(run, reason=run.reason, confirm_typed=True))
         if target.is_production:
             params = run_binding_params(run)
@@ -108,7 +109,7 @@ def restore_request(*, actor, artifact: Artifact, target: Target, mode: str, con
                                         reason=run.reason or f"{mode} restore into {target.name}", request=request)
             transition(run, RestoreRun.State.REQUESTED, RestoreRun.State.AWAITING_APPROVAL, approval=approval,
                        binding_hash=approval.binding_hash)
-            audit_record(actor=actor, action="restore.awaiting_approval", obj=run, request=request,
+            audit_record(actor=actor, action=AuditAction.RESTORE_AWAITING_APPROVAL, obj=run, request=request,
                          details=audit_details(run, approval=approval.pk, binding_hash=approval.binding_hash,
                                                expires_at=approval.expires_at))
         else:
@@ -121,7 +122,7 @@ def _queue(run: RestoreRun, *, actor, request=None) -> None:
     if not transition(run, [RestoreRun.State.REQUESTED, RestoreRun.State.APPROVED], RestoreRun.State.QUEUED,
                       queued_at=timezone.now()):
         raise RestoreConflict("this restore could not be queued: its state changed meanwhile")
-    audit_record(actor=actor, action="restore.queued", obj=run, request=request, details=audit_details(run))
+    audit_record(actor=actor, action=AuditAction.RESTORE_QUEUED, obj=run, request=request, details=audit_details(run))
     # If Redis refuses, the request stands; the reconciler queues it again (restores.reliability).
     RESTORE_RUNS.enqueue_on_commit(run.pk)
 
@@ -150,7 +151,7 @@ def restore_approve(*, actor, run: RestoreRun, password: str, note: str = "", re
         if not transition(locked, RestoreRun.State.AWAITING_APPROVAL, RestoreRun.State.APPROVED):
             raise RestoreConflict(f"this restore is {locked.get_state_display()} now")
         approval = approval_consume(approval=run.approval, params=run_binding_params(locked), actor=actor)
-        audit_record(actor=actor, action="restore.approved", obj=locked, request=request,
+        audit_record(actor=actor, action=AuditAction.RESTORE_APPROVED, obj=locked, request=request,
                      details=audit_details(locked, approved_by=actor.get_username(), approval=approval.pk,
                                            binding_hash=approval.binding_hash, reauthenticated=True, note=note[:300]))
         _queue(locked, actor=actor, request=request)
@@ -174,7 +175,7 @@ def restore_reject(*, actor, run: RestoreRun, note: str = "", request=None) -> R
         if not transition(run, RestoreRun.State.AWAITING_APPROVAL, RestoreRun.State.REJECTED,
                           finished_at=timezone.now()):
             raise RestoreConflict(f"this restore is {run.get_state_display()} now")
-        audit_record(actor=actor, action="restore.rejected", obj=run, request=request,
+        audit_record(actor=actor, action=AuditAction.RESTORE_REJECTED, obj=run, request=request,
                      details=audit_details(run, rejected_by=actor.get_username(), withdrawn=withdrawn, note=note[:300]))
     return run
 
@@ -184,13 +185,13 @@ def _expire(run: RestoreRun) -> bool:
         # Conditional: an approval decided a moment ago keeps its decision.
         if run.approval_id and Approval.objects.filter(pk=run.approval_id, state=Approval.State.PENDING).update(
                 state=Approval.State.EXPIRED):
-            audit_record(actor=None, action="approval.expired", obj=run,
+            audit_record(actor=None, action=AuditAction.APPROVAL_EXPIRED, obj=run,
                          details={"approval": run.approval_id, "kind": PRODUCTION_APPROVAL})
         if not transition(run, RestoreRun.State.AWAITING_APPROVAL, RestoreRun.State.EXPIRED,
                           finished_at=timezone.now()):
             return False
         why = f"nobody approved it within {settings.APPROVAL_TTL_MINUTES} minutes"
-        audit_record(actor=None, action="restore.expired", obj=run, details=audit_details(run, why=why))
+        audit_record(actor=None, action=AuditAction.RESTORE_EXPIRED, obj=run, details=audit_details(run, why=why))
     return True
 
 

@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from drpanel import secrets
 from drpanel.passwords import password_confirm
 from drpanel.permissions import Cap, Denied, has_object_right, require_cap
@@ -68,12 +69,13 @@ def restore_rollback(*, actor, run: RestoreRun, password: str, request=None) -> 
             seconds = time.perf_counter() - started
             transition(run, [RestoreRun.State.SUCCEEDED, RestoreRun.State.FAILED], RestoreRun.State.ROLLED_BACK,
                        rolled_back_at=timezone.now(), rolled_back_by=actor, rollback_seconds=seconds)
-            audit_record(actor=actor, action="restore.rolled_back", obj=run, request=request,
+            audit_record(actor=actor, action=AuditAction.RESTORE_ROLLED_BACK, obj=run, request=request,
                          details=audit_details(run, rolled_back_by=actor.get_username(), seconds=round(seconds, 4),
                                                reauthenticated=True, **done))
             return run
     with transaction.atomic():
-        audit_record(actor=actor, action="restore.rollback_failed", obj=run, outcome="failure", request=request,
+        audit_record(actor=actor, action=AuditAction.RESTORE_ROLLBACK_FAILED, obj=run, outcome="failure",
+                     request=request,
                      details=audit_details(run, error=scrub(failure)[:500], done=done))
     raise RestoreConflict(f"the rollback failed: {scrub(failure)}"
                           + (" (the database was swapped back)" if "database" in done else ""))
@@ -103,7 +105,7 @@ def restore_copies_drop_due(now=None) -> int:
                 log.warning("cannot drop the copies of restore %s: %s", run.pk, exc)
                 continue
             RestoreRun.objects.filter(pk=run.pk).update(copies_dropped_at=timezone.now())
-            audit_record(actor=None, action="restore.copies_dropped", obj=run,
+            audit_record(actor=None, action=AuditAction.RESTORE_COPIES_DROPPED, obj=run,
                          details={"run": str(run.pk), "target": run.target.name, "dropped": dropped,
                                   "window_hours": settings.RESTORE_ROLLBACK_WINDOW_HOURS})
             count += 1

@@ -13,6 +13,7 @@ from django.utils import timezone
 from guardian.shortcuts import assign_perm, get_user_perms, remove_perm
 
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from drpanel import endpoints, secrets
 from drpanel.permissions import Cap, Role, require_cap, roles_of
 from restores import healthchecks
@@ -155,7 +156,7 @@ def target_create(*, actor, sanity_checks: list[dict] = (), health_checks: list[
     with transaction.atomic():
         target.save(force_insert=True)
         _replace_checks(target, sanity, health)
-        audit_record(actor=actor, action="target.created", obj=target, details=_snapshot(target))
+        audit_record(actor=actor, action=AuditAction.TARGET_CREATED, obj=target, details=_snapshot(target))
     return target
 
 
@@ -183,7 +184,7 @@ def target_update(*, actor, target: Target, sanity_checks: list[dict] | None = N
         after = _snapshot(target)
         changes = {key: {"from": before[key], "to": after[key]} for key in after if before[key] != after[key]}
         if changes:
-            audit_record(actor=actor, action="target.updated", obj=target, details={"changes": changes})
+            audit_record(actor=actor, action=AuditAction.TARGET_UPDATED, obj=target, details={"changes": changes})
     return target
 
 
@@ -213,7 +214,7 @@ def target_right_grant(*, actor, target: Target, user, right: str) -> bool:
         if right in get_user_perms(user, target):
             return False
         assign_perm(right, user, target)
-        audit_record(actor=actor, action="target.right_granted", obj=target,
+        audit_record(actor=actor, action=AuditAction.TARGET_RIGHT_GRANTED, obj=target,
                      details={"right": right, "user": user.get_username(), "user_id": user.pk,
                               "target": target.name, "environment": target.environment})
     return True
@@ -228,7 +229,7 @@ def target_right_revoke(*, actor, target: Target, user, right: str) -> bool:
         if right not in get_user_perms(user, target):
             return False
         remove_perm(right, user, target)
-        audit_record(actor=actor, action="target.right_revoked", obj=target,
+        audit_record(actor=actor, action=AuditAction.TARGET_RIGHT_REVOKED, obj=target,
                      details={"right": right, "user": user.get_username(), "user_id": user.pk,
                               "target": target.name, "environment": target.environment})
     return True

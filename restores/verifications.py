@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from backups.models import Artifact, System
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from drpanel import runs, secrets
 from drpanel.permissions import Cap, require_cap
 from drpanel.scrub import scrub
@@ -71,7 +72,7 @@ class VerificationRuns(runs.RunKind):
         verification_tidy(run)
 
     def record_requeue(self, run, details: dict) -> None:
-        audit_record(actor=None, action="verification.requeued", obj=run.artifact, details=details)
+        audit_record(actor=None, action=AuditAction.VERIFICATION_REQUEUED, obj=run.artifact, details=details)
 
 
 VERIFICATION_RUNS = runs.register(VerificationRuns())
@@ -85,7 +86,7 @@ def verification_fail(run_id, reason: str, *, expected=(VerificationRun.State.RU
         if not changed:
             return False
         run = VerificationRun.objects.select_related("artifact").get(pk=run_id)
-        audit_record(actor=None, action="verification.failed", obj=run.artifact, outcome="failure",
+        audit_record(actor=None, action=AuditAction.VERIFICATION_FAILED, obj=run.artifact, outcome="failure",
                      details={"run": str(run.pk), "level": run.level, "error": reason[:500]})
     verification_tidy(run)
     return True
@@ -127,7 +128,7 @@ def verification_request(*, actor, artifact: Artifact, level: str, trigger: str 
         if active is not None:
             return active
         run = VerificationRun.objects.create(artifact=artifact, level=level, trigger=trigger, requested_by=actor)
-        audit_record(actor=actor, action="verification.requested", obj=artifact, request=request,
+        audit_record(actor=actor, action=AuditAction.VERIFICATION_REQUESTED, obj=artifact, request=request,
                      details={"run": str(run.id), "level": level, "trigger": trigger})
         # If Redis refuses, the request still stands; the reconciler queues it again.
         VERIFICATION_RUNS.enqueue_on_commit(run.id)
@@ -164,7 +165,7 @@ def verification_execute(run_id) -> VerificationRun:
         run = VerificationRun.objects.select_related("artifact__system").get(pk=run_id)
         if not started:
             return run
-        audit_record(actor=None, action="verification.started", obj=run.artifact,
+        audit_record(actor=None, action=AuditAction.VERIFICATION_STARTED, obj=run.artifact,
                      details={"run": str(run.id), "level": run.level})
     levels = LEVELS[: LEVELS.index(run.level) + 1]
     steps = runs.StepList(run, [(level, WEIGHTS[level]) for level in levels], field="results")

@@ -12,6 +12,7 @@ from django.db import transaction
 
 from backups.models import Artifact
 from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
 from restores import requests, runstate
 from restores.models import RestoreRun, Target
 
@@ -44,7 +45,7 @@ class Command(BaseCommand):
                                            is_drill=drill, reason=reason, trigger=RestoreRun.Trigger.COMMAND)
         except PermissionDenied as exc:
             with transaction.atomic():
-                audit_record(actor=user, action="access.denied", obj=found, outcome="denied",
+                audit_record(actor=user, action=AuditAction.ACCESS_DENIED, obj=found, outcome="denied",
                              details={"attempted": "restore.request", "via": "manage.py restore",
                                       "reason": str(exc)[:300]})
             raise CommandError(f"refused: {exc}") from None
