@@ -121,6 +121,13 @@ DATABASES = {"default": database_settings(DATABASE_URL)}
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DRPANEL_DB_CONN_MAX_AGE", 60, minimum=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["TEST"] = {"NAME": env_str("DRPANEL_TEST_DATABASE") or None}
+# The migration role (owner of the tables) that `manage.py migrate` runs as; the panel itself runs as
+# DATABASE_URL's role (drpanel.dbroles). Not a database alias: nothing but migrate may use it.
+MIGRATE_DATABASE_URL = env_str("DRPANEL_MIGRATE_DATABASE_URL") or None
+MIGRATE_DATABASE = (database_settings(MIGRATE_DATABASE_URL, name_for_errors="DRPANEL_MIGRATE_DATABASE_URL")
+                    if MIGRATE_DATABASE_URL else None)
+if MIGRATE_DATABASE and MIGRATE_DATABASE["NAME"] != DATABASES["default"]["NAME"]:
+    raise ConfigError("DRPANEL_MIGRATE_DATABASE_URL must name the same database as DATABASE_URL")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL") or DEFAULT_REDIS_URL

@@ -1,4 +1,8 @@
-"""WSGI entry point: prepares services like manage.py does, then serves the panel."""
+"""WSGI entry point: prepares services like manage.py does, then serves the panel.
+
+In production the application refuses to load when its database role could bypass the audit
+log (``drpanel.checks.refuse_unsafe_start``): gunicorn's workers then fail to boot.
+"""
 
 import os
 
@@ -10,3 +14,7 @@ prepare()
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 application = get_wsgi_application()
+
+from drpanel.checks import refuse_unsafe_start  # noqa: E402 - needs the loaded app registry
+
+refuse_unsafe_start("web")

@@ -49,7 +49,7 @@ def triggers_disabled():
         yield
     finally:
         with connection.cursor() as cursor:
-            cursor.execute(f"ALTER TABLE {TABLE} ENABLE TRIGGER USER")
+            cursor.execute(f"ALTER TABLE {TABLE} ENABLE ALWAYS TRIGGER USER")
 
 
 def tamper(sql: str, params=None) -> None:

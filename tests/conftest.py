@@ -26,15 +26,23 @@ CHROMIUM_ARGS = [
 def _flush_past_the_audit_triggers():
     """Transactional tests empty every table after each test; the audit table refuses TRUNCATE.
 
-    Its triggers stay silent in ``session_replication_role = replica``, which only a superuser
-    may set (the test database role is one), so the flush sets it for its own transaction.
+    Its triggers fire in every ``session_replication_role`` (``ENABLE ALWAYS``), so the flush,
+    run by the test database's superuser, disables the TRUNCATE trigger inside its own
+    transaction and enables it again (ALWAYS) before that transaction commits: no other
+    session ever sees the audit table unprotected.
     """
     from django.db.backends.postgresql.operations import DatabaseOperations
 
+    from compliance.audit.models import TRUNCATE_TRIGGER, AuditEvent
+
     original = DatabaseOperations.execute_sql_flush
+    table = AuditEvent._meta.db_table
 
     def execute_sql_flush(self, sql_list):
-        return original(self, ["SET LOCAL session_replication_role = replica", *sql_list])
+        if not any(table in sql for sql in sql_list):
+            return original(self, sql_list)
+        return original(self, [f"ALTER TABLE {table} DISABLE TRIGGER {TRUNCATE_TRIGGER}", *sql_list,
+                               f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {TRUNCATE_TRIGGER}"])
 
     DatabaseOperations.execute_sql_flush = execute_sql_flush
     yield
@@ -60,6 +68,15 @@ def _config_roots(settings, tmp_path_factory, monkeypatch):
     roots = [str(tmp_path_factory.getbasetemp()), "/srv", "/etc"]
     settings.CONFIG_ROOTS = roots
     monkeypatch.setenv("DRPANEL_CONFIG_ROOTS", ",".join(roots))
+
+
+@pytest.fixture
+def runtime_role(django_db_setup):
+    """A real non-superuser role on the test database with exactly the runtime role's rights (tests.role_support)."""
+    from tests.role_support import database_role
+
+    with database_role() as role:
+        yield role
 
 
 @pytest.fixture

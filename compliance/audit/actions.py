@@ -93,6 +93,10 @@ class AuditAction(StrEnum):
     CONTACT_VERIFIED = "contact.verified", "A contact's details were confirmed as current."
     CONTACT_EXPORTED = "contact.exported", "Someone exported the roster."
 
+    DATABASE_RUNTIME_ROLE_GRANTED = ("database.runtime_role_granted",
+                                     "The migration role gave the runtime database role exactly its rights "
+                                     "(SELECT and INSERT only on the audit table).")
+
     GROUP_CREATED = "group.created", "A group (role) was created."
     GROUP_CHANGED = "group.changed", "A group (role) was renamed."
     GROUP_DELETED = "group.deleted", "A group (role) was deleted."
@@ -113,6 +117,9 @@ class AuditAction(StrEnum):
 
     OBJECT_PERMISSION_GRANTED = "object_permission.granted", "An object permission (django-guardian) was granted."
     OBJECT_PERMISSION_REVOKED = "object_permission.revoked", "An object permission (django-guardian) was revoked."
+
+    PANEL_START_REFUSED = ("panel.start_refused",
+                           "A production web process refused to start: its database role could bypass the audit log.")
 
     PERMISSION_USERS_CHANGED = "permission.users_changed", "A permission was given to or taken from users."
     PERMISSION_GROUPS_CHANGED = ("permission.groups_changed",
