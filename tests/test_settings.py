@@ -60,7 +60,10 @@ def test_the_secret_key_can_come_from_a_file(tmp_path):
     assert result.stdout.strip().endswith("True")
 
 
-def test_check_deploy_reports_zero_warnings_in_production(tmp_path):
-    result = manage("check", "--deploy", "--fail-level", "WARNING", **production_env(tmp_path))
+@pytest.mark.django_db(transaction=True)
+def test_check_deploy_reports_zero_warnings_in_production(tmp_path, runtime_role):
+    # Production runs as a plain role (a superuser is drpanel.E002): tests/compliance/test_trust_audit_roles.py.
+    result = manage("check", "--deploy", "--fail-level", "WARNING", **production_env(tmp_path),
+                    DATABASE_URL=runtime_role.url)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues (0 silenced)." in result.stdout

@@ -19,11 +19,14 @@ pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture
-def production(tmp_path):
-    """The production environment against this test run's real database and Redis; ``var/`` is a fresh directory."""
+def production(tmp_path, runtime_role):
+    """The production environment against this test run's real database and Redis; ``var/`` is a fresh directory.
+
+    The panel connects as a plain runtime role (``runtime_role``): a superuser is refused (drpanel.E002).
+    """
     base = worker_env()
     var = tmp_path / "var"
-    env = {**production_env(tmp_path), "DATABASE_URL": base["DATABASE_URL"], "REDIS_URL": base["REDIS_URL"],
+    env = {**production_env(tmp_path), "DATABASE_URL": runtime_role.url, "REDIS_URL": base["REDIS_URL"],
            "DRPANEL_SERVICES": "auto", "DRPANEL_VAR_DIR": str(var)}
     env.pop("DEBUG", None)
     return env, var

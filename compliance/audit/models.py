@@ -10,6 +10,7 @@ from django.db import models
 # The statement trigger that refuses TRUNCATE. Only the table's owner or a superuser can disable
 # it (ALTER TABLE): the test suite's flush and the benchmark do, inside their own transaction.
 TRUNCATE_TRIGGER = "compliance_auditevent_no_truncate"
+APPEND_ONLY_TRIGGERS = ("compliance_auditevent_no_update_delete", TRUNCATE_TRIGGER)
 
 
 class AuditEventQuerySet(models.QuerySet):
