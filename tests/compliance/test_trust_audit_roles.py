@@ -4,7 +4,8 @@ Every test uses a real non-superuser role, created on the test database with exa
 ``drpanel.dbroles.grant_sql`` gives the runtime role (the test run's superuser owns the tables:
 it plays the migration role). As that role, each attack on the audit table fails with
 PostgreSQL's own refusal, the log is unchanged and still verifies (a verification that is itself
-audited); appending through ``audit_record`` works. The triggers fire ``ALWAYS``: not even the
+audited); appending through ``audit_record`` works, and a real worker connected as that role
+takes a backup. The triggers fire ``ALWAYS``: not even the
 owner in ``session_replication_role = replica`` gets past them. ``migrate`` runs as the
 migration role and grants the runtime role its rights; in production a superuser runtime role
 is refused at start (check, check --deploy, a worker, the web process), the web refusal audited.
@@ -19,13 +20,15 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
+from backups.runs import backup_request
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from compliance.audit.models import APPEND_ONLY_TRIGGERS, AuditEvent
 from compliance.audit.verify import audit_verify, verify_chain
 from drpanel.dbroles import AUDIT_TABLE, grant_sql, runtime_role_problems
+from tests.backup_fixtures import keys_env, primary, source_db, system, test_keys  # noqa: F401 - fixtures
 from tests.role_support import database_role, panel_connected_as, superuser_url
-from tests.support import ROOT, worker_env
+from tests.support import ROOT, rq_workers, wait_for, worker_env
 from tests.test_settings import manage, production_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -86,6 +89,19 @@ def test_the_runtime_role_appends_through_audit_record_and_the_chain_verifies(ru
         event = audit_record(actor=None, action=AuditAction.AUDIT_EXPORTED, details={"as": "runtime"})
         result = verify_chain()
     assert event.seq == events[0] + 1 and result.ok and result.count == event.seq and result.head_hash == event.hash
+
+
+def test_a_real_worker_running_as_the_runtime_role_takes_a_backup_and_audits_it(
+        runtime_role, operator, system, primary, test_keys, redis_conn, tmp_path):  # noqa: F811 - fixtures
+    """The runtime role's rights are enough for the panel's work (here a full backup, start to audit)."""
+    env = {**keys_env(test_keys), "DATABASE_URL": runtime_role.url}
+    with rq_workers(["backup"], log_dir=tmp_path / "logs", env=env):
+        run = backup_request(actor=operator, system=system, kind="full")
+        wait_for(lambda: type(run).objects.get(pk=run.pk).state not in ("queued", "running"), 120, "the backup")
+    run.refresh_from_db()
+    assert run.state == "succeeded", run.error
+    assert AuditEvent.objects.filter(action=AuditAction.BACKUP_SUCCEEDED, details__run=str(run.id)).exists()
+    assert verify_chain().ok
 
 
 def test_the_triggers_fire_always_even_for_the_owner_in_replica_mode(events):
