@@ -128,8 +128,10 @@ def migration_connection(alias: str = DEFAULT_DB_ALIAS):
     conn = connections[alias]
     runtime = conn.settings_dict
     conn.close()
+    # The database stays the connection's own (the settings check that both URLs name the same one;
+    # a test run's connection names its test database, which must never become the real one).
     conn.settings_dict = {**runtime, **{key: settings.MIGRATE_DATABASE[key]
-                                        for key in ("NAME", "USER", "PASSWORD", "HOST", "PORT", "OPTIONS")}}
+                                        for key in ("USER", "PASSWORD", "HOST", "PORT", "OPTIONS")}}
     try:
         yield conn
     finally:

@@ -219,3 +219,10 @@ def test_production_starts_with_the_runtime_role(production, runtime_role):
     result = start_web(**env)
     assert result.returncode == 0, result.stderr
     assert not AuditEvent.objects.filter(action=AuditAction.PANEL_START_REFUSED).exists()
+
+
+def test_a_migration_role_on_another_database_stops_start_up_with_one_line():
+    result = manage("check", DRPANEL_MIGRATE_DATABASE_URL="postgresql://owner@127.0.0.1:5432/some_other_database")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("drpanel: DRPANEL_MIGRATE_DATABASE_URL must name the same database as "
+                                     "DATABASE_URL")
