@@ -13,7 +13,7 @@ from drpanel.services import api_token_create, api_token_revoke
 from tests.support import worker_env
 
 pytestmark = pytest.mark.django_db
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bearer(raw):

@@ -7,11 +7,11 @@
 - manager: approve the production restore an operator requested, be refused approving their own
   request (on the page), roll the first one back.
 - auditor and admin: their journeys are the existing browser tests, which save their screenshots here
-  too: ``tests/test_browser_audit.py`` (filter, export, public key, the offline verifier exits 0) and
-  ``tests/test_browser_targets.py`` (create a target, grant an operator ``restore_to_target``).
+  too: ``tests/browser/test_browser_audit.py`` (filter, export, public key, the offline verifier exits 0) and
+  ``tests/browser/test_browser_targets.py`` (create a target, grant an operator ``restore_to_target``).
 
 The full request → approve → progress → rollback loop driven by the operator is in
-``tests/test_browser_restore.py``; the manager's journey starts from a request made through the service.
+``tests/browser/test_browser_restore.py``; the manager's journey starts from a request made through the service.
 """
 
 import pytest
@@ -21,8 +21,8 @@ from compliance.audit_verify import verify_chain
 from compliance.models import AuditEvent
 from restores import runs
 from restores.models import RestoreRun, VerificationRun
+from tests.browser.test_browser_restore import DONE, accept_confirmations, leave, request_restore
 from tests.support import journey_screenshot, rq_workers, wait_for
-from tests.test_browser_restore import DONE, accept_confirmations, leave, request_restore
 
 pytest_plugins = ["tests.restore_fixtures", "tests.loop_fixtures"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
