@@ -70,6 +70,17 @@ def _flush_past_the_audit_triggers():
     DatabaseOperations.execute_sql_flush = original
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _databases_dropped_in_the_background():
+    """Tests' own databases are dropped while later tests run; the session waits for the last drops."""
+    yield
+    from tests.restore_support import later_drops
+
+    failures = later_drops.drain()
+    if failures:
+        pytest.fail("databases of the tests could not be dropped: " + "; ".join(failures))
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hasher(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
