@@ -5,9 +5,10 @@ import subprocess
 import sys
 
 import pytest
+from django.db import connection
 
 from drpanel import testing
-from tests.support import ROOT
+from tests.support import ROOT, worker_env
 
 
 def test_worker_k_counts_down_from_the_base_and_a_plain_run_uses_the_base():
@@ -19,6 +20,15 @@ def test_worker_k_counts_down_from_the_base_and_a_plain_run_uses_the_base():
 def test_this_worker_uses_its_own_redis_database(settings):
     expected = testing.redis_db_for(testing.base_redis_db(), testing.worker_index())
     assert settings.REDIS_URL.rstrip("/").endswith(f"/{expected}") or f"db={expected}" in settings.REDIS_URL
+
+
+def test_processes_the_tests_start_get_this_workers_databases(db, settings):
+    env = worker_env()
+    assert env["REDIS_URL"] == settings.REDIS_URL
+    name = connection.settings_dict["NAME"]
+    assert env["DATABASE_URL"].split("?")[0].rsplit("/", 1)[1] == name
+    if testing.worker_index() is not None:
+        assert name.endswith(f"_gw{testing.worker_index()}")
 
 
 def test_a_worker_count_reaching_below_database_1_is_refused_with_the_reason():
