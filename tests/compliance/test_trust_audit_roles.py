@@ -27,9 +27,9 @@ from compliance.audit.models import APPEND_ONLY_TRIGGERS, AuditEvent
 from compliance.audit.verify import audit_verify, verify_chain
 from drpanel.dbroles import AUDIT_TABLE, grant_sql, runtime_role_problems
 from tests.backup_fixtures import keys_env, primary, source_db, system, test_keys  # noqa: F401 - fixtures
+from tests.drpanel.test_settings import manage, production_env
 from tests.role_support import database_role, panel_connected_as, superuser_url
 from tests.support import ROOT, rq_workers, wait_for, worker_env
-from tests.drpanel.test_settings import manage, production_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
