@@ -4,7 +4,9 @@ It runs before pytest-django reads the settings, so the test run and every proce
 starts use the same PostgreSQL and Redis as the rest of the panel would (found or
 embedded), with two isolations so parallel checkouts do not collide:
 ``DRPANEL_TEST_REDIS_DB`` (default 15) and ``DRPANEL_TEST_DATABASE`` (default
-``test_<name>``). Audit checkpoints go to a temporary directory of the run.
+``test_<name>``). Audit checkpoints go to a temporary directory of the run. Each run (and
+each pytest-xdist worker) is its own installation (``DRPANEL_INSTALLATION_ID``): its
+queues and workers never meet another run's on a shared Redis database.
 """
 
 import atexit
@@ -14,7 +16,7 @@ import tempfile
 
 import pytest
 
-from drpanel import runtime
+from drpanel import installation, runtime
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -34,3 +36,9 @@ def pytest_load_initial_conftests(early_config, parser, args):
         os.environ["DRPANEL_AUDIT_CHECKPOINT_DIR"] = checkpoints
     redis_db = int(os.environ.get("DRPANEL_TEST_REDIS_DB", "15"))
     os.environ["REDIS_URL"] = runtime.with_redis_db(os.environ["REDIS_URL"], redis_db)
+    if "DRPANEL_INSTALLATION_ID" not in os.environ:
+        # Derived from the test database (as the panel derives it from its own), per xdist worker,
+        # so the worker processes the tests start (they inherit it) serve the same queues.
+        test_database = os.environ.get("DRPANEL_TEST_DATABASE") or "default"
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        os.environ["DRPANEL_INSTALLATION_ID"] = f"test-{worker}-{installation.derive(test_database)[:8]}"
