@@ -181,3 +181,18 @@ def test_a_worker_refuses_to_start_when_its_id_is_held_for_another_database(othe
     assert "Traceback" not in output
     assert waiting.get_status(refresh=True) == "queued" and not redis_conn.exists("never"), "nothing ran"
     assert not Worker.all(connection=redis_conn)
+
+
+def test_manage_py_worker_takes_this_installations_queues_by_their_logical_names(redis_conn):
+    key = f"reports:{uuid.uuid4()}"
+    queues.enqueue(REPORT, key, "mine", queue="verify", timeout=60)
+    Queue("drp-another:verify", connection=redis_conn).enqueue(REPORT, key, "theirs")
+    result = subprocess.run([sys.executable, str(ROOT / "manage.py"), "worker", "--burst", "verify"],
+                            env=worker_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [line.split("|")[0] for line in reports(redis_conn, key)] == ["mine"]
+    assert Queue("drp-another:verify", connection=redis_conn).count == 1
+
+    refused = subprocess.run([sys.executable, str(ROOT / "manage.py"), "worker", "--burst", "restores"],
+                             env=worker_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "no queue 'restores'" in refused.stderr
