@@ -37,8 +37,9 @@ def pytest_load_initial_conftests(early_config, parser, args):
     redis_db = int(os.environ.get("DRPANEL_TEST_REDIS_DB", "15"))
     os.environ["REDIS_URL"] = runtime.with_redis_db(os.environ["REDIS_URL"], redis_db)
     if "DRPANEL_INSTALLATION_ID" not in os.environ:
-        # Derived from the test database (as the panel derives it from its own), per xdist worker,
-        # so the worker processes the tests start (they inherit it) serve the same queues.
+        # Derived from the checkout and its test database, per xdist worker; the worker processes the
+        # tests start inherit it, so they serve the same queues as the test that started them.
         test_database = os.environ.get("DRPANEL_TEST_DATABASE") or "default"
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        os.environ["DRPANEL_INSTALLATION_ID"] = f"test-{worker}-{installation.derive(test_database)[:8]}"
+        digest = installation.derive(f"{runtime.BASE_DIR}:{test_database}")[:8]
+        os.environ["DRPANEL_INSTALLATION_ID"] = f"test-{worker}-{digest}"
