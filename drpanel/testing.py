@@ -11,6 +11,8 @@ from the others: pytest-django suffixes the test database (``…_gw0``, ``…_gw
 gives worker ``gwK`` the Redis database ``DRPANEL_TEST_REDIS_DB - K`` (CI's Redis has only the
 default 16 databases, so counting down from 15 fits) and its own checkpoint directory. The
 processes a test starts (RQ workers, ``worker_env``) inherit both through the environment.
+Each run (and each pytest-xdist worker) is its own installation (``DRPANEL_INSTALLATION_ID``):
+its queues and workers never meet another run's on a shared Redis database.
 """
 
 import atexit
@@ -20,7 +22,7 @@ import tempfile
 
 import pytest
 
-from drpanel import runtime
+from drpanel import installation, runtime
 
 DEFAULT_REDIS_DB = 15
 
@@ -81,6 +83,13 @@ def pytest_load_initial_conftests(early_config, parser, args):
     if redis_db < 1:
         raise pytest.UsageError(f"drpanel: xdist worker gw{index} would use Redis database {redis_db} (below 1)")
     os.environ["REDIS_URL"] = runtime.with_redis_db(os.environ["REDIS_URL"], redis_db)
+    if "DRPANEL_INSTALLATION_ID" not in os.environ:
+        # Derived from the checkout and its test database, per xdist worker; the worker processes the
+        # tests start inherit it, so they serve the same queues as the test that started them.
+        test_database = os.environ.get("DRPANEL_TEST_DATABASE") or "default"
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        digest = installation.derive(f"{runtime.BASE_DIR}:{test_database}")[:8]
+        os.environ["DRPANEL_INSTALLATION_ID"] = f"test-{worker}-{digest}"
 
 
 def pytest_configure(config):

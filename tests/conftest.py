@@ -161,9 +161,9 @@ def clients(operator, manager, auditor, admin, outsider):
 
 @pytest.fixture
 def redis_conn():
-    import django_rq
+    from drpanel import queues
 
-    conn = django_rq.get_connection("default")
+    conn = queues.get_connection()
     conn.flushdb()
     yield conn
     conn.flushdb()

@@ -109,6 +109,8 @@ class AuditAction(StrEnum):
     INVENTORY_FINISHED = "inventory.finished", "An inventory of a storage location finished."
     INVENTORY_FAILED = "inventory.failed", "An inventory of a storage location failed."
 
+    JOB_REFUSED = "job.refused", "A worker refused a job naming a run this installation does not have."
+
     KEYS_ROTATION_REQUESTED = "keys.rotation_requested", "A master key rotation (re-wrapping data keys) was asked for."
     KEYS_ROTATION_FINISHED = "keys.rotation_finished", "A master key rotation finished."
 

@@ -17,7 +17,7 @@ from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation
 from backups.runs import backup_request, backup_run_execute, backup_runs_reap
 from compliance.audit.verify import verify_chain
 from compliance.models import AuditEvent
-from drpanel import pgbin
+from drpanel import pgbin, queues
 from tests.backup_fixtures import *  # noqa: F403 - fixtures
 from tests.backup_fixtures import keys_env
 from tests.chaos_support import FaultyProxy, fill, kill_tree, restart_redis_database, small_filesystem
@@ -101,14 +101,13 @@ def test_a_worker_killed_mid_backup_fails_the_run_within_the_bound_and_leaves_no
 
 def test_a_backup_queued_when_redis_restarts_empty_is_queued_again_and_runs(
         operator, system, primary, test_keys, redis_conn, tmp_path):
-    import django_rq
     from rq.job import Job
 
     run = backup_request(actor=operator, system=system, kind="config")
     run.refresh_from_db()
     assert Job.exists(run.job_id, connection=redis_conn)
     restart_redis_database(redis_conn)
-    assert not Job.exists(run.job_id, connection=django_rq.get_connection("backup"))
+    assert not Job.exists(run.job_id, connection=queues.get_connection("backup"))
     lost_job = run.job_id
 
     assert backup_runs_reap(requeue_after_seconds=0) == 1
@@ -227,10 +226,9 @@ def test_a_slow_s3_endpoint_still_gets_a_verified_copy(operator, system, primary
 
 
 def test_a_running_backup_whose_job_was_abandoned_is_failed_at_once(system, primary, redis_conn):
-    import django_rq
     from rq.job import JobStatus
 
-    job = django_rq.get_queue("backup").enqueue("drpanel.jobs.ping", "x")
+    job = queues.get_queue("backup").enqueue("drpanel.jobs.ping", "x")
     job.set_status(JobStatus.FAILED)  # what rq does to a job whose worker stopped heartbeating
     run = BackupRun.objects.create(system=system, kind="full", state="running", job_id=job.id,
                                    heartbeat_at=django_timezone.now())

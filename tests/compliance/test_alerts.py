@@ -4,14 +4,13 @@ import re
 import time
 from datetime import timedelta
 
-import django_rq
 import pytest
 from django.core import mail
 from django.urls import reverse
 
 from compliance.alerts import alert_acknowledge, alert_raise, alert_resolve, escalate_due
 from compliance.models import Alert, AlertNotification, AuditEvent, Contact
-from drpanel import clock
+from drpanel import clock, queues
 from tests.support import assert_only_roles
 
 pytestmark = pytest.mark.django_db
@@ -231,7 +230,7 @@ def test_the_escalation_job_runs_in_a_real_worker_on_the_shifted_clock(redis_con
     alert_raise(kind="health.critical", severity="critical", subject="Backups are late", message="",
                 dedup_key="health.backups")
     with rq_workers(["default"], env={"DRPANEL_CLOCK_OFFSET_SECONDS": 600}):
-        job = django_rq.get_queue("default").enqueue(alerts_escalate_job)
+        job = queues.get_queue("default").enqueue(alerts_escalate_job)
         deadline = time.monotonic() + 60
         while job.get_status(refresh=True) not in ("finished", "failed") and time.monotonic() < deadline:
             time.sleep(0.2)

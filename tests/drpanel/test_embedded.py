@@ -52,7 +52,7 @@ def test_embedded_services_start_run_a_job_and_stop(var_dir):
         migrate = subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=ROOT, capture_output=True, text=True,
                                  timeout=180)
         assert migrate.returncode == 0, migrate.stderr
-        worker = subprocess.Popen([*manage, "rqworker", "default"], env=env, cwd=ROOT,
+        worker = subprocess.Popen([*manage, "worker", "default"], env=env, cwd=ROOT,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         check = subprocess.run([*manage, "services", "check", "--timeout", "60"], env=env, cwd=ROOT,
                                capture_output=True, text=True, timeout=120)

@@ -11,10 +11,11 @@ from datetime import timedelta
 from ipaddress import ip_network
 
 import pytest
+from rq import Queue
 
 from backups.models import Artifact, System
 from compliance.models import Alert, AuditEvent
-from drpanel import clock
+from drpanel import clock, queues
 from drpanel.metrics import escape_label_value, render
 from drpanel.services import api_token_create
 from restores.models import RestoreRun, Target, VerificationRun
@@ -147,12 +148,23 @@ def test_workers_live_counts_the_registered_workers(scrape, redis_conn):
 
     families = parse(scrape())
     assert value(families, "drpanel_workers_live") == 0
-    worker = Worker(["default"], connection=redis_conn, name=f"metrics-test-{secrets.token_hex(4)}")
+    worker = Worker([queues.queue_name("default")], connection=redis_conn, name=f"metrics-test-{secrets.token_hex(4)}")
+    # Another panel's worker on the same Redis database is not one of ours.
+    foreign = Worker(["drp-another:default"], connection=redis_conn, name=f"metrics-foreign-{secrets.token_hex(4)}")
     worker.register_birth()
+    foreign.register_birth()
     try:
         assert value(parse(scrape()), "drpanel_workers_live") == 1
     finally:
         worker.register_death()
+        foreign.register_death()
+
+
+def test_queue_depth_counts_this_installations_waiting_jobs(scrape, redis_conn):
+    Queue(queues.queue_name("verify"), connection=redis_conn).enqueue("drpanel.jobs.ping", "x")
+    Queue("drp-another:verify", connection=redis_conn).enqueue("drpanel.jobs.ping", "y")
+    depths = {labels["queue"]: count for labels, count in parse(scrape())["drpanel_queue_depth"]}
+    assert depths == {"default": 0, "backup": 0, "verify": 1, "restore": 0}
 
 
 def test_prometheus_clients_own_parser_reads_it_when_installed(scrape):

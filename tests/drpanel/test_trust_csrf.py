@@ -10,7 +10,6 @@ table, and nothing enqueued in Redis. The only views exempt from CSRF are listed
 import re
 import uuid
 
-import django_rq
 import pytest
 from django.apps import apps
 from django.conf import settings
@@ -18,6 +17,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 
 from compliance.models import AuditEvent
+from drpanel import queues
 
 pytestmark = pytest.mark.django_db
 
@@ -77,7 +77,7 @@ def counts() -> dict:
 
 
 def enqueued() -> int:
-    return sum(django_rq.get_queue(name).count for name in settings.RQ_QUEUE_NAMES)
+    return sum(queues.get_queue(name).count for name in settings.RQ_QUEUE_NAMES)
 
 
 def test_the_walk_covers_the_panels_forms():

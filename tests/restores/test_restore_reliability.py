@@ -7,12 +7,12 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import django_rq
 import pytest
 from django.db import transaction
 from django.utils import timezone
 
 from compliance.models import AuditEvent
+from drpanel import queues
 from drpanel.runs import MAX_ENQUEUES
 from restores import jobs, pg, reliability, requests, rollback
 from restores.models import RestoreRun, SanityCheck, VerificationRun
@@ -136,14 +136,14 @@ def test_redis_flushed_while_a_run_is_queued_gets_it_queued_again_not_lost(opera
     settings.RUN_LOST_JOB_SECONDS = 0
     run = request(operator, artifact, staging)
     run.refresh_from_db()
-    assert run.job_id and django_rq.get_queue("restore").count == 1
+    assert run.job_id and queues.get_queue("restore").count == 1
     redis_conn.flushdb()
     summary = reliability.reconcile()
     # The artifact's automatic verification (queued by its backup) lost its job too.
     automatic = VerificationRun.objects.get(artifact=artifact, trigger="backup")
     assert set(summary["requeued"]) == {str(run.pk), str(automatic.pk)}
     run.refresh_from_db()
-    assert run.state == "queued" and run.enqueue_count == 2 and django_rq.get_queue("restore").count == 1
+    assert run.state == "queued" and run.enqueue_count == 2 and queues.get_queue("restore").count == 1
     assert AuditEvent.objects.get(action="restore.requeued").details["rq_status"] == "missing"
     with rq_workers(["restore"], count=1):
         wait_for(lambda: state_of(run) in ("succeeded", "failed"), 90, what="the re-queued restore")
@@ -164,7 +164,7 @@ def test_a_job_lost_again_and_again_fails_the_run_with_the_reason(operator, read
 def test_a_second_delivery_of_the_same_job_does_nothing(operator, ready, scratch):
     staging, artifact = ready
     run = request(operator, artifact, staging)
-    queue = django_rq.get_queue("restore")
+    queue = queues.get_queue("restore")
     duplicate = queue.enqueue(jobs.restore_run_job, str(run.pk))
     with rq_workers(["restore"], count=1):
         wait_for(lambda: state_of(run) in ("succeeded", "failed")
@@ -181,7 +181,7 @@ def test_a_rolled_back_request_enqueues_nothing(operator, ready, redis_conn):
         request(operator, artifact, staging)
         raise RuntimeError("the caller's transaction fails after the request")
     assert not RestoreRun.objects.exists()
-    assert django_rq.get_queue("restore").count == 0
+    assert queues.get_queue("restore").count == 0
     assert not AuditEvent.objects.filter(action__startswith="restore.").exists()
 
 
@@ -276,7 +276,7 @@ def test_a_queued_run_whose_job_failed_before_starting_is_failed_with_the_reason
     settings.RUN_LOST_JOB_SECONDS = 0
     run = request(operator, artifact, staging)
     run.refresh_from_db()
-    job = django_rq.get_queue("restore").fetch_job(run.job_id)
+    job = queues.get_queue("restore").fetch_job(run.job_id)
     job.set_status("failed")
     reliability.reconcile()
     run.refresh_from_db()
