@@ -220,4 +220,17 @@ def protection_change_approve(*, actor, approval: Approval, password: str, param
 
     approved = approval_approve(actor=actor, approval=approval, password=password, params=params,
                                 may_approve=may_approve, request=request)
-    return apply(approved)
+    return protection_change_apply(actor=actor, approval=approved, apply=apply, request=request)
+
+
+def protection_change_apply(*, actor, approval: Approval, apply, request=None):
+    """Run ``apply(approval)`` (which consumes the approval in its transaction); when the approval no longer
+    covers the change (the subject changed after the request, it expired), audit the refusal and re-raise."""
+    try:
+        return apply(approval)
+    except ApprovalError as exc:
+        with transaction.atomic():
+            audit_record(actor=actor, action=AuditAction.APPROVAL_BINDING_MISMATCH, obj=approval.subject,
+                         outcome="failure", request=request,
+                         details=_details(approval, at_apply_by=getattr(actor, "username", None), reason=str(exc)))
+        raise

@@ -7,7 +7,8 @@ its audit event in one transaction.
 Changes that weaken protection wait for a second person (DESIGN.md's trust boundary): moving a
 production target out of production, changing a target's database or config directory, and granting
 ``approve_restore``. ``target_update`` and ``target_right_grant`` then return the pending ``Approval``;
-``target_change_approve`` / ``target_right_grant_approve`` apply exactly the approved change.
+``target_change_approve`` / ``target_right_grant_approve`` apply exactly the approved change
+(``target_change_apply`` refuses it if the target changed after the request).
 Strengthening changes (into production, deactivating, new checks) apply at once, as does a new target;
 a staging or scratch target may never name a production target's database.
 """
@@ -23,7 +24,13 @@ from guardian.shortcuts import assign_perm, get_user_perms, remove_perm
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from drpanel import endpoints, secrets
-from drpanel.approvals import approval_consume, canonical_params, protection_change_approve, protection_change_request
+from drpanel.approvals import (
+    approval_consume,
+    canonical_params,
+    protection_change_apply,
+    protection_change_approve,
+    protection_change_request,
+)
 from drpanel.models import Approval
 from drpanel.permissions import Cap, Role, require_cap, roles_of
 from restores import healthchecks
@@ -254,23 +261,31 @@ def target_update(*, actor, target: Target, sanity_checks: list[dict] | None = N
 def target_change_approve(*, actor, approval: Approval, password: str, request=None) -> Target:
     """Another Manager or Admin approves a pending target change with their password; it applies at once,
     exactly as asked, and only if the target has not changed since."""
-    target = approval.subject
     change = approval.params["change"]
+    return protection_change_approve(
+        actor=actor, approval=approval, password=password, params=_change_params(approval.subject, change),
+        apply=lambda approved: _target_change(actor=actor, approval=approved, request=request), request=request)
 
-    def apply(approved: Approval) -> Target:
-        with transaction.atomic():
-            locked = Target.objects.select_for_update().get(pk=target.pk)
-            # Consumed against the target as it is now: a change made after the request voids the approval.
-            approval_consume(approval=approved, params=_change_params(locked, change), actor=actor)
-            before = _snapshot(locked)
-            for name, value in change["fields"].items():
-                setattr(locked, name, value)
-            sanity, health = _clean(locked, change["sanity_checks"], change["health_checks"])
-            return _write(actor=actor, target=locked, before=before, sanity=sanity, health=health,
-                          approval=approved, request=request)
 
-    return protection_change_approve(actor=actor, approval=approval, password=password,
-                                     params=_change_params(target, change), apply=apply, request=request)
+def _target_change(*, actor, approval: Approval, request=None) -> Target:
+    change = approval.params["change"]
+    with transaction.atomic():
+        locked = Target.objects.select_for_update().get(pk=approval.object_id)
+        # Consumed against the target as it is now: a change made after the request voids the approval.
+        approval_consume(approval=approval, params=_change_params(locked, change), actor=actor)
+        before = _snapshot(locked)
+        for name, value in change["fields"].items():
+            setattr(locked, name, value)
+        sanity, health = _clean(locked, change["sanity_checks"], change["health_checks"])
+        return _write(actor=actor, target=locked, before=before, sanity=sanity, health=health, approval=approval,
+                      request=request)
+
+
+def target_change_apply(*, actor, approval: Approval, request=None) -> Target:
+    """Carry out an approved target change once; refused (and audited) if the target changed after the request."""
+    return protection_change_apply(
+        actor=actor, approval=approval, request=request,
+        apply=lambda approved: _target_change(actor=actor, approval=approved, request=request))
 
 
 def _check_right(right: str) -> str:
