@@ -185,7 +185,8 @@ def _edit(request, *, form_class, instance, save, template, success, title):
                 return redirect("drpanel:approval-detail", pk=saved.pk)
             messages.success(request, f"Saved {saved}.")
             return redirect(success)
-    return render(request, template, {"form": form, "instance": instance, "title": title},
+    pending = open_approvals(instance).select_related("requested_by") if instance is not None else []
+    return render(request, template, {"form": form, "instance": instance, "title": title, "pending": pending},
                   status=400 if request.method == "POST" else 200)
 
 

@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from drpanel.approvals import WAITING
+from drpanel.approvals import WAITING, open_approvals
 from drpanel.models import Approval
 from drpanel.permissions import Cap, capability_required, has_cap
 from restores import targets
@@ -37,6 +37,7 @@ def target_detail(request, pk: int):
         "target": target, "right_rows": right_rows,
         "my_rights": rights_of(request.user, target), "can_manage": can_manage,
         "grant_form": GrantForm() if can_manage else None,
+        "pending": open_approvals(target).select_related("requested_by") if can_manage else [],
     })
 
 
@@ -94,6 +95,7 @@ def _target_form(request, target: Target | None):
     status = 400 if request.method == "POST" else 200
     return render(request, "restores/target_form.html", {
         "form": form, "sanity": sanity, "health": health, "target": target, "check_errors": check_errors,
+        "pending": open_approvals(target).select_related("requested_by") if target is not None else [],
     }, status=status)
 
 

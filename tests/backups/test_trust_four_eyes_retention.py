@@ -66,6 +66,8 @@ def test_one_admin_alone_cannot_delete_off_site_backups_through_retention(client
     approval = Approval.objects.get(kind=systems.SYSTEM_CHANGE_APPROVAL)
     assert response.status_code == 302 and response.url == reverse("drpanel:approval-detail", args=[approval.pk])
     assert "This change waits for a second person" in clients["admin"].get(response.url).content.decode()
+    form_page = clients["admin"].get(reverse("backups:system-edit", args=[system.pk])).content.decode()
+    assert f'href="{response.url}"' in form_page
     system.refresh_from_db()
     assert {k: getattr(system, k) for k in POLICY} == POLICY, "the policy is unchanged"
     assert retention_apply(system) == 0

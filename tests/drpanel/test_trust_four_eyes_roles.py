@@ -128,8 +128,7 @@ def test_more_permissions_for_a_privileged_group_wait_fewer_apply_at_once(admin,
     fewer = [name for name in before if name != "drpanel.edit_contacts"]
     assert roles.group_permissions_change_request(actor=admin, group=group, permissions=fewer) == group
     assert roles._permission_names(group) == sorted(fewer)
-    assert [e.details["approved_by"] if "approved_by" in e.details else None
-            for e in events("role.permissions_changed")] == ["manager", None]
+    assert [e.details.get("approved_by") for e in events("role.permissions_changed")] == ["manager", None]
 
 
 def test_only_admins_open_the_role_page(clients, operator):

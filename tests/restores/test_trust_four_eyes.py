@@ -55,6 +55,11 @@ def test_one_admin_alone_cannot_turn_a_production_target_into_staging(clients, a
     assert response.status_code == 302 and response.url == reverse("drpanel:approval-detail", args=[approval.pk])
     page = clients["admin"].get(response.url).content.decode()
     assert "This change waits for a second person" in page and "staging" in page
+    link = f'href="{response.url}"'
+    for url in (reverse("restores:target-edit", args=[production.pk]),
+                reverse("restores:target-detail", args=[production.pk])):
+        shown = clients["admin"].get(url).content.decode()
+        assert "This change waits for a second person" in shown and link in shown
     production.refresh_from_db()
     assert production.environment == "production", "nothing changed"
     assert events("target.updated") == []
