@@ -203,7 +203,7 @@ def protection_change_request(*, actor, kind: str, subject, params: dict, reason
     """Ask a second person for a change that weakens protection; the same change asked twice is one request."""
     content_type = ContentType.objects.get_for_model(subject)
     wanted = binding_hash(kind=kind, content_type=content_type, object_id=str(subject.pk), params=params)
-    existing = open_approvals(subject, kind).filter(binding_hash=wanted).first()
+    existing = open_approvals(subject, kind).filter(binding_hash=wanted, state=Approval.State.PENDING).first()
     if existing is not None:
         return existing
     return approval_request(actor=actor, kind=kind, subject=subject, params=params, reason=reason, request=request)

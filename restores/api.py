@@ -449,11 +449,12 @@ class _TargetRightChange(APIView):
 
 class TargetRightGrantView(_TargetRightChange):
     """Give a user a right on a target: ``restore_to_target`` (operators, managers, admins) or
-    ``approve_restore`` (managers)."""
+    ``approve_restore`` (managers; 202: it waits for another Manager's or Admin's approval)."""
 
     service = targets.target_right_grant
 
-    @extend_schema(operation_id="targets_rights_grant", request=TargetRightSerializer, responses=TargetRightAnswer)
+    @extend_schema(operation_id="targets_rights_grant", request=TargetRightSerializer,
+                   responses={200: TargetRightAnswer, 202: TargetRightAnswer})
     def post(self, request, pk: int):
         return super().post(request, pk)
 
