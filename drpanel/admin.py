@@ -3,7 +3,9 @@
 The stock admins let the Admin group make anyone (itself included) superuser, staff, Manager or
 Admin, or give those groups any permission, alone. Here the privileged fields are read-only for
 everybody and groups can only be viewed: such changes go through ``drpanel.roles`` (the role-change
-page), where another Manager or Admin approves them with their password.
+page), where another Manager or Admin approves them with their password. Nobody edits another
+privileged account here either (its password above all): setting a Manager's password would let an
+admin approve its own requests as that Manager.
 """
 
 from django.contrib import admin
@@ -12,7 +14,16 @@ from django.contrib.auth.models import Group, User
 from django.urls import reverse
 from django.utils.html import format_html
 
+from drpanel.roles import PRIVILEGED_ROLES
+
 PRIVILEGED_USER_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
+
+
+def is_privileged(user) -> bool:
+    """A Manager, an Admin, staff or superuser: an account that can approve or administer."""
+    return bool(user.is_staff or user.is_superuser
+                or user.groups.filter(name__in=PRIVILEGED_ROLES).exists())
+
 
 admin.site.unregister(User)
 admin.site.unregister(Group)
@@ -30,6 +41,11 @@ class PanelUserAdmin(UserAdmin):
          {"fields": ("is_active", "roles_page", *PRIVILEGED_USER_FIELDS)}),
         ("Important dates", {"fields": ("last_login", "date_joined")}),
     )
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.pk != request.user.pk and is_privileged(obj):
+            return False
+        return super().has_change_permission(request, obj)
 
     @admin.display(description="Change roles")
     def roles_page(self, obj) -> str:

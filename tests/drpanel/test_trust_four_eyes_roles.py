@@ -41,6 +41,21 @@ def test_the_admin_site_cannot_make_anyone_superuser_or_admin(clients, admin):
     assert 'name="is_superuser"' not in page and 'name="groups"' not in page
 
 
+def test_the_admin_site_cannot_take_over_another_privileged_account(clients, manager, operator):
+    old_hash = manager.password
+    response = clients["admin"].post(reverse("admin:auth_user_password_change", args=[manager.pk]), {
+        "password1": "taken-over-password-1", "password2": "taken-over-password-1", "usable_password": "true"})
+    assert response.status_code == 403
+    manager.refresh_from_db()
+    assert manager.password == old_hash
+    assert events("access.denied")[-1].actor.username == "admin"
+    response = clients["admin"].post(reverse("admin:auth_user_password_change", args=[operator.pk]), {
+        "password1": "new-operator-password-1", "password2": "new-operator-password-1", "usable_password": "true"})
+    assert response.status_code == 302, "an account without privileges is still managed here"
+    operator.refresh_from_db()
+    assert operator.check_password("new-operator-password-1")
+
+
 def test_the_admin_site_cannot_change_groups_or_their_permissions(clients):
     manager_group = Group.objects.get(name="Manager")
     before = set(manager_group.permissions.values_list("pk", flat=True))
