@@ -18,7 +18,7 @@ from backups.retention import retention_plan
 from backups.schedules import policy_status
 from backups.selectors import artifact_page, filtered_artifacts
 from compliance.audit.models import AuditEvent
-from drpanel.approvals import ApprovalError, approval_reject, open_approvals
+from drpanel.approvals import WAITING, ApprovalError, approval_reject, open_approvals
 from drpanel.models import Approval
 from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, capability_required, has_cap
@@ -180,9 +180,13 @@ def _edit(request, *, form_class, instance, save, template, success, title):
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
+            if isinstance(saved, Approval):
+                messages.info(request, WAITING)
+                return redirect("drpanel:approval-detail", pk=saved.pk)
             messages.success(request, f"Saved {saved}.")
             return redirect(success)
-    return render(request, template, {"form": form, "instance": instance, "title": title},
+    pending = open_approvals(instance).select_related("requested_by") if instance is not None else []
+    return render(request, template, {"form": form, "instance": instance, "title": title, "pending": pending},
                   status=400 if request.method == "POST" else 200)
 
 

@@ -28,6 +28,7 @@ from drpanel.api import (
     password_refusal,
     validated_body,
 )
+from drpanel.models import Approval
 from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, require_cap
 from drpanel.schema import error_response
@@ -417,7 +418,9 @@ class TargetRightSerializer(InputSerializer):
 TargetRightAnswer = inline_serializer("TargetRightAnswer", {
     "target": serializers.CharField(), "user": serializers.CharField(), "right": serializers.CharField(),
     "changed": serializers.BooleanField(help_text="False when the user already held (or did not hold) it."),
-    "rights": serializers.ListField(child=serializers.CharField())})
+    "rights": serializers.ListField(child=serializers.CharField()),
+    "approval": serializers.IntegerField(allow_null=True, help_text="Granting approve_restore waits for a second "
+                                         "person (202): the pending approval's id.")})
 
 
 class _TargetRightChange(APIView):
@@ -434,20 +437,24 @@ class _TargetRightChange(APIView):
             raise ValidationError({"user": ["no such user"]})
         right = body["right"]
         try:
-            changed = type(self).service(actor=request.user, target=target, user=user, right=right)
+            changed = type(self).service(actor=request.user, target=target, user=user, right=right, request=request)
         except DjangoValidationError as exc:
             raise ValidationError({"user": exc.messages}) from None
-        return Response({"target": target.name, "user": user.get_username(), "right": right, "changed": changed,
-                         "rights": rights_of(user, target)})
+        # Granting approve_restore waits for a second person: 202 with the pending approval.
+        waiting = changed if isinstance(changed, Approval) else None
+        return Response({"target": target.name, "user": user.get_username(), "right": right,
+                         "changed": False if waiting else changed, "rights": rights_of(user, target),
+                         "approval": waiting.pk if waiting else None}, status=202 if waiting else 200)
 
 
 class TargetRightGrantView(_TargetRightChange):
     """Give a user a right on a target: ``restore_to_target`` (operators, managers, admins) or
-    ``approve_restore`` (managers)."""
+    ``approve_restore`` (managers; 202: it waits for another Manager's or Admin's approval)."""
 
     service = targets.target_right_grant
 
-    @extend_schema(operation_id="targets_rights_grant", request=TargetRightSerializer, responses=TargetRightAnswer)
+    @extend_schema(operation_id="targets_rights_grant", request=TargetRightSerializer,
+                   responses={200: TargetRightAnswer, 202: TargetRightAnswer})
     def post(self, request, pk: int):
         return super().post(request, pk)
 

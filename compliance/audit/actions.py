@@ -127,6 +127,10 @@ class AuditAction(StrEnum):
     PERMISSION_GROUPS_CHANGED = ("permission.groups_changed",
                                  "A permission was given to or taken from groups.")
 
+    ROLE_PERMISSIONS_CHANGED = ("role.permissions_changed",
+                                "A group's permissions were set by the role-change service "
+                                "(more for Manager or Admin only with a second person's approval).")
+
     RESTORE_REQUESTED = "restore.requested", "Someone asked for a restore of an artifact into a target."
     RESTORE_AWAITING_APPROVAL = "restore.awaiting_approval", "A restore into production waits for a manager's approval."
     RESTORE_APPROVED = "restore.approved", "A manager approved a restore into production."
@@ -167,6 +171,9 @@ class AuditAction(StrEnum):
     USER_PASSWORD_CHANGED = "user.password_changed", "A user's password changed (never the hash)."
     USER_PASSWORD_REHASHED = "user.password_rehashed", "Django upgraded a stored password hash at sign-in."
     USER_GROUPS_CHANGED = "user.groups_changed", "A user's groups (roles) changed, from the user's side."
+    USER_ROLES_CHANGED = ("user.roles_changed",
+                          "A user's roles or staff/superuser flags were set by the role-change service "
+                          "(privileges only with a second person's approval).")
     USER_PERMISSIONS_CHANGED = "user.permissions_changed", "A user's own permissions changed."
 
     VERIFICATION_REQUESTED = "verification.requested", "A verification of an artifact was asked for."

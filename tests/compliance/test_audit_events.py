@@ -150,12 +150,18 @@ def test_the_admin_site_records_who_made_a_change(db):
     root = UserFactory(username="root", is_staff=True, is_superuser=True)
     client = Client()
     client.force_login(root)
-    perm = Permission.objects.get(content_type__app_label="drpanel", codename="start_jobs")
-    response = client.post(reverse("admin:auth_group_add"), {"name": "Night shift", "permissions": [perm.pk]})
+    response = client.post(reverse("admin:auth_user_add"), {
+        "username": "night", "password1": "a-long-night-shift-pass", "password2": "a-long-night-shift-pass",
+        "usable_password": "true"})
     assert response.status_code == 302
-    assert last("group.created").actor == root
-    granted = last("group.permissions_changed")
-    assert granted.actor == root and granted.details == {"added": ["drpanel.start_jobs"]}
+    assert last("user.created").actor == root
+    night = User.objects.get(username="night")
+    response = client.post(reverse("admin:auth_user_change", args=[night.pk]), {
+        "username": "night", "first_name": "Night", "last_name": "Shift", "email": "night@example.com",
+        "is_active": "on"})
+    assert response.status_code == 302
+    changed = last("user.changed")
+    assert changed.actor == root and changed.details["changes"]["first_name"] == ["", "Night"]
 
 
 # --- django-guardian object permissions -----------------------------------------------------

@@ -47,7 +47,7 @@ def world(operator, manager, admin):
                                        storage_key="k", sha256="a" * 64)
     production = Target.objects.create(name="shop-production", environment="production", system=system,
                                        database_ref="env:DRPANEL_UNSET_FOR_TEST")
-    target_right_grant(actor=admin, target=production, user=manager, right="approve_restore")
+    target_right_grant(actor=None, target=production, user=manager, right="approve_restore")
     awaiting = RestoreRun.objects.create(artifact=artifact, target=production, mode="database-only",
                                          state="awaiting_approval", requested_by=operator)
     approval = approval_request(actor=operator, kind=runstate.PRODUCTION_APPROVAL, subject=awaiting,

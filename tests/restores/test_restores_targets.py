@@ -5,10 +5,11 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 
 from compliance.models import AuditEvent
+from drpanel.models import Approval
 from drpanel.permissions import Denied, has_object_right
 from restores import targets
 from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, Target
-from tests.factories import PASSWORD
+from tests.factories import PASSWORD, UserFactory
 from tests.support import assert_only_roles
 
 pytestmark = pytest.mark.django_db
@@ -149,7 +150,11 @@ def test_rights_go_only_to_the_roles_that_use_them(admin, operator, manager, aud
             targets.target_right_grant(actor=admin, target=target, user=user, right="restore_to_target")
     with pytest.raises(ValidationError, match="Unknown right"):
         targets.target_right_grant(actor=admin, target=target, user=manager, right="delete_target")
-    assert targets.target_right_grant(actor=admin, target=target, user=manager, right="approve_restore")
+    waiting = targets.target_right_grant(actor=admin, target=target, user=manager, right="approve_restore")
+    assert isinstance(waiting, Approval), "granting approve_restore waits for a second person"
+    assert not has_object_right(manager, APPROVE_RESTORE, target)
+    second = UserFactory(username="manager2", role="Manager")
+    assert targets.target_right_grant_approve(actor=second, approval=waiting, password=PASSWORD) is True
     assert has_object_right(manager, APPROVE_RESTORE, target)
     assert not has_object_right(manager, RESTORE_TO_TARGET, target)
 
@@ -271,7 +276,7 @@ def test_the_edit_page_shows_the_current_checks_and_saves_changes(clients):
 def test_the_detail_page_lists_who_holds_which_right(clients, admin, operator, manager):
     target = make_target("prod", "production")
     targets.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
-    targets.target_right_grant(actor=admin, target=target, user=manager, right="approve_restore")
+    targets.target_right_grant(actor=None, target=target, user=manager, right="approve_restore")
     page = clients["operator"].get(reverse("restores:target-detail", args=[target.pk])).content.decode()
     assert "waits for a manager" in page
     assert "Revoke" not in page and "Grant" not in page
