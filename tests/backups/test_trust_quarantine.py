@@ -85,7 +85,8 @@ def test_a_planted_artifact_and_manifest_found_by_the_sync_is_quarantined(plante
     listed = {a["id"]: a for a in clients["operator"].get("/api/v1/artifacts").json()["results"]}
     assert listed[str(planted.pk)]["status"] == "quarantined"
     assert "found in storage" in listed[str(planted.pk)]["quarantine"]["reason"]
-    assert listed[str(full_artifact.pk)]["status"] == "available" and listed[str(full_artifact.pk)]["quarantine"] is None
+    real = listed[str(full_artifact.pk)]
+    assert real["status"] == "available" and real["quarantine"] is None
     only = clients["operator"].get("/api/v1/artifacts", {"status": "quarantined"}).json()["results"]
     assert [a["id"] for a in only] == [str(planted.pk)]
 
