@@ -20,6 +20,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from backups.inventory import inventory_sync_execute
@@ -55,6 +56,10 @@ def plant_with_manifest(model: Artifact, key: str, **claims) -> uuid.UUID:
                 "created_at": (timezone.now() + timedelta(days=1)).isoformat(), **claims}
     backend.put_bytes(key + MANIFEST_SUFFIX, json.dumps(manifest).encode())
     return uuid.UUID(manifest["artifact_id"])
+
+
+def plain_dump(shop: str) -> bytes:
+    return subprocess.run([pg_dump_for_server(), "--dbname", shop], capture_output=True, check=True).stdout
 
 
 def wait_finished(pk, timeout=180) -> VerificationRun:
@@ -179,11 +184,26 @@ def test_a_planted_manifest_cannot_alter_a_known_artifact(full_artifact):
     assert event.details["key"] == key
 
 
+@pytest.mark.django_db
+def test_the_adopt_command_takes_an_admin_and_verifies_inline(shop_system, shop, operator, admin):
+    primary_backend().put_bytes("shop-backups/full_20251001_031500/database.sql.gz",
+                                gzip.compress(plain_dump(shop)))
+    sync()
+    found = Artifact.objects.get(source=Artifact.Source.LEGACY)
+    with pytest.raises(CommandError, match="only admins"):
+        call_command("adopt", str(found.pk), "--as", operator.username, "--inline")
+    denied = AuditEvent.objects.get(action="access.denied", actor=operator)
+    assert denied.details["attempted"] == "artifact.adopt" and denied.object_id == str(found.pk)
+    assert not VerificationRun.objects.filter(artifact=found).exists()
+
+    call_command("adopt", str(found.pk)[:8], "--as", admin.username, "--inline")
+    found.refresh_from_db()
+    assert found.status == Artifact.Status.AVAILABLE and found.adopted_by == admin
+    with pytest.raises(CommandError, match="only a quarantined artifact"):
+        call_command("adopt", str(found.pk), "--as", admin.username)
+
+
 # --- adoption, verified by a real worker ----------------------------------------------------------
-
-
-def plain_dump(shop: str) -> bytes:
-    return subprocess.run([pg_dump_for_server(), "--dbname", shop], capture_output=True, check=True).stdout
 
 
 @pytest.mark.slow
