@@ -107,3 +107,11 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "the condition", inte
             return value
         time.sleep(interval)
     raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
+
+
+def wait_for_finished_run(page, selector: str, timeout: float = 30_000) -> None:
+    """Wait until a restore or verification page shows ``selector`` (its run's final state), then for
+    the reload the page does by itself 300 ms later (``static/js/restores.js``): a navigation started
+    before that reload is cut short by it (``net::ERR_ABORTED``), the more so on a busy machine."""
+    page.wait_for_selector(selector, timeout=timeout)
+    page.wait_for_selector("[data-reload-when-done]", state="detached", timeout=timeout)

@@ -54,7 +54,7 @@ def test_an_auditor_filters_exports_and_the_export_verifies_offline(page, live_s
     page.get_by_role("link", name="Verify the chain…").click()
     page.get_by_role("button", name="Verify now").click()
     assert page.get_by_test_id("verify-result").inner_text().startswith("Intact.")
-    journey_screenshot(page, "auditor")  # the auditor's journey (tests/test_browser_journeys.py)
+    journey_screenshot(page, "auditor")  # the auditor's journey (tests/browser/test_browser_journeys.py)
     assert AuditEvent.objects.filter(action="audit.exported", actor_username="auditor").count() == 1
     assert AuditEvent.objects.filter(action="audit.verified", actor_username="auditor", outcome="success").exists()
 

@@ -18,7 +18,7 @@ from restores.pg import CopyKind, SwapState
 from tests.restore_support import SAMPLE_COUNTS, make_archive, new_run_id
 
 pytest_plugins = ["tests.restore_fixtures"]
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- names and versions ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from drpanel import clock
-from tests.test_settings import manage, production_env
+from tests.drpanel.test_settings import manage, production_env
 
 
 def test_it_freezes_and_moves_and_comes_back():

@@ -14,9 +14,9 @@ from django.urls import include, path, reverse
 
 from compliance.models import AuditEvent
 from drpanel.middleware import SIGNED_IN_AT
-from tests.test_settings import manage, production_env
+from tests.drpanel.test_settings import manage, production_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = sorted((ROOT / "templates").rglob("*.html"))
 
 
@@ -171,7 +171,7 @@ urlpatterns = [
 
 
 @pytest.mark.django_db
-@pytest.mark.urls("tests.test_hardening")
+@pytest.mark.urls("tests.drpanel.test_hardening")
 @pytest.mark.parametrize("url", ["/boom", "/api/v1/boom"])
 def test_a_server_error_shows_nothing_of_the_error_or_the_settings(clients, settings, url):
     settings.DEBUG = False

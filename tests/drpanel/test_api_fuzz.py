@@ -115,6 +115,7 @@ def use_known_id(case, known_ids) -> None:
         case.path_parameters = {**case.path_parameters, "id": str(known_ids[segment])}
 
 
+@pytest.mark.slow  # about 50 requests through the whole stack per operation and role: a third of the suite
 @pytest.mark.parametrize("role", ROLES)
 @schema.parametrize()
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -195,6 +195,7 @@ def test_a_tampered_jsonl_export_fails_with_its_reason(tmp_path, public_key, oth
     assert words(seqs) in result.stdout
 
 
+@pytest.mark.slow  # verifies the export (in process) once per byte of it, each byte flipped
 def test_every_single_byte_edit_of_an_export_is_caught(tmp_path, public_key, capsys):
     _, path = export(tmp_path)
     original = path.read_bytes()
@@ -260,6 +261,7 @@ def test_an_export_that_cannot_be_audited_is_not_made(clients):
     assert not getattr(response, "streaming", False)
 
 
+@pytest.mark.slow  # 1,500 chained events, enough for an export of several chunks
 def test_the_api_streams_the_export_in_chunks(clients):
     record(1500)
     response = clients["auditor"].get("/api/v1/audit/export?format=jsonl")

@@ -7,11 +7,11 @@
 - manager: approve the production restore an operator requested, be refused approving their own
   request (on the page), roll the first one back.
 - auditor and admin: their journeys are the existing browser tests, which save their screenshots here
-  too: ``tests/test_browser_audit.py`` (filter, export, public key, the offline verifier exits 0) and
-  ``tests/test_browser_targets.py`` (create a target, grant an operator ``restore_to_target``).
+  too: ``tests/browser/test_browser_audit.py`` (filter, export, public key, the offline verifier exits 0) and
+  ``tests/browser/test_browser_targets.py`` (create a target, grant an operator ``restore_to_target``).
 
 The full request → approve → progress → rollback loop driven by the operator is in
-``tests/test_browser_restore.py``; the manager's journey starts from a request made through the service.
+``tests/browser/test_browser_restore.py``; the manager's journey starts from a request made through the service.
 """
 
 import pytest
@@ -21,8 +21,8 @@ from compliance.audit.verify import verify_chain
 from compliance.models import AuditEvent
 from restores import requests
 from restores.models import RestoreRun, VerificationRun
-from tests.support import journey_screenshot, rq_workers, wait_for
-from tests.test_browser_restore import DONE, accept_confirmations, leave, request_restore
+from tests.browser.test_browser_restore import DONE, accept_confirmations, leave, request_restore
+from tests.support import journey_screenshot, rq_workers, wait_for, wait_for_finished_run
 
 pytest_plugins = ["tests.restore_fixtures", "tests.loop_fixtures"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -58,7 +58,7 @@ def test_operator_backs_up_verifies_restores_to_staging_and_ticks_the_checklist(
         page.select_option("#verify-level", "restore-test")
         page.get_by_role("button", name="Verify", exact=True).click()
         page.wait_for_url(f"{base}/restores/verifications/*/")
-        page.wait_for_selector("[data-testid=verification-progress][data-state=succeeded]", timeout=120_000)
+        wait_for_finished_run(page, "[data-testid=verification-progress][data-state=succeeded]", timeout=120_000)
         levels = page.get_by_test_id("verification-levels").inner_text()
         for level in ("checksum", "decrypt", "structure", "restore-test"):
             assert level in levels
@@ -68,7 +68,7 @@ def test_operator_backs_up_verifies_restores_to_staging_and_ticks_the_checklist(
 
         # Restore into staging, database and config, and watch the bar reach done.
         request_restore(page, base, full, "shop-staging", mode="full")
-        page.wait_for_selector(DONE.format("succeeded"), timeout=180_000)
+        wait_for_finished_run(page, DONE.format("succeeded"), timeout=180_000)
         assert page.locator("progress[data-testid=run-percent]").get_attribute("value") == "100"
         assert page.text_content("[data-testid=rto]").strip() != "—"
         run = RestoreRun.objects.get(target=staging)
@@ -115,7 +115,7 @@ def test_manager_approves_an_operators_restore_is_refused_their_own_and_rolls_ba
         page.fill("#approve-password", password)
         page.get_by_role("button", name="Approve the production restore").click()
         page.wait_for_selector("text=Approved: the restore is queued.")
-        page.wait_for_selector(DONE.format("succeeded"), timeout=120_000)
+        wait_for_finished_run(page, DONE.format("succeeded"), timeout=120_000)
         assert scratch.marker(scratch.name("shop_production")) == "restored"
 
         # Their own request: no approval form, a clear sentence, and a forced POST is refused.
@@ -150,7 +150,7 @@ def test_manager_approves_an_operators_restore_is_refused_their_own_and_rolls_ba
         page.goto(f"{base}/restores/runs/{requested.pk}/")
         page.fill("#rollback-password", password)
         page.get_by_role("button", name="Roll back").click()
-        page.wait_for_selector(DONE.format("rolled_back"))
+        wait_for_finished_run(page, DONE.format("rolled_back"))
         assert "Rolled back in" in page.text_content(".flash")
         journey_screenshot(page, "manager")
         leave(page)

@@ -14,8 +14,9 @@ import pytest
 
 from drpanel.runtime import pid_alive
 
-ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+# Its own PostgreSQL and Redis start here: one at a time with the fault campaign (tests/conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chaos")]
 
 
 @pytest.fixture

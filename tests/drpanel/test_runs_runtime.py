@@ -12,8 +12,8 @@ from restores import reliability
 from restores.execution import RESTORE_RUNS
 from restores.jobs import restore_job_failed
 from restores.verifications import VERIFICATION_RUNS
+from tests.drpanel.test_settings import manage
 from tests.support import wait_for
-from tests.test_settings import manage
 
 
 def test_a_job_is_enqueued_by_dotted_path_only_once_the_transaction_commits(transactional_db, redis_conn):

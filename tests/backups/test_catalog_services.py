@@ -124,7 +124,7 @@ def test_deletion_without_approval_is_refused(artifact, admin):
 
 
 def test_nothing_is_deleted_while_a_restore_of_the_system_runs(artifact, operator, manager, settings):
-    settings.BACKUP_RESTORE_RUNNING_HOOK = "tests.test_catalog_services.always_restoring"
+    settings.BACKUP_RESTORE_RUNNING_HOOK = "tests.backups.test_catalog_services.always_restoring"
     approval = artifact_delete_request(actor=operator, artifact=artifact, reason="x")
     with pytest.raises(BackupError, match="restore"):
         artifact_delete_approve(actor=manager, approval=approval, password=PASSWORD)
@@ -267,7 +267,7 @@ def test_retention_deletes_through_the_audited_path_and_waits_for_restores(syste
     now = timezone.now()
     make_artifact(system, now)
     old = make_artifact(system, now - timedelta(days=2))
-    settings.BACKUP_RESTORE_RUNNING_HOOK = "tests.test_catalog_services.always_restoring"
+    settings.BACKUP_RESTORE_RUNNING_HOOK = "tests.backups.test_catalog_services.always_restoring"
     assert retention_apply(system) == 0
     assert AuditEvent.objects.filter(action="retention.skipped").exists()
     settings.BACKUP_RESTORE_RUNNING_HOOK = None

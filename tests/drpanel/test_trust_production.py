@@ -11,9 +11,9 @@ production database fail ``check --deploy``.
 import pytest
 from django.contrib.auth.models import Group
 
+from tests.drpanel.test_settings import manage, production_env
 from tests.factories import UserFactory
 from tests.support import worker_env
-from tests.test_settings import manage, production_env
 
 pytestmark = [pytest.mark.slow]
 

@@ -6,7 +6,7 @@ import pytest
 
 from bench import protocol, run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_figure_round_trips_through_the_protocol(capsys):

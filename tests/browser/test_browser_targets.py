@@ -35,7 +35,7 @@ def test_an_admin_creates_a_target_then_grants_and_revokes_a_right(page, live_se
     assert "operator now holds restore_to_target" in page.locator(".flash").inner_text()
     target = Target.objects.get(name="shop-staging")
     assert has_object_right(operator, RESTORE_TO_TARGET, target)
-    journey_screenshot(page, "admin")  # the admin's journey (tests/test_browser_journeys.py)
+    journey_screenshot(page, "admin")  # the admin's journey (tests/browser/test_browser_journeys.py)
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Revoke").click()

@@ -2,7 +2,7 @@
 
 import subprocess
 
-from tests.test_settings import manage
+from tests.drpanel.test_settings import manage
 
 PRODUCTION = {"DRPANEL_ENV": "production", "ALLOWED_HOSTS": "panel.example.com", "SECRET_KEY": "s" * 60}
 

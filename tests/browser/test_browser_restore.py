@@ -14,7 +14,7 @@ import pytest
 from backups.models import Artifact, BackupRun
 from backups.runs import backup_run_execute
 from restores.models import RestoreRun
-from tests.support import rq_workers
+from tests.support import rq_workers, wait_for_finished_run
 
 pytest_plugins = ["tests.restore_fixtures", "tests.loop_fixtures"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -79,7 +79,7 @@ def test_the_whole_loop_request_approve_progress_swap_health_rto_rollback(browse
         manager_page.fill("#approve-password", password)
         manager_page.get_by_role("button", name="Approve the production restore").click()
         manager_page.wait_for_selector("text=Approved: the restore is queued.")
-        manager_page.wait_for_selector(DONE.format("succeeded"), timeout=120_000)
+        wait_for_finished_run(manager_page, DONE.format("succeeded"), timeout=120_000)
         progress = manager_page.text_content("[data-testid=run-progress]")
         for step in ("fetch and decrypt", "restore into side database", "sanity checks", "row counts", "swap",
                      "health checks"):
@@ -94,7 +94,7 @@ def test_the_whole_loop_request_approve_progress_swap_health_rto_rollback(browse
 
         manager_page.fill("#rollback-password", password)
         manager_page.get_by_role("button", name="Roll back").click()
-        manager_page.wait_for_selector(DONE.format("rolled_back"))
+        wait_for_finished_run(manager_page, DONE.format("rolled_back"))
         assert "Rolled back in" in manager_page.text_content(".flash")
         assert manager_page.text_content("[data-testid=rollback-time]").strip() != "—"
         leave(page, manager_page)
@@ -127,7 +127,7 @@ def test_the_demo_operator_restores_staging_and_the_demo_manager_approves_produc
         sign_in(page, "operator", "demo password 123")
         page.wait_for_url(f"{base}/")
         request_restore(page, base, demo, "chatbotdysa-staging", drill=True)
-        page.wait_for_selector(DONE.format("succeeded"), timeout=180_000)
+        wait_for_finished_run(page, DONE.format("succeeded"), timeout=180_000)
         assert page.text_content("[data-testid=rto]").strip() != "—"
         staging = RestoreRun.objects.get(target__name="chatbotdysa-staging")
         assert staging.is_drill and scratch.scalar(scratch.name("demo_staging"), "SELECT count(*) FROM users") > 0
@@ -141,7 +141,7 @@ def test_the_demo_operator_restores_staging_and_the_demo_manager_approves_produc
         manager_page.goto(f"{base}/restores/runs/{production.pk}/")
         manager_page.fill("#approve-password", "demo password 123")
         manager_page.get_by_role("button", name="Approve the production restore").click()
-        manager_page.wait_for_selector(DONE.format("succeeded"), timeout=180_000)
+        wait_for_finished_run(manager_page, DONE.format("succeeded"), timeout=180_000)
         leave(page, manager_page)
     production.refresh_from_db()
     assert production.approval.decided_by.username == "manager"

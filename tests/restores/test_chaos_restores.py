@@ -8,7 +8,7 @@ happened, within the stale-run bound; nothing the target held is lost; no throw-
 is left behind; and the audit chain is intact (``compliance.audit.verify.verify_chain``).
 
 The kill -9 in the middle of a restore itself is ``test_kill_9_mid_restore_…`` in
-``tests/test_restore_reliability.py`` (also marked ``chaos``).
+``tests/restores/test_restore_reliability.py`` (also marked ``chaos``).
 """
 
 import time
@@ -21,8 +21,8 @@ from restores import pg, reliability, requests
 from restores.models import RestoreRun, SanityCheck, VerificationRun
 from restores.verifications import verification_request
 from tests.chaos_support import kill_tree, restart_redis_database
+from tests.restores.test_restore_reliability import alive
 from tests.support import rq_workers, wait_for
-from tests.test_restore_reliability import alive
 
 pytest_plugins = ["tests.restore_fixtures", "tests.loop_fixtures"]
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.django_db(transaction=True)]

@@ -14,7 +14,7 @@ from tests.factories import PASSWORD
 from tests.support import worker_env
 
 pytestmark = pytest.mark.django_db
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bearer(raw):

@@ -23,7 +23,7 @@ from restores.models import HealthCheck, RecoveryCheck, RestoreRun, Target
 from restores.selectors import restore_running
 from tests.loop_support import copy_marker, store_artifact, stored_path, take_backup
 from tests.restore_support import pg_dump_for_server
-from tests.test_restores_configs import BAD_TARS, make_tar
+from tests.restores.test_restores_configs import BAD_TARS, make_tar
 
 pytest_plugins = ["tests.restore_fixtures", "tests.loop_fixtures"]
 pytestmark = pytest.mark.django_db
