@@ -51,6 +51,7 @@ def artifact_list(request):
         "sort_links": sort_links,
         "kinds": Artifact.Kind.choices, "statuses": Artifact.Status.choices,
         "can_start": has_cap(request.user, Cap.START_JOBS),
+        "can_adopt": has_cap(request.user, Cap.MANAGE_PANEL),
         "last_sync": InventoryRun.objects.first(),
     })
 
@@ -71,6 +72,7 @@ def artifact_detail(request, pk):
         "runs": artifact.runs.all(),
         "can_start": has_cap(request.user, Cap.START_JOBS),
         "can_manage": has_cap(request.user, Cap.MANAGE_PANEL),
+        "adopting": artifact.verifications.filter(trigger="adoption", state__in=["queued", "running"]).first(),
         "can_approve": pending is not None and deletion.may_approve_deletion(request.user)
         and pending.requested_by_id != request.user.pk,
         "is_requester": pending is not None and pending.requested_by_id == request.user.pk,

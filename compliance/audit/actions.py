@@ -60,6 +60,15 @@ class AuditAction(StrEnum):
                                   "Some copies of a deleted artifact could not be removed from storage.")
     ARTIFACT_REWRAPPED = "artifact.rewrapped", "An artifact's data key was re-wrapped under another master key."
     ARTIFACT_COPY_REWRAP_FAILED = "artifact.copy_rewrap_failed", "Re-wrapping the data key of a copy failed."
+    ARTIFACT_MANIFEST_IGNORED = ("artifact.manifest_ignored",
+                                 "A manifest found in storage contradicted a known artifact and was ignored.")
+    ARTIFACT_ADOPTED = ("artifact.adopted",
+                        "Someone adopted a quarantined artifact; its verification up to structure was queued.")
+    ARTIFACT_RELEASED = "artifact.released", "An adopted artifact passed its verification and left quarantine."
+    ARTIFACT_ADOPTION_FAILED = ("artifact.adoption_failed",
+                                "An adopted artifact failed its verification and stays quarantined.")
+    ARTIFACT_QUARANTINE_REFUSED = ("artifact.quarantine_refused",
+                                   "A restore or verification of a quarantined artifact was refused.")
 
     AUDIT_EXPORTED = "audit.exported", "Someone exported the audit log (before the first byte left)."
     AUDIT_KEY_ROTATED = "audit.key_rotated", "The audit signing key was rotated."

@@ -53,13 +53,16 @@ def world(operator, manager, tmp_path):
                                          requested_by=operator, swapped_at=now, rollback_until=now + timedelta(hours=1))
     check = RecoveryCheck.objects.create(run=restored, position=1, code="authentication", title="Users can log in")
     artifact_delete_request(actor=operator, artifact=artifact, reason="obsolete")
+    quarantined = Artifact.objects.create(system=system, kind="full", format="pg_custom", status="quarantined",
+                                          source="sync", storage_key="found", sha256="b" * 64)
     contact = Contact.objects.create(level="l1", name="On call", email="oncall@example.com", response_minutes=15)
     item = checklist_period_open("weekly").items.filter(kind="manual", requires_evidence=False).first()
     alert = Alert.objects.create(kind="backup.stale", severity="warning", subject="No full backup for 30 h",
                                  message="", dedup_key="input")
     return {"system": system.pk, "artifact": artifact.pk, "staging": staging.pk, "production": production.pk,
             "awaiting": awaiting.pk, "swapped": swapped.pk, "restored": restored.pk, "check": check.pk,
-            "contact": contact.pk, "item": item.pk, "alert": alert.pk, "period": f"{clock.today():%Y-%m}"}
+            "contact": contact.pk, "item": item.pk, "alert": alert.pk, "period": f"{clock.today():%Y-%m}",
+            "quarantined": quarantined.pk}
 
 
 # (name, role, method, path, accepted body, required fields). Paths are formatted with the world's ids.
@@ -70,6 +73,7 @@ ENDPOINTS = [
     ("deletion approve", "manager", "post", "artifacts/{artifact}/deletion/approve", {"password": PASSWORD},
      ["password"]),
     ("deletion reject", "manager", "post", "artifacts/{artifact}/deletion/reject", {"note": "keep it"}, []),
+    ("adopt", "admin", "post", "artifacts/{quarantined}/adopt", {}, []),
     ("restore", "operator", "post", "restores",
      {"artifact": "{artifact}", "target": "shop-staging", "mode": "database-only", "confirm": "shop-staging",
       "drill": True, "reason": "weekly drill"}, ["artifact", "target", "mode", "confirm"]),
