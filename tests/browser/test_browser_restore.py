@@ -109,6 +109,9 @@ def demo(settings, tmp_path, scratch, live_server, monkeypatch, redis_conn, loop
     from django.core.management import call_command
 
     settings.VAR_DIR = tmp_path
+    # The worker process reads its settings from the environment: there the demo's secret files (under
+    # this test's var/) are only readable through the deployment's secret directories.
+    monkeypatch.setenv("DRPANEL_SECRET_DIRS", str(tmp_path / "demo" / "secrets"))
     settings.DEMO_DATABASE = scratch.name("demo")
     monkeypatch.setenv("DRPANEL_DEMO_PASSWORD", "demo password 123")
     monkeypatch.setenv("PORT", str(live_server.url.rsplit(":", 1)[1]))
