@@ -15,10 +15,11 @@ from compliance.jobs import (
     contacts_review_job,
     health_recompute_job,
 )
-from drpanel.jobs import clear_expired_sessions
+from drpanel.jobs import clear_expired_sessions, unknown_signin_failures_job
 from restores import jobs as restore_jobs
 
 cron.register(clear_expired_sessions, queue_name="default", cron="17 3 * * *")
+cron.register(unknown_signin_failures_job, queue_name="default", cron="* * * * *")
 
 # Backups: policy schedules, stale-run reaping, approval expiry, retention, inventory sync.
 cron.register(backup_jobs.schedule_tick, queue_name="default", cron="* * * * *")
