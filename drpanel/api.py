@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from drpanel.models import ApiToken
-from drpanel.passwords import PasswordError
+from drpanel.passwords import PasswordError, PasswordLocked, retry_after_seconds
 from drpanel.permissions import Cap, Denied, has_cap, record_denial, roles_of
 from drpanel.services import api_token_create, api_token_revoke
 
@@ -140,7 +140,11 @@ class PasswordField(StrictCharField):
 
 
 def password_refusal(exc: PasswordError) -> Response:
-    """A wrong or locked-out password as the API answers it: 403 with the reason (the event is audited)."""
+    """A refused password as the API answers it, with the reason (the event is audited): 403 when it
+    was wrong, 429 with ``Retry-After`` when too many wrong ones locked it (it was not even checked)."""
+    if isinstance(exc, PasswordLocked):
+        return Response({"detail": str(exc)}, status=status.HTTP_429_TOO_MANY_REQUESTS,
+                        headers={"Retry-After": str(retry_after_seconds())})
     return Response({"detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
 
 
@@ -163,27 +167,41 @@ class TokenSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     prefix = serializers.CharField(help_text="The first characters, to recognise a token; never the token.")
+    kind = serializers.ChoiceField(choices=ApiToken.Kind.choices,
+                                   help_text="api: the API as its user; metrics: GET /metrics only.")
+    read_only = serializers.BooleanField(help_text="Only GET, HEAD and OPTIONS.")
     created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(help_text="After this the token no longer works.")
     last_used_at = serializers.DateTimeField(allow_null=True)
     revoked_at = serializers.DateTimeField(allow_null=True)
-    active = serializers.BooleanField()
+    active = serializers.BooleanField(help_text="Neither revoked nor expired.")
 
 
 class TokenRequestSerializer(InputSerializer):
     name = StrictCharField(max_length=100, required=False, allow_blank=True)
     password = PasswordField()
+    kind = serializers.ChoiceField(choices=ApiToken.Kind.choices, required=False, default=ApiToken.Kind.API)
+    read_only = StrictBooleanField(required=False, default=False, help_text="Only for kind api.")
+
+    def validate(self, attrs):
+        if attrs.get("read_only") and attrs.get("kind") == ApiToken.Kind.METRICS:
+            raise exceptions.ValidationError({"read_only": ["a metrics token is scrape-only already"]})
+        return attrs
 
 
 def token_json(token) -> dict:
-    return {"id": token.pk, "name": token.name, "prefix": token.prefix, "created_at": token.created_at.isoformat(),
+    return {"id": token.pk, "name": token.name, "prefix": token.prefix, "kind": token.kind,
+            "read_only": token.read_only, "created_at": token.created_at.isoformat(),
+            "expires_at": token.expires_at.isoformat(),
             "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
             "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
-            "active": token.revoked_at is None}
+            "active": token.is_active}
 
 
 class TokenListView(APIView):
-    """``GET``: the caller's own tokens (never their values). ``POST`` ``{"name", "password"}``: a new token for
-    the caller, their password re-entered; 201 with its value, shown this once (only its hash is stored)."""
+    """``GET``: the caller's own tokens (never their values). ``POST`` ``{"name", "password", "kind", "read_only"}``:
+    a new token for the caller, their password re-entered; 201 with its value, shown this once (only its hash is
+    stored), and its expiry."""
 
     permission_classes = [IsAuthenticated]
 
@@ -201,7 +219,8 @@ class TokenListView(APIView):
         body = validated_body(request, TokenRequestSerializer)
         try:
             token, raw = api_token_create(actor=request.user, user=request.user, name=body.get("name", ""),
-                                          password=body["password"], request=request)
+                                          password=body["password"], request=request, kind=body["kind"],
+                                          read_only=body["read_only"])
         except PasswordError as exc:
             return password_refusal(exc)
         return Response({"token": raw, "data": token_json(token)}, status=status.HTTP_201_CREATED)

@@ -16,7 +16,7 @@ from compliance.jobs import (
     contacts_review_job,
     health_recompute_job,
 )
-from drpanel.jobs import clear_expired_sessions
+from drpanel.jobs import clear_expired_sessions, unknown_signin_failures_job
 from drpanel.queues import claim_installation, queue_name
 from restores import jobs as restore_jobs
 
@@ -24,6 +24,7 @@ from restores import jobs as restore_jobs
 claim_installation()
 
 cron.register(clear_expired_sessions, queue_name=queue_name("default"), cron="17 3 * * *")
+cron.register(unknown_signin_failures_job, queue_name=queue_name("default"), cron="* * * * *")
 
 # Backups: policy schedules, stale-run reaping, approval expiry, retention, inventory sync.
 cron.register(backup_jobs.schedule_tick, queue_name=queue_name("default"), cron="* * * * *")

@@ -1,10 +1,13 @@
-"""Jobs of the project package: a round-trip probe used by ``manage.py services check``."""
+"""Jobs of the project package: a round-trip probe used by ``manage.py services check``, session cleanup,
+and the audit events of ended windows of unknown-username sign-in failures."""
 
 import os
 
 from django.contrib.sessions.models import Session
 from django.db import connection
 from django.utils import timezone
+
+from drpanel.signin import unknown_signin_failures_record
 
 
 def ping(payload: str) -> dict:
@@ -19,3 +22,8 @@ def ping(payload: str) -> dict:
 def clear_expired_sessions() -> None:
     """Delete expired sessions (the idle timeout makes many)."""
     Session.objects.filter(expire_date__lt=timezone.now()).delete()
+
+
+def unknown_signin_failures_job() -> int:
+    """Record the ended windows of unknown-username sign-in failures, even when no new failure comes."""
+    return unknown_signin_failures_record()

@@ -5,10 +5,13 @@ A series without data is left out (no backup of a kind yet: no timestamp for it;
 no RPO), so an alert on ``absent(...)`` means what it says. Counts (runs per state, open alerts per
 severity) list every state, because zero runs in a state is a measurement.
 
-Who may scrape (``metrics_access``): a caller from ``METRICS_ALLOWED_NETWORKS`` (by the socket's
-address, never a forwarded header), or one with a bearer API token of a user holding ``view_panel``.
-A refusal is a 403 and an ``access.denied`` audit event; refusals of unidentified callers are audited
-at most once a minute per address, so nobody can grow the audit chain at will by hammering the URL.
+Who may scrape: a caller from ``METRICS_ALLOWED_NETWORKS`` (by the client's address,
+``drpanel.client_ip``: the socket's, unless ``DRPANEL_PROXY_COUNT`` names the proxies in front), or
+one with a bearer token of a user holding ``view_panel``: a *metrics* token (scrape-only, refused by
+every other endpoint; the kind to give Prometheus), or, as before metrics tokens existed, an API
+token, so existing scrape configurations keep working. A refusal is a 403 and an ``access.denied``
+audit event; refusals of unidentified callers are audited at most once a minute per address, so
+nobody can grow the audit chain at will by hammering the URL.
 
 The format is small enough to write by hand (prometheus_client is not a dependency): ``# HELP`` and
 ``# TYPE`` per family, then ``name{label="value"} number`` lines, with label values escaped
@@ -35,7 +38,8 @@ from compliance.health import health_evaluate
 from compliance.measurements import rpo_for
 from compliance.models import Alert, AuditEvent
 from drpanel import clock, queues
-from drpanel.authentication import BearerTokenAuthentication
+from drpanel.authentication import bearer_value, token_for
+from drpanel.client_ip import client_address
 from drpanel.permissions import Cap, has_cap
 from restores.models import RestoreRun, VerificationRun
 
@@ -177,23 +181,24 @@ def collect() -> list[Family]:
 
 def _from_allowed_network(request) -> bool:
     try:
-        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+        address = ipaddress.ip_address(client_address(request) or "")
     except ValueError:
         return False
     return any(address in network for network in settings.METRICS_ALLOWED_NETWORKS)
 
 
 def _token_user(request):
-    """The user of a valid bearer token, or None (no header, or an unknown / revoked token)."""
+    """The user of a valid bearer token of either kind, or None (no header, or an unknown, revoked
+    or expired token)."""
     try:
-        found = BearerTokenAuthentication().authenticate(request)
+        raw = bearer_value(request)
+        return token_for(request, raw).user if raw is not None else None
     except exceptions.AuthenticationFailed:
         return None
-    return found[0] if found else None
 
 
 def _deny(request, user, reason: str) -> HttpResponse:
-    address = request.META.get("REMOTE_ADDR", "")
+    address = client_address(request) or ""
     if user is not None or cache.add(f"drpanel:metrics-denied:{address}", 1, timeout=60):
         audit_record(actor=user, action=AuditAction.ACCESS_DENIED, outcome="denied", request=request,
                      details={"path": "/metrics", "method": request.method, "need": str(Cap.VIEW_PANEL),

@@ -2,6 +2,7 @@
 
 import hashlib
 import secrets
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
@@ -39,22 +40,39 @@ def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+def token_expiry(created_at):
+    """When a token created at ``created_at`` stops working (``DRPANEL_TOKEN_DAYS`` later)."""
+    return created_at + timedelta(days=settings.TOKEN_DAYS)
+
+
 class ApiTokenQuerySet(models.QuerySet):
     def active(self):
-        return self.filter(revoked_at__isnull=True)
+        """Tokens that authenticate now: not revoked and not expired."""
+        return self.filter(revoked_at__isnull=True, expires_at__gt=timezone.now())
 
 
 class ApiToken(models.Model):
     """A personal API token. Only its SHA-256 is stored; the token is shown once, at creation.
 
-    States: active → revoked (final). A revoked token never authenticates again.
+    States: active → revoked (final), active → expired (at ``expires_at``, final). A revoked or
+    expired token never authenticates again.
+
+    Kinds: ``api`` calls ``/api/v1/`` as its user, with the user's roles (``read_only`` limits it to
+    GET, HEAD and OPTIONS); ``metrics`` is scrape-only: ``GET /metrics`` and nothing else.
     """
+
+    class Kind(models.TextChoices):
+        API = "api", "API"
+        METRICS = "metrics", "metrics scrape only"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=12, help_text="The first characters, to recognise a token in lists.")
     token_hash = models.CharField(max_length=64, unique=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.API)
+    read_only = models.BooleanField(default=False, help_text="Only safe methods (GET, HEAD, OPTIONS).")
     created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
@@ -66,13 +84,51 @@ class ApiToken(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
 
+    def save(self, *args, **kwargs):
+        if self.expires_at is None:
+            self.expires_at = token_expiry(self.created_at)
+        super().save(*args, **kwargs)
+
     @staticmethod
     def generate() -> str:
         return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
     @property
+    def is_expired(self) -> bool:
+        return self.expires_at <= timezone.now()
+
+    @property
     def is_active(self) -> bool:
-        return self.revoked_at is None
+        return self.revoked_at is None and not self.is_expired
+
+    @property
+    def access(self) -> str:
+        """What the token may do, in words (the token page and the API show it)."""
+        if self.kind == self.Kind.METRICS:
+            return "metrics"
+        return "read-only" if self.read_only else "read-write"
+
+
+class SignInFailureWindow(models.Model):
+    """Failed sign-ins with usernames that do not exist, counted over one time window.
+
+    ``drpanel.signin`` owns it: each such failure adds one to its window's row (never an audit
+    event), and once the window has ended one ``auth.unknown_user_failures`` event records the
+    counts and ``recorded_at`` is set. States: counting (``recorded_at`` empty) → recorded (final).
+    """
+
+    window_start = models.DateTimeField(unique=True)
+    window_end = models.DateTimeField()
+    failures = models.PositiveIntegerField(default=0)
+    lockouts = models.PositiveIntegerField(default=0)
+    addresses = models.JSONField(default=dict, blank=True, help_text="Failures per client address (the first 20).")
+    recorded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["window_start"]
+
+    def __str__(self) -> str:
+        return f"unknown-user sign-in failures from {self.window_start:%Y-%m-%d %H:%M}"
 
 
 class Approval(models.Model):

@@ -63,6 +63,11 @@ def password_attempts_exhausted(user) -> bool:
     return failures >= settings.AXES_FAILURE_LIMIT
 
 
+def retry_after_seconds() -> int:
+    """The ``Retry-After`` of a 429 for a lockout: the whole cool-off, the longest a lockout can still last."""
+    return int(settings.AXES_COOLOFF_TIME.total_seconds())
+
+
 def password_confirm(*, actor, password, purpose: str, obj=None, request=None, details: dict | None = None) -> None:
     """Confirm that ``actor`` knows their password, for ``purpose`` (a key of ``PURPOSES``).
 

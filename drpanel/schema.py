@@ -5,8 +5,10 @@
 error answers the view's shape implies, each with the one error body the API uses
 (``{"detail": "...", "errors": {...}}``, see ``drpanel.api.exception_handler``):
 
-- 401 when the view needs a signed-in caller (no token, or a revoked one);
-- 403 when it needs a capability, or the method changes something (CSRF for sessions);
+- 401 when the view needs a signed-in caller (no token, or a revoked or expired one);
+- 403 when it needs a signed-in caller: a capability may be missing, the method may change
+  something (CSRF for sessions, a read-only token), or the token is a metrics token;
+- 429 when the body takes a password re-entered (too many wrong ones lock it, ``Retry-After``);
 - 404 when the path names an object;
 - 400 when the operation takes query parameters or a body; 415 when it takes a body.
 
@@ -16,6 +18,7 @@ schemathesis run (``tests/drpanel/test_api_fuzz.py``) checks every answer agains
 """
 
 from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import force_instance
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import permissions, serializers
 
@@ -27,6 +30,7 @@ ERROR_DESCRIPTIONS = {
     404: "No such object, or not one the caller may see.",
     409: "Refused: the object is not in a state that allows this; `detail` says why.",
     415: "The body must be JSON (`Content-Type: application/json`).",
+    429: "Too many wrong passwords: the password is not checked until the cool-off ends (`Retry-After`, seconds).",
 }
 
 
@@ -47,7 +51,6 @@ def error_response(code: int, description: str | None = None) -> OpenApiResponse
 
 
 _OPEN = (permissions.AllowAny,)
-_SIGNED_IN = (permissions.AllowAny, permissions.IsAuthenticated)
 
 
 class PanelAutoSchema(AutoSchema):
@@ -59,16 +62,24 @@ class PanelAutoSchema(AutoSchema):
         has_body = self.method in ("POST", "PUT", "PATCH")
         codes = []
         if needs_sign_in:
-            codes.append(401)
-            if has_body or any(not issubclass(p, _SIGNED_IN) for p in perms):
-                codes.append(403)
+            # 403 for every signed-in operation: a metrics token is refused by all of them.
+            codes += [401, 403]
         if "{" in self.path:
             codes.append(404)
         if has_body or any(p.get("in") == "query" for p in self._get_parameters()):
             codes.append(400)
         if has_body:
             codes.append(415)
+            if self._takes_password():
+                codes.append(429)
         return codes
+
+    def _takes_password(self) -> bool:
+        serializer = force_instance(self.get_request_serializer())
+        # drpanel.api.PasswordField marks itself so (that module cannot be imported here: it loads DRF's
+        # settings, which name this module).
+        return any(getattr(field, "style", {}).get("input_type") == "password"
+                   for field in getattr(serializer, "fields", {}).values())
 
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)

@@ -175,12 +175,23 @@ REAUTH_VALID_MINUTES = env_int("DRPANEL_REAUTH_MINUTES", 10, minimum=1, maximum=
 
 AXES_FAILURE_LIMIT = env_int("DRPANEL_LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("DRPANEL_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
-AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# Two independent counters (axes ORs the items): one per username, whatever the addresses (a botnet
+# guessing one account), and one per address, whatever the usernames (one host spraying many accounts).
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_LOCKOUT_CALLABLE = "drpanel.views.lockout"
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
-AXES_IPWARE_PROXY_COUNT = env_int("DRPANEL_PROXY_COUNT", 0, minimum=0) or None
 AXES_SENSITIVE_PARAMETERS = ["password", "token"]
+# The client's address (drpanel.client_ip): REMOTE_ADDR, unless the deployment says how many reverse
+# proxies stand in front of the panel; only then is X-Forwarded-For read, from the right.
+PROXY_COUNT = env_int("DRPANEL_PROXY_COUNT", 0, minimum=0, maximum=10)
+AXES_CLIENT_IP_CALLABLE = "drpanel.client_ip.client_address"
+# Failed sign-ins with usernames that do not exist are counted per window of this many minutes and
+# written as one audit event per window (drpanel.signin), so anonymous traffic cannot grow the chain.
+UNKNOWN_SIGNIN_WINDOW_MINUTES = env_int("DRPANEL_UNKNOWN_SIGNIN_WINDOW_MINUTES", 10, minimum=1, maximum=24 * 60)
+
+# API tokens expire this many days after their creation (shown on the token page and in the API).
+TOKEN_DAYS = env_int("DRPANEL_TOKEN_DAYS", 90, minimum=1, maximum=3650)
 
 # --- security headers ----------------------------------------------------------------------
 

@@ -1,4 +1,7 @@
-"""Audit of sign-in, sign-out and lockouts (receivers of Django's and django-axes' signals)."""
+"""Audit of sign-in, sign-out and lockouts (receivers of Django's and django-axes' signals).
+
+Failures and lockouts of known usernames are one event each; those of usernames that do not exist
+are counted per window instead (``drpanel.signin``)."""
 
 import time
 
@@ -9,7 +12,9 @@ from django.dispatch import receiver
 
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
+from drpanel.client_ip import client_address
 from drpanel.middleware import SIGNED_IN_AT
+from drpanel.signin import unknown_signin_failure_count
 
 
 @receiver(user_logged_in)
@@ -29,18 +34,27 @@ def _attempted(credentials: dict) -> str:
     return str(credentials.get("username") or "")[:150]
 
 
+def _known(username: str) -> bool:
+    return bool(username) and get_user_model().objects.filter(username=username).exists()
+
+
 @receiver(user_login_failed)
 def audit_login_failed(sender, credentials, request=None, **kwargs):
     username = _attempted(credentials)
-    # The same event whether or not the account exists: the log must not help enumeration
-    # more than the login page does, but an auditor needs the attempted name.
+    if not _known(username):
+        # Counted per window, one event per window (drpanel.signin): anonymous guessing must not grow
+        # the chain one event per request.
+        unknown_signin_failure_count(address=client_address(request) if request is not None else None)
+        return
     audit_record(actor=None, action=AuditAction.AUTH_LOGIN_FAILED, outcome="failure", request=request,
-                 object_type="auth.user", object_repr=username,
-                 details={"known_user": get_user_model().objects.filter(username=username).exists()})
+                 object_type="auth.user", object_repr=username, details={"known_user": True})
 
 
 @receiver(user_locked_out)
 def audit_lockout(sender, request, username=None, ip_address=None, **kwargs):
+    username = str(username or "")[:150]
+    if not _known(username):
+        unknown_signin_failure_count(address=ip_address, lockout=True)
+        return
     audit_record(actor=None, action=AuditAction.AUTH_LOCKOUT, outcome="denied", request=request,
-                 object_type="auth.user", object_repr=str(username or "")[:150],
-                 details={"ip_address": ip_address})
+                 object_type="auth.user", object_repr=username, details={"ip_address": ip_address})

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from drpanel import queues
 from drpanel.dashboard import dashboard_context, running_jobs
 from drpanel.models import ApiToken
-from drpanel.passwords import PasswordError, PasswordLocked, password_attempts_exhausted
+from drpanel.passwords import PasswordError, PasswordLocked, password_attempts_exhausted, retry_after_seconds
 from drpanel.permissions import Cap, capability_required, record_denial
 from drpanel.services import api_token_create, api_token_revoke, reauthenticate
 
@@ -33,9 +33,11 @@ class LogoutView(auth_views.LogoutView):
 
 
 def lockout(request, credentials=None, *args, **kwargs):
-    """django-axes' answer to a locked-out sign-in: 429, the same for every username."""
+    """django-axes' answer to a locked-out sign-in: 429 with ``Retry-After``, the same for every username."""
     minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
-    return render(request, "drpanel/lockout.html", {"minutes": minutes}, status=429)
+    response = render(request, "drpanel/lockout.html", {"minutes": minutes}, status=429)
+    response["Retry-After"] = str(retry_after_seconds())
+    return response
 
 
 @login_required
@@ -61,11 +63,19 @@ def reauth(request):
                   status=400 if error else 200)
 
 
+# The token page's choice → (kind, read_only).
+TOKEN_ACCESS = {
+    "read-write": (ApiToken.Kind.API, False),
+    "read-only": (ApiToken.Kind.API, True),
+    "metrics": (ApiToken.Kind.METRICS, False),
+}
+
+
 @login_required
 @require_GET
 def token_list(request):
     tokens = ApiToken.objects.filter(user=request.user)
-    return render(request, "drpanel/token_list.html", {"tokens": tokens})
+    return render(request, "drpanel/token_list.html", {"tokens": tokens, "token_days": settings.TOKEN_DAYS})
 
 
 @login_required
@@ -73,13 +83,25 @@ def token_list(request):
 def token_create(request):
     """Create a token for the signed-in user, with their password re-entered; shown once."""
     tokens = ApiToken.objects.filter(user=request.user)
+    access = request.POST.get("access", "read-write")
+    if access not in TOKEN_ACCESS:
+        return render(request, "drpanel/token_list.html", {"tokens": tokens, "error": "Choose what the token may do.",
+                                                           "token_days": settings.TOKEN_DAYS}, status=400)
+    kind, read_only = TOKEN_ACCESS[access]
     try:
         token, raw = api_token_create(actor=request.user, user=request.user, name=request.POST.get("name", ""),
-                                      password=request.POST.get("password", ""), request=request)
+                                      password=request.POST.get("password", ""), request=request,
+                                      kind=kind, read_only=read_only)
     except PasswordError as exc:
-        return render(request, "drpanel/token_list.html", {"tokens": tokens, "error": str(exc)}, status=403)
+        status = 429 if isinstance(exc, PasswordLocked) else 403
+        response = render(request, "drpanel/token_list.html", {"tokens": tokens, "error": str(exc),
+                                                               "token_days": settings.TOKEN_DAYS}, status=status)
+        if status == 429:
+            response["Retry-After"] = str(retry_after_seconds())
+        return response
     # The plaintext is rendered once, into this response only; it is never stored or logged.
-    return render(request, "drpanel/token_list.html", {"tokens": tokens, "new_token": raw, "new": token})
+    return render(request, "drpanel/token_list.html", {"tokens": tokens, "new_token": raw, "new": token,
+                                                       "token_days": settings.TOKEN_DAYS})
 
 
 @login_required

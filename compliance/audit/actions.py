@@ -39,6 +39,9 @@ class AuditAction(StrEnum):
 
     API_TOKEN_CREATED = "api_token.created", "A user created an API token."
     API_TOKEN_REVOKED = "api_token.revoked", "An API token was revoked."
+    API_TOKEN_SCOPE_REFUSED = ("api_token.scope_refused",
+                               "An API token was refused beyond its scope: a write with a read-only token, "
+                               "or a metrics token anywhere but /metrics (outcome denied).")
     API_TOKEN_PASSWORD_REFUSED = ("api_token.password_refused",
                                   "A wrong password was given when creating an API token (counts toward the lockout).")
 
@@ -78,6 +81,9 @@ class AuditAction(StrEnum):
     AUTH_LOGOUT = "auth.logout", "A user signed out."
     AUTH_LOGIN_FAILED = "auth.login_failed", "A sign-in failed."
     AUTH_LOCKOUT = "auth.lockout", "Too many failed sign-ins: the account or address is locked out."
+    AUTH_UNKNOWN_USER_FAILURES = ("auth.unknown_user_failures",
+                                  "Failed sign-ins with usernames that do not exist, counted over one window "
+                                  "(one event per window, written when it ends).")
     AUTH_REAUTHENTICATED = "auth.reauthenticated", "A signed-in user re-entered their password."
     AUTH_REAUTH_LOCKED = "auth.reauth_locked", "A password re-entry was refused: too many failures."
 

@@ -28,6 +28,7 @@ from django.utils import timezone
 from compliance.audit.actions import AuditAction, check_action
 from compliance.audit.canonical import canonical_bytes
 from compliance.audit.models import AuditEvent
+from drpanel.client_ip import client_address
 from drpanel.context import current_request
 
 ENCODING_VERSION = 1
@@ -120,7 +121,9 @@ def _object_fields(obj) -> dict:
 def _client_ip(request) -> str | None:
     if request is None:
         return None
-    value = getattr(request, "client_ip", None) or request.META.get("REMOTE_ADDR") or ""
+    # The same address the sign-in lockout counts (REMOTE_ADDR, or X-Forwarded-For behind the
+    # configured number of proxies only).
+    value = getattr(request, "client_ip", None) or client_address(request) or ""
     try:
         return str(ipaddress.ip_address(str(value).split("%", 1)[0]))
     except ValueError:
