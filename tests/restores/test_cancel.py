@@ -98,7 +98,8 @@ def test_cancelling_a_queued_restore_takes_its_job_off_the_queue_and_no_worker_r
     assert run.state == "cancelled" and run.started_at is None, "no worker ran it"
     assert scratch.marker(scratch.name("shop_staging")) == "before"
     event = AuditEvent.objects.get(action="restore.cancelled")
-    assert event.actor_username == "manager" and event.details["was"] == "queued" and event.details["job"] == "cancelled"
+    assert event.actor_username == "manager" and event.details["was"] == "queued"
+    assert event.details["job"] == "cancelled"
 
 
 def test_another_operator_cannot_cancel_a_restore_that_is_not_theirs(operator, full_artifact, staging, scratch,
