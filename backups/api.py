@@ -116,8 +116,13 @@ class ArtifactSerializer(serializers.Serializer):
     sha256 = serializers.CharField(allow_blank=True, help_text="SHA-256 of the stored bytes.")
     plaintext_size = serializers.IntegerField(allow_null=True)
     plaintext_sha256 = serializers.CharField(allow_null=True)
-    status = serializers.ChoiceField(Artifact.Status.choices)
+    status = serializers.ChoiceField(Artifact.Status.choices, help_text=(
+        "quarantined: found in storage, not restorable until an admin adopts it and it passes its verification."))
     source = serializers.ChoiceField(Artifact.Source.choices)
+    quarantine = serializers.JSONField(allow_null=True, help_text=(
+        "null unless quarantined: {reason}. After adoption: adopted_by/adopted_at are set."))
+    adopted_by = serializers.CharField(allow_null=True)
+    adopted_at = serializers.DateTimeField(allow_null=True)
     offsite_verified_at = serializers.DateTimeField(allow_null=True)
     copies = CopySerializer(many=True)
     last_verification = VerificationSummarySerializer(allow_null=True)

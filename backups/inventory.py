@@ -5,7 +5,8 @@ Per enabled location it:
 - checks each known copy: missing, size mismatch, or present (a copy that was not known to be
   intact is re-read and its SHA-256 compared before it counts as ``ok``);
 - catalogues objects whose ``*.manifest.json`` names an artifact the catalog lacks (a catalog
-  rebuilt from storage after the panel's own database was lost);
+  rebuilt from storage after the panel's own database was lost); a manifest naming an artifact
+  the catalog knows changes nothing (it is ignored and audited);
 - recognises the old guide's layout — ``<system>-backups/`` with ``*full*`` (or ``*config*``,
   ``*incremental*``) directories stamped ``YYYYMMDD_HHMMSS`` — and imports those files as legacy
   artifacts (openssl-encrypted, gzip'd SQL, custom dumps), identifying the passphrase from the
@@ -14,6 +15,10 @@ Per enabled location it:
 
 then records per artifact whether an off-site copy with a matching checksum exists ("cloud sync
 verified"). A location that cannot be listed is reported, and its copies are left as they were.
+
+Storage is untrusted: everything catalogued or imported here arrives *quarantined*
+(``Artifact.Status.QUARANTINED``) until an admin adopts it and it passes a verification up to
+the structure level (``restores.adoption``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import uuid
 from datetime import UTC, datetime
 
 from django.db import transaction
@@ -40,6 +46,8 @@ LEGACY = re.compile(r"(?:^|/)(?P<system>[a-z0-9][a-z0-9_-]*)-backups/(?P<dir>[^/
 STAMP = re.compile(r"(?P<d>\d{8})_(?P<t>\d{6})")
 EXTRA_LIMIT = 200
 INVENTORY_QUEUE = "backup"
+FOUND_IN_STORAGE = ("found in storage, not written by this panel: an admin must adopt it, and it must pass "
+                    "a verification up to the structure level, before it can be restored")
 
 
 def inventory_request(*, actor, request=None) -> InventoryRun:
@@ -109,7 +117,7 @@ def inventory_sync_execute(run_id) -> InventoryRun:
             summary["locations"][location.name] = _sync_location(location)
         summary["cloud_sync_verified"] = _update_offsite_verified()
         totals = {key: sum(len(s.get(key, [])) for s in summary["locations"].values())
-                  for key in ("missing", "mismatched", "extra", "catalogued", "imported", "importable")}
+                  for key in ("missing", "mismatched", "extra", "catalogued", "imported", "importable", "ignored")}
         summary["totals"] = totals
         with transaction.atomic():
             InventoryRun.objects.filter(pk=run.pk).update(state=InventoryRun.State.SUCCEEDED,
@@ -139,7 +147,7 @@ def _set_copy(copy: ArtifactCopy, status: str, **fields) -> None:
 
 def _sync_location(location: StorageLocation) -> dict:
     report = {"objects": 0, "missing": [], "mismatched": [], "extra": [], "catalogued": [], "imported": [],
-              "importable": [], "error": None}
+              "importable": [], "ignored": [], "error": None}
     backend = location.backend()
     try:
         objects: dict[str, ObjectInfo] = {o.key: o for o in backend.list()}
@@ -181,7 +189,8 @@ def _sync_location(location: StorageLocation) -> dict:
             continue
         handled.add(artifact_key_)
         outcome = _catalogue_from_manifest(location, artifact_key_, objects[artifact_key_])
-        report["catalogued" if outcome.startswith("catalogued") else "importable"].append(f"{artifact_key_}: {outcome}")
+        bucket = next((b for b in ("catalogued", "ignored") if outcome.startswith(b)), "importable")
+        report[bucket].append(f"{artifact_key_}: {outcome}")
     for key in sorted(objects):
         if key in handled:
             continue
@@ -196,35 +205,104 @@ def _sync_location(location: StorageLocation) -> dict:
     return report
 
 
+def _choice(value, choices, default):
+    return value if isinstance(value, str) and value in choices.values else default
+
+
+def _manifest_artifact_id(manifest: dict) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(manifest.get("artifact_id")))
+    except ValueError:
+        return None
+
+
+def _manifest_created_at(manifest: dict, fallback: datetime) -> datetime:
+    try:
+        created = datetime.fromisoformat(str(manifest["created_at"]))
+    except (KeyError, ValueError):
+        return fallback
+    return created if created.tzinfo else created.replace(tzinfo=UTC)
+
+
+def _manifest_int(manifest: dict, field: str) -> int | None:
+    value = manifest.get(field)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _manifest_text(manifest: dict, field: str, limit: int = 64) -> str:
+    value = manifest.get(field)
+    return value[:limit] if isinstance(value, str) else ""
+
+
 def _catalogue_from_manifest(location: StorageLocation, key: str, info: ObjectInfo) -> str:
+    """Catalogue an object from the manifest found next to it: quarantined, whatever the manifest says.
+
+    The manifest is data: its fields fill a new row, never change a known one
+    (``_manifest_for_known_artifact``).
+    """
     manifest = read_manifest(location, key)
-    if not manifest or "artifact_id" not in manifest:
+    artifact_id = _manifest_artifact_id(manifest) if manifest else None
+    if artifact_id is None:
         return "manifest unreadable"
-    system = System.objects.filter(name=(manifest.get("system") or {}).get("name", "")).first()
-    artifact = Artifact.objects.filter(pk=manifest["artifact_id"]).first()
-    if artifact is None and system is None:
-        return f"no system named {(manifest.get('system') or {}).get('name')!r} in the catalog"
+    artifact = Artifact.objects.filter(pk=artifact_id).first()
+    if artifact is not None:
+        return _manifest_for_known_artifact(location, key, manifest, artifact)
+    system_name = (manifest.get("system") or {}).get("name", "") if isinstance(manifest.get("system"), dict) else ""
+    system = System.objects.filter(name=system_name).first()
+    if system is None:
+        return f"no system named {system_name!r} in the catalog"
     size, sha = location.backend().sha256(key)
     now = timezone.now()
+    encryption = manifest.get("encryption") if isinstance(manifest.get("encryption"), dict) else {}
     with transaction.atomic():
-        if artifact is None:
-            created = manifest.get("created_at")
-            artifact = Artifact.objects.create(
-                id=manifest["artifact_id"], system=system, kind=manifest.get("kind", "full"),
-                format=manifest.get("format", Artifact.Format.UNKNOWN),
-                encryption=(manifest.get("encryption") or {}).get("scheme", Artifact.Encryption.DRPANEL),
-                status=Artifact.Status.AVAILABLE, source=Artifact.Source.SYNC,
-                created_at=datetime.fromisoformat(created) if created else info.modified or now,
-                size=manifest.get("size"), sha256=manifest.get("sha256", ""),
-                plaintext_size=manifest.get("plaintext_size"), plaintext_sha256=manifest.get("plaintext_sha256", ""),
-                key_id=(manifest.get("encryption") or {}).get("key_id", ""), storage_key=key, manifest=manifest)
-            audit_record(actor=None, action=AuditAction.ARTIFACT_CATALOGUED, obj=artifact,
-                         details={"location": location.name, "from": "manifest", "key": key})
+        artifact = Artifact.objects.create(
+            id=artifact_id, system=system, kind=_choice(manifest.get("kind"), Artifact.Kind, Artifact.Kind.FULL),
+            format=_choice(manifest.get("format"), Artifact.Format, Artifact.Format.UNKNOWN),
+            encryption=_choice(encryption.get("scheme"), Artifact.Encryption, Artifact.Encryption.DRPANEL),
+            status=Artifact.Status.QUARANTINED, quarantine_reason=FOUND_IN_STORAGE, source=Artifact.Source.SYNC,
+            created_at=_manifest_created_at(manifest, info.modified or now),
+            size=_manifest_int(manifest, "size"), sha256=_manifest_text(manifest, "sha256"),
+            plaintext_size=_manifest_int(manifest, "plaintext_size"),
+            plaintext_sha256=_manifest_text(manifest, "plaintext_sha256"),
+            key_id=_manifest_text(encryption, "key_id", 300), storage_key=key, manifest=manifest)
+        audit_record(actor=None, action=AuditAction.ARTIFACT_CATALOGUED, obj=artifact,
+                     details={"location": location.name, "from": "manifest", "key": key,
+                              "status": Artifact.Status.QUARANTINED})
         ok = sha == artifact.sha256
-        ArtifactCopy.objects.update_or_create(artifact=artifact, location=location, defaults={
-            "key": key, "size": size, "sha256_seen": sha, "checked_at": now, "last_seen_at": now,
-            "status": ArtifactCopy.Status.OK if ok else ArtifactCopy.Status.CHECKSUM_MISMATCH})
-    return "catalogued" + ("" if ok else " (checksum differs from its manifest)")
+        ArtifactCopy.objects.create(artifact=artifact, location=location, key=key, size=size, sha256_seen=sha,
+                                    checked_at=now, last_seen_at=now,
+                                    status=ArtifactCopy.Status.OK if ok else ArtifactCopy.Status.CHECKSUM_MISMATCH)
+    return "catalogued, quarantined" + ("" if ok else " (checksum differs from its manifest)")
+
+
+def _manifest_for_known_artifact(location: StorageLocation, key: str, manifest: dict, artifact: Artifact) -> str:
+    """A manifest naming an artifact the catalog knows, next to an object the catalog does not.
+
+    It may only add the copy of an artifact that was itself found in storage (a catalog rebuilt
+    from several locations), when its claims and the object's bytes match the row exactly. A
+    manifest naming an artifact the panel wrote, or contradicting the row, changes nothing and
+    is audited.
+    """
+    size, sha = location.backend().sha256(key)
+    claimed = manifest.get("sha256")
+    why = ""
+    if artifact.source == Artifact.Source.BACKUP:
+        why = "the panel wrote this artifact: a manifest found in storage cannot add to it"
+    elif claimed != artifact.sha256 or sha != artifact.sha256:
+        why = "its checksum differs from the catalog's"
+    elif artifact.copies.filter(location=location).exists():
+        why = "the catalog already has a copy of this artifact in this location"
+    if not why:
+        now = timezone.now()
+        ArtifactCopy.objects.create(artifact=artifact, location=location, key=key, size=size, sha256_seen=sha,
+                                    checked_at=now, last_seen_at=now, status=ArtifactCopy.Status.OK)
+        return "catalogued, another copy of a found artifact"
+    with transaction.atomic():
+        audit_record(actor=None, action=AuditAction.ARTIFACT_MANIFEST_IGNORED, obj=artifact, outcome="failure",
+                     details={"location": location.name, "key": key, "why": why,
+                              "claimed_sha256": str(claimed)[:64], "seen_sha256": sha,
+                              "catalog_sha256": artifact.sha256})
+    return f"ignored: {why}"
 
 
 def _import_legacy(location: StorageLocation, key: str, info: ObjectInfo, legacy: dict) -> str:
@@ -253,13 +331,16 @@ def _import_legacy(location: StorageLocation, key: str, info: ObjectInfo, legacy
     with transaction.atomic():
         artifact = Artifact.objects.create(
             system=system, kind=legacy["kind"], format=_legacy_format(legacy["kind"], encryption, content),
-            encryption=encryption, status=Artifact.Status.AVAILABLE, source=Artifact.Source.LEGACY,
+            encryption=encryption, status=Artifact.Status.QUARANTINED, quarantine_reason=FOUND_IN_STORAGE,
+            source=Artifact.Source.LEGACY,
             created_at=legacy["created_at"], size=size, sha256=sha, key_id=key_id, storage_key=key, manifest=manifest)
         ArtifactCopy.objects.create(artifact=artifact, location=location, key=key, status=ArtifactCopy.Status.OK,
                                     size=size, sha256_seen=sha, checked_at=now, last_seen_at=now)
         audit_record(actor=None, action=AuditAction.ARTIFACT_CATALOGUED, obj=artifact,
-                     details={"location": location.name, "from": "legacy layout", "key": key, "key_id": key_id})
-    return "imported" + ("" if key_id or encryption == formats.ENCRYPTION_NONE else " (passphrase unknown)")
+                     details={"location": location.name, "from": "legacy layout", "key": key, "key_id": key_id,
+                              "status": Artifact.Status.QUARANTINED})
+    known = key_id or encryption == formats.ENCRYPTION_NONE
+    return "imported, quarantined" + ("" if known else " (passphrase unknown)")
 
 
 def _refresh_statuses(location: StorageLocation) -> None:

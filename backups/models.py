@@ -161,7 +161,13 @@ class StorageLocation(models.Model):
 
 class ArtifactQuerySet(models.QuerySet):
     def live(self):
-        return self.exclude(status__in=[Artifact.Status.DELETED, Artifact.Status.FAILED, Artifact.Status.WRITING])
+        """Artifacts the panel stands behind: not deleted, failed, still writing, or quarantined.
+
+        Quarantined artifacts were found in storage; retention, key rotation and the cloud-sync
+        check leave them alone until they are adopted and verified.
+        """
+        return self.exclude(status__in=[Artifact.Status.DELETED, Artifact.Status.FAILED, Artifact.Status.WRITING,
+                                        Artifact.Status.QUARANTINED])
 
 
 class Artifact(models.Model):
@@ -171,7 +177,11 @@ class Artifact(models.Model):
     key section); ``plaintext_sha256``/``plaintext_size`` of what it decrypts to.
 
     Status transitions: writing → available | failed; available ↔ missing (inventory sync);
-    available | missing → deleted (retention or an approved deletion; final).
+    available | missing → deleted (retention or an approved deletion; final). What the inventory
+    finds in storage (``source`` sync or legacy) starts *quarantined*: not restorable, not
+    scheduled, no evidence. ``restores.adoption.artifact_adopt`` queues a verification up to the
+    structure level; quarantined → available when it passes (``adopted_by``/``adopted_at`` set),
+    and a failure leaves it quarantined with the reason in ``quarantine_reason``.
     ``last_verified_level``/``last_verified_at`` are set by verification runs (restores app).
     """
 
@@ -200,6 +210,7 @@ class Artifact(models.Model):
         MISSING = "missing", "missing"
         FAILED = "failed", "failed"
         DELETED = "deleted", "deleted"
+        QUARANTINED = "quarantined", "quarantined"
 
     class Source(models.TextChoices):
         BACKUP = "backup", "backup job"
@@ -211,7 +222,7 @@ class Artifact(models.Model):
     kind = models.CharField(max_length=12, choices=Kind.choices)
     format = models.CharField(max_length=20, choices=Format.choices)
     encryption = models.CharField(max_length=30, choices=Encryption.choices, default=Encryption.DRPANEL)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.WRITING)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.WRITING)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.BACKUP)
     created_at = models.DateTimeField(default=timezone.now)
     size = models.BigIntegerField(null=True, blank=True)
@@ -226,6 +237,11 @@ class Artifact(models.Model):
     last_verified_level = models.CharField(max_length=20, blank=True)
     last_verified_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+    quarantine_reason = models.TextField(blank=True, help_text="Why a quarantined artifact is not usable yet.")
+    adopted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+", help_text="Who adopted this artifact found in storage.")
+    adopted_at = models.DateTimeField(null=True, blank=True,
+                                      help_text="When its adoption verification passed and it left quarantine.")
 
     objects = ArtifactQuerySet.as_manager()
 
@@ -248,6 +264,10 @@ class Artifact(models.Model):
     @property
     def is_live(self) -> bool:
         return self.status in (self.Status.AVAILABLE, self.Status.MISSING)
+
+    @property
+    def is_quarantined(self) -> bool:
+        return self.status == self.Status.QUARANTINED
 
 
 class ArtifactCopy(models.Model):

@@ -14,7 +14,6 @@ import logging
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from rq.registry import StartedJobRegistry
 
 from backups import formats, pgtools
 from backups.copies import remove_objects
@@ -178,7 +177,7 @@ def backup_runs_reap(*, stale_after_seconds: int | None = None, requeue_after_se
     now = timezone.now()
     # Move jobs whose worker stopped heartbeating to the failed registry now, not at some other
     # worker's next maintenance.
-    StartedJobRegistry(BACKUP_RUNS.queue, connection=queues.get_connection(BACKUP_RUNS.queue)).cleanup()
+    queues.get_queue(BACKUP_RUNS.queue).started_job_registry.cleanup()
     cutoff = now - timezone.timedelta(seconds=stale_after_seconds)
     count = 0
     for run in BackupRun.objects.filter(state=BackupRun.State.RUNNING).select_related("system"):

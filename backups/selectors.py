@@ -104,7 +104,7 @@ def artifact_page(params, *, page_size: int = PAGE_SIZE) -> ArtifactPage:
     order = [f"-{field}", "-pk"] if descending else [field, "pk"]
     copies = Prefetch("copies", queryset=ArtifactCopy.objects.select_related("location").exclude(
         status=ArtifactCopy.Status.DELETED).order_by("-location__role", "location__name"))
-    rows = list(qs.select_related("system").prefetch_related(copies).order_by(*order)[: page_size + 1])
+    rows = list(qs.select_related("system", "adopted_by").prefetch_related(copies).order_by(*order)[: page_size + 1])
     next_cursor = None
     if len(rows) > page_size:
         rows = rows[:page_size]
@@ -130,6 +130,9 @@ def artifact_json(artifact: Artifact, *, with_manifest: bool = False) -> dict:
         "plaintext_sha256": artifact.plaintext_sha256 or None,
         "status": artifact.status,
         "source": artifact.source,
+        "quarantine": {"reason": artifact.quarantine_reason} if artifact.is_quarantined else None,
+        "adopted_by": artifact.adopted_by.get_username() if artifact.adopted_by_id else None,
+        "adopted_at": artifact.adopted_at.isoformat() if artifact.adopted_at else None,
         "offsite_verified_at": artifact.offsite_verified_at.isoformat() if artifact.offsite_verified_at else None,
         "copies": [{"location": c.location.name, "role": c.location.role, "status": c.status, "size": c.size,
                     "sha256": c.sha256_seen or None,

@@ -18,7 +18,7 @@ from backups.retention import retention_plan
 from backups.schedules import policy_status
 from backups.selectors import artifact_page, filtered_artifacts
 from compliance.audit.models import AuditEvent
-from drpanel.approvals import ApprovalError, approval_reject, open_approvals
+from drpanel.approvals import WAITING, ApprovalError, approval_reject, open_approvals
 from drpanel.models import Approval
 from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, capability_required, has_cap
@@ -51,6 +51,7 @@ def artifact_list(request):
         "sort_links": sort_links,
         "kinds": Artifact.Kind.choices, "statuses": Artifact.Status.choices,
         "can_start": has_cap(request.user, Cap.START_JOBS),
+        "can_adopt": has_cap(request.user, Cap.MANAGE_PANEL),
         "last_sync": InventoryRun.objects.first(),
     })
 
@@ -71,6 +72,7 @@ def artifact_detail(request, pk):
         "runs": artifact.runs.all(),
         "can_start": has_cap(request.user, Cap.START_JOBS),
         "can_manage": has_cap(request.user, Cap.MANAGE_PANEL),
+        "adopting": artifact.verifications.filter(trigger="adoption", state__in=["queued", "running"]).first(),
         "can_approve": pending is not None and deletion.may_approve_deletion(request.user)
         and pending.requested_by_id != request.user.pk,
         "is_requester": pending is not None and pending.requested_by_id == request.user.pk,
@@ -180,9 +182,13 @@ def _edit(request, *, form_class, instance, save, template, success, title):
         except ValidationError as exc:
             form.add_error(None, exc)
         else:
+            if isinstance(saved, Approval):
+                messages.info(request, WAITING)
+                return redirect("drpanel:approval-detail", pk=saved.pk)
             messages.success(request, f"Saved {saved}.")
             return redirect(success)
-    return render(request, template, {"form": form, "instance": instance, "title": title},
+    pending = open_approvals(instance).select_related("requested_by") if instance is not None else []
+    return render(request, template, {"form": form, "instance": instance, "title": title, "pending": pending},
                   status=400 if request.method == "POST" else 200)
 
 

@@ -91,12 +91,15 @@ def fill(count: int) -> float:
     from django.db import connection, transaction
 
     from compliance.audit.checkpoints import checkpoint_write
+    from compliance.audit.models import TRUNCATE_TRIGGER
 
     started = time.monotonic()
     with transaction.atomic(), connection.cursor() as cursor:
-        # The triggers refuse TRUNCATE; replica mode (superuser only) silences them for this bench database.
-        cursor.execute("SET LOCAL session_replication_role = replica")
+        # The trigger refuses TRUNCATE in every replication mode; the bench database's owner disables
+        # it for this transaction only (enabled again, ALWAYS, before the commit).
+        cursor.execute(f"ALTER TABLE compliance_auditevent DISABLE TRIGGER {TRUNCATE_TRIGGER}")
         cursor.execute("TRUNCATE compliance_auditevent RESTART IDENTITY")
+        cursor.execute(f"ALTER TABLE compliance_auditevent ENABLE ALWAYS TRIGGER {TRUNCATE_TRIGGER}")
         columns = ("seq, occurred_at, actor_id, actor_username, client_ip, user_agent, request_id, action, "
                    "object_type, object_id, object_repr, outcome, details, prev_hash, hash")
         with cursor.cursor.copy(f"COPY compliance_auditevent ({columns}) FROM STDIN") as copy:

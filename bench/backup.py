@@ -69,6 +69,10 @@ def prepare_services(panel_db: str) -> str:
     panel_url = runtime.with_database_name(plan.database_url, panel_db)
     runtime.ensure_database(panel_url)
     os.environ["DATABASE_URL"] = panel_url
+    # Its own queues (bench/installation.py): a running demo's workers never take its jobs.
+    from bench.installation import use_own_installation
+
+    use_own_installation(panel_db)
     return plan.database_url
 
 
@@ -174,13 +178,13 @@ panel_cpu_seconds: list = []
 def forget_automatic_verifications(system) -> None:
     """Each measured backup queued a decrypt verification of its artifact (the panel's real path):
     drop those jobs from the queue and their rows, so no worker meets them later."""
-    import django_rq
     from rq.job import Job
 
+    from drpanel import queues
     from restores.models import VerificationRun
 
     runs = VerificationRun.objects.filter(artifact__system=system)
-    connection = django_rq.get_connection("verify")
+    connection = queues.get_connection("verify")
     for job_id in runs.exclude(job_id="").values_list("job_id", flat=True):
         for job in Job.fetch_many([job_id], connection=connection):
             if job is not None:
@@ -346,6 +350,11 @@ def main() -> None:
     from django.core.management import call_command
 
     call_command("migrate", interactive=False, verbosity=0)
+    from bench.installation import clear_leftovers
+
+    cleared = clear_leftovers()
+    log(f"installation {os.environ['DRPANEL_INSTALLATION_ID']}: cleared {cleared['jobs']} job(s) and "
+        f"{cleared['workers']} worker(s) left by an earlier run")
     log(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
     results = []
     with tempfile.TemporaryDirectory(prefix="drpanel-bench-", dir=os.environ.get("TMPDIR")) as spool:

@@ -12,7 +12,9 @@
    (``StartedJobRegistry.cleanup`` polled every second).
 
 It uses its own panel database ``--panel-db`` on the panel's PostgreSQL server, a small source
-database, and the Redis of ``REDIS_URL``::
+database, and the Redis of ``REDIS_URL`` as an installation of its own (``bench/installation.py``):
+it runs beside a demo without either taking the other's jobs, clears only what an interrupted
+run of its own left, and every wait has a deadline naming what it waited for::
 
     .venv/bin/python bench/jobs.py [--requests 30] [--panel-db drpanel_bench]
 """
@@ -30,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.installation import clear_leftovers, use_own_installation, wait_for_workers, wait_until  # noqa: E402
 
 CLICK_GOAL_P95_S = 1.0
 DETECTION_GOAL_S = 180.0
@@ -56,6 +60,7 @@ def setup(panel_db: str) -> str:
     panel_url = runtime.with_database_name(plan.database_url, panel_db)
     runtime.ensure_database(panel_url)
     os.environ["DATABASE_URL"] = panel_url
+    use_own_installation(panel_db)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "drpanel.settings")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     import django
@@ -84,21 +89,18 @@ def source_database(server_url: str, name: str) -> str:
 
 def start_worker(log_dir: Path, env: dict, name: str) -> subprocess.Popen:
     out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "rqworker", "backup", "default"],
+    from drpanel import queues
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "rqworker",
+                             *queues.queue_names(["backup", "default"])],
                             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     out.close()
     return proc
 
 
-def wait_for_workers(count: int, timeout: float = 60) -> None:
-    import django_rq
-    from rq.worker import Worker
-
-    deadline = time.monotonic() + timeout
-    while len(Worker.all(connection=django_rq.get_connection("backup"))) < count:
-        if time.monotonic() > deadline:
-            raise SystemExit("the worker did not start")
-        time.sleep(0.1)
+def log_tail(path: Path):
+    """A ``detail`` for ``wait_until``: the end of a worker's log."""
+    return lambda: f"{path}:\n{path.read_text(errors='replace')[-2000:]}" if path.exists() else f"{path}: no log"
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -112,13 +114,13 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def bench_click(system, token: str, requests: int) -> tuple[list[float], list[float]]:
-    import django_rq
     from django.test import Client
 
     from backups.models import BackupRun
+    from drpanel import queues
 
     client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
-    queue = django_rq.get_queue("backup")
+    queue = queues.get_queue("backup")
     ours, raw = [], []
     for n in range(requests):
         # Alternate which goes first: the machine is shared and its load drifts.
@@ -129,24 +131,17 @@ def bench_click(system, token: str, requests: int) -> tuple[list[float], list[fl
                                      content_type="application/json")
                 assert answer.status_code == 202, answer.content
                 run_id = answer.json()["id"]
-                deadline = time.monotonic() + 60
-                while True:
-                    run = BackupRun.objects.get(pk=run_id)
-                    if run.state in ("succeeded", "failed"):
-                        break
-                    if time.monotonic() > deadline:
-                        raise SystemExit("a backup did not finish within a minute")
-                    time.sleep(0.02)
+                run = wait_until(lambda run_id=run_id: BackupRun.objects.filter(
+                    pk=run_id, state__in=("succeeded", "failed")).first(), 60,
+                    f"config backup run {run_id} (request {n + 1}) to finish on the benchmark's worker",
+                    interval=0.02)
                 assert run.state == "succeeded", run.error
                 ours.append(run.started_at.timestamp() - clicked)
             else:
                 enqueued = time.time()
                 job = queue.enqueue("bench.jobs.job_started_at")
-                deadline = time.monotonic() + 60
-                while job.get_status(refresh=True) != "finished":
-                    if time.monotonic() > deadline:
-                        raise SystemExit("the raw job did not run within a minute")
-                    time.sleep(0.02)
+                wait_until(lambda job=job: job.get_status(refresh=True) == "finished", 60,
+                           f"raw RQ job {job.id} (request {n + 1}) to finish on queue {queue.name}", interval=0.02)
                 raw.append(job.return_value() - enqueued)
     return ours, raw
 
@@ -177,36 +172,36 @@ def kill_tree(pid: int) -> None:
 
 
 def bench_detection(system, primary_dir: Path, env: dict, log_dir: Path, reap_every: float) -> tuple[float, float]:
-    import django_rq
     from rq.job import Job
-    from rq.registry import StartedJobRegistry
 
     from backups.models import BackupRun
     from backups.runs import backup_request, backup_runs_reap
+    from drpanel import queues
 
     worker = start_worker(log_dir, env, "doomed")
     try:
-        wait_for_workers(1)
+        wait_for_workers(1, detail=log_tail(log_dir / "doomed.log"))
         run = backup_request(actor=None, system=system, kind="full")
-        deadline = time.monotonic() + 60
-        while not list(primary_dir.rglob(".*.part")) or BackupRun.objects.get(pk=run.pk).state != "running":
-            if time.monotonic() > deadline:
-                raise SystemExit("the backup did not start")
-            time.sleep(0.1)
+        wait_until(lambda: list(primary_dir.rglob(".*.part"))
+                   and BackupRun.objects.get(pk=run.pk).state == "running", 60,
+                   f"full backup run {run.pk} to be running and writing its artifact", interval=0.1,
+                   detail=log_tail(log_dir / "doomed.log"))
         time.sleep(1)
         run.refresh_from_db()
         kill_tree(worker.pid)
         killed = time.monotonic()
     finally:
         stop(worker)
-    conn = django_rq.get_connection("backup")
-    registry = StartedJobRegistry("backup", connection=conn)
+    conn = queues.get_connection("backup")
+    registry = queues.get_queue("backup").started_job_registry
     raw = ours = None
     last_reap = 0.0
     while ours is None or raw is None:
         now = time.monotonic()
         if now - killed > 600:
-            raise SystemExit("no detection within 10 minutes")
+            missing = " and ".join(what for what, value in (("the reaper failing the run", ours),
+                                                            ("rq declaring the job abandoned", raw)) if value is None)
+            raise SystemExit(f"gave up after 600 s waiting for {missing} (run {run.pk}, job {run.job_id})")
         if raw is None:
             registry.cleanup()
             if Job.fetch(run.job_id, connection=conn).get_status(refresh=True) == "failed":
@@ -230,6 +225,9 @@ def main() -> None:
     parser.add_argument("--skip", action="append", default=[], choices=["click", "detection"])
     args = parser.parse_args()
 
+    work = Path(tempfile.mkdtemp(prefix="drpanel-bench-jobs-"))
+    # The benchmark's config backups read its own directory: a config root of this run only.
+    os.environ["DRPANEL_CONFIG_ROOTS"] = ",".join(filter(None, [os.environ.get("DRPANEL_CONFIG_ROOTS"), str(work)]))
     server_url = setup(args.panel_db)
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
@@ -239,7 +237,6 @@ def main() -> None:
     from drpanel.services import api_token_create
 
     log(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
-    work = Path(tempfile.mkdtemp(prefix="drpanel-bench-jobs-"))
     (work / "config").mkdir()
     (work / "config" / "app.env").write_text("FEATURE=1\n")
     (work / "primary").mkdir()
@@ -256,9 +253,9 @@ def main() -> None:
     user, _ = get_user_model().objects.get_or_create(username="bench-operator")
     user.groups.add(Group.objects.get(name="Operator"))
     _, token = api_token_create(actor=None, user=user, name="bench")
-    import django_rq
-
-    django_rq.get_connection("backup").delete("rq:queue:backup")
+    cleared = clear_leftovers()
+    log(f"installation {os.environ['DRPANEL_INSTALLATION_ID']}: cleared {cleared['jobs']} job(s) and "
+        f"{cleared['workers']} worker(s) left by an earlier run")
     env = {**os.environ, "DRPANEL_SERVICES": "external"}
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
@@ -266,7 +263,7 @@ def main() -> None:
         log(f"click → job started, {args.requests} requests each:")
         worker = start_worker(work / "logs", env, "click")
         try:
-            wait_for_workers(1)
+            wait_for_workers(1, detail=log_tail(work / "logs" / "click.log"))
             ours, raw = bench_click(system, token, args.requests)
         finally:
             stop(worker)

@@ -52,7 +52,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.protocol import report as protocol_report  # noqa: E402 - after the path is set
+from bench.installation import clear_leftovers, wait_for_workers, wait_until  # noqa: E402 - after the path is set
+from bench.protocol import report as protocol_report  # noqa: E402
 
 SOURCE_PREFIX = "drt_bench_loop"
 
@@ -143,9 +144,9 @@ class Bench:
             raise SystemExit(f"the panel's backup of {label} failed: {run.error}")
         if run.job_id:
             # It ran here; its job (enqueued on commit) must not run again on someone's worker.
-            import django_rq
+            from drpanel import queues
 
-            job = django_rq.get_queue("backup").fetch_job(run.job_id)
+            job = queues.get_queue("backup").fetch_job(run.job_id)
             if job is not None:
                 job.delete()
         log(f"  backup through the panel: {time.perf_counter() - started:.1f} s, artifact "
@@ -291,7 +292,6 @@ class Bench:
         self.results["swap"] = ops.results["swap"]
 
     def clicks(self) -> None:
-        import django_rq
         import psycopg
         from django.contrib.auth import get_user_model
         from django.contrib.auth.models import Group
@@ -301,6 +301,7 @@ class Bench:
         from django.utils import timezone
 
         from backups.models import System
+        from drpanel import queues
         from drpanel.jobs import ping
         from restores import targets
         from restores.models import RestoreRun, Target
@@ -326,23 +327,18 @@ class Bench:
         env.update(keys)
         log_path = self.tmp / "worker.log"
         with open(log_path, "wb") as out:
-            worker = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "rqworker", "restore", "default"],
+            worker = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "rqworker",
+                                       *queues.queue_names(["restore", "default"])],
                                       env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
-            from rq.worker import Worker
-
-            deadline = time.monotonic() + 60
-            while not Worker.all(connection=django_rq.get_connection("restore")):
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"the worker did not start: {log_path.read_text()[-2000:]}")
-                time.sleep(0.2)
+            wait_for_workers(1, detail=lambda: f"{log_path}:\n{log_path.read_text(errors='replace')[-2000:]}")
             raw = []
-            queue = django_rq.get_queue("default")
-            for _ in range(self.args.clicks):
+            queue = queues.get_queue("default")
+            for n in range(self.args.clicks):
                 started = time.time()
                 job = queue.enqueue(ping, "bench")
-                while job.get_status(refresh=True) not in ("started", "finished"):
-                    time.sleep(0.001)
+                wait_until(lambda job=job: job.get_status(refresh=True) in ("started", "finished"), 60,
+                           f"bare RQ job {job.id} (click {n + 1}) to start on queue {queue.name}", interval=0.001)
                 job.refresh()
                 raw.append(job.started_at.timestamp() - started)
             url = reverse("restores:run-create")
@@ -353,18 +349,20 @@ class Bench:
                                              "confirm": target.name})
                 assert response.status_code == 302, response.status_code
                 run = RestoreRun.objects.filter(target=target).order_by("-created_at").first()
-                while True:
+
+                def started_now(run=run):
                     run.refresh_from_db(fields=["state", "started_at"])
-                    if run.started_at:
-                        break
-                    time.sleep(0.002)
+                    return run.started_at
+
+                wait_until(started_now, 60, f"restore run {run.pk} (click {len(clicks) + 1}) to be started by the "
+                           "benchmark's worker", interval=0.002)
                 clicks.append(run.started_at.timestamp() - started)
-                deadline = time.monotonic() + 120
-                while run.state not in RestoreRun.FINAL_STATES:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("a restore of the click benchmark did not finish")
-                    time.sleep(0.05)
+
+                def finished(run=run):
                     run.refresh_from_db(fields=["state"])
+                    return run.state in RestoreRun.FINAL_STATES
+
+                wait_until(finished, 120, f"restore run {run.pk} (click {len(clicks)}) to finish", interval=0.05)
                 self.pg.drop_copy(os.environ["DRPANEL_SECRET_BENCH_CLICK_TARGET_URL"], run.pk, "pre")
         finally:
             worker.terminate()
@@ -418,6 +416,9 @@ def main() -> None:
     from django.core.management import call_command
 
     call_command("migrate", interactive=False, verbosity=0)
+    cleared = clear_leftovers()
+    log(f"installation {os.environ['DRPANEL_INSTALLATION_ID']}: cleared {cleared['jobs']} job(s) and "
+        f"{cleared['workers']} worker(s) left by an earlier run")
     bench = Bench(args, server_url)
     log(f"PostgreSQL server {bench.url('postgres').split('@')[-1]}, pg_restore {bench.tool.version}, "
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")

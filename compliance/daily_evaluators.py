@@ -61,9 +61,12 @@ def _no_systems() -> Result:
 
 
 def _completed(system: System, kind: str):
-    """Backups of a kind that finished (with their checksum), whatever happened to them since."""
-    return (Artifact.objects.filter(system=system, kind=kind).exclude(status__in=[Artifact.Status.WRITING,
-                                                                                  Artifact.Status.FAILED])
+    """Backups of a kind that finished (with their checksum), whatever happened to them since.
+
+    Quarantined artifacts were found in storage, not made by a backup: they are no evidence.
+    """
+    return (Artifact.objects.filter(system=system, kind=kind)
+            .exclude(status__in=[Artifact.Status.WRITING, Artifact.Status.FAILED, Artifact.Status.QUARANTINED])
             .exclude(sha256="").defer("manifest"))
 
 

@@ -14,6 +14,10 @@ Reusable by any action: artifact deletion (``artifact.delete``) now, production 
    unexpired, same binding, and consumed exactly once.
 4. ``approval_expire_due()`` (cron) expires what was left open.
 
+Changes that weaken protection (a target's environment or database, retention, schedules, storage,
+``approve_restore``, privileged roles) use ``protection_change_request`` and
+``protection_change_approve``: any active Manager or Admin other than the requester decides.
+
 Transitions are conditional updates on the expected state, so two managers approving at once,
 or an approve racing an expiry, leave exactly one outcome and one audit event.
 """
@@ -31,7 +35,7 @@ from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from drpanel.models import Approval
 from drpanel.passwords import password_confirm
-from drpanel.permissions import Denied
+from drpanel.permissions import Denied, Role
 
 
 class ApprovalError(Exception):
@@ -184,3 +188,49 @@ def open_approvals(subject, kind: str | None = None):
     qs = Approval.objects.filter(content_type=content_type, object_id=str(subject.pk),
                                  state__in=[Approval.State.PENDING, Approval.State.APPROVED])
     return qs.filter(kind=kind) if kind else qs
+
+
+PROTECTION_DECIDERS = (Role.MANAGER.value, Role.ADMIN.value)
+WAITING = "This change waits for a second person: another Manager or Admin must approve it with their password."
+
+
+def may_approve_protection_change(user) -> bool:
+    """An active Manager or Admin decides a change that weakens protection (never their own request)."""
+    return bool(user.is_active and user.groups.filter(name__in=PROTECTION_DECIDERS).exists())
+
+
+def protection_change_request(*, actor, kind: str, subject, params: dict, reason: str = "", request=None) -> Approval:
+    """Ask a second person for a change that weakens protection; the same change asked twice is one request."""
+    content_type = ContentType.objects.get_for_model(subject)
+    wanted = binding_hash(kind=kind, content_type=content_type, object_id=str(subject.pk), params=params)
+    existing = open_approvals(subject, kind).filter(binding_hash=wanted, state=Approval.State.PENDING).first()
+    if existing is not None:
+        return existing
+    return approval_request(actor=actor, kind=kind, subject=subject, params=params, reason=reason, request=request)
+
+
+def protection_change_approve(*, actor, approval: Approval, password: str, params: dict, apply, extra_rule=None,
+                              request=None):
+    """A second person approves with their password the change as it stands now (``params``, recomputed by
+    the caller from the current rows); ``apply(approval)`` then consumes the approval and makes the change.
+
+    ``extra_rule(actor)`` may refuse more approvers (e.g. the user a role change is about)."""
+    def may_approve(user) -> bool:
+        return may_approve_protection_change(user) and (extra_rule is None or extra_rule(user))
+
+    approved = approval_approve(actor=actor, approval=approval, password=password, params=params,
+                                may_approve=may_approve, request=request)
+    return protection_change_apply(actor=actor, approval=approved, apply=apply, request=request)
+
+
+def protection_change_apply(*, actor, approval: Approval, apply, request=None):
+    """Run ``apply(approval)`` (which consumes the approval in its transaction); when the approval no longer
+    covers the change (the subject changed after the request, it expired), audit the refusal and re-raise."""
+    try:
+        return apply(approval)
+    except ApprovalError as exc:
+        with transaction.atomic():
+            audit_record(actor=actor, action=AuditAction.APPROVAL_BINDING_MISMATCH, obj=approval.subject,
+                         outcome="failure", request=request,
+                         details=_details(approval, at_apply_by=getattr(actor, "username", None), reason=str(exc)))
+        raise

@@ -27,7 +27,6 @@ from django.http import HttpResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from rest_framework import exceptions
-from rq import Worker
 
 from backups.models import Artifact, System
 from compliance.audit import audit_record
@@ -35,7 +34,7 @@ from compliance.audit.actions import AuditAction
 from compliance.health import health_evaluate
 from compliance.measurements import rpo_for
 from compliance.models import Alert, AuditEvent
-from drpanel import clock
+from drpanel import clock, queues
 from drpanel.authentication import BearerTokenAuthentication
 from drpanel.permissions import Cap, has_cap
 from restores.models import RestoreRun, VerificationRun
@@ -94,12 +93,13 @@ def render(families: list[Family]) -> str:
 
 # --- the measurements ------------------------------------------------------------------------
 
-def _live_workers() -> int | None:
+def _queues_now() -> tuple[int, dict[str, int]] | None:
+    """This installation's live workers and jobs waiting per queue; None when Redis does not answer."""
     client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
     try:
-        return len(Worker.all(connection=client))
+        return len(queues.our_workers(client)), queues.depths(client)
     except redis.RedisError:
-        return None  # unknown is not zero: the series is left out
+        return None  # unknown is not zero: the series are left out
     finally:
         client.close()
 
@@ -155,17 +155,22 @@ def collect() -> list[Family]:
     for severity in Alert.Severity.values:
         alerts.add(counts.get(severity, 0), severity=severity)
 
-    workers = Family("drpanel_workers_live", "RQ workers registered in Redis (absent when Redis does not answer).")
-    live = _live_workers()
-    if live is not None:
-        workers.add(live)
+    workers = Family("drpanel_workers_live", "This installation's RQ workers registered in Redis (absent when Redis "
+                                             "does not answer).")
+    depth = Family("drpanel_queue_depth", "Jobs waiting per queue of this installation (absent when Redis does not "
+                                          "answer).")
+    now_queues = _queues_now()
+    if now_queues is not None:
+        workers.add(now_queues[0])
+        for name, count in now_queues[1].items():
+            depth.add(count, queue=name)
 
     head = Family("drpanel_audit_head_seq", "Sequence number of the newest audit event.")
     seq = AuditEvent.objects.aggregate(head=Max("seq"))["head"]
     if seq is not None:
         head.add(seq)
 
-    return [last_backup, score, band, rpo, rto, restores, verifications, failures, alerts, workers, head]
+    return [last_backup, score, band, rpo, rto, restores, verifications, failures, alerts, workers, depth, head]
 
 
 # --- who may scrape --------------------------------------------------------------------------

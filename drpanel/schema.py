@@ -12,7 +12,7 @@ error answers the view's shape implies, each with the one error body the API use
 
 A view that answers more (409 …) says so with ``extend_schema(responses=...)``, using
 ``error_response(...)``. So an endpoint added later is complete by default, and the
-schemathesis run (``tests/test_api_fuzz.py``) checks every answer against it.
+schemathesis run (``tests/drpanel/test_api_fuzz.py``) checks every answer against it.
 """
 
 from drf_spectacular.openapi import AutoSchema

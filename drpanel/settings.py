@@ -13,6 +13,7 @@ from pathlib import Path
 from csp.constants import NONCE, NONE, SELF
 
 from compliance.audit.signing import SigningKeyError, load_private_key
+from drpanel import installation
 from drpanel import secrets as _secrets
 from drpanel.env import (
     ConfigError,
@@ -121,11 +122,26 @@ DATABASES = {"default": database_settings(DATABASE_URL)}
 DATABASES["default"]["CONN_MAX_AGE"] = env_int("DRPANEL_DB_CONN_MAX_AGE", 60, minimum=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["TEST"] = {"NAME": env_str("DRPANEL_TEST_DATABASE") or None}
+# The migration role (owner of the tables) that `manage.py migrate` runs as; the panel itself runs as
+# DATABASE_URL's role (drpanel.dbroles). Not a database alias: nothing but migrate may use it.
+MIGRATE_DATABASE_URL = env_str("DRPANEL_MIGRATE_DATABASE_URL") or None
+MIGRATE_DATABASE = (database_settings(MIGRATE_DATABASE_URL, name_for_errors="DRPANEL_MIGRATE_DATABASE_URL")
+                    if MIGRATE_DATABASE_URL else None)
+if MIGRATE_DATABASE and MIGRATE_DATABASE["NAME"] != DATABASES["default"]["NAME"]:
+    raise ConfigError("DRPANEL_MIGRATE_DATABASE_URL must name the same database as DATABASE_URL")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL") or DEFAULT_REDIS_URL
+# Queues are per installation (drpanel.installation): the logical queue "restore" is "drp-<id>:restore"
+# in Redis, so two panels sharing a Redis database never take each other's jobs.
+DATABASE_IDENTITY = installation.database_identity(DATABASES["default"]["HOST"], DATABASES["default"]["PORT"],
+                                                    DATABASES["default"]["NAME"])
+INSTALLATION_ID = env_str("DRPANEL_INSTALLATION_ID") or installation.derive(DATABASE_IDENTITY)
+if reason := installation.validate(INSTALLATION_ID):
+    raise ConfigError(reason)
+RQ_QUEUE_PREFIX = installation.queue_prefix(INSTALLATION_ID)
 RQ_QUEUE_NAMES = ("default", "backup", "verify", "restore")
-RQ_QUEUES = {name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 6 * 3600} for name in RQ_QUEUE_NAMES}
+RQ_QUEUES = {RQ_QUEUE_PREFIX + name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 6 * 3600} for name in RQ_QUEUE_NAMES}
 RQ = {"WORKER_CLASS": "drpanel.worker.PanelWorker"}
 RQ_SHOW_ADMIN_LINK = False
 

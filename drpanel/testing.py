@@ -5,6 +5,14 @@ starts use the same PostgreSQL and Redis as the rest of the panel would (found o
 embedded), with two isolations so parallel checkouts do not collide:
 ``DRPANEL_TEST_REDIS_DB`` (default 15) and ``DRPANEL_TEST_DATABASE`` (default
 ``test_<name>``). Audit checkpoints go to a temporary directory of the run.
+
+Under pytest-xdist (``make test`` runs ``pytest -n N``) each worker is isolated the same way
+from the others: pytest-django suffixes the test database (``…_gw0``, ``…_gw1``), this plugin
+gives worker ``gwK`` the Redis database ``DRPANEL_TEST_REDIS_DB - K`` (CI's Redis has only the
+default 16 databases, so counting down from 15 fits) and its own checkpoint directory. The
+processes a test starts (RQ workers, ``worker_env``) inherit both through the environment.
+Each run (and each pytest-xdist worker) is its own installation (``DRPANEL_INSTALLATION_ID``):
+its queues and workers never meet another run's on a shared Redis database.
 """
 
 import atexit
@@ -14,7 +22,38 @@ import tempfile
 
 import pytest
 
-from drpanel import runtime
+from drpanel import installation, runtime
+
+DEFAULT_REDIS_DB = 15
+
+
+def base_redis_db() -> int:
+    raw = os.environ.get("DRPANEL_TEST_REDIS_DB", str(DEFAULT_REDIS_DB))
+    try:
+        return int(raw)
+    except ValueError:
+        raise pytest.UsageError(f"drpanel: DRPANEL_TEST_REDIS_DB={raw!r} is not a Redis database number") from None
+
+
+def worker_index() -> int | None:
+    """The number K of this xdist worker (``gwK``), or None outside xdist's workers."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(name.removeprefix("gw")) if name.startswith("gw") else None
+
+
+def redis_db_for(base: int, index: int | None) -> int:
+    """Worker ``gwK`` counts down from the base; a run without workers uses the base itself."""
+    return base - (index or 0)
+
+
+def check_worker_count(base: int, workers: int) -> None:
+    """Refuse, before any worker starts, a ``-n`` that would push a worker below Redis database 1."""
+    lowest = redis_db_for(base, workers - 1)
+    if lowest < 1:
+        raise pytest.UsageError(
+            f"drpanel: -n {workers} needs Redis databases {base} down to {lowest}, below 1: each xdist worker "
+            f"uses DRPANEL_TEST_REDIS_DB ({base}) minus its number; run at most {base} workers or raise "
+            "DRPANEL_TEST_REDIS_DB")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -26,11 +65,34 @@ def pytest_load_initial_conftests(early_config, parser, args):
         runtime.prepare()
     except (runtime.ServiceError, runtime.ConfigError) as exc:
         raise pytest.UsageError(f"drpanel: {exc}") from None
+    index = worker_index()
     # Audit checkpoints live outside the database; a test run's must not meet the demo's
-    # (they pin a different chain), nor another run's. Workers the tests start inherit this.
+    # (they pin a different chain), nor another run's, nor another xdist worker's. Workers
+    # inherit the controller's directory and take a folder of it; processes the tests start
+    # inherit the worker's.
     if "DRPANEL_AUDIT_CHECKPOINT_DIR" not in os.environ:
         checkpoints = tempfile.mkdtemp(prefix="drpanel-test-checkpoints-")
         atexit.register(shutil.rmtree, checkpoints, ignore_errors=True)
         os.environ["DRPANEL_AUDIT_CHECKPOINT_DIR"] = checkpoints
-    redis_db = int(os.environ.get("DRPANEL_TEST_REDIS_DB", "15"))
+    if index is not None:
+        own = os.path.join(os.environ["DRPANEL_AUDIT_CHECKPOINT_DIR"], f"gw{index}")
+        os.makedirs(own, exist_ok=True)
+        os.environ["DRPANEL_AUDIT_CHECKPOINT_DIR"] = own
+    base = base_redis_db()
+    redis_db = redis_db_for(base, index)
+    if redis_db < 1:
+        raise pytest.UsageError(f"drpanel: xdist worker gw{index} would use Redis database {redis_db} (below 1)")
     os.environ["REDIS_URL"] = runtime.with_redis_db(os.environ["REDIS_URL"], redis_db)
+    if "DRPANEL_INSTALLATION_ID" not in os.environ:
+        # Derived from the checkout and its test database, per xdist worker; the worker processes the
+        # tests start inherit it, so they serve the same queues as the test that started them.
+        test_database = os.environ.get("DRPANEL_TEST_DATABASE") or "default"
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        digest = installation.derive(f"{runtime.BASE_DIR}:{test_database}")[:8]
+        os.environ["DRPANEL_INSTALLATION_ID"] = f"test-{worker}-{digest}"
+
+
+def pytest_configure(config):
+    # xdist has turned ``-n N`` (or ``-n auto``) into N ``popen`` gateways by now.
+    if worker_index() is None and config.getoption("dist", "no") != "no":
+        check_worker_count(base_redis_db(), len(config.getoption("tx", None) or []))

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from drpanel import metrics, views, views_health
+from drpanel import metrics, views, views_approvals, views_health
 
 handler403 = "drpanel.views.permission_denied"
 handler404 = "drpanel.views.page_not_found"
@@ -20,6 +20,10 @@ panel_patterns = (
         path("tokens/", views.token_list, name="token-list"),
         path("tokens/new", views.token_create, name="token-create"),
         path("tokens/<int:pk>/revoke", views.token_revoke, name="token-revoke"),
+        path("approvals/protection/<int:pk>", views_approvals.approval_detail, name="approval-detail"),
+        path("approvals/protection/<int:pk>/approve", views_approvals.approval_approve, name="approval-approve"),
+        path("approvals/protection/<int:pk>/reject", views_approvals.approval_reject, name="approval-reject"),
+        path("users/<int:pk>/roles", views_approvals.user_roles, name="user-roles"),
     ],
     "drpanel",
 )

@@ -14,8 +14,8 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from rq.worker import Worker
 
+from drpanel import queues
 from drpanel.dashboard import dashboard_context, running_jobs
 from drpanel.models import ApiToken
 from drpanel.passwords import PasswordError, PasswordLocked, password_attempts_exhausted
@@ -118,7 +118,7 @@ def _check_redis() -> tuple[bool, str, int | None]:
     client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
     try:
         client.ping()
-        workers = len(Worker.all(connection=client))
+        workers = len(queues.our_workers(client))
         return True, "ok", workers
     except redis.RedisError as exc:
         return False, type(exc).__name__, None

@@ -12,20 +12,74 @@ Two refinements for jobs that restore databases:
   it in after the run was declared failed (its ``pg_restore`` dies with the horse in turn);
 - a horse that dies (OOM killer, ``kill -9``) runs the job's failure callback at once, so the
   run row says "failed" within seconds, not after the registry clean-up.
+
+And two guards for panels that share a Redis (``drpanel.installation``):
+
+- a worker claims its installation id in Redis before it takes any job, and refuses to
+  start when another installation (another database) holds that id;
+- a job that names a run this installation does not have (another panel's job, or a row
+  deleted since) is never run and never passes silently: it fails with ``RunNotFound`` and
+  a one-line reason in the log, lands in the queue's failed-job registry, and the refusal
+  is audited. Failing it (rather than putting it back) is deliberate: with per-installation
+  queue names, such a job can only come from a row that is gone or a misconfigured panel,
+  and putting it back would let it bounce between workers for ever.
 """
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
 from rq.worker import Worker
+
+from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
+from drpanel import queues, runs
+from drpanel.installation import InstallationConflict
+
+log = logging.getLogger("drpanel.worker")
 
 PR_SET_PDEATHSIG = 1
 
 
 class WorkHorseKilled(Exception):
     """The work horse running a job died without finishing it (signal, OOM killer)."""
+
+
+class RunNotFound(Exception):
+    """A job names a run this installation does not have: it is failed, never run."""
+
+
+def refuse_job_without_run(job) -> None:
+    """Raise ``RunNotFound`` (logged, audited) when ``job`` carries a run whose row this installation lacks."""
+    try:
+        job.func  # noqa: B018 - imports the job's module, which registers its kind of run
+    except Exception:
+        return  # the job itself will fail to import, with its own error
+    run_kind = next((k for k in runs.kinds() if k.job == job.func_name), None)
+    if run_kind is None or not job.args:
+        return
+    run_id = str(job.args[0])
+    try:
+        exists = run_kind.model.objects.filter(pk=run_id).exists()
+    except (ValidationError, ValueError):
+        exists = False
+    if exists:
+        return
+    message = (f"job {job.id} ({job.func_name}) names {run_kind.name} run {run_id}, which installation "
+               f"{settings.INSTALLATION_ID} (database {queues.database_identity()}) does not have: a job of another "
+               "panel sharing this Redis, or a run deleted since; failed, not run")
+    log.error("%s", message)
+    with transaction.atomic():
+        audit_record(actor=None, action=AuditAction.JOB_REFUSED, outcome="failure", object_type=run_kind.name,
+                     object_id=run_id[:64], object_repr=f"{run_kind.name} run {run_id}"[:200],
+                     details={"job": job.id, "function": job.func_name, "queue": job.origin,
+                              "installation": settings.INSTALLATION_ID})
+    raise RunNotFound(message)
 
 
 def _die_with_parent(parent_pid: int | None) -> None:
@@ -44,6 +98,19 @@ class PanelWorker(Worker):
         kwargs.setdefault("worker_ttl", int(os.environ.get("DRPANEL_WORKER_TTL_SECONDS", 60)))
         kwargs.setdefault("job_monitoring_interval", int(os.environ.get("DRPANEL_JOB_HEARTBEAT_SECONDS", 10)))
         super().__init__(*args, **kwargs)
+
+    def work(self, *args, **kwargs):
+        try:
+            queues.claim_installation(self.connection)
+        except InstallationConflict as exc:
+            log.error("refusing to start: %s", exc)
+            raise SystemExit(f"drpanel worker refused to start: {exc}") from None
+        return super().work(*args, **kwargs)
+
+    def prepare_job_execution(self, job, *args, **kwargs):
+        super().prepare_job_execution(job, *args, **kwargs)
+        # Inside rq's try: a refusal fails the job like any exception (failed registry, callback, log).
+        refuse_job_without_run(job)
 
     def main_work_horse(self, job, queue):
         _die_with_parent(self.pid)

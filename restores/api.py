@@ -28,10 +28,11 @@ from drpanel.api import (
     password_refusal,
     validated_body,
 )
+from drpanel.models import Approval
 from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, require_cap
 from drpanel.schema import error_response
-from restores import cancel, recovery_checks, requests, rollback, runstate, targets, verifications
+from restores import adoption, cancel, recovery_checks, requests, rollback, runstate, targets, verifications
 from restores.models import (
     LEVELS,
     TARGET_RIGHTS,
@@ -174,6 +175,33 @@ class ArtifactVerificationView(APIView):
         except verifications.VerificationError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
         return Response(verification_json(run), status=status.HTTP_202_ACCEPTED)
+
+
+AdoptionSchema = inline_serializer("Adoption", {
+    "artifact": serializers.UUIDField(), "status": serializers.CharField(),
+    "quarantine": serializers.JSONField(allow_null=True), "verification": VerificationSchema})
+
+
+class ArtifactAdoptView(APIView):
+    """Adopt a quarantined artifact found in storage (admins): 202 with its verification up to ``structure``.
+
+    The artifact stays quarantined until that verification passes. 403 for anyone else (audited),
+    409 when the artifact is not quarantined."""
+
+    permission_classes = [capability(Cap.VIEW_PANEL)]
+
+    @extend_schema(operation_id="artifacts_adopt", request=None,
+                   responses={202: AdoptionSchema, 403: error_response(403), 409: error_response(409)})
+    def post(self, request, pk):
+        artifact = get_object_or_404(Artifact.objects.select_related("system"), pk=pk)
+        validated_body(request, NoBody)
+        try:
+            run = adoption.artifact_adopt(actor=request.user, artifact=artifact, request=request)
+        except adoption.AdoptionError as exc:
+            return Response({"detail": str(exc), "errors": {}}, status=status.HTTP_409_CONFLICT)
+        return Response({"artifact": str(artifact.pk), "status": artifact.status,
+                         "quarantine": {"reason": artifact.quarantine_reason} if artifact.is_quarantined else None,
+                         "verification": verification_json(run)}, status=status.HTTP_202_ACCEPTED)
 
 
 class VerificationView(APIView):
@@ -452,7 +480,9 @@ class TargetRightSerializer(InputSerializer):
 TargetRightAnswer = inline_serializer("TargetRightAnswer", {
     "target": serializers.CharField(), "user": serializers.CharField(), "right": serializers.CharField(),
     "changed": serializers.BooleanField(help_text="False when the user already held (or did not hold) it."),
-    "rights": serializers.ListField(child=serializers.CharField())})
+    "rights": serializers.ListField(child=serializers.CharField()),
+    "approval": serializers.IntegerField(allow_null=True, help_text="Granting approve_restore waits for a second "
+                                         "person (202): the pending approval's id.")})
 
 
 class _TargetRightChange(APIView):
@@ -469,20 +499,24 @@ class _TargetRightChange(APIView):
             raise ValidationError({"user": ["no such user"]})
         right = body["right"]
         try:
-            changed = type(self).service(actor=request.user, target=target, user=user, right=right)
+            changed = type(self).service(actor=request.user, target=target, user=user, right=right, request=request)
         except DjangoValidationError as exc:
             raise ValidationError({"user": exc.messages}) from None
-        return Response({"target": target.name, "user": user.get_username(), "right": right, "changed": changed,
-                         "rights": rights_of(user, target)})
+        # Granting approve_restore waits for a second person: 202 with the pending approval.
+        waiting = changed if isinstance(changed, Approval) else None
+        return Response({"target": target.name, "user": user.get_username(), "right": right,
+                         "changed": False if waiting else changed, "rights": rights_of(user, target),
+                         "approval": waiting.pk if waiting else None}, status=202 if waiting else 200)
 
 
 class TargetRightGrantView(_TargetRightChange):
     """Give a user a right on a target: ``restore_to_target`` (operators, managers, admins) or
-    ``approve_restore`` (managers)."""
+    ``approve_restore`` (managers; 202: it waits for another Manager's or Admin's approval)."""
 
     service = targets.target_right_grant
 
-    @extend_schema(operation_id="targets_rights_grant", request=TargetRightSerializer, responses=TargetRightAnswer)
+    @extend_schema(operation_id="targets_rights_grant", request=TargetRightSerializer,
+                   responses={200: TargetRightAnswer, 202: TargetRightAnswer})
     def post(self, request, pk: int):
         return super().post(request, pk)
 
@@ -503,6 +537,7 @@ urlpatterns = [
     path("targets/<int:pk>/rights/grant", TargetRightGrantView.as_view(), name="target-right-grant"),
     path("targets/<int:pk>/rights/revoke", TargetRightRevokeView.as_view(), name="target-right-revoke"),
     path("artifacts/<uuid:pk>/verifications", ArtifactVerificationView.as_view(), name="artifact-verifications"),
+    path("artifacts/<uuid:pk>/adopt", ArtifactAdoptView.as_view(), name="artifact-adopt"),
     path("verifications/<uuid:pk>", VerificationView.as_view(), name="verification-detail"),
     path("verifications/<uuid:pk>/cancel", VerificationCancelView.as_view(), name="verification-cancel"),
     path("restores", RestoreListView.as_view(), name="restore-list"),

@@ -171,6 +171,7 @@ class VerificationRun(models.Model):
         SCHEDULE = "schedule", "schedule"
         API = "api", "API"
         BACKUP = "backup", "after the backup"
+        ADOPTION = "adoption", "adoption of an artifact found in storage"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     artifact = models.ForeignKey("backups.Artifact", on_delete=models.PROTECT, related_name="verifications")

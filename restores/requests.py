@@ -21,6 +21,7 @@ from drpanel.models import Approval
 from drpanel.permissions import Cap, has_object_right, require_cap, require_object_right
 from restores.execution import RESTORE_RUNS
 from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, RestoreRun, Target
+from restores.quarantine import refuse_quarantined
 from restores.runstate import (
     PRODUCTION_APPROVAL,
     RestoreConflict,
@@ -84,10 +85,13 @@ def restore_request(*, actor, artifact: Artifact, target: Target, mode: str, con
 
     ``confirm`` must be the target's name. A production target waits for an approval;
     staging and scratch are queued at once. Raises ``Denied``, ``RestoreError`` (bad input)
-    or ``RestoreConflict`` (another restore into this target is in flight).
+    or ``RestoreConflict`` (another restore into this target is in flight). A quarantined artifact
+    (found in storage, not adopted and verified yet) is refused with its reason, audited.
     """
     require_cap(actor, Cap.VIEW_PANEL, action="restore.request", obj=target)
     require_object_right(actor, RESTORE_TO_TARGET, target, action="restore.request")
+    refuse_quarantined(actor=actor, artifact=artifact, what=f"{mode} restore into {target.name}", error=RestoreError,
+                       request=request)
     config_artifact = _validate(artifact=artifact, target=target, mode=mode, confirm=confirm, is_drill=is_drill)
     with transaction.atomic():
         run = RestoreRun(artifact=artifact, target=target, mode=mode, config_artifact=config_artifact,

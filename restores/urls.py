@@ -15,6 +15,7 @@ urlpatterns = [
     path("restores/runs/<uuid:pk>/cancel", views_runs.run_cancel, name="run-cancel"),
     path("restores/runs/<uuid:pk>/checks/<int:check_pk>/tick", views_runs.check_tick, name="check-tick"),
     path("restores/runs/<uuid:pk>/checks/refresh", views_runs.checks_refresh, name="checks-refresh"),
+    path("restores/artifacts/<uuid:pk>/adopt", views_runs.artifact_adopt, name="artifact-adopt"),
     path("restores/verifications/new", views_runs.verification_create, name="verification-create"),
     path("restores/verifications/<uuid:pk>/", views_runs.verification_detail, name="verification-detail"),
     path("restores/verifications/<uuid:pk>/progress", views_runs.verification_progress,

@@ -40,6 +40,7 @@ from drpanel.permissions import Cap, has_cap, require_cap
 from drpanel.scrub import scrub
 from restores import pg
 from restores.models import LEVELS, VerificationRun
+from restores.quarantine import adoption_settle, refuse_quarantined
 from restores.verification_levels import LevelFailed, verify_levels, verify_server_url
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,10 @@ def verification_fail(run_id, reason: str, *, expected=(VerificationRun.State.RU
             state=VerificationRun.State.FAILED, finished_at=timezone.now(), error=reason[:4000])
         if not changed:
             return False
-        run = VerificationRun.objects.select_related("artifact").get(pk=run_id)
+        run = VerificationRun.objects.select_related("artifact", "requested_by").get(pk=run_id)
         audit_record(actor=None, action=AuditAction.VERIFICATION_FAILED, obj=run.artifact, outcome="failure",
                      details={"run": str(run.pk), "level": run.level, "error": reason[:500]})
+        adoption_settle(run, error=reason)
     verification_tidy(run)
     return True
 
@@ -111,13 +113,19 @@ def verification_request(*, actor, artifact: Artifact, level: str, trigger: str 
                          request=None) -> VerificationRun:
     """Queue a verification of ``artifact`` up to ``level`` (``actor=None``: the scheduler).
 
-    The same artifact and level already queued or running returns that run instead.
+    The same artifact and level already queued or running returns that run instead. A
+    quarantined artifact is verified only by its adoption (``restores.adoption``, trigger
+    ``adoption``); any other request for it is refused with the reason, audited.
     """
     if actor is not None:
         require_cap(actor, Cap.START_JOBS, action="verification.request", obj=artifact)
     if level not in LEVELS:
         raise VerificationError(f"unknown level {level!r}; the levels are {', '.join(LEVELS)}")
-    if artifact.status != Artifact.Status.AVAILABLE:
+    adopting = trigger == VerificationRun.Trigger.ADOPTION and artifact.status == Artifact.Status.QUARANTINED
+    if not adopting:
+        refuse_quarantined(actor=actor, artifact=artifact, what="verification", error=VerificationError,
+                           request=request)
+    if artifact.status != Artifact.Status.AVAILABLE and not adopting:
         raise VerificationError(f"this artifact is {artifact.status}: there is nothing to verify")
     if artifact.kind not in VERIFIABLE_KINDS and LEVELS.index(level) > LEVELS.index("decrypt"):
         raise VerificationError(f"{artifact.kind} artifacts are verified up to the decrypt level only")
@@ -230,6 +238,7 @@ def _finish(run: VerificationRun, steps: runs.StepList, error: str) -> Verificat
                          outcome="success" if not error else "failure",
                          details={"run": str(run.id), "level": run.level, "reached": reached, "error": error[:500],
                                   "results": {s["name"]: s["state"] for s in steps.steps}})
+            adoption_settle(run, error=error)
     run.refresh_from_db()
     return run
 

@@ -6,6 +6,8 @@ from django.core.exceptions import ValidationError
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from drpanel.approvals import WAITING, open_approvals
+from drpanel.models import Approval
 from drpanel.permissions import Cap, capability_required, has_cap
 from restores import targets
 from restores.forms import GrantForm, HealthCheckFormSet, SanityCheckFormSet, TargetForm, checks_from
@@ -35,6 +37,7 @@ def target_detail(request, pk: int):
         "target": target, "right_rows": right_rows,
         "my_rights": rights_of(request.user, target), "can_manage": can_manage,
         "grant_form": GrantForm() if can_manage else None,
+        "pending": open_approvals(target).select_related("requested_by") if can_manage else [],
     })
 
 
@@ -65,9 +68,12 @@ def _target_form(request, target: Target | None):
                                                    health_checks=checks_from(health), **fields)
                     messages.success(request, f"Target “{target.name}” created.")
                 else:
-                    target = targets.target_update(actor=request.user, target=target,
-                                                   sanity_checks=checks_from(sanity),
-                                                   health_checks=checks_from(health), **fields)
+                    saved = targets.target_update(actor=request.user, target=target,
+                                                  sanity_checks=checks_from(sanity),
+                                                  health_checks=checks_from(health), request=request, **fields)
+                    if isinstance(saved, Approval):
+                        messages.info(request, WAITING)
+                        return redirect("drpanel:approval-detail", pk=saved.pk)
                     messages.success(request, f"Target “{target.name}” saved.")
                 return redirect("restores:target-detail", pk=target.pk)
             except ValidationError as exc:
@@ -89,6 +95,7 @@ def _target_form(request, target: Target | None):
     status = 400 if request.method == "POST" else 200
     return render(request, "restores/target_form.html", {
         "form": form, "sanity": sanity, "health": health, "target": target, "check_errors": check_errors,
+        "pending": open_approvals(target).select_related("requested_by") if target is not None else [],
     }, status=status)
 
 
@@ -114,10 +121,14 @@ def target_right_grant(request, pk: int):
         return redirect("restores:target-detail", pk=target.pk)
     user, right = form.cleaned_data["user"], form.cleaned_data["right"]
     try:
-        granted = targets.target_right_grant(actor=request.user, target=target, user=user, right=right)
+        granted = targets.target_right_grant(actor=request.user, target=target, user=user, right=right,
+                                             request=request)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     else:
+        if isinstance(granted, Approval):
+            messages.info(request, WAITING)
+            return redirect("drpanel:approval-detail", pk=granted.pk)
         if granted:
             messages.success(request, f"{user.get_username()} now holds {right} on {target.name}.")
         else:

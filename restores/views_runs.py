@@ -2,7 +2,7 @@
 
 Views parse input, fetch the run through ``access_run`` (the same 404 for "missing" and
 "not yours"), call one service of ``restores.requests`` / ``rollback`` / ``recovery_checks`` /
-``verifications`` / ``cancel`` and redirect.
+``verifications`` / ``cancel`` / ``adoption`` and redirect.
 A ``Denied`` raised by a service becomes a 403 and an ``access.denied`` audit event.
 """
 
@@ -21,7 +21,7 @@ from backups.models import Artifact
 from compliance.audit.models import AuditEvent
 from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, capability_required, has_cap, has_object_right
-from restores import cancel, recovery_checks, requests, rollback, runstate, verifications
+from restores import adoption, cancel, recovery_checks, requests, rollback, runstate, verifications
 from restores.models import APPROVE_RESTORE, LEVELS, RecoveryCheck, RestoreRun, VerificationRun
 from restores.selectors import access_run, access_verification, restorable_targets, visible_runs, visible_targets
 
@@ -252,6 +252,21 @@ def verification_create(request):
         _messages_for(request, exc)
         return redirect("backups:artifact-detail", pk=artifact.pk)
     messages.success(request, f"Verification at the {run.level} level queued.")
+    return redirect("restores:verification-detail", pk=run.pk)
+
+
+@capability_required(Cap.VIEW_PANEL)
+@require_POST
+def artifact_adopt(request, pk):
+    """Adopt a quarantined artifact (admins; the service refuses anyone else, audited)."""
+    artifact = get_object_or_404(Artifact.objects.select_related("system"), pk=pk)
+    try:
+        run = adoption.artifact_adopt(actor=request.user, artifact=artifact, request=request)
+    except adoption.AdoptionError as exc:
+        _messages_for(request, exc)
+        return redirect("backups:artifact-detail", pk=artifact.pk)
+    messages.success(request, f"Adopted: the artifact stays quarantined until its verification up to the "
+                              f"{run.level} level passes.")
     return redirect("restores:verification-detail", pk=run.pk)
 
 

@@ -10,6 +10,7 @@ from django.db import connection, transaction
 
 from compliance.audit import audit_record
 from compliance.audit.actions import register_action
+from compliance.audit.models import APPEND_ONLY_TRIGGERS
 from compliance.models import AuditEvent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +51,9 @@ def triggers_disabled():
     finally:
         with connection.cursor() as cursor:
             cursor.execute(f"ALTER TABLE {TABLE} ENABLE TRIGGER USER")
+            # The append-only triggers fire ALWAYS (compliance/0007), as they did before.
+            for trigger in APPEND_ONLY_TRIGGERS:
+                cursor.execute(f"ALTER TABLE {TABLE} ENABLE ALWAYS TRIGGER {trigger}")
 
 
 def tamper(sql: str, params=None) -> None:

@@ -12,6 +12,7 @@ from django.db import connection
 from backups.keys import KeyConfig, Keyring
 from backups.models import StorageLocation, System
 from drpanel import runtime
+from tests.restore_support import later_drops
 
 SOURCE_SQL = """
 CREATE TABLE users (id serial PRIMARY KEY, email text NOT NULL, profile jsonb);
@@ -38,8 +39,7 @@ def source_db(monkeypatch):
         conn.execute(SOURCE_SQL)
     monkeypatch.setenv("DRPANEL_SECRET_TEST_SOURCE_URL", url)
     yield url
-    with psycopg.connect(server_url("postgres"), autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    later_drops.drop([name])
 
 
 @pytest.fixture

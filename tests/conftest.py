@@ -6,6 +6,12 @@ Django test client. ``redis_conn`` is the test run's own Redis database, flushed
 each test that uses it. ``s3_endpoint`` serves S3 over HTTP from moto's threaded server on
 127.0.0.1. Browser tests take ``page`` (pytest-playwright) on Debian's Chromium against
 ``live_server``.
+
+``make test`` runs the suite with pytest-xdist (``-n N --dist loadgroup``); each worker has its
+own test database and Redis database (``drpanel.testing``). ``pytest_collection_modifyitems``
+below keeps the browser tests on one worker (one Chromium for the run) and the fault campaign
+with the embedded-services test on one worker (their time bounds are measured one at a time),
+and hands out the tests that start real processes first, so no long one is left for the end.
 """
 
 import os
@@ -22,23 +28,65 @@ CHROMIUM_ARGS = [
 ]
 
 
+# Tests of one group run on one xdist worker, one after the other (``--dist loadgroup``).
+SERIAL_GROUPS = ("chaos", "browser")
+# A test taking one of these starts real processes or makes databases (real backups, pg_restore,
+# RQ workers, CREATE DATABASE): it is ``slow`` (not in ``make check``) whether or not it says so.
+SLOW_FIXTURES = frozenset({"workers", "full_artifact", "config_artifact", "source_db", "scratch", "sample_archive"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    # tryfirst: the marks must be there before ``-m`` deselects and before xdist reads the groups.
+    for item in items:
+        if not item.get_closest_marker("slow") and SLOW_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("xdist_group"):
+            continue
+        for group in SERIAL_GROUPS:
+            if item.get_closest_marker(group):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+    # Stable: within each half the collection order (and so each module's tests) is kept.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _flush_past_the_audit_triggers():
     """Transactional tests empty every table after each test; the audit table refuses TRUNCATE.
 
-    Its triggers stay silent in ``session_replication_role = replica``, which only a superuser
-    may set (the test database role is one), so the flush sets it for its own transaction.
+    Its triggers fire in every ``session_replication_role`` (``ENABLE ALWAYS``), so the flush,
+    run by the test database's superuser, disables the TRUNCATE trigger inside its own
+    transaction and enables it again (ALWAYS) before that transaction commits: no other
+    session ever sees the audit table unprotected.
     """
     from django.db.backends.postgresql.operations import DatabaseOperations
 
+    from compliance.audit.models import TRUNCATE_TRIGGER, AuditEvent
+
     original = DatabaseOperations.execute_sql_flush
+    table = AuditEvent._meta.db_table
 
     def execute_sql_flush(self, sql_list):
-        return original(self, ["SET LOCAL session_replication_role = replica", *sql_list])
+        if not any(table in sql for sql in sql_list):
+            return original(self, sql_list)
+        return original(self, [f"ALTER TABLE {table} DISABLE TRIGGER {TRUNCATE_TRIGGER}", *sql_list,
+                               f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {TRUNCATE_TRIGGER}"])
 
     DatabaseOperations.execute_sql_flush = execute_sql_flush
     yield
     DatabaseOperations.execute_sql_flush = original
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _databases_dropped_in_the_background():
+    """Tests' own databases are dropped while later tests run; the session waits for the last drops."""
+    yield
+    from tests.restore_support import later_drops
+
+    failures = later_drops.drain()
+    if failures:
+        pytest.fail("databases of the tests could not be dropped: " + "; ".join(failures))
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +108,15 @@ def _config_roots(settings, tmp_path_factory, monkeypatch):
     roots = [str(tmp_path_factory.getbasetemp()), "/srv", "/etc"]
     settings.CONFIG_ROOTS = roots
     monkeypatch.setenv("DRPANEL_CONFIG_ROOTS", ",".join(roots))
+
+
+@pytest.fixture
+def runtime_role(django_db_setup):
+    """A real non-superuser role on the test database with exactly the runtime role's rights (tests.role_support)."""
+    from tests.role_support import database_role
+
+    with database_role() as role:
+        yield role
 
 
 @pytest.fixture
@@ -104,9 +161,9 @@ def clients(operator, manager, auditor, admin, outsider):
 
 @pytest.fixture
 def redis_conn():
-    import django_rq
+    from drpanel import queues
 
-    conn = django_rq.get_connection("default")
+    conn = queues.get_connection()
     conn.flushdb()
     yield conn
     conn.flushdb()

@@ -12,12 +12,13 @@ from tests.restore_support import ScratchServer, make_archive
 
 @pytest.fixture
 def scratch():
-    """A ``ScratchServer``; every ``drt_<random>`` database it (or the code under test) made is dropped after."""
+    """A ``ScratchServer``; every ``drt_<random>`` database it (or the code under test) made is dropped after
+    (in the background: ``restore_support.LaterDrops``)."""
     server = ScratchServer()
     try:
         yield server
     finally:
-        server.drop_all()
+        server.drop_all_later()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,9 @@ import os
 import secrets
 import shutil
 import subprocess
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -84,6 +86,47 @@ class ScratchServer:
         with self.admin() as conn:
             for name in self.databases():
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def drop_all_later(self) -> None:
+        """``drop_all`` without waiting: the names are found now, the drops run on ``later_drops``."""
+        later_drops.drop(self.databases())
+
+
+class LaterDrops:
+    """Drops databases on background threads, so that no test waits for them.
+
+    PostgreSQL's DROP DATABASE waits for a checkpoint: a second or more on a busy server, for
+    every database a test made. Drops running side by side share their checkpoints. Every name
+    is random (``drt_<random>…``, ``<test database>_src_<random>``), so no later test can meet
+    one that is still being dropped. ``drain()`` (end of the session, ``tests/conftest.py``)
+    waits for all of them and returns the failures, which fail the run.
+    """
+
+    def __init__(self, threads: int = 4):
+        self.threads = threads
+        self.lock = threading.Lock()
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending = []
+
+    def drop(self, names) -> None:
+        with self.lock:
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="drop-database")
+            self.pending += [self.pool.submit(self._drop, name) for name in names]
+
+    @staticmethod
+    def _drop(name: str) -> None:
+        with psycopg.connect(server_url("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def drain(self) -> list[str]:
+        """Wait for every drop asked for so far; the failures, one line each."""
+        with self.lock:
+            pending, self.pending = self.pending, []
+        return [str(future.exception()).strip() for future in pending if future.exception() is not None]
+
+
+later_drops = LaterDrops()
 
 
 def new_run_id() -> str:

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import connection
 
 from compliance.models import AuditEvent
+from drpanel import queues as panel_queues
 from drpanel import runtime
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ def rq_workers(queues=None, *, count: int = 1, log_dir: Path | None = None, env:
     The test must use ``transactional_db`` (workers are other processes: they only see
     committed rows). Yields the ``Popen`` objects; the workers' output is in ``log_dir``.
     """
-    queues = list(queues or settings.RQ_QUEUE_NAMES)
+    queues = panel_queues.queue_names(queues)
     log_dir = log_dir or Path(settings.VAR_DIR) / "test-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
@@ -62,12 +63,10 @@ def rq_workers(queues=None, *, count: int = 1, log_dir: Path | None = None, env:
 
 
 def wait_for_workers(count: int, timeout: float = 30.0) -> None:
-    import django_rq
-    from rq.worker import Worker
-
-    conn = django_rq.get_connection("default")
+    """Wait until ``count`` workers of this test run's installation are registered in Redis."""
+    conn = panel_queues.get_connection()
     deadline = time.monotonic() + timeout
-    while len(Worker.all(connection=conn)) < count:
+    while len(panel_queues.our_workers(conn)) < count:
         if time.monotonic() > deadline:
             raise AssertionError(f"{count} RQ worker(s) did not register within {timeout:.0f} s")
         time.sleep(0.1)
@@ -107,3 +106,11 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "the condition", inte
             return value
         time.sleep(interval)
     raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
+
+
+def wait_for_finished_run(page, selector: str, timeout: float = 30_000) -> None:
+    """Wait until a restore or verification page shows ``selector`` (its run's final state), then for
+    the reload the page does by itself 300 ms later (``static/js/restores.js``): a navigation started
+    before that reload is cut short by it (``net::ERR_ABORTED``), the more so on a busy machine."""
+    page.wait_for_selector(selector, timeout=timeout)
+    page.wait_for_selector("[data-reload-when-done]", state="detached", timeout=timeout)

@@ -60,6 +60,15 @@ class AuditAction(StrEnum):
                                   "Some copies of a deleted artifact could not be removed from storage.")
     ARTIFACT_REWRAPPED = "artifact.rewrapped", "An artifact's data key was re-wrapped under another master key."
     ARTIFACT_COPY_REWRAP_FAILED = "artifact.copy_rewrap_failed", "Re-wrapping the data key of a copy failed."
+    ARTIFACT_MANIFEST_IGNORED = ("artifact.manifest_ignored",
+                                 "A manifest found in storage contradicted a known artifact and was ignored.")
+    ARTIFACT_ADOPTED = ("artifact.adopted",
+                        "Someone adopted a quarantined artifact; its verification up to structure was queued.")
+    ARTIFACT_RELEASED = "artifact.released", "An adopted artifact passed its verification and left quarantine."
+    ARTIFACT_ADOPTION_FAILED = ("artifact.adoption_failed",
+                                "An adopted artifact failed its verification and stays quarantined.")
+    ARTIFACT_QUARANTINE_REFUSED = ("artifact.quarantine_refused",
+                                   "A restore or verification of a quarantined artifact was refused.")
 
     AUDIT_EXPORTED = "audit.exported", "Someone exported the audit log (before the first byte left)."
     AUDIT_KEY_ROTATED = "audit.key_rotated", "The audit signing key was rotated."
@@ -93,6 +102,10 @@ class AuditAction(StrEnum):
     CONTACT_VERIFIED = "contact.verified", "A contact's details were confirmed as current."
     CONTACT_EXPORTED = "contact.exported", "Someone exported the roster."
 
+    DATABASE_RUNTIME_ROLE_GRANTED = ("database.runtime_role_granted",
+                                     "The migration role gave the runtime database role exactly its rights "
+                                     "(SELECT and INSERT only on the audit table).")
+
     GROUP_CREATED = "group.created", "A group (role) was created."
     GROUP_CHANGED = "group.changed", "A group (role) was renamed."
     GROUP_DELETED = "group.deleted", "A group (role) was deleted."
@@ -105,6 +118,8 @@ class AuditAction(StrEnum):
     INVENTORY_FINISHED = "inventory.finished", "An inventory of a storage location finished."
     INVENTORY_FAILED = "inventory.failed", "An inventory of a storage location failed."
 
+    JOB_REFUSED = "job.refused", "A worker refused a job naming a run this installation does not have."
+
     KEYS_ROTATION_REQUESTED = "keys.rotation_requested", "A master key rotation (re-wrapping data keys) was asked for."
     KEYS_ROTATION_FINISHED = "keys.rotation_finished", "A master key rotation finished."
 
@@ -114,9 +129,16 @@ class AuditAction(StrEnum):
     OBJECT_PERMISSION_GRANTED = "object_permission.granted", "An object permission (django-guardian) was granted."
     OBJECT_PERMISSION_REVOKED = "object_permission.revoked", "An object permission (django-guardian) was revoked."
 
+    PANEL_START_REFUSED = ("panel.start_refused",
+                           "A production web process refused to start: its database role could bypass the audit log.")
+
     PERMISSION_USERS_CHANGED = "permission.users_changed", "A permission was given to or taken from users."
     PERMISSION_GROUPS_CHANGED = ("permission.groups_changed",
                                  "A permission was given to or taken from groups.")
+
+    ROLE_PERMISSIONS_CHANGED = ("role.permissions_changed",
+                                "A group's permissions were set by the role-change service "
+                                "(more for Manager or Admin only with a second person's approval).")
 
     RESTORE_REQUESTED = "restore.requested", "Someone asked for a restore of an artifact into a target."
     RESTORE_AWAITING_APPROVAL = "restore.awaiting_approval", "A restore into production waits for a manager's approval."
@@ -163,6 +185,9 @@ class AuditAction(StrEnum):
     USER_PASSWORD_CHANGED = "user.password_changed", "A user's password changed (never the hash)."
     USER_PASSWORD_REHASHED = "user.password_rehashed", "Django upgraded a stored password hash at sign-in."
     USER_GROUPS_CHANGED = "user.groups_changed", "A user's groups (roles) changed, from the user's side."
+    USER_ROLES_CHANGED = ("user.roles_changed",
+                          "A user's roles or staff/superuser flags were set by the role-change service "
+                          "(privileges only with a second person's approval).")
     USER_PERMISSIONS_CHANGED = "user.permissions_changed", "A user's own permissions changed."
 
     VERIFICATION_REQUESTED = "verification.requested", "A verification of an artifact was asked for."

@@ -9,7 +9,7 @@ separators=(",", ":"), ensure_ascii=False, allow_nan=False)``. Event hashes
 
 It calls json's C encoder directly: ``JSONEncoder.encode`` builds a new C encoder per
 call, which costs as much again as the encoding itself at a million rows. Same bytes
-either way (``tests/test_audit_chain.py`` compares them).
+either way (``tests/compliance/test_audit_chain.py`` compares them).
 """
 
 import json

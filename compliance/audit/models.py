@@ -7,6 +7,11 @@ imports it so the app's models stay in one place for migrations.
 from django.conf import settings
 from django.db import models
 
+# The statement trigger that refuses TRUNCATE. Only the table's owner or a superuser can disable
+# it (ALTER TABLE): the test suite's flush and the benchmark do, inside their own transaction.
+TRUNCATE_TRIGGER = "compliance_auditevent_no_truncate"
+APPEND_ONLY_TRIGGERS = ("compliance_auditevent_no_update_delete", TRUNCATE_TRIGGER)
+
 
 class AuditEventQuerySet(models.QuerySet):
     """Refuses bulk changes: the audit log only grows."""
@@ -33,7 +38,10 @@ class AuditEvent(models.Model):
     strictly increasing) under a lock and computes ``hash`` = SHA-256 of the canonical
     encoding of every field and ``prev_hash``. Rows are never updated or deleted: the model
     refuses it here and database triggers refuse UPDATE, DELETE and TRUNCATE in PostgreSQL
-    (``migrations/0004_audit_append_only.py``). ``compliance.audit.verify`` recomputes the chain.
+    (``migrations/0004_audit_append_only.py``), in every ``session_replication_role``
+    (``ENABLE ALWAYS``, ``migrations/0007_audit_triggers_always.py``). The panel's runtime
+    database role may only SELECT and INSERT here (``drpanel.dbroles``).
+    ``compliance.audit.verify`` recomputes the chain.
     """
 
     class Outcome(models.TextChoices):

@@ -44,7 +44,7 @@ def canonical_line(row) -> str:
     """The version-1 canonical encoding of a streamed row (what ``compliance.audit`` hashes).
 
     Written out key by key in sorted order: ~40 % faster than building and sorting a dict,
-    which matters at a million rows. ``tests/test_audit_chain.py`` pins both to the same bytes.
+    which matters at a million rows. ``tests/compliance/test_audit_chain.py`` pins both to the same bytes.
     """
     e = encode_basestring
     (seq, occurred_at, actor_id, actor_username, client_ip, user_agent, request_id, action,

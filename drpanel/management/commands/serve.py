@@ -14,9 +14,11 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from backups.demo import start_demo_s3
+from drpanel import queues
+from drpanel.installation import InstallationConflict
 
 BIN = Path(sys.executable).parent
 
@@ -31,6 +33,10 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=int(os.environ.get("DRPANEL_WORKERS", 2)))
 
     def handle(self, *args, demo, port, host, workers, **options):
+        try:
+            queues.claim_installation()
+        except InstallationConflict as exc:
+            raise CommandError(str(exc)) from None
         call_command("migrate", interactive=False, verbosity=0)
         if settings.PRODUCTION:
             call_command("collectstatic", interactive=False, verbosity=0)
@@ -51,7 +57,7 @@ class Command(BaseCommand):
                          "--workers", "2", "--threads", "4", "--timeout", "120", "--access-logfile", "-"],
                  "cron": [*manage, "rqcron", "drpanel.cron"]}
         for n in range(workers):
-            specs[f"worker-{n + 1}"] = [*manage, "rqworker", *settings.RQ_QUEUE_NAMES]
+            specs[f"worker-{n + 1}"] = [*manage, "rqworker", *queues.queue_names()]
         children: dict[str, subprocess.Popen] = {}
         stopping = []
 

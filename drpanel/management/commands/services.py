@@ -3,11 +3,10 @@
 import signal
 import time
 
-import django_rq
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from drpanel import runtime
+from drpanel import queues, runtime
 from drpanel.jobs import ping
 
 
@@ -28,6 +27,7 @@ class Command(BaseCommand):
         self.stdout.write(f"database: {db['NAME']} at {where}" + (" (embedded)" if "postgres" in state else ""))
         redis_where = settings.REDIS_URL.split("@")[-1]
         self.stdout.write(f"redis: {redis_where}" + (" (embedded)" if "redis" in state else ""))
+        self.stdout.write(f"installation: {settings.INSTALLATION_ID} (queues {settings.RQ_QUEUE_PREFIX}*)")
 
     def do_up(self, **_):
         """Keep this process alive as the owner of the embedded services."""
@@ -45,7 +45,7 @@ class Command(BaseCommand):
         self.stdout.write("services stopped")
 
     def do_check(self, *, timeout, **_):
-        queue = django_rq.get_queue("default")
+        queue = queues.get_queue("default")
         job = queue.enqueue(ping, "round-trip")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

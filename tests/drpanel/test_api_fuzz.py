@@ -1,0 +1,141 @@
+"""Schemathesis over the panel's own OpenAPI schema, once per role's bearer token.
+
+The schema is read from ``/api/v1/schema/`` of the real WSGI application, so every endpoint
+there — including those added later — is fuzzed without touching this file. For each
+operation schemathesis sends the schema's examples, boundary values and generated requests,
+valid and invalid ones (a deterministic seed, a few dozen per operation), and checks each
+answer: no 500, the status code documented, the content type and body as documented, the
+headers as documented, invalid input refused with a 4xx, an undeclared method answered 405,
+no answer without credentials.
+
+``positive_data_acceptance`` is off: some refusals depend on more than one value (``from``
+after ``to``, a config backup of a system without config paths) or on the data, which a
+schema cannot say; those answers are documented 400s and still checked as such.
+
+About half of the generated requests for an operation with an ``{id}`` use the id of a real
+object (matched by the path's first segment), so the 200 answers are checked too, not only
+the 404s.
+"""
+
+import zlib
+
+import pytest
+import schemathesis
+from django.core import signals
+from django.db import close_old_connections
+from hypothesis import HealthCheck, settings
+from schemathesis.config import SchemathesisConfig
+from schemathesis.core.parameters import ParameterLocation
+
+from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, System
+from compliance.certification_record import certification_assemble, content_hash
+from compliance.checklists import checklist_period_open
+from compliance.models import Alert, Certification, Contact
+from drpanel import clock
+from drpanel.services import api_token_create
+from drpanel.wsgi import application
+from restores.models import RestoreRun, Target, VerificationRun
+from tests.factories import PASSWORD, UserFactory
+
+EXAMPLES_PER_OPERATION = 25
+CONFIG = SchemathesisConfig.from_dict({
+    "seed": 20261125,
+    "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
+    "generation": {"mode": "all", "max-examples": EXAMPLES_PER_OPERATION, "deterministic": True,
+                   "database": "none"},  # no replay of examples saved by earlier runs: every run is the same
+    "phases": {"stateful": {"enabled": False}},
+    "checks": {"positive_data_acceptance": {"enabled": False}},
+})
+schema = schemathesis.openapi.from_wsgi("/api/v1/schema/", application, config=CONFIG)
+
+ROLES = ("operator", "manager", "auditor", "admin")
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _one_connection_for_the_test():
+    """Requests go straight to the WSGI handler (as the test client does, minus its shortcuts): the
+    test's transaction must survive the end of each request."""
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    yield
+    signals.request_started.connect(close_old_connections)
+    signals.request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def tokens(operator, manager, auditor, admin):
+    return {user.username: api_token_create(actor=user, user=user, name="schemathesis", password=PASSWORD)[1]
+            for user in (operator, manager, auditor, admin)}
+
+
+@pytest.fixture
+def known_ids(tmp_path):
+    """One real object per collection, keyed by the path's first segment under /api/v1/."""
+    system = System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_FUZZ_UNSET",
+                                   config_paths=[str(tmp_path)])
+    location = StorageLocation.objects.create(name="primary", kind="local", role="primary", path=str(tmp_path))
+    artifact = Artifact.objects.create(system=system, kind="full", format="pg_custom", status="available",
+                                       size=1234, sha256="a" * 64, storage_key="drpanel/system-1/x.drp",
+                                       manifest={"artifact_id": "x"})
+    ArtifactCopy.objects.create(artifact=artifact, location=location, key=artifact.storage_key, status="ok",
+                                size=1234, sha256_seen="a" * 64)
+    run = BackupRun.objects.create(system=system, kind="full", artifact=artifact, state="succeeded", percent=100)
+    target = Target.objects.create(name="staging", environment="staging", database_ref="env:DRPANEL_FUZZ_UNSET",
+                                   config_dir=str(tmp_path / "config"))
+    alert = Alert.objects.create(kind="backup.stale", severity="warning", subject="No full backup for 30 h", message="",
+                         dedup_key="fuzz")
+    contact = Contact.objects.create(level="l1", name="On call", email="oncall@example.com", response_minutes=15)
+    verification = VerificationRun.objects.create(artifact=artifact, level="decrypt", state="succeeded",
+                                                  reached_level="decrypt", percent=100)
+    restore = RestoreRun.objects.create(artifact=artifact, target=target, mode="database-only", state="succeeded",
+                                        requested_by=UserFactory(username="fuzz-requester", role="Operator"))
+    today = clock.today()
+    record = certification_assemble(year=today.year, month=today.month)
+    certification = Certification.objects.create(
+        year=today.year, month=today.month, state="signed", scope=record["scope"], record=record,
+        content_hash=content_hash(record), attestation="Fuzzed.", signed_by=UserFactory(username="fuzz-signer",
+                                                                                        role="Manager"))
+    weekly = checklist_period_open("weekly")
+    item = weekly.items.filter(kind="manual", requires_evidence=False).first()
+    spare, _ = api_token_create(actor=None, user=UserFactory(username="fuzz-token-owner"), name="spare")
+    return {"systems": system.pk, "artifacts": artifact.pk, "backup-runs": run.pk, "targets": target.pk,
+            "verifications": verification.pk, "restores": restore.pk, "alerts": alert.pk, "contacts": contact.pk,
+            "checklists": item.pk, "tokens": spare.pk, "certifications": certification.label}
+
+
+def use_known_id(case, known_ids) -> None:
+    """Point about half of the requests at a real object (deterministically, from the generated value)."""
+    segment = case.operation.path.removeprefix("/api/v1/").split("/")[0]
+    if "id" not in (case.path_parameters or {}) or segment not in known_ids:
+        return
+    if case.meta is not None and case.meta.is_negative_at(ParameterLocation.PATH):
+        return  # a deliberately malformed id stays malformed
+    if zlib.crc32(repr(case.path_parameters["id"]).encode()) % 2:
+        case.path_parameters = {**case.path_parameters, "id": str(known_ids[segment])}
+
+
+@pytest.mark.slow  # about 50 requests through the whole stack per operation and role: a third of the suite
+@pytest.mark.parametrize("role", ROLES)
+@schema.parametrize()
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_every_answer_conforms_to_the_schema(case, role, tokens, known_ids):
+    use_known_id(case, known_ids)
+    case.call_and_validate(headers={"Authorization": f"Bearer {tokens[role]}"})
+
+
+def test_the_schema_documents_every_refusal():
+    """Each operation names its operation id and the error answers its shape implies."""
+    raw = schema.raw_schema
+    assert raw["paths"], "the schema lists no operation"
+    for path, operations in raw["paths"].items():
+        for method, operation in operations.items():
+            where = f"{method.upper()} {path}"
+            assert operation.get("operationId"), f"{where} has no operation id"
+            codes = set(operation["responses"])
+            assert {"401", "403"} <= codes or method == "get" and path.endswith(("/me", "/tokens")), where
+            if "{" in path:
+                assert "404" in codes, f"{where} does not document 404"
+            for code in codes - {"200", "201", "202", "204"}:
+                body = operation["responses"][code]["content"]["application/json"]["schema"]
+                assert body == {"$ref": "#/components/schemas/Error"}, f"{where} {code} has another error body"
