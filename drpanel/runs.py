@@ -10,12 +10,17 @@ every kind of run, so it lives here once:
   writes a byte-counted percent;
 - ``Heartbeat`` is a thread that stamps ``heartbeat_at`` every ``DRPANEL_HEARTBEAT_SECONDS``
   while the job's body runs, whatever it is doing (a long ``pg_restore``, a slow sanity
-  query): a run whose heartbeat stops is a run whose worker died;
-- ``job_status`` asks RQ about a job, and ``failure_reason`` turns a failure callback's
-  exception into a reason people can read;
-- ``RunKind`` is one kind of run (its model, queue, job, time limit and failure callback,
-  and the hooks to fail, requeue and tidy one of its runs); ``register`` makes it known,
-  and ``reconcile_runs`` settles the runs of the kinds that ask for it.
+  query): a run whose heartbeat stops is a run whose worker died. The heartbeat proves the
+  worker alive, not the run moving: ``progress_at`` (on models that have it) advances only
+  when the steps, the bytes or the percent change, and a run whose progress has not moved
+  for ``DRPANEL_RUN_STALL_SECONDS`` is failed even though its heartbeat still beats;
+- ``job_status`` asks RQ about a job, ``stop_job`` removes a queued job or stops a started
+  one (RQ's stop-job command), and ``failure_reason`` turns a failure callback's exception
+  into a reason people can read;
+- ``RunKind`` is one kind of run (its model, queue, job, time limit — fixed, or per run
+  through ``timeout_for`` — and failure callback, and the hooks to fail, requeue and tidy
+  one of its runs); ``register`` makes it known, and ``reconcile_runs`` settles the runs of
+  the kinds that ask for it.
 
 A new kind is a small subclass of ``RunKind`` registered by the module that owns its runs,
 like NetBox's ``JobRunner``. This module sits in the panel's core: it imports no app, and
@@ -33,7 +38,8 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from redis.exceptions import RedisError
-from rq.exceptions import NoSuchJobError
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
 from drpanel import queues
@@ -47,6 +53,11 @@ WAITING = ("queued", "started", "deferred", "scheduled")
 
 def _iso(value) -> str | None:
     return value.isoformat() if value else None
+
+
+def has_progress_clock(model) -> bool:
+    """Whether the run model records when its progress last moved (``progress_at``)."""
+    return any(f.name == "progress_at" for f in model._meta.get_fields())
 
 
 # --- steps and progress ------------------------------------------------------------------------
@@ -65,6 +76,8 @@ class StepList:
         self.steps = [{"name": name, "state": "pending", "weight": weight, "started_at": None, "finished_at": None,
                        "duration_ms": None, "bytes": None, "detail": "", "fraction": 0.0} for name, weight in plan]
         self._clocks: dict[str, float] = {}
+        self._clocked = has_progress_clock(self.model)
+        self._moved: tuple | None = None
         self.save()
 
     def get(self, name: str) -> dict:
@@ -134,11 +147,21 @@ class StepList:
         elapsed = time.monotonic() - self.started
         return int(elapsed * (100 - percent) / percent)
 
+    def _position(self) -> tuple:
+        """What counts as progress: each step's state, bytes and fraction (not its wording, not the clock)."""
+        return tuple((s["state"], s["bytes"], round(s["fraction"], 4)) for s in self.steps)
+
     def save(self) -> None:
         self.last_save = time.monotonic()
-        self.model.objects.filter(pk=self.run.pk).update(**{
-            self.field: self.steps, "percent": self.percent(), "heartbeat_at": timezone.now(),
-            **({"eta_seconds": self.eta_seconds()} if hasattr(self.run, "eta_seconds") else {})})
+        now = timezone.now()
+        fields = {self.field: self.steps, "percent": self.percent(), "heartbeat_at": now}
+        if hasattr(self.run, "eta_seconds"):
+            fields["eta_seconds"] = self.eta_seconds()
+        position = self._position()
+        if self._clocked and position != self._moved:
+            self._moved = position
+            fields["progress_at"] = now
+        self.model.objects.filter(pk=self.run.pk).update(**fields)
 
 
 class StepLog:
@@ -167,7 +190,10 @@ class StepLog:
                 self.finish(step, state="failed", detail=message)
 
     def _save(self) -> None:
-        self.model.objects.filter(pk=self.run.pk).update(steps=self.run.steps, heartbeat_at=timezone.now())
+        # Every save here is a step started or finished: progress.
+        now = timezone.now()
+        clock = {"progress_at": now} if has_progress_clock(self.model) else {}
+        self.model.objects.filter(pk=self.run.pk).update(steps=self.run.steps, heartbeat_at=now, **clock)
 
 
 class ByteProgress:
@@ -189,6 +215,8 @@ class ByteProgress:
         self.table_fraction = 0.0
         self.last = 0.0
         self.bytes = 0
+        self._clocked = has_progress_clock(self.model)
+        self._moved: tuple | None = None
 
     def __call__(self, done: int) -> None:
         self.bytes = done
@@ -204,8 +232,12 @@ class ByteProgress:
 
     def flush(self) -> None:
         percent = self.start + int(self.span * self.fraction())
+        now = timezone.now()
         fields = {"bytes_done": self.bytes} if self.count_bytes else {}
-        self.model.objects.filter(pk=self.run.pk).update(percent=percent, heartbeat_at=timezone.now(), **fields)
+        if self._clocked and (self.bytes, percent) != self._moved:
+            self._moved = (self.bytes, percent)
+            fields["progress_at"] = now
+        self.model.objects.filter(pk=self.run.pk).update(percent=percent, heartbeat_at=now, **fields)
 
 
 class Heartbeat:
@@ -250,6 +282,46 @@ def job_status(job_id: str | None, queue: str) -> str | None:
         return "missing"
     except RedisError:
         return None
+
+
+def stop_job(job_id: str | None, queue: str) -> str:
+    """Make sure the job ``job_id`` does not (go on to) run: what was done, as a word for the audit event.
+
+    A job a worker has started gets RQ's stop-job command (its worker kills the work horse,
+    and the horse's children die with it); any other is cancelled (taken off its queue).
+    "gone" when Redis has no such job, "unreachable" when Redis cannot be asked.
+    """
+    if not job_id:
+        return "gone"
+    connection_ = queues.get_connection(queue)
+    try:
+        job = Job.fetch(job_id, connection=connection_)
+        status = str(getattr(job.get_status(refresh=True), "value", "") or "")
+        if status == "started" and job.worker_name:
+            send_stop_job_command(connection_, job_id)
+            return "stopped"
+        if status in ENDED:
+            return status
+        job.cancel()
+        return "cancelled"
+    except NoSuchJobError:
+        return "gone"
+    except InvalidJobOperation:
+        return "ended"
+    except RedisError:
+        return "unreachable"
+
+
+def wait_job_ended(job_id: str | None, queue: str, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the job to stop running; True once it has (or Redis has no such job)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = job_status(job_id, queue)
+        if status is not None and status != "started":
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
 
 
 def failure_reason(exc_type, exc_value) -> str:
@@ -298,18 +370,22 @@ class RunKind:
         """Audit that ``run`` is queued again (inside the requeue's transaction)."""
         raise NotImplementedError
 
+    def timeout_for(self, run_id) -> int:
+        """The RQ time limit of this run's job (``timeout`` unless the kind sizes it per run)."""
+        return self.timeout
+
     def record_job(self, run_id, job: Job) -> None:
         """Remember the job that carries the run, and count the enqueue."""
         self.model.objects.filter(pk=run_id).update(job_id=job.id, enqueue_count=F("enqueue_count") + 1)
 
     def enqueue(self, run_id) -> None:
         """Put the run's job on its queue now and remember it (also used to queue a lost job again)."""
-        self.record_job(run_id, queues.enqueue(self.job, str(run_id), queue=self.queue, timeout=self.timeout,
-                                               on_failure=self.on_failure))
+        self.record_job(run_id, queues.enqueue(self.job, str(run_id), queue=self.queue,
+                                               timeout=self.timeout_for(run_id), on_failure=self.on_failure))
 
     def enqueue_on_commit(self, run_id) -> None:
         """Enqueue the run's job when the transaction commits; if Redis refuses, the request still stands."""
-        queues.enqueue_on_commit(self.job, str(run_id), queue=self.queue, timeout=self.timeout,
+        queues.enqueue_on_commit(self.job, str(run_id), queue=self.queue, timeout=self.timeout_for(run_id),
                                  on_failure=self.on_failure, then=lambda job: self.record_job(run_id, job))
 
     def job_failed(self, run_id, reason: str) -> bool:
@@ -338,13 +414,19 @@ def kinds(*, reconciled: bool | None = None) -> list[RunKind]:
 
 
 def stale_reason(run_kind: RunKind, run, now) -> str | None:
-    """Why a running run can no longer finish (no heartbeat, or its RQ job ended), or None."""
+    """Why a running run can no longer finish (no heartbeat, no progress, or its RQ job ended), or None."""
     beat = run.heartbeat_at or run.started_at or now
     silent = (now - beat).total_seconds()
     status = job_status(run.job_id, run_kind.queue)
     if silent >= settings.RUN_STALE_SECONDS:
         return (f"no heartbeat for {silent:.0f} s: its worker died or was killed"
                 + (f" (its RQ job is {status})" if status else ""))
+    if has_progress_clock(run_kind.model):
+        moved = run.progress_at or run.started_at or now
+        still = (now - moved).total_seconds()
+        if still >= settings.RUN_STALL_SECONDS:
+            return (f"stalled: its progress has not moved for {still:.0f} s (DRPANEL_RUN_STALL_SECONDS is "
+                    f"{settings.RUN_STALL_SECONDS}); its worker still answers, but the run is stuck")
     if status in ("missing", *ENDED) and silent >= settings.RUN_ENDED_JOB_GRACE_SECONDS:
         return f"its RQ job is {status}, yet the run never finished: its worker died"
     return None
@@ -378,12 +460,13 @@ def requeue(run_kind: RunKind, run) -> str:
 def reconcile_runs(now=None, summary: dict | None = None, *, run_kinds=None) -> dict:
     """Settle the runs of ``run_kinds`` (default: every reconciled kind) that can no longer finish on their own.
 
-    - a **running** run whose heartbeat stopped for ``DRPANEL_RUN_STALE_SECONDS``, or whose RQ
+    - a **running** run whose heartbeat stopped for ``DRPANEL_RUN_STALE_SECONDS``, whose
+      progress has not moved for ``DRPANEL_RUN_STALL_SECONDS`` (heartbeat or not), or whose RQ
       job ended ``DRPANEL_RUN_ENDED_JOB_GRACE_SECONDS`` ago or more, is failed with the reason;
     - a **queued** run waiting ``DRPANEL_RUN_LOST_JOB_SECONDS`` whose RQ job vanished is queued
       again, at most ``max_enqueues`` times in all, then failed; one whose job failed before
       it started is failed;
-    - a failed run still marked ``needs_cleanup`` is tidied again.
+    - a failed (or cancelled) run still marked ``needs_cleanup`` is tidied again.
     """
     now = now or timezone.now()
     summary = summary if summary is not None else {}
@@ -404,7 +487,9 @@ def reconcile_runs(now=None, summary: dict | None = None, *, run_kinds=None) -> 
             if outcome:
                 summary["requeued" if outcome == "requeued" else "failed"].append(str(run.pk))
     for run_kind in reconciled:
-        for run in run_kind.model.objects.filter(state=run_kind.model.State.FAILED, needs_cleanup=True):
+        ended = [run_kind.model.State.FAILED, *([run_kind.model.State.CANCELLED]
+                                                if hasattr(run_kind.model.State, "CANCELLED") else [])]
+        for run in run_kind.model.objects.filter(state__in=ended, needs_cleanup=True):
             run_kind.tidy(run)
             summary["tidied"].append(str(run.pk))
     return summary

@@ -328,6 +328,8 @@ BACKUP_LOST_SECONDS = env_int("DRPANEL_BACKUP_LOST_SECONDS", 600, minimum=1, max
 S3_TIMEOUT_SECONDS = env_int("DRPANEL_S3_TIMEOUT_SECONDS", 60, minimum=1, maximum=3600)
 S3_ATTEMPTS = env_int("DRPANEL_S3_ATTEMPTS", 5, minimum=1, maximum=20)
 APPROVAL_TTL_MINUTES = env_int("DRPANEL_APPROVAL_TTL_MINUTES", 60, minimum=1, maximum=7 * 24 * 60)
+# The worker runs an approved production restore only this long after its approval (counted from the decision).
+APPROVAL_EXECUTION_MINUTES = env_int("DRPANEL_APPROVAL_EXECUTION_MINUTES", 60, minimum=1, maximum=7 * 24 * 60)
 # Hooks the restore app fills (dotted paths to callables), see ``backups.hooks``.
 BACKUP_RESTORE_RUNNING_HOOK = env_str("DRPANEL_RESTORE_RUNNING_HOOK") or "restores.selectors.restore_running"
 DEMO_DATABASE = env_str("DRPANEL_DEMO_DATABASE", "chatbotdysa")
@@ -361,6 +363,16 @@ HEARTBEAT_SECONDS = env_int("DRPANEL_HEARTBEAT_SECONDS", 5, minimum=1, maximum=6
 RUN_STALE_SECONDS = env_int("DRPANEL_RUN_STALE_SECONDS", 45, minimum=2, maximum=3600)
 RUN_ENDED_JOB_GRACE_SECONDS = env_int("DRPANEL_RUN_ENDED_JOB_GRACE_SECONDS", 15, minimum=0, maximum=3600)
 RUN_LOST_JOB_SECONDS = env_int("DRPANEL_RUN_LOST_JOB_SECONDS", 30, minimum=0, maximum=3600)
+# A running run whose progress (bytes, percent, steps) has not moved for this long is failed, heartbeat or not.
+RUN_STALL_SECONDS = env_int("DRPANEL_RUN_STALL_SECONDS", 1800, minimum=2, maximum=7 * 24 * 3600)
+# A restore's RQ time limit: base + the artifact's size at a conservative throughput, capped.
+RESTORE_TIMEOUT_BASE_SECONDS = env_int("DRPANEL_RESTORE_TIMEOUT_BASE_SECONDS", 1800, minimum=60, maximum=24 * 3600)
+RESTORE_TIMEOUT_MB_PER_SECOND = env_int("DRPANEL_RESTORE_TIMEOUT_MB_PER_SECOND", 5, minimum=1, maximum=10000)
+RESTORE_TIMEOUT_MAX_SECONDS = env_int("DRPANEL_RESTORE_TIMEOUT_MAX_SECONDS", 24 * 3600, minimum=60,
+                                      maximum=7 * 24 * 3600)
+if RESTORE_TIMEOUT_MAX_SECONDS < RESTORE_TIMEOUT_BASE_SECONDS:
+    raise ConfigError(f"DRPANEL_RESTORE_TIMEOUT_MAX_SECONDS ({RESTORE_TIMEOUT_MAX_SECONDS}) must not be shorter than "
+                      f"DRPANEL_RESTORE_TIMEOUT_BASE_SECONDS ({RESTORE_TIMEOUT_BASE_SECONDS})")
 if RUN_STALE_SECONDS <= HEARTBEAT_SECONDS:
     raise ConfigError(f"DRPANEL_RUN_STALE_SECONDS ({RUN_STALE_SECONDS}) must be longer than "
                       f"DRPANEL_HEARTBEAT_SECONDS ({HEARTBEAT_SECONDS}), or every run would look dead")

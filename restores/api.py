@@ -32,7 +32,7 @@ from drpanel.models import Approval
 from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, require_cap
 from drpanel.schema import error_response
-from restores import adoption, recovery_checks, requests, rollback, runstate, targets, verifications
+from restores import adoption, cancel, recovery_checks, requests, rollback, runstate, targets, verifications
 from restores.models import (
     LEVELS,
     TARGET_RIGHTS,
@@ -400,6 +400,41 @@ class RestoreRollbackView(APIView):
         return _state(run)
 
 
+class RestoreCancelView(APIView):
+    """Cancel a queued or running restore before its swap (its requester, or a manager): the new state, or
+    403/409 with a reason (after the swap, roll back instead)."""
+
+    permission_classes = [capability(Cap.VIEW_PANEL)]
+
+    @extend_schema(operation_id="restores_cancel", request=None,
+                   responses={200: RestoreStateSchema, 409: error_response(409)})
+    def post(self, request, pk):
+        run = access_run(request.user, pk)
+        validated_body(request)
+        try:
+            cancel.restore_cancel(actor=request.user, run=run, request=request)
+        except runstate.RestoreError as exc:
+            return _error(exc)
+        return _state(run)
+
+
+class VerificationCancelView(APIView):
+    """Cancel a queued or running verification (its requester, or a manager): the run, or 403/409 with a reason."""
+
+    permission_classes = [capability(Cap.VIEW_PANEL)]
+
+    @extend_schema(operation_id="verifications_cancel", request=None,
+                   responses={200: VerificationSchema, 409: error_response(409)})
+    def post(self, request, pk):
+        run = access_verification(request.user, pk)
+        validated_body(request)
+        try:
+            run = cancel.verification_cancel(actor=request.user, run=run, request=request)
+        except runstate.RestoreError as exc:
+            return _error(exc)
+        return Response(verification_json(run))
+
+
 class RecoveryCheckTickView(APIView):
     """Tick an item of a restore's post-recovery checklist with a note (operators, managers).
 
@@ -504,11 +539,13 @@ urlpatterns = [
     path("artifacts/<uuid:pk>/verifications", ArtifactVerificationView.as_view(), name="artifact-verifications"),
     path("artifacts/<uuid:pk>/adopt", ArtifactAdoptView.as_view(), name="artifact-adopt"),
     path("verifications/<uuid:pk>", VerificationView.as_view(), name="verification-detail"),
+    path("verifications/<uuid:pk>/cancel", VerificationCancelView.as_view(), name="verification-cancel"),
     path("restores", RestoreListView.as_view(), name="restore-list"),
     path("restores/<uuid:pk>", RestoreDetailView.as_view(), name="restore-detail"),
     path("restores/<uuid:pk>/approve", RestoreApproveView.as_view(), name="restore-approve"),
     path("restores/<uuid:pk>/reject", RestoreRejectView.as_view(), name="restore-reject"),
     path("restores/<uuid:pk>/rollback", RestoreRollbackView.as_view(), name="restore-rollback"),
+    path("restores/<uuid:pk>/cancel", RestoreCancelView.as_view(), name="restore-cancel"),
     path("restores/<uuid:pk>/checklist/refresh", RecoveryChecksRefreshView.as_view(),
          name="restore-checklist-refresh"),
     path("restores/<uuid:pk>/checklist/<int:check_pk>/tick", RecoveryCheckTickView.as_view(),

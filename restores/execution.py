@@ -2,6 +2,13 @@
 
 The worker's path (``restore_run_execute``, the body of ``restores.jobs.restore_run_job``):
 
+0. **check again** — the rights were checked when the run was asked for and approved; the
+   worker checks them again before touching anything (``check_still_allowed``): the
+   requester is still active and still holds ``restore_to_target`` on the target; for
+   production, the approval is consumed, bound to exactly this restore, given by someone
+   else who is still active and still holds ``approve_restore``, and younger than
+   ``DRPANEL_APPROVAL_EXECUTION_MINUTES``. Otherwise the run is refused (audited) and fails
+   with the reason, the target untouched;
 1. **fetch and decrypt** — the artifact is materialised into a temporary file from the first
    intact copy (``restores.materialize``); a corrupted, truncated or wrong-key copy is refused
    before anything is restored. When the temporary disk lacks room (``pg.plan_restore``)
@@ -20,8 +27,9 @@ The worker's path (``restore_run_execute``, the body of ``restores.jobs.restore_
 
 A run that fails (here, in a failure callback or in the reconciler) goes through
 ``restore_fail``; ``tidy_failed`` brings its databases and directories to a consistent
-state. ``RESTORE_RUNS`` is the restore kind of the run runtime (``drpanel.runs``). The
-pre-restore copies stay for ``DRPANEL_ROLLBACK_WINDOW_HOURS`` (``restores.rollback``).
+state. ``RESTORE_RUNS`` is the restore kind of the run runtime (``drpanel.runs``); its job's
+time limit follows the artifact's size (``restore_timeout``). The pre-restore copies stay for
+``DRPANEL_ROLLBACK_WINDOW_HOURS`` (``restores.rollback``).
 """
 
 import logging
@@ -37,9 +45,10 @@ from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from drpanel import endpoints, runs, runtime, secrets
 from drpanel.models import Approval
+from drpanel.permissions import has_object_right
 from drpanel.scrub import scrub
 from restores import configs, healthchecks, materialize, pg, plainsql, sanity
-from restores.models import RestoreRun
+from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, RestoreRun
 from restores.recovery_checks import create_recovery_checks, database_connectivity, evaluate_recovery_checks
 from restores.runstate import RunFailure, audit_details, current_binding_hash, transition
 from restores.swaplock import target_lock
@@ -49,6 +58,21 @@ log = logging.getLogger(__name__)
 
 RESTORE_QUEUE = "restore"
 STREAMABLE = (Artifact.Format.PG_CUSTOM,)
+
+
+class RunRefused(RunFailure):
+    """The worker's own check refused the run before it touched anything (a right or an approval lapsed)."""
+
+
+def restore_timeout(size: int) -> int:
+    """The RQ time limit of a restore of ``size`` bytes: a base, plus the size at a conservative throughput, capped.
+
+    A flat day would let a wedged small restore hold its target's one active slot for 24 h;
+    a large one still gets the time its bytes need.
+    """
+    per_second = settings.RESTORE_TIMEOUT_MB_PER_SECOND * 1024 * 1024
+    return int(min(settings.RESTORE_TIMEOUT_MAX_SECONDS,
+                   settings.RESTORE_TIMEOUT_BASE_SECONDS + max(0, size) / per_second))
 
 
 class RestoreRuns(runs.RunKind):
@@ -62,6 +86,13 @@ class RestoreRuns(runs.RunKind):
     on_failure = "restores.jobs.restore_job_failed"
     queued_since = "queued_at"
     reconciled = True
+
+    def timeout_for(self, run_id) -> int:
+        run = RestoreRun.objects.select_related("artifact", "config_artifact").filter(pk=run_id).first()
+        if run is None:
+            return self.timeout
+        size = sum((a.plaintext_size or 0) + (a.size or 0) for a in (run.artifact, run.config_artifact) if a)
+        return restore_timeout(size)
 
     def fail(self, run_id, reason: str, *, expected) -> bool:
         return restore_fail(run_id, reason, expected=expected)
@@ -93,28 +124,53 @@ def _plan(run: RestoreRun) -> list[tuple[str, int]]:
     return steps
 
 
-def _check_approval(run: RestoreRun) -> None:
-    """The worker's own check that a production run carries a consumed approval for exactly this restore."""
+def check_still_allowed(run: RestoreRun, now=None) -> None:
+    """The worker's own check, when the run starts, that its requester and approval still allow it.
+
+    Raises ``RunRefused`` with the reason. People and rights are read afresh from the
+    database: a right withdrawn or an account disabled since the request counts.
+    """
+    now = now or timezone.now()
+    requester = type(run.requested_by).objects.get(pk=run.requested_by_id)
+    if not requester.is_active:
+        raise RunRefused(f"refused: the requester {requester.get_username()} is no longer active")
+    if not has_object_right(requester, RESTORE_TO_TARGET, run.target):
+        raise RunRefused(f"refused: the requester {requester.get_username()} no longer holds restore_to_target "
+                         f"on {run.target.name}")
     if not run.target.is_production:
         return
-    approval = Approval.objects.filter(pk=run.approval_id).first()
+    approval = Approval.objects.select_related("decided_by").filter(pk=run.approval_id).first()
     if approval is None:
-        raise RunFailure("refused: a production restore needs an approval, and this run has none")
+        raise RunRefused("refused: a production restore needs an approval, and this run has none")
     if approval.state != Approval.State.CONSUMED or not approval.decided_by_id:
-        raise RunFailure(f"refused: its approval is {approval.state}, not approved and consumed")
+        raise RunRefused(f"refused: its approval is {approval.state}, not approved and consumed")
     if approval.decided_by_id == run.requested_by_id:
-        raise RunFailure("refused: the approval was given by the requester")
+        raise RunRefused("refused: the approval was given by the requester")
     if not (approval.binding_hash == run.binding_hash == current_binding_hash(run)):
-        raise RunFailure("refused: the artifact, target or mode changed after the approval (it no longer covers "
+        raise RunRefused("refused: the artifact, target or mode changed after the approval (it no longer covers "
                          "this restore)")
+    approver = approval.decided_by
+    if not approver.is_active:
+        raise RunRefused(f"refused: the approver {approver.get_username()} is no longer active")
+    if not has_object_right(approver, APPROVE_RESTORE, run.target):
+        raise RunRefused(f"refused: the approver {approver.get_username()} no longer holds approve_restore on "
+                         f"{run.target.name}")
+    window = timedelta(minutes=settings.APPROVAL_EXECUTION_MINUTES)
+    decided = approval.decided_at or approval.consumed_at
+    if decided is None or now - decided > window:
+        age = f"{(now - decided).total_seconds() / 60:.0f} minutes" if decided else "of unknown age"
+        raise RunRefused(f"refused: the approval is {age} old, past the execution window of "
+                         f"{settings.APPROVAL_EXECUTION_MINUTES} minutes (DRPANEL_APPROVAL_EXECUTION_MINUTES): "
+                         "ask for the restore again")
 
 
 def restore_run_execute(run_id) -> RestoreRun:
     """Execute a queued restore (the job's body). Never raises for a failed restore: the run records it."""
     with transaction.atomic():
         # Conditional transition: a job delivered twice runs once.
+        now = timezone.now()
         started = RestoreRun.objects.filter(pk=run_id, state=RestoreRun.State.QUEUED).update(
-            state=RestoreRun.State.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now())
+            state=RestoreRun.State.RUNNING, started_at=now, heartbeat_at=now, progress_at=now)
         run = RestoreRun.objects.select_related("artifact__system", "config_artifact", "target", "requested_by").get(
             pk=run_id)
         if not started:
@@ -123,10 +179,14 @@ def restore_run_execute(run_id) -> RestoreRun:
     steps = runs.StepList(run, _plan(run))
     with runs.Heartbeat(run):
         try:
-            _check_approval(run)
+            check_still_allowed(run)
             _Execution(run, steps).execute()
         except Exception as exc:
             message = scrub(str(exc) or type(exc).__name__)
+            if isinstance(exc, RunRefused):
+                with transaction.atomic():
+                    audit_record(actor=None, action=AuditAction.RESTORE_REFUSED, obj=run, outcome="failure",
+                                 details=audit_details(run, reason=message[:500], target_untouched=True))
             if not isinstance(exc, RunFailure | pg.PgOpsError | materialize.MaterializeError
                               | configs.ConfigArchiveRefused | configs.ConfigSwapError
                               | secrets.SecretReferenceError):

@@ -146,8 +146,11 @@ class VerificationRun(models.Model):
     ``last_verified_level``/``last_verified_at`` to what this run reached.
 
     States: queued → running → succeeded | failed; queued → failed (its job was lost for good,
-    see ``restores.reliability``). The queued → running transition is a conditional update,
-    so a job delivered twice runs once.
+    see ``restores.reliability``, or the worker refused it: its requester may no longer start
+    jobs); queued | running → cancelled (its requester or a manager cancelled it, see
+    ``restores.cancel``; final). The queued → running transition is a conditional update,
+    so a job delivered twice runs once. ``progress_at`` moves only when the run's progress
+    does (a level, a byte, a percent): a run stalled for ``DRPANEL_RUN_STALL_SECONDS`` is failed.
     """
 
     class Level(models.TextChoices):
@@ -161,6 +164,7 @@ class VerificationRun(models.Model):
         RUNNING = "running", "running"
         SUCCEEDED = "succeeded", "succeeded"
         FAILED = "failed", "failed"
+        CANCELLED = "cancelled", "cancelled"
 
     class Trigger(models.TextChoices):
         MANUAL = "manual", "manual"
@@ -180,6 +184,7 @@ class VerificationRun(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    progress_at = models.DateTimeField(null=True, blank=True, help_text="When its progress last moved.")
     job_id = models.CharField(max_length=64, blank=True)
     enqueue_count = models.PositiveSmallIntegerField(default=0)
     location = models.CharField(max_length=63, blank=True, help_text="The storage location of the copy read.")
@@ -203,7 +208,7 @@ class VerificationRun(models.Model):
 
     @property
     def is_done(self) -> bool:
-        return self.state in (self.State.SUCCEEDED, self.State.FAILED)
+        return self.state in (self.State.SUCCEEDED, self.State.FAILED, self.State.CANCELLED)
 
     @property
     def duration(self):
@@ -231,9 +236,13 @@ class RestoreRun(models.Model):
       rejection ends the request) | expired (nobody approved in time; final)
     - approved → queued (the approval is consumed in the same transaction)
     - queued → running (a worker took the job; a second delivery finds it running and does
-      nothing) | failed (its job was lost and could not be queued again)
+      nothing) | failed (its job was lost and could not be queued again) | cancelled (its
+      requester or a manager cancelled it; its job is removed; final)
     - running → succeeded (swapped in, health checks answering) | failed (anything went
-      wrong; before the swap the target is untouched)
+      wrong, or the worker refused it at the start: a right withdrawn, an approval older than
+      ``DRPANEL_APPROVAL_EXECUTION_MINUTES``; before the swap the target is untouched) |
+      cancelled (before the swap only, under the target's swap lock: its job is stopped, the
+      side database dropped, the target untouched; final; after the swap, roll back instead)
     - succeeded | failed-after-the-swap → rolled_back (a manager swapped the previous
       database back within the rollback window; final)
 
@@ -263,9 +272,10 @@ class RestoreRun(models.Model):
         ROLLED_BACK = "rolled_back", "rolled back"
         REJECTED = "rejected", "rejected"
         EXPIRED = "expired", "expired"
+        CANCELLED = "cancelled", "cancelled"
 
     ACTIVE_STATES = ("requested", "awaiting_approval", "approved", "queued", "running")
-    FINAL_STATES = ("succeeded", "failed", "rolled_back", "rejected", "expired")
+    FINAL_STATES = ("succeeded", "failed", "rolled_back", "rejected", "expired", "cancelled")
 
     class Trigger(models.TextChoices):
         MANUAL = "manual", "manual"
@@ -294,6 +304,8 @@ class RestoreRun(models.Model):
     healthy_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    progress_at = models.DateTimeField(null=True, blank=True,
+                                       help_text="When its progress (bytes, percent, steps) last moved.")
     job_id = models.CharField(max_length=64, blank=True)
     enqueue_count = models.PositiveSmallIntegerField(default=0)
     steps = models.JSONField(default=list, blank=True)

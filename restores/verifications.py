@@ -2,8 +2,9 @@
 
 ``verification_request`` (operators, managers, admins; the scheduler as the system) creates
 the row and enqueues the job on the ``verify`` queue after commit; ``verification_execute``
-is the job's body. Each level up to the one asked for runs in order, and the first that
-fails ends the run:
+is the job's body. It checks again that the person who asked is still active and may still
+start jobs (``verification_still_allowed``; refused and audited otherwise). Each level up to
+the one asked for runs in order, and the first that fails ends the run:
 
 - **checksum** — every stored byte of the copy is read and its SHA-256 and size compared
   with the catalog;
@@ -35,7 +36,7 @@ from backups.models import Artifact, System
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from drpanel import runs, secrets
-from drpanel.permissions import Cap, require_cap
+from drpanel.permissions import Cap, has_cap, require_cap
 from drpanel.scrub import scrub
 from restores import pg
 from restores.models import LEVELS, VerificationRun
@@ -164,17 +165,41 @@ def enqueue_verification(run_id) -> None:
 WEIGHTS = {"checksum": 25, "decrypt": 25, "structure": 10, "restore-test": 40}
 
 
+def verification_still_allowed(run: VerificationRun) -> str | None:
+    """Why the worker must refuse ``run`` now (its requester is inactive or may no longer start jobs), or None.
+
+    The scheduler's runs (no requester) are the system's own and always allowed.
+    """
+    if run.requested_by_id is None:
+        return None
+    requester = type(run.requested_by).objects.get(pk=run.requested_by_id)
+    if not requester.is_active:
+        return f"refused: the requester {requester.get_username()} is no longer active"
+    if not has_cap(requester, Cap.START_JOBS):
+        return f"refused: the requester {requester.get_username()} may no longer start jobs"
+    return None
+
+
 def verification_execute(run_id) -> VerificationRun:
     """Run a queued verification (the job's body). Never raises for a failed level: the run records it."""
     with transaction.atomic():
         # Conditional transition: a job delivered twice runs once.
+        now = timezone.now()
         started = VerificationRun.objects.filter(pk=run_id, state=VerificationRun.State.QUEUED).update(
-            state=VerificationRun.State.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now())
-        run = VerificationRun.objects.select_related("artifact__system").get(pk=run_id)
+            state=VerificationRun.State.RUNNING, started_at=now, heartbeat_at=now, progress_at=now)
+        run = VerificationRun.objects.select_related("artifact__system", "requested_by").get(pk=run_id)
         if not started:
             return run
         audit_record(actor=None, action=AuditAction.VERIFICATION_STARTED, obj=run.artifact,
                      details={"run": str(run.id), "level": run.level})
+    refused = verification_still_allowed(run)
+    if refused:
+        with transaction.atomic():
+            audit_record(actor=None, action=AuditAction.VERIFICATION_REFUSED, obj=run.artifact, outcome="failure",
+                         details={"run": str(run.id), "level": run.level, "reason": refused})
+        verification_fail(run.pk, refused)
+        run.refresh_from_db()
+        return run
     levels = LEVELS[: LEVELS.index(run.level) + 1]
     steps = runs.StepList(run, [(level, WEIGHTS[level]) for level in levels], field="results")
     error = ""

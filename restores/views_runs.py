@@ -2,7 +2,7 @@
 
 Views parse input, fetch the run through ``access_run`` (the same 404 for "missing" and
 "not yours"), call one service of ``restores.requests`` / ``rollback`` / ``recovery_checks`` /
-``verifications`` / ``adoption`` and redirect.
+``verifications`` / ``cancel`` / ``adoption`` and redirect.
 A ``Denied`` raised by a service becomes a 403 and an ``access.denied`` audit event.
 """
 
@@ -21,7 +21,7 @@ from backups.models import Artifact
 from compliance.audit.models import AuditEvent
 from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, capability_required, has_cap, has_object_right
-from restores import adoption, recovery_checks, requests, rollback, runstate, verifications
+from restores import adoption, cancel, recovery_checks, requests, rollback, runstate, verifications
 from restores.models import APPROVE_RESTORE, LEVELS, RecoveryCheck, RestoreRun, VerificationRun
 from restores.selectors import access_run, access_verification, restorable_targets, visible_runs, visible_targets
 
@@ -36,6 +36,7 @@ STATE_HELP = {
     "rolled_back": "Rolled back: the database (and config) the target had before this restore are live again.",
     "rejected": "Rejected: this request is closed for good; ask again if needed.",
     "expired": "Expired: nobody approved it in time; it was rejected automatically.",
+    "cancelled": "Cancelled before its swap: its job was stopped, the side database dropped, the target untouched.",
 }
 
 
@@ -139,6 +140,8 @@ def _run_context(request, run: RestoreRun) -> dict:
         "can_rollback": approver and run.swapped_at is not None and blocker is None,
         "rollback_blocker": blocker,
         "can_tick": has_cap(user, Cap.TICK_CHECKLISTS),
+        "can_cancel": (run.state in (RestoreRun.State.QUEUED, RestoreRun.State.RUNNING) and run.swapped_at is None
+                       and cancel.may_cancel(user, run.requested_by_id)),
         "now": timezone.now(),
     }
 
@@ -201,6 +204,18 @@ def run_rollback(request, pk):
     return redirect("restores:run-detail", pk=run.pk)
 
 
+@capability_required(Cap.VIEW_PANEL)
+@require_POST
+def run_cancel(request, pk):
+    run = access_run(request.user, pk)
+    try:
+        cancel.restore_cancel(actor=request.user, run=run, request=request)
+        messages.success(request, f"Cancelled: {run.target.name} was not touched.")
+    except runstate.RestoreError as exc:
+        _messages_for(request, exc)
+    return redirect("restores:run-detail", pk=run.pk)
+
+
 @capability_required(Cap.TICK_CHECKLISTS)
 @require_POST
 def check_tick(request, pk, check_pk: int):
@@ -259,7 +274,22 @@ def artifact_adopt(request, pk):
 @require_GET
 def verification_detail(request, pk):
     run = access_verification(request.user, pk)
-    return render(request, "restores/verification_detail.html", {"run": run, "levels": LEVELS})
+    can_cancel = (run.state in (VerificationRun.State.QUEUED, VerificationRun.State.RUNNING)
+                  and cancel.may_cancel(request.user, run.requested_by_id))
+    return render(request, "restores/verification_detail.html", {"run": run, "levels": LEVELS,
+                                                                  "can_cancel": can_cancel})
+
+
+@capability_required(Cap.VIEW_PANEL)
+@require_POST
+def verification_cancel(request, pk):
+    run = access_verification(request.user, pk)
+    try:
+        cancel.verification_cancel(actor=request.user, run=run, request=request)
+        messages.success(request, "Verification cancelled.")
+    except runstate.RestoreError as exc:
+        _messages_for(request, exc)
+    return redirect("restores:verification-detail", pk=run.pk)
 
 
 @capability_required(Cap.VIEW_PANEL)

@@ -157,6 +157,11 @@ class AuditAction(StrEnum):
     RESTORE_SWAPPED = "restore.swapped", "A restore swapped the restored copy in for the target's data."
     RESTORE_SUCCEEDED = "restore.succeeded", "A restore finished and the target is healthy."
     RESTORE_FAILED = "restore.failed", "A restore failed."
+    RESTORE_REFUSED = ("restore.refused", "The worker refused a restore when it started: the requester or approver "
+                       "lost their right, or the approval is older than the execution window.")
+    RESTORE_CANCELLED = "restore.cancelled", "Someone cancelled a queued or running restore before its swap."
+    RESTORE_CANCEL_REFUSED = ("restore.cancel_refused", "A cancel was refused: the restore had swapped in already "
+                              "(roll back instead) or was not queued or running.")
     RESTORE_RECONCILED = "restore.reconciled", "The janitor finished or undid a restore's half-done swap."
     RESTORE_ROLLED_BACK = "restore.rolled_back", "A manager rolled a restore back to the pre-restore copy."
     RESTORE_ROLLBACK_FAILED = "restore.rollback_failed", "A rollback failed."
@@ -195,6 +200,9 @@ class AuditAction(StrEnum):
     VERIFICATION_STARTED = "verification.started", "A worker started a verification."
     VERIFICATION_SUCCEEDED = "verification.succeeded", "A verification reached its level."
     VERIFICATION_FAILED = "verification.failed", "A verification failed (or its worker died)."
+    VERIFICATION_REFUSED = ("verification.refused", "The worker refused a verification when it started: its "
+                            "requester is inactive or may no longer start jobs.")
+    VERIFICATION_CANCELLED = "verification.cancelled", "Someone cancelled a queued or running verification."
     VERIFICATION_REQUEUED = "verification.requeued", "A verification whose job was lost was queued again."
 
 
