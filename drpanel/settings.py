@@ -281,6 +281,7 @@ SPECTACULAR_SETTINGS = {
     # Choice sets that share a field name get names of their own (else: a check --deploy warning).
     "ENUM_NAME_OVERRIDES": {
         "ArtifactKindEnum": "backups.models.Artifact.Kind",
+        "TokenKindEnum": "drpanel.models.ApiToken.Kind",
         "BackupKindEnum": "backups.api.BACKUP_KINDS",
         "ArtifactStatusEnum": "backups.models.Artifact.Status",
         "CopyStatusEnum": "backups.models.ArtifactCopy.Status",

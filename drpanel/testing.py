@@ -16,6 +16,7 @@ its queues and workers never meet another run's on a shared Redis database.
 """
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -83,14 +84,24 @@ def pytest_load_initial_conftests(early_config, parser, args):
     if redis_db < 1:
         raise pytest.UsageError(f"drpanel: xdist worker gw{index} would use Redis database {redis_db} (below 1)")
     os.environ["REDIS_URL"] = runtime.with_redis_db(os.environ["REDIS_URL"], redis_db)
-    if "DRPANEL_INSTALLATION_ID" not in os.environ:
-        # Derived from the checkout and its test database, per xdist worker; the worker processes the
-        # tests start inherit it, so they serve the same queues as the test that started them.
+    if "DRPANEL_INSTALLATION_ID" not in os.environ or os.environ.get("DRPANEL_TEST_INSTALLATION_DERIVED"):
+        # Derived from the checkout and its test database, per xdist worker (an xdist worker inherits the
+        # controller's environment, so it derives its own again); the worker processes the tests start
+        # inherit it, so they serve the same queues as the test that started them.
         test_database = os.environ.get("DRPANEL_TEST_DATABASE") or "default"
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         digest = installation.derive(f"{runtime.BASE_DIR}:{test_database}")[:8]
         os.environ["DRPANEL_INSTALLATION_ID"] = f"test-{worker}-{digest}"
+        os.environ["DRPANEL_TEST_INSTALLATION_DERIVED"] = "1"
+        _forget_stale_claim(os.environ["REDIS_URL"], os.environ["DRPANEL_INSTALLATION_ID"])
 
+
+def _forget_stale_claim(redis_url: str, installation_id: str) -> None:
+    """A run's Redis database is its own: a claim left by an earlier run (another test database name) goes."""
+    import redis
+
+    with contextlib.suppress(redis.RedisError):  # Redis down: the tests that need it say so
+        redis.Redis.from_url(redis_url).hdel(installation.REGISTRY_KEY, installation_id)
 
 def pytest_configure(config):
     # xdist has turned ``-n N`` (or ``-n auto``) into N ``popen`` gateways by now.

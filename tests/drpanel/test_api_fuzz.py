@@ -22,6 +22,7 @@ import zlib
 import pytest
 import schemathesis
 from django.core import signals
+from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
@@ -33,7 +34,6 @@ from compliance.checklists import checklist_period_open
 from compliance.models import Alert, Certification, Contact
 from drpanel import clock
 from drpanel.services import api_token_create
-from drpanel.wsgi import application
 from restores.models import RestoreRun, Target, VerificationRun
 from tests.factories import PASSWORD, UserFactory
 
@@ -46,6 +46,9 @@ CONFIG = SchemathesisConfig.from_dict({
     "phases": {"stateful": {"enabled": False}},
     "checks": {"positive_data_acceptance": {"enabled": False}},
 })
+# The WSGI application as drpanel/wsgi.py builds it, without its start-up claim of the installation's queues
+# (that claim is a process start, tested in tests/drpanel/test_queues_isolation.py).
+application = get_wsgi_application()
 schema = schemathesis.openapi.from_wsgi("/api/v1/schema/", application, config=CONFIG)
 
 ROLES = ("operator", "manager", "auditor", "admin")
