@@ -114,3 +114,18 @@ def wait_for_finished_run(page, selector: str, timeout: float = 30_000) -> None:
     before that reload is cut short by it (``net::ERR_ABORTED``), the more so on a busy machine."""
     page.wait_for_selector(selector, timeout=timeout)
     page.wait_for_selector("[data-reload-when-done]", state="detached", timeout=timeout)
+
+
+def restore_awaiting_approval(*, artifact, target, requested_by):
+    """A database-only restore into ``target`` waiting for its four-eyes approval, as ``restore_request`` leaves it."""
+    from drpanel.approvals import approval_request
+    from restores import runstate
+    from restores.models import RestoreRun
+
+    run = RestoreRun.objects.create(artifact=artifact, target=target, mode="database-only",
+                                    state="awaiting_approval", requested_by=requested_by)
+    approval = approval_request(actor=requested_by, kind=runstate.PRODUCTION_APPROVAL, subject=run,
+                                params=runstate.run_binding_params(run))
+    RestoreRun.objects.filter(pk=run.pk).update(approval=approval)
+    run.refresh_from_db()
+    return run

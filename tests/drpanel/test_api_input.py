@@ -20,11 +20,10 @@ from backups.models import Artifact, BackupRun, System
 from compliance.checklists import checklist_period_open
 from compliance.models import Alert, AuditEvent, Certification, Contact
 from drpanel import clock
-from drpanel.approvals import approval_request
 from drpanel.models import ApiToken, Approval
-from restores import runstate
 from restores.models import APPROVE_RESTORE, RecoveryCheck, RestoreRun, Target, VerificationRun
 from tests.factories import PASSWORD
+from tests.support import restore_awaiting_approval
 
 pytestmark = pytest.mark.django_db
 
@@ -41,11 +40,7 @@ def world(operator, manager, tmp_path):
                                        database_ref="env:DRPANEL_UNSET_FOR_TEST")
     assign_perm("restore_to_target", operator, staging)
     assign_perm(APPROVE_RESTORE, manager, production)
-    awaiting = RestoreRun.objects.create(artifact=artifact, target=production, mode="database-only",
-                                         state="awaiting_approval", requested_by=operator)
-    approval = approval_request(actor=operator, kind=runstate.PRODUCTION_APPROVAL, subject=awaiting,
-                                params=runstate.run_binding_params(awaiting))
-    RestoreRun.objects.filter(pk=awaiting.pk).update(approval=approval)
+    awaiting = restore_awaiting_approval(artifact=artifact, target=production, requested_by=operator)
     now = timezone.now()
     swapped = RestoreRun.objects.create(artifact=artifact, target=production, mode="database-only", state="succeeded",
                                         requested_by=operator, swapped_at=now, rollback_until=now + timedelta(hours=1))

@@ -19,7 +19,6 @@ from backups.deletion import artifact_delete_request
 from backups.models import Artifact, System
 from compliance.models import AuditEvent, Certification
 from drpanel import clock
-from drpanel.approvals import approval_request
 from drpanel.models import ApiToken, Approval
 from drpanel.passwords import (
     PURPOSES,
@@ -28,9 +27,10 @@ from drpanel.passwords import (
     password_attempts_exhausted,
     password_confirm,
 )
-from restores import requests, rollback, runstate
+from restores import requests, rollback
 from restores.models import RestoreRun, Target
 from restores.targets import target_right_grant
+from tests.support import restore_awaiting_approval
 
 pytestmark = pytest.mark.django_db
 
@@ -48,11 +48,7 @@ def world(operator, manager, admin):
     production = Target.objects.create(name="shop-production", environment="production", system=system,
                                        database_ref="env:DRPANEL_UNSET_FOR_TEST")
     target_right_grant(actor=None, target=production, user=manager, right="approve_restore")
-    awaiting = RestoreRun.objects.create(artifact=artifact, target=production, mode="database-only",
-                                         state="awaiting_approval", requested_by=operator)
-    approval = approval_request(actor=operator, kind=runstate.PRODUCTION_APPROVAL, subject=awaiting,
-                                params=runstate.run_binding_params(awaiting))
-    RestoreRun.objects.filter(pk=awaiting.pk).update(approval=approval)
+    awaiting = restore_awaiting_approval(artifact=artifact, target=production, requested_by=operator)
     now = timezone.now()
     swapped = RestoreRun.objects.create(artifact=artifact, target=production, mode="database-only", state="succeeded",
                                         requested_by=operator, swapped_at=now, rollback_until=now + timedelta(hours=1))
