@@ -7,6 +7,7 @@ start-up with a one-line reason (``drpanel.env.ConfigError``).
 import ipaddress
 import re
 import secrets
+import zoneinfo
 from datetime import timedelta
 from pathlib import Path
 
@@ -111,6 +112,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "drpanel.context_processors.panel",
             ],
+            # ``|at``: a time in TIME_ZONE with the zone's abbreviation, on every page.
+            "builtins": ["drpanel.templatetags.panel_time"],
         },
     },
 ]
@@ -204,7 +207,7 @@ SECURE_SSL_REDIRECT = env_bool("DRPANEL_SSL_REDIRECT", PRODUCTION)
 SECURE_HSTS_SECONDS = env_int("DRPANEL_HSTS_SECONDS", 31536000 if PRODUCTION else 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = PRODUCTION
 SECURE_HSTS_PRELOAD = PRODUCTION
-SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
+SECURE_REDIRECT_EXEMPT = [r"^health(/live|/ready)?$", r"^metrics$"]
 
 
 def _networks(name: str) -> list:
@@ -253,7 +256,13 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = not PRODUCTION
 LANGUAGE_CODE = "en-us"
+# The zone pages show times in (each followed by its abbreviation: the ``|at`` filter); storage,
+# the audit chain, exports and the API stay in UTC whatever it is.
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
+try:
+    zoneinfo.ZoneInfo(TIME_ZONE)
+except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    raise ConfigError(f"TIME_ZONE={TIME_ZONE!r} is not a time zone name (e.g. UTC, Europe/Madrid)") from None
 USE_I18N = False
 USE_TZ = True
 
@@ -448,12 +457,17 @@ DRILL_OVERDUE_DAYS = env_int("DRPANEL_DRILL_OVERDUE_DAYS", 30, minimum=1, maximu
 
 # --- logging -------------------------------------------------------------------------------
 
+# json: one JSON object per line (time, level, logger, message, request_id, job_id), for log shippers.
+LOG_FORMAT = env_str("DRPANEL_LOG_FORMAT", "plain", choices=("plain", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "filters": {"scrub": {"()": "drpanel.scrub.ScrubFilter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["scrub"]}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "drpanel.logformat.json_formatter"},
+    },
+    "filters": {"scrub": {"()": "drpanel.scrub.ScrubFilter"}, "ids": {"()": "drpanel.logformat.RequestIdFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["scrub", "ids"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO", choices=(
         "DEBUG", "INFO", "WARNING", "ERROR"))},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
