@@ -9,6 +9,7 @@ a worker's records carry the id of the job it runs instead, under ``job_id``.
 
 import logging
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 from rq import get_current_job
 
@@ -31,9 +32,11 @@ class RequestIdFilter(logging.Filter):
 # The fields of every JSON line, in order, under the names log shippers expect; "time" is UTC (RFC 3339).
 JSON_FIELDS = ("levelname", "name", "message", "request_id", "job_id")
 JSON_RENAME = {"levelname": "level", "name": "logger"}
+# Extras are kept (``status_code``…), but not Django's ``request`` object: its text is only a repr.
+JSON_OMIT = (*RESERVED_ATTRS, "request")
 
 
 def json_formatter() -> JsonFormatter:
     """The ``json`` formatter of ``LOGGING`` (``DRPANEL_LOG_FORMAT=json``)."""
-    return JsonFormatter(list(JSON_FIELDS), rename_fields=JSON_RENAME, timestamp="time")
+    return JsonFormatter(list(JSON_FIELDS), rename_fields=JSON_RENAME, reserved_attrs=JSON_OMIT, timestamp="time")
 
