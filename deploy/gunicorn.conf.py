@@ -19,5 +19,19 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = None
 errorlog = "-"
+# With DRPANEL_LOG_FORMAT=json gunicorn's own lines (boot, worker restarts, timeouts) are JSON too,
+# so every line of the web process parses the same way.
+if os.environ.get("DRPANEL_LOG_FORMAT") == "json":
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "drpanel.logformat.json_formatter"}},
+        "filters": {"ids": {"()": "drpanel.logformat.RequestIdFilter"}},
+        "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["ids"],
+                              "stream": "ext://sys.stderr"}},
+        "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False},
+                    "gunicorn.access": {"level": "INFO", "handlers": ["json"], "propagate": False}},
+        "root": {"level": "INFO", "handlers": []},
+    }
 # X-Forwarded-Proto is trusted from the local proxy only (DRPANEL_BEHIND_TLS_PROXY decides for Django).
 forwarded_allow_ips = "127.0.0.1,::1"

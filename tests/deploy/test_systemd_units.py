@@ -220,8 +220,11 @@ def test_web_worker_and_cron_serve_in_production_from_the_units(unit_env, starte
         client.close()
     assert done.decode() == job_id
 
-    # Logs are JSON lines: the web's carry the request id, the worker's the job id.
+    # Logs are JSON lines (gunicorn's own too): the web's carry the request id, the worker's the job id.
+    web_output = [line for line in started.output("web").splitlines() if line.strip()]
+    assert web_output and all(line.startswith("{") for line in web_output), web_output[:5]
     web_lines = started.json_lines("web")
+    assert any(line["logger"] == "gunicorn.error" and "Booting worker" in line["message"] for line in web_lines)
     assert any(line["logger"] == "drpanel.request" and line["request_id"] == "deploy-ready-1"
                and line["message"].startswith("GET /health/ready 200") for line in web_lines), web_lines[-5:]
     wait_for(lambda: any(line.get("message") == "deploy job ran" for line in started.json_lines("worker")),
