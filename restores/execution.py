@@ -47,7 +47,7 @@ from drpanel import endpoints, runs, runtime, secrets
 from drpanel.models import Approval
 from drpanel.permissions import has_object_right
 from drpanel.scrub import scrub
-from restores import configs, healthchecks, materialize, pg, plainsql, sanity
+from restores import configs, healthchecks, materialize, pg, plainsql, roles, sanity
 from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, RestoreRun
 from restores.recovery_checks import create_recovery_checks, database_connectivity, evaluate_recovery_checks
 from restores.runstate import RunFailure, audit_details, current_binding_hash, transition
@@ -115,8 +115,8 @@ def enqueue_restore(run_id) -> None:
 def _plan(run: RestoreRun) -> list[tuple[str, int]]:
     steps = []
     if run.restores_database:
-        steps += [("fetch and decrypt", 25), ("restore into side database", 45), ("sanity checks", 4),
-                  ("row counts", 4)]
+        steps += [("roles: check", 1), ("fetch and decrypt", 25), ("roles: create", 2),
+                  ("restore into side database", 45), ("sanity checks", 4), ("row counts", 4)]
     if run.restores_config:
         weight = 4 if run.restores_database else 30
         steps += [("config: fetch and decrypt", weight), ("config: extract", weight)]
@@ -240,6 +240,7 @@ class _Execution:
             raise RunFailure(f"{plan.reason.split(':')[0]}; and this {artifact.get_format_display()} artifact "
                              "cannot be streamed: free some space and run the restore again")
         RestoreRun.objects.filter(pk=self.run.pk).update(plan={**plan.as_dict(), "format": artifact.format})
+        server_roles = self.check_roles()
         fetch, restore = "fetch and decrypt", "restore into side database"
         stored = artifact.size or 0
 
@@ -260,6 +261,7 @@ class _Execution:
                               detail=f"{made.stored_size} bytes from {made.copy.location.name}, SHA-256 matches, "
                                      f"every chunk authenticated; {made.plaintext_size} bytes decrypted to a "
                                      f"temporary file{refused}")
+            self.create_roles(server_roles)
             self.steps.start(restore, detail=f"pg_restore -j{plan.jobs} from the file"
                              if made.content == "pg_custom" else "psql, one transaction")
             if made.content == "pg_custom":
@@ -270,6 +272,8 @@ class _Execution:
                                                     self.steps.progress(restore, d / t if t else None, bytes=d))
         else:
             copy = materialize.pick_copy(artifact)
+            # Streamed: the roles are created before the chunks are read (they authenticate as they go).
+            self.create_roles(server_roles)
             self.steps.start(fetch, detail=f"streaming from {copy.location.name}: {note}")
             self.steps.start(restore, detail="pg_restore -j1 from the decrypting stream (low-disk fallback)")
             stream = materialize.plaintext_stream(artifact, copy, progress=fetched)
@@ -283,6 +287,42 @@ class _Execution:
                           data=result.as_dict())
         side_url = runtime.with_database_name(self.url, self.side)
         self.checks(side_url)
+
+    def check_roles(self):
+        """Authenticate and read the artifact's roles before anything is fetched (``restores.roles``)."""
+        name = "roles: check"
+        self.steps.start(name)
+        try:
+            found = roles.roles_check(self.run.artifact)
+        except roles.RolesRefused as exc:
+            raise RunFailure(str(exc)) from None
+        if found is None:
+            section = (self.run.artifact.manifest or {}).get("globals") or {}
+            why = f"the backup could not take them: {section['error']}" if section.get("error") else \
+                "the artifact carries no roles (made before roles were taken, or not by this panel)"
+            self.steps.skip(name, why)
+            self.steps.skip("roles: create", why)
+            return None
+        self.steps.finish(name, detail=f"{len(found.roles)} roles and {len(found.memberships)} memberships, "
+                                       "authenticated (sealed in the manifest)")
+        return found
+
+    def create_roles(self, found) -> None:
+        """Create the roles the target's server lacks, report the differences, before pg_restore runs."""
+        if found is None:
+            return
+        name = "roles: create"
+        self.steps.start(name)
+        try:
+            report = roles.roles_create(self.url, found)
+        except roles.RolesRefused as exc:
+            raise RunFailure(str(exc)) from None
+        self.save_results(roles=report.as_dict())
+        self.steps.finish(name, detail=report.summary(), data=report.as_dict())
+        if report.created or report.differences or report.withheld or report.memberships_not_granted:
+            with transaction.atomic():
+                audit_record(actor=None, action=AuditAction.RESTORE_ROLES_CREATED, obj=self.run,
+                             details=audit_details(self.run, roles=report.as_dict()))
 
     def checks(self, side_url: str) -> None:
         name = "sanity checks"
