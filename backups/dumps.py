@@ -79,7 +79,7 @@ def full_backup(run: BackupRun, steps: StepLog) -> Artifact:
         tables = pgtools.list_tables(conn)
         steps.finish(step, detail=f"PostgreSQL {facts['server_version']}, {tool.version}, {len(tables)} tables")
         artifact = _new_artifact(run, fmt=Artifact.Format.PG_CUSTOM)
-        roles = _capture_roles(url, facts["server_major"], artifact, steps)
+        roles = _capture_roles(url, facts["server_major"], artifact, steps, server_roles.database_properties(conn))
         step = steps.start("dump and encrypt")
         total_size = sum(size for _, _, size in tables) or 1
         sizes = {f"{s}.{t}": size for s, t, size in tables}
@@ -144,7 +144,7 @@ def full_backup(run: BackupRun, steps: StepLog) -> Artifact:
     return _finish_artifact(run, artifact, location, result, manifest, steps)
 
 
-def _capture_roles(url: str, server_major: int, artifact: Artifact, steps: StepLog) -> dict:
+def _capture_roles(url: str, server_major: int, artifact: Artifact, steps: StepLog, database: dict) -> dict:
     """The manifest's ``globals`` section: the server's roles, taken just before the dump (``backups.server_roles``).
 
     A failure does not fail the backup (the dump itself is good); the step and the manifest
@@ -155,7 +155,7 @@ def _capture_roles(url: str, server_major: int, artifact: Artifact, steps: StepL
     try:
         text, tool = server_roles.capture_globals(url, server_major, role_passwords=passwords)
         section = server_roles.seal_globals(text, artifact_id=artifact.id, keyring=get_keyring(),
-                                       tool_version=tool.version, role_passwords=passwords)
+                                       tool_version=tool.version, role_passwords=passwords, database=database)
     except (server_roles.GlobalsError, pgtools.ToolError, subprocess.SubprocessError, UnicodeDecodeError) as exc:
         message = scrub(exc)
         steps.finish(step, state="failed", detail=f"roles not taken: {message}"[:500])

@@ -25,6 +25,7 @@ import base64
 import binascii
 import hashlib
 import io
+import json
 import re
 import subprocess
 import uuid
@@ -80,10 +81,35 @@ def capture_globals(url: str, server_major: int, *, role_passwords: bool | None 
     return done.stdout, tool
 
 
-def seal_globals(text: bytes, *, artifact_id, keyring, tool_version: str, role_passwords: bool) -> dict:
-    """The manifest's ``globals`` section: ``text`` encrypted in the artifact format, with its checksums."""
+DATABASE_SQL = """
+SELECT d.datname, pg_get_userbyid(d.datdba), shobj_description(d.oid, 'pg_database'),
+       d.datacl IS NOT NULL,
+       (SELECT coalesce(json_agg(json_build_object('privilege', a.privilege_type, 'grantable', a.is_grantable,
+                                                   'grantee', CASE a.grantee WHEN 0 THEN NULL
+                                                              ELSE pg_get_userbyid(a.grantee) END)
+                                 ORDER BY a.grantee, a.privilege_type), '[]'::json)
+        FROM aclexplode(d.datacl) a)
+FROM pg_database d WHERE d.datname = current_database()
+"""
+
+
+def database_properties(conn) -> dict:
+    """What pg_dump leaves out without ``--create``: the database's owner, comment and grants."""
+    name, owner, comment, has_acl, grants = conn.execute(DATABASE_SQL).fetchone()
+    return {"name": name, "owner": owner, "comment": comment, "acl": grants if has_acl else None}
+
+
+def seal_globals(text: bytes, *, artifact_id, keyring, tool_version: str, role_passwords: bool,
+                 database: dict | None = None) -> dict:
+    """The manifest's ``globals`` section: ``text`` and ``database`` sealed in the artifact format.
+
+    The sealed plaintext is JSON: ``{"globals": <pg_dumpall output>, "database": <database_properties>}``,
+    so the database's owner and grants are authenticated like the roles.
+    """
     sealed = io.BytesIO()
-    result = formats.encrypt_stream(io.BytesIO(text), sealed, artifact_id=globals_id(artifact_id), keyring=keyring)
+    document = json.dumps({"globals": text.decode(), "database": database}, sort_keys=True).encode()
+    result = formats.encrypt_stream(io.BytesIO(document), sealed, artifact_id=globals_id(artifact_id),
+                                    keyring=keyring)
     parsed = parse_globals(text)
     return {
         "format": GLOBALS_FORMAT, "pg_dumpall": tool_version, "role_passwords": role_passwords,
@@ -94,8 +120,8 @@ def seal_globals(text: bytes, *, artifact_id, keyring, tool_version: str, role_p
     }
 
 
-def open_globals(section: dict, *, artifact_id, keyring) -> bytes:
-    """The globals text of a manifest section, after every check; ``GlobalsError`` if any fails."""
+def open_globals(section: dict, *, artifact_id, keyring) -> dict:
+    """``{"globals": text, "database": properties}`` of a manifest section (``GlobalsError`` if a check fails)."""
     if not isinstance(section, dict) or section.get("format") != GLOBALS_FORMAT:
         raise GlobalsError("the manifest's globals section is not a pg_dumpall --globals-only section")
     if section.get("encryption") != formats.ENCRYPTION_DRPANEL:
@@ -116,7 +142,13 @@ def open_globals(section: dict, *, artifact_id, keyring) -> bytes:
         raise GlobalsError(f"the manifest's globals could not be decrypted: {type(exc).__name__}: {exc}") from None
     if result.plaintext_sha256 != section.get("plaintext_sha256"):
         raise GlobalsError("the manifest's globals decrypt to other bytes than recorded")
-    return plain.getvalue()
+    try:
+        document = json.loads(plain.getvalue())
+        if not isinstance(document.get("globals"), str):
+            raise ValueError
+    except (ValueError, AttributeError):
+        raise GlobalsError("the manifest's globals are not a globals document") from None
+    return {"globals": document["globals"], "database": document.get("database") or None}
 
 
 def rewrap_globals(section: dict, *, artifact_id, keyring, to_key_id: str) -> dict:

@@ -116,7 +116,8 @@ def _plan(run: RestoreRun) -> list[tuple[str, int]]:
     steps = []
     if run.restores_database:
         steps += [("roles: check", 1), ("fetch and decrypt", 25), ("roles: create", 2),
-                  ("restore into side database", 45), ("sanity checks", 4), ("row counts", 4)]
+                  ("restore into side database", 45), ("roles: database owner and grants", 1), ("sanity checks", 4),
+                  ("row counts", 4)]
     if run.restores_config:
         weight = 4 if run.restores_database else 30
         steps += [("config: fetch and decrypt", weight), ("config: extract", weight)]
@@ -285,6 +286,7 @@ class _Execution:
         self.steps.finish(restore, detail=f"restored into {result.database} in {result.duration_s:.1f} s"
                           + (f" ({len(result.warnings)} warnings)" if getattr(result, "warnings", None) else ""),
                           data=result.as_dict())
+        self.adopt_database(server_roles)
         side_url = runtime.with_database_name(self.url, self.side)
         self.checks(side_url)
 
@@ -300,11 +302,11 @@ class _Execution:
             section = (self.run.artifact.manifest or {}).get("globals") or {}
             why = f"the backup could not take them: {section['error']}" if section.get("error") else \
                 "the artifact carries no roles (made before roles were taken, or not by this panel)"
-            self.steps.skip(name, why)
-            self.steps.skip("roles: create", why)
+            for skipped in (name, "roles: create", "roles: database owner and grants"):
+                self.steps.skip(skipped, why)
             return None
-        self.steps.finish(name, detail=f"{len(found.roles)} roles and {len(found.memberships)} memberships, "
-                                       "authenticated (sealed in the manifest)")
+        self.steps.finish(name, detail=f"{len(found.globals.roles)} roles and {len(found.globals.memberships)} "
+                                       "memberships, authenticated (sealed in the manifest)")
         return found
 
     def create_roles(self, found) -> None:
@@ -314,7 +316,7 @@ class _Execution:
         name = "roles: create"
         self.steps.start(name)
         try:
-            report = roles.roles_create(self.url, found)
+            report = roles.roles_create(self.url, found.globals)
         except roles.RolesRefused as exc:
             raise RunFailure(str(exc)) from None
         self.save_results(roles=report.as_dict())
@@ -323,6 +325,18 @@ class _Execution:
             with transaction.atomic():
                 audit_record(actor=None, action=AuditAction.RESTORE_ROLES_CREATED, obj=self.run,
                              details=audit_details(self.run, roles=report.as_dict()))
+
+    def adopt_database(self, found) -> None:
+        """On a server where ``<db>`` is new, the side database takes the backup's owner, comment and grants."""
+        if found is None:
+            return
+        name = "roles: database owner and grants"
+        self.steps.start(name)
+        try:
+            detail = roles.database_adopt(self.url, self.side, found.database)
+        except roles.RolesRefused as exc:
+            raise RunFailure(f"{exc}; the target is untouched") from None
+        self.steps.finish(name, detail=detail)
 
     def checks(self, side_url: str) -> None:
         name = "sanity checks"

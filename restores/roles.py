@@ -34,28 +34,80 @@ from psycopg import sql
 from backups.keys import get_keyring
 from backups.models import Artifact
 from backups.server_roles import FLAGS, PASSWORD_VERIFIER, Globals, GlobalsError, open_globals, parse_globals
-from restores.pg.connect import connect, first_line
+from restores.pg.connect import connect, database_name, first_line
 from restores.pg.errors import PgOpsError
 
 WITHHELD = ("SUPERUSER", "REPLICATION", "BYPASSRLS", "CREATEROLE")
 # Predefined roles as strong as a superuser: they read or write the server's files or run programs.
 SERVER_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
+DATABASE_PRIVILEGES = ("CREATE", "CONNECT", "TEMPORARY")
 
 
 class RolesRefused(Exception):
     """The backup's roles cannot be trusted or created; the message is meant for the operator."""
 
 
-def roles_check(artifact: Artifact) -> Globals | None:
+@dataclass
+class BackupRoles:
+    """An artifact's sealed globals, opened: its server's roles, and its database's owner, comment and grants."""
+
+    globals: Globals
+    database: dict | None
+
+
+def roles_check(artifact: Artifact) -> BackupRoles | None:
     """The artifact's roles, authenticated and parsed, or None when it carries none (``RolesRefused`` if changed)."""
     section = (artifact.manifest or {}).get("globals")
     if not section or not section.get("data"):
         return None
     try:
-        text = open_globals(section, artifact_id=artifact.id, keyring=get_keyring())
-        return parse_globals(text)
+        document = open_globals(section, artifact_id=artifact.id, keyring=get_keyring())
+        return BackupRoles(globals=parse_globals(document["globals"]), database=document["database"])
     except (GlobalsError, UnicodeDecodeError) as exc:
         raise RolesRefused(f"the artifact's roles are refused: {exc}; the target is untouched") from None
+
+
+def database_adopt(url: str, side: str, database: dict | None) -> str:
+    """Give the side database the backup's owner, comment and grants when ``<db>`` is new on this server.
+
+    pg_dump carries them only with ``--create``; when ``<db>`` exists, the side database
+    already took them from it (``restores.pg.databases.create_side_database``). Returns what was done.
+    """
+    if not database:
+        return "the backup does not record its database's owner and grants"
+    live = database_name(url)
+    try:
+        with connect(url) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [live]).fetchone():
+                return f"{live} exists on the server: its owner and grants are kept"
+            present = {row[0] for row in conn.execute("SELECT rolname FROM pg_roles")}
+            target = sql.Identifier(side)
+            done = []
+            with conn.transaction():
+                if database.get("owner") in present:
+                    conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                        target, sql.Identifier(database["owner"])))
+                    done.append(f"owner {database['owner']}")
+                if database.get("comment") is not None:
+                    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                        target, sql.Literal(database["comment"])))
+                    done.append("comment")
+                if database.get("acl") is not None:
+                    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(target))
+                    for grant in database["acl"]:
+                        if grant.get("privilege") not in DATABASE_PRIVILEGES:
+                            continue
+                        grantee = grant.get("grantee")
+                        if grantee is not None and grantee not in present:
+                            continue
+                        conn.execute(sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+                            sql.SQL(grant["privilege"]), target,
+                            sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee),
+                            sql.SQL(" WITH GRANT OPTION") if grant.get("grantable") else sql.SQL("")))
+                    done.append(f"{len(database['acl'])} grants")
+    except psycopg.Error as exc:
+        raise RolesRefused(f"giving {side} the backup's owner and grants failed: {first_line(exc)}") from None
+    return f"{live} is new on this server: {', '.join(done) or 'nothing to set'} as in the backup"
 
 
 @dataclass
@@ -99,7 +151,7 @@ _MEMBERS_SQL = ("SELECT r.rolname, m.rolname, a.admin_option FROM pg_auth_member
 
 def roles_create(url: str, found: Globals) -> RolesReport:
     """Create on the server of ``url`` the backup's roles it lacks (one transaction), report the rest."""
-    report = RolesReport(in_backup=sorted(found.roles))
+    report = RolesReport(in_backup=sorted(found.roles), skipped=list(found.skipped))
     try:
         with connect(url) as conn:
             server = {row[0]: dict(zip(("name", *FLAGS.values(), "rolconnlimit"), row, strict=True))
@@ -165,7 +217,6 @@ def _plan(found: Globals, server: dict, members: dict, report: RolesReport) -> l
         if spec.comment is not None:
             statements.append(sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(name),
                                                                          sql.Literal(spec.comment)))
-        report.skipped += [f"role {name}: {setting}" for setting in spec.settings]
     created = set(report.created)
     for grant in found.memberships:
         entry = {"role": grant.role, "member": grant.member, "admin": grant.admin}
