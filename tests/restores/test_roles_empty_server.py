@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from backups import server_roles
+from backups import keyrotation, server_roles
 from backups.keys import KeyConfig, get_keyring
 from backups.models import Artifact, StorageLocation, System
 from compliance.models import AuditEvent
@@ -53,6 +53,7 @@ GRANT SELECT ON LARGE OBJECT 424242 TO app_reader;
 COMMENT ON LARGE OBJECT 424242 IS 'first invoice';
 RESET ROLE;
 SELECT lo_from_bytea(424243, 'owned by postgres');
+GRANT SELECT ON LARGE OBJECT 424243 TO app_owner;
 """
 
 ROLES_SETUP = """
@@ -344,3 +345,35 @@ def test_planted_globals_create_no_superuser_and_change_no_existing_role(pair):
 def test_a_psql_meta_command_in_the_globals_is_refused():
     with pytest.raises(server_roles.GlobalsError, match="meta-command"):
         server_roles.parse_globals(b"CREATE ROLE a;\n\\! touch /tmp/owned\n")
+
+
+def test_a_key_rotation_rewraps_the_sealed_roles_with_the_artifact(pair, shop_on, settings, loop_keys):
+    artifact = take_backup(shop_on, "full")
+    keys = {**loop_keys, "k2": bytes(range(32))}
+    settings.BACKUP_KEYS = KeyConfig(master_keys=keys, active_key_id="k1", source="test")
+
+    artifact = keyrotation.artifact_rewrap(actor=None, artifact=artifact, to_key_id="k2")
+
+    section = artifact.manifest["globals"]
+    assert section["key_id"] == "k2" and artifact.key_id == "k2"
+    settings.BACKUP_KEYS = KeyConfig(master_keys={"k2": keys["k2"]}, active_key_id="k2", source="test")
+    document = server_roles.open_globals(section, artifact_id=artifact.id, keyring=get_keyring())
+    assert "CREATE ROLE app_owner;" in document["globals"] and document["database"]["owner"] == "app_owner"
+
+
+def test_a_full_whose_roles_cannot_be_taken_still_succeeds_and_says_so(pair, shop_on, monkeypatch, settings):
+    source, _ = pair
+    # Password verifiers need pg_authid, which only a superuser reads: the system's own role is not one.
+    settings.BACKUP_ROLE_PASSWORDS = True
+    monkeypatch.setenv("DRPANEL_SECRET_ROLES_SOURCE_URL", source.url("shop").replace("postgres@", "app_owner@"))
+
+    artifact = take_backup(shop_on, "full")
+
+    section = artifact.manifest["globals"]
+    assert "data" not in section and "pg_dumpall --globals-only exited" in section["error"]
+    run = artifact.runs.get()
+    roles_step = next(s for s in run.steps if s["name"] == "roles")
+    assert roles_step["state"] == "failed" and "roles not taken" in roles_step["detail"]
+    event = AuditEvent.objects.get(action="backup.succeeded", object_id=str(artifact.pk))
+    assert event.details["failed_steps"] == ["roles"]
+    assert roles.roles_check(artifact) is None
