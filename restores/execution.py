@@ -115,9 +115,8 @@ def enqueue_restore(run_id) -> None:
 def _plan(run: RestoreRun) -> list[tuple[str, int]]:
     steps = []
     if run.restores_database:
-        steps += [("roles: check", 1), ("fetch and decrypt", 25), ("roles: create", 2),
-                  ("restore into side database", 45), ("roles: database owner and grants", 1), ("sanity checks", 4),
-                  ("row counts", 4)]
+        steps += [("fetch and decrypt", 25), ("roles", 2), ("restore into side database", 45),
+                  ("database owner and grants", 1), ("sanity checks", 4), ("row counts", 4)]
     if run.restores_config:
         weight = 4 if run.restores_database else 30
         steps += [("config: fetch and decrypt", weight), ("config: extract", weight)]
@@ -241,7 +240,6 @@ class _Execution:
             raise RunFailure(f"{plan.reason.split(':')[0]}; and this {artifact.get_format_display()} artifact "
                              "cannot be streamed: free some space and run the restore again")
         RestoreRun.objects.filter(pk=self.run.pk).update(plan={**plan.as_dict(), "format": artifact.format})
-        server_roles = self.check_roles()
         fetch, restore = "fetch and decrypt", "restore into side database"
         stored = artifact.size or 0
 
@@ -262,7 +260,7 @@ class _Execution:
                               detail=f"{made.stored_size} bytes from {made.copy.location.name}, SHA-256 matches, "
                                      f"every chunk authenticated; {made.plaintext_size} bytes decrypted to a "
                                      f"temporary file{refused}")
-            self.create_roles(server_roles)
+            server_roles = self.create_roles()
             self.steps.start(restore, detail=f"pg_restore -j{plan.jobs} from the file"
                              if made.content == "pg_custom" else "psql, one transaction")
             if made.content == "pg_custom":
@@ -274,7 +272,7 @@ class _Execution:
         else:
             copy = materialize.pick_copy(artifact)
             # Streamed: the roles are created before the chunks are read (they authenticate as they go).
-            self.create_roles(server_roles)
+            server_roles = self.create_roles()
             self.steps.start(fetch, detail=f"streaming from {copy.location.name}: {note}")
             self.steps.start(restore, detail="pg_restore -j1 from the decrypting stream (low-disk fallback)")
             stream = materialize.plaintext_stream(artifact, copy, progress=fetched)
@@ -290,9 +288,12 @@ class _Execution:
         side_url = runtime.with_database_name(self.url, self.side)
         self.checks(side_url)
 
-    def check_roles(self):
-        """Authenticate and read the artifact's roles before anything is fetched (``restores.roles``)."""
-        name = "roles: check"
+    def create_roles(self):
+        """Authenticate the artifact's roles, then create those the target's server lacks (``restores.roles``).
+
+        Runs before pg_restore touches the target's server; a changed globals section is refused here.
+        """
+        name = "roles"
         self.steps.start(name)
         try:
             found = roles.roles_check(self.run.artifact)
@@ -302,19 +303,9 @@ class _Execution:
             section = (self.run.artifact.manifest or {}).get("globals") or {}
             why = f"the backup could not take them: {section['error']}" if section.get("error") else \
                 "the artifact carries no roles (made before roles were taken, or not by this panel)"
-            for skipped in (name, "roles: create", "roles: database owner and grants"):
+            for skipped in (name, "database owner and grants"):
                 self.steps.skip(skipped, why)
             return None
-        self.steps.finish(name, detail=f"{len(found.globals.roles)} roles and {len(found.globals.memberships)} "
-                                       "memberships, authenticated (sealed in the manifest)")
-        return found
-
-    def create_roles(self, found) -> None:
-        """Create the roles the target's server lacks, report the differences, before pg_restore runs."""
-        if found is None:
-            return
-        name = "roles: create"
-        self.steps.start(name)
         try:
             report = roles.roles_create(self.url, found.globals)
         except roles.RolesRefused as exc:
@@ -325,12 +316,13 @@ class _Execution:
             with transaction.atomic():
                 audit_record(actor=None, action=AuditAction.RESTORE_ROLES_CREATED, obj=self.run,
                              details=audit_details(self.run, roles=report.as_dict()))
+        return found
 
     def adopt_database(self, found) -> None:
         """On a server where ``<db>`` is new, the side database takes the backup's owner, comment and grants."""
         if found is None:
             return
-        name = "roles: database owner and grants"
+        name = "database owner and grants"
         self.steps.start(name)
         try:
             detail = roles.database_adopt(self.url, self.side, found.database)
