@@ -45,6 +45,7 @@ CREATE TABLE store.orders (id bigint NOT NULL, placed date NOT NULL, amount nume
 CREATE TABLE store.orders_2025 PARTITION OF store.orders FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
 CREATE TABLE store.orders_2026 PARTITION OF store.orders FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
 GRANT SELECT ON store.orders TO app_reader;
+GRANT UPDATE (amount) ON store.orders TO app_writer;
 INSERT INTO store.customers (email, tenant)
   SELECT 'C' || g || '@example.org', 't' || (g % 3) FROM generate_series(1, 50) g;
 INSERT INTO store.orders SELECT g, date '2025-06-01' + g, g * 1.5 FROM generate_series(1, 400) g;
@@ -134,8 +135,9 @@ FACTS = {
                 "FROM pg_database WHERE datname = current_database()",
     "acls": "SELECT c.relname, c.relacl::text, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'store' ORDER BY 1",
-    "column_acls": "SELECT attrelid::regclass::text, attname, attacl::text FROM pg_attribute "
-                   "WHERE attacl IS NOT NULL ORDER BY 1, 2",
+    "column_acls": "SELECT attrelid::regclass::text, attname, attacl::text FROM pg_attribute a "
+                   "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                   "WHERE attacl IS NOT NULL AND n.nspname = 'store' ORDER BY 1, 2",
     "policies": "SELECT schemaname, tablename, policyname, permissive, roles::text, cmd, qual, with_check "
                 "FROM pg_policies ORDER BY 1, 2, 3",
     "extensions": "SELECT e.extname, e.extversion, n.nspname, pg_get_userbyid(e.extowner) FROM pg_extension e "
