@@ -155,7 +155,7 @@ def _capture_roles(url: str, server_major: int, artifact: Artifact, steps: StepL
     try:
         text, tool = server_roles.capture_globals(url, server_major, role_passwords=passwords)
         section = server_roles.seal_globals(text, artifact_id=artifact.id, keyring=get_keyring(),
-                                       tool_version=tool.version, role_passwords=passwords, database=database)
+                                            tool_version=tool.version, role_passwords=passwords, database=database)
     except (server_roles.GlobalsError, pgtools.ToolError, subprocess.SubprocessError, UnicodeDecodeError) as exc:
         message = scrub(exc)
         steps.finish(step, state="failed", detail=f"roles not taken: {message}"[:500])

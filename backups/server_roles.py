@@ -66,7 +66,9 @@ def capture_globals(url: str, server_major: int, *, role_passwords: bool | None 
         role_passwords = settings.BACKUP_ROLE_PASSWORDS
     tool = pgbin.find_tool("pg_dumpall", server_major)
     env = pgtools.libpq_env(url)
-    cmd = [tool.path, "--globals-only", "--no-tablespaces", "--no-password", f"--database={env.get('PGDATABASE', '')}"]
+    cmd = [tool.path, "--globals-only", "--no-tablespaces", "--no-password"]
+    if env.get("PGDATABASE"):  # the system's own database: its role may lack CONNECT on "postgres"
+        cmd.append(f"--database={env['PGDATABASE']}")
     if not role_passwords:
         cmd.append("--no-role-passwords")
     done = subprocess.run(cmd, env=env, capture_output=True, timeout=300, check=False)
