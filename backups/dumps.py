@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from backups import formats, hooks, pgtools
+from backups import formats, hooks, pgtools, server_roles
 from backups.copies import copy_artifact, copy_failed, write_manifest
 from backups.errors import BackupError
 from backups.keys import get_keyring
@@ -79,6 +79,7 @@ def full_backup(run: BackupRun, steps: StepLog) -> Artifact:
         tables = pgtools.list_tables(conn)
         steps.finish(step, detail=f"PostgreSQL {facts['server_version']}, {tool.version}, {len(tables)} tables")
         artifact = _new_artifact(run, fmt=Artifact.Format.PG_CUSTOM)
+        roles = _capture_roles(url, facts["server_major"], artifact, steps, server_roles.database_properties(conn))
         step = steps.start("dump and encrypt")
         total_size = sum(size for _, _, size in tables) or 1
         sizes = {f"{s}.{t}": size for s, t, size in tables}
@@ -136,10 +137,32 @@ def full_backup(run: BackupRun, steps: StepLog) -> Artifact:
                      "database": facts["database"], "database_size": facts["database_size"],
                      "pg_dump": tool.version, "pg_dump_major": tool.major},
         "tables": counts.get("tables", []),
+        "globals": roles,
         "row_counts": ("exact count(*) per table, in the dump's own snapshot (pg_export_snapshot + pg_dump --snapshot)"
                        if "tables" in counts else f"not taken ({counts.get('error', 'unknown error')})"),
     })
     return _finish_artifact(run, artifact, location, result, manifest, steps)
+
+
+def _capture_roles(url: str, server_major: int, artifact: Artifact, steps: StepLog, database: dict) -> dict:
+    """The manifest's ``globals`` section: the server's roles, taken just before the dump (``backups.server_roles``).
+
+    A failure does not fail the backup (the dump itself is good); the step and the manifest
+    say that this full will not bring its roles onto an empty server.
+    """
+    step = steps.start("roles")
+    passwords = settings.BACKUP_ROLE_PASSWORDS
+    try:
+        text, tool = server_roles.capture_globals(url, server_major, role_passwords=passwords)
+        section = server_roles.seal_globals(text, artifact_id=artifact.id, keyring=get_keyring(),
+                                            tool_version=tool.version, role_passwords=passwords, database=database)
+    except (server_roles.GlobalsError, pgtools.ToolError, subprocess.SubprocessError, UnicodeDecodeError) as exc:
+        message = scrub(exc)
+        steps.finish(step, state="failed", detail=f"roles not taken: {message}"[:500])
+        return {"format": server_roles.GLOBALS_FORMAT, "error": message[:500]}
+    steps.finish(step, detail=f"{len(section['roles'])} roles (pg_dumpall --globals-only, passwords "
+                              f"{'included' if passwords else 'left out'}), sealed in the manifest")
+    return section
 
 
 def config_backup(run: BackupRun, steps: StepLog) -> Artifact:

@@ -329,6 +329,8 @@ PG_BIN_DIR = env_str("PG_BIN_DIR") or None
 BACKUP_SPOOL_DIR = Path(env_str("DRPANEL_SPOOL_DIR") or VAR_DIR / "spool")
 BACKUP_CHUNK_SIZE = env_int("DRPANEL_CHUNK_SIZE", 1 << 20, minimum=1 << 10, maximum=1 << 26)
 BACKUP_RETRY_MINUTES = env_int("DRPANEL_BACKUP_RETRY_MINUTES", 30, minimum=1)
+# Logical fulls carry the server's roles (pg_dumpall --globals-only); their password verifiers only when on.
+BACKUP_ROLE_PASSWORDS = env_bool("DRPANEL_BACKUP_ROLE_PASSWORDS", False)
 # A running backup whose row has not heard from its worker for this long is failed by the reaper.
 BACKUP_STALE_SECONDS = env_int("DRPANEL_BACKUP_STALE_SECONDS", 180, minimum=5)
 # A queued backup whose RQ job is gone is queued again after this wait, and failed after the second one.

@@ -205,6 +205,10 @@ class AuditAction(StrEnum):
     VERIFICATION_CANCELLED = "verification.cancelled", "Someone cancelled a queued or running verification."
     VERIFICATION_REQUEUED = "verification.requeued", "A verification whose job was lost was queued again."
 
+    # Roles with every logical full (restores onto an empty server).
+    RESTORE_ROLES_CREATED = ("restore.roles_created", "A restore created the backup's roles missing on the target's "
+                             "server, or found its existing roles different (never altered).")
+
 
 _EXTRA: dict[str, str] = {}
 

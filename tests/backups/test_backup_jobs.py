@@ -35,7 +35,8 @@ def test_a_full_backup_dumps_encrypts_and_verifies_the_offsite_copy(operator, sy
     run = backup_run_execute(run.id)
     assert run.state == BackupRun.State.SUCCEEDED, run.error
     assert run.percent == 100
-    assert [s["state"] for s in run.steps] == ["succeeded"] * 3
+    assert [s["name"] for s in run.steps] == ["connect", "roles", "dump and encrypt", "copy to offsite"]
+    assert [s["state"] for s in run.steps] == ["succeeded"] * 4
     artifact = run.artifact
     assert artifact.status == Artifact.Status.AVAILABLE
     assert artifact.format == "pg_custom" and artifact.key_id == "k1"
