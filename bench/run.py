@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.protocol import parse  # noqa: E402 - after the path is set
+from bench.stats import Conditions  # noqa: E402
 
 SCALES = ("quick", "default", "full")
 
@@ -101,6 +102,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def conditions_table(rows: list[dict]) -> str:
+    """How each figure was taken: its runs and spread, and what else the machine did meanwhile."""
+    lines = ["| benchmark | runs | min – max | spread | load average before → after | beside other work |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        c = r.get("conditions") or {}
+        spread = f"{r['spread']:.0%}" if r.get("spread") is not None else "—"
+        span = f"{fmt(r.get('low'))} – {fmt(r.get('high'))}" if r.get("low") is not None else "—"
+        load = f"{c['load_before']:.2f} → {c['load_after']:.2f}" if c else "—"
+        other = ("**yes**, " if c.get("busy") else "no, ") + f"{c['others_cores']:.2f} cores" if c else "—"
+        lines.append(f"| {r['name']} | {r.get('runs') or '—'} | {span} | {spread} | {load} | {other} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=SCALES, default="default")
@@ -125,7 +140,7 @@ def main() -> int:
         print(f"== {name}: {' '.join(argv[1:])}", flush=True)
         started = time.monotonic()
         log_path = logs / f"{name}.log"
-        with open(log_path, "w") as log:
+        with open(log_path, "w") as log, Conditions() as around:
             proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, bufsize=1)
             output = []
@@ -137,9 +152,11 @@ def main() -> int:
         seconds = time.monotonic() - started
         figures = parse("".join(output))
         runs.append({"name": name, "argv": argv[1:], "exit_status": status, "seconds": round(seconds, 1),
+                     "conditions": around.as_dict(),
                      "log": str(log_path.relative_to(ROOT) if log_path.is_relative_to(ROOT) else log_path)})
         for figure in figures:
-            rows.append({"benchmark": name, **figure})
+            # A script that did not say what ran beside it gets its whole run's conditions.
+            rows.append({"benchmark": name, "conditions": around.as_dict(), **figure})
         if not figures or status != 0:
             why = f"exited with {status}" if status else "printed no BENCH line"
             rows.append({"benchmark": name, "name": f"{name} (not reported)", "ours": None, "raw": None,
@@ -147,7 +164,10 @@ def main() -> int:
                          "note": f"{why}; see {runs[-1]['log']}"})
         print(f"== {name}: {seconds:.0f} s, {len(figures)} figure(s), exit status {status}", flush=True)
     info["load_average_end"] = round(os.getloadavg()[0], 2)
-    text = table(rows)
+    text = table(rows) + "\n\nHow each figure was taken:\n\n" + conditions_table(rows)
+    if any((r.get("conditions") or {}).get("busy") for r in rows):
+        text += ("\n\nFigures marked \"beside other work\" were taken while other processes kept the machine busy: "
+                 "their times and ratios are not those of a quiet machine.")
     notes = [f"- {r['name']}: {r['note']}" for r in rows if r.get("note")]
     header = (f"Benchmarks at scale **{args.scale}**, {stamp}, commit {info['commit']}: {info['cpus']} CPUs, "
               f"{info['memory_gib']} GiB, PostgreSQL {info['postgresql']}, Python {info['python']}; load average "
