@@ -45,12 +45,12 @@ def benchmarks(scale: str, prefix: str, server_url: str) -> list[tuple[str, list
               "full": []}[scale]
     audit_events = {"quick": "20000", "default": "500000", "full": "1000000"}[scale]
     restore = {"quick": ["--scale", "2", "--rounds", "1", "--swaps", "5", "--repeat", "3"],
-               "default": ["--scale", "30", "--partitions", "2", "--rounds", "2"],
+               "default": ["--scale", "30", "--partitions", "2", "--rounds", "3"],
                "full": ["--scale", "50", "--partitions", "4"]}[scale]
     # The loop through the panel's jobs (verified restore, decrypt-level verification, structure check, click →
     # job started); the swap is restore_ops' measurement, so it is not taken twice.
     loop = {"quick": ["--quick"],
-            "default": ["--scale", "10", "--realistic-mb", "150", "--rounds", "2", "--verify-repeat", "5"],
+            "default": ["--scale", "10", "--realistic-mb", "150", "--rounds", "3", "--verify-repeat", "3"],
             "full": []}[scale]
     requests = {"quick": "10", "default": "30", "full": "30"}[scale]
     return [
@@ -61,6 +61,38 @@ def benchmarks(scale: str, prefix: str, server_url: str) -> list[tuple[str, list
         ("restore", [py, "bench/restore.py", "--panel-db", f"{prefix}_loop", "--skip", "swap", *loop]),
         ("jobs", [py, "bench/jobs.py", "--requests", requests, "--panel-db", f"{prefix}_jobs"]),
     ]
+
+
+# How cost grows (issue 16, item 4), run by ``SCALE=full`` after the benchmarks above.
+SCALING_DATABASE_MB = (500, 1000, 2000, 4000)
+SCALING_ARTIFACTS = (10_000, 100_000, 1_000_000)
+SCALING_EVENTS = (100_000, 1_000_000, 10_000_000)
+SCALING_SYSTEMS = (1, 10, 100)
+
+
+def scaling(prefix: str, server_url: str) -> list[tuple[str, list[str]]]:
+    """(name, argv) of the scaling table's rows: one benchmark script per size."""
+    from drpanel.runtime import with_database_name
+
+    py = sys.executable
+    rows = []
+    for mb in SCALING_DATABASE_MB:
+        rows.append((f"backup at {mb} MB", [py, "bench/backup.py", "--panel-db", prefix, "--skip", "pgbench",
+                                            "--skip", "list", "--realistic-mb", str(mb), "--repeats", "3"]))
+        rows.append((f"verified restore at {mb} MB", [py, "bench/restore.py", "--panel-db", f"{prefix}_loop",
+                                                      "--skip", "pgbench", "--skip", "swap", "--skip", "click",
+                                                      "--realistic-mb", str(mb), "--rounds", "3"]))
+    for count in SCALING_ARTIFACTS:
+        rows.append((f"artifact list at {count:,}", [py, "bench/backup.py", "--panel-db", prefix, "--skip", "pgbench",
+                                                     "--skip", "realistic", "--list-size", str(count)]))
+    for events in SCALING_EVENTS:
+        rows.append((f"audit at {events:,} events", [py, "bench/audit.py", "--events", str(events), "--database-url",
+                                                     with_database_name(server_url, f"{prefix}_audit_bench")]))
+    for systems in SCALING_SYSTEMS:
+        rows.append((f"dashboard with {systems} systems", [py, "bench/health.py", "--systems", str(systems),
+                                                          "--database-url",
+                                                          with_database_name(server_url, f"{prefix}_health_bench")]))
+    return rows
 
 
 def machine() -> dict:
@@ -134,7 +166,11 @@ def main() -> int:
     print(f"make bench, scale {args.scale}: {info['cpus']} CPUs, {info['memory_gib']} GiB, PostgreSQL "
           f"{info['postgresql']}, load average {info['load_average_start']}; logs in {logs}", flush=True)
     rows, runs = [], []
-    for name, argv in benchmarks(args.scale, args.prefix, info.pop("server_url")):
+    server_url = info.pop("server_url")
+    planned = benchmarks(args.scale, args.prefix, server_url)
+    if args.scale == "full":
+        planned += scaling(args.prefix, server_url)
+    for name, argv in planned:
         if args.only and name not in args.only:
             continue
         print(f"== {name}: {' '.join(argv[1:])}", flush=True)

@@ -161,3 +161,18 @@ def test_a_wait_past_its_deadline_names_what_it_waited_for():
     with pytest.raises(SystemExit, match="gave up after 0 s waiting for the backup run 7 to finish\nlast log line"):
         installation.wait_until(lambda: False, 0.05, "the backup run 7 to finish", interval=0.01,
                                 detail=lambda: "last log line")
+
+
+def test_the_scaling_rows_call_existing_scripts_with_options_they_take():
+    rows = run.scaling("drpanel_bench", "postgresql://postgres@127.0.0.1:5432/x")
+    assert len(rows) == 2 * len(run.SCALING_DATABASE_MB) + len(run.SCALING_ARTIFACTS) + len(run.SCALING_EVENTS) + len(
+        run.SCALING_SYSTEMS)
+    helps = {}
+    for name, argv in rows:
+        script = argv[1]
+        assert (ROOT / script).is_file(), name
+        if script not in helps:
+            helps[script] = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True,
+                                           text=True, timeout=60, check=True).stdout
+        for option in (arg for arg in argv[2:] if arg.startswith("--")):
+            assert option in helps[script], f"{name}: {script} has no {option}"
