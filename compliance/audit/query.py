@@ -19,7 +19,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from compliance.audit.models import AuditEvent
 from compliance.audit.record import canonical_time, event_fields
-from compliance.audit.rows import FETCH_ROWS, ROW_FIELDS, ROW_SQL, Prefetched, canonical_line
+from compliance.audit.rows import ROW_FIELDS, ROW_SQL, Prefetched, canonical_line
 
 TABLE = AuditEvent._meta.db_table
 __all__ = ["ROW_SQL", "AuditFilter", "FilterError", "Page", "canonical_line", "event_json", "event_rows",
@@ -190,8 +190,11 @@ def events_page(flt: AuditFilter, *, before: int | None = None, after: int | Non
 # --- streamed rows ---------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def event_rows(flt: AuditFilter | None = None, *, up_to_seq: int | None = None, batch: int = FETCH_ROWS):
+def event_rows(flt: AuditFilter | None = None, *, up_to_seq: int | None = None, batch: int = 1_000):
     """Rows of ``ROW_SQL`` by ascending ``seq``, fetched ``batch`` at a time from a server-side cursor.
+
+    Up to three batches are in memory at once (``Prefetched``): exports keep the default, so
+    their peak stays within its goal; verification takes ``FETCH_ROWS``.
 
     ``details`` arrive as PostgreSQL's text of the jsonb; ``canonical_line`` turns a row
     into the bytes its hash covers.

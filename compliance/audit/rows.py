@@ -26,8 +26,8 @@ ROW_SQL = (
 ROW_FIELDS = ("seq", "occurred_at", "actor_id", "actor_username", "client_ip", "user_agent", "request_id",
               "action", "object_type", "object_id", "object_repr", "outcome", "details", "prev_hash", "hash")
 
-# Rows per FETCH: large enough that round trips do not count, small enough that two batches
-# waiting (``Prefetched``) stay a few MiB.
+# Rows per FETCH for verification: large enough that round trips do not count (three batches,
+# ``Prefetched``'s most, are about 30 MiB of rows).
 FETCH_ROWS = 5_000
 
 MISSING_SEQ = "missing seq"
@@ -128,11 +128,12 @@ class Prefetched:
 
     A ``FETCH`` makes PostgreSQL compute its rows only when asked: fetched in turn, the
     server's formatting and this process's hashing add up; here they overlap (psycopg
-    releases the GIL while it waits). At most ``depth`` batches wait, so memory stays flat.
+    releases the GIL while it waits). At most ``depth`` batches wait (and one is being fetched),
+    so memory stays flat.
     ``close()`` stops the thread; call it before the cursor closes.
     """
 
-    def __init__(self, cursor, size: int, depth: int = 2):
+    def __init__(self, cursor, size: int, depth: int = 1):
         self._batches: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fetch, args=(cursor, size), daemon=True,
