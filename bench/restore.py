@@ -348,10 +348,13 @@ class Bench:
                 job.refresh()
                 raw.append(job.started_at.timestamp() - started)
 
+            parts: dict[str, list[float]] = {"request": [], "queued": [], "horse": []}
+
             def click() -> None:
                 started = time.time()
                 response = client.post(url, {"artifact": artifact.pk, "target": target.pk, "mode": "database-only",
                                              "confirm": target.name})
+                answered = time.time()
                 assert response.status_code == 302, response.status_code
                 run = RestoreRun.objects.filter(target=target).order_by("-created_at").first()
 
@@ -362,6 +365,14 @@ class Bench:
                 wait_until(started_now, 60, f"restore run {run.pk} (click {len(clicks) + 1}) to be started by the "
                            "benchmark's worker", interval=0.002)
                 clicks.append(run.started_at.timestamp() - started)
+                # Where the time went: the request (form, service, audit, commit, enqueue), the job waiting
+                # until RQ started it (pickup and fork), and the work horse until the run row said running.
+                run.refresh_from_db(fields=["job_id"])
+                job = queues.get_queue("restore").fetch_job(run.job_id) if run.job_id else None
+                if job is not None and job.started_at is not None:
+                    parts["request"].append(answered - started)
+                    parts["queued"].append(job.started_at.timestamp() - answered)
+                    parts["horse"].append(run.started_at.timestamp() - job.started_at.timestamp())
 
                 def finished(run=run):
                     run.refresh_from_db(fields=["state"])
@@ -378,6 +389,11 @@ class Bench:
         finally:
             worker.terminate()
             worker.wait(30)
+        if parts["request"]:
+            log("click → job started, medians: " + ", ".join(
+                f"{name} {median(values) * 1000:.0f} ms" for name, values in parts.items())
+                + " (request: the POST until its answer; queued: answer → RQ started the job; horse: RQ start → "
+                "the run row running)")
         # The spread of the p95 over three consecutive thirds of the clicks.
         thirds = [clicks[n * len(clicks) // 3:(n + 1) * len(clicks) // 3] for n in range(3)]
         spread = summary([p95(part) * 1000 for part in thirds if part])
