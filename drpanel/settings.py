@@ -328,6 +328,9 @@ if PRODUCTION and not (BACKUP_KEYS.master_keys or BACKUP_KEYS.kms_key_id):
 PG_BIN_DIR = env_str("PG_BIN_DIR") or None
 BACKUP_SPOOL_DIR = Path(env_str("DRPANEL_SPOOL_DIR") or VAR_DIR / "spool")
 BACKUP_CHUNK_SIZE = env_int("DRPANEL_CHUNK_SIZE", 1 << 20, minimum=1 << 10, maximum=1 << 26)
+# pg_dump's gzip level for full backups (its own default is 6): level 1 costs pg_dump about half the CPU
+# for archives 0–10 % larger (docs/benchmarks.md), which matters on a database server's spare cores.
+BACKUP_COMPRESSION = env_int("DRPANEL_BACKUP_COMPRESSION", 1, minimum=0, maximum=9)
 BACKUP_RETRY_MINUTES = env_int("DRPANEL_BACKUP_RETRY_MINUTES", 30, minimum=1)
 # Logical fulls carry the server's roles (pg_dumpall --globals-only); their password verifiers only when on.
 BACKUP_ROLE_PASSWORDS = env_bool("DRPANEL_BACKUP_ROLE_PASSWORDS", False)
