@@ -1,4 +1,4 @@
-"""Alerts and their escalation through the contact roster, by email.
+"""Alerts and their escalation through the contact roster, by email and every channel of the roster.
 
 The public service API (used by the health score, the drill and backup-age checks):
 
@@ -15,15 +15,17 @@ The public service API (used by the health score, the drill and backup-age check
   (the signed, single-use, expiring link in the mail) stop the escalation.
 
 Every alert, notification, escalation, acknowledgement and resolution is an audit event.
+The messages go out through ``compliance.notifications`` (events ``alert.opened``,
+``alert.escalated``, ``alert.resolved``): the contact's own mail, whose delivery reports back to
+its ``AlertNotification`` (the row the acknowledge link names), and the contact's and its level's
+other channels (Slack, Teams, PagerDuty, webhooks), each a retried delivery with a hard timeout.
 Time is ``drpanel.clock`` time.
 """
 
-import logging
 from datetime import timedelta
 
 from django.conf import settings
 from django.core import signing
-from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
 from django.urls import reverse
 
@@ -33,11 +35,13 @@ from compliance.models import Alert, AlertNotification, Contact
 from drpanel import clock
 from drpanel.permissions import Cap, Denied, has_cap
 
-log = logging.getLogger(__name__)
-
 ESCALATION_LEVELS = (Contact.Level.L1, Contact.Level.L2, Contact.Level.L3, Contact.Level.EMERGENCY)
 NOTIFIED_SEVERITIES = (Alert.Severity.CRITICAL, Alert.Severity.WARNING)
 ACK_SALT = "compliance.alert-ack"
+# Whom a resolution is told to: everyone whose "raised" message went out, is on its way or is being
+# retried (deliveries are asynchronous: the resolution is queued after it).
+CALLED_OUTCOMES = (AlertNotification.Outcome.SENDING, AlertNotification.Outcome.SENT,
+                   AlertNotification.Outcome.FAILED)
 
 
 class AlertStateError(Exception):
@@ -88,7 +92,7 @@ def alert_raise(*, kind: str, severity: str, subject: str, message: str, dedup_k
 
 
 def alert_resolve(*, dedup_key: str, actor=None, note: str = "") -> Alert | None:
-    """Resolve the unresolved alert of ``dedup_key`` (None when there is none) and say so by mail."""
+    """Resolve the unresolved alert of ``dedup_key`` (None when there is none) and tell whoever was called."""
     now = clock.now()
     with transaction.atomic():
         alert = (Alert.objects.select_for_update()
@@ -104,7 +108,7 @@ def alert_resolve(*, dedup_key: str, actor=None, note: str = "") -> Alert | None
             "kind": alert.kind, "dedup_key": alert.dedup_key, "previous_state": previous, "note": note[:300]})
         notified = (AlertNotification.objects
                     .filter(alert=alert, purpose=AlertNotification.Purpose.RAISED,
-                            outcome=AlertNotification.Outcome.SENT)
+                            outcome__in=CALLED_OUTCOMES)
                     .values_list("contact_id", "level").distinct())
         ids = [AlertNotification.objects.create(
             alert=alert, contact_id=contact_id, level=level, step=alert.escalation_step,
@@ -313,8 +317,14 @@ def _resolved_mail(notification: AlertNotification) -> tuple[str, str]:
 
 
 def deliver(notification_ids: list[int]) -> int:
-    """Send the pending mails among ``notification_ids``; each is claimed first, so it goes out once."""
-    sent = 0
+    """Queue the pending messages among ``notification_ids``; each is claimed first, so it goes out once.
+
+    Each becomes deliveries of ``compliance.notifications`` to the contact's channels; the
+    delivery of the contact's own mail sets the notification's outcome when it ends.
+    """
+    from compliance.notifications import notify_contacts
+
+    queued = 0
     for pk in notification_ids:
         claimed = AlertNotification.objects.filter(pk=pk, outcome=AlertNotification.Outcome.PENDING).update(
             outcome=AlertNotification.Outcome.SENDING)
@@ -323,24 +333,22 @@ def deliver(notification_ids: list[int]) -> int:
         notification = AlertNotification.objects.select_related("alert", "contact").get(pk=pk)
         if notification.purpose == AlertNotification.Purpose.RESOLVED:
             subject, body = _resolved_mail(notification)
+            event = "alert.resolved"
         else:
             subject, body = _raised_mail(notification)
-        error = ""
-        try:
-            EmailMessage(subject, body, settings.DEFAULT_FROM_EMAIL, [notification.contact.email]).send()
-        except Exception as exc:
-            # Any failure of the mail system is recorded on the row and in the audit log.
-            log.warning("alert mail %s to contact %s failed: %s", pk, notification.contact_id, type(exc).__name__)
-            error = f"{type(exc).__name__}: {exc}"[:300]
-        outcome = AlertNotification.Outcome.FAILED if error else AlertNotification.Outcome.SENT
-        with transaction.atomic():
-            notification.outcome = outcome
-            notification.error = error
-            notification.sent_at = clock.now()
-            notification.save(update_fields=["outcome", "error", "sent_at"])
-            _audit_notification(notification)
-        sent += not error
-    return sent
+            event = "alert.opened" if notification.step <= 1 else "alert.escalated"
+        alert = notification.alert
+        notify_contacts(event=event, contacts=[notification.contact], subject=subject, body=body,
+                        details={"alert_id": alert.pk, "severity": alert.severity, "kind": alert.kind,
+                                 "level": notification.level, "step": notification.step},
+                        alert_notifications={notification.contact_id: notification})
+        queued += 1
+    return queued
+
+
+def audit_notification(notification: AlertNotification) -> None:
+    """The ``alert.notified`` event of one message to one contact (its delivery ended, or it was skipped)."""
+    _audit_notification(notification)
 
 
 def _audit_notification(notification: AlertNotification) -> None:

@@ -4,6 +4,7 @@ from compliance.alerts import escalate_due
 from compliance.checklists import checklist_evaluate, checklist_periods_current
 from compliance.contacts import contacts_review
 from compliance.health_recompute import health_recompute_all
+from compliance.notifications import deliveries_retry_due, delivery_send
 
 
 def alerts_escalate_job() -> int:
@@ -29,3 +30,13 @@ def contacts_review_job() -> dict:
 def health_recompute_job() -> list[str]:
     """Every 15 minutes: every system's health score (time alone moves it), its history and its alerts."""
     return [str(s) for s in health_recompute_all(trigger="schedule")]
+
+
+def delivery_send_job(delivery_id: str) -> str | None:
+    """One notification delivery (queued on commit by ``compliance.notifications``); its row is the truth."""
+    return delivery_send(delivery_id)
+
+
+def deliveries_retry_job() -> int:
+    """Every minute: queue the deliveries whose retry is due (or whose first enqueue was lost)."""
+    return deliveries_retry_due()
