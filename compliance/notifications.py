@@ -64,6 +64,11 @@ URL_SCHEMES = {
     NotificationChannel.Kind.WEBHOOK: ("json://", "jsons://"),
 }
 RETRY_CAP_SECONDS = 3600
+
+
+def job_timeout() -> int:
+    """The queue's limit for one delivery job: the child's start, the send's own timeout, and a margin."""
+    return notify_transport.START_SECONDS + settings.NOTIFY_TIMEOUT_SECONDS + 30
 SEND_JOB = "compliance.jobs.delivery_send_job"
 
 
@@ -158,7 +163,7 @@ def _create(*, event, channel, kind, contact, subject, body, details, now, alert
         id=uuid.uuid4(), event=event, channel=channel, kind=kind, contact=contact, subject=subject[:200],
         body=body[:8000], details=details, created_at=now, next_attempt_at=now, alert_notification=alert_notification)
     queues.enqueue_on_commit(SEND_JOB, str(delivery.pk), queue="default",
-                             timeout=settings.NOTIFY_TIMEOUT_SECONDS + 60)
+                             timeout=job_timeout())
     return delivery
 
 
@@ -243,7 +248,7 @@ def retry_delay(attempts: int) -> timedelta:
 def delivery_send(delivery_id) -> str | None:
     """Attempt one delivery if it is due and nobody else holds it; return its new status (None: not ours)."""
     now = clock.now()
-    lease = now + timedelta(seconds=2 * settings.NOTIFY_TIMEOUT_SECONDS + 30)
+    lease = now + timedelta(seconds=2 * (settings.NOTIFY_TIMEOUT_SECONDS + notify_transport.START_SECONDS))
     # The claim is a conditional update: two workers (a queued job and the retry sweep) cannot both send.
     claimed = (Delivery.objects.filter(pk=delivery_id, next_attempt_at__lte=now,
                                        status__in=[Delivery.Status.PENDING, Delivery.Status.RETRYING])
@@ -321,7 +326,7 @@ def deliveries_retry_due(now=None) -> int:
                .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
                .order_by("next_attempt_at").values_list("pk", flat=True)[:500])
     for pk in due:
-        queues.enqueue(SEND_JOB, str(pk), queue="default", timeout=settings.NOTIFY_TIMEOUT_SECONDS + 60)
+        queues.enqueue(SEND_JOB, str(pk), queue="default", timeout=job_timeout())
     return len(due)
 
 

@@ -14,6 +14,7 @@ from compliance.jobs import (
     checklist_evaluate_job,
     checklist_open_job,
     contacts_review_job,
+    deliveries_retry_job,
     health_recompute_job,
 )
 from drpanel.jobs import clear_expired_sessions, unknown_signin_failures_job
@@ -33,12 +34,14 @@ cron.register(backup_jobs.reap_stale_runs, queue_name=queue_name("default"), cro
 cron.register(backup_jobs.retention_job, queue_name=queue_name("backup"), cron="40 * * * *")
 cron.register(backup_jobs.inventory_tick, queue_name=queue_name("default"), cron="10 */6 * * *")
 
-# Compliance: the audit checkpoint, alert escalation, the daily checklist, the contact review.
+# Compliance: the audit checkpoint, alert escalation, the daily checklist, the contact review, the
+# notification retries.
 cron.register(audit_checkpoint_job, queue_name=queue_name("default"), cron="0 * * * *")
 cron.register(alerts_escalate_job, queue_name=queue_name("default"), cron="* * * * *")
 cron.register(checklist_open_job, queue_name=queue_name("default"), cron="5 0 * * *")
 cron.register(checklist_evaluate_job, queue_name=queue_name("default"), cron="45 23 * * *")
 cron.register(contacts_review_job, queue_name=queue_name("default"), cron="0 8 * * *")
+cron.register(deliveries_retry_job, queue_name=queue_name("default"), cron="* * * * *")
 
 # Health: every system's score, its history and its alerts (also recomputed after each relevant event).
 cron.register(health_recompute_job, queue_name=queue_name("default"), cron="*/15 * * * *")
