@@ -32,6 +32,8 @@ from django.urls import reverse
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from compliance.models import Alert, AlertNotification, Contact
+from compliance.notifications import alert_notification_audit as _audit_notification
+from compliance.notifications import notify_contacts
 from drpanel import clock
 from drpanel.permissions import Cap, Denied, has_cap
 
@@ -322,8 +324,6 @@ def deliver(notification_ids: list[int]) -> int:
     Each becomes deliveries of ``compliance.notifications`` to the contact's channels; the
     delivery of the contact's own mail sets the notification's outcome when it ends.
     """
-    from compliance.notifications import notify_contacts
-
     queued = 0
     for pk in notification_ids:
         claimed = AlertNotification.objects.filter(pk=pk, outcome=AlertNotification.Outcome.PENDING).update(
@@ -346,15 +346,38 @@ def deliver(notification_ids: list[int]) -> int:
     return queued
 
 
-def audit_notification(notification: AlertNotification) -> None:
-    """The ``alert.notified`` event of one message to one contact (its delivery ended, or it was skipped)."""
-    _audit_notification(notification)
+# --- the cron scheduler's own alert --------------------------------------------------------------
+
+SCHEDULER_MISSING_KEY = "cron.scheduler_missing"
+SCHEDULER_DUPLICATE_KEY = "cron.scheduler_duplicate"
 
 
-def _audit_notification(notification: AlertNotification) -> None:
-    audit_record(actor=None, action=AuditAction.ALERT_NOTIFIED, obj=notification.alert,
-                 outcome="success" if notification.outcome == AlertNotification.Outcome.SENT else "failure",
-                 details={"contact": notification.contact.name, "contact_id": notification.contact_id,
-                          "level": Contact.Level(notification.level).label, "step": notification.step,
-                          "channel": notification.channel, "purpose": notification.purpose,
-                          "outcome": notification.outcome, "error": notification.error})
+def scheduler_check(connection) -> str:
+    """Open (or resolve) the alerts on the cron scheduler's heartbeat; returns its state.
+
+    Missing: nothing runs the schedules (backups, escalation, reconciliation) — critical.
+    Duplicate: two schedulers queue every job twice — warning. Run every minute by the
+    scheduler itself (which resolves the alerts once it beats alone) and by ``/health`` when it
+    sees a gap (the only caller left when no scheduler runs).
+    """
+    from drpanel import cron_heartbeat
+
+    heartbeat = cron_heartbeat.read(connection)
+    state = heartbeat.state
+    if state == "missing":
+        age = "never" if heartbeat.age_seconds is None else f"{int(heartbeat.age_seconds)} s ago"
+        alert_raise(kind="cron.scheduler", severity=Alert.Severity.CRITICAL, dedup_key=SCHEDULER_MISSING_KEY,
+                    subject="No cron scheduler is running",
+                    message=f"The last heartbeat of the cron scheduler was {age}: no backup is scheduled, no alert "
+                            "escalates, no run is reconciled. Start it: manage.py rqcron drpanel.cron.")
+    else:
+        alert_resolve(dedup_key=SCHEDULER_MISSING_KEY, note="the scheduler beats again")
+    if state == "duplicate":
+        names = ", ".join(b["scheduler"] for b in heartbeat.live)
+        alert_raise(kind="cron.scheduler", severity=Alert.Severity.WARNING, dedup_key=SCHEDULER_DUPLICATE_KEY,
+                    subject=f"{len(heartbeat.live)} cron schedulers are running at once",
+                    message=f"Schedulers beating now: {names}. Every scheduled job is queued once per scheduler; "
+                            "stop all but one.")
+    elif state == "ok":
+        alert_resolve(dedup_key=SCHEDULER_DUPLICATE_KEY, note="one scheduler beats")
+    return state

@@ -1,10 +1,11 @@
 """Jobs of compliance, run by the scheduler (``drpanel/cron.py``): thin calls into the services."""
 
-from compliance.alerts import escalate_due
+from compliance.alerts import escalate_due, scheduler_check
 from compliance.checklists import checklist_evaluate, checklist_periods_current
 from compliance.contacts import contacts_review
 from compliance.health_recompute import health_recompute_all
 from compliance.notifications import deliveries_retry_due, delivery_send
+from drpanel.queues import get_connection
 
 
 def alerts_escalate_job() -> int:
@@ -40,3 +41,8 @@ def delivery_send_job(delivery_id: str) -> str | None:
 def deliveries_retry_job() -> int:
     """Every minute: queue the deliveries whose retry is due (or whose first enqueue was lost)."""
     return deliveries_retry_due()
+
+
+def scheduler_check_job() -> str:
+    """Every minute (and from /health when it sees a gap): alerts on the cron scheduler's heartbeat."""
+    return scheduler_check(get_connection())

@@ -33,7 +33,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django.db.models import F, Q
 
-from compliance import alerts, notify_transport
+from compliance import notify_transport
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from compliance.models import AlertNotification, Contact, Delivery, NotificationChannel
@@ -315,7 +315,7 @@ def _alert_mail_done(delivery: Delivery) -> None:
     notification.error = delivery.last_error[:300]
     notification.sent_at = delivery.sent_at or clock.now()
     notification.save(update_fields=["outcome", "error", "sent_at"])
-    alerts.audit_notification(notification)
+    alert_notification_audit(notification)
 
 
 def deliveries_retry_due(now=None) -> int:
@@ -333,3 +333,13 @@ def deliveries_retry_due(now=None) -> int:
 def deliveries_recent(limit: int = 100):
     """The newest deliveries, for the page (never the URL: a channel shows its reference's name)."""
     return Delivery.objects.select_related("channel", "contact").order_by("-created_at", "id")[:limit]
+
+
+def alert_notification_audit(notification: AlertNotification) -> None:
+    """The ``alert.notified`` event of one message to one contact about an alert (sent, failed or skipped)."""
+    audit_record(actor=None, action=AuditAction.ALERT_NOTIFIED, obj=notification.alert,
+                 outcome="success" if notification.outcome == AlertNotification.Outcome.SENT else "failure",
+                 details={"contact": notification.contact.name, "contact_id": notification.contact_id,
+                          "level": Contact.Level(notification.level).label, "step": notification.step,
+                          "channel": notification.channel, "purpose": notification.purpose,
+                          "outcome": notification.outcome, "error": notification.error})
