@@ -5,6 +5,7 @@ from compliance.checklists import checklist_evaluate, checklist_periods_current
 from compliance.contacts import contacts_review
 from compliance.health_recompute import health_recompute_all
 from compliance.notifications import deliveries_retry_due, delivery_send
+from compliance.notify_events import approval_waiting_notify, certification_due_notify
 from drpanel.queues import get_connection
 
 
@@ -46,3 +47,13 @@ def deliveries_retry_job() -> int:
 def scheduler_check_job() -> str:
     """Every minute (and from /health when it sees a gap): alerts on the cron scheduler's heartbeat."""
     return scheduler_check(get_connection())
+
+
+def approval_waiting_job(approval_id: int) -> int:
+    """Queued when an approval is requested (``drpanel.approvals``): tell whoever may decide it."""
+    return approval_waiting_notify(approval_id)
+
+
+def certification_due_job() -> int:
+    """Each morning while last month's certification is unsigned: remind the managers who may sign it."""
+    return certification_due_notify()

@@ -11,6 +11,7 @@ from backups import jobs as backup_jobs
 from compliance.audit.jobs import audit_checkpoint_job
 from compliance.jobs import (
     alerts_escalate_job,
+    certification_due_job,
     checklist_evaluate_job,
     checklist_open_job,
     contacts_review_job,
@@ -47,6 +48,7 @@ cron.register(checklist_evaluate_job, queue_name=queue_name("default"), cron="45
 cron.register(contacts_review_job, queue_name=queue_name("default"), cron="0 8 * * *")
 cron.register(deliveries_retry_job, queue_name=queue_name("default"), cron="* * * * *")
 cron.register(scheduler_check_job, queue_name=queue_name("default"), cron="* * * * *")
+cron.register(certification_due_job, queue_name=queue_name("default"), cron="0 9 1-10 * *")
 
 # Health: every system's score, its history and its alerts (also recomputed after each relevant event).
 cron.register(health_recompute_job, queue_name=queue_name("default"), cron="*/15 * * * *")
