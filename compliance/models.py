@@ -473,7 +473,8 @@ class Delivery(models.Model):
     escalating contact has. States: pending → sent | retrying | failed; retrying → sent |
     retrying | failed. A sender claims a row by a conditional update of ``claimed_until`` (a
     lease longer than the hard timeout), so a delivery goes out once even with two senders.
-    ``last_error`` is scrubbed of every secret before it is stored. ``alert_notification``
+    ``queued_at`` is when its job was last queued, so the retry sweep queues a due delivery once, and again
+    only when that job was lost. ``last_error`` is scrubbed of every secret before it is stored. ``alert_notification``
     links an alert's mail to the row whose acknowledge link it carries.
     """
 
@@ -496,6 +497,7 @@ class Delivery(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
     claimed_until = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(default=clock_now, db_index=True)
     sent_at = models.DateTimeField(null=True, blank=True)

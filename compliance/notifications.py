@@ -161,7 +161,8 @@ def channel_test(*, actor, channel: NotificationChannel) -> Delivery:
 def _create(*, event, channel, kind, contact, subject, body, details, now, alert_notification=None) -> Delivery:
     delivery = Delivery.objects.create(
         id=uuid.uuid4(), event=event, channel=channel, kind=kind, contact=contact, subject=subject[:200],
-        body=body[:8000], details=details, created_at=now, next_attempt_at=now, alert_notification=alert_notification)
+        body=body[:8000], details=details, created_at=now, next_attempt_at=now, queued_at=now,
+        alert_notification=alert_notification)
     queues.enqueue_on_commit(SEND_JOB, str(delivery.pk), queue="default",
                              timeout=job_timeout())
     return delivery
@@ -319,12 +320,20 @@ def _alert_mail_done(delivery: Delivery) -> None:
 
 
 def deliveries_retry_due(now=None) -> int:
-    """Every minute: queue each delivery that is due (a retry, or a pending one whose enqueue was lost)."""
+    """Every minute: queue each delivery that is due (a retry, or a pending one whose job was lost).
+
+    A due delivery is queued once (``queued_at`` moves past its ``next_attempt_at``); it is queued again
+    only when that job has not run within twice a job's time limit (lost with a Redis restart), so a
+    backlog while no worker runs does not grow the queue every minute.
+    """
     now = now or clock.now()
+    lost = now - timedelta(seconds=2 * job_timeout())
     due = list(Delivery.objects.filter(status__in=[Delivery.Status.PENDING, Delivery.Status.RETRYING],
                                        next_attempt_at__lte=now)
                .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+               .filter(Q(queued_at__isnull=True) | Q(queued_at__lt=F("next_attempt_at")) | Q(queued_at__lt=lost))
                .order_by("next_attempt_at").values_list("pk", flat=True)[:500])
+    Delivery.objects.filter(pk__in=due).update(queued_at=now)
     for pk in due:
         queues.enqueue(SEND_JOB, str(pk), queue="default", timeout=job_timeout())
     return len(due)

@@ -131,6 +131,34 @@ def test_a_recovering_receiver_gets_the_retry(roster, hook_channel, webhook_rece
     assert delivery.attempts == 2 and delivery.sent_at == panel_clock.now()
 
 
+def test_the_sweep_queues_a_due_delivery_once_and_again_only_when_its_job_was_lost(roster, hook_channel,
+                                                                                   webhook_receiver, redis_conn,
+                                                                                   panel_clock,
+                                                                                   django_capture_on_commit_callbacks):
+    from compliance.notifications import deliveries_retry_due as sweep
+    from compliance.notifications import job_timeout
+
+    def deliveries_retry_due() -> int:
+        # django-rq queues on commit inside a transaction, as this test runs; the minute job runs outside one.
+        with django_capture_on_commit_callbacks(execute=True):
+            return sweep()
+
+    queue = queues.get_queue("default")
+    webhook_receiver.status = 500
+    deliveries = notify(event="alert.opened", contacts=[roster["l1"]], subject="s", body="b")
+    assert deliveries_retry_due() == 0, "just queued (on commit) by notify"
+    [webhook] = [d for d in deliveries if d.kind == "webhook"]
+    assert delivery_send(webhook.pk) == "retrying"
+    panel_clock.advance(timedelta(seconds=59))
+    assert deliveries_retry_due() == 0, "the retry is not due yet"
+    panel_clock.advance(timedelta(seconds=1))
+    assert deliveries_retry_due() == 1 and deliveries_retry_due() == 0, "queued once, not every minute"
+    assert [job.args for job in queue.jobs] == [(str(webhook.pk),)]
+    panel_clock.advance(timedelta(seconds=2 * job_timeout() + 1))
+    # Nobody ran either job (no worker): both are lost, and queued again.
+    assert deliveries_retry_due() == 2
+
+
 def test_a_job_whose_delivery_row_is_missing_fails_loudly():
     with pytest.raises(Delivery.DoesNotExist):
         delivery_send("00000000-0000-0000-0000-000000000000")
