@@ -1,4 +1,4 @@
-"""Alerts and their escalation through the contact roster, by email.
+"""Alerts and their escalation through the contact roster, by email and every channel of the roster.
 
 The public service API (used by the health score, the drill and backup-age checks):
 
@@ -15,29 +15,35 @@ The public service API (used by the health score, the drill and backup-age check
   (the signed, single-use, expiring link in the mail) stop the escalation.
 
 Every alert, notification, escalation, acknowledgement and resolution is an audit event.
+The messages go out through ``compliance.notifications`` (events ``alert.opened``,
+``alert.escalated``, ``alert.resolved``): the contact's own mail, whose delivery reports back to
+its ``AlertNotification`` (the row the acknowledge link names), and the contact's and its level's
+other channels (Slack, Teams, PagerDuty, webhooks), each a retried delivery with a hard timeout.
 Time is ``drpanel.clock`` time.
 """
 
-import logging
 from datetime import timedelta
 
 from django.conf import settings
 from django.core import signing
-from django.core.mail import EmailMessage
 from django.db import IntegrityError, transaction
 from django.urls import reverse
 
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from compliance.models import Alert, AlertNotification, Contact
+from compliance.notifications import alert_notification_audit as _audit_notification
+from compliance.notifications import notify_contacts
 from drpanel import clock
 from drpanel.permissions import Cap, Denied, has_cap
-
-log = logging.getLogger(__name__)
 
 ESCALATION_LEVELS = (Contact.Level.L1, Contact.Level.L2, Contact.Level.L3, Contact.Level.EMERGENCY)
 NOTIFIED_SEVERITIES = (Alert.Severity.CRITICAL, Alert.Severity.WARNING)
 ACK_SALT = "compliance.alert-ack"
+# Whom a resolution is told to: everyone whose "raised" message went out, is on its way or is being
+# retried (deliveries are asynchronous: the resolution is queued after it).
+CALLED_OUTCOMES = (AlertNotification.Outcome.SENDING, AlertNotification.Outcome.SENT,
+                   AlertNotification.Outcome.FAILED)
 
 
 class AlertStateError(Exception):
@@ -88,7 +94,7 @@ def alert_raise(*, kind: str, severity: str, subject: str, message: str, dedup_k
 
 
 def alert_resolve(*, dedup_key: str, actor=None, note: str = "") -> Alert | None:
-    """Resolve the unresolved alert of ``dedup_key`` (None when there is none) and say so by mail."""
+    """Resolve the unresolved alert of ``dedup_key`` (None when there is none) and tell whoever was called."""
     now = clock.now()
     with transaction.atomic():
         alert = (Alert.objects.select_for_update()
@@ -104,7 +110,7 @@ def alert_resolve(*, dedup_key: str, actor=None, note: str = "") -> Alert | None
             "kind": alert.kind, "dedup_key": alert.dedup_key, "previous_state": previous, "note": note[:300]})
         notified = (AlertNotification.objects
                     .filter(alert=alert, purpose=AlertNotification.Purpose.RAISED,
-                            outcome=AlertNotification.Outcome.SENT)
+                            outcome__in=CALLED_OUTCOMES)
                     .values_list("contact_id", "level").distinct())
         ids = [AlertNotification.objects.create(
             alert=alert, contact_id=contact_id, level=level, step=alert.escalation_step,
@@ -313,8 +319,12 @@ def _resolved_mail(notification: AlertNotification) -> tuple[str, str]:
 
 
 def deliver(notification_ids: list[int]) -> int:
-    """Send the pending mails among ``notification_ids``; each is claimed first, so it goes out once."""
-    sent = 0
+    """Queue the pending messages among ``notification_ids``; each is claimed first, so it goes out once.
+
+    Each becomes deliveries of ``compliance.notifications`` to the contact's channels; the
+    delivery of the contact's own mail sets the notification's outcome when it ends.
+    """
+    queued = 0
     for pk in notification_ids:
         claimed = AlertNotification.objects.filter(pk=pk, outcome=AlertNotification.Outcome.PENDING).update(
             outcome=AlertNotification.Outcome.SENDING)
@@ -323,30 +333,51 @@ def deliver(notification_ids: list[int]) -> int:
         notification = AlertNotification.objects.select_related("alert", "contact").get(pk=pk)
         if notification.purpose == AlertNotification.Purpose.RESOLVED:
             subject, body = _resolved_mail(notification)
+            event = "alert.resolved"
         else:
             subject, body = _raised_mail(notification)
-        error = ""
-        try:
-            EmailMessage(subject, body, settings.DEFAULT_FROM_EMAIL, [notification.contact.email]).send()
-        except Exception as exc:
-            # Any failure of the mail system is recorded on the row and in the audit log.
-            log.warning("alert mail %s to contact %s failed: %s", pk, notification.contact_id, type(exc).__name__)
-            error = f"{type(exc).__name__}: {exc}"[:300]
-        outcome = AlertNotification.Outcome.FAILED if error else AlertNotification.Outcome.SENT
-        with transaction.atomic():
-            notification.outcome = outcome
-            notification.error = error
-            notification.sent_at = clock.now()
-            notification.save(update_fields=["outcome", "error", "sent_at"])
-            _audit_notification(notification)
-        sent += not error
-    return sent
+            event = "alert.opened" if notification.step <= 1 else "alert.escalated"
+        alert = notification.alert
+        notify_contacts(event=event, contacts=[notification.contact], subject=subject, body=body,
+                        details={"alert_id": alert.pk, "severity": alert.severity, "kind": alert.kind,
+                                 "level": notification.level, "step": notification.step},
+                        alert_notifications={notification.contact_id: notification})
+        queued += 1
+    return queued
 
 
-def _audit_notification(notification: AlertNotification) -> None:
-    audit_record(actor=None, action=AuditAction.ALERT_NOTIFIED, obj=notification.alert,
-                 outcome="success" if notification.outcome == AlertNotification.Outcome.SENT else "failure",
-                 details={"contact": notification.contact.name, "contact_id": notification.contact_id,
-                          "level": Contact.Level(notification.level).label, "step": notification.step,
-                          "channel": notification.channel, "purpose": notification.purpose,
-                          "outcome": notification.outcome, "error": notification.error})
+# --- the cron scheduler's own alert --------------------------------------------------------------
+
+SCHEDULER_MISSING_KEY = "cron.scheduler_missing"
+SCHEDULER_DUPLICATE_KEY = "cron.scheduler_duplicate"
+
+
+def scheduler_check(connection) -> str:
+    """Open (or resolve) the alerts on the cron scheduler's heartbeat; returns its state.
+
+    Missing: nothing runs the schedules (backups, escalation, reconciliation) — critical.
+    Duplicate: two schedulers queue every job twice — warning. Run every minute by the
+    scheduler itself (which resolves the alerts once it beats alone) and by ``/health`` when it
+    sees a gap (the only caller left when no scheduler runs).
+    """
+    from drpanel import cron_heartbeat
+
+    heartbeat = cron_heartbeat.read(connection)
+    state = heartbeat.state
+    if state == "missing":
+        age = "never" if heartbeat.age_seconds is None else f"{int(heartbeat.age_seconds)} s ago"
+        alert_raise(kind="cron.scheduler", severity=Alert.Severity.CRITICAL, dedup_key=SCHEDULER_MISSING_KEY,
+                    subject="No cron scheduler is running",
+                    message=f"The last heartbeat of the cron scheduler was {age}: no backup is scheduled, no alert "
+                            "escalates, no run is reconciled. Start it: manage.py rqcron drpanel.cron.")
+    else:
+        alert_resolve(dedup_key=SCHEDULER_MISSING_KEY, note="the scheduler beats again")
+    if state == "duplicate":
+        names = ", ".join(b["scheduler"] for b in heartbeat.live)
+        alert_raise(kind="cron.scheduler", severity=Alert.Severity.WARNING, dedup_key=SCHEDULER_DUPLICATE_KEY,
+                    subject=f"{len(heartbeat.live)} cron schedulers are running at once",
+                    message=f"Schedulers beating now: {names}. Every scheduled job is queued once per scheduler; "
+                            "stop all but one.")
+    elif state == "ok":
+        alert_resolve(dedup_key=SCHEDULER_DUPLICATE_KEY, note="one scheduler beats")
+    return state

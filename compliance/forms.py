@@ -3,7 +3,7 @@
 from django import forms
 
 from compliance.contacts import EDITABLE_FIELDS
-from compliance.models import ChecklistTemplateItem, Contact
+from compliance.models import ChecklistTemplateItem, Contact, NotificationChannel
 
 
 class ContactForm(forms.ModelForm):
@@ -42,3 +42,24 @@ class TemplateItemAddForm(forms.ModelForm):
     def validate_unique(self):
         # The service checks the code (and reports a duplicate); the template is not on the form.
         pass
+
+
+class ChannelForm(forms.Form):
+    """A new notification channel: for one contact or one roster level; the URL only by secret reference."""
+
+    kind = forms.ChoiceField(choices=NotificationChannel.Kind.choices)
+    contact = forms.ModelChoiceField(queryset=Contact.objects.filter(active=True), required=False)
+    level = forms.ChoiceField(choices=[("", "—"), *Contact.Level.choices], required=False)
+    label = forms.CharField(max_length=100, required=False, strip=True)
+    address = forms.EmailField(required=False, help_text="Email channels only.")
+    url_ref = forms.CharField(max_length=300, required=False, strip=True, label="URL reference",
+                              help_text="env:DRPANEL_SECRET_… or file:/… naming the channel's apprise URL in the "
+                                        "deployment; the URL itself is never entered here.")
+    events = forms.MultipleChoiceField(choices=[], required=False, widget=forms.CheckboxSelectMultiple,
+                                       help_text="None ticked: every event.")
+
+    def __init__(self, *args, **kwargs):
+        from compliance.notifications import EVENTS
+
+        super().__init__(*args, **kwargs)
+        self.fields["events"].choices = [(name, name) for name in EVENTS]

@@ -1,9 +1,12 @@
 """Jobs of compliance, run by the scheduler (``drpanel/cron.py``): thin calls into the services."""
 
-from compliance.alerts import escalate_due
+from compliance.alerts import escalate_due, scheduler_check
 from compliance.checklists import checklist_evaluate, checklist_periods_current
 from compliance.contacts import contacts_review
 from compliance.health_recompute import health_recompute_all
+from compliance.notifications import deliveries_retry_due, delivery_send
+from compliance.notify_events import approval_waiting_notify, certification_due_notify
+from drpanel.queues import get_connection
 
 
 def alerts_escalate_job() -> int:
@@ -29,3 +32,28 @@ def contacts_review_job() -> dict:
 def health_recompute_job() -> list[str]:
     """Every 15 minutes: every system's health score (time alone moves it), its history and its alerts."""
     return [str(s) for s in health_recompute_all(trigger="schedule")]
+
+
+def delivery_send_job(delivery_id: str) -> str | None:
+    """One notification delivery (queued on commit by ``compliance.notifications``); its row is the truth."""
+    return delivery_send(delivery_id)
+
+
+def deliveries_retry_job() -> int:
+    """Every minute: queue the deliveries whose retry is due (or whose first enqueue was lost)."""
+    return deliveries_retry_due()
+
+
+def scheduler_check_job() -> str:
+    """Every minute (and from /health when it sees a gap): alerts on the cron scheduler's heartbeat."""
+    return scheduler_check(get_connection())
+
+
+def approval_waiting_job(approval_id: int) -> int:
+    """Queued when an approval is requested (``drpanel.approvals``): tell whoever may decide it."""
+    return approval_waiting_notify(approval_id)
+
+
+def certification_due_job() -> int:
+    """Each morning while last month's certification is unsigned: remind the managers who may sign it."""
+    return certification_due_notify()

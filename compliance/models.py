@@ -416,3 +416,96 @@ class Certification(models.Model):
     @property
     def is_current(self) -> bool:
         return self.state == self.State.SIGNED and self.superseded_by_id is None
+
+
+# --- notifications -----------------------------------------------------------------------------
+
+class NotificationChannel(models.Model):
+    """One way to reach a contact, or everyone of a roster level: email, Slack, Teams, PagerDuty, JSON webhook.
+
+    Exactly one of ``contact`` and ``level`` is set. An email channel holds its address (not a
+    secret); every other kind holds ``url_ref``, a secret reference (``env:NAME`` / ``file:/path``,
+    ``drpanel.secrets``) naming the apprise URL, because those URLs carry the credential (a
+    webhook token, a routing key): the URL itself is never stored, shown, logged or audited.
+    ``events`` lists the events the channel takes (empty: all). Changed only through
+    ``compliance.notifications`` (audited; managers and admins, like contacts).
+    """
+
+    class Kind(models.TextChoices):
+        EMAIL = "email", "Email"
+        SLACK = "slack", "Slack"
+        TEAMS = "teams", "Microsoft Teams"
+        PAGERDUTY = "pagerduty", "PagerDuty"
+        WEBHOOK = "webhook", "JSON webhook"
+
+    contact = models.ForeignKey(Contact, null=True, blank=True, on_delete=models.PROTECT, related_name="channels")
+    level = models.CharField(max_length=10, choices=Contact.Level.choices, blank=True)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    label = models.CharField(max_length=100, blank=True)
+    address = models.EmailField(blank=True)
+    url_ref = models.CharField(max_length=300, blank=True)
+    events = models.JSONField(default=list, blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=clock_now)
+    updated_at = models.DateTimeField(default=clock_now)
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [models.CheckConstraint(
+            condition=(models.Q(contact__isnull=False, level="")
+                       | models.Q(contact__isnull=True) & ~models.Q(level="")),
+            name="compliance_channel_contact_xor_level")]
+
+    def __str__(self) -> str:
+        owner = self.contact.name if self.contact_id else f"level {self.get_level_display()}"
+        return f"{self.get_kind_display()} for {owner}"
+
+    @property
+    def shown_target(self) -> str:
+        """What pages may show of the target: the address of an email, the reference (never the URL) otherwise."""
+        return self.address if self.kind == self.Kind.EMAIL else self.url_ref
+
+
+class Delivery(models.Model):
+    """One notification of one event through one channel to one contact (or level), and its fate.
+
+    ``channel`` is null for a contact's own email address (the roster's ``email``), which every
+    escalating contact has. States: pending → sent | retrying | failed; retrying → sent |
+    retrying | failed. A sender claims a row by a conditional update of ``claimed_until`` (a
+    lease longer than the hard timeout), so a delivery goes out once even with two senders.
+    ``queued_at`` is when its job was last queued, so the retry sweep queues a due delivery once, and again
+    only when that job was lost. ``last_error`` is scrubbed of every secret before it is stored. ``alert_notification``
+    links an alert's mail to the row whose acknowledge link it carries.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        SENT = "sent", "sent"
+        FAILED = "failed", "failed"
+        RETRYING = "retrying", "retrying"
+
+    id = models.UUIDField(primary_key=True)
+    event = models.CharField(max_length=40, db_index=True)
+    channel = models.ForeignKey(NotificationChannel, null=True, blank=True, on_delete=models.PROTECT,
+                                related_name="deliveries")
+    kind = models.CharField(max_length=10, choices=NotificationChannel.Kind.choices)
+    contact = models.ForeignKey(Contact, null=True, blank=True, on_delete=models.PROTECT, related_name="deliveries")
+    subject = models.CharField(max_length=200)
+    body = models.TextField(max_length=8000)
+    details = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=clock_now, db_index=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    alert_notification = models.ForeignKey(AlertNotification, null=True, blank=True, on_delete=models.PROTECT,
+                                           related_name="deliveries")
+
+    class Meta:
+        ordering = ["-created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.event} by {self.kind} ({self.status})"

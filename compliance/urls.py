@@ -1,6 +1,13 @@
 from django.urls import path, re_path
 
-from compliance import views, views_alerts, views_certifications, views_checklists, views_contacts
+from compliance import (
+    views,
+    views_alerts,
+    views_certifications,
+    views_checklists,
+    views_contacts,
+    views_notifications,
+)
 
 app_name = "compliance"
 
@@ -17,6 +24,12 @@ urlpatterns = [
     path("contacts/<int:pk>/edit", views_contacts.contact_edit, name="contact-edit"),
     path("contacts/<int:pk>/verify", views_contacts.contact_verify_view, name="contact-verify"),
     path("contacts/export.<str:fmt>", views_contacts.contact_export, name="contact-export"),
+    # notification channels and deliveries
+    path("contacts/notifications/", views_notifications.notification_list, name="notification-list"),
+    path("contacts/notifications/channels/<int:pk>/active", views_notifications.channel_active_view,
+         name="channel-active"),
+    path("contacts/notifications/channels/<int:pk>/test", views_notifications.channel_test_view,
+         name="channel-test"),
     # checklists
     path("checklists/evaluate", views_checklists.checklist_evaluate_view, name="checklist-evaluate"),
     path("checklists/history/", views_checklists.checklist_history, name="checklist-history"),

@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
+from drpanel import queues
 from drpanel.models import Approval
 from drpanel.passwords import password_confirm
 from drpanel.permissions import Denied, Role
@@ -72,6 +73,8 @@ def approval_request(*, actor, kind: str, subject, params: dict, reason: str = "
             reason=(reason or "")[:2000], requested_by=actor, expires_at=timezone.now() + ttl)
         audit_record(actor=actor, action=AuditAction.APPROVAL_REQUESTED, obj=subject, request=request,
                      details=_details(approval, reason=approval.reason, expires_at=approval.expires_at))
+        # Whoever may decide is told (by dotted path: the notifications sit above the core).
+        queues.enqueue_on_commit("compliance.jobs.approval_waiting_job", approval.pk, queue="default", timeout=300)
     return approval
 
 

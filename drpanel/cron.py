@@ -11,17 +11,23 @@ from backups import jobs as backup_jobs
 from compliance.audit.jobs import audit_checkpoint_job
 from compliance.jobs import (
     alerts_escalate_job,
+    certification_due_job,
     checklist_evaluate_job,
     checklist_open_job,
     contacts_review_job,
+    deliveries_retry_job,
     health_recompute_job,
+    scheduler_check_job,
 )
+from drpanel import cron_heartbeat
 from drpanel.jobs import clear_expired_sessions, unknown_signin_failures_job
-from drpanel.queues import claim_installation, queue_name
+from drpanel.queues import claim_installation, get_connection, queue_name
 from restores import jobs as restore_jobs
 
 # The scheduler starts by loading this module: it refuses to schedule into another panel's queues.
 claim_installation()
+# Its heartbeat, read by /health, /metrics and the check below (drpanel.cron_heartbeat).
+cron_heartbeat.start_beating(get_connection())
 
 cron.register(clear_expired_sessions, queue_name=queue_name("default"), cron="17 3 * * *")
 cron.register(unknown_signin_failures_job, queue_name=queue_name("default"), cron="* * * * *")
@@ -33,12 +39,16 @@ cron.register(backup_jobs.reap_stale_runs, queue_name=queue_name("default"), cro
 cron.register(backup_jobs.retention_job, queue_name=queue_name("backup"), cron="40 * * * *")
 cron.register(backup_jobs.inventory_tick, queue_name=queue_name("default"), cron="10 */6 * * *")
 
-# Compliance: the audit checkpoint, alert escalation, the daily checklist, the contact review.
+# Compliance: the audit checkpoint, alert escalation, the daily checklist, the contact review, the
+# notification retries.
 cron.register(audit_checkpoint_job, queue_name=queue_name("default"), cron="0 * * * *")
 cron.register(alerts_escalate_job, queue_name=queue_name("default"), cron="* * * * *")
 cron.register(checklist_open_job, queue_name=queue_name("default"), cron="5 0 * * *")
 cron.register(checklist_evaluate_job, queue_name=queue_name("default"), cron="45 23 * * *")
 cron.register(contacts_review_job, queue_name=queue_name("default"), cron="0 8 * * *")
+cron.register(deliveries_retry_job, queue_name=queue_name("default"), cron="* * * * *")
+cron.register(scheduler_check_job, queue_name=queue_name("default"), cron="* * * * *")
+cron.register(certification_due_job, queue_name=queue_name("default"), cron="0 9 1-10 * *")
 
 # Health: every system's score, its history and its alerts (also recomputed after each relevant event).
 cron.register(health_recompute_job, queue_name=queue_name("default"), cron="*/15 * * * *")

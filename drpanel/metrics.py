@@ -1,9 +1,12 @@
-"""``GET /metrics``: the panel's measurements in Prometheus' text exposition format (version 0.0.4).
+"""``GET /metrics``: the panel's measurements in Prometheus' text exposition format, through prometheus_client.
 
-Every value is read from the database or from Redis at scrape time; nothing is cached or invented.
-A series without data is left out (no backup of a kind yet: no timestamp for it; no verified full:
-no RPO), so an alert on ``absent(...)`` means what it says. Counts (runs per state, open alerts per
-severity) list every state, because zero runs in a state is a measurement.
+A custom collector (``PanelCollector``) on its own ``CollectorRegistry`` (never the process-wide
+default: no process or Python series of whichever web worker answered) reads every value from the
+database or from Redis at scrape time; nothing is cached or invented. A series without data is
+left out (no backup of a kind yet: no timestamp for it; no verified full: no RPO), so an alert on
+``absent(...)`` means what it says. Counts (runs per state, open alerts per severity) list every
+state, because zero runs in a state is a measurement. prometheus_client writes the text (escaping
+label values and help texts by the format's rules).
 
 Who may scrape: a caller from ``METRICS_ALLOWED_NETWORKS`` (by the client's address,
 ``drpanel.client_ip``: the socket's, unless ``DRPANEL_PROXY_COUNT`` names the proxies in front), or
@@ -12,15 +15,9 @@ every other endpoint; the kind to give Prometheus), or, as before metrics tokens
 token, so existing scrape configurations keep working. A refusal is a 403 and an ``access.denied``
 audit event; refusals of unidentified callers are audited at most once a minute per address, so
 nobody can grow the audit chain at will by hammering the URL.
-
-The format is small enough to write by hand (prometheus_client is not a dependency): ``# HELP`` and
-``# TYPE`` per family, then ``name{label="value"} number`` lines, with label values escaped
-(backslash, double quote, line feed) and help texts escaped (backslash, line feed).
 """
 
 import ipaddress
-import math
-from dataclasses import dataclass, field
 
 import redis
 from django.conf import settings
@@ -29,6 +26,8 @@ from django.db.models import Count, Max
 from django.http import HttpResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from rest_framework import exceptions
 
 from backups.models import Artifact, System
@@ -37,144 +36,169 @@ from compliance.audit.actions import AuditAction
 from compliance.health import health_evaluate
 from compliance.measurements import rpo_for
 from compliance.models import Alert, AuditEvent
-from drpanel import clock, queues
+from drpanel import clock, cron_heartbeat, queues
 from drpanel.authentication import bearer_value, token_for
 from drpanel.client_ip import client_address
 from drpanel.permissions import Cap, has_cap
 from restores.models import RestoreRun, VerificationRun
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Worker pools: one, "default", until jobs can be pinned to pools; each pool's workers are counted apart.
+POOLS = ("default",)
 
 
-@dataclass
-class Family:
-    """One metric family: its name, type, help text and samples (labels, value)."""
-
-    name: str
-    help: str
-    type: str = "gauge"
-    samples: list[tuple[dict, float]] = field(default_factory=list)
-
-    def add(self, value, **labels) -> None:
-        self.samples.append((labels, value))
-
-
-def escape_label_value(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
-
-
-def escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def format_value(value) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    value = float(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
-
-
-def render(families: list[Family]) -> str:
-    """The exposition text; a family without samples is left out entirely."""
-    lines = []
-    for family in families:
-        if not family.samples:
-            continue
-        lines.append(f"# HELP {family.name} {escape_help(family.help)}")
-        lines.append(f"# TYPE {family.name} {family.type}")
-        for labels, value in family.samples:
-            label_text = ",".join(f'{key}="{escape_label_value(val)}"' for key, val in labels.items())
-            lines.append(f"{family.name}{{{label_text}}} {format_value(value)}" if labels
-                         else f"{family.name} {format_value(value)}")
-    return "\n".join(lines) + "\n"
+def continuous_rpo_seconds(system: System, now) -> float | None:
+    """RPO of continuous protection (WAL streamed): the age of the newest archived WAL. None until continuous
+    protection exists; the engineer adding it returns the measurement here, and
+    ``drpanel_continuous_rpo_seconds`` appears."""
+    return None
 
 
 # --- the measurements ------------------------------------------------------------------------
 
-def _queues_now() -> tuple[int, dict[str, int]] | None:
-    """This installation's live workers and jobs waiting per queue; None when Redis does not answer."""
+def _redis_now() -> tuple[int, dict[str, int], cron_heartbeat.Heartbeat] | None:
+    """This installation's live workers, jobs waiting per queue, the scheduler's heartbeat; None without Redis."""
     client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
     try:
-        return len(queues.our_workers(client)), queues.depths(client)
+        return len(queues.our_workers(client)), queues.depths(client), cron_heartbeat.read(client)
     except redis.RedisError:
         return None  # unknown is not zero: the series are left out
     finally:
         client.close()
 
 
-def collect() -> list[Family]:
-    """Every family, computed now."""
-    now = clock.now()
-    systems = list(System.objects.order_by("name"))
+def _gauge(name: str, documentation: str, labels=()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=list(labels))
 
-    last_backup = Family("drpanel_last_successful_backup_timestamp_seconds",
-                         "Creation time (Unix seconds) of the newest available artifact per system and kind.")
+
+def _system_families(now) -> list[GaugeMetricFamily]:
+    systems = list(System.objects.order_by("name"))
+    last_backup = _gauge("drpanel_last_successful_backup_timestamp_seconds",
+                         "Creation time (Unix seconds) of the newest available artifact per system and kind.",
+                         ("system", "kind"))
+    backup_age = _gauge("drpanel_system_last_backup_age_seconds",
+                        "Age of the newest available artifact per system and kind.", ("system", "kind"))
     for row in (Artifact.objects.filter(status=Artifact.Status.AVAILABLE).values("system__name", "kind")
                 .annotate(newest=Max("created_at")).order_by("system__name", "kind")):
-        last_backup.add(row["newest"].timestamp(), system=row["system__name"], kind=row["kind"])
+        last_backup.add_metric([row["system__name"], row["kind"]], row["newest"].timestamp())
+        backup_age.add_metric([row["system__name"], row["kind"]], (now - row["newest"]).total_seconds())
 
-    score = Family("drpanel_health_score", "Health score per system (0-100): passed weight / enabled weight.")
-    band = Family("drpanel_health_status", "1 for the system's current health band (healthy, warning, critical).")
-    rpo = Family("drpanel_rpo_seconds", "Age of the system's newest available full verified at decrypt level or "
-                                        "better; absent when none is.")
+    verified_age = _gauge("drpanel_system_last_verified_age_seconds",
+                          "Time since the newest verification of the system's artifacts that passed (any level).",
+                          ("system",))
+    for name, finished in (VerificationRun.objects.filter(state="succeeded", finished_at__isnull=False)
+                           .values_list("artifact__system__name").annotate(newest=Max("finished_at"))
+                           .order_by("artifact__system__name")):
+        verified_age.add_metric([name], (now - finished).total_seconds())
+
+    score = _gauge("drpanel_health_score", "Health score per system (0-100): passed weight / enabled weight.",
+                   ("system",))
+    band = _gauge("drpanel_health_status", "1 for the system's current health band (healthy, warning, critical).",
+                  ("system", "status"))
+    rpo = _gauge("drpanel_rpo_seconds", "Age of the system's newest available full verified at decrypt level or "
+                                        "better; absent when none is.", ("system",))
+    continuous = _gauge("drpanel_continuous_rpo_seconds", "RPO of continuous protection (age of the newest "
+                                                          "archived WAL); absent without continuous protection.",
+                        ("system",))
     for system in systems:
         health = health_evaluate(system, now)
-        score.add(health.score, system=system.name)
+        score.add_metric([system.name], health.score)
         for status in ("healthy", "warning", "critical"):
-            band.add(int(health.status == status), system=system.name, status=status)
+            band.add_metric([system.name, status], int(health.status == status))
         seconds = rpo_for(system, now).seconds
         if seconds is not None:
-            rpo.add(seconds, system=system.name)
+            rpo.add_metric([system.name], seconds)
+        seconds = continuous_rpo_seconds(system, now)
+        if seconds is not None:
+            continuous.add_metric([system.name], seconds)
 
-    rto = Family("drpanel_last_rto_seconds", "Measured RTO (request to healthy) of the newest restore that "
+    system_rto = _gauge("drpanel_system_last_rto_seconds", "Measured RTO (request to healthy) of the system's "
+                                                           "newest restore that reached healthy.", ("system",))
+    seen = set()
+    for name, seconds in (RestoreRun.objects.filter(rto_seconds__isnull=False, healthy_at__isnull=False)
+                          .order_by("artifact__system__name", "-healthy_at")
+                          .values_list("artifact__system__name", "rto_seconds")):
+        if name not in seen:
+            seen.add(name)
+            system_rto.add_metric([name], seconds)
+    return [last_backup, backup_age, verified_age, score, band, rpo, continuous, system_rto]
+
+
+def collect() -> list[GaugeMetricFamily]:
+    """Every family, computed now (empty ones are left out by the collector)."""
+    now = clock.now()
+    families = _system_families(now)
+
+    rto = _gauge("drpanel_last_rto_seconds", "Measured RTO (request to healthy) of the newest restore that "
                                              "reached healthy.")
     last = (RestoreRun.objects.filter(rto_seconds__isnull=False, healthy_at__isnull=False)
             .order_by("-healthy_at").values_list("rto_seconds", flat=True).first())
     if last is not None:
-        rto.add(last)
+        rto.add_metric([], last)
 
-    restores = Family("drpanel_restore_runs", "Restore runs per state.")
+    restores = _gauge("drpanel_restore_runs", "Restore runs per state.", ("state",))
     counts = dict(RestoreRun.objects.values_list("state").annotate(n=Count("pk")).order_by())
     for state in RestoreRun.State.values:
-        restores.add(counts.get(state, 0), state=state)
+        restores.add_metric([state], counts.get(state, 0))
 
-    verifications = Family("drpanel_verification_runs", "Verification runs per state.")
+    verifications = _gauge("drpanel_verification_runs", "Verification runs per state.", ("state",))
     counts = dict(VerificationRun.objects.values_list("state").annotate(n=Count("pk")).order_by())
     for state in VerificationRun.State.values:
-        verifications.add(counts.get(state, 0), state=state)
-    failures = Family("drpanel_verification_failures", "Failed verification runs per requested level.")
+        verifications.add_metric([state], counts.get(state, 0))
+    failures = _gauge("drpanel_verification_failures", "Failed verification runs per requested level.", ("level",))
     for level, n in (VerificationRun.objects.filter(state=VerificationRun.State.FAILED).values_list("level")
                      .annotate(n=Count("pk")).order_by("level")):
-        failures.add(n, level=level)
+        failures.add_metric([level], n)
 
-    alerts = Family("drpanel_alerts_open", "Open (unacknowledged) alerts per severity.")
+    alerts = _gauge("drpanel_alerts_open", "Open (unacknowledged) alerts per severity.", ("severity",))
     counts = dict(Alert.objects.filter(state=Alert.State.OPEN).values_list("severity").annotate(n=Count("pk"))
                   .order_by())
     for severity in Alert.Severity.values:
-        alerts.add(counts.get(severity, 0), severity=severity)
+        alerts.add_metric([severity], counts.get(severity, 0))
 
-    workers = Family("drpanel_workers_live", "This installation's RQ workers registered in Redis (absent when Redis "
+    workers = _gauge("drpanel_workers_live", "This installation's RQ workers registered in Redis (absent when Redis "
                                              "does not answer).")
-    depth = Family("drpanel_queue_depth", "Jobs waiting per queue of this installation (absent when Redis does not "
-                                          "answer).")
-    now_queues = _queues_now()
-    if now_queues is not None:
-        workers.add(now_queues[0])
-        for name, count in now_queues[1].items():
-            depth.add(count, queue=name)
+    pools = _gauge("drpanel_pool_workers_alive", "This installation's live RQ workers per worker pool.", ("pool",))
+    depth = _gauge("drpanel_queue_depth", "Jobs waiting per queue of this installation (absent when Redis does not "
+                                          "answer).", ("queue",))
+    cron_age = _gauge("drpanel_cron_heartbeat_age_seconds", "Time since the cron scheduler's last heartbeat "
+                                                            "(absent when none ever beat).")
+    schedulers = _gauge("drpanel_cron_schedulers", "Cron schedulers beating now (1 is right; 0 missing, 2+ doubled).")
+    now_redis = _redis_now()
+    if now_redis is not None:
+        live, waiting, heartbeat = now_redis
+        workers.add_metric([], live)
+        for pool in POOLS:
+            pools.add_metric([pool], live)
+        for name, count in waiting.items():
+            depth.add_metric([name], count)
+        if heartbeat.age_seconds is not None:
+            cron_age.add_metric([], heartbeat.age_seconds)
+        schedulers.add_metric([], len(heartbeat.live))
 
-    head = Family("drpanel_audit_head_seq", "Sequence number of the newest audit event.")
+    head = _gauge("drpanel_audit_head_seq", "Sequence number of the newest audit event.")
     seq = AuditEvent.objects.aggregate(head=Max("seq"))["head"]
     if seq is not None:
-        head.add(seq)
+        head.add_metric([], seq)
 
-    return [last_backup, score, band, rpo, rto, restores, verifications, failures, alerts, workers, depth, head]
+    return [*families, rto, restores, verifications, failures, alerts, workers, pools, depth, cron_age,
+            schedulers, head]
+
+
+class PanelCollector:
+    """prometheus_client's custom collector: every family of ``collect()`` that has a sample."""
+
+    def collect(self):
+        yield from (family for family in collect() if family.samples)
+
+
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(PanelCollector())
+
+
+def render() -> str:
+    """The exposition text now."""
+    return generate_latest(REGISTRY).decode()
 
 
 # --- who may scrape --------------------------------------------------------------------------
@@ -216,4 +240,4 @@ def metrics(request):
             return _deny(request, None, "send a bearer API token, or scrape from an allowed network")
         if not has_cap(user, Cap.VIEW_PANEL):
             return _deny(request, user, "the token's user does not hold view_panel")
-    return HttpResponse(render(collect()), content_type=CONTENT_TYPE)
+    return HttpResponse(render(), content_type=CONTENT_TYPE)

@@ -460,6 +460,19 @@ RTO_TARGET_MINUTES = env_int("DRPANEL_RTO_TARGET_MINUTES", 15, minimum=1, maximu
 # A system whose last successful restore test is older than this is "drill overdue".
 DRILL_OVERDUE_DAYS = env_int("DRPANEL_DRILL_OVERDUE_DAYS", 30, minimum=1, maximum=366)
 
+# --- notifications and the scheduler's heartbeat (compliance.notifications, drpanel.cron) ------
+
+# Every delivery (one apprise send) is killed after this many seconds, so a hanging mail server or
+# webhook never holds a worker; a failed delivery is retried NOTIFY_MAX_ATTEMPTS times in all, after
+# NOTIFY_RETRY_SECONDS, doubling each time (capped at an hour).
+NOTIFY_TIMEOUT_SECONDS = env_int("DRPANEL_NOTIFY_TIMEOUT_SECONDS", 20, minimum=1, maximum=300)
+NOTIFY_MAX_ATTEMPTS = env_int("DRPANEL_NOTIFY_MAX_ATTEMPTS", 5, minimum=1, maximum=20)
+NOTIFY_RETRY_SECONDS = env_int("DRPANEL_NOTIFY_RETRY_SECONDS", 60, minimum=1, maximum=3600)
+# The cron scheduler beats every CRON_HEARTBEAT_SECONDS; /health and an alert call it missing after
+# CRON_HEARTBEAT_MISSING_SECONDS without a beat.
+CRON_HEARTBEAT_SECONDS = env_int("DRPANEL_CRON_HEARTBEAT_SECONDS", 30, minimum=1, maximum=600)
+CRON_HEARTBEAT_MISSING_SECONDS = env_int("DRPANEL_CRON_HEARTBEAT_MISSING_SECONDS", 180, minimum=2, maximum=86400)
+
 # --- logging -------------------------------------------------------------------------------
 
 # json: one JSON object per line (time, level, logger, message, request_id, job_id), for log shippers.

@@ -15,7 +15,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from drpanel import queues
+from drpanel import cron_heartbeat, queues
 from drpanel.dashboard import dashboard_context, running_jobs
 from drpanel.models import ApiToken
 from drpanel.passwords import PasswordError, PasswordLocked, password_attempts_exhausted, retry_after_seconds
@@ -136,30 +136,45 @@ def _check_database() -> tuple[bool, str]:
         return False, type(exc).__name__
 
 
-def _check_redis() -> tuple[bool, str, int | None]:
+def _check_redis() -> tuple[bool, str, int | None, dict | None]:
     client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
     try:
         client.ping()
         workers = len(queues.our_workers(client))
-        return True, "ok", workers
+        return True, "ok", workers, _check_cron(client)
     except redis.RedisError as exc:
-        return False, type(exc).__name__, None
+        return False, type(exc).__name__, None, None
     finally:
         client.close()
+
+
+def _check_cron(client) -> dict:
+    """The cron scheduler's heartbeat; a gap also queues the alert check (at most once a minute), because
+    the scheduler that would run it is the one missing."""
+    heartbeat = cron_heartbeat.read(client)
+    if heartbeat.state != "ok" and client.set(f"{cron_heartbeat.key()}:checked", 1, nx=True, ex=60):
+        queues.enqueue("compliance.jobs.scheduler_check_job", queue="default", timeout=60)
+    return {"status": heartbeat.state, "schedulers": len(heartbeat.live),
+            "age_seconds": None if heartbeat.age_seconds is None else round(heartbeat.age_seconds)}
 
 
 @never_cache
 @require_GET
 def health(request):
-    """Database, Redis and live workers; no sign-in, no secrets; 503 when anything is missing."""
+    """Database, Redis, live workers and the cron scheduler's heartbeat; no sign-in, no secrets.
+
+    503 when the database, Redis or every worker is missing. A missing or doubled scheduler is
+    shown (``cron``) and alerted on, without failing the probe: the panel still serves.
+    """
     db_ok, db_state = _check_database()
-    redis_ok, redis_state, workers = _check_redis()
+    redis_ok, redis_state, workers, cron = _check_redis()
     ok = db_ok and redis_ok and bool(workers)
     body = {
         "status": "ok" if ok else "degraded",
         "database": db_state,
         "redis": redis_state,
         "workers": workers or 0,
+        "cron": cron or {"status": "unknown", "schedulers": 0, "age_seconds": None},
     }
     return JsonResponse(body, status=200 if ok else 503)
 

@@ -209,6 +209,17 @@ class AuditAction(StrEnum):
     RESTORE_ROLES_CREATED = ("restore.roles_created", "A restore created the backup's roles missing on the target's "
                              "server, or found its existing roles different (never altered).")
 
+    # Notifications (issue 15: notify).
+    NOTIFICATION_CHANNEL_CREATED = ("notification_channel.created", "A manager or admin added a notification "
+                                    "channel to a contact or a roster level (its secret reference, never its URL).")
+    NOTIFICATION_CHANNEL_UPDATED = ("notification_channel.updated", "A notification channel was switched off or on.")
+    NOTIFICATION_QUEUED = "notification.queued", "Notifications of an event were queued, one delivery per channel."
+    NOTIFICATION_SENT = "notification.sent", "A delivery reached its channel."
+    NOTIFICATION_RETRYING = ("notification.retrying", "A delivery failed (or timed out) and will be tried again "
+                             "after a backoff.")
+    NOTIFICATION_FAILED = "notification.failed", "A delivery failed its last attempt; nothing more is tried."
+
+
 
 _EXTRA: dict[str, str] = {}
 

@@ -5,16 +5,16 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.core import mail
 from django.urls import reverse
 
 from compliance.alerts import alert_acknowledge, alert_raise, alert_resolve, escalate_due
-from compliance.models import Alert, AlertNotification, AuditEvent, Contact
+from compliance.models import Alert, AlertNotification, AuditEvent, Contact, Delivery
 from drpanel import clock, queues
+from tests.notify_helpers import free_port, send_due
 from tests.support import assert_only_roles
 
 pytestmark = pytest.mark.django_db
-pytest_plugins = ["tests.compliance_fixtures"]
+pytest_plugins = ["tests.compliance_fixtures", "tests.notify_support"]
 
 L1, L2, L3, EMERGENCY = "l1@example.com", "l2@example.com", "l3@example.com", "emergency@example.com"
 
@@ -33,18 +33,18 @@ def raise_alert(django_capture_on_commit_callbacks):
     return _raise
 
 
-def recipients() -> list[str]:
-    return [address for message in mail.outbox for address in message.to]
+def recipients(outbox) -> list[str]:
+    return [address for message in outbox for address in message.to]
 
 
 def ack_path(message) -> str:
     return re.search(r"https?://[^/\s]+(/alerts/ack/\S+)", message.body).group(1)
 
 
-def test_a_critical_alert_mails_l1_at_once_with_an_acknowledge_link(roster, raise_alert):
+def test_a_critical_alert_mails_l1_at_once_with_an_acknowledge_link(roster, raise_alert, outbox):
     alert = raise_alert(evidence_url="/artifacts/42/")
-    assert recipients() == [L1]
-    message = mail.outbox[0]
+    assert recipients(outbox) == [L1]
+    message = outbox[0]
     assert message.subject == "[DR Panel] CRITICAL: Backup health is critical (40%)"
     assert "The newest full backup is 30 hours old." in message.body
     assert "/artifacts/42/" in message.body
@@ -56,56 +56,56 @@ def test_a_critical_alert_mails_l1_at_once_with_an_acknowledge_link(roster, rais
     assert (notification.contact, notification.outcome, notification.channel) == (roster["l1"], "sent", "email")
 
 
-def test_the_same_condition_opens_one_alert_until_it_is_resolved(roster, raise_alert):
+def test_the_same_condition_opens_one_alert_until_it_is_resolved(roster, raise_alert, outbox):
     first = raise_alert()
     assert raise_alert().pk == first.pk
-    assert recipients() == [L1]
+    assert recipients(outbox) == [L1]
     alert_resolve(dedup_key="health.backups")
     second = raise_alert()
     assert second.pk != first.pk
     assert Alert.objects.filter(dedup_key="health.backups").count() == 2
 
 
-def test_l2_is_mailed_only_after_l1s_response_target(roster, raise_alert, panel_clock):
+def test_l2_is_mailed_only_after_l1s_response_target(roster, raise_alert, panel_clock, outbox):
     raise_alert()
     panel_clock.advance(timedelta(minutes=4, seconds=59))
     assert escalate_due() == 0
-    assert recipients() == [L1]
+    assert recipients(outbox) == [L1]
     panel_clock.advance(timedelta(seconds=1))
     assert escalate_due() == 1
-    assert recipients() == [L1, L2]
+    assert recipients(outbox) == [L1, L2]
     assert escalate_due() == 0, "a second run at the same time calls nobody new"
-    assert recipients() == [L1, L2]
+    assert recipients(outbox) == [L1, L2]
 
 
-def test_the_chain_goes_on_to_l3_then_emergency_then_stops(roster, raise_alert, panel_clock):
+def test_the_chain_goes_on_to_l3_then_emergency_then_stops(roster, raise_alert, panel_clock, outbox):
     alert = raise_alert()
     panel_clock.advance(timedelta(minutes=5))
     escalate_due()
     panel_clock.advance(timedelta(minutes=14))
     escalate_due()
-    assert recipients() == [L1, L2], "L2's target is 15 minutes"
+    assert recipients(outbox) == [L1, L2], "L2's target is 15 minutes"
     panel_clock.advance(timedelta(minutes=1))
     escalate_due()
     panel_clock.advance(timedelta(minutes=30))
     escalate_due()
-    assert recipients() == [L1, L2, L3, EMERGENCY]
+    assert recipients(outbox) == [L1, L2, L3, EMERGENCY]
     alert.refresh_from_db()
     assert alert.escalation_step == 4 and alert.next_escalation_at is None
     panel_clock.advance(timedelta(hours=5))
     assert escalate_due() == 0
-    assert "vendor@example.com" not in recipients()
+    assert "vendor@example.com" not in recipients(outbox)
     steps = [e.details["level"] for e in AuditEvent.objects.filter(action="alert.escalated").order_by("seq")]
     assert steps == ["L1", "L2", "L3", "Emergency"]
 
 
-def test_acknowledging_in_the_panel_stops_the_escalation(roster, raise_alert, panel_clock, operator):
+def test_acknowledging_in_the_panel_stops_the_escalation(roster, raise_alert, panel_clock, operator, outbox):
     alert = raise_alert()
     panel_clock.advance(timedelta(minutes=2))
     alert_acknowledge(actor=operator, alert=alert)
     panel_clock.advance(timedelta(hours=1))
     assert escalate_due() == 0
-    assert recipients() == [L1]
+    assert recipients(outbox) == [L1]
     alert.refresh_from_db()
     assert (alert.state, alert.acknowledged_by, alert.acknowledged_at) == ("acknowledged", operator, clock.now()
                                                                           - timedelta(hours=1))
@@ -113,9 +113,9 @@ def test_acknowledging_in_the_panel_stops_the_escalation(roster, raise_alert, pa
     assert event.actor_username == "operator" and event.details["via"] == "panel"
 
 
-def test_the_mailed_link_acknowledges_once_without_signing_in(roster, raise_alert, client, panel_clock):
+def test_the_mailed_link_acknowledges_once_without_signing_in(roster, raise_alert, client, panel_clock, outbox):
     alert = raise_alert()
-    path = ack_path(mail.outbox[0])
+    path = ack_path(outbox[0])
     page = client.get(path)
     assert page.status_code == 200
     assert b"Acknowledge as Lena One" in page.content
@@ -128,12 +128,12 @@ def test_the_mailed_link_acknowledges_once_without_signing_in(roster, raise_aler
     assert event.details["contact"] == "Lena One" and event.details["via"] == "link"
     assert client.post(path).status_code == 409
     panel_clock.advance(timedelta(hours=1))
-    assert escalate_due() == 0 and recipients() == [L1]
+    assert escalate_due() == 0 and recipients(outbox) == [L1]
 
 
-def test_a_link_cannot_be_reused_after_a_later_alert_reopens(roster, raise_alert, client, panel_clock):
+def test_a_link_cannot_be_reused_after_a_later_alert_reopens(roster, raise_alert, client, panel_clock, outbox):
     raise_alert()
-    path = ack_path(mail.outbox[0])
+    path = ack_path(outbox[0])
     client.post(path)
     alert_resolve(dedup_key="health.backups")
     raise_alert()
@@ -141,9 +141,9 @@ def test_a_link_cannot_be_reused_after_a_later_alert_reopens(roster, raise_alert
     assert Alert.objects.get(state="open").acknowledged_at is None
 
 
-def test_an_expired_or_forged_link_is_refused_and_audited(roster, raise_alert, client, panel_clock, settings):
+def test_an_expired_or_forged_link_is_refused_and_audited(roster, raise_alert, client, panel_clock, settings, outbox):
     alert = raise_alert()
-    path = ack_path(mail.outbox[0])
+    path = ack_path(outbox[0])
     panel_clock.advance(timedelta(hours=settings.ALERT_ACK_LINK_HOURS, seconds=1))
     response = client.post(path)
     assert response.status_code == 409 and b"expired" in response.content
@@ -154,15 +154,15 @@ def test_an_expired_or_forged_link_is_refused_and_audited(roster, raise_alert, c
 
 
 def test_resolving_mails_everyone_who_was_notified(roster, raise_alert, panel_clock,
-                                                   django_capture_on_commit_callbacks):
+                                                   django_capture_on_commit_callbacks, outbox):
     alert = raise_alert()
     panel_clock.advance(timedelta(minutes=5))
     escalate_due()
-    mail.outbox.clear()
+    outbox.clear()
     with django_capture_on_commit_callbacks(execute=True):
         alert_resolve(dedup_key="health.backups")
-    assert sorted(recipients()) == [L1, L2]
-    assert all(m.subject == "[DR Panel] RESOLVED: Backup health is critical (40%)" for m in mail.outbox)
+    assert sorted(recipients(outbox)) == [L1, L2]
+    assert all(m.subject == "[DR Panel] RESOLVED: Backup health is critical (40%)" for m in outbox)
     alert.refresh_from_db()
     assert alert.state == "resolved" and alert.next_escalation_at is None
     panel_clock.advance(timedelta(hours=1))
@@ -170,25 +170,25 @@ def test_resolving_mails_everyone_who_was_notified(roster, raise_alert, panel_cl
     assert alert_resolve(dedup_key="health.backups") is None, "nothing left to resolve"
 
 
-def test_info_alerts_are_shown_but_not_mailed(roster, raise_alert, panel_clock):
+def test_info_alerts_are_shown_but_not_mailed(roster, raise_alert, panel_clock, outbox):
     alert = raise_alert(key="contact.unverified:1", severity="info")
     panel_clock.advance(timedelta(days=1))
     escalate_due()
-    assert mail.outbox == []
+    assert outbox == []
     assert Alert.objects.get(pk=alert.pk).state == "open"
 
 
-def test_levels_without_active_contacts_are_skipped(roster, raise_alert, panel_clock):
+def test_levels_without_active_contacts_are_skipped(roster, raise_alert, panel_clock, outbox):
     Contact.objects.filter(level__in=["l1", "l2"]).update(active=False)
     raise_alert()
-    assert recipients() == [L3]
+    assert recipients(outbox) == [L3]
     event = AuditEvent.objects.get(action="alert.escalated")
     assert event.details["skipped_levels"] == ["L1", "L2"] and event.details["level"] == "L3"
 
 
-def test_with_nobody_on_the_roster_the_alert_still_shows_and_says_so(db, panel_clock, raise_alert, clients):
+def test_with_nobody_on_the_roster_the_alert_still_shows_and_says_so(db, panel_clock, raise_alert, clients, outbox):
     alert = raise_alert()
-    assert mail.outbox == []
+    assert outbox == []
     assert AuditEvent.objects.filter(action="alert.escalation_ended").exists()
     page = clients["auditor"].get(reverse("compliance:alert-detail", args=[alert.pk]))
     assert b"nobody could be called" in page.content
@@ -196,20 +196,23 @@ def test_with_nobody_on_the_roster_the_alert_still_shows_and_says_so(db, panel_c
 
 def test_a_mail_that_cannot_be_sent_is_recorded_as_failed(roster, raise_alert, settings):
     # A real SMTP connection to a port where nothing listens.
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 2
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", free_port()
     raise_alert()
+    assert send_due() == 1
     notification = AlertNotification.objects.get()
     assert notification.outcome == "failed" and notification.error
     event = AuditEvent.objects.get(action="alert.notified")
     assert event.outcome == "failure" and event.details["outcome"] == "failed"
+    assert Delivery.objects.get().status == "retrying", "the mail is tried again after a backoff"
 
 
 def test_every_alert_notification_acknowledgement_and_resolution_is_audited(roster, raise_alert, panel_clock,
-                                                                             manager):
+                                                                             manager, smtp_receiver):
     alert = raise_alert()
+    send_due()
     panel_clock.advance(timedelta(minutes=5))
     escalate_due()
+    send_due()
     alert_acknowledge(actor=manager, alert=alert)
     alert_resolve(dedup_key="health.backups", actor=manager)
     actions = list(AuditEvent.objects.filter(object_type="compliance.alert").order_by("seq")
@@ -220,8 +223,9 @@ def test_every_alert_notification_acknowledgement_and_resolution_is_audited(rost
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
-def test_the_escalation_job_runs_in_a_real_worker_on_the_shifted_clock(redis_conn):
-    """The worker's clock runs 10 minutes ahead, so L1's 5-minute target has passed there."""
+def test_the_escalation_job_runs_in_a_real_worker_on_the_shifted_clock(redis_conn, smtp_receiver):
+    """The worker's clock runs 10 minutes ahead, so L1's 5-minute target has passed there; the same
+    worker sends both mails (the deliveries' jobs) to a real SMTP receiver."""
     from compliance.jobs import alerts_escalate_job
     from tests.support import rq_workers
 
@@ -229,15 +233,19 @@ def test_the_escalation_job_runs_in_a_real_worker_on_the_shifted_clock(redis_con
         Contact.objects.create(level=level, name=name, email=email, response_minutes=minutes)
     alert_raise(kind="health.critical", severity="critical", subject="Backups are late", message="",
                 dedup_key="health.backups")
-    with rq_workers(["default"], env={"DRPANEL_CLOCK_OFFSET_SECONDS": 600}):
+    env = {"DRPANEL_CLOCK_OFFSET_SECONDS": 600, "EMAIL_HOST": "127.0.0.1", "EMAIL_PORT": smtp_receiver.port}
+    with rq_workers(["default"], env=env):
         job = queues.get_queue("default").enqueue(alerts_escalate_job)
         deadline = time.monotonic() + 60
-        while job.get_status(refresh=True) not in ("finished", "failed") and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+                job.get_status(refresh=True) not in ("finished", "failed")
+                or AlertNotification.objects.filter(outcome__in=["pending", "sending"]).exists()):
             time.sleep(0.2)
     assert job.get_status() == "finished", job.latest_result()
     assert job.return_value() == 1
     sent = dict(AlertNotification.objects.values_list("contact__email", "outcome"))
     assert sent == {L1: "sent", L2: "sent"}
+    assert sorted(m.to[0] for m in smtp_receiver.messages) == [L1, L2]
 
 
 # --- pages and API ---------------------------------------------------------------------------
@@ -332,7 +340,7 @@ def test_concurrent_link_clicks_acknowledge_once(panel_clock):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_escalation_runs_call_each_level_once(panel_clock):
+def test_concurrent_escalation_runs_call_each_level_once(panel_clock, outbox):
     for level, name, email, minutes in [("l1", "Lena One", L1, 5), ("l2", "Leo Two", L2, 15)]:
         Contact.objects.create(level=level, name=name, email=email, response_minutes=minutes)
     alert_raise(kind="health.critical", severity="critical", subject="Late", message="", dedup_key="k")
@@ -340,4 +348,4 @@ def test_concurrent_escalation_runs_call_each_level_once(panel_clock):
     results = _in_threads(escalate_due, 4)
     assert sorted(value for _, value in results) == [0, 0, 0, 1], results
     assert sorted(AlertNotification.objects.values_list("contact__email", flat=True)) == [L1, L2]
-    assert sorted(m.to[0] for m in mail.outbox) == [L1, L2]
+    assert sorted(m.to[0] for m in outbox) == [L1, L2]

@@ -4,7 +4,6 @@ resolved when healthy again; backups older than their policy; restore drills ove
 from datetime import timedelta
 
 import pytest
-from django.core import mail
 
 from backups.models import ArtifactCopy, BackupRun
 from compliance.alerts import alert_acknowledge, escalate_due
@@ -15,7 +14,7 @@ from compliance.models import Alert, AuditEvent
 from drpanel import clock
 
 pytestmark = pytest.mark.django_db
-pytest_plugins = ["tests.compliance_fixtures", "tests.health_fixtures"]
+pytest_plugins = ["tests.compliance_fixtures", "tests.health_fixtures", "tests.notify_support"]
 
 L1, L2 = "l1@example.com", "l2@example.com"
 
@@ -61,8 +60,8 @@ def full_goes_late(catalog) -> None:
     catalog.artifact("config", timedelta(minutes=10))
 
 
-def health_mails(address=None) -> list:
-    return [m for m in mail.outbox if "backup health" in m.subject and (address is None or m.to == [address])]
+def health_mails(outbox, address=None) -> list:
+    return [m for m in outbox if "backup health" in m.subject and (address is None or m.to == [address])]
 
 
 def open_health_alerts() -> list[str]:
@@ -71,43 +70,44 @@ def open_health_alerts() -> list[str]:
 
 
 def test_a_full_past_its_policy_drops_the_score_into_warning_and_mails_l1_then_l2(roster, catalog, complete,
-                                                                                  recompute, escalate):
+                                                                                  recompute, escalate, outbox):
     recompute()
-    assert health_mails() == [] and open_health_alerts() == []
+    assert health_mails(outbox) == [] and open_health_alerts() == []
     full_goes_late(catalog)
     recompute()
     alert = Alert.objects.get(kind="health.warning")
     assert (alert.severity, alert.subject) == ("warning", "chatbotdysa: backup health warning (70/100)")
     assert "Last full backup within its policy (weight 30): Newest full backup is 24 h old" in alert.message
     assert alert.evidence_url == f"/systems/{catalog.system.pk}/health"
-    assert [m.to for m in health_mails()] == [[L1]]
-    assert f"/systems/{catalog.system.pk}/health" in health_mails()[0].body
+    assert [m.to for m in health_mails(outbox)] == [[L1]]
+    assert f"/systems/{catalog.system.pk}/health" in health_mails(outbox)[0].body
 
     recompute()
-    assert len(health_mails()) == 1, "once per transition, however often it is recomputed"
+    assert len(health_mails(outbox)) == 1, "once per transition, however often it is recomputed"
     clock.advance(timedelta(minutes=5))
     escalate()
-    assert [m.to for m in health_mails()] == [[L1], [L2]], "L1 did not acknowledge within 5 minutes"
+    assert [m.to for m in health_mails(outbox)] == [[L1], [L2]], "L1 did not acknowledge within 5 minutes"
     assert AuditEvent.objects.filter(action="alert.raised", details__kind="health.warning").count() == 1
 
 
-def test_an_acknowledged_health_alert_stops_there(roster, catalog, complete, recompute, escalate, operator):
+def test_an_acknowledged_health_alert_stops_there(roster, catalog, complete, recompute, escalate, operator,
+                                                  outbox):
     full_goes_late(catalog)
     recompute()
     alert_acknowledge(actor=operator, alert=Alert.objects.get(kind="health.warning"))
     clock.advance(timedelta(hours=1))
     escalate()
-    assert [m.to for m in health_mails()] == [[L1]]
+    assert [m.to for m in health_mails(outbox)] == [[L1]]
 
 
-def test_returning_to_healthy_resolves_the_alert_and_says_so(roster, catalog, complete, recompute):
+def test_returning_to_healthy_resolves_the_alert_and_says_so(roster, catalog, complete, recompute, outbox):
     full_goes_late(catalog)
     recompute()
     catalog.artifact("full", timedelta(minutes=10), verified="structure", verified_age=timedelta(minutes=5))
     recompute()
     alert = Alert.objects.get(kind="health.warning")
     assert alert.state == "resolved"
-    assert sorted(m.subject for m in mail.outbox if m.subject.startswith("[DR Panel] RESOLVED")) == [
+    assert sorted(m.subject for m in outbox if m.subject.startswith("[DR Panel] RESOLVED")) == [
         "[DR Panel] RESOLVED: chatbotdysa: backup health warning (70/100)",
         "[DR Panel] RESOLVED: chatbotdysa: full backup overdue"]
     assert open_health_alerts() == []
@@ -153,7 +153,7 @@ def test_a_new_system_is_alerted_about_once_a_full_interval_passed(roster, catal
 
 # --- backups older than their policy -----------------------------------------------------------
 
-def test_a_backup_older_than_its_policy_raises_an_alert_per_kind(roster, catalog, complete, recompute):
+def test_a_backup_older_than_its_policy_raises_an_alert_per_kind(roster, catalog, complete, recompute, outbox):
     recompute()
     assert not Alert.objects.filter(kind="backup.overdue").exists()
     clock.advance(timedelta(hours=3, seconds=1))
@@ -163,7 +163,7 @@ def test_a_backup_older_than_its_policy_raises_an_alert_per_kind(roster, catalog
     assert alert.subject == "chatbotdysa: config backup overdue"
     assert "is 4 h old; the policy asks for one every 4 h." in alert.message
     assert alert.evidence_url.startswith("/artifacts/")
-    assert [m.to for m in mail.outbox if m.subject.endswith("config backup overdue")] == [[L1]]
+    assert [m.to for m in outbox if m.subject.endswith("config backup overdue")] == [[L1]]
     clock.advance(timedelta(hours=2))
     recompute()
     overdue = sorted(Alert.objects.filter(kind="backup.overdue").values_list("dedup_key", flat=True))

@@ -4,7 +4,6 @@ import io
 
 import psycopg
 import pytest
-from django.core import mail
 from django.db import connection
 
 from backups import demo as backups_demo
@@ -27,7 +26,7 @@ def demo_env(settings, tmp_path, s3_endpoint):
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_the_demo_scores_its_real_backups_and_invents_no_history(demo_env, redis_conn):
+def test_the_demo_scores_its_real_backups_and_invents_no_history(demo_env, redis_conn, outbox):
     out = io.StringIO()
     backups_demo.seed(out)
     compliance_demo.seed_contacts(out)
@@ -45,7 +44,7 @@ def test_the_demo_scores_its_real_backups_and_invents_no_history(demo_env, redis
     assert [s.score for s in snapshots] == [0, 76], "the new system, then one row after both backups, nothing older"
     assert all(e["url"] for c in snapshots[-1].checks for e in c["evidence"])
     alert = Alert.objects.get(kind="health.warning")
-    assert [m.to for m in mail.outbox if m.subject.endswith(alert.subject)] == [["dana.whitfield@example.com"]]
+    assert [m.to for m in outbox if m.subject.endswith(alert.subject)] == [["dana.whitfield@example.com"]]
 
     compliance_demo.seed_health(io.StringIO())
     assert HealthSnapshot.objects.count() == 2 and Alert.objects.filter(kind="health.warning").count() == 1

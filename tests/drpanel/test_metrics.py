@@ -1,8 +1,7 @@
 """``GET /metrics``: Prometheus text (0.0.4) computed from the rows, for allowed callers only.
 
 The output is parsed strictly (every line is a HELP, a TYPE or a sample of the family announced just
-before; label values unescaped by the format's rules), and, when prometheus_client is installed, by
-its own parser too.
+before; label values unescaped by the format's rules), and by prometheus_client's own parser too.
 """
 
 import re
@@ -16,7 +15,6 @@ from rq import Queue
 from backups.models import Artifact, System
 from compliance.models import Alert, AuditEvent
 from drpanel import clock, queues
-from drpanel.metrics import escape_label_value, render
 from drpanel.services import api_token_create
 from restores.models import RestoreRun, Target, VerificationRun
 from tests.factories import PASSWORD
@@ -167,21 +165,25 @@ def test_queue_depth_counts_this_installations_waiting_jobs(scrape, redis_conn):
     assert depths == {"default": 0, "backup": 0, "verify": 1, "restore": 0}
 
 
-def test_prometheus_clients_own_parser_reads_it_when_installed(scrape):
-    parser = pytest.importorskip("prometheus_client.parser")
+def test_prometheus_clients_own_parser_reads_it(scrape):
+    from prometheus_client import parser
+
     System.objects.create(name='a "quoted" name', database_ref="env:DRPANEL_SECRET_UNSET_DB")
-    names = {family.name for family in parser.text_string_to_metric_families(scrape())}
-    assert {"drpanel_health_score", "drpanel_restore_runs", "drpanel_audit_head_seq"} <= names
+    text = scrape()
+    families = {family.name: family for family in parser.text_string_to_metric_families(text)}
+    assert {"drpanel_health_score", "drpanel_restore_runs", "drpanel_audit_head_seq", "drpanel_queue_depth",
+            "drpanel_pool_workers_alive", "drpanel_cron_schedulers"} <= set(families)
+    assert [s.labels for s in families["drpanel_health_score"].samples] == [{"system": 'a "quoted" name'}]
+    # Both parsers read the same samples.
+    strict = parse(text)
+    for name, family in families.items():
+        assert sorted((tuple(sorted(s.labels.items())), s.value) for s in family.samples) == sorted(
+            (tuple(sorted(labels.items())), v) for labels, v in strict[name])
 
 
-def test_label_values_are_escaped_by_the_formats_rules():
-    assert escape_label_value('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
-    from drpanel.metrics import Family
-
-    family = Family("x_total", "help with \\ and\nnewline")
-    family.add(1, name='q"')
-    assert render([family]) == ('# HELP x_total help with \\\\ and\\nnewline\n'
-                                '# TYPE x_total gauge\nx_total{name="q\\""} 1\n')
+def test_label_values_are_escaped_by_the_formats_rules(scrape):
+    System.objects.create(name='a\\b"c\nd', database_ref="env:DRPANEL_SECRET_UNSET_DB")
+    assert 'drpanel_health_score{system="a\\\\b\\"c\\nd"}' in scrape()
 
 
 def test_it_refuses_a_caller_without_a_token_and_audits_it(client):
@@ -229,3 +231,40 @@ def test_no_secret_reaches_the_output(client, auditor, monkeypatch):
     assert "chatbotdysa" in text
     for secret in (password, raw, raw[10:], "DRPANEL_SECRET_METRICS_CANARY_DB"):
         assert secret not in text
+
+
+def test_per_system_ages_verification_and_rto(scrape, operator):
+    now = clock.now()
+    system = System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_SECRET_UNSET_DB")
+    full = Artifact.objects.create(system=system, kind="full", format="pg_custom", status="available", size=1,
+                                   sha256="e" * 64, storage_key="e", manifest={})
+    Artifact.objects.filter(pk=full.pk).update(created_at=now - timedelta(hours=2))
+    VerificationRun.objects.create(artifact=full, level="decrypt", state="succeeded",
+                                   finished_at=now - timedelta(minutes=30))
+    VerificationRun.objects.create(artifact=full, level="restore-test", state="failed", finished_at=now)
+    target = Target.objects.create(name="staging", environment="staging", database_ref="env:DRPANEL_SECRET_UNSET_DB",
+                                   config_dir="/tmp/x")
+    RestoreRun.objects.create(artifact=full, target=target, mode="database-only", state="succeeded",
+                              requested_by=operator, rto_seconds=321.5, healthy_at=now - timedelta(minutes=5))
+    RestoreRun.objects.create(artifact=full, target=target, mode="database-only", state="succeeded",
+                              requested_by=operator, rto_seconds=999, healthy_at=now - timedelta(days=5))
+    families = parse(scrape())
+    assert value(families, "drpanel_system_last_backup_age_seconds", system="chatbotdysa",
+                 kind="full") == pytest.approx(2 * 3600, abs=120)
+    assert value(families, "drpanel_system_last_verified_age_seconds",
+                 system="chatbotdysa") == pytest.approx(30 * 60, abs=120)
+    assert value(families, "drpanel_system_last_rto_seconds", system="chatbotdysa") == 321.5
+    assert "drpanel_continuous_rpo_seconds" not in families, "no continuous protection yet: no invented RPO"
+
+
+def test_the_pool_and_the_cron_heartbeat_are_exposed(scrape, redis_conn):
+    from drpanel import cron_heartbeat
+
+    families = parse(scrape())
+    assert value(families, "drpanel_pool_workers_alive", pool="default") == 0
+    assert value(families, "drpanel_cron_schedulers") == 0
+    assert "drpanel_cron_heartbeat_age_seconds" not in families, "no scheduler ever beat"
+    cron_heartbeat.beat(redis_conn, "host-a:101:aaaa", started_at=clock.now().timestamp())
+    families = parse(scrape())
+    assert value(families, "drpanel_cron_schedulers") == 1
+    assert 0 <= value(families, "drpanel_cron_heartbeat_age_seconds") < 60
