@@ -122,7 +122,7 @@ def assert_error_body(response, status: int, *fields: str) -> dict:
 
 
 def test_the_walk_finds_every_list():
-    assert KNOWN_LISTS <= set(list_routes())
+    assert set(list_routes()) >= KNOWN_LISTS
 
 
 @pytest.mark.parametrize("route", list_routes())
@@ -207,8 +207,9 @@ def test_every_kind_of_failure_answers_the_one_error_body(clients, operator):
     assert_error_body(signed_in.get("/api/v1/restores", {"state": "bogus"}), 400, "state")
     # 409: a refusal by state, built by the view.
     alert = Alert.objects.create(kind="backup.stale", severity="warning", subject="Late", dedup_key="conflict")
-    assert clients["operator"].post(f"/api/v1/alerts/{alert.pk}/acknowledge", {}, content_type="application/json").status_code == 200
-    assert_error_body(clients["operator"].post(f"/api/v1/alerts/{alert.pk}/acknowledge", {}, content_type="application/json"), 409)
+    acknowledge = f"/api/v1/alerts/{alert.pk}/acknowledge"
+    assert clients["operator"].post(acknowledge, {}, content_type="application/json").status_code == 200
+    assert_error_body(clients["operator"].post(acknowledge, {}, content_type="application/json"), 409)
     # 403 for a wrong password re-entered, built by the view too.
     assert_error_body(clients["operator"].post("/api/v1/tokens", {"password": "wrong"},
                                                content_type="application/json"), 403)
