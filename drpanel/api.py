@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from django.core import signing
 from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Q, QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -257,9 +258,13 @@ def paginate(request, rows: QuerySet | Sequence, serialize: Callable, *, order: 
     at = _read_cursor(request, order)
     if order:
         rows = rows.order_by(*order)
-        if at is not None:
-            rows = rows.filter(_after(order, at))
-        window = list(rows[:limit + 1])
+        try:
+            if at is not None:
+                rows = rows.filter(_after(order, at))
+            window = list(rows[:limit + 1])
+        except (ValueError, TypeError, DjangoValidationError):
+            # Only a cursor signed with this panel's key gets here: a value its field cannot take.
+            raise exceptions.ValidationError({"cursor": ["not a cursor this list gave"]}) from None
     else:
         start = at or 0
         window = list(rows[start:start + limit + 1])

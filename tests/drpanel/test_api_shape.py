@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.core import signing
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework import exceptions
@@ -164,6 +165,13 @@ def test_a_cursor_is_read_only_by_the_list_that_gave_it(clients, two_of_each):
     assert_error_body(client.get("/api/v1/artifacts", {"cursor": cursor}), 400, "cursor")
     tampered = cursor[:-2] + ("AA" if not cursor.endswith("AA") else "BB")
     assert_error_body(client.get("/api/v1/artifacts", {"cursor": tampered, "sort": "size"}), 400, "cursor")
+
+
+def test_a_signed_cursor_with_values_its_fields_cannot_take_is_a_400_not_a_500(clients):
+    """As if the key leaked: a cursor signed right, holding a position that is not a date."""
+    forged = signing.dumps({"order": ["-opened_at", "-pk"], "at": ["not a date", "x"]},
+                           salt="drpanel.api.cursor:/api/v1/alerts")
+    assert_error_body(clients["auditor"].get("/api/v1/alerts", {"cursor": forged}), 400, "cursor")
 
 
 def test_the_alerts_list_no_longer_stops_at_200(clients):
