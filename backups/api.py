@@ -16,8 +16,19 @@ from backups import deletion, errors
 from backups import runs as backup_runs
 from backups.models import Artifact, ArtifactCopy, BackupRun, StorageLocation, System
 from backups.schedules import policy_status
-from backups.selectors import SORTS, artifact_json, artifact_page, decode_cursor, run_json
-from drpanel.api import InputSerializer, PasswordField, StrictCharField, capability, password_refusal, validated_body
+from backups.selectors import SORTS, artifact_json, artifact_rows, run_json
+from drpanel.api import (
+    PAGE_PARAMETERS,
+    InputSerializer,
+    PasswordField,
+    StrictCharField,
+    api_error,
+    capability,
+    page_schema,
+    paginate,
+    password_refusal,
+    validated_body,
+)
 from drpanel.approvals import ApprovalError, approval_reject, open_approvals
 from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap
@@ -50,10 +61,6 @@ class SystemSerializer(serializers.Serializer):
     schedule_enabled = serializers.BooleanField()
     config_paths = serializers.ListField(child=serializers.CharField())
     policy = PolicySerializer(many=True, help_text="Per scheduled kind: the interval and the newest good artifact.")
-
-
-class SystemListSerializer(serializers.Serializer):
-    results = SystemSerializer(many=True)
 
 
 class StepSerializer(serializers.Serializer):
@@ -132,11 +139,6 @@ class ArtifactDetailSerializer(ArtifactSerializer):
     manifest = serializers.DictField(help_text="The manifest written next to the artifact.")
 
 
-class ArtifactPageSerializer(serializers.Serializer):
-    results = ArtifactSerializer(many=True)
-    next = serializers.CharField(allow_null=True, help_text="The cursor of the next page; null on the last.")
-
-
 class ArtifactQuerySerializer(serializers.Serializer):
     """The artifact list's filters; an unknown value is refused rather than ignored."""
 
@@ -149,7 +151,6 @@ class ArtifactQuerySerializer(serializers.Serializer):
     locals()["from"] = serializers.DateField(required=False, help_text="Created on or after this day.")
     to = serializers.DateField(required=False, help_text="Created on or before this day.")
     sort = serializers.ChoiceField(list(SORTS), required=False, help_text="Default -created (newest first).")
-    cursor = serializers.CharField(required=False, help_text="`next` of the previous page.")
 
     def to_internal_value(self, data):
         # A form would treat "kind=" as "any kind"; the API refuses it like any other unknown value.
@@ -158,22 +159,16 @@ class ArtifactQuerySerializer(serializers.Serializer):
             raise ValidationError(empty)
         return super().to_internal_value(data)
 
-    def validate(self, attrs):
-        cursor = attrs.get("cursor")
-        field = SORTS[attrs.get("sort", "-created")][0]
-        if cursor is not None and decode_cursor(cursor, field) is None:
-            raise ValidationError({"cursor": ["not a cursor this list gave (with this sort)"]})
-        return attrs
-
 
 class SystemListView(APIView):
     """Protected systems with their policy status."""
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(operation_id="systems_list", responses=SystemListSerializer)
+    @extend_schema(operation_id="systems_list", parameters=PAGE_PARAMETERS,
+                   responses=page_schema("SystemList", SystemSerializer))
     def get(self, request):
-        return Response({"results": [system_json(s) for s in System.objects.all()]})
+        return paginate(request, System.objects.all(), system_json, order=("name", "pk"))
 
 
 class SystemBackupView(APIView):
@@ -192,7 +187,7 @@ class SystemBackupView(APIView):
             run = backup_runs.backup_request(actor=request.user, system=system, kind=body["kind"],
                                           trigger=BackupRun.Trigger.API, request=request)
         except errors.BackupError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+            return api_error(status.HTTP_400_BAD_REQUEST, str(exc))
         return Response(run_json(run), status=status.HTTP_202_ACCEPTED)
 
 
@@ -208,17 +203,17 @@ class BackupRunView(APIView):
 
 
 class ArtifactListView(APIView):
-    """Artifacts, newest first (50 a page); filters; ``cursor`` = ``next`` for the next page."""
+    """Artifacts, newest first (50 a page; ``sort`` changes the order); filters; ``cursor`` = ``next``."""
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(operation_id="artifacts_list", parameters=[ArtifactQuerySerializer],
-                   responses=ArtifactPageSerializer)
+    @extend_schema(operation_id="artifacts_list", parameters=[ArtifactQuerySerializer, *PAGE_PARAMETERS],
+                   responses=page_schema("ArtifactPage", ArtifactSerializer))
     def get(self, request):
         query = ArtifactQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        page = artifact_page(request.query_params)
-        return Response({"results": [artifact_json(a) for a in page.artifacts], "next": page.next_cursor})
+        rows, order = artifact_rows(request.query_params)
+        return paginate(request, rows, artifact_json, order=order)
 
 
 class ArtifactDetailView(APIView):
@@ -265,7 +260,7 @@ class DeletionRejectSerializer(InputSerializer):
 def _deletion_error(exc: Exception) -> Response:
     if isinstance(exc, PasswordError):
         return password_refusal(exc)
-    return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    return api_error(status.HTTP_409_CONFLICT, str(exc))
 
 
 def _open_request(artifact: Artifact):

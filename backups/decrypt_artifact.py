@@ -3,7 +3,7 @@
 
     DRPANEL_KEY=<base64 master key> python3 decrypt_artifact.py ARTIFACT OUTPUT
 
-It follows the byte layout in the README ("Artifact format") independently of the panel's
+It follows the byte layout in docs/administrator.md ("Artifact format") independently of the panel's
 code: it reads the header, unwraps the data key with the master key (wrap method 1, AES-256-GCM),
 reads the end marker, then authenticates and decrypts one chunk at a time into a temporary file
 beside OUTPUT, renamed to OUTPUT only when every chunk authenticated. Memory stays at about two

@@ -1,6 +1,6 @@
 """The artifact format: chunked AES-256-GCM (STREAM) with a per-artifact data key, and legacy readers.
 
-Byte layout of a DR Panel artifact, version 1 (the README repeats it for readers without the panel;
+Byte layout of a DR Panel artifact, version 1 (docs/administrator.md repeats it for readers without the panel;
 all integers big-endian):
 
     fixed header, 37 bytes (the associated data of every chunk; never changes)

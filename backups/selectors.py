@@ -88,6 +88,19 @@ def filtered_artifacts(params) -> tuple:
     return qs, cleaned
 
 
+def artifact_rows(params) -> tuple:
+    """The API's artifact list before paging: the filtered, prefetched rows and their keyset order."""
+    sort = params.get("sort") if params.get("sort") in SORTS else "-created"
+    field, descending = SORTS[sort]
+    qs, _ = filtered_artifacts(params)
+    if field == "size":
+        qs = qs.exclude(size=None)
+    copies = Prefetch("copies", queryset=ArtifactCopy.objects.select_related("location").exclude(
+        status=ArtifactCopy.Status.DELETED).order_by("-location__role", "location__name"))
+    order = (f"-{field}", "-pk") if descending else (field, "pk")
+    return qs.select_related("system", "adopted_by").prefetch_related(copies), order
+
+
 def artifact_page(params, *, page_size: int = PAGE_SIZE) -> ArtifactPage:
     sort = params.get("sort") if params.get("sort") in SORTS else "-created"
     field, descending = SORTS[sort]

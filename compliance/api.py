@@ -2,8 +2,7 @@
 monthly certifications (months, records, signing, evidence bundles)."""
 
 from django.http import Http404
-from django.urls import path, reverse
-from django.utils.http import urlencode
+from django.urls import path
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -14,7 +13,8 @@ from rest_framework.views import APIView
 
 from compliance.api_ops import urlpatterns as ops_urlpatterns
 from compliance.audit.export import FORMATS, audit_export_start, export_response, public_key_response
-from compliance.audit.query import TIME_PATTERN, AuditFilter, FilterError, event_json, events_page
+from compliance.audit.models import AuditEvent
+from compliance.audit.query import TIME_PATTERN, AuditFilter, FilterError, event_json
 from compliance.audit.signing import current_public_key, fingerprint, public_pem, retired_public_keys
 from compliance.certification_bundle import bundle_response
 from compliance.certification_record import (
@@ -31,7 +31,17 @@ from compliance.certifications import (
     certification_sign,
     current_certification,
 )
-from drpanel.api import InputSerializer, PasswordField, StrictCharField, capability, validated_body
+from drpanel.api import (
+    PAGE_PARAMETERS,
+    InputSerializer,
+    PasswordField,
+    StrictCharField,
+    api_error,
+    capability,
+    page_schema,
+    paginate,
+    validated_body,
+)
 from drpanel.permissions import Cap
 from drpanel.schema import ErrorSerializer, error_response
 
@@ -70,19 +80,10 @@ class AuditEventSerializer(serializers.Serializer):
     hash = serializers.CharField()
 
 
-class AuditEventPageSerializer(serializers.Serializer):
-    results = AuditEventSerializer(many=True)
-    next = serializers.CharField(allow_null=True, help_text="The URL of the next (older) page; null on the last.")
-
-
 class PublicKeySerializer(serializers.Serializer):
     fingerprint = serializers.CharField()
     current = serializers.BooleanField()
     pem = serializers.CharField()
-
-
-class PublicKeysSerializer(serializers.Serializer):
-    keys = PublicKeySerializer(many=True)
 
 
 def _filter(request) -> AuditFilter:
@@ -92,34 +93,24 @@ def _filter(request) -> AuditFilter:
         raise ValidationError({"filter": str(exc)}) from None
 
 
-def _positive_int(request, name: str, default: int | None, maximum: int | None = None) -> int | None:
-    value = request.query_params.get(name)
-    if value is None:
-        return default
-    if not value.isdigit() or int(value) < 1:
-        raise ValidationError({name: "must be a positive integer"})
-    return min(int(value), maximum) if maximum else int(value)
-
-
 class AuditEventsView(APIView):
-    """Events, newest first, filtered; page with ``before`` = the ``seq`` given in ``next``."""
+    """Events, newest first (by ``seq``), filtered; ``cursor`` = ``next`` for the next (older) page."""
 
     permission_classes = [capability(Cap.READ_AUDIT)]
 
     @extend_schema(operation_id="audit_events_list", parameters=[
         *FILTER_PARAMETERS,
         OpenApiParameter("before", {"type": "integer", "minimum": 1}, description="only events with a lower seq"),
-        OpenApiParameter("limit", {"type": "integer", "minimum": 1}, description="page size (default 50, at most 500)"),
-    ], responses=AuditEventPageSerializer)
+        *PAGE_PARAMETERS,
+    ], responses=page_schema("AuditEventPage", AuditEventSerializer))
     def get(self, request):
-        flt = _filter(request)
-        page = events_page(flt, before=_positive_int(request, "before", None),
-                           size=_positive_int(request, "limit", 50, maximum=500))
-        next_url = None
-        if page.older is not None:
-            query = {**flt.query_params(), "before": page.older, "limit": len(page.events)}
-            next_url = f"{reverse('api:audit-events')}?{urlencode(query)}"
-        return Response({"results": [event_json(event) for event in page.events], "next": next_url})
+        rows = _filter(request).apply(AuditEvent.objects.all())
+        before = request.query_params.get("before")
+        if before is not None:
+            if not before.isdigit() or int(before) < 1:
+                raise ValidationError({"before": ["must be a positive integer"]})
+            rows = rows.filter(seq__lt=int(before))
+        return paginate(request, rows, event_json, order=("-seq",))
 
 
 class _FormatIsOurs(DefaultContentNegotiation):
@@ -169,13 +160,15 @@ class AuditPublicKeysView(APIView):
 
     permission_classes = [capability(Cap.READ_AUDIT)]
 
-    @extend_schema(operation_id="audit_public_keys_list", responses=PublicKeysSerializer)
+    @extend_schema(operation_id="audit_public_keys_list", parameters=PAGE_PARAMETERS,
+                   responses=page_schema("PublicKeyList", PublicKeySerializer))
     def get(self, request):
         current = current_public_key()
         keys = [{"fingerprint": fingerprint(current), "current": True, "pem": public_pem(current)}]
         keys += [{"fingerprint": fingerprint(key), "current": False, "pem": public_pem(key)}
                  for _, key in retired_public_keys() if fingerprint(key) != keys[0]["fingerprint"]]
-        return Response({"keys": keys})
+        # The current key first, then the retired ones in the keyring's order: a short, stable list.
+        return paginate(request, keys, lambda key: key)
 
 
 # --- certifications ---------------------------------------------------------------------------
@@ -240,10 +233,10 @@ class CertificationListView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(operation_id="certifications_list", responses=inline_serializer(
-        "CertificationList", {"data": CertificationMonthSerializer(many=True)}))
+    @extend_schema(operation_id="certifications_list", parameters=PAGE_PARAMETERS,
+                   responses=page_schema("CertificationList", CertificationMonthSerializer))
     def get(self, request):
-        return Response({"data": [row.as_dict() for row in certification_months()]})
+        return paginate(request, certification_months(), lambda row: row.as_dict())
 
 
 class CertificationDetailView(APIView):
@@ -286,9 +279,9 @@ class CertificationSignView(APIView):
                                       password=body.get("password", ""), attestation=body["attestation"],
                                       reason=body["reason"])
         except CertificationConflict as exc:
-            return Response({"detail": str(exc)}, status=409)
+            return api_error(409, str(exc))
         except CertificationError as exc:
-            return Response({"detail": str(exc)}, status=400)
+            return api_error(400, str(exc))
         return Response({"data": {"id": cert.pk, "period": cert.label, "state": cert.state,
                                   "content_hash": cert.content_hash, "supersedes": cert.supersedes_id}}, status=201)
 
@@ -307,7 +300,7 @@ class CertificationBundleView(APIView):
         year, month = _month(id)
         cert = current_certification(year, month)
         if cert is None:
-            return Response({"detail": f"{id} is not signed: there is no bundle yet."}, status=409)
+            return api_error(409, f"{id} is not signed: there is no bundle yet.")
         return bundle_response(actor=request.user, cert=cert, request=request)
 
 

@@ -40,11 +40,15 @@ from compliance.measurements import rpo_for
 from compliance.models import Alert, ChecklistItem, Contact
 from drpanel import clock
 from drpanel.api import (
+    PAGE_PARAMETERS,
     InputSerializer,
     StrictBooleanField,
     StrictCharField,
     StrictIntegerField,
+    api_error,
     capability,
+    page_schema,
+    paginate,
     validated_body,
 )
 from drpanel.permissions import Cap
@@ -133,26 +137,26 @@ def alert_as_dict(alert: Alert) -> dict:
 
 
 class AlertListView(APIView):
-    """Alerts, newest first (at most 200): ``?state=open|acknowledged|resolved`` (default: all)."""
+    """Alerts, newest first: ``?state=open|acknowledged|resolved`` (default: all)."""
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
     @extend_schema(
         operation_id="alerts_list",
-        parameters=[OpenApiParameter("state", str, enum=list(Alert.State.values), required=False)],
-        responses=inline_serializer("AlertList", {"data": AlertSerializer(many=True)}))
+        parameters=[OpenApiParameter("state", str, enum=list(Alert.State.values), required=False), *PAGE_PARAMETERS],
+        responses=page_schema("AlertList", AlertSerializer))
     def get(self, request):
         alerts = Alert.objects.select_related("acknowledged_by", "acknowledged_by_contact")
         state = request.query_params.get("state")
         if state is not None:  # "state=" is refused like any unknown state, not read as "all"
             if state not in Alert.State.values:
-                return Response({"detail": f"state is one of {', '.join(Alert.State.values)}"}, status=400)
+                raise ValidationError({"state": [f"one of {', '.join(Alert.State.values)}"]})
             alerts = alerts.filter(state=state)
-        return Response({"data": [alert_as_dict(a) for a in alerts[:200]]})
+        return paginate(request, alerts, alert_as_dict, order=("-opened_at", "-pk"))
 
 
 def _conflict(exc: Exception) -> Response:
-    return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    return api_error(status.HTTP_409_CONFLICT, str(exc))
 
 
 def _refused_fields(exc: DjangoValidationError) -> ValidationError:
@@ -190,11 +194,13 @@ class ContactListView(APIView):
     def get_permissions(self):
         return [capability(Cap.EDIT_CONTACTS if self.request.method == "POST" else Cap.VIEW_PANEL)()]
 
-    @extend_schema(operation_id="contacts_list",
-                   responses=inline_serializer("ContactList", {"data": ContactSerializer(many=True)}))
+    @extend_schema(operation_id="contacts_list", parameters=PAGE_PARAMETERS,
+                   responses=page_schema("ContactList", ContactSerializer))
     def get(self, request):
         today = clock.today()
-        return Response({"data": [contact_as_dict(c, today) for c in contacts_roster()]})
+        # The roster's escalation order (``in_roster_order``: the level's rank, position, name, id) as the keyset.
+        return paginate(request, contacts_roster(), lambda contact: contact_as_dict(contact, today),
+                        order=("level_rank", "position", "name", "pk"))
 
     @extend_schema(operation_id="contacts_create", request=ContactWriteSerializer, responses={201: ContactAnswer})
     def post(self, request):

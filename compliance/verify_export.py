@@ -8,8 +8,8 @@ export (``.csv``, with its digest beside it in ``EXPORT.digest.json`` or ``--dig
 the ZIP the panel serves for CSV (both files inside). It needs Python 3.11+ and the
 ``cryptography`` package only; this file is self-contained, copy it anywhere.
 
-Every event's hash is recomputed from its fields (canonical encoding version 1, see the
-README), consecutive events must link (``prev_hash``) when the digest says the export is
+Every event's hash is recomputed from its fields (canonical encoding version 1, see
+docs/auditor.md), consecutive events must link (``prev_hash``) when the digest says the export is
 one unbroken stretch of the chain, the order must be strictly by ``seq``, and the digest
 must be signed by one of the given public keys and match the content byte for byte.
 

@@ -1,11 +1,18 @@
-"""The API's shared parts: capability permissions, the audited exception handler, strict input (serializers
-that refuse wrong types and unknown fields, ``validated_body``), ``/me`` and the caller's tokens."""
+"""The API's shared parts: capability permissions, the one error body (``api_error`` and the audited
+exception handler), the one list shape (``paginate``: ``{"results": [...], "next": cursor}``), strict
+input (serializers that refuse wrong types and unknown fields, ``validated_body``), ``/me`` and the
+caller's tokens. docs/api.md says how an endpoint uses them."""
 
-from collections.abc import Mapping
+import datetime
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 
+from django.core import signing
 from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Q, QuerySet
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
@@ -46,9 +53,24 @@ def exception_handler(exc, context):
         if isinstance(exc, PermissionDenied):
             exc = exceptions.PermissionDenied(getattr(exc, "message", None) or str(exc) or None)
     response = drf_exception_handler(exc, context)
-    if response is not None and isinstance(exc, exceptions.ValidationError):
-        response.data = validation_error_body(exc.detail)
+    if response is not None:
+        if isinstance(exc, exceptions.ValidationError):
+            response.data = validation_error_body(exc.detail)
+        else:
+            # 401, 403, 404, 405, 406, 415, 429…: DRF says ``{"detail"}``; the API adds the (empty) field messages.
+            detail = response.data.get("detail") if isinstance(response.data, dict) else None
+            response.data = error_body(str(detail) if detail else "Request refused.")
     return response
+
+
+def error_body(detail: str, errors: Mapping[str, list[str]] | None = None) -> dict:
+    """The API's one error body: a sentence for people, and the messages per refused field (maybe none)."""
+    return {"detail": detail, "errors": {str(name): list(messages) for name, messages in (errors or {}).items()}}
+
+
+def api_error(code: int, detail: str, errors: Mapping[str, list[str]] | None = None, *, headers=None) -> Response:
+    """An error answer built by a view (a refusal that is not an exception: 409, a service's 400…)."""
+    return Response(error_body(detail, errors), status=code, headers=headers)
 
 
 def _messages(detail) -> list[str]:
@@ -143,9 +165,120 @@ def password_refusal(exc: PasswordError) -> Response:
     """A refused password as the API answers it, with the reason (the event is audited): 403 when it
     was wrong, 429 with ``Retry-After`` when too many wrong ones locked it (it was not even checked)."""
     if isinstance(exc, PasswordLocked):
-        return Response({"detail": str(exc)}, status=status.HTTP_429_TOO_MANY_REQUESTS,
-                        headers={"Retry-After": str(retry_after_seconds())})
-    return Response({"detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
+        return api_error(status.HTTP_429_TOO_MANY_REQUESTS, str(exc),
+                         headers={"Retry-After": str(retry_after_seconds())})
+    return api_error(status.HTTP_403_FORBIDDEN, str(exc))
+
+
+# --- one list shape: {"results": [...], "next": <cursor or null>} ------------------------------
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+PAGE_PARAMETERS = [
+    OpenApiParameter("cursor", {"type": "string", "minLength": 1},
+                     description="`next` of the previous page (opaque; only the list that gave it reads it)."),
+    OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                     description=f"Page size (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})."),
+]
+
+
+def page_schema(name: str, item) -> serializers.Serializer:
+    """The OpenAPI answer of a list: ``item`` (a serializer or a field) in ``results``, and ``next``."""
+    results = item(many=True) if isinstance(item, type) else serializers.ListField(child=item)
+    return inline_serializer(name, {
+        "results": results,
+        "next": serializers.CharField(allow_null=True, help_text="The cursor of the next page (pass it as "
+                                                                 "`cursor`); null on the last page."),
+    })
+
+
+def _json_value(value):
+    if isinstance(value, datetime.datetime | datetime.date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def _cursor_salt(request) -> str:
+    # A cursor is read only by the list that gave it (not replayed on another list).
+    return f"drpanel.api.cursor:{request.path}"
+
+
+def page_limit(request, default: int = DEFAULT_LIMIT) -> int:
+    """``?limit=``: 1 to ``MAX_LIMIT``; anything else is a 400 naming ``limit``."""
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise exceptions.ValidationError({"limit": [f"an integer from 1 to {MAX_LIMIT}"]})
+    return int(raw)
+
+
+def _read_cursor(request, order) -> object | None:
+    raw = request.query_params.get("cursor")
+    if raw is None:
+        return None
+    refused = exceptions.ValidationError({"cursor": ["not a cursor this list gave (with these parameters)"]})
+    try:
+        cursor = signing.loads(raw, salt=_cursor_salt(request))
+    except signing.BadSignature:
+        raise refused from None
+    if not isinstance(cursor, dict) or cursor.get("order") != (list(order) if order else None):
+        raise refused
+    at = cursor.get("at")
+    if order and not (isinstance(at, list) and len(at) == len(order)):
+        raise refused
+    if not order and not (isinstance(at, int) and at >= 0):
+        raise refused
+    return at
+
+
+def _after(order: Sequence[str], values: list) -> Q:
+    """Rows strictly after ``values`` in ``order`` (keyset: no OFFSET, stable while rows are added)."""
+    after = Q()
+    for i, field in enumerate(order):
+        name = field.lstrip("-")
+        step = Q(**{f"{name}__{'lt' if field.startswith('-') else 'gt'}": values[i]})
+        for earlier, value in zip(order[:i], values[:i], strict=True):
+            step &= Q(**{earlier.lstrip("-"): value})
+        after |= step
+    return after
+
+
+def paginate(request, rows: QuerySet | Sequence, serialize: Callable, *, order: Sequence[str] | None = None,
+             default_limit: int = DEFAULT_LIMIT) -> Response:
+    """One page of a list as the API answers every list: ``{"results": [...], "next": <cursor or null>}``.
+
+    With ``order`` (model fields, ``-`` for descending, never null, the last one unique such as ``"-pk"``),
+    ``rows`` is a queryset paged by keyset; without it, ``rows`` is already in a stable order (a short
+    roster, a computed list) and is paged by position. ``?limit=`` and ``?cursor=`` are checked here: a
+    wrong one is a 400 naming it. ``serialize`` turns one row into its JSON."""
+    limit = page_limit(request, default_limit)
+    at = _read_cursor(request, order)
+    if order:
+        rows = rows.order_by(*order)
+        try:
+            if at is not None:
+                rows = rows.filter(_after(order, at))
+            window = list(rows[:limit + 1])
+        except (ValueError, TypeError, DjangoValidationError):
+            # Only a cursor signed with this panel's key gets here: a value its field cannot take.
+            raise exceptions.ValidationError({"cursor": ["not a cursor this list gave"]}) from None
+    else:
+        start = at or 0
+        window = list(rows[start:start + limit + 1])
+    page, more = window[:limit], len(window) > limit
+    next_cursor = None
+    if more:
+        if order:
+            last = page[-1]
+            position = [_json_value(getattr(last, field.lstrip("-"))) for field in order]
+        else:
+            position = (at or 0) + limit
+        next_cursor = signing.dumps({"order": list(order) if order else None, "at": position},
+                                    salt=_cursor_salt(request))
+    return Response({"results": [serialize(row) for row in page], "next": next_cursor})
 
 
 class MeView(APIView):
@@ -205,10 +338,10 @@ class TokenListView(APIView):
 
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(operation_id="tokens_list", responses=inline_serializer(
-        "TokenList", {"results": TokenSerializer(many=True)}))
+    @extend_schema(operation_id="tokens_list", parameters=PAGE_PARAMETERS,
+                   responses=page_schema("TokenList", TokenSerializer))
     def get(self, request):
-        return Response({"results": [token_json(t) for t in ApiToken.objects.filter(user=request.user)]})
+        return paginate(request, ApiToken.objects.filter(user=request.user), token_json, order=("-created_at", "-pk"))
 
     @extend_schema(operation_id="tokens_create",
                    request=TokenRequestSerializer,

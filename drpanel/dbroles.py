@@ -94,7 +94,8 @@ def runtime_role_problems(using: str = DEFAULT_DB_ALIAS) -> list[RoleProblem]:
             can_set_replication_role = cursor.fetchone()[0]
     name = f"the runtime database role {role!r}"
     separate = ("let a separate migration role own the tables (DRPANEL_MIGRATE_DATABASE_URL) and run the panel "
-                "as a plain role given its rights by `manage.py grant_runtime_role` (README: database roles)")
+                "as a plain role given its rights by `manage.py grant_runtime_role` "
+                "(docs/administrator.md: database roles)")
     problems = []
     if superuser:
         problems.append(RoleProblem("drpanel.E002", f"{name} is a superuser: it could silence the audit log's "

@@ -1,6 +1,6 @@
 """Settings of the DR Panel, read once from the environment (strict, typed, 12-factor).
 
-Every variable is documented in the README's deployment notes. An invalid value stops
+Every variable is documented in docs/configuration.md (a test checks it). An invalid value stops
 start-up with a one-line reason (``drpanel.env.ConfigError``).
 """
 

@@ -184,6 +184,8 @@ def health(request):
 def permission_denied(request, exception=None):
     """403 page; the denial is audited by ``DenialAuditMiddleware`` before we get here."""
     reason = getattr(exception, "message", None) or "You do not have permission to do this."
+    if _is_api(request):
+        return JsonResponse({"detail": str(reason), "errors": {}}, status=403)
     return render(request, "403.html", {"reason": reason}, status=403)
 
 
@@ -194,14 +196,14 @@ def _is_api(request) -> bool:
 def page_not_found(request, exception=None):
     # The API answers in its own error body, even for a path no API view matches (a malformed id).
     if _is_api(request):
-        return JsonResponse({"detail": "Not found."}, status=404)
+        return JsonResponse({"detail": "Not found.", "errors": {}}, status=404)
     return render(request, "404.html", status=404)
 
 
 def server_error(request):
     """500: a fixed page (or body) that shows nothing of the error; the traceback goes to the log only."""
     if _is_api(request):
-        return JsonResponse({"detail": "Internal error; it has been logged."}, status=500)
+        return JsonResponse({"detail": "Internal error; it has been logged.", "errors": {}}, status=500)
     return render(request, "500.html", status=500)
 
 
@@ -209,6 +211,9 @@ def csrf_failure(request, reason=""):
     """A refused form post (stale page or forged request): 403, audited."""
     if getattr(request, "user", None) is not None and request.user.is_authenticated:
         record_denial(request, PermissionDenied("CSRF check failed"))
+    if _is_api(request):
+        return JsonResponse({"detail": "CSRF check failed: send a bearer token, or the session's CSRF token.",
+                             "errors": {}}, status=403)
     return render(request, "403.html", {
         "reason": "This form has expired or did not come from this panel. Reload the page and try again."
     }, status=403)

@@ -9,22 +9,26 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from django.urls import path
-from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
-from rest_framework.generics import ListAPIView, RetrieveAPIView
+from rest_framework.generics import RetrieveAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from backups.models import Artifact
 from drpanel.api import (
+    PAGE_PARAMETERS,
     InputSerializer,
     NoBody,
     PasswordField,
     StrictBooleanField,
     StrictCharField,
     StrictUUIDField,
+    api_error,
     capability,
+    page_schema,
+    paginate,
     password_refusal,
     validated_body,
 )
@@ -76,16 +80,20 @@ class TargetSerializer(serializers.ModelSerializer):
         return rights_of(self.context["request"].user, target)
 
 
-class TargetListView(ListAPIView):
-    """Targets the caller may see: every target for admins, auditors and managers; otherwise those
-    the caller holds ``restore_to_target`` or ``approve_restore`` on."""
+class TargetListView(APIView):
+    """Targets the caller may see, by name: every target for admins, auditors and managers; otherwise
+    those the caller holds ``restore_to_target`` or ``approve_restore`` on."""
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
-    serializer_class = TargetSerializer
-    pagination_class = None
 
-    def get_queryset(self):
-        return visible_targets(self.request.user).prefetch_related("sanity_checks", "health_checks")
+    @extend_schema(operation_id="targets_list", parameters=PAGE_PARAMETERS,
+                   responses=page_schema("TargetList", TargetSerializer))
+    def get(self, request):
+        rows = visible_targets(request.user).select_related("system").prefetch_related("sanity_checks",
+                                                                                       "health_checks")
+        context = {"request": request}
+        return paginate(request, rows, lambda target: TargetSerializer(target, context=context).data,
+                        order=("name", "pk"))
 
 
 class TargetDetailView(RetrieveAPIView):
@@ -147,33 +155,32 @@ class VerificationRequestSerializer(InputSerializer):
 
 
 class ArtifactVerificationView(APIView):
-    """``GET``: the artifact's verification runs, newest first (at most 100).
+    """``GET``: the artifact's verification runs, newest first.
 
     ``POST``: start a verification up to a level: 202 with the run (one already queued is returned)."""
 
     def get_permissions(self):
         return [capability(Cap.START_JOBS if self.request.method == "POST" else Cap.VIEW_PANEL)()]
 
-    @extend_schema(operation_id="artifacts_verifications_list", responses=inline_serializer(
-        "VerificationList", {"results": serializers.ListField(child=VerificationSchema)}))
+    @extend_schema(operation_id="artifacts_verifications_list", parameters=PAGE_PARAMETERS,
+                   responses=page_schema("VerificationList", VerificationSchema))
     def get(self, request, pk):
         artifact = get_object_or_404(Artifact, pk=pk)
-        rows = (VerificationRun.objects.filter(artifact=artifact).select_related("requested_by")
-                .order_by("-created_at")[:100])
-        return Response({"results": [verification_json(run) for run in rows]})
+        rows = VerificationRun.objects.filter(artifact=artifact).select_related("requested_by")
+        return paginate(request, rows, verification_json, order=("-created_at", "-pk"))
 
     @extend_schema(operation_id="artifacts_verifications_create", request=VerificationRequestSerializer,
                    responses={202: VerificationSchema})
     def post(self, request, pk):
         artifact = Artifact.objects.select_related("system").filter(pk=pk).first()
         if artifact is None:
-            return Response({"detail": "No such artifact."}, status=status.HTTP_404_NOT_FOUND)
+            return api_error(status.HTTP_404_NOT_FOUND, "No such artifact.")
         body = validated_body(request, VerificationRequestSerializer)
         try:
             run = verifications.verification_request(actor=request.user, artifact=artifact, level=body["level"],
                                                      trigger=VerificationRun.Trigger.API, request=request)
         except verifications.VerificationError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+            return api_error(status.HTTP_400_BAD_REQUEST, str(exc))
         return Response(verification_json(run), status=status.HTTP_202_ACCEPTED)
 
 
@@ -198,7 +205,7 @@ class ArtifactAdoptView(APIView):
         try:
             run = adoption.artifact_adopt(actor=request.user, artifact=artifact, request=request)
         except adoption.AdoptionError as exc:
-            return Response({"detail": str(exc), "errors": {}}, status=status.HTTP_409_CONFLICT)
+            return api_error(status.HTTP_409_CONFLICT, str(exc))
         return Response({"artifact": str(artifact.pk), "status": artifact.status,
                          "quarantine": {"reason": artifact.quarantine_reason} if artifact.is_quarantined else None,
                          "verification": verification_json(run)}, status=status.HTTP_202_ACCEPTED)
@@ -250,7 +257,7 @@ def _error(exc: Exception) -> Response:
     if isinstance(exc, PasswordError):
         return password_refusal(exc)
     code = status.HTTP_409_CONFLICT if isinstance(exc, runstate.RestoreConflict) else status.HTTP_400_BAD_REQUEST
-    return Response({"detail": str(exc)}, status=code)
+    return api_error(code, str(exc))
 
 
 def _state(run: RestoreRun, code=status.HTTP_200_OK) -> Response:
@@ -305,16 +312,23 @@ class RestoreListView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(operation_id="restores_list", responses=inline_serializer("RestoreList", {
-        "results": serializers.ListField(child=serializers.JSONField())}))
+    @extend_schema(operation_id="restores_list", parameters=[
+        OpenApiParameter("state", str, enum=list(RestoreRun.State.values), required=False),
+        OpenApiParameter("target", {"type": "string", "minLength": 1}, required=False, description="target name"),
+        *PAGE_PARAMETERS], responses=page_schema("RestoreList", RestoreSchema))
     def get(self, request):
         rows = visible_runs(request.user)
-        if request.query_params.get("state") in RestoreRun.State.values:
-            rows = rows.filter(state=request.query_params["state"])
-        if request.query_params.get("target"):
+        state = request.query_params.get("state")
+        if state is not None:  # an unknown state is refused, not read as "any state"
+            if state not in RestoreRun.State.values:
+                raise ValidationError({"state": [f"one of {', '.join(RestoreRun.State.values)}"]})
+            rows = rows.filter(state=state)
+        if "target" in request.query_params:
+            if not request.query_params["target"]:
+                raise ValidationError({"target": ["may not be empty"]})
             rows = rows.filter(target__name=request.query_params["target"])
-        rows = rows.prefetch_related("recovery_checks__ticked_by")[:100]
-        return Response({"results": [restore_json(r) for r in rows]})
+        return paginate(request, rows.prefetch_related("recovery_checks__ticked_by"), restore_json,
+                        order=("-created_at", "-pk"))
 
     @extend_schema(operation_id="restores_create", request=RestoreRequestSerializer,
                    responses={201: RestoreStateSchema, 409: error_response(409)})

@@ -21,7 +21,7 @@ TABLE = AuditEvent._meta.db_table
 TEST_ACTIONS = {
     "test.event": "a test event",
     "test.other": "another test event, to filter by action",
-    "test.readme": "the README's worked example of a hash",
+    "test.readme": "the worked example of a hash in docs/auditor.md",
     "test.awkward": "texts PostgreSQL would change (NUL, surrogates, IPv4-mapped addresses)",
     "test.fast": "the fast row encoding against the writer's",
     "test.redact": "secrets in details",

@@ -10,4 +10,4 @@ def seed(out) -> None:
     _, message = checkpoint_write()
     out.write(f"Audit log: signing key {key_fingerprint[:16]}…; {message}")
     out.write("  Auditors: export from /audit/, then "
-              "`python compliance/verify_export.py EXPORT --public-key KEY.pem` (see the README's auditor guide).")
+              "`python compliance/verify_export.py EXPORT --public-key KEY.pem` (see docs/auditor.md).")

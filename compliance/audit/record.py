@@ -1,13 +1,13 @@
 """The audit log's one writer, ``audit_record``, and its canonical encoding.
 
-Encoding, version 1 (documented in the README so anyone can recompute a hash):
+Encoding, version 1 (documented in docs/auditor.md so anyone can recompute a hash):
 the event is the JSON object with exactly these keys —
 ``v, seq, occurred_at, actor_id, actor_username, client_ip, user_agent, request_id,
 action, object_type, object_id, object_repr, outcome, details, prev_hash`` —
 serialised with sorted keys, no whitespace (separators ``,`` and ``:``), non-ASCII kept
 as UTF-8, and ``occurred_at`` as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC. ``hash`` is the
 lowercase hex SHA-256 of those bytes. The first event's ``prev_hash`` is 64 zeros.
-The README's "Audit log" section spells out every rule, so any tool can recompute a hash.
+docs/auditor.md's "Audit log" section spells out every rule, so any tool can recompute a hash.
 
 Every stored value hashes the same after a round trip through PostgreSQL: texts lose NUL
 characters and unpaired surrogates before they are hashed, ``client_ip`` is normalised

@@ -171,7 +171,7 @@ def signing_key_rotate(*, actor) -> tuple[str, str]:
 
     The old public key goes to the retired keys directory first, so everything it signed
     stays verifiable; the switch is recorded (``audit.key_rotated``) in the same transaction.
-    In production the key comes from the environment: rotate it there (README, "Audit log").
+    In production the key comes from the environment: rotate it there (docs/auditor.md, "Audit log").
     """
     # Here, not at the top: the settings import this module before the apps (and the audit model) load.
     from compliance.audit.record import audit_record

@@ -295,9 +295,9 @@ def test_the_alert_list_filters_by_state(clients, roster, raise_alert):
 def test_the_api_lists_alerts_by_state(clients, roster, raise_alert):
     raise_alert()
     body = clients["auditor"].get("/api/v1/alerts?state=open").json()
-    assert [a["subject"] for a in body["data"]] == ["Backup health is critical (40%)"]
-    assert body["data"][0]["escalation_step"] == 1
-    assert clients["auditor"].get("/api/v1/alerts?state=resolved").json() == {"data": []}
+    assert [a["subject"] for a in body["results"]] == ["Backup health is critical (40%)"]
+    assert body["results"][0]["escalation_step"] == 1
+    assert clients["auditor"].get("/api/v1/alerts?state=resolved").json() == {"results": [], "next": None}
     assert clients["auditor"].get("/api/v1/alerts?state=bogus").status_code == 400
 
 

@@ -41,7 +41,7 @@ def test_events_form_one_chain_from_the_genesis_hash():
     assert second.prev_hash == first.hash and third.prev_hash == second.hash
 
 
-# A fixed event and its hash: if this changes, every stored chain breaks. The README shows it.
+# A fixed event and its hash: if this changes, every stored chain breaks. docs/auditor.md shows it.
 GOLDEN_FIELDS = {
     "v": 1, "seq": 42, "occurred_at": "2026-11-25T19:30:00.123456Z", "actor_id": 7, "actor_username": "manager",
     "client_ip": "192.0.2.10", "user_agent": "curl/8.5.0", "request_id": "6f1c0e9a",

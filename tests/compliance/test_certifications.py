@@ -283,7 +283,7 @@ def test_signing_twice_needs_a_reason_and_supersedes_the_first_record(clients, c
     assert first.state == new.state == "signed" and first.superseded_at is not None
     event = AuditEvent.objects.filter(action="certification.signed").order_by("-seq").first()
     assert event.details["supersedes"] == first.pk and event.details["superseded_hash"] == first.content_hash
-    listed = clients["auditor"].get("/api/v1/certifications").json()["data"][0]
+    listed = clients["auditor"].get("/api/v1/certifications").json()["results"][0]
     assert (listed["period"], listed["content_hash"], listed["superseded_records"]) == ("2026-11", new.content_hash, 1)
 
 

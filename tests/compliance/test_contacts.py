@@ -196,8 +196,8 @@ def test_exports_download_and_are_audited(clients, manager):
 
 def test_the_api_returns_the_roster_in_escalation_order(clients, roster):
     body = clients["operator"].get("/api/v1/contacts").json()
-    assert [c["level"] for c in body["data"]] == ["l1", "l2", "l3", "emergency", "vendor"]
-    first = body["data"][0]
+    assert [c["level"] for c in body["results"]] == ["l1", "l2", "l3", "emergency", "vendor"]
+    first = body["results"][0]
     assert first["name"] == "Lena One" and first["response_minutes"] == 5
     assert first["last_verified_on"] is None and first["review_due"] is True
 

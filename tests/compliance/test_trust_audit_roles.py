@@ -203,7 +203,7 @@ def test_production_refuses_to_start_with_a_superuser_runtime_role(production):
     result = start_web(**env)
     assert result.returncode != 0
     assert "refusing to start: drpanel.E002" in result.stderr
-    assert "README: database roles" in result.stderr
+    assert "docs/administrator.md: database roles" in result.stderr
     refused = AuditEvent.objects.get(action=AuditAction.PANEL_START_REFUSED)
     assert refused.outcome == AuditEvent.Outcome.DENIED and refused.object_id == "web"
     assert refused.details["checks"][0].startswith("drpanel.E002")

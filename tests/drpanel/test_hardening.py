@@ -184,13 +184,13 @@ def test_a_server_error_shows_nothing_of_the_error_or_the_settings(clients, sett
                  "SECRET_KEY", "DATABASE"):
         assert leak not in body, leak
     if url.startswith("/api/"):
-        assert response.json() == {"detail": "Internal error; it has been logged."}
+        assert response.json() == {"detail": "Internal error; it has been logged.", "errors": {}}
 
 
 @pytest.mark.django_db
 def test_a_malformed_id_in_an_api_path_is_a_json_404(clients):
     response = clients["auditor"].get("/api/v1/artifacts/not-a-uuid")
-    assert response.status_code == 404 and response.json() == {"detail": "Not found."}
+    assert response.status_code == 404 and response.json() == {"detail": "Not found.", "errors": {}}
 
 
 @pytest.mark.django_db

@@ -291,12 +291,12 @@ def test_the_api_lists_the_targets_the_caller_may_see(clients, admin, operator):
     mine, other = make_target("mine"), make_target("other", "production")
     targets.target_right_grant(actor=admin, target=mine, user=operator, right="restore_to_target")
     url = reverse("api:target-list")
-    body = clients["operator"].get(url).json()
+    body = clients["operator"].get(url).json()["results"]
     assert [t["name"] for t in body] == ["mine"]
     assert body[0]["your_rights"] == ["restore_to_target"]
     assert body[0]["database"] == "env:DRPANEL_SECRET_MINE_DATABASE_URL"
     for who in ("auditor", "manager", "admin"):
-        assert [t["name"] for t in clients[who].get(url).json()] == ["mine", "other"]
+        assert [t["name"] for t in clients[who].get(url).json()["results"]] == ["mine", "other"]
     assert clients["operator"].get(reverse("api:target-detail", args=[other.pk])).status_code == 404
     assert clients["operator"].get(reverse("api:target-detail", args=[mine.pk])).json()["name"] == "mine"
 
@@ -312,4 +312,4 @@ def test_the_api_works_with_a_bearer_token(client, operator, admin):
     targets.target_right_grant(actor=admin, target=target, user=operator, right="restore_to_target")
     _, raw = api_token_create(actor=operator, user=operator, name="script", password=PASSWORD)
     response = client.get(reverse("api:target-list"), HTTP_AUTHORIZATION=f"Bearer {raw}")
-    assert response.status_code == 200 and response.json()[0]["name"] == "mine"
+    assert response.status_code == 200 and response.json()["results"][0]["name"] == "mine"

@@ -1,6 +1,6 @@
 """``manage.py audit_rotate_key`` (development): retire the audit signing key under var/ and make a new one.
 
-In production the key comes from ``DRPANEL_AUDIT_SIGNING_KEY``: the README's "Audit log"
+In production the key comes from ``DRPANEL_AUDIT_SIGNING_KEY``: docs/auditor.md's "Audit log"
 section says how to rotate it there.
 """
 
