@@ -65,13 +65,13 @@ def capture_globals(url: str, server_major: int, *, role_passwords: bool | None 
     if role_passwords is None:
         role_passwords = settings.BACKUP_ROLE_PASSWORDS
     tool = pgbin.find_tool("pg_dumpall", server_major)
-    env = pgtools.libpq_env(url)
+    libpq = pgtools.libpq_env(url)
     cmd = [tool.path, "--globals-only", "--no-tablespaces", "--no-password"]
-    if env.get("PGDATABASE"):  # the system's own database: its role may lack CONNECT on "postgres"
-        cmd.append(f"--database={env['PGDATABASE']}")
+    if libpq.get("PGDATABASE"):  # the system's own database: its role may lack CONNECT on "postgres"
+        cmd.append(f"--database={libpq['PGDATABASE']}")
     if not role_passwords:
         cmd.append("--no-role-passwords")
-    done = subprocess.run(cmd, env=env, capture_output=True, timeout=300, check=False)
+    done = subprocess.run(cmd, env=libpq, capture_output=True, timeout=300, check=False)
     if done.returncode != 0:
         lines = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()]
         first = (lines or ["no message"])[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"
-SKIPPED = {"tests", "var", "node_modules", "docs", "deploy", "static", "templates"}
+SKIPPED = {"tests", "var", "node_modules", "docs", "static", "templates"}
 ENV_HELPERS = {"env_str", "env_bool", "env_int", "env_list", "env_secret"}
 ENVIRONS = {"os.environ", "environ", "env"}
 
