@@ -288,9 +288,11 @@ def deviations_of(incident: Incident, steps: list[IncidentStep]) -> list[dict]:
             found.append({"step": step.code, "kind": "failed", "detail": step.error[:300]})
     rto, rpo = incident.rto_seconds, incident.rpo_seconds
     if rto is not None and rto > incident.rto_target_seconds:
-        found.append({"step": None, "kind": "rto missed", "detail": f"RTO {rto:.0f} s > {incident.rto_target_seconds} s"})
+        found.append({"step": None, "kind": "rto missed",
+                      "detail": f"RTO {rto:.0f} s > {incident.rto_target_seconds} s"})
     if rpo is not None and rpo > incident.rpo_target_seconds:
-        found.append({"step": None, "kind": "rpo missed", "detail": f"RPO {rpo:.0f} s > {incident.rpo_target_seconds} s"})
+        found.append({"step": None, "kind": "rpo missed",
+                      "detail": f"RPO {rpo:.0f} s > {incident.rpo_target_seconds} s"})
     return found
 
 

@@ -216,7 +216,7 @@ class AuditAction(StrEnum):
                        "report's content hash.")
     INCIDENT_STEP_STARTED = "incident.step_started", "A step of an incident's runbook was started (or queued)."
     INCIDENT_STEP_COMPLETED = "incident.step_completed", "A step of an incident's runbook was done."
-    INCIDENT_STEP_FAILED = "incident.step_failed", "A step of an incident's runbook failed; the reason is in the details."
+    INCIDENT_STEP_FAILED = "incident.step_failed", "A step of an incident's runbook failed (the reason in the details)."
     INCIDENT_STEP_SKIPPED = "incident.step_skipped", "A step of an incident's runbook was skipped, with the reason."
     INCIDENT_STEP_REQUEUED = "incident.step_requeued", "An automatic incident step whose job was lost was queued again."
     RUNBOOK_EDITED = "runbook.edited", "An admin wrote a new version of a scenario's runbook."

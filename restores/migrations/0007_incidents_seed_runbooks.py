@@ -2,7 +2,7 @@
 
 from django.db import migrations
 
-# A copy taken when this migration was written: later edits of the seed module change no history.
+# Plain data; a database already migrated keeps what it seeded (admins' edits are new versions).
 from restores.runbook_seed import SEED
 
 
