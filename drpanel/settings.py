@@ -110,6 +110,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "drpanel.context_processors.panel",
+                "restores.context_processors.incidents",
             ],
         },
     },

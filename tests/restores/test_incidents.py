@@ -339,3 +339,57 @@ def test_every_seeded_runbook_is_valid_and_follows_the_guides_phases():
 
 def test_the_step_run_kind_is_registered_for_lost_jobs():
     assert incident_steps.INCIDENT_STEP_RUNS.job == "restores.jobs.incident_step_job"
+
+
+# --- pages ------------------------------------------------------------------------------------------
+
+
+def test_declaring_from_the_page_opens_it_and_a_second_declaration_leads_to_the_open_one(
+        clients, system, production):
+    form = {"system": system.pk, "scenario": "database", "severity": "critical", "target": production.pk}
+    response = clients["operator"].post("/incidents/", form)
+    incident = Incident.objects.get()
+    assert response.status_code == 302 and response.url == f"/incidents/{incident.pk}/"
+    again = clients["manager"].post("/incidents/", {**form, "scenario": "system"})
+    assert again.status_code == 302 and again.url == f"/incidents/{incident.pk}/"
+    page = clients["manager"].get(again.url).content.decode()
+    assert "already open" in page and "Assess damage" in page and 'data-poll="' in page
+    assert Incident.objects.count() == 1
+
+
+def test_every_page_shows_the_banner_with_the_clock_while_an_incident_is_open(
+        clients, operator, manager, system, production):
+    assert "incident-banner-global" not in clients["auditor"].get("/restores/").content.decode()
+    incident = declare(operator, system, production)
+    for url in ("/", "/restores/", "/checklists/", f"/incidents/{incident.pk}/"):
+        page = clients["auditor"].get(url).content.decode()
+        assert 'data-testid="incident-banner-global"' in page and "data-clock-since" in page, url
+    for s in incident.steps.all():
+        incident_step_skip(actor=operator, step=s, reason="test")
+    incident_close(actor=manager, incident=incident, review={"cause": "test"})
+    assert "incident-banner-global" not in clients["auditor"].get("/restores/").content.decode()
+
+
+def test_incident_pages_are_read_by_every_role_and_steps_run_only_by_operators_and_managers(
+        clients, operator, system, production):
+    incident = declare(operator, system, production)
+    for url in (f"/incidents/{incident.pk}/", f"/incidents/{incident.pk}/live", f"/incidents/{incident.pk}/report",
+                "/incidents/", "/incidents/runbooks/"):
+        assert_only_roles(clients, "get", url, {"operator", "manager", "auditor", "admin"})
+    assert_only_roles(clients, "get", "/incidents/runbooks/database/edit", {"admin"})
+    before = AuditEvent.objects.filter(action="access.denied").count()
+    for role in ("auditor", "admin"):
+        assert clients[role].post(f"/incidents/{incident.pk}/steps/1/start").status_code == 403
+    assert AuditEvent.objects.filter(action="access.denied").count() == before + 2
+    assert clients["operator"].post(f"/incidents/{incident.pk}/close", {"cause": "x"}).status_code == 403
+    response = clients["operator"].post(f"/incidents/{incident.pk}/steps/3/start")
+    assert response.status_code == 302
+    assert step(incident, "go-restore").state == "pending"
+
+
+def test_the_report_page_and_its_json(clients, operator, system, production):
+    incident = declare(operator, system, production)
+    page = clients["auditor"].get(f"/incidents/{incident.pk}/report").content.decode()
+    assert "Timeline" in page and "not closed yet" in page.lower()
+    data = clients["auditor"].get(f"/incidents/{incident.pk}/report", {"format": "json"}).json()
+    assert data["signed"] is False and len(data["report"]["timeline"]) == len(SEED["database"]["steps"])
