@@ -115,6 +115,12 @@ def access_step(incident: Incident, position: int) -> IncidentStep:
     return step
 
 
+def _fresh(step: IncidentStep) -> Incident:
+    """The step's incident as the database has it now (a caller's copy may predate the last step)."""
+    step.incident = Incident.objects.select_related("system", "target", "recovery_artifact").get(pk=step.incident_id)
+    return step.incident
+
+
 def _check_order(step: IncidentStep) -> None:
     waiting = [s for s in step.incident.steps.filter(position__lt=step.position, required=True)
                if not s.is_finished]
@@ -131,7 +137,7 @@ def incident_step_start(*, actor, step: IncidentStep, assignee=None, request=Non
     to try again). A restore the actor may not request raises ``Denied`` and changes nothing.
     """
     require_cap(actor, RUN_CAP, action="incident.step_start", obj=step.incident)
-    incident = step.incident
+    incident = _fresh(step)
     if not incident.is_open:
         raise IncidentConflict("this incident is closed")
     if step.state not in (S.PENDING, S.FAILED):
@@ -425,7 +431,7 @@ def incident_step_complete(*, actor, step: IncidentStep, note: str = "", evidenc
     """Mark a manual step done (with its note and, where the runbook says, an evidence link) or record a decision
     to continue. Automatic steps finish by themselves."""
     require_cap(actor, RUN_CAP, action="incident.step_complete", obj=step.incident)
-    if not step.incident.is_open:
+    if not _fresh(step).is_open:
         raise IncidentConflict("this incident is closed")
     if step.kind == IncidentStep.Kind.AUTOMATIC:
         raise IncidentConflict("an automatic step finishes by itself; start it, or skip it with a reason")
@@ -459,7 +465,7 @@ def incident_step_skip(*, actor, step: IncidentStep, reason: str, request=None) 
     """Skip a step with a reason (a decision not to continue, a manual step that does not apply, an automatic step
     done by hand). A drill with a required step skipped does not count as evidence."""
     require_cap(actor, RUN_CAP, action="incident.step_skip", obj=step.incident)
-    if not step.incident.is_open:
+    if not _fresh(step).is_open:
         raise IncidentConflict("this incident is closed")
     reason = (reason or "").strip()
     if not reason:
