@@ -35,7 +35,7 @@ from backups.models import Artifact, System
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from compliance.health import health_evaluate
-from compliance.measurements import rpo_for
+from compliance.measurements import last_incident_measure, open_incidents, rpo_for
 from compliance.models import Alert, AuditEvent
 from drpanel import clock, queues
 from drpanel.authentication import bearer_value, token_for
@@ -169,12 +169,30 @@ def collect() -> list[Family]:
         for name, count in now_queues[1].items():
             depth.add(count, queue=name)
 
+    # Disaster mode: the last recovered incident's and drill's RTO and RPO per system, and what is open now.
+    incident_rto = Family("drpanel_incident_rto_seconds", "RTO (declared or noticed to recovered) of the last "
+                                                          "recovered incident or drill per system.")
+    incident_rpo = Family("drpanel_incident_rpo_seconds", "RPO achieved (failure time minus recovery point) of the "
+                                                          "last recovered incident or drill per system.")
+    incidents_open = Family("drpanel_incidents_open", "Incidents and drills not closed yet.")
+    for system in systems:
+        for drill in (False, True):
+            measure = last_incident_measure(drills=drill, system=system)
+            if measure is None:
+                continue
+            labels = {"system": system.name, "drill": str(drill).lower()}
+            incident_rto.add(measure.incident.rto_seconds, **labels)
+            if measure.incident.rpo_seconds is not None:
+                incident_rpo.add(measure.incident.rpo_seconds, **labels)
+    incidents_open.add(len(open_incidents()), drill="false")
+
     head = Family("drpanel_audit_head_seq", "Sequence number of the newest audit event.")
     seq = AuditEvent.objects.aggregate(head=Max("seq"))["head"]
     if seq is not None:
         head.add(seq)
 
-    return [last_backup, score, band, rpo, rto, restores, verifications, failures, alerts, workers, depth, head]
+    return [last_backup, score, band, rpo, rto, restores, verifications, failures, alerts, workers, depth,
+            incident_rto, incident_rpo, incidents_open, head]
 
 
 # --- who may scrape --------------------------------------------------------------------------

@@ -8,6 +8,9 @@ import pytest
 from django.utils import timezone
 
 from compliance.audit.models import AuditEvent
+from compliance.certification_record import certification_assemble
+from drpanel.dashboard import dashboard_json
+from drpanel.metrics import collect, render
 from drpanel.evidence import EvidenceRejected, validator_for
 from restores import execution, incidents, requests, verifications
 from restores.incident_steps import (
@@ -137,8 +140,8 @@ def test_a_failed_restore_fails_its_step_and_the_target_is_untouched(operator, f
 
 
 @pytest.mark.django_db
-def test_a_drill_that_completes_its_runbook_is_the_evidence_of_the_runbook_and_drill_items(
-        operator, manager, full_artifact, staging, scratch):
+def test_a_drill_that_completes_its_runbook_is_measured_and_is_the_evidence_of_the_runbook_and_drill_items(
+        clients, operator, manager, full_artifact, staging, scratch):
     verified(full_artifact, operator)
     drill = incident_declare(actor=operator, system=full_artifact.system, scenario="database", severity="minor",
                              target=staging, is_drill=True)
@@ -158,6 +161,17 @@ def test_a_drill_that_completes_its_runbook_is_the_evidence_of_the_runbook_and_d
     incident_step_start(actor=operator, step=step(drill, "checklist"))
     drill.refresh_from_db()
     assert drill.state == "recovered" and drill.rto_seconds > 0 and drill.rpo_seconds >= 0
+
+    # The measured figures reach the dashboard, the system's health, /metrics and the monthly certification.
+    last = dashboard_json()["incidents"]["last_drill"]
+    assert (last["incident"], last["rto_seconds"], last["rto_target_seconds"]) == (str(drill.pk), drill.rto_seconds,
+                                                                                     900)
+    assert f'drpanel_incident_rto_seconds{{system="shop",drill="true"}} {drill.rto_seconds}' in render(collect())
+    page = clients["auditor"].get(f"/systems/{drill.system_id}/health").content.decode()
+    assert "Last drill" in page and f"/incidents/{drill.pk}/report" in page
+    assert "Last drill" in clients["auditor"].get("/").content.decode()
+    [entry] = certification_assemble(year=drill.declared_at.year, month=drill.declared_at.month)["incidents"]
+    assert entry["id"] == str(drill.pk) and entry["drill"] and entry["rto_met"] is True
 
     today = date.today()
     for code in ("weekly.runbook", "monthly.drill", "monthly.rto_rpo"):
