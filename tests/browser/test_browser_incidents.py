@@ -1,0 +1,145 @@
+"""In the browser (Chromium), with real workers: disaster mode.
+
+1. Scenario 1 end to end: an operator declares database corruption from the dashboard, follows the
+   runbook (assess → recovery point → decision → production restore, approved by a manager in
+   another browser → health → manual steps with evidence → checklist); a manager closes it and the
+   report shows the measured RTO and RPO.
+2. A drill into staging, started from the dashboard, whose restore needs no approval.
+"""
+
+import pytest
+from django.utils import timezone
+
+from restores import verifications
+from restores.models import Incident, VerificationRun
+from tests.support import rq_workers, wait_for
+
+pytest_plugins = ["tests.restore_fixtures", "tests.loop_fixtures"]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+def verified(artifact, actor):
+    run = verifications.verification_request(actor=actor, artifact=artifact, level="decrypt")
+    verifications.verification_execute(run.pk)
+    return wait_for(lambda: VerificationRun.objects.filter(pk=run.pk, state="succeeded").first(),
+                    what="the verification")
+
+
+def leave(*pages) -> None:
+    """Stop the pages' polling before the live server stops (an open request would keep a database session)."""
+    for each in pages:
+        each.goto("about:blank")
+    for each in pages[1:]:
+        each.context.close()
+
+
+def step_in(page, code: str, state: str, timeout: float = 90_000) -> None:
+    page.wait_for_selector(f"[data-testid=step-{code}][data-state={state}]", timeout=timeout)
+
+
+def run_step(page, code: str) -> None:
+    page.locator(f"[data-testid=step-{code}] [data-testid=step-start]").click()
+    page.wait_for_load_state()
+
+
+def complete_step(page, code: str, note: str = "", evidence: str = "") -> None:
+    step = page.locator(f"[data-testid=step-{code}]")
+    if note:
+        step.locator("input[name=note]").fill(note)
+    if evidence:
+        step.locator("input[name=evidence_url]").fill(evidence)
+    step.locator("[data-testid=step-complete]").click()
+    page.wait_for_load_state()
+
+
+def test_scenario_1_declare_assess_restore_with_approval_health_checklist_close_report(
+        browser, page, live_server, sign_in, operator, manager, password, full_artifact, production, redis_conn):
+    base = live_server.url
+    verified(full_artifact, operator)
+    with rq_workers(["default", "restore"], count=1):
+        sign_in(page, "operator")
+        page.wait_for_url(f"{base}/")
+        page.get_by_test_id("declare-incident").click()
+        page.select_option("#declare-scenario", "database")
+        page.select_option("#declare-target", label="shop-production (production)")
+        page.fill("#declare-summary", "orders table corrupted")
+        page.get_by_role("button", name="Declare — start the clock").click()
+        page.wait_for_url(f"{base}/incidents/*/")
+        incident = Incident.objects.get()
+        assert page.get_by_test_id("incident-banner-global").is_visible()
+        assert "Assess damage" in page.text_content("[data-testid=next-step]")
+
+        run_step(page, "assess")
+        step_in(page, "assess", "done")  # the live region shows the job's end without a reload
+        assert "tables hold the newest manifest's row counts" in page.text_content("[data-testid=step-assess]")
+        run_step(page, "recovery-point")
+        step_in(page, "recovery-point", "done")
+        assert full_artifact.short_id in page.text_content("[data-testid=step-recovery-point]")
+        complete_step(page, "go-restore", note="restore it")
+        run_step(page, "restore")
+        step_in(page, "restore", "waiting")
+        assert "asked" in page.text_content("[data-testid=step-restore]")
+        assert "manager" in page.text_content("[data-testid=step-restore]")
+
+        manager_page = browser.new_context().new_page()
+        manager_page.on("dialog", lambda dialog: dialog.accept())
+        sign_in(manager_page, "manager")
+        manager_page.wait_for_url(f"{base}/")
+        manager_page.goto(f"{base}/incidents/{incident.pk}/")
+        manager_page.get_by_test_id("step-restore-link").click()
+        manager_page.fill("#approve-password", password)
+        manager_page.get_by_role("button", name="Approve the production restore").click()
+
+        step_in(page, "restore", "done", timeout=120_000)
+        run_step(page, "health")
+        step_in(page, "health", "done")
+        complete_step(page, "restart", note="backend restarted")
+        complete_step(page, "endpoints", note="all answer", evidence="https://status.example.com/ok")
+        run_step(page, "checklist")
+        page.wait_for_selector("[data-testid=incident-state]:text('recovered')", timeout=30_000)
+        assert "met" in page.text_content("[data-testid=incident-rto]")
+
+        manager_page.goto(f"{base}/incidents/{incident.pk}/")
+        manager_page.fill("#review-cause", "a deploy deleted orders")
+        manager_page.fill("#review-remediation", "restored the verified full")
+        manager_page.get_by_role("button", name="Close the incident").click()
+        manager_page.wait_for_url(f"{base}/incidents/{incident.pk}/report")
+        incident.refresh_from_db()
+        assert incident.state == "closed" and incident.report_hash
+        assert incident.report_hash in manager_page.text_content("[data-testid=report-hash]")
+        rto = manager_page.text_content("[data-testid=report-rto]")
+        rpo = manager_page.text_content("[data-testid=report-rpo]")
+        assert "against 15 min 0 s" in rto and "met" in rto
+        assert "against 30 min 0 s" in rpo and incident.rpo_seconds is not None
+        page.goto(f"{base}/restores/")
+        assert page.get_by_test_id("incident-banner-global").count() == 0
+        leave(page, manager_page)
+
+
+def test_a_drill_from_the_dashboard_into_staging_needs_no_approval(page, live_server, sign_in, operator,
+                                                                   full_artifact, staging, redis_conn):
+    base = live_server.url
+    verified(full_artifact, operator)
+    with rq_workers(["default", "restore"], count=1):
+        sign_in(page, "operator")
+        page.wait_for_url(f"{base}/")
+        page.get_by_role("link", name="Start a drill").click()
+        page.select_option("#declare-scenario", "database")
+        page.select_option("#declare-target", label="shop-staging (staging)")
+        assert page.is_checked("input[name=drill]")
+        page.get_by_role("button", name="Start the drill").click()
+        page.wait_for_url(f"{base}/incidents/*/")
+        drill = Incident.objects.get()
+        assert drill.is_drill and drill.target == staging
+        page.locator("[data-testid=step-assess] summary").click()
+        page.locator("[data-testid=step-assess] input[name=reason]").fill("drill: the source is fine")
+        page.locator("[data-testid=step-assess] [data-testid=step-skip]").click()
+        page.wait_for_load_state()
+        run_step(page, "recovery-point")
+        complete_step(page, "go-restore")
+        run_step(page, "restore")
+        step_in(page, "restore", "done", timeout=120_000)
+        drill.refresh_from_db()
+        assert drill.steps.get(code="restore").restore_run.approval_id is None
+        assert drill.steps.get(code="restore").finished_at <= timezone.now()
+        leave(page)
