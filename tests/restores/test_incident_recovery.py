@@ -10,8 +10,8 @@ from django.utils import timezone
 from compliance.audit.models import AuditEvent
 from compliance.certification_record import certification_assemble
 from drpanel.dashboard import dashboard_json
-from drpanel.metrics import collect, render
 from drpanel.evidence import EvidenceRejected, validator_for
+from drpanel.metrics import collect, render
 from restores import execution, incidents, requests, verifications
 from restores.incident_steps import (
     incident_step_complete,

@@ -66,9 +66,8 @@ def test_the_demo_targets_follow_the_demo_database_and_receive_the_demo_system(s
 
 def test_the_demo_lets_the_operator_declare_database_corruption_and_asks_the_manager(settings, tmp_path,
                                                                                      monkeypatch):
-    from backups.models import System
+    from backups.models import Artifact, System
     from restores.incidents import approvals_of, incident_declare
-    from backups.models import Artifact
 
     settings.VAR_DIR = tmp_path
     settings.DEMO_DATABASE = "chatbotdysa"
