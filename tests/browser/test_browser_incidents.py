@@ -148,6 +148,8 @@ def test_a_drill_from_the_dashboard_into_staging_needs_no_approval(page, live_se
         page.wait_for_url(f"{base}/incidents/*/")
         drill = Incident.objects.get()
         assert drill.is_drill and drill.target == staging
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, "the incident page scrolls sideways"
         page.locator("[data-testid=step-assess] summary").click()
         page.locator("[data-testid=step-assess] input[name=reason]").fill("drill: the source is fine")
         page.locator("[data-testid=step-assess] [data-testid=step-skip]").click()
