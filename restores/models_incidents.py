@@ -70,7 +70,6 @@ class Incident(models.Model):
     - declared → recovering (the first step starts)
     - declared | recovering → recovered (every required step done or skipped, and the health
       checks passed: the RTO clock stops at ``recovered_at``)
-    - recovered → recovering (a step failed or was started again after recovery; rare)
     - declared | recovering | recovered → closed (a manager, with the review, once no required
       step is open; the report's hash is signed into the audit chain)
 
