@@ -337,9 +337,6 @@ def test_every_seeded_runbook_is_valid_and_follows_the_guides_phases():
         assert any(s["action"] == "restore_database" for s in clean), scenario
 
 
-def test_the_step_run_kind_is_registered_for_lost_jobs():
-    assert incident_steps.INCIDENT_STEP_RUNS.job == "restores.jobs.incident_step_job"
-
 
 # --- pages ------------------------------------------------------------------------------------------
 
@@ -393,3 +390,42 @@ def test_the_report_page_and_its_json(clients, operator, system, production):
     assert "Timeline" in page and "not closed yet" in page.lower()
     data = clients["auditor"].get(f"/incidents/{incident.pk}/report", {"format": "json"}).json()
     assert data["signed"] is False and len(data["report"]["timeline"]) == len(SEED["database"]["steps"])
+
+
+# --- the cron ----------------------------------------------------------------------------------------
+
+
+def _ready_to_restore(operator, system, production):
+    Artifact.objects.create(system=system, kind="full", format="pg_custom", status="available", size=1,
+                            sha256="0" * 64, storage_key="k", last_verified_level="decrypt")
+    incident = declare(operator, system, production)
+    incident_step_skip(actor=operator, step=step(incident, "assess"), reason="test")
+    incident_step_start(actor=operator, step=step(incident, "recovery-point"))
+    incident_step_complete(actor=operator, step=step(incident, "go-restore"), decision="continue")
+    return incident
+
+
+def test_a_rejected_restore_fails_its_waiting_step_when_the_cron_settles_it(operator, manager, system, production):
+    from restores.requests import restore_reject
+    from restores.targets import target_right_grant as grant
+
+    grant(actor=None, target=production, user=manager, right="approve_restore")
+    incident = _ready_to_restore(operator, system, production)
+    waiting = incident_step_start(actor=operator, step=step(incident, "restore"))
+    assert waiting.state == "waiting"
+    restore_reject(actor=manager, run=waiting.restore_run, note="wrong backup")
+    assert incident_steps.incident_steps_reconcile()["settled"] == 1
+    failed = step(incident, "restore")
+    assert failed.state == "failed" and "rejected" in failed.error
+    again = incident_step_start(actor=operator, step=failed)  # a failed step is started again
+    assert again.state == "waiting" and again.attempts == 2 and again.restore_run_id != waiting.restore_run_id
+
+
+def test_an_automatic_step_whose_job_was_lost_is_queued_again(operator, system, production, redis_conn):
+    incident = declare(operator, system, production)
+    queued = incident_step_start(actor=operator, step=step(incident, "assess"))
+    assert queued.state == "queued" and not queued.job_id  # the job goes out on commit, never here
+    queued.__class__.objects.filter(pk=queued.pk).update(queued_at=timezone.now() - timedelta(hours=1))
+    summary = incident_steps.incident_steps_reconcile()
+    assert summary["requeued"] == [str(queued.pk)]
+    assert events("incident.step_requeued")[-1].details["step"] == "assess"
