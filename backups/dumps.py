@@ -3,6 +3,8 @@ tar, encrypted as it streams into the primary location, its manifest written, th
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import subprocess
@@ -15,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from backups import formats, hooks, pgtools
+from backups import formats, hooks, pgtools, server_roles
 from backups.copies import copy_artifact, copy_failed, write_manifest
 from backups.errors import BackupError
 from backups.keys import get_keyring
@@ -63,6 +65,17 @@ def _stream_to_primary(run: BackupRun, artifact: Artifact, steps: StepLog, step:
     return location, result
 
 
+# Linux's default pipe holds 64 KiB: pg_dump would block on it and wake this process every 64 KiB.
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named by the fcntl module from Python 3.10 on Linux only
+
+
+def _widen_pipe(stream) -> None:
+    """Let ``stream``'s pipe hold ``PIPE_SIZE`` bytes (fewer wake-ups of both ends); best effort."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", F_SETPIPE_SZ), PIPE_SIZE)
+
+
 def full_backup(run: BackupRun, steps: StepLog) -> Artifact:
     """Dump the system's database (pg_dump custom format) into a new artifact, with the manifest's row counts."""
     step = steps.start("connect")
@@ -79,6 +92,7 @@ def full_backup(run: BackupRun, steps: StepLog) -> Artifact:
         tables = pgtools.list_tables(conn)
         steps.finish(step, detail=f"PostgreSQL {facts['server_version']}, {tool.version}, {len(tables)} tables")
         artifact = _new_artifact(run, fmt=Artifact.Format.PG_CUSTOM)
+        roles = _capture_roles(url, facts["server_major"], artifact, steps, server_roles.database_properties(conn))
         step = steps.start("dump and encrypt")
         total_size = sum(size for _, _, size in tables) or 1
         sizes = {f"{s}.{t}": size for s, t, size in tables}
@@ -107,8 +121,10 @@ def full_backup(run: BackupRun, steps: StepLog) -> Artifact:
                 counts["error"] = f"{type(exc).__name__}"
 
         proc = subprocess.Popen(
-            [tool.path, "--format=custom", "--verbose", f"--snapshot={snapshot}", "--no-password"],
+            [tool.path, "--format=custom", f"--compress={settings.BACKUP_COMPRESSION}", "--verbose",
+             f"--snapshot={snapshot}", "--no-password"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=pgtools.libpq_env(url), bufsize=1 << 20)
+        _widen_pipe(proc.stdout)
         readers = [threading.Thread(target=follow_stderr, args=(proc.stderr,), daemon=True),
                    threading.Thread(target=count_in_snapshot, daemon=True)]
         for thread in readers:
@@ -134,12 +150,35 @@ def full_backup(run: BackupRun, steps: StepLog) -> Artifact:
     manifest = _manifest(artifact, result, extra={
         "postgres": {"server_version": facts["server_version"], "server_version_num": facts["server_version_num"],
                      "database": facts["database"], "database_size": facts["database_size"],
-                     "pg_dump": tool.version, "pg_dump_major": tool.major},
+                     "pg_dump": tool.version, "pg_dump_major": tool.major,
+                     "compression": f"gzip:{settings.BACKUP_COMPRESSION}"},
         "tables": counts.get("tables", []),
+        "globals": roles,
         "row_counts": ("exact count(*) per table, in the dump's own snapshot (pg_export_snapshot + pg_dump --snapshot)"
                        if "tables" in counts else f"not taken ({counts.get('error', 'unknown error')})"),
     })
     return _finish_artifact(run, artifact, location, result, manifest, steps)
+
+
+def _capture_roles(url: str, server_major: int, artifact: Artifact, steps: StepLog, database: dict) -> dict:
+    """The manifest's ``globals`` section: the server's roles, taken just before the dump (``backups.server_roles``).
+
+    A failure does not fail the backup (the dump itself is good); the step and the manifest
+    say that this full will not bring its roles onto an empty server.
+    """
+    step = steps.start("roles")
+    passwords = settings.BACKUP_ROLE_PASSWORDS
+    try:
+        text, tool = server_roles.capture_globals(url, server_major, role_passwords=passwords)
+        section = server_roles.seal_globals(text, artifact_id=artifact.id, keyring=get_keyring(),
+                                            tool_version=tool.version, role_passwords=passwords, database=database)
+    except (server_roles.GlobalsError, pgtools.ToolError, subprocess.SubprocessError, UnicodeDecodeError) as exc:
+        message = scrub(exc)
+        steps.finish(step, state="failed", detail=f"roles not taken: {message}"[:500])
+        return {"format": server_roles.GLOBALS_FORMAT, "error": message[:500]}
+    steps.finish(step, detail=f"{len(section['roles'])} roles (pg_dumpall --globals-only, passwords "
+                              f"{'included' if passwords else 'left out'}), sealed in the manifest")
+    return section
 
 
 def config_backup(run: BackupRun, steps: StepLog) -> Artifact:

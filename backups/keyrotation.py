@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from backups import formats
+from backups import formats, server_roles
 from backups.copies import write_manifest
 from backups.errors import BackupError
 from backups.keys import get_keyring
@@ -60,6 +60,10 @@ def artifact_rewrap(*, actor, artifact: Artifact, to_key_id: str | None = None) 
             manifest = dict(artifact.manifest or {})
             manifest.setdefault("encryption", {})["key_id"] = header.key_id
             manifest["size"], manifest["sha256"] = result.stored_size, result.stored_sha256
+            if (manifest.get("globals") or {}).get("data"):
+                # The roles sealed in the manifest follow the artifact to the new master key.
+                manifest["globals"] = server_roles.rewrap_globals(manifest["globals"], artifact_id=artifact.id,
+                                                                  keyring=keyring, to_key_id=header.key_id)
             manifest.setdefault("rewrapped", []).append({"at": timezone.now().isoformat(), "from_key_id": old["key_id"],
                                                          "to_key_id": header.key_id, "previous_sha256": old["sha256"]})
             Artifact.objects.filter(pk=artifact.pk).update(key_id=header.key_id, sha256=result.stored_sha256,

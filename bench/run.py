@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.protocol import parse  # noqa: E402 - after the path is set
+from bench.stats import Conditions  # noqa: E402
 
 SCALES = ("quick", "default", "full")
 
@@ -44,12 +45,12 @@ def benchmarks(scale: str, prefix: str, server_url: str) -> list[tuple[str, list
               "full": []}[scale]
     audit_events = {"quick": "20000", "default": "500000", "full": "1000000"}[scale]
     restore = {"quick": ["--scale", "2", "--rounds", "1", "--swaps", "5", "--repeat", "3"],
-               "default": ["--scale", "30", "--partitions", "2", "--rounds", "2"],
+               "default": ["--scale", "30", "--partitions", "2", "--rounds", "3"],
                "full": ["--scale", "50", "--partitions", "4"]}[scale]
     # The loop through the panel's jobs (verified restore, decrypt-level verification, structure check, click →
     # job started); the swap is restore_ops' measurement, so it is not taken twice.
     loop = {"quick": ["--quick"],
-            "default": ["--scale", "10", "--realistic-mb", "150", "--rounds", "2", "--verify-repeat", "5"],
+            "default": ["--scale", "10", "--realistic-mb", "150", "--rounds", "3", "--verify-repeat", "3"],
             "full": []}[scale]
     requests = {"quick": "10", "default": "30", "full": "30"}[scale]
     return [
@@ -60,6 +61,38 @@ def benchmarks(scale: str, prefix: str, server_url: str) -> list[tuple[str, list
         ("restore", [py, "bench/restore.py", "--panel-db", f"{prefix}_loop", "--skip", "swap", *loop]),
         ("jobs", [py, "bench/jobs.py", "--requests", requests, "--panel-db", f"{prefix}_jobs"]),
     ]
+
+
+# How cost grows (issue 16, item 4), run by ``SCALE=full`` after the benchmarks above.
+SCALING_DATABASE_MB = (500, 1000, 2000, 4000)
+SCALING_ARTIFACTS = (10_000, 100_000, 1_000_000)
+SCALING_EVENTS = (100_000, 1_000_000, 10_000_000)
+SCALING_SYSTEMS = (1, 10, 100)
+
+
+def scaling(prefix: str, server_url: str) -> list[tuple[str, list[str]]]:
+    """(name, argv) of the scaling table's rows: one benchmark script per size."""
+    from drpanel.runtime import with_database_name
+
+    py = sys.executable
+    rows = []
+    for mb in SCALING_DATABASE_MB:
+        rows.append((f"backup at {mb} MB", [py, "bench/backup.py", "--panel-db", prefix, "--skip", "pgbench",
+                                            "--skip", "list", "--realistic-mb", str(mb), "--repeats", "3"]))
+        rows.append((f"verified restore at {mb} MB", [py, "bench/restore.py", "--panel-db", f"{prefix}_loop",
+                                                      "--skip", "pgbench", "--skip", "swap", "--skip", "click",
+                                                      "--realistic-mb", str(mb), "--rounds", "3"]))
+    for count in SCALING_ARTIFACTS:
+        rows.append((f"artifact list at {count:,}", [py, "bench/backup.py", "--panel-db", prefix, "--skip", "pgbench",
+                                                     "--skip", "realistic", "--list-size", str(count)]))
+    for events in SCALING_EVENTS:
+        rows.append((f"audit at {events:,} events", [py, "bench/audit.py", "--events", str(events), "--database-url",
+                                                     with_database_name(server_url, f"{prefix}_audit_bench")]))
+    for systems in SCALING_SYSTEMS:
+        rows.append((f"dashboard with {systems} systems", [py, "bench/health.py", "--systems", str(systems),
+                                                          "--database-url",
+                                                          with_database_name(server_url, f"{prefix}_health_bench")]))
+    return rows
 
 
 def machine() -> dict:
@@ -101,6 +134,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def conditions_table(rows: list[dict]) -> str:
+    """How each figure was taken: its runs and spread, and what else the machine did meanwhile."""
+    lines = ["| benchmark | runs | min – max | spread | load average before → after | beside other work |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        c = r.get("conditions") or {}
+        spread = f"{r['spread']:.0%}" if r.get("spread") is not None else "—"
+        span = f"{fmt(r.get('low'))} – {fmt(r.get('high'))}" if r.get("low") is not None else "—"
+        load = f"{c['load_before']:.2f} → {c['load_after']:.2f}" if c else "—"
+        other = ("**yes**, " if c.get("busy") else "no, ") + f"{c['others_cores']:.2f} cores" if c else "—"
+        lines.append(f"| {r['name']} | {r.get('runs') or '—'} | {span} | {spread} | {load} | {other} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=SCALES, default="default")
@@ -119,13 +166,17 @@ def main() -> int:
     print(f"make bench, scale {args.scale}: {info['cpus']} CPUs, {info['memory_gib']} GiB, PostgreSQL "
           f"{info['postgresql']}, load average {info['load_average_start']}; logs in {logs}", flush=True)
     rows, runs = [], []
-    for name, argv in benchmarks(args.scale, args.prefix, info.pop("server_url")):
+    server_url = info.pop("server_url")
+    planned = benchmarks(args.scale, args.prefix, server_url)
+    if args.scale == "full":
+        planned += scaling(args.prefix, server_url)
+    for name, argv in planned:
         if args.only and name not in args.only:
             continue
         print(f"== {name}: {' '.join(argv[1:])}", flush=True)
         started = time.monotonic()
         log_path = logs / f"{name}.log"
-        with open(log_path, "w") as log:
+        with open(log_path, "w") as log, Conditions() as around:
             proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, bufsize=1)
             output = []
@@ -137,9 +188,11 @@ def main() -> int:
         seconds = time.monotonic() - started
         figures = parse("".join(output))
         runs.append({"name": name, "argv": argv[1:], "exit_status": status, "seconds": round(seconds, 1),
+                     "conditions": around.as_dict(),
                      "log": str(log_path.relative_to(ROOT) if log_path.is_relative_to(ROOT) else log_path)})
         for figure in figures:
-            rows.append({"benchmark": name, **figure})
+            # A script that did not say what ran beside it gets its whole run's conditions.
+            rows.append({"benchmark": name, "conditions": around.as_dict(), **figure})
         if not figures or status != 0:
             why = f"exited with {status}" if status else "printed no BENCH line"
             rows.append({"benchmark": name, "name": f"{name} (not reported)", "ours": None, "raw": None,
@@ -147,7 +200,10 @@ def main() -> int:
                          "note": f"{why}; see {runs[-1]['log']}"})
         print(f"== {name}: {seconds:.0f} s, {len(figures)} figure(s), exit status {status}", flush=True)
     info["load_average_end"] = round(os.getloadavg()[0], 2)
-    text = table(rows)
+    text = table(rows) + "\n\nHow each figure was taken:\n\n" + conditions_table(rows)
+    if any((r.get("conditions") or {}).get("busy") for r in rows):
+        text += ("\n\nFigures marked \"beside other work\" were taken while other processes kept the machine busy: "
+                 "their times and ratios are not those of a quiet machine.")
     notes = [f"- {r['name']}: {r['note']}" for r in rows if r.get("note")]
     header = (f"Benchmarks at scale **{args.scale}**, {stamp}, commit {info['commit']}: {info['cpus']} CPUs, "
               f"{info['memory_gib']} GiB, PostgreSQL {info['postgresql']}, Python {info['python']}; load average "

@@ -16,6 +16,7 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from compliance.health import HEALTHY_FROM, WARNING_FROM, format_age
+from drpanel.templatetags.panel_time import format_at
 
 PALETTE = ("#1f5fbf", "#8a3ffc", "#007d79", "#b28600", "#d12771", "#4e5b6b")
 WIDTH, HEIGHT = 720, 200
@@ -84,7 +85,7 @@ def health_chart(series: list[dict], start: datetime, end: datetime) -> SafeStri
         body.append(f'<line x1="{x}" y1="{TOP}" x2="{x}" y2="{HEIGHT - BOTTOM}" stroke="{MUTED}" '
                     f'stroke-dasharray="4 3"/>')
         if x - LEFT > 150:
-            body.append(_text(x - 6, TOP + 14, f"no history before {min(firsts):%d %b %H:%M} UTC", anchor="end"))
+            body.append(_text(x - 6, TOP + 14, f"no history before {format_at(min(firsts), 'd M H:i')}", anchor="end"))
     for s in series:
         points = s["points"]
         if not points:
@@ -99,7 +100,7 @@ def health_chart(series: list[dict], start: datetime, end: datetime) -> SafeStri
         last_at, last_score = points[-1]
         body.append(f'<a href="{escape(s["url"])}"><polyline points="{" ".join(coords)}" fill="none" '
                     f'stroke="{s["color"]}" stroke-width="2.5" stroke-linejoin="round">'
-                    f'<title>{escape(s["name"])}: {last_score} since {last_at:%Y-%m-%d %H:%M} UTC</title></polyline>'
+                    f'<title>{escape(s["name"])}: {last_score} since {format_at(last_at)}</title></polyline>'
                     f'<circle cx="{_plot_x(end, start, end)}" cy="{_plot_y(last_score, 100)}" r="4" '
                     f'fill="{s["color"]}"><title>{escape(s["name"])}: {last_score} now</title></circle></a>')
     return _svg("health-chart", "Health score over 30 days",

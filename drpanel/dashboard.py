@@ -37,6 +37,7 @@ from compliance.models import Alert, Cadence, ChecklistPeriod, Contact, HealthSn
 from drpanel import clock
 from drpanel.charts import PALETTE, health_chart, rto_chart, sizes_chart
 from drpanel.permissions import Cap, has_cap
+from drpanel.templatetags.panel_time import format_at
 
 HISTORY_DAYS = 30
 ESCALATION = (Contact.Level.L1, Contact.Level.L2, Contact.Level.L3, Contact.Level.EMERGENCY)
@@ -164,7 +165,7 @@ def size_bars(since: datetime, now: datetime, colors: dict[int, str]) -> dict[st
         bars.setdefault(kind, []).append({
             "at": created_at, "value": size, "color": colors.get(system_id, PALETTE[0]),
             "url": base.replace("00000000-0000-0000-0000-000000000000", str(pk)),
-            "label": f"{name} {kind} {str(pk)[:8]}, {created_at:%Y-%m-%d %H:%M} UTC: {filesizeformat(size)} "
+            "label": f"{name} {kind} {str(pk)[:8]}, {format_at(created_at)}: {filesizeformat(size)} "
                      f"({status}){among}"})
     return {kind: bars[kind] for kind in Artifact.Kind.values if kind in bars}
 

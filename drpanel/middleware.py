@@ -1,6 +1,7 @@
 """Cross-cutting middleware: a request id on every request, no caching of signed-in pages, and a
 session lifetime that activity does not extend."""
 
+import logging
 import re
 import time
 import uuid
@@ -13,6 +14,7 @@ from drpanel.context import reset_current_request, set_current_request
 from drpanel.permissions import record_denial
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+request_log = logging.getLogger("drpanel.request")
 
 
 class RequestIdMiddleware:
@@ -25,8 +27,14 @@ class RequestIdMiddleware:
         incoming = request.META.get("HTTP_X_REQUEST_ID", "")
         request.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         token = set_current_request(request)
+        started = time.monotonic()
         try:
             response = self.get_response(request)
+            # One line per request, carrying its id (drpanel.logformat). The URL pattern, not the path: a
+            # path can hold a credential (a mailed acknowledgement link's token), a pattern never does.
+            match = getattr(request, "resolver_match", None)
+            request_log.info("%s /%s %s %.0f ms", request.method, match.route if match else "(no route)",
+                             response.status_code, (time.monotonic() - started) * 1000)
         finally:
             reset_current_request(token)
         response["X-Request-ID"] = request.request_id

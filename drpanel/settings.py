@@ -7,6 +7,7 @@ start-up with a one-line reason (``drpanel.env.ConfigError``).
 import ipaddress
 import re
 import secrets
+import zoneinfo
 from datetime import timedelta
 from pathlib import Path
 
@@ -112,6 +113,8 @@ TEMPLATES = [
                 "drpanel.context_processors.panel",
                 "restores.context_processors.incidents",
             ],
+            # ``|at``: a time in TIME_ZONE with the zone's abbreviation, on every page.
+            "builtins": ["drpanel.templatetags.panel_time"],
         },
     },
 ]
@@ -205,7 +208,7 @@ SECURE_SSL_REDIRECT = env_bool("DRPANEL_SSL_REDIRECT", PRODUCTION)
 SECURE_HSTS_SECONDS = env_int("DRPANEL_HSTS_SECONDS", 31536000 if PRODUCTION else 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = PRODUCTION
 SECURE_HSTS_PRELOAD = PRODUCTION
-SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
+SECURE_REDIRECT_EXEMPT = [r"^health(/live|/ready)?$", r"^metrics$"]
 
 
 def _networks(name: str) -> list:
@@ -254,7 +257,13 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = not PRODUCTION
 LANGUAGE_CODE = "en-us"
+# The zone pages show times in (each followed by its abbreviation: the ``|at`` filter); storage,
+# the audit chain, exports and the API stay in UTC whatever it is.
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
+try:
+    zoneinfo.ZoneInfo(TIME_ZONE)
+except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    raise ConfigError(f"TIME_ZONE={TIME_ZONE!r} is not a time zone name (e.g. UTC, Europe/Madrid)") from None
 USE_I18N = False
 USE_TZ = True
 
@@ -320,7 +329,12 @@ if PRODUCTION and not (BACKUP_KEYS.master_keys or BACKUP_KEYS.kms_key_id):
 PG_BIN_DIR = env_str("PG_BIN_DIR") or None
 BACKUP_SPOOL_DIR = Path(env_str("DRPANEL_SPOOL_DIR") or VAR_DIR / "spool")
 BACKUP_CHUNK_SIZE = env_int("DRPANEL_CHUNK_SIZE", 1 << 20, minimum=1 << 10, maximum=1 << 26)
+# pg_dump's gzip level for full backups (its own default is 6): level 1 costs pg_dump about half the CPU
+# for archives 0–10 % larger (docs/benchmarks.md), which matters on a database server's spare cores.
+BACKUP_COMPRESSION = env_int("DRPANEL_BACKUP_COMPRESSION", 1, minimum=0, maximum=9)
 BACKUP_RETRY_MINUTES = env_int("DRPANEL_BACKUP_RETRY_MINUTES", 30, minimum=1)
+# Logical fulls carry the server's roles (pg_dumpall --globals-only); their password verifiers only when on.
+BACKUP_ROLE_PASSWORDS = env_bool("DRPANEL_BACKUP_ROLE_PASSWORDS", False)
 # A running backup whose row has not heard from its worker for this long is failed by the reaper.
 BACKUP_STALE_SECONDS = env_int("DRPANEL_BACKUP_STALE_SECONDS", 180, minimum=5)
 # A queued backup whose RQ job is gone is queued again after this wait, and failed after the second one.
@@ -449,12 +463,17 @@ DRILL_OVERDUE_DAYS = env_int("DRPANEL_DRILL_OVERDUE_DAYS", 30, minimum=1, maximu
 
 # --- logging -------------------------------------------------------------------------------
 
+# json: one JSON object per line (time, level, logger, message, request_id, job_id), for log shippers.
+LOG_FORMAT = env_str("DRPANEL_LOG_FORMAT", "plain", choices=("plain", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "filters": {"scrub": {"()": "drpanel.scrub.ScrubFilter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["scrub"]}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "drpanel.logformat.json_formatter"},
+    },
+    "filters": {"scrub": {"()": "drpanel.scrub.ScrubFilter"}, "ids": {"()": "drpanel.logformat.RequestIdFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["scrub", "ids"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO", choices=(
         "DEBUG", "INFO", "WARNING", "ERROR"))},
     "loggers": {"django.db.backends": {"level": "WARNING"}},

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from drpanel import metrics, views, views_approvals, views_health
+from drpanel import metrics, probes, views, views_approvals, views_health
 
 handler403 = "drpanel.views.permission_denied"
 handler404 = "drpanel.views.page_not_found"
@@ -30,6 +30,8 @@ panel_patterns = (
 
 urlpatterns = [
     path("health", views.health, name="health"),
+    path("health/live", probes.live, name="health-live"),
+    path("health/ready", probes.ready, name="health-ready"),
     path("metrics", metrics.metrics, name="metrics"),
     path("", include(panel_patterns)),
     path("", include("backups.urls")),

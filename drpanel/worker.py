@@ -34,6 +34,7 @@ import signal
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils.module_loading import autodiscover_modules
 from rq.worker import Worker
 
 from compliance.audit import audit_record
@@ -90,6 +91,16 @@ def _die_with_parent(parent_pid: int | None) -> None:
         os._exit(1)
 
 
+def preload_jobs() -> None:
+    """Import every app's ``jobs`` module in the worker, before it forks a work horse per job.
+
+    A horse inherits what its worker imported; without this, each horse imported its job's
+    module afresh (``restores.jobs`` and its dependencies: tens of milliseconds on a quiet
+    machine, a large share of "click → job started").
+    """
+    autodiscover_modules("jobs")
+
+
 class PanelWorker(Worker):
     """An rq ``Worker`` with the panel's shorter timings (overridable from the environment)."""
 
@@ -105,6 +116,7 @@ class PanelWorker(Worker):
         except InstallationConflict as exc:
             log.error("refusing to start: %s", exc)
             raise SystemExit(f"drpanel worker refused to start: {exc}") from None
+        preload_jobs()
         return super().work(*args, **kwargs)
 
     def prepare_job_execution(self, job, *args, **kwargs):

@@ -47,7 +47,7 @@ from drpanel import endpoints, runs, runtime, secrets
 from drpanel.models import Approval
 from drpanel.permissions import has_object_right
 from drpanel.scrub import scrub
-from restores import configs, healthchecks, materialize, pg, plainsql, sanity
+from restores import configs, healthchecks, materialize, pg, plainsql, roles, sanity
 from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, RestoreRun
 from restores.recovery_checks import create_recovery_checks, database_connectivity, evaluate_recovery_checks
 from restores.runstate import RunFailure, audit_details, current_binding_hash, transition
@@ -115,8 +115,8 @@ def enqueue_restore(run_id) -> None:
 def _plan(run: RestoreRun) -> list[tuple[str, int]]:
     steps = []
     if run.restores_database:
-        steps += [("fetch and decrypt", 25), ("restore into side database", 45), ("sanity checks", 4),
-                  ("row counts", 4)]
+        steps += [("fetch and decrypt", 25), ("roles", 2), ("restore into side database", 45),
+                  ("database owner and grants", 1), ("sanity checks", 4), ("row counts", 4)]
     if run.restores_config:
         weight = 4 if run.restores_database else 30
         steps += [("config: fetch and decrypt", weight), ("config: extract", weight)]
@@ -260,6 +260,7 @@ class _Execution:
                               detail=f"{made.stored_size} bytes from {made.copy.location.name}, SHA-256 matches, "
                                      f"every chunk authenticated; {made.plaintext_size} bytes decrypted to a "
                                      f"temporary file{refused}")
+            server_roles = self.create_roles()
             self.steps.start(restore, detail=f"pg_restore -j{plan.jobs} from the file"
                              if made.content == "pg_custom" else "psql, one transaction")
             if made.content == "pg_custom":
@@ -270,6 +271,8 @@ class _Execution:
                                                     self.steps.progress(restore, d / t if t else None, bytes=d))
         else:
             copy = materialize.pick_copy(artifact)
+            # Streamed: the roles are created before the chunks are read (they authenticate as they go).
+            server_roles = self.create_roles()
             self.steps.start(fetch, detail=f"streaming from {copy.location.name}: {note}")
             self.steps.start(restore, detail="pg_restore -j1 from the decrypting stream (low-disk fallback)")
             stream = materialize.plaintext_stream(artifact, copy, progress=fetched)
@@ -281,8 +284,51 @@ class _Execution:
         self.steps.finish(restore, detail=f"restored into {result.database} in {result.duration_s:.1f} s"
                           + (f" ({len(result.warnings)} warnings)" if getattr(result, "warnings", None) else ""),
                           data=result.as_dict())
+        self.adopt_database(server_roles)
         side_url = runtime.with_database_name(self.url, self.side)
         self.checks(side_url)
+
+    def create_roles(self):
+        """Authenticate the artifact's roles, then create those the target's server lacks (``restores.roles``).
+
+        Runs before pg_restore touches the target's server; a changed globals section is refused here.
+        """
+        name = "roles"
+        self.steps.start(name)
+        try:
+            found = roles.roles_check(self.run.artifact)
+        except roles.RolesRefused as exc:
+            raise RunFailure(str(exc)) from None
+        if found is None:
+            section = (self.run.artifact.manifest or {}).get("globals") or {}
+            why = f"the backup could not take them: {section['error']}" if section.get("error") else \
+                "the artifact carries no roles (made before roles were taken, or not by this panel)"
+            for skipped in (name, "database owner and grants"):
+                self.steps.skip(skipped, why)
+            return None
+        try:
+            report = roles.roles_create(self.url, found.globals)
+        except roles.RolesRefused as exc:
+            raise RunFailure(str(exc)) from None
+        self.save_results(roles=report.as_dict())
+        self.steps.finish(name, detail=report.summary(), data=report.as_dict())
+        if report.created or report.differences or report.withheld or report.memberships_not_granted:
+            with transaction.atomic():
+                audit_record(actor=None, action=AuditAction.RESTORE_ROLES_CREATED, obj=self.run,
+                             details=audit_details(self.run, roles=report.as_dict()))
+        return found
+
+    def adopt_database(self, found) -> None:
+        """On a server where ``<db>`` is new, the side database takes the backup's owner, comment and grants."""
+        if found is None:
+            return
+        name = "database owner and grants"
+        self.steps.start(name)
+        try:
+            detail = roles.database_adopt(self.url, self.side, found.database)
+        except roles.RolesRefused as exc:
+            raise RunFailure(f"{exc}; the target is untouched") from None
+        self.steps.finish(name, detail=detail)
 
     def checks(self, side_url: str) -> None:
         name = "sanity checks"

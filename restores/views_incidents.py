@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from backups.models import System
 from drpanel.permissions import Cap, capability_required, has_cap
+from drpanel.templatetags.panel_time import format_at
 from restores import incident_steps, incidents, runbooks
 from restores.models import Incident, RunbookTemplate, Scenario
 from restores.runstate import RestoreConflict, RestoreError
@@ -75,7 +76,7 @@ def incident_list(request):
         except RestoreError as exc:
             messages.error(request, str(exc))
             return redirect("restores:incident-list")
-        messages.success(request, f"Declared: the clock runs from {incident.failure_at:%H:%M:%S} UTC.")
+        messages.success(request, f"Declared: the clock runs from {format_at(incident.failure_at, 'H:i:s')}.")
         return redirect("restores:incident-detail", incident.pk)
     rows = Incident.objects.select_related("system", "target", "declared_by")[:100]
     return render(request, "restores/incident_list.html", {

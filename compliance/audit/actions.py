@@ -205,6 +205,10 @@ class AuditAction(StrEnum):
     VERIFICATION_CANCELLED = "verification.cancelled", "Someone cancelled a queued or running verification."
     VERIFICATION_REQUEUED = "verification.requeued", "A verification whose job was lost was queued again."
 
+    # Roles with every logical full (restores onto an empty server).
+    RESTORE_ROLES_CREATED = ("restore.roles_created", "A restore created the backup's roles missing on the target's "
+                             "server, or found its existing roles different (never altered).")
+
     # Disaster mode: incidents, their runbook steps, runbook versions and recovery objectives (issue 14).
     INCIDENT_DECLARED = "incident.declared", "An incident (or a drill) was declared on a system: its RTO clock started."
     INCIDENT_RECOVERING = "incident.recovering", "The first step of an incident's runbook started."

@@ -19,7 +19,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from compliance.audit.models import AuditEvent
 from compliance.audit.record import canonical_time, event_fields
-from compliance.audit.rows import ROW_FIELDS, ROW_SQL, batched, canonical_line
+from compliance.audit.rows import ROW_FIELDS, ROW_SQL, Prefetched, canonical_line
 
 TABLE = AuditEvent._meta.db_table
 __all__ = ["ROW_SQL", "AuditFilter", "FilterError", "Page", "canonical_line", "event_json", "event_rows",
@@ -190,8 +190,11 @@ def events_page(flt: AuditFilter, *, before: int | None = None, after: int | Non
 # --- streamed rows ---------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def event_rows(flt: AuditFilter | None = None, *, up_to_seq: int | None = None, batch: int = 2_000):
+def event_rows(flt: AuditFilter | None = None, *, up_to_seq: int | None = None, batch: int = 1_000):
     """Rows of ``ROW_SQL`` by ascending ``seq``, fetched ``batch`` at a time from a server-side cursor.
+
+    Up to three batches are in memory at once (``Prefetched``): exports keep the default, so
+    their peak stays within its goal; verification takes ``FETCH_ROWS``.
 
     ``details`` arrive as PostgreSQL's text of the jsonb; ``canonical_line`` turns a row
     into the bytes its hash covers.
@@ -207,7 +210,11 @@ def event_rows(flt: AuditFilter | None = None, *, up_to_seq: int | None = None, 
         connection.ensure_connection()
         with connection.connection.cursor(name=f"audit_rows_{uuid.uuid4().hex}") as cursor:
             cursor.execute(sql, params)
-            yield batched(cursor, batch)
+            rows = Prefetched(cursor, batch)
+            try:
+                yield rows
+            finally:
+                rows.close()
 
 
 def row_fields(row) -> dict:

@@ -32,6 +32,7 @@ from compliance.audit.query import event_rows
 from compliance.audit.record import GENESIS_HASH, audit_record
 from compliance.audit.rows import (
     CHECKPOINT_MISMATCH,
+    FETCH_ROWS,
     HASH_MISMATCH,
     MISSING_SEQ,
     PREV_HASH_MISMATCH,
@@ -145,7 +146,7 @@ def verify_chain(*, keys: dict | None = None, store=None, processes: int | None 
     if processes > 1:
         parts = _scan_in_parallel(head, processes, pins)
     else:
-        with event_rows(up_to_seq=head) as rows:
+        with event_rows(up_to_seq=head, batch=FETCH_ROWS) as rows:
             parts = [scan(rows, expected=1, prev_hash=GENESIS_HASH, checkpoints=pins)]
     count, expected, head_hash, problem = _combine(parts)
     if problem is not None and problem[1] == CHECKPOINT_MISMATCH:

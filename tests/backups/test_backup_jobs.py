@@ -35,7 +35,8 @@ def test_a_full_backup_dumps_encrypts_and_verifies_the_offsite_copy(operator, sy
     run = backup_run_execute(run.id)
     assert run.state == BackupRun.State.SUCCEEDED, run.error
     assert run.percent == 100
-    assert [s["state"] for s in run.steps] == ["succeeded"] * 3
+    assert [s["name"] for s in run.steps] == ["connect", "roles", "dump and encrypt", "copy to offsite"]
+    assert [s["state"] for s in run.steps] == ["succeeded"] * 4
     artifact = run.artifact
     assert artifact.status == Artifact.Status.AVAILABLE
     assert artifact.format == "pg_custom" and artifact.key_id == "k1"
@@ -57,6 +58,22 @@ def test_a_full_backup_dumps_encrypts_and_verifies_the_offsite_copy(operator, sy
     assert "TABLE DATA public orders" in listing
     actions = set(AuditEvent.objects.values_list("action", flat=True))
     assert {"backup.requested", "backup.started", "artifact.copied", "backup.succeeded"} <= actions
+
+
+@pytest.mark.parametrize("level", [1, 6])
+def test_a_full_backup_dumps_at_the_configured_compression(operator, system, primary, test_keys, tmp_path, settings,
+                                                          level):
+    settings.BACKUP_COMPRESSION = level
+    run = backup_run_execute(backup_request(actor=operator, system=system, kind="full").id)
+    assert run.state == BackupRun.State.SUCCEEDED, run.error
+    manifest = run.artifact.manifest
+    assert manifest["postgres"]["compression"] == f"gzip:{level}"
+    dump = tmp_path / "dump.pgc"
+    dump.write_bytes(decrypt(run.artifact, test_keys))
+    pg_restore = pgbin.find_tool("pg_restore", manifest["postgres"]["pg_dump_major"]).path
+    listing = subprocess.run([pg_restore, "--list", str(dump)], capture_output=True, text=True, check=True).stdout
+    # pg_restore reads the level pg_dump wrote in the archive's header.
+    assert f";     Compression: {level}" in listing.splitlines()
 
 
 def test_a_second_click_returns_the_run_already_queued(operator, system, primary, test_keys):

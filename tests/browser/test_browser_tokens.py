@@ -36,7 +36,7 @@ def test_a_metrics_token_is_made_on_the_page_shows_its_expiry_and_only_scrapes(p
     token = ApiToken.objects.get(user=user)
     assert token.kind == "metrics" and token.expires_at == token.created_at + timedelta(days=settings.TOKEN_DAYS)
     shown = page.get_by_test_id("new-token-expiry").inner_text()
-    assert shown == f"{token.expires_at:%Y-%m-%d %H:%M}"
+    assert shown == f"{token.expires_at:%Y-%m-%d %H:%M} UTC"  # pages name the zone (TIME_ZONE, UTC here)
     assert page.get_by_test_id("token-expiry").first.inner_text() == shown
 
     assert status_of(f"{live_server.url}/metrics", raw) == 200

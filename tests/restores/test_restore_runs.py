@@ -134,7 +134,7 @@ def test_a_staging_restore_swaps_the_restored_database_in_and_keeps_the_old_one(
     assert scratch.marker(name) == "restored"
     assert copy_marker(scratch, f"{name}__pre_{run.pk.hex[:12]}") == "before"
     assert scratch.scalar(name, "SELECT count(*) FROM orders") == 2000
-    assert [s["state"] for s in run.steps] == ["succeeded"] * 6
+    assert [s["state"] for s in run.steps] == ["succeeded"] * 8
     assert run.percent == 100 and run.eta_seconds is None
     assert run.plan["mode"] == "file" and run.plan["jobs"] == 2
     assert run.swapped_at and run.healthy_at and run.rollback_until - run.swapped_at == timedelta(hours=24)
@@ -195,7 +195,7 @@ def test_it_streams_into_pg_restore_j1_when_the_disk_lacks_room_and_says_so(oper
     assert run.state == "succeeded", run.error
     assert run.plan["mode"] == "stream" and run.plan["jobs"] == 1
     assert "streaming into pg_restore -j1 instead" in run.plan["reason"]
-    assert run.steps[1]["data"]["mode"] == "stream"
+    assert run.steps[2]["name"] == "restore into side database" and run.steps[2]["data"]["mode"] == "stream"
     assert scratch.marker(live(scratch, staging)) == "restored"
     assert list(temp_dir.iterdir()) == []
 
@@ -228,7 +228,8 @@ def test_a_plain_sql_legacy_artifact_is_restored_through_psql(operator, shop_sys
     artifact = store_artifact(shop_system, kind="full", fmt="pg_plain", plaintext=dump)
     run = execute(request(operator, artifact, staging))
     assert run.state == "succeeded", run.error
-    assert run.steps[1]["data"]["mode"].startswith("plain SQL")
+    assert run.steps[2]["name"] == "restore into side database"
+    assert run.steps[2]["data"]["mode"].startswith("plain SQL")
     assert scratch.marker(live(scratch, staging)) == "restored"
 
 

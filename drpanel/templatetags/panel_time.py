@@ -1,0 +1,35 @@
+"""Times on pages: in the panel's time zone (``TIME_ZONE``), always followed by that zone's abbreviation.
+
+``{{ run.created_at|at }}`` → ``2026-12-03 16:23 CET``; ``{{ run.created_at|at:"H:i:s" }}`` →
+``16:23:07 CET``. The abbreviation is the one in force at that instant (``CEST`` in summer), so a
+time read off a page, a screenshot or a printed certification says which clock it was read on.
+Loaded for every template (``TEMPLATES`` ``builtins``), so no page has to ``{% load %}`` it.
+"""
+
+from datetime import datetime
+
+from django import template
+from django.utils import timezone
+from django.utils.dateformat import format as date_format
+
+register = template.Library()
+
+DEFAULT_FORMAT = "Y-m-d H:i"
+
+
+def format_at(value, fmt: str = DEFAULT_FORMAT) -> str:
+    """``value`` in the current time zone, in Django's ``date`` format ``fmt``, then the zone's abbreviation.
+
+    For code that writes times outside templates (chart labels); "" for anything not a datetime.
+    """
+    if not isinstance(value, datetime):
+        return ""
+    if timezone.is_aware(value):
+        value = timezone.localtime(value)
+    return f"{date_format(value, fmt or DEFAULT_FORMAT)} {date_format(value, 'T')}"
+
+
+@register.filter
+def at(value, arg: str = DEFAULT_FORMAT) -> str:
+    """The template filter: ``{{ when|at }}``, ``{{ when|at:"H:i:s" }}``."""
+    return format_at(value, arg)
