@@ -43,7 +43,7 @@ from compliance.measurements import drill_filter, rpo_target_seconds, rto_target
 from compliance.models import AuditEvent, Certification, Contact
 from drpanel import clock
 from drpanel.models import Approval
-from restores.models import RestoreRun, VerificationRun
+from restores.models import Incident, RestoreRun, VerificationRun
 
 RECORD_TYPE = "drpanel-dr-certification"
 RECORD_VERSION = 1
@@ -341,6 +341,24 @@ def _audit_head() -> dict:
     return {"seq": head["seq"], "hash": head["hash"], "url": reverse("compliance:audit-detail", args=[head["seq"]])}
 
 
+def _incidents(start: datetime, end: datetime) -> list[dict]:
+    """Incidents and drills declared in the month: their RTO and RPO against their systems' targets."""
+    rows = (Incident.objects.filter(declared_at__gte=start, declared_at__lt=end)
+            .select_related("system", "runbook").order_by("declared_at"))
+    found = []
+    for i in rows:
+        rto, rpo = _seconds(i.rto_seconds), _seconds(i.rpo_seconds)
+        found.append({"id": str(i.pk), "url": reverse("restores:incident-report", args=[i.pk]), "drill": i.is_drill,
+                      "system": i.system.name, "scenario": i.scenario, "runbook_version": i.runbook.version,
+                      "state": i.state, "declared_at": iso_time(i.declared_at),
+                      "recovered_at": iso_time(i.recovered_at) if i.recovered_at else None,
+                      "rto_seconds": rto, "rto_target_seconds": i.rto_target_seconds,
+                      "rto_met": _met(rto, i.rto_target_seconds), "rpo_seconds": rpo,
+                      "rpo_target_seconds": i.rpo_target_seconds, "rpo_met": _met(rpo, i.rpo_target_seconds),
+                      "report_sha256": i.report_hash or None})
+    return found
+
+
 def certification_assemble(*, year: int, month: int) -> dict:
     """The record of one month, from the panel's rows (reads only; see the module docstring)."""
     start, end = month_bounds(year, month)
@@ -362,6 +380,7 @@ def certification_assemble(*, year: int, month: int) -> dict:
         "backups": _backups(start, end),
         "restores": restores,
         "restore_tests": restore_tests,
+        "incidents": _incidents(start, end),
         "rto": _measured(measured, "rto", rto_target),
         "rpo": _measured(measured, "rpo", rpo_target),
         "verifications": verifications,

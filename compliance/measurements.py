@@ -21,7 +21,8 @@ from backups.models import Artifact, System
 from compliance.health import VERIFIED_LEVEL, artifact_evidence, format_age
 from drpanel import clock
 from drpanel.evidence import Evidence
-from restores.models import RestoreRun, Target
+from restores.models import Incident, RestoreRun, Target
+from restores.models_incidents import OPEN_STATES
 
 
 @dataclass(frozen=True)
@@ -132,3 +133,46 @@ def drill_rtos(since: datetime) -> list[Drill]:
     """Measured RTOs of the drills that went live since ``since``, oldest first."""
     runs = _timed_runs().filter(drill_filter(), healthy_at__gte=since).order_by("healthy_at")
     return [_as_drill(run) for run in runs]
+
+
+# --- incidents and drills (disaster mode) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IncidentMeasure:
+    """RTO and RPO measured by the last recovered incident (or drill), against its system's targets."""
+
+    incident: Incident
+
+    @property
+    def url(self) -> str:
+        return reverse("restores:incident-report", args=[self.incident.pk])
+
+    def as_dict(self) -> dict:
+        i = self.incident
+        return {"incident": str(i.pk), "system": i.system.name, "scenario": i.scenario, "drill": i.is_drill,
+                "recovered_at": i.recovered_at.isoformat(), "url": self.url,
+                "rto_seconds": i.rto_seconds, "rto_target_seconds": i.rto_target_seconds,
+                "rto_met": i.rto_seconds <= i.rto_target_seconds,
+                "rpo_seconds": i.rpo_seconds, "rpo_target_seconds": i.rpo_target_seconds,
+                "rpo_met": None if i.rpo_seconds is None else i.rpo_seconds <= i.rpo_target_seconds}
+
+
+def last_incident_measure(*, drills: bool, system: System | None = None, since: datetime | None = None,
+                          until: datetime | None = None) -> IncidentMeasure | None:
+    """The incident (``drills=False``) or drill recovered last (of ``system``, within ``since``–``until``)."""
+    rows = Incident.objects.filter(is_drill=drills, recovered_at__isnull=False).select_related("system")
+    if system is not None:
+        rows = rows.filter(system=system)
+    if since is not None:
+        rows = rows.filter(recovered_at__gte=since)
+    if until is not None:
+        rows = rows.filter(recovered_at__lt=until)
+    incident = rows.order_by("-recovered_at").first()
+    return IncidentMeasure(incident) if incident else None
+
+
+def open_incidents() -> list[Incident]:
+    """Incidents (not drills) not closed yet, oldest first."""
+    return list(Incident.objects.filter(state__in=OPEN_STATES, is_drill=False).select_related("system")
+                .order_by("declared_at"))

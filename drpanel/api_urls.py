@@ -8,6 +8,7 @@ from compliance.api import urlpatterns as compliance_api
 from drpanel.api import MeView, TokenListView, TokenRevokeView
 from drpanel.api_dashboard import DashboardView
 from restores.api import urlpatterns as restores_api
+from restores.api_incidents import urlpatterns as incidents_api
 
 app_name = "api"
 
@@ -19,5 +20,6 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     *backups_api,
     *restores_api,
+    *incidents_api,
     *compliance_api,
 ]

@@ -9,6 +9,7 @@ NAVIGATION = (
     ("Dashboard", "drpanel:dashboard", Cap.VIEW_PANEL, ""),
     ("Artifacts", "backups:artifact-list", Cap.VIEW_PANEL, "/artifacts/"),
     ("Restores", "restores:run-list", Cap.VIEW_PANEL, "/restores/"),
+    ("Incidents", "restores:incident-list", Cap.VIEW_PANEL, "/incidents/"),
     ("Checklists", "compliance:checklist-today", Cap.VIEW_PANEL, "/checklists/"),
     ("Contacts", "compliance:contact-list", Cap.VIEW_PANEL, "/contacts/"),
     ("Certification", "compliance:certification-list", Cap.VIEW_PANEL, "/certifications/"),

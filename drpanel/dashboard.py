@@ -23,10 +23,20 @@ from compliance.approval_kinds import approvals_waiting_for
 from compliance.certifications import last_certification_status
 from compliance.checklists import period_as_dict, period_bounds
 from compliance.health import Health, health_evaluate
-from compliance.measurements import drill_rtos, last_rto, rpo_for, rpo_target_seconds, rto_target_seconds, worst_rpo
+from compliance.measurements import (
+    drill_rtos,
+    last_incident_measure,
+    last_rto,
+    open_incidents,
+    rpo_for,
+    rpo_target_seconds,
+    rto_target_seconds,
+    worst_rpo,
+)
 from compliance.models import Alert, Cadence, ChecklistPeriod, Contact, HealthSnapshot
 from drpanel import clock
 from drpanel.charts import PALETTE, health_chart, rto_chart, sizes_chart
+from drpanel.permissions import Cap, has_cap
 from drpanel.templatetags.panel_time import format_at
 
 HISTORY_DAYS = 30
@@ -200,7 +210,14 @@ def dashboard_context(user) -> dict:
         "alert_count": alert_count,
         "alerts": alerts,
         "certification": last_certification_status(),
+        "open_incidents": open_incidents(),
+        "incident_measures": [last_incident_measure(drills=False), last_incident_measure(drills=True)],
+        "can_declare": has_cap(user, Cap.TICK_CHECKLISTS),
     }
+
+
+def _measure(measure):
+    return measure.as_dict() if measure else None
 
 
 def dashboard_json() -> dict:
@@ -224,5 +241,8 @@ def dashboard_json() -> dict:
         "rto_target_seconds": rto_target_seconds(),
         "rto": {"seconds": rto.seconds, "at": rto.at.isoformat(), "label": rto.label, "url": rto.url} if rto else None,
         "systems": [h.as_dict() | {"rpo_seconds": rpos[h.system.pk].seconds} for h in healths],
+        "incidents": {"open": [str(i.pk) for i in open_incidents()],
+                      "last_incident": _measure(last_incident_measure(drills=False)),
+                      "last_drill": _measure(last_incident_measure(drills=True))},
         "computed_at": now.isoformat(),
     }

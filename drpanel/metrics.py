@@ -34,7 +34,7 @@ from backups.models import Artifact, System
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from compliance.health import health_evaluate
-from compliance.measurements import rpo_for
+from compliance.measurements import last_incident_measure, open_incidents, rpo_for
 from compliance.models import Alert, AuditEvent
 from drpanel import clock, cron_heartbeat, queues
 from drpanel.authentication import bearer_value, token_for
@@ -124,10 +124,31 @@ def _system_families(now) -> list[GaugeMetricFamily]:
     return [last_backup, backup_age, verified_age, score, band, rpo, continuous, system_rto]
 
 
+def _incident_families() -> list[GaugeMetricFamily]:
+    """Disaster mode: the last recovered incident's and drill's RTO and RPO per system, and the open incidents."""
+    labels = ("system", "drill")
+    incident_rto = _gauge("drpanel_incident_rto_seconds", "RTO (declared or noticed to recovered) of the last "
+                                                          "recovered incident or drill per system.", labels)
+    incident_rpo = _gauge("drpanel_incident_rpo_seconds", "RPO achieved (failure time minus recovery point) of the "
+                                                          "last recovered incident or drill per system.", labels)
+    incidents_open = _gauge("drpanel_incidents_open", "Incidents (not drills) not closed yet.")
+    for system in System.objects.order_by("name"):
+        for drill in (False, True):
+            measure = last_incident_measure(drills=drill, system=system)
+            if measure is None:
+                continue
+            values = [system.name, str(drill).lower()]
+            incident_rto.add_metric(values, measure.incident.rto_seconds)
+            if measure.incident.rpo_seconds is not None:
+                incident_rpo.add_metric(values, measure.incident.rpo_seconds)
+    incidents_open.add_metric([], len(open_incidents()))
+    return [incident_rto, incident_rpo, incidents_open]
+
+
 def collect() -> list[GaugeMetricFamily]:
     """Every family, computed now (empty ones are left out by the collector)."""
     now = clock.now()
-    families = _system_families(now)
+    families = [*_system_families(now), *_incident_families()]
 
     rto = _gauge("drpanel_last_rto_seconds", "Measured RTO (request to healthy) of the newest restore that "
                                              "reached healthy.")

@@ -111,6 +111,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "drpanel.context_processors.panel",
+                "restores.context_processors.incidents",
             ],
             # ``|at``: a time in TIME_ZONE with the zone's abbreviation, on every page.
             "builtins": ["drpanel.templatetags.panel_time"],

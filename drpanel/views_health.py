@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET
 
 from backups.models import System
 from compliance.health import health_evaluate
-from compliance.measurements import rpo_for
+from compliance.measurements import last_incident_measure, rpo_for
 from compliance.models import HealthSnapshot
 from drpanel import clock
 from drpanel.charts import PALETTE, health_chart
@@ -35,6 +35,8 @@ def health_detail(request, pk: int):
         row.failing = [c for c in row.checks if c.get("enabled") and not c.get("passed")]
     return render(request, "drpanel/health_detail.html", {
         "system": system, "health": health_evaluate(system, now), "rpo": rpo_for(system, now),
+        "incident_measures": [m for m in (last_incident_measure(drills=False, system=system),
+                                          last_incident_measure(drills=True, system=system)) if m],
         "chart": health_chart(series, since, now), "history": history, "history_rows": HISTORY_ROWS,
         "recorded": HealthSnapshot.objects.filter(system=system).count(), "history_days": HISTORY_DAYS,
         "rpo_target_minutes": settings.RPO_TARGET_MINUTES,

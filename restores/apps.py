@@ -6,4 +6,7 @@ class RestoresConfig(AppConfig):
     verbose_name = "Restores"
 
     def ready(self) -> None:
-        from restores import evidence  # noqa: F401 - registers the weekly checklist's validator
+        from restores import (
+            evidence,  # noqa: F401 - registers the weekly checklist's validator
+            incident_evidence,  # noqa: F401 - drills as evidence of the runbook and drill items
+        )

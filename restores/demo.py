@@ -21,6 +21,7 @@ from django.db import transaction
 from backups import demo as backups_demo
 from backups.models import System
 from drpanel import runtime
+from restores import runbooks
 from restores.models import Target
 from restores.targets import target_create, target_right_grant, target_update
 
@@ -92,3 +93,13 @@ def seed(out) -> None:
             target_right_grant(actor=None, target=target, user=manager, right=right)
         out.write(f"  {name:<24} {environment:<11} {database}")
     out.write("  operator may restore into all three; manager approves production restores.")
+    _seed_runbooks(out)
+
+
+def _seed_runbooks(out) -> None:
+    """Disaster mode: the three scenarios' runbooks (version 1 from the guide, unless an admin wrote newer ones)."""
+    out.write("Runbooks (disaster mode, /incidents/):")
+    for runbook in runbooks.runbooks_current():
+        out.write(f"  {runbook.get_scenario_display():<38} v{runbook.version}, {len(runbook.steps)} steps")
+    out.write("  operator: Dashboard → Declare incident → “database corruption or loss” on chatbotdysa into "
+              "chatbotdysa-production; manager approves the restore step.")

@@ -7,7 +7,7 @@ abandoned (its worker died); they mark the run failed through its kind (``drpane
 """
 
 from drpanel.runs import failure_reason
-from restores import reliability, verifications
+from restores import incident_steps, reliability, verifications
 from restores.execution import RESTORE_RUNS, restore_run_execute
 from restores.recovery_checks import recovery_checks_refresh_open
 from restores.requests import restore_expire_due
@@ -23,6 +23,17 @@ def restore_run_job(run_id: str) -> str:
 def verification_run_job(run_id: str) -> str:
     """Execute one queued verification; the run row records the outcome."""
     return verifications.verification_execute(run_id).state
+
+
+def incident_step_job(step_id: str) -> str:
+    """Run one automatic incident step (assess, health checks); the step row records the outcome."""
+    step = incident_steps.incident_step_execute(step_id)
+    return step.state if step else "missing"
+
+
+def incident_step_job_failed(job, connection, exc_type, exc_value, traceback) -> None:
+    """RQ failure callback of ``incident_step_job``."""
+    incident_steps.INCIDENT_STEP_RUNS.job_failed(job.args[0], failure_reason(exc_type, exc_value))
 
 
 def restore_job_failed(job, connection, exc_type, exc_value, traceback) -> None:
@@ -41,6 +52,7 @@ def reconcile_job() -> dict:
     summary = reliability.reconcile()
     summary["expired"] = expired
     summary["checklists"] = recovery_checks_refresh_open()
+    summary["incident_steps"] = incident_steps.incident_steps_reconcile()
     return summary
 
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from restores import views, views_runs
+from restores import views, views_incidents, views_runs
 
 app_name = "restores"
 
@@ -21,6 +21,14 @@ urlpatterns = [
     path("restores/verifications/<uuid:pk>/progress", views_runs.verification_progress,
          name="verification-progress"),
     path("restores/verifications/<uuid:pk>/cancel", views_runs.verification_cancel, name="verification-cancel"),
+    path("incidents/", views_incidents.incident_list, name="incident-list"),
+    path("incidents/<uuid:pk>/", views_incidents.incident_detail, name="incident-detail"),
+    path("incidents/<uuid:pk>/live", views_incidents.incident_live, name="incident-live"),
+    path("incidents/<uuid:pk>/steps/<int:position>/<str:verb>", views_incidents.incident_step, name="incident-step"),
+    path("incidents/<uuid:pk>/close", views_incidents.incident_close, name="incident-close"),
+    path("incidents/<uuid:pk>/report", views_incidents.incident_report, name="incident-report"),
+    path("incidents/runbooks/", views_incidents.runbook_list, name="runbook-list"),
+    path("incidents/runbooks/<str:scenario>/edit", views_incidents.runbook_edit, name="runbook-edit"),
     path("restores/targets/", views.target_list, name="target-list"),
     path("restores/targets/new", views.target_create, name="target-create"),
     path("restores/targets/<int:pk>/", views.target_detail, name="target-detail"),

@@ -219,6 +219,22 @@ class AuditAction(StrEnum):
                              "after a backoff.")
     NOTIFICATION_FAILED = "notification.failed", "A delivery failed its last attempt; nothing more is tried."
 
+    # Disaster mode: incidents, their runbook steps, runbook versions and recovery objectives (issue 14).
+    INCIDENT_DECLARED = "incident.declared", "An incident (or a drill) was declared on a system: its RTO clock started."
+    INCIDENT_RECOVERING = "incident.recovering", "The first step of an incident's runbook started."
+    INCIDENT_RECOVERED = ("incident.recovered", "Every required step of an incident was done and its health checks "
+                          "passed: its RTO clock stopped.")
+    INCIDENT_CLOSE_REFUSED = ("incident.close_refused", "Closing an incident was refused (required steps still open, "
+                              "or no review); the reason is in the details.")
+    INCIDENT_CLOSED = ("incident.closed", "A manager closed an incident with its review; the details carry the "
+                       "report's content hash.")
+    INCIDENT_STEP_STARTED = "incident.step_started", "A step of an incident's runbook was started (or queued)."
+    INCIDENT_STEP_COMPLETED = "incident.step_completed", "A step of an incident's runbook was done."
+    INCIDENT_STEP_FAILED = "incident.step_failed", "A step of an incident's runbook failed (the reason in the details)."
+    INCIDENT_STEP_SKIPPED = "incident.step_skipped", "A step of an incident's runbook was skipped, with the reason."
+    INCIDENT_STEP_REQUEUED = "incident.step_requeued", "An automatic incident step whose job was lost was queued again."
+    RUNBOOK_EDITED = "runbook.edited", "An admin wrote a new version of a scenario's runbook."
+    RECOVERY_OBJECTIVE_SET = "recovery_objective.set", "A system's RTO and RPO targets were set."
 
 
 _EXTRA: dict[str, str] = {}

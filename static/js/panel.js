@@ -32,6 +32,9 @@
     var url = el.getAttribute("data-poll");
     var interval = parseInt(el.getAttribute("data-poll-interval") || "2000", 10);
     var timer = window.setInterval(function () {
+      // Someone typing in a form of the region (a note, an evidence link) keeps what they typed.
+      var active = document.activeElement;
+      if (active && el.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName)) { return; }
       fetch(url, { headers: { "X-Requested-With": "fetch" }, credentials: "same-origin" })
         .then(function (response) {
           if (!response.ok) { throw new Error("HTTP " + response.status); }
@@ -50,7 +53,21 @@
     }, interval);
   }
 
+  // <span data-clock-since="ISO" [data-clock-until="ISO"]> shows the time elapsed (H:MM:SS), ticking until stopped.
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function tickClocks() {
+    document.querySelectorAll("[data-clock-since]").forEach(function (el) {
+      var since = Date.parse(el.getAttribute("data-clock-since"));
+      var until = el.hasAttribute("data-clock-until") ? Date.parse(el.getAttribute("data-clock-until")) : Date.now();
+      if (isNaN(since) || isNaN(until)) { return; }
+      var s = Math.max(0, Math.floor((until - since) / 1000));
+      el.textContent = Math.floor(s / 3600) + ":" + pad(Math.floor(s / 60) % 60) + ":" + pad(s % 60);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    tickClocks();
+    window.setInterval(tickClocks, 1000);
     wireTypeToConfirm(document);
     document.querySelectorAll("[data-poll]").forEach(poll);
   });

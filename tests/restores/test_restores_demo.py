@@ -62,3 +62,35 @@ def test_the_demo_targets_follow_the_demo_database_and_receive_the_demo_system(s
     assert secrets.resolve(targets["chatbotdysa-production"].database_ref).endswith("/chatbotdysa_elsewhere")
     assert secrets.resolve(targets["chatbotdysa-staging"].database_ref).endswith("/chatbotdysa_elsewhere_staging")
     assert {t.system.name for t in targets.values()} == {"chatbotdysa"}
+
+
+def test_the_demo_lets_the_operator_declare_database_corruption_and_asks_the_manager(settings, tmp_path,
+                                                                                     monkeypatch):
+    from backups.models import Artifact, System
+    from restores.incidents import approvals_of, incident_declare
+
+    settings.VAR_DIR = tmp_path
+    settings.DEMO_DATABASE = "chatbotdysa"
+    monkeypatch.setenv("DRPANEL_DEMO_PASSWORD", "demo password 123")
+    system = System.objects.create(name="chatbotdysa", database_ref="env:DRPANEL_SECRET_ANYTHING")
+    seed_users(io.StringIO())
+    out = io.StringIO()
+    seed(out)
+    assert "Runbooks" in out.getvalue() and "database corruption or loss" in out.getvalue()
+    from django.contrib.auth import get_user_model
+
+    operator = get_user_model().objects.get(username="operator")
+    production = Target.objects.get(name="chatbotdysa-production")
+    full = Artifact.objects.create(system=system, kind="full", format="pg_custom", status="available", size=1,
+                                   sha256="0" * 64, storage_key="k", last_verified_level="decrypt")
+    incident = incident_declare(actor=operator, system=system, scenario="database", severity="critical",
+                                target=production)
+    from restores.incident_steps import incident_step_complete, incident_step_skip, incident_step_start
+
+    incident_step_skip(actor=operator, step=incident.steps.get(code="assess"), reason="demo")
+    assert incident_step_start(actor=operator, step=incident.steps.get(code="recovery-point")).result[
+        "artifact"] == str(full.pk)
+    incident_step_complete(actor=operator, step=incident.steps.get(code="go-restore"), decision="continue")
+    restore = incident_step_start(actor=operator, step=incident.steps.get(code="restore"))
+    assert restore.state == "waiting" and restore.restore_run.state == "awaiting_approval"
+    assert approvals_of(incident)[0]["asked"] == ["manager"]
