@@ -5,12 +5,9 @@ the open incident; a step or incident not in a state that allows it), 400 naming
 Lists answer ``{"results": [...], "next": cursor|null}``.
 """
 
-import base64
-import binascii
 
 from django.contrib.auth import get_user_model
 from django.urls import path
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
@@ -18,15 +15,22 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from backups.models import System
-from drpanel.api import InputSerializer, StrictBooleanField, StrictCharField, capability, validated_body
+from drpanel.api import (
+    PAGE_PARAMETERS,
+    InputSerializer,
+    StrictBooleanField,
+    StrictCharField,
+    capability,
+    page_schema,
+    paginate,
+    validated_body,
+)
 from drpanel.permissions import Cap, require_cap
 from drpanel.schema import error_response
 from restores import incident_steps, incidents, runbooks
 from restores.models import Incident, RunbookTemplate, Scenario
 from restores.runstate import RestoreConflict, RestoreError
 from restores.selectors import visible_targets
-
-PAGE = 50
 
 
 def access_incident(pk) -> Incident:
@@ -59,22 +63,6 @@ def _error(exc: Exception) -> Response:
     return Response(body, status=status.HTTP_400_BAD_REQUEST)
 
 
-def _cursor(incident: Incident) -> str:
-    raw = f"{incident.declared_at.isoformat()}|{incident.pk}".encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _after(cursor: str):
-    try:
-        at, pk = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        when = parse_datetime(at)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        when = None
-    if when is None:
-        raise ValidationError({"cursor": ["not a cursor this API gave"]})
-    return when, pk
-
-
 class DeclareSerializer(InputSerializer):
     system = StrictCharField(help_text="The system's name.")
     scenario = serializers.ChoiceField(choices=Scenario.choices)
@@ -102,11 +90,10 @@ class IncidentListView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(operation_id="incidents_list", responses=inline_serializer("IncidentList", {
-        "results": serializers.ListField(child=IncidentSchema), "next": serializers.CharField(allow_null=True)}))
+    @extend_schema(operation_id="incidents_list", parameters=PAGE_PARAMETERS,
+                   responses=page_schema("IncidentList", IncidentSchema))
     def get(self, request):
-        rows = Incident.objects.select_related("system", "target", "runbook", "declared_by").order_by(
-            "-declared_at", "-id")
+        rows = Incident.objects.select_related("system", "target", "runbook", "declared_by")
         params = request.query_params
         if params.get("state") in Incident.State.values:
             rows = rows.filter(state=params["state"])
@@ -114,14 +101,7 @@ class IncidentListView(APIView):
             rows = rows.filter(system__name=params["system"])
         if params.get("drill") in ("true", "false"):
             rows = rows.filter(is_drill=params["drill"] == "true")
-        if params.get("cursor"):
-            when, pk = _after(params["cursor"])
-            rows = rows.filter(declared_at__lte=when).exclude(declared_at=when, id__gte=pk)
-        page = list(rows[:PAGE + 1])
-        more = len(page) > PAGE
-        page = page[:PAGE]
-        return Response({"results": [incidents.incident_json(i) for i in page],
-                         "next": _cursor(page[-1]) if more else None})
+        return paginate(request, rows, incidents.incident_json, order=("-declared_at", "-id"))
 
     @extend_schema(operation_id="incidents_declare", request=DeclareSerializer,
                    responses={201: IncidentSchema, 409: error_response(409)})
@@ -302,11 +282,9 @@ class RunbookListView(APIView):
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
 
-    @extend_schema(responses=inline_serializer("RunbookList", {
-        "results": serializers.ListField(child=serializers.JSONField()), "next": serializers.CharField(
-            allow_null=True)}))
+    @extend_schema(parameters=PAGE_PARAMETERS, responses=page_schema("RunbookList", serializers.JSONField()))
     def get(self, request):
-        return Response({"results": [runbook_json(r) for r in runbooks.runbooks_current()], "next": None})
+        return paginate(request, list(runbooks.runbooks_current()), runbook_json)
 
 
 class RunbookEditView(APIView):

@@ -166,7 +166,7 @@ def test_a_drill_that_completes_its_runbook_is_measured_and_is_the_evidence_of_t
     last = dashboard_json()["incidents"]["last_drill"]
     assert (last["incident"], last["rto_seconds"], last["rto_target_seconds"]) == (str(drill.pk), drill.rto_seconds,
                                                                                      900)
-    assert f'drpanel_incident_rto_seconds{{system="shop",drill="true"}} {float(drill.rto_seconds)}' in render()
+    assert f'drpanel_incident_rto_seconds{{drill="true",system="shop"}} {float(drill.rto_seconds)}' in render()
     page = clients["auditor"].get(f"/systems/{drill.system_id}/health").content.decode()
     assert "Last drill" in page and f"/incidents/{drill.pk}/report" in page
     assert "Last drill" in clients["auditor"].get("/").content.decode()

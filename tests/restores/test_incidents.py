@@ -9,7 +9,6 @@ from django.utils import timezone
 from backups.models import Artifact, System
 from compliance.audit.models import AuditEvent
 from drpanel.permissions import Denied
-from restores import api_incidents as incidents_api
 from restores import incident_steps, incidents, runbooks
 from restores.incident_steps import incident_step_complete, incident_step_skip, incident_step_start
 from restores.incidents import IncidentConflict, IncidentError, incident_close, incident_declare
@@ -142,15 +141,11 @@ def test_the_list_pages_with_a_cursor(clients, operator, tmp_path):
         target = target_create(actor=None, name=f"t{i}", environment="production", system=system,
                                database_ref="env:DRPANEL_SECRET_INCIDENT_PROD_URL", config_dir="")
         made.append(declare(operator, system, target))
-    incidents_api.PAGE = 2
-    try:
-        first = clients["auditor"].get(API).json()
-        assert [r["id"] for r in first["results"]] == [str(made[2].pk), str(made[1].pk)] and first["next"]
-        second = clients["auditor"].get(API, {"cursor": first["next"]}).json()
-        assert [r["id"] for r in second["results"]] == [str(made[0].pk)] and second["next"] is None
-        assert clients["auditor"].get(API, {"cursor": "garbage"}).status_code == 400
-    finally:
-        incidents_api.PAGE = 50
+    first = clients["auditor"].get(API, {"limit": 2}).json()
+    assert [r["id"] for r in first["results"]] == [str(made[2].pk), str(made[1].pk)] and first["next"]
+    second = clients["auditor"].get(API, {"limit": 2, "cursor": first["next"]}).json()
+    assert [r["id"] for r in second["results"]] == [str(made[0].pk)] and second["next"] is None
+    assert clients["auditor"].get(API, {"cursor": "garbage"}).status_code == 400
 
 
 # --- steps ----------------------------------------------------------------------------------------
