@@ -205,6 +205,14 @@ class AuditAction(StrEnum):
     VERIFICATION_CANCELLED = "verification.cancelled", "Someone cancelled a queued or running verification."
     VERIFICATION_REQUEUED = "verification.requeued", "A verification whose job was lost was queued again."
 
+    # Continuous protection (Barman): checks, the streaming receiver, the WAL catalog.
+    CONTINUOUS_CHECK_REQUESTED = "continuous.check_requested", "Someone asked a worker to run barman check on a system."
+    CONTINUOUS_CHECKED = "continuous.checked", "A worker ran barman check on a system (outcome: every item passed)."
+    CONTINUOUS_STREAMING_RESTARTED = ("continuous.streaming_restarted", "The WAL receiver of a system was found "
+                                      "stopped and started again (its replication slot kept the WAL).")
+    CONTINUOUS_WAL_GAP = ("continuous.wal_gap", "The WAL catalog of a system found a gap; it names the first missing "
+                          "segment.")
+
 
 _EXTRA: dict[str, str] = {}
 
