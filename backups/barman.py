@@ -89,7 +89,7 @@ class Connection:
 
     def conninfo(self, passfile: Path, **extra) -> str:
         return make_conninfo(host=self.host, port=self.port, user=self.user, dbname=self.dbname,
-                             passfile=str(passfile), application_name="drpanel_barman", **extra)
+                             passfile=str(passfile), **extra)
 
 
 def connection_for(system) -> tuple[Connection, str | None]:

@@ -127,9 +127,21 @@ def continuous_refresh(system: System) -> Refresh:
                          details={"previous_pid": state.streaming_pid, "pid": pid})
         if newest is not None and (state.last_wal_at is None or newest > state.last_wal_at):
             state.last_wal_at = newest
+        # Crossing the RPO target either way is audited (and the audit event has the health score recomputed,
+        # which raises or resolves the alert); the 15-minute health pass catches a tick that stopped running.
+        target = system.rpo_target_minutes * 60
+        seconds = int((now - state.last_wal_at).total_seconds()) if state.last_wal_at else None
+        over = seconds is None or seconds > target
+        if over != state.rpo_over_target:
+            state.rpo_over_target = over
+            audit_record(actor=None, action=AuditAction.CONTINUOUS_RPO_OVER_TARGET if over
+                         else AuditAction.CONTINUOUS_RPO_WITHIN_TARGET, obj=system,
+                         outcome="failure" if over else "success", details={"rpo_seconds": seconds,
+                                                                            "target_seconds": target})
         state.streaming_pid = pid if pid is not None else state.streaming_pid
         state.refreshed_at, state.error = now, scrub(error)
-        state.save(update_fields=["last_wal_at", "streaming_pid", "streaming_restarts", "refreshed_at", "error"])
+        state.save(update_fields=["last_wal_at", "streaming_pid", "streaming_restarts", "rpo_over_target",
+                                  "refreshed_at", "error"])
     return Refresh(pid=pid, restarted=restarted, timelines=found)
 
 

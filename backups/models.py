@@ -412,6 +412,7 @@ class ContinuousState(models.Model):
     last_wal_at = models.DateTimeField(null=True, blank=True)
     streaming_pid = models.PositiveIntegerField(null=True, blank=True)
     streaming_restarts = models.PositiveIntegerField(default=0)
+    rpo_over_target = models.BooleanField(default=False, help_text="RPO now was past the target at the last refresh.")
     error = models.TextField(blank=True)
 
     def __str__(self) -> str:

@@ -210,6 +210,9 @@ class AuditAction(StrEnum):
     CONTINUOUS_CHECKED = "continuous.checked", "A worker ran barman check on a system (outcome: every item passed)."
     CONTINUOUS_STREAMING_RESTARTED = ("continuous.streaming_restarted", "The WAL receiver of a system was found "
                                       "stopped and started again (its replication slot kept the WAL).")
+    CONTINUOUS_RPO_OVER_TARGET = ("continuous.rpo_over_target", "A system's RPO now (since the last WAL received) "
+                                  "went past its RPO target, or no WAL has been received yet.")
+    CONTINUOUS_RPO_WITHIN_TARGET = "continuous.rpo_within_target", "A system's RPO now came back within its target."
     CONTINUOUS_WAL_GAP = ("continuous.wal_gap", "The WAL catalog of a system found a gap; it names the first missing "
                           "segment.")
 

@@ -19,8 +19,9 @@ from backups import barman
 from backups.continuous import continuous_check, continuous_refresh, continuous_tick
 from backups.models import ContinuousState, System, WalTimeline
 from compliance.health import health_evaluate
+from compliance.health_recompute import health_recompute
 from compliance.measurements import rpo_for
-from compliance.models import AuditEvent
+from compliance.models import Alert, AuditEvent
 from drpanel.models import Approval
 from drpanel.services import api_token_create
 from tests.continuous_support import ProtectedServer
@@ -64,6 +65,21 @@ def _barman_settings(settings, barman_home, server, monkeypatch):
 @pytest.fixture
 def shop(db):
     return System.objects.create(name="shop", database_ref=f"env:{URL_VARIABLE}", continuous_enabled=True)
+
+
+def streams(server) -> None:
+    """Start (or keep) Barman's receivers, and wait until the server streams to ours through its slot."""
+    continuous_tick()
+    wait_for(lambda: server.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = "
+                                    "'barman_receive_wal' AND state = 'streaming'")[0][0],
+             what="Barman's receiver streaming from the server")
+
+
+def kill_receiver(pid: int) -> None:
+    """Crash Barman's receiver: SIGKILL to ``barman receive-wal`` and to the ``pg_receivewal`` it runs."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for victim in [pid, *map(int, children)]:
+        os.kill(victim, signal.SIGKILL)
 
 
 def segment_of_switch(server) -> str:
@@ -128,7 +144,7 @@ def test_a_missing_pg_hba_replication_line_is_a_clear_failing_check_item(db, mon
 
 
 def test_a_configured_server_streams_and_passes_every_check_item(shop, server):
-    continuous_tick()
+    streams(server)
     catalog_reaches(shop, segment_of_switch(server))
 
     state = continuous_check(shop)
@@ -142,12 +158,12 @@ def test_a_configured_server_streams_and_passes_every_check_item(shop, server):
 
 
 def test_a_killed_receiver_is_restarted_and_the_slot_kept_every_segment(shop, server):
-    continuous_tick()
+    streams(server)
     first_pid = wait_for(lambda: barman.receiver_pid(shop), what="the WAL receiver")
     catalog_reaches(shop, segment_of_switch(server))
     assert ContinuousState.objects.get(system=shop).streaming_pid == first_pid
 
-    os.kill(first_pid, signal.SIGKILL)
+    kill_receiver(first_pid)
     wait_for(lambda: barman.receiver_pid(shop) is None, what="the receiver's death")
     # Written while nothing receives: only the replication slot keeps these segments on the server.
     written_meanwhile = [segment_of_switch(server) for _ in range(3)]
@@ -167,7 +183,7 @@ def test_a_killed_receiver_is_restarted_and_the_slot_kept_every_segment(shop, se
 
 
 def test_a_wal_gap_is_detected_and_names_the_first_missing_segment(shop, server, barman_home, clients):
-    continuous_tick()
+    streams(server)
     names = [segment_of_switch(server) for _ in range(3)]
     catalog_reaches(shop, names[-1])
     lost = names[1]
@@ -196,7 +212,7 @@ def shop_page(clients, system) -> str:
 
 
 def test_rpo_now_is_seconds_since_the_last_wal_and_shows_everywhere(shop, server, clients, client, auditor):
-    continuous_tick()
+    streams(server)
     catalog_reaches(shop, segment_of_switch(server))
     state = ContinuousState.objects.get(system=shop)
 
@@ -267,3 +283,34 @@ def test_asking_for_a_check_is_for_those_who_start_jobs_and_is_audited(shop, cli
     assert_only_roles(clients, "post", url, allowed={"operator", "manager", "admin"})
 
     assert AuditEvent.objects.filter(action="continuous.check_requested", object_id=str(shop.pk)).count() == 3
+
+
+def test_rpo_past_its_target_is_audited_and_alerts_and_recovers(shop, server, barman_home):
+    streams(server)
+    catalog_reaches(shop, segment_of_switch(server))
+    pid = wait_for(lambda: barman.receiver_pid(shop), what="the WAL receiver")
+    kill_receiver(pid)
+    wait_for(lambda: barman.receiver_pid(shop) is None, what="the receiver's death")
+    # Nothing received for 31 minutes: every file Barman holds is dated back, and so is the last arrival.
+    past = (timezone.now() - timezone.timedelta(minutes=31)).timestamp()
+    for path in [*(barman_home / "shop").glob("wals/*/*"), *(barman_home / "shop").glob("streaming/*")]:
+        os.utime(path, (past, past))
+    ContinuousState.objects.filter(system=shop).update(last_wal_at=timezone.now() - timezone.timedelta(minutes=31))
+
+    continuous_refresh(shop)
+    health_recompute(shop)
+
+    over = AuditEvent.objects.get(action="continuous.rpo_over_target", object_id=str(shop.pk))
+    assert over.details["rpo_seconds"] > over.details["target_seconds"] == 1800
+    alert = Alert.objects.get(dedup_key=f"rpo-over-target:{shop.pk}")
+    assert alert.state != Alert.State.RESOLVED and alert.severity == "critical"
+    assert "RPO target is 1800 s" in alert.message
+
+    continuous_tick()  # the receiver is started again and catches up with the server
+    wait_for(lambda: barman.receiver_pid(shop), what="a new WAL receiver")
+    wait_for(lambda: continuous_refresh(shop) and rpo_for(shop).met, what="RPO back within its target")
+    health_recompute(shop)
+
+    assert AuditEvent.objects.filter(action="continuous.rpo_within_target", object_id=str(shop.pk)).exists()
+    alert.refresh_from_db()
+    assert alert.state == Alert.State.RESOLVED
