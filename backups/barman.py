@@ -216,6 +216,23 @@ def check(system) -> tuple[bool, list[dict]]:
     return all(i["status"].upper() == "OK" for i in items), items
 
 
+def backup(system, *, timeout: int) -> dict:
+    """``barman backup --wait``: a base backup through the replication protocol, its WAL archived; its description."""
+    name = server_name(system)
+    # Barman refuses a backup until WAL archiving is proven: close a segment and wait for it to arrive first.
+    run("switch-wal", "--force", "--archive", "--archive-timeout", "60", name, timeout=120)
+    run("backup", "--wait", name, timeout=timeout)
+    return show_backup(system, "latest")
+
+
+def show_backup(system, backup_id: str) -> dict:
+    answer = run_json("show-backup", server_name(system), backup_id)
+    found = answer.get(system.name) if isinstance(answer, dict) else None
+    if not isinstance(found, dict):
+        raise BarmanError(f"barman show-backup gave no answer for {system.name} {backup_id}")
+    return found
+
+
 def receiver_pid(system) -> int | None:
     """The pid of the running ``barman receive-wal`` of the system, or None when none runs."""
     lock = home() / f".{system.name}-receive-wal.lock"

@@ -7,9 +7,7 @@ own ``System`` row naming that server. Nothing is mocked.
 
 import os
 import re
-import signal
 import stat
-from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -24,79 +22,29 @@ from compliance.measurements import rpo_for
 from compliance.models import Alert, AuditEvent
 from drpanel.models import Approval
 from drpanel.services import api_token_create
-from tests.continuous_support import ProtectedServer
+from tests import continuous_support
+from tests.continuous_support import (
+    PASSWORD,
+    URL_VARIABLE,
+    ProtectedServer,
+    catalog_reaches,
+    kill_receiver,
+    segment_of_switch,
+    streams,
+)
 from tests.factories import PASSWORD as USER_PASSWORD
 from tests.support import assert_only_roles, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
-URL_VARIABLE = "DRPANEL_SECRET_TEST_PROTECTED_URL"
-PASSWORD = "not-in-any-config-file"
-
-
-@pytest.fixture(scope="module")
-def barman_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("barman-home")
-    yield home
-    # Receivers Barman started in the background outlive the jobs that started them: stop ours.
-    for lock in home.glob(".*-receive-wal.lock"):
-        try:
-            pid = int(lock.read_text().strip() or 0)
-            if pid and b"receive-wal" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                os.kill(pid, signal.SIGTERM)
-        except (OSError, ValueError):
-            pass
-
-
-@pytest.fixture(scope="module")
-def server():
-    protected = ProtectedServer()
-    yield protected
-    protected.stop()
-
-
-@pytest.fixture(autouse=True)
-def _barman_settings(settings, barman_home, server, monkeypatch):
-    settings.BARMAN_HOME = barman_home
-    # The password is accepted and ignored by the server (trust): it is here to prove where it is written.
-    monkeypatch.setenv(URL_VARIABLE, f"postgresql://postgres:{PASSWORD}@127.0.0.1:{server.port}/postgres")
-
+# One protected server and one Barman home for the module.
+barman_home = continuous_support.barman_home
+server = continuous_support.server
+_barman_settings = continuous_support.barman_settings
 
 @pytest.fixture
 def shop(db):
     return System.objects.create(name="shop", database_ref=f"env:{URL_VARIABLE}", continuous_enabled=True)
-
-
-def streams(server) -> None:
-    """Start (or keep) Barman's receivers, and wait until the server streams to ours through its slot."""
-    continuous_tick()
-    wait_for(lambda: server.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = "
-                                    "'barman_receive_wal' AND state = 'streaming'")[0][0],
-             what="Barman's receiver streaming from the server")
-
-
-def kill_receiver(pid: int) -> None:
-    """Crash Barman's receiver: SIGKILL to ``barman receive-wal`` and to the ``pg_receivewal`` it runs."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    for victim in [pid, *map(int, children)]:
-        os.kill(victim, signal.SIGKILL)
-
-
-def segment_of_switch(server) -> str:
-    """Write a row, close the current WAL segment, and return that segment's name."""
-    server.execute("CREATE TABLE IF NOT EXISTS ticks (id serial PRIMARY KEY, at timestamptz DEFAULT now())")
-    server.execute("INSERT INTO ticks DEFAULT VALUES")
-    return server.execute("SELECT pg_walfile_name(pg_switch_wal())")[0][0]
-
-
-def catalog_reaches(system, segment: str):
-    """Refresh until the catalog's last archived segment is at least ``segment``, continuously."""
-    def reached():
-        continuous_refresh(system)
-        timeline = WalTimeline.objects.filter(system=system, timeline=int(segment[:8], 16)).first()
-        archived = {s.name for s in barman.segments(system) if not s.partial}
-        return timeline if segment in archived else None
-    return wait_for(reached, what=f"segment {segment} archived by Barman")
 
 
 def test_the_configuration_names_a_passfile_and_never_the_password(shop, barman_home):
