@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import transaction
 
 from backups import barman
-from backups.models import ContinuousState, System, WalTimeline
+from backups.models import Artifact, BackupRun, ContinuousState, System, WalTimeline
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from drpanel import clock, queues
@@ -32,6 +32,8 @@ from drpanel.permissions import Cap, require_cap
 from drpanel.scrub import scrub
 
 log = logging.getLogger(__name__)
+# A base backup copies the whole server; the backup run's own time limit (12 h) bounds it too.
+BASE_BACKUP_TIMEOUT = 12 * 3600
 
 
 def _state(system: System) -> ContinuousState:
@@ -145,6 +147,50 @@ def continuous_refresh(system: System) -> Refresh:
     return Refresh(pid=pid, restarted=restarted, timelines=found)
 
 
+def base_backup(run, steps) -> Artifact:
+    """A base backup of the run's system through Barman (``barman backup --wait``), catalogued as an artifact.
+
+    The artifact (kind ``base``) stays in Barman's home, so its ``storage_key`` is
+    ``barman:<server>/<backup id>``; its manifest is what ``barman show-backup`` says of it (sizes,
+    WAL range, LSNs, times). Barman's recovery window, not the panel's retention, decides when it goes.
+    """
+    system = run.system
+    step = steps.start("barman backup")
+    barman.write_server(system)
+    described = barman.backup(system, timeout=BASE_BACKUP_TIMEOUT)
+    info = described.get("base_backup_information") or {}
+    steps.finish(step, bytes=info.get("backup_size_bytes"),
+                 detail=f"{described.get('backup_id')}: WAL {info.get('begin_wal')} → {info.get('end_wal')}")
+    ended = info.get("end_time")
+    with transaction.atomic():
+        artifact = Artifact.objects.create(
+            system=system, kind=Artifact.Kind.BASE, format=Artifact.Format.BARMAN_BASE,
+            encryption=Artifact.Encryption.NONE, status=Artifact.Status.AVAILABLE,
+            created_at=datetime.fromisoformat(ended) if ended else clock.now(), size=info.get("backup_size_bytes"),
+            storage_key=f"barman:{barman.server_name(system)}/{described['backup_id']}", manifest=described)
+        BackupRun.objects.filter(pk=run.pk).update(state=BackupRun.State.SUCCEEDED, finished_at=clock.now(),
+                                                   percent=100, heartbeat_at=clock.now(), artifact=artifact)
+        audit_record(actor=None, action=AuditAction.BACKUP_SUCCEEDED, obj=artifact,
+                     details={"run": str(run.id), "kind": artifact.kind, "size": artifact.size,
+                              "backup_id": described["backup_id"], "begin_wal": info.get("begin_wal"),
+                              "end_wal": info.get("end_wal")})
+    return artifact
+
+
+def base_backups_sync(system: System) -> int:
+    """Base artifacts Barman no longer holds (its recovery window removed them) become deleted; how many."""
+    answer = barman.run_json("list-backups", barman.server_name(system))
+    held = {f"barman:{system.name}/{b['backup_id']}" for b in answer.get(system.name, []) if b.get("backup_id")}
+    gone = list(Artifact.objects.filter(system=system, kind=Artifact.Kind.BASE, status=Artifact.Status.AVAILABLE)
+                .exclude(storage_key__in=held))
+    for artifact in gone:
+        with transaction.atomic():
+            Artifact.objects.filter(pk=artifact.pk).update(status=Artifact.Status.DELETED, deleted_at=clock.now())
+            audit_record(actor=None, action=AuditAction.CONTINUOUS_BASE_EXPIRED, obj=artifact,
+                         details={"recovery_window_days": system.recovery_window_days})
+    return len(gone)
+
+
 def continuous_tick() -> int:
     """Every minute: configuration in step, ``barman cron`` (keeps every receiver running), then each refresh."""
     protected = list(System.objects.filter(continuous_enabled=True))
@@ -168,6 +214,10 @@ def continuous_tick() -> int:
         log.warning("barman cron: %s", exc)
     for system in usable:
         continuous_refresh(system)
+        try:
+            base_backups_sync(system)
+        except barman.BarmanError as exc:
+            log.warning("%s: base backup catalog: %s", system.name, exc)
     return len(usable)
 
 

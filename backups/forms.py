@@ -26,7 +26,8 @@ class SystemForm(forms.ModelForm):
         model = System
         fields = ["name", "description", "database_ref", "config_paths", "schedule_enabled", "full_every_hours",
                   "incremental_enabled", "incremental_every_hours", "config_every_hours", "keep_last", "keep_daily",
-                  "keep_weekly", "keep_monthly", "continuous_enabled", "rpo_target_minutes", "recovery_window_days"]
+                  "keep_weekly", "keep_monthly", "continuous_enabled", "rpo_target_minutes", "base_every_hours",
+                  "recovery_window_days"]
 
 
 class LocationForm(forms.ModelForm):

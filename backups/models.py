@@ -60,6 +60,9 @@ class System(models.Model):
     rpo_target_minutes = models.PositiveIntegerField(
         "RPO target (minutes)", default=30, validators=[MinValueValidator(1), MaxValueValidator(7 * 24 * 60)],
         help_text="An alert fires when the measured RPO passes it.")
+    base_every_hours = models.PositiveIntegerField(
+        "base backup every (hours)", default=7 * 24, validators=[MinValueValidator(1)],
+        help_text="Continuous protection: how often Barman takes a base backup (weekly by default).")
     recovery_window_days = models.PositiveIntegerField(
         "recovery window (days)", default=14, validators=[MinValueValidator(1), MaxValueValidator(3660)],
         help_text="Continuous protection: any point in this many last days stays recoverable.")
@@ -97,6 +100,8 @@ class System(models.Model):
             return timedelta(hours=self.config_every_hours) if self.config_paths else None
         if kind == Artifact.Kind.INCREMENTAL:
             return timedelta(hours=self.incremental_every_hours) if self.incremental_enabled else None
+        if kind == Artifact.Kind.BASE:
+            return timedelta(hours=self.base_every_hours) if self.continuous_enabled else None
         return None
 
 
@@ -198,6 +203,7 @@ class Artifact(models.Model):
         FULL = "full", "full"
         INCREMENTAL = "incremental", "incremental"
         CONFIG = "config", "config"
+        BASE = "base", "base (Barman)"
 
     class Format(models.TextChoices):
         PG_CUSTOM = "pg_custom", "pg_dump custom"
@@ -206,6 +212,7 @@ class Artifact(models.Model):
         PG_PLAIN_GZIP = "pg_plain_gzip", "plain SQL, gzip"
         CONFIG_TAR = "config_tar", "config tar"
         WAL = "wal", "WAL segments"
+        BARMAN_BASE = "barman_base", "Barman base backup"
         UNKNOWN = "unknown", "unknown"
 
     class Encryption(models.TextChoices):

@@ -25,7 +25,8 @@ from drpanel.permissions import Cap, require_cap
 
 SYSTEM_FIELDS = ("name", "description", "database_ref", "config_paths", "schedule_enabled", "full_every_hours",
                  "incremental_enabled", "incremental_every_hours", "config_every_hours", "keep_last", "keep_daily",
-                 "keep_weekly", "keep_monthly", "continuous_enabled", "rpo_target_minutes", "recovery_window_days")
+                 "keep_weekly", "keep_monthly", "continuous_enabled", "rpo_target_minutes", "base_every_hours",
+                 "recovery_window_days")
 LOCATION_FIELDS = ("name", "kind", "role", "enabled", "path", "bucket", "prefix", "region", "endpoint_url",
                    "access_key_ref", "secret_key_ref")
 
@@ -33,7 +34,8 @@ LOCATION_FIELDS = ("name", "kind", "role", "enabled", "path", "bucket", "prefix"
 SYSTEM_CHANGE_APPROVAL = "system.change"
 LOCATION_CHANGE_APPROVAL = "location.change"
 RETENTION_FIELDS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "recovery_window_days")
-INTERVAL_FIELDS = ("full_every_hours", "incremental_every_hours", "config_every_hours", "rpo_target_minutes")
+INTERVAL_FIELDS = ("full_every_hours", "incremental_every_hours", "config_every_hours", "rpo_target_minutes",
+                   "base_every_hours")
 
 
 def system_weakens(before: dict, system: System) -> list[str]:

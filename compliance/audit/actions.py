@@ -213,6 +213,8 @@ class AuditAction(StrEnum):
     CONTINUOUS_RPO_OVER_TARGET = ("continuous.rpo_over_target", "A system's RPO now (since the last WAL received) "
                                   "went past its RPO target, or no WAL has been received yet.")
     CONTINUOUS_RPO_WITHIN_TARGET = "continuous.rpo_within_target", "A system's RPO now came back within its target."
+    CONTINUOUS_BASE_EXPIRED = ("continuous.base_expired", "Barman's recovery window removed a base backup; its "
+                               "artifact is marked deleted.")
     CONTINUOUS_WAL_GAP = ("continuous.wal_gap", "The WAL catalog of a system found a gap; it names the first missing "
                           "segment.")
 
