@@ -16,7 +16,9 @@ from backups.models import Artifact, BackupRun, System
 from backups.retention import retention_plan
 from backups.runs import backup_request, backup_run_execute
 from compliance.models import AuditEvent
+from restores.models import VerificationRun
 from restores.pitr import RecoveryPoint, recovered
+from restores.verifications import VerificationError, verification_request
 from tests import continuous_support
 from tests.continuous_support import URL_VARIABLE, streams
 
@@ -125,3 +127,13 @@ def test_a_base_backup_needs_continuous_protection(db, operator):
     with pytest.raises(BackupError, match="not continuously protected"):
         backup_request(actor=operator, system=plain, kind="base")
     assert not BackupRun.objects.filter(system=plain).exists()
+
+
+def test_a_base_artifact_is_refused_by_the_storage_verification_ladder(db, operator):
+    system = System.objects.create(name="based", database_ref=f"env:{URL_VARIABLE}", continuous_enabled=True)
+    base = Artifact.objects.create(system=system, kind="base", format="barman_base", encryption="none",
+                                   status="available", storage_key="barman:based/20261203T000000")
+
+    with pytest.raises(VerificationError, match="Barman's home"):
+        verification_request(actor=operator, artifact=base, level="checksum")
+    assert not VerificationRun.objects.filter(artifact=base).exists()
