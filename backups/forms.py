@@ -21,12 +21,27 @@ class ConfigPathsField(forms.CharField):
 
 class SystemForm(forms.ModelForm):
     config_paths = ConfigPathsField(required=False, help_text="Absolute paths, one per line.")
+    # Continuous protection's numbers keep their current value (or the default) when a form leaves them out.
+    CONTINUOUS_NUMBERS = ("rpo_target_minutes", "base_every_hours", "recovery_window_days")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in self.CONTINUOUS_NUMBERS:
+            self.fields[name].required = False
+
+    def clean(self):
+        cleaned = super().clean()
+        for name in self.CONTINUOUS_NUMBERS:
+            if cleaned.get(name) is None and name not in self.errors:
+                cleaned[name] = getattr(self.instance, name)
+        return cleaned
 
     class Meta:
         model = System
         fields = ["name", "description", "database_ref", "config_paths", "schedule_enabled", "full_every_hours",
                   "incremental_enabled", "incremental_every_hours", "config_every_hours", "keep_last", "keep_daily",
-                  "keep_weekly", "keep_monthly"]
+                  "keep_weekly", "keep_monthly", "continuous_enabled", "rpo_target_minutes", "base_every_hours",
+                  "recovery_window_days"]
 
 
 class LocationForm(forms.ModelForm):

@@ -4,8 +4,10 @@ Services enqueue these by dotted path (``drpanel.queues``), so nothing here is i
 by the services it calls.
 """
 
+from backups import continuous
 from backups.inventory import inventory_request, inventory_sync_execute
 from backups.keyrotation import key_rotation_execute
+from backups.models import System
 from backups.retention import retention_apply_all
 from backups.runs import backup_run_execute, backup_runs_reap
 from backups.schedules import enqueue_due_backups
@@ -50,3 +52,13 @@ def expire_approvals() -> int:
 def inventory_tick() -> str:
     """Every six hours: queue an inventory sync (as the system)."""
     return str(inventory_request(actor=None).id)
+
+
+def continuous_tick() -> int:
+    """Every minute: keep Barman's configuration, receivers and WAL catalog of every protected system current."""
+    return continuous.continuous_tick()
+
+
+def continuous_check_job(system_id: int) -> bool | None:
+    """Run ``barman check`` for one system; the result is stored on its continuous state."""
+    return continuous.continuous_check(System.objects.get(pk=system_id)).check_ok

@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -54,6 +54,18 @@ class System(models.Model):
     keep_daily = models.PositiveIntegerField(default=7)
     keep_weekly = models.PositiveIntegerField(default=4)
     keep_monthly = models.PositiveIntegerField(default=6)
+    continuous_enabled = models.BooleanField(
+        "continuous protection", default=False,
+        help_text="Stream the server's WAL through Barman (a replication slot), for an RPO of seconds.")
+    rpo_target_minutes = models.PositiveIntegerField(
+        "RPO target (minutes)", default=30, validators=[MinValueValidator(1), MaxValueValidator(7 * 24 * 60)],
+        help_text="An alert fires when the measured RPO passes it.")
+    base_every_hours = models.PositiveIntegerField(
+        "base backup every (hours)", default=7 * 24, validators=[MinValueValidator(1)],
+        help_text="Continuous protection: how often Barman takes a base backup (weekly by default).")
+    recovery_window_days = models.PositiveIntegerField(
+        "recovery window (days)", default=14, validators=[MinValueValidator(1), MaxValueValidator(3660)],
+        help_text="Continuous protection: any point in this many last days stays recoverable.")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -88,6 +100,8 @@ class System(models.Model):
             return timedelta(hours=self.config_every_hours) if self.config_paths else None
         if kind == Artifact.Kind.INCREMENTAL:
             return timedelta(hours=self.incremental_every_hours) if self.incremental_enabled else None
+        if kind == Artifact.Kind.BASE:
+            return timedelta(hours=self.base_every_hours) if self.continuous_enabled else None
         return None
 
 
@@ -189,6 +203,7 @@ class Artifact(models.Model):
         FULL = "full", "full"
         INCREMENTAL = "incremental", "incremental"
         CONFIG = "config", "config"
+        BASE = "base", "base (Barman)"
 
     class Format(models.TextChoices):
         PG_CUSTOM = "pg_custom", "pg_dump custom"
@@ -197,6 +212,7 @@ class Artifact(models.Model):
         PG_PLAIN_GZIP = "pg_plain_gzip", "plain SQL, gzip"
         CONFIG_TAR = "config_tar", "config tar"
         WAL = "wal", "WAL segments"
+        BARMAN_BASE = "barman_base", "Barman base backup"
         UNKNOWN = "unknown", "unknown"
 
     class Encryption(models.TextChoices):
@@ -383,3 +399,53 @@ class InventoryRun(models.Model):
 
     def __str__(self) -> str:
         return f"inventory sync {str(self.id)[:8]}"
+
+
+class ContinuousState(models.Model):
+    """What the panel last learned from Barman about one continuously protected system.
+
+    ``check_items`` is ``barman check``'s answer item by item (``[{"name", "status", "hint"}]``);
+    ``last_wal_at`` is when the newest WAL byte was received (or when the receiver was last seen
+    caught up with the server), the base of RPO now; ``streaming_pid`` the receiver Barman runs.
+    Written only by ``backups.continuous`` (the worker that runs Barman).
+    """
+
+    system = models.OneToOneField(System, on_delete=models.CASCADE, related_name="continuous")
+    checked_at = models.DateTimeField(null=True, blank=True)
+    check_ok = models.BooleanField(null=True)
+    check_items = models.JSONField(default=list, blank=True)
+    check_error = models.TextField(blank=True)
+    refreshed_at = models.DateTimeField(null=True, blank=True)
+    last_wal_at = models.DateTimeField(null=True, blank=True)
+    streaming_pid = models.PositiveIntegerField(null=True, blank=True)
+    streaming_restarts = models.PositiveIntegerField(default=0)
+    rpo_over_target = models.BooleanField(default=False, help_text="RPO now was past the target at the last refresh.")
+    error = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"continuous protection of {self.system}"
+
+
+class WalTimeline(models.Model):
+    """The WAL catalog of one timeline of a system: first and last segment held, when the last arrived, any gap.
+
+    ``first_missing`` names the first segment absent between ``first_segment`` and
+    ``last_segment`` (empty: continuous). Rebuilt from Barman's WAL directories at each refresh.
+    """
+
+    system = models.ForeignKey(System, on_delete=models.CASCADE, related_name="wal_timelines")
+    timeline = models.PositiveIntegerField()
+    first_segment = models.CharField(max_length=24)
+    last_segment = models.CharField(max_length=24)
+    segments = models.PositiveIntegerField(default=0)
+    last_received_at = models.DateTimeField(null=True, blank=True)
+    first_missing = models.CharField(max_length=24, blank=True)
+    missing = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["system", "timeline"]
+        constraints = [models.UniqueConstraint(fields=["system", "timeline"], name="backups_wal_timeline_once")]
+
+    def __str__(self) -> str:
+        return f"{self.system} timeline {self.timeline}"

@@ -44,6 +44,8 @@ def retention_plan(system: System) -> RetentionPlan:
     live = (Artifact.objects.live().filter(system=system).exclude(source=Artifact.Source.LEGACY)
             .order_by("-created_at", "-id"))
     for kind in Artifact.Kind.values:
+        if kind == Artifact.Kind.BASE:
+            continue  # Barman's recovery window keeps base backups and the WAL they need (backups.continuous)
         artifacts = [a for a in live if a.kind == kind]
         if not artifacts:
             continue

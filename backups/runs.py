@@ -16,6 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from backups import formats, pgtools
+from backups.continuous import base_backup
 from backups.copies import remove_objects
 from backups.dumps import config_backup, full_backup
 from backups.errors import BackupError
@@ -72,15 +73,17 @@ BACKUP_RUNS = runs.register(BackupRuns())
 
 def backup_request(*, actor, system: System, kind: str, trigger: str = BackupRun.Trigger.MANUAL,
                    request=None) -> BackupRun:
-    """Queue a backup of ``system`` (kind full or config). A second request while one is queued or
-    running returns that run instead of starting another. ``actor=None`` is the scheduler."""
+    """Queue a backup of ``system`` (full, config, or base under continuous protection). A second request while
+    one is queued or running returns that run instead of starting another. ``actor=None`` is the scheduler."""
     if actor is not None:
         require_cap(actor, Cap.START_JOBS, action=f"backup.{kind}", obj=system)
     if kind == Artifact.Kind.INCREMENTAL:
         raise BackupError("incremental artifacts are produced by an external tool (WAL archiving) and catalogued "
                           "by the inventory sync; the panel does not create them yet")
-    if kind not in (Artifact.Kind.FULL, Artifact.Kind.CONFIG):
+    if kind not in (Artifact.Kind.FULL, Artifact.Kind.CONFIG, Artifact.Kind.BASE):
         raise BackupError(f"unknown backup kind {kind!r}")
+    if kind == Artifact.Kind.BASE and not system.continuous_enabled:
+        raise BackupError(f"{system.name} is not continuously protected: a base backup needs Barman streaming its WAL")
     if kind == Artifact.Kind.CONFIG and not system.config_paths:
         raise BackupError(f"{system.name} has no config paths to back up")
     with transaction.atomic():
@@ -116,7 +119,8 @@ def backup_run_execute(run_id) -> BackupRun:
     steps = runs.StepLog(run)
     artifact = None
     try:
-        backup = full_backup if run.kind == Artifact.Kind.FULL else config_backup
+        backup = {Artifact.Kind.FULL: full_backup, Artifact.Kind.CONFIG: config_backup,
+                  Artifact.Kind.BASE: base_backup}[run.kind]
         artifact = backup(run, steps)
     except Exception as exc:
         message = scrub(str(exc) or type(exc).__name__)

@@ -17,7 +17,7 @@ from backups.errors import BackupError
 from backups.models import Artifact, BackupRun, System
 from backups.runs import backup_request
 
-SCHEDULED_KINDS = (Artifact.Kind.FULL, Artifact.Kind.CONFIG)
+SCHEDULED_KINDS = (Artifact.Kind.FULL, Artifact.Kind.CONFIG, Artifact.Kind.BASE)
 
 
 def last_good(system: System, kind: str) -> Artifact | None:

@@ -25,22 +25,25 @@ from drpanel.permissions import Cap, require_cap
 
 SYSTEM_FIELDS = ("name", "description", "database_ref", "config_paths", "schedule_enabled", "full_every_hours",
                  "incremental_enabled", "incremental_every_hours", "config_every_hours", "keep_last", "keep_daily",
-                 "keep_weekly", "keep_monthly")
+                 "keep_weekly", "keep_monthly", "continuous_enabled", "rpo_target_minutes", "base_every_hours",
+                 "recovery_window_days")
 LOCATION_FIELDS = ("name", "kind", "role", "enabled", "path", "bucket", "prefix", "region", "endpoint_url",
                    "access_key_ref", "secret_key_ref")
 
 
 SYSTEM_CHANGE_APPROVAL = "system.change"
 LOCATION_CHANGE_APPROVAL = "location.change"
-RETENTION_FIELDS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
-INTERVAL_FIELDS = ("full_every_hours", "incremental_every_hours", "config_every_hours")
+RETENTION_FIELDS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "recovery_window_days")
+INTERVAL_FIELDS = ("full_every_hours", "incremental_every_hours", "config_every_hours", "rpo_target_minutes",
+                   "base_every_hours")
 
 
 def system_weakens(before: dict, system: System) -> list[str]:
-    """Why a change of ``system`` weakens protection: less retention, schedules off, or rarer backups."""
+    """Why a change of ``system`` weakens protection: less retention, schedules or continuous protection off, rarer
+    backups, or a looser RPO target."""
     reasons = [f"{name} {before[name]} → {getattr(system, name)}" for name in RETENTION_FIELDS
                if getattr(system, name) < before[name]]
-    reasons += [f"{name} off" for name in ("schedule_enabled", "incremental_enabled")
+    reasons += [f"{name} off" for name in ("schedule_enabled", "incremental_enabled", "continuous_enabled")
                 if before[name] and not getattr(system, name)]
     reasons += [f"{name} {before[name]} → {getattr(system, name)}" for name in INTERVAL_FIELDS
                 if getattr(system, name) > before[name]]

@@ -16,6 +16,7 @@ urlpatterns = [
     path("systems/<int:pk>/", views.system_detail, name="system-detail"),
     path("systems/<int:pk>/edit", views.system_edit, name="system-edit"),
     path("systems/<int:pk>/backups", views.system_backup, name="system-backup"),
+    path("systems/<int:pk>/continuous/check", views.system_continuous_check, name="system-continuous-check"),
     path("locations/", views.location_list, name="location-list"),
     path("locations/new", views.location_edit, name="location-create"),
     path("locations/<int:pk>/edit", views.location_edit, name="location-edit"),

@@ -9,11 +9,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from backups import deletion, errors, hooks, inventory, keyrotation, systems
+from backups import continuous, deletion, errors, hooks, inventory, keyrotation, systems
 from backups import runs as backup_runs
 from backups.forms import LocationForm, SystemForm
 from backups.keys import get_keyring
-from backups.models import Artifact, ArtifactCopy, BackupRun, InventoryRun, StorageLocation, System
+from backups.models import Artifact, ArtifactCopy, BackupRun, ContinuousState, InventoryRun, StorageLocation, System
 from backups.retention import retention_plan
 from backups.schedules import policy_status
 from backups.selectors import artifact_page, filtered_artifacts
@@ -157,7 +157,23 @@ def system_detail(request, pk):
     return render(request, "backups/system_detail.html", {
         "system": system, "policy": policy_status(system), "runs": system.runs.select_related("artifact")[:20],
         "plan": plan, "plan_keep": len(plan.keep), "can_start": has_cap(request.user, Cap.START_JOBS),
-        "can_manage": has_cap(request.user, Cap.MANAGE_PANEL)})
+        "can_manage": has_cap(request.user, Cap.MANAGE_PANEL),
+        "continuous": ContinuousState.objects.filter(system=system).first(),
+        "wal_timelines": system.wal_timelines.all(), "rpo_seconds": continuous.rpo_seconds(system),
+        "setup": continuous.setup_instructions(system) if system.continuous_enabled else None})
+
+
+@capability_required(Cap.START_JOBS)
+@require_POST
+def system_continuous_check(request, pk):
+    system = get_object_or_404(System, pk=pk)
+    try:
+        continuous.continuous_check_request(actor=request.user, system=system, request=request)
+    except BACKUP_ERRORS as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.info(request, "A worker runs barman check now; reload this page in a moment.")
+    return redirect("backups:system-detail", pk=system.pk)
 
 
 @capability_required(Cap.START_JOBS)

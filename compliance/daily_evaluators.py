@@ -27,6 +27,7 @@ from datetime import date, datetime, time, timedelta
 from django.urls import reverse
 from django.utils import timezone
 
+from backups.continuous import wal_stream_status
 from backups.hooks import verified_at_least
 from backups.models import Artifact, BackupRun, System
 from compliance.health import (
@@ -140,6 +141,13 @@ def _every_n_hours(day: date, kind: str, not_applicable: str) -> Result:
     start, at = _window(day)
     statuses, lines, evidence = [], [], []
     for system in systems:
+        if kind == Artifact.Kind.INCREMENTAL and system.continuous_enabled:
+            # Continuous protection replaces incrementals: the evidence is the WAL stream.
+            ok, reason = wal_stream_status(system, at)
+            statuses.append(PASSED if ok else FAILED)
+            lines.append(f"{system.name}: {reason}")
+            evidence.append(system_evidence(system, f"{system.name}: Barman checks and WAL catalog"))
+            continue
         interval = system.interval(kind)
         if interval is None:
             lines.append(f"{system.name}: not applicable ({not_applicable}).")
@@ -166,7 +174,8 @@ def _every_n_hours(day: date, kind: str, not_applicable: str) -> Result:
 
 @register("daily.incremental_backup")
 def incremental_per_policy(day: date) -> Result:
-    """Incremental backups at least every N hours, for the systems whose policy enables them."""
+    """Incremental backups at least every N hours, for the systems whose policy enables them; under continuous
+    protection, the WAL stream (RPO within its target, no gap) instead."""
     return _every_n_hours(day, Artifact.Kind.INCREMENTAL, "incrementals are disabled in its policy")
 
 

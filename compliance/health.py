@@ -5,7 +5,8 @@ Five checks, each with a weight; "newest" means the newest *available* artifact 
 
 - ``full_backup`` (30): the newest full is no older than the policy's full interval;
 - ``incremental_backup`` (15): the newest incremental is no older than its interval — only when
-  the policy enables incrementals;
+  the policy enables incrementals; under continuous protection, the WAL stream instead: RPO now
+  (now − last WAL received) within the system's RPO target, and no gap in the WAL catalog;
 - ``config_backup`` (15): the newest config backup is no older than its interval — only when the
   system has config paths;
 - ``offsite_copy`` (20): the newest full has a copy in an enabled off-site location whose
@@ -30,6 +31,7 @@ from datetime import datetime, timedelta
 
 from django.urls import reverse
 
+from backups.continuous import wal_stream_status
 from backups.hooks import verified_at_least
 from backups.models import Artifact, ArtifactCopy, StorageLocation, System
 from compliance.models import HealthSnapshot
@@ -215,6 +217,13 @@ def _age_check(system: System, kind: str, code: str, now: datetime, newest: Arti
                  (artifact_evidence(newest),))
 
 
+def wal_stream_check(system: System, now: datetime) -> Check:
+    """Continuous protection: RPO now within the system's target and no gap in its WAL catalog."""
+    ok, reason = wal_stream_status(system, now)
+    return Check("incremental_backup", WEIGHTS["incremental_backup"], True, ok, reason,
+                 (system_evidence(system, f"{system.name}: Barman checks and WAL catalog"),))
+
+
 def offsite_copy_check(system: System, full: Artifact | None) -> Check:
     """The newest full has an off-site copy, in an enabled location, whose recomputed SHA-256 matches."""
     code, weight = "offsite_copy", WEIGHTS["offsite_copy"]
@@ -272,6 +281,7 @@ def health_evaluate(system: System, now: datetime | None = None) -> Health:
     full = newest[Artifact.Kind.FULL]
     checks = (
         _age_check(system, Artifact.Kind.FULL, "full_backup", now, full),
+        wal_stream_check(system, now) if system.continuous_enabled else
         _age_check(system, Artifact.Kind.INCREMENTAL, "incremental_backup", now, newest[Artifact.Kind.INCREMENTAL]),
         _age_check(system, Artifact.Kind.CONFIG, "config_backup", now, newest[Artifact.Kind.CONFIG]),
         offsite_copy_check(system, full),

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import transaction
 from django.urls import reverse
 
+from backups.continuous import rpo_seconds
 from backups.models import Artifact, BackupRun, System
 from compliance.alerts import alert_raise, alert_resolve
 from compliance.audit import audit_record
@@ -77,6 +78,7 @@ def health_recompute(system: System | int, *, trigger: str = "") -> HealthSnapsh
             _health_alerts(locked, health, alerts)
             _backup_age_alerts(locked, health, alerts)
             _drill_alert(locked, health.at, alerts)
+            _rpo_alert(locked, health.at, alerts)
     finally:
         reset_current_request(token)
     return snapshot
@@ -134,6 +136,7 @@ class _Alerts:
         keys = [health_alert_key(system, band) for band in (WARNING, CRITICAL)]
         keys += [f"backup-overdue:{system.pk}:{kind}" for kind in Artifact.Kind.values]
         keys.append(f"drill-overdue:{system.pk}")
+        keys.append(rpo_alert_key(system))
         self.open = set(Alert.objects.filter(dedup_key__in=keys).exclude(state=Alert.State.RESOLVED)
                         .values_list("dedup_key", flat=True))
 
@@ -228,6 +231,25 @@ def _drill_alert(system: System, now: datetime, alerts: _Alerts) -> None:
                   message=f"No restore test of {system.name} succeeded in the last {days} days. {when}\n"
                           "Run a restore test (or a drill into staging) and let it finish.",
                   evidence_url=last.evidence.url if last else reverse("restores:run-list"))
+
+
+def rpo_alert_key(system: System) -> str:
+    return f"rpo-over-target:{system.pk}"
+
+
+def _rpo_alert(system: System, now: datetime, alerts: _Alerts) -> None:
+    """Continuous protection: RPO now (now − last WAL received) past the system's RPO target."""
+    key = rpo_alert_key(system)
+    seconds = rpo_seconds(system, now)
+    target = system.rpo_target_minutes * 60
+    if not system.continuous_enabled or seconds is None or seconds <= target:
+        alerts.resolve(key, note=f"RPO now {seconds} s, within {target} s" if seconds is not None
+                       else "continuous protection off")
+        return
+    alerts.raise_(key, kind="rpo.over_target", severity="critical", subject=f"{system.name}: RPO past its target",
+                  message=f"No WAL of {system.name} received for {seconds} s; its RPO target is {target} s.\n"
+                          "Check Barman's receiver on the workers and the database server's replication slot.",
+                  evidence_url=reverse("backups:system-detail", args=[system.pk]))
 
 
 # --- when to recompute -----------------------------------------------------------------------

@@ -26,7 +26,7 @@ from compliance.models import AuditEvent
 
 ARTIFACT_FIELDS = {"status", "created_at", "last_verified_level", "last_verified_at", "offsite_verified_at", "kind",
                    "system", "system_id", "sha256", "size"}
-WATCHED_PREFIXES = ("artifact.", "verification.", "system.")
+WATCHED_PREFIXES = ("artifact.", "verification.", "system.", "continuous.")
 WATCHED_ACTIONS = {AuditAction.BACKUP_SUCCEEDED, AuditAction.BACKUP_FAILED, AuditAction.INVENTORY_FINISHED}
 RESTORE_OUTCOMES = (".succeeded", ".failed", ".rolled_back")
 

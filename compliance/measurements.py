@@ -1,7 +1,8 @@
-"""RPO and RTO as measured: the age of the newest verified full, and the timed restores (drills).
+"""RPO and RTO as measured: WAL last received or the age of the newest verified full, and the timed restores.
 
 Read-only selectors shared by the dashboard, the health page, the certification, the API and
-the metrics. ``rpo_for()`` measures a system's RPO from its newest full verified at decrypt
+the metrics. ``rpo_for()`` measures a system's RPO from the WAL last received (continuous protection)
+or else from its newest full verified at decrypt
 level or better; ``last_rto()`` and ``drill_rtos()`` read the restore runs' measured RTOs
 (request → healthy), each linked to its run. Nothing measured yet gives ``None`` or an empty
 list, never a guess.
@@ -16,9 +17,10 @@ from django.conf import settings
 from django.db.models import Q
 from django.urls import reverse
 
+from backups.continuous import rpo_seconds as continuous_rpo
 from backups.hooks import VERIFICATION_LEVELS
-from backups.models import Artifact, System
-from compliance.health import VERIFIED_LEVEL, artifact_evidence, format_age
+from backups.models import Artifact, ContinuousState, System
+from compliance.health import VERIFIED_LEVEL, artifact_evidence, format_age, system_evidence
 from drpanel import clock
 from drpanel.evidence import Evidence
 from restores.models import Incident, RestoreRun, Target
@@ -27,12 +29,14 @@ from restores.models_incidents import OPEN_STATES
 
 @dataclass(frozen=True)
 class Rpo:
-    """RPO now: the age of the newest full verified at decrypt level or better, against the target."""
+    """RPO now, against the target: now − last WAL received under continuous protection, else the age of the newest
+    full verified at decrypt level or better."""
 
     system: System
     artifact: Artifact | None
     seconds: int | None
     target_seconds: int
+    wal_received_at: datetime | None = None
 
     @property
     def measured(self) -> bool:
@@ -48,6 +52,9 @@ class Rpo:
 
     @property
     def evidence(self) -> Evidence | None:
+        if self.wal_received_at is not None:
+            return system_evidence(self.system, f"{self.system.name}: WAL streamed by Barman, last received "
+                                                f"{self.wal_received_at:%Y-%m-%d %H:%M:%S} UTC")
         if self.artifact is None:
             return None
         return artifact_evidence(self.artifact, f"full {self.artifact.short_id} of "
@@ -74,8 +81,14 @@ def verified_levels() -> list[str]:
 
 
 def rpo_for(system: System, now: datetime | None = None) -> Rpo:
-    """The age of ``system``'s newest available full verified at decrypt level or better (None: none is)."""
+    """RPO now of ``system``: now − last WAL received (continuous protection, against the system's own target), else
+    the age of its newest available full verified at decrypt level or better (None: none is)."""
     now = now or clock.now()
+    if system.continuous_enabled:
+        state = ContinuousState.objects.filter(system=system).only("last_wal_at").first()
+        if state is not None and state.last_wal_at is not None:
+            return Rpo(system=system, artifact=None, seconds=continuous_rpo(system, now),
+                       target_seconds=system.rpo_target_minutes * 60, wal_received_at=state.last_wal_at)
     artifact = (Artifact.objects.filter(system=system, kind=Artifact.Kind.FULL, status=Artifact.Status.AVAILABLE,
                                         created_at__lte=now, last_verified_level__in=verified_levels())
                 .defer("manifest").order_by("-created_at").first())

@@ -38,6 +38,8 @@ cron.register(backup_jobs.expire_approvals, queue_name=queue_name("default"), cr
 cron.register(backup_jobs.reap_stale_runs, queue_name=queue_name("default"), cron="* * * * *")
 cron.register(backup_jobs.retention_job, queue_name=queue_name("backup"), cron="40 * * * *")
 cron.register(backup_jobs.inventory_tick, queue_name=queue_name("default"), cron="10 */6 * * *")
+# Continuous protection: Barman's configuration, receivers (restarted when killed) and WAL catalog.
+cron.register(backup_jobs.continuous_tick, queue_name=queue_name("default"), cron="* * * * *")
 
 # Compliance: the audit checkpoint, alert escalation, the daily checklist, the contact review, the
 # notification retries.

@@ -392,6 +392,13 @@ if RESTORE_TIMEOUT_MAX_SECONDS < RESTORE_TIMEOUT_BASE_SECONDS:
 if RUN_STALE_SECONDS <= HEARTBEAT_SECONDS:
     raise ConfigError(f"DRPANEL_RUN_STALE_SECONDS ({RUN_STALE_SECONDS}) must be longer than "
                       f"DRPANEL_HEARTBEAT_SECONDS ({HEARTBEAT_SECONDS}), or every run would look dead")
+# Continuous protection: where Barman keeps its configuration, WAL and base backups (on the workers that run it),
+# and the Barman executable (default: the one installed next to the panel's Python, else PATH's).
+BARMAN_HOME = Path(env_str("DRPANEL_BARMAN_HOME") or VAR_DIR / "barman")
+BARMAN_BIN = env_str("DRPANEL_BARMAN_BIN") or None
+BARMAN_TIMEOUT_SECONDS = env_int("DRPANEL_BARMAN_TIMEOUT_SECONDS", 120, minimum=5, maximum=24 * 3600)
+if not BARMAN_HOME.is_absolute():
+    raise ConfigError(f"DRPANEL_BARMAN_HOME={str(BARMAN_HOME)!r} must be an absolute path")
 for _name, _path in (("PG_BIN_DIR", PG_BIN_DIR), ("DRPANEL_RESTORE_TEMP_DIR", RESTORE_TEMP_DIR)):
     if _path and not Path(_path).is_absolute():
         raise ConfigError(f"{_name}={_path!r} must be an absolute path")

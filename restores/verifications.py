@@ -127,6 +127,9 @@ def verification_request(*, actor, artifact: Artifact, level: str, trigger: str 
                            request=request)
     if artifact.status != Artifact.Status.AVAILABLE and not adopting:
         raise VerificationError(f"this artifact is {artifact.status}: there is nothing to verify")
+    if artifact.kind == Artifact.Kind.BASE:
+        raise VerificationError("base backups live in Barman's home, not in a storage location: the panel's "
+                                "verification levels do not apply to them")
     if artifact.kind not in VERIFIABLE_KINDS and LEVELS.index(level) > LEVELS.index("decrypt"):
         raise VerificationError(f"{artifact.kind} artifacts are verified up to the decrypt level only")
     with transaction.atomic():

@@ -236,6 +236,19 @@ class AuditAction(StrEnum):
     RUNBOOK_EDITED = "runbook.edited", "An admin wrote a new version of a scenario's runbook."
     RECOVERY_OBJECTIVE_SET = "recovery_objective.set", "A system's RTO and RPO targets were set."
 
+    # Continuous protection (Barman): checks, the streaming receiver, the WAL catalog.
+    CONTINUOUS_CHECK_REQUESTED = "continuous.check_requested", "Someone asked a worker to run barman check on a system."
+    CONTINUOUS_CHECKED = "continuous.checked", "A worker ran barman check on a system (outcome: every item passed)."
+    CONTINUOUS_STREAMING_RESTARTED = ("continuous.streaming_restarted", "The WAL receiver of a system was found "
+                                      "stopped and started again (its replication slot kept the WAL).")
+    CONTINUOUS_RPO_OVER_TARGET = ("continuous.rpo_over_target", "A system's RPO now (since the last WAL received) "
+                                  "went past its RPO target, or no WAL has been received yet.")
+    CONTINUOUS_RPO_WITHIN_TARGET = "continuous.rpo_within_target", "A system's RPO now came back within its target."
+    CONTINUOUS_BASE_EXPIRED = ("continuous.base_expired", "Barman's recovery window removed a base backup; its "
+                               "artifact is marked deleted.")
+    CONTINUOUS_WAL_GAP = ("continuous.wal_gap", "The WAL catalog of a system found a gap; it names the first missing "
+                          "segment.")
+
 
 _EXTRA: dict[str, str] = {}
 

@@ -227,4 +227,5 @@ def test_a_recompute_of_a_system_that_is_gone_returns_none(db):
 
 
 def test_the_kinds_the_score_knows_are_the_catalogs():
-    assert set(Artifact.Kind.values) == {"full", "incremental", "config"}
+    # "base" (Barman) is scored through the WAL stream: the incremental check under continuous protection.
+    assert set(Artifact.Kind.values) == {"full", "incremental", "config", "base"}

@@ -1,0 +1,270 @@
+"""Continuous protection: Barman's configuration kept in step with the systems, its checks, the WAL catalog, RPO now.
+
+Runs on the workers that hold the Barman home. Every minute ``continuous_tick`` (cron) writes
+the configuration of every system with continuous protection on (and removes the others'),
+runs ``barman cron`` — which starts ``barman receive-wal`` for a server whose receiver is not
+running, so a killed receiver is back within a minute and the replication slot has kept the WAL
+it had not yet received — archives what was streamed (``barman archive-wal``, synchronously),
+and rebuilds each system's WAL catalog (``WalTimeline``): first and last segment per timeline,
+newest arrival, the first missing segment.
+
+RPO now = now − ``ContinuousState.last_wal_at``: when the newest WAL byte arrived, or, when the
+receiver's flush position has caught up with the server's current WAL position, the moment that
+was seen (an idle server writes no WAL, and nothing is then at risk).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from django.conf import settings
+from django.db import transaction
+
+from backups import barman
+from backups.models import Artifact, BackupRun, ContinuousState, System, WalTimeline
+from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
+from drpanel import clock, queues
+from drpanel.permissions import Cap, require_cap
+from drpanel.scrub import scrub
+
+log = logging.getLogger(__name__)
+# A base backup copies the whole server; the backup run's own time limit (12 h) bounds it too.
+BASE_BACKUP_TIMEOUT = 12 * 3600
+
+
+def _state(system: System) -> ContinuousState:
+    state, _ = ContinuousState.objects.get_or_create(system=system)
+    return state
+
+
+def continuous_check_request(*, actor, system: System, request=None) -> None:
+    """Ask a worker to run ``barman check`` for the system now (Operator, Manager, Admin)."""
+    require_cap(actor, Cap.START_JOBS, action=AuditAction.CONTINUOUS_CHECK_REQUESTED, obj=system)
+    if not system.continuous_enabled:
+        raise barman.BarmanError(f"{system.name} is not continuously protected")
+    with transaction.atomic():
+        audit_record(actor=actor, action=AuditAction.CONTINUOUS_CHECK_REQUESTED, obj=system, request=request)
+        queues.enqueue_on_commit("backups.jobs.continuous_check_job", system.pk, queue="default",
+                                 timeout=settings.BARMAN_TIMEOUT_SECONDS + 60)
+
+
+def continuous_check(system: System) -> ContinuousState:
+    """Write the system's Barman configuration and run ``barman check``; the items are stored and audited."""
+    state = _state(system)
+    try:
+        barman.write_server(system)
+        ok, items = barman.check(system)
+        error = ""
+    except barman.BarmanError as exc:
+        ok, items, error = False, [], str(exc)
+    state.checked_at, state.check_ok, state.check_items, state.check_error = clock.now(), ok, items, error
+    failing = [f"{i['name']}: {i['hint'] or i['status']}" for i in items if i["status"].upper() != "OK"]
+    with transaction.atomic():
+        state.save(update_fields=["checked_at", "check_ok", "check_items", "check_error"])
+        audit_record(actor=None, action=AuditAction.CONTINUOUS_CHECKED, obj=system,
+                     outcome="success" if ok else "failure",
+                     details={"ok": ok, "failing": failing[:20], "error": error})
+    return state
+
+
+def _caught_up(system: System) -> bool:
+    """Whether Barman's receiver has flushed everything the server has written (an idle server's RPO is 0)."""
+    connection, password = barman.connection_for(system)
+    try:
+        with psycopg.connect(host=connection.host, port=connection.port, user=connection.user,
+                             dbname=connection.dbname, password=password, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT pg_current_wal_lsn() <= max(flush_lsn) FROM pg_stat_replication "
+                "WHERE application_name = 'barman_receive_wal'").fetchone()
+    except psycopg.Error:
+        return False
+    return bool(row and row[0])
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """What one refresh found: the receiver's pid (None: not running), whether it was restarted, the timelines."""
+
+    pid: int | None
+    restarted: bool
+    timelines: list[barman.Timeline]
+
+
+def continuous_refresh(system: System) -> Refresh:
+    """Archive what was streamed, rebuild the WAL catalog and RPO base; audit a restarted receiver or a new gap.
+
+    ``barman cron`` (run by the tick before this) has started the receiver if it was not running.
+    """
+    state = _state(system)
+    error = ""
+    try:
+        barman.run("archive-wal", barman.server_name(system))
+    except barman.BarmanError as exc:
+        error = str(exc)
+    found = barman.timelines(barman.segments(system))
+    pid = barman.receiver_pid(system)
+    restarted = pid is not None and state.streaming_pid is not None and pid != state.streaming_pid
+    now = clock.now()
+    newest = max((t.last_received for t in found), default=None)
+    if pid is not None and _caught_up(system):
+        newest = now
+    with transaction.atomic():
+        before = {t.timeline: t.first_missing for t in WalTimeline.objects.filter(system=system)}
+        WalTimeline.objects.filter(system=system).exclude(timeline__in=[t.timeline for t in found]).delete()
+        for t in found:
+            WalTimeline.objects.update_or_create(system=system, timeline=t.timeline, defaults={
+                "first_segment": t.first, "last_segment": t.last, "segments": t.count,
+                "last_received_at": t.last_received, "first_missing": t.first_missing, "missing": t.missing})
+            if t.first_missing and before.get(t.timeline) != t.first_missing:
+                audit_record(actor=None, action=AuditAction.CONTINUOUS_WAL_GAP, obj=system, outcome="failure",
+                             details={"timeline": t.timeline, "first_missing": t.first_missing,
+                                      "missing": t.missing})
+        if restarted:
+            state.streaming_restarts += 1
+            audit_record(actor=None, action=AuditAction.CONTINUOUS_STREAMING_RESTARTED, obj=system,
+                         details={"previous_pid": state.streaming_pid, "pid": pid})
+        if newest is not None and (state.last_wal_at is None or newest > state.last_wal_at):
+            state.last_wal_at = newest
+        # Crossing the RPO target either way is audited (and the audit event has the health score recomputed,
+        # which raises or resolves the alert); the 15-minute health pass catches a tick that stopped running.
+        target = system.rpo_target_minutes * 60
+        seconds = int((now - state.last_wal_at).total_seconds()) if state.last_wal_at else None
+        over = seconds is None or seconds > target
+        if over != state.rpo_over_target:
+            state.rpo_over_target = over
+            audit_record(actor=None, action=AuditAction.CONTINUOUS_RPO_OVER_TARGET if over
+                         else AuditAction.CONTINUOUS_RPO_WITHIN_TARGET, obj=system,
+                         outcome="failure" if over else "success", details={"rpo_seconds": seconds,
+                                                                            "target_seconds": target})
+        state.streaming_pid = pid if pid is not None else state.streaming_pid
+        state.refreshed_at, state.error = now, scrub(error)
+        state.save(update_fields=["last_wal_at", "streaming_pid", "streaming_restarts", "rpo_over_target",
+                                  "refreshed_at", "error"])
+    return Refresh(pid=pid, restarted=restarted, timelines=found)
+
+
+def base_backup(run, steps) -> Artifact:
+    """A base backup of the run's system through Barman (``barman backup --wait``), catalogued as an artifact.
+
+    The artifact (kind ``base``) stays in Barman's home, so its ``storage_key`` is
+    ``barman:<server>/<backup id>``; its manifest is what ``barman show-backup`` says of it (sizes,
+    WAL range, LSNs, times). Barman's recovery window, not the panel's retention, decides when it goes.
+    """
+    system = run.system
+    step = steps.start("barman backup")
+    barman.write_server(system)
+    described = barman.backup(system, timeout=BASE_BACKUP_TIMEOUT)
+    info = described.get("base_backup_information") or {}
+    steps.finish(step, bytes=info.get("backup_size_bytes"),
+                 detail=f"{described.get('backup_id')}: WAL {info.get('begin_wal')} → {info.get('end_wal')}")
+    ended = info.get("end_time")
+    with transaction.atomic():
+        artifact = Artifact.objects.create(
+            system=system, kind=Artifact.Kind.BASE, format=Artifact.Format.BARMAN_BASE,
+            encryption=Artifact.Encryption.NONE, status=Artifact.Status.AVAILABLE,
+            created_at=datetime.fromisoformat(ended) if ended else clock.now(), size=info.get("backup_size_bytes"),
+            storage_key=f"barman:{barman.server_name(system)}/{described['backup_id']}", manifest=described)
+        BackupRun.objects.filter(pk=run.pk).update(state=BackupRun.State.SUCCEEDED, finished_at=clock.now(),
+                                                   percent=100, heartbeat_at=clock.now(), artifact=artifact)
+        audit_record(actor=None, action=AuditAction.BACKUP_SUCCEEDED, obj=artifact,
+                     details={"run": str(run.id), "kind": artifact.kind, "size": artifact.size,
+                              "backup_id": described["backup_id"], "begin_wal": info.get("begin_wal"),
+                              "end_wal": info.get("end_wal")})
+    return artifact
+
+
+def base_backups_sync(system: System) -> int:
+    """Base artifacts Barman no longer holds (its recovery window removed them) become deleted; how many."""
+    answer = barman.run_json("list-backups", barman.server_name(system))
+    held = {f"barman:{system.name}/{b['backup_id']}" for b in answer.get(system.name, []) if b.get("backup_id")}
+    gone = list(Artifact.objects.filter(system=system, kind=Artifact.Kind.BASE, status=Artifact.Status.AVAILABLE)
+                .exclude(storage_key__in=held))
+    for artifact in gone:
+        with transaction.atomic():
+            Artifact.objects.filter(pk=artifact.pk).update(status=Artifact.Status.DELETED, deleted_at=clock.now())
+            audit_record(actor=None, action=AuditAction.CONTINUOUS_BASE_EXPIRED, obj=artifact,
+                         details={"recovery_window_days": system.recovery_window_days})
+    return len(gone)
+
+
+def continuous_tick() -> int:
+    """Every minute: configuration in step, ``barman cron`` (keeps every receiver running), then each refresh."""
+    protected = list(System.objects.filter(continuous_enabled=True))
+    barman.write_global()
+    for system in System.objects.filter(continuous_enabled=False):
+        barman.remove_server(system)
+    usable = []
+    for system in protected:
+        try:
+            barman.write_server(system)
+            usable.append(system)
+        except barman.BarmanError as exc:
+            state = _state(system)
+            state.error = str(exc)
+            state.save(update_fields=["error"])
+    if not usable:
+        return 0
+    try:
+        barman.run("cron")
+    except barman.BarmanError as exc:
+        log.warning("barman cron: %s", exc)
+    for system in usable:
+        continuous_refresh(system)
+        try:
+            base_backups_sync(system)
+        except barman.BarmanError as exc:
+            log.warning("%s: base backup catalog: %s", system.name, exc)
+    return len(usable)
+
+
+def rpo_seconds(system: System, now: datetime | None = None) -> int | None:
+    """RPO now of a continuously protected system (None: not protected, or no WAL received yet)."""
+    if not system.continuous_enabled:
+        return None
+    state = ContinuousState.objects.filter(system=system).only("last_wal_at").first()
+    if state is None or state.last_wal_at is None:
+        return None
+    now = now or clock.now()
+    return max(0, int((now - state.last_wal_at).total_seconds()))
+
+
+def wal_stream_status(system: System, now: datetime | None = None) -> tuple[bool, str]:
+    """Whether the WAL stream protects the system now (RPO within target, no gap), and why in one sentence."""
+    target = system.rpo_target_minutes * 60
+    gap = WalTimeline.objects.filter(system=system).exclude(first_missing="").order_by("timeline").first()
+    if gap is not None:
+        return False, (f"WAL gap on timeline {gap.timeline}: segment {gap.first_missing} is missing "
+                       f"({gap.missing} in all).")
+    seconds = rpo_seconds(system, now)
+    if seconds is None:
+        return False, "No WAL received from its server yet (continuous protection is on)."
+    if seconds > target:
+        return False, f"Last WAL received {seconds} s ago; the RPO target is {target} s."
+    return True, f"RPO now {seconds} s (target {target} s), WAL continuous."
+
+
+def setup_instructions(system: System) -> dict:
+    """What to set on the system's database server for Barman to stream from it (shown on the system page)."""
+    try:
+        connection, _ = barman.connection_for(system)
+        user, database = connection.user, connection.dbname
+    except barman.BarmanError:
+        user, database = "<the user of the system's database URL>", "<its database>"
+    return {
+        "role": f"ALTER ROLE {user} WITH REPLICATION;",
+        "grants": (f"GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO {user}; "
+                   f"GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO {user}; "
+                   f"GRANT EXECUTE ON FUNCTION pg_switch_wal() TO {user}; "
+                   f"GRANT EXECUTE ON FUNCTION pg_create_restore_point(text) TO {user}; "
+                   f"GRANT pg_read_all_settings TO {user}; GRANT pg_read_all_stats TO {user};"),
+        "hba": [f"host    replication    {user}    <address of the Barman workers>/32    scram-sha-256",
+                f"host    {database}    {user}    <address of the Barman workers>/32    scram-sha-256"],
+        "settings": ["wal_level = replica", "max_wal_senders = 10 (at least 2 for Barman)",
+                     "max_replication_slots = 10 (at least 1 for Barman)"],
+        "slot": barman.slot_name(system),
+        "home": str(barman.home()),
+    }

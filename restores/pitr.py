@@ -1,0 +1,245 @@
+"""Point-in-time recovery through Barman: a system's server recovered into a scratch data directory and started.
+
+``recovered(system, point)`` is a context manager: ``barman recover`` of the base backup that
+precedes the point into a new directory under ``DRPANEL_RESTORE_TEMP_DIR`` (or the system's
+temporary directory), at the point — ``RecoveryPoint.latest()``, ``.at(datetime)`` or
+``.named(name)`` —, then a temporary PostgreSQL started on that directory on a free local port,
+reachable only through a private Unix socket (its own ``pg_hba.conf``: local connections of
+the worker's user), until the block ends; then it is stopped and the directory removed,
+whatever happened. What the block gets (``Recovered``) connects to it, follows the WAL replay
+position, runs SQL and dumps one database.
+
+Replay needs every WAL byte received up to the point: the current segment is closed and archived first
+(``barman switch-wal --force --archive``) when the server answers; when it does not (the
+disaster case), the segment being received (Barman's ``.partial``) is copied into the recovered
+``pg_wal`` so replay goes as far as Barman got.
+
+PostgreSQL refuses to run as root: a worker running as root starts it as ``postgres``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from django.conf import settings
+
+from backups import barman
+from backups.barman import BarmanError
+from drpanel import pgbin
+
+START_TIMEOUT = 600
+
+
+@dataclass(frozen=True)
+class RecoveryPoint:
+    """What a recovery brings back: the latest WAL received, a moment (aware datetime), or a named restore point."""
+
+    kind: str
+    time: datetime | None = None
+    name: str = ""
+
+    @classmethod
+    def latest(cls) -> RecoveryPoint:
+        return cls("latest")
+
+    @classmethod
+    def at(cls, moment: datetime) -> RecoveryPoint:
+        if moment.tzinfo is None:
+            raise ValueError("a recovery time needs its time zone")
+        return cls("time", time=moment.astimezone(UTC))
+
+    @classmethod
+    def named(cls, name: str) -> RecoveryPoint:
+        if not name or len(name) > 63 or not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError("a restore point name is 1-63 letters, digits, dashes or underscores")
+        return cls("name", name=name)
+
+    def barman_args(self) -> list[str]:
+        if self.kind == "time":
+            return ["--target-time", self.time.isoformat(), "--target-action", "promote"]
+        if self.kind == "name":
+            return ["--target-name", self.name, "--target-action", "promote"]
+        return []
+
+    def __str__(self) -> str:
+        if self.kind == "time":
+            return f"{self.time:%Y-%m-%d %H:%M:%S} UTC"
+        return f"restore point {self.name!r}" if self.kind == "name" else "latest"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """Who runs the temporary server: this worker's user, or ``postgres`` when the worker is root."""
+    return pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+
+
+def _run_as(user, command: list[str], *, timeout: int) -> subprocess.CompletedProcess:
+    def demote():
+        os.setgid(user.pw_gid)
+        os.setuid(user.pw_uid)
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd="/",
+                              preexec_fn=demote if user else None,
+                              env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
+    except subprocess.TimeoutExpired:
+        raise BarmanError(f"{Path(command[0]).name} did not finish in {timeout} s") from None
+
+
+def _chown_tree(root: Path, user) -> None:
+    if user is None:
+        return
+    os.chown(root, user.pw_uid, user.pw_gid)
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.lchown(os.path.join(directory, name), user.pw_uid, user.pw_gid)
+
+
+def _bindir(data: Path) -> Path:
+    major = int((data / "PG_VERSION").read_text().strip().split(".")[0])
+    for tool in pgbin.candidates("pg_ctl"):
+        if tool.major == major:
+            return Path(tool.path).parent
+    raise BarmanError(f"no PostgreSQL {major} server binaries (pg_ctl) on this worker to start the recovered copy")
+
+
+def _newest_backup(system) -> str:
+    answer = barman.run_json("list-backups", barman.server_name(system))
+    backups = [b for b in answer.get(system.name, []) if b.get("status") == "DONE"]
+    if not backups:
+        raise BarmanError(f"{system.name} has no base backup yet: take one before recovering it to a point in time")
+    return backups[0]["backup_id"]
+
+
+def _close_current_segment(system) -> bool:
+    """Close and archive the segment being written, so "latest" includes it; False when the server is away."""
+    try:
+        barman.run("switch-wal", "--force", "--archive", "--archive-timeout", "60", barman.server_name(system),
+                   timeout=120)
+    except BarmanError:
+        return False
+    return True
+
+
+@dataclass
+class Recovered:
+    """A recovered copy of a system's server, started on a free port, reachable through its private socket."""
+
+    system: object
+    point: RecoveryPoint
+    data: Path
+    socket_dir: Path
+    port: int
+    bindir: Path
+    user: str
+    recover_seconds: float
+    start_seconds: float
+
+    def connect(self, dbname: str = "postgres"):
+        return psycopg.connect(host=str(self.socket_dir), port=self.port, user=self.user, dbname=dbname,
+                               autocommit=True, connect_timeout=10)
+
+    def replay_position(self) -> str:
+        """The last WAL position replayed (the recovery's progress; after promotion, where it ended)."""
+        with self.connect() as conn:
+            lsn = conn.execute("SELECT coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())").fetchone()[0]
+        return str(lsn)
+
+    def query(self, sql: str, dbname: str = "postgres") -> list[tuple]:
+        with self.connect(dbname) as conn:
+            return conn.execute(sql).fetchall()
+
+    def dump(self, dbname: str, output: Path) -> Path:
+        """``pg_dump -Fc`` of one database of the recovered copy into ``output``."""
+        command = [str(self.bindir / "pg_dump"), "-Fc", "-h", str(self.socket_dir), "-p", str(self.port),
+                   "-U", self.user, "-d", dbname, "-f", str(output)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=settings.BARMAN_TIMEOUT_SECONDS * 10)
+        if done.returncode != 0:
+            raise BarmanError(f"pg_dump of {dbname} from the recovered copy failed: {done.stderr.strip()[-300:]}")
+        return output
+
+
+@contextlib.contextmanager
+def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None) -> Iterator[Recovered]:
+    """Recover ``system`` at ``point`` into a scratch directory, start it, yield it; stop and remove it after."""
+    connection, _ = barman.connection_for(system)
+    backup_id = backup_id or _newest_backup(system)
+    # Replay needs the WAL up to the point and, for a target, the first commit past it: close the current segment.
+    closed = _close_current_segment(system)
+    barman.run("archive-wal", barman.server_name(system))
+    parent = Path(settings.RESTORE_TEMP_DIR) if settings.RESTORE_TEMP_DIR else None
+    root = Path(tempfile.mkdtemp(prefix=f"drpanel-pitr-{system.name}-", dir=parent))
+    data, socket_dir = root / "data", root / "socket"
+    user = _server_user()
+    started = False
+    try:
+        began = time.monotonic()
+        barman.run("recover", *point.barman_args(), barman.server_name(system), backup_id, str(data),
+                   timeout=settings.BARMAN_TIMEOUT_SECONDS * 30)
+        if not closed:
+            _copy_partial(system, data)
+        recover_seconds = time.monotonic() - began
+        socket_dir.mkdir(mode=0o700)
+        # Only the worker's user, through the private socket: the copy is never reachable from the network.
+        (data / "pg_hba.conf").write_text("local all all trust\n")
+        _chown_tree(root, user)
+        bindir = _bindir(data)
+        port = _free_port()
+        began = time.monotonic()
+        options = (f"-p {port} -c listen_addresses='' -c unix_socket_directories='{socket_dir}' "
+                   "-c archive_mode=off -c hot_standby=on")
+        done = _run_as(user, [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
+                              "-t", str(START_TIMEOUT), "-o", options, "start"], timeout=START_TIMEOUT + 30)
+        started = True
+        if done.returncode != 0:
+            raise BarmanError(f"the recovered copy of {system.name} did not start: {_log_tail(root)}")
+        ready = Recovered(system=system, point=point, data=data, socket_dir=socket_dir, port=port, bindir=bindir,
+                          user=connection.user, recover_seconds=recover_seconds,
+                          start_seconds=time.monotonic() - began)
+        _wait_promoted(ready, point)
+        yield ready
+    finally:
+        if started:
+            _run_as(user, [str(_bindir(data) / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_promoted(ready: Recovered, point: RecoveryPoint) -> None:
+    """Recovery ends by promotion once replay reaches the point (or the end of the WAL): wait for that, so reads
+    see the point and not a moment of the replay before it."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        with ready.connect() as conn:
+            if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                return
+        time.sleep(0.2)
+    raise BarmanError(f"the recovered copy of {ready.system.name} did not reach {point} in {START_TIMEOUT} s")
+
+
+def _copy_partial(system, data: Path) -> None:
+    """The segment Barman was still receiving, as a whole segment in ``pg_wal`` (its unwritten end is zeros)."""
+    for partial in (barman.home() / system.name / "streaming").glob("*.partial"):
+        shutil.copyfile(partial, data / "pg_wal" / partial.name.removesuffix(".partial"))
+
+
+def _log_tail(root: Path) -> str:
+    try:
+        return " / ".join((root / "server.log").read_text().strip().splitlines()[-12:])[-2000:]
+    except OSError:
+        return "no server log"
