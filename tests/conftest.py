@@ -244,3 +244,25 @@ def sign_in(live_server):
         return page
 
     return _sign_in
+
+
+# --- protected PostgreSQL servers (tests.pg_servers) ---------------------------------------------
+
+@pytest.fixture(scope="session")
+def protected_server():
+    """A PostgreSQL server of the tests' own (not the panel's), started once per test process and shared."""
+    from tests.pg_servers import PgServer
+
+    server = PgServer()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def protected_database(protected_server):
+    """This test's own database on the shared ``protected_server``; its URL. Dropped after the test."""
+    url = protected_server.create_database()
+    yield url
+    protected_server.drop_database(url)
