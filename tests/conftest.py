@@ -9,9 +9,10 @@ each test that uses it. ``s3_endpoint`` serves S3 over HTTP from moto's threaded
 
 ``make test`` runs the suite with pytest-xdist (``-n N --dist loadgroup``); each worker has its
 own test database and Redis database (``drpanel.testing``). ``pytest_collection_modifyitems``
-below keeps the browser tests on one worker (one Chromium for the run) and the fault campaign
-with the embedded-services test on one worker (their time bounds are measured one at a time),
-and hands out the tests that start real processes first, so no long one is left for the end.
+below puts the browser tests in two lanes (two workers, one Chromium each: one lane of journeys
+was longer than the whole rest of the run), keeps the fault campaign with the embedded-services
+test on one worker (their time bounds are measured one at a time), and hands out the tests that
+start real processes first, so no long one is left for the end.
 """
 
 import os
@@ -30,6 +31,9 @@ CHROMIUM_ARGS = [
 
 # Tests of one group run on one xdist worker, one after the other (``--dist loadgroup``).
 SERIAL_GROUPS = ("chaos", "browser")
+# Browser tests share out over this many groups ("browser-1", ...): each is one worker with its own
+# Chromium, live server and test database (all per xdist worker), so the lanes cannot meet.
+BROWSER_LANES = 2
 # A test taking one of these starts real processes or makes databases (real backups, pg_restore,
 # RQ workers, CREATE DATABASE): it is ``slow`` (not in ``make check``) whether or not it says so.
 SLOW_FIXTURES = frozenset({"workers", "full_artifact", "config_artifact", "source_db", "scratch", "sample_archive"})
@@ -38,6 +42,7 @@ SLOW_FIXTURES = frozenset({"workers", "full_artifact", "config_artifact", "sourc
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     # tryfirst: the marks must be there before ``-m`` deselects and before xdist reads the groups.
+    browser = []
     for item in items:
         if not item.get_closest_marker("slow") and SLOW_FIXTURES.intersection(item.fixturenames):
             item.add_marker(pytest.mark.slow)
@@ -45,10 +50,30 @@ def pytest_collection_modifyitems(config, items):
             continue
         for group in SERIAL_GROUPS:
             if item.get_closest_marker(group):
-                item.add_marker(pytest.mark.xdist_group(group))
+                if group == "browser":
+                    browser.append(item)
+                else:
+                    item.add_marker(pytest.mark.xdist_group(group))
                 break
+    for item, lane in browser_lanes(browser, BROWSER_LANES):
+        item.add_marker(pytest.mark.xdist_group(f"browser-{lane}"))
     # Stable: within each half the collection order (and so each module's tests) is kept.
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def browser_lanes(items, lanes: int):
+    """Each browser test with the lane (1..lanes) that has the least work so far, the slow ones first.
+
+    A slow browser test (a whole restore loop behind the page) counts four times a quick one: about
+    what ``--durations`` shows. The split depends only on the collection, so every xdist worker
+    computes the same one.
+    """
+    load = [0] * lanes
+    ordered = sorted(items, key=lambda item: item.get_closest_marker("slow") is None)
+    for item in ordered:
+        lane = load.index(min(load))
+        load[lane] += 4 if item.get_closest_marker("slow") else 1
+        yield item, lane + 1
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -219,3 +244,25 @@ def sign_in(live_server):
         return page
 
     return _sign_in
+
+
+# --- protected PostgreSQL servers (tests.protected_servers) ---------------------------------------------
+
+@pytest.fixture(scope="session")
+def protected_server():
+    """A PostgreSQL server of the tests' own (not the panel's), started once per test process and shared."""
+    from tests.protected_servers import PgServer
+
+    server = PgServer()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def protected_database(protected_server):
+    """This test's own database on the shared ``protected_server``; its URL. Dropped after the test."""
+    url = protected_server.create_database()
+    yield url
+    protected_server.drop_database(url)

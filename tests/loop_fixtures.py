@@ -18,6 +18,7 @@ import pytest
 from backups.keys import KeyConfig
 from backups.models import Artifact, StorageLocation, System
 from restores import targets
+from tests.dump_replay import DumpReplay
 from tests.loop_support import make_target, take_backup
 from tests.restore_support import SAMPLE_SCHEMA
 
@@ -80,9 +81,16 @@ def shop_system(shop, loop_keys, verify_server, temp_dir, tmp_path, shop_config)
                                  config_paths=[str(shop_config)])
 
 
+@pytest.fixture(scope="session")
+def dump_replay(tmp_path_factory) -> DumpReplay:
+    """This test process's kept real dumps (``tests.dump_replay``)."""
+    return DumpReplay(tmp_path_factory.mktemp("dumps"))
+
+
 @pytest.fixture
-def full_artifact(shop_system) -> Artifact:
-    return take_backup(shop_system, "full")
+def full_artifact(shop_system, dump_replay) -> Artifact:
+    """A real full backup of the shop, this test's own; its pg_dump output is the session's first one, replayed."""
+    return dump_replay.backup(shop_system)
 
 
 @pytest.fixture
