@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from backups.models import System
 from compliance import escalation
-from compliance.alerts import alert_raise
 from compliance.alerts import ack_token as alert_ack_token
+from compliance.alerts import alert_raise
 from compliance.models import AuditEvent, Contact, Delivery, IncidentCall, IncidentEscalation, NotificationChannel
 from compliance.notifications import channel_create
 from drpanel import queues
