@@ -11,6 +11,7 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from compliance.api_escalation import urlpatterns as escalation_urlpatterns
 from compliance.api_ops import urlpatterns as ops_urlpatterns
 from compliance.audit.export import FORMATS, audit_export_start, export_response, public_key_response
 from compliance.audit.models import AuditEvent
@@ -314,4 +315,5 @@ urlpatterns = [
     path("audit/public-key", AuditPublicKeyView.as_view(), name="audit-public-key"),
     path("audit/public-keys", AuditPublicKeysView.as_view(), name="audit-public-keys"),
     *ops_urlpatterns,
+    *escalation_urlpatterns,
 ]

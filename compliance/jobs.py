@@ -3,6 +3,8 @@
 from compliance.alerts import escalate_due, scheduler_check
 from compliance.checklists import checklist_evaluate, checklist_periods_current
 from compliance.contacts import contacts_review
+from compliance.escalation import escalate_due as incidents_escalate_due
+from compliance.escalation import escalation_start
 from compliance.health_recompute import health_recompute_all
 from compliance.notifications import deliveries_retry_due, delivery_send
 from compliance.notify_events import approval_waiting_notify, certification_due_notify
@@ -12,6 +14,17 @@ from drpanel.queues import get_connection
 def alerts_escalate_job() -> int:
     """Every minute: call the next level for alerts nobody acknowledged in time."""
     return escalate_due()
+
+
+def incident_escalation_start_job(incident_id: str) -> int:
+    """After a declaration commits: call the first levels of the roster; returns the step called (0: none)."""
+    escalation = escalation_start(incident_id)
+    return escalation.step if escalation is not None else 0
+
+
+def incidents_escalate_job() -> int:
+    """Every minute: call the next levels for incidents nobody acknowledged in time."""
+    return incidents_escalate_due()
 
 
 def checklist_open_job() -> list[str]:

@@ -509,3 +509,59 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} by {self.kind} ({self.status})"
+
+
+class IncidentEscalation(models.Model):
+    """The roster's escalation of one declared incident (``compliance.escalation``), one row per incident.
+
+    ``chain`` is the list of steps the incident's severity calls, each a list of roster levels
+    (kept as planned at the start). ``step`` counts the steps already called. States, read from the
+    fields: calling (``next_escalation_at`` set) → acknowledged (``acknowledged_at``) | ended
+    (``ended_reason``: no level left, or the incident is over). The escalation job and an
+    acknowledgement race on the row: each changes it under ``select_for_update`` or a conditional update.
+    """
+
+    class Via(models.TextChoices):
+        PANEL = "panel", "the incident page"
+        API = "api", "the API"
+        LINK = "link", "the notified link"
+
+    incident = models.OneToOneField("restores.Incident", on_delete=models.PROTECT, related_name="escalation")
+    severity = models.CharField(max_length=10)
+    chain = models.JSONField(default=list)
+    step = models.PositiveSmallIntegerField(default=0)
+    started_at = models.DateTimeField(default=clock_now)
+    next_escalation_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                        related_name="+")
+    acknowledged_by_contact = models.ForeignKey(Contact, null=True, blank=True, on_delete=models.PROTECT,
+                                                related_name="+")
+    acknowledged_via = models.CharField(max_length=10, choices=Via.choices, blank=True)
+    ended_reason = models.CharField(max_length=200, blank=True)
+
+    def __str__(self) -> str:
+        return f"escalation of incident {str(self.incident_id)[:8]} (step {self.step})"
+
+
+class IncidentCall(models.Model):
+    """One contact called about an incident at one step of its escalation.
+
+    Its messages are the ``Delivery`` rows whose ``details.call`` is this row's id. The acknowledge
+    link it carries works once: ``acknowledged_at`` is set by a conditional update.
+    """
+
+    escalation = models.ForeignKey(IncidentEscalation, on_delete=models.PROTECT, related_name="calls")
+    contact = models.ForeignKey(Contact, on_delete=models.PROTECT, related_name="incident_calls")
+    level = models.CharField(max_length=10, choices=Contact.Level.choices)
+    step = models.PositiveSmallIntegerField()
+    response_minutes = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=clock_now)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["step", "pk"]
+        constraints = [models.UniqueConstraint(fields=["escalation", "contact", "step"], name="incident_call_once")]
+
+    def __str__(self) -> str:
+        return f"{self.contact} ({self.level}) at step {self.step}"

@@ -6,6 +6,7 @@ from compliance import (
     views_certifications,
     views_checklists,
     views_contacts,
+    views_escalation,
     views_notifications,
 )
 
@@ -49,6 +50,8 @@ urlpatterns = [
     path("alerts/<int:pk>/", views_alerts.alert_detail, name="alert-detail"),
     path("alerts/<int:pk>/acknowledge", views_alerts.alert_acknowledge_view, name="alert-acknowledge"),
     path("alerts/ack/<str:token>", views_alerts.alert_ack_link, name="alert-ack-link"),
+    path("incidents/<uuid:pk>/acknowledge", views_escalation.incident_acknowledge_view, name="incident-acknowledge"),
+    path("incidents/ack/<str:token>", views_escalation.incident_ack_link, name="incident-ack-link"),
     # the monthly certification
     path("certifications/", views_certifications.certification_list, name="certification-list"),
     re_path(r"^certifications/(?P<period>\d{4}-\d{2})/$", views_certifications.certification_detail,

@@ -17,6 +17,7 @@ from compliance.jobs import (
     contacts_review_job,
     deliveries_retry_job,
     health_recompute_job,
+    incidents_escalate_job,
     scheduler_check_job,
 )
 from drpanel import cron_heartbeat
@@ -41,10 +42,11 @@ cron.register(backup_jobs.inventory_tick, queue_name=queue_name("default"), cron
 # Continuous protection: Barman's configuration, receivers (restarted when killed) and WAL catalog.
 cron.register(backup_jobs.continuous_tick, queue_name=queue_name("default"), cron="* * * * *")
 
-# Compliance: the audit checkpoint, alert escalation, the daily checklist, the contact review, the
+# Compliance: the audit checkpoint, alert and incident escalation, the daily checklist, the contact review, the
 # notification retries.
 cron.register(audit_checkpoint_job, queue_name=queue_name("default"), cron="0 * * * *")
 cron.register(alerts_escalate_job, queue_name=queue_name("default"), cron="* * * * *")
+cron.register(incidents_escalate_job, queue_name=queue_name("default"), cron="* * * * *")
 cron.register(checklist_open_job, queue_name=queue_name("default"), cron="5 0 * * *")
 cron.register(checklist_evaluate_job, queue_name=queue_name("default"), cron="45 23 * * *")
 cron.register(contacts_review_job, queue_name=queue_name("default"), cron="0 8 * * *")

@@ -5,7 +5,7 @@ Services (each owns its transaction, validation and audit event): ``incident_dec
 step is done and its health checks passed (called by the step services). The report
 (``incident_report``) is built from the rows; closing stores it and signs its SHA-256 into the
 audit chain (``incident.closed``). Escalation of the roster hooks on ``incident.declared``
-(a later change, in compliance/).
+(``compliance.escalation``), and adds its section to the report with ``report_section_register``.
 """
 
 import hashlib
@@ -181,6 +181,19 @@ def incident_settle(incident: Incident, *, actor=None, request=None) -> Incident
 
 REVIEW_FIELDS = ("cause", "remediation", "follow_ups")
 
+# Sections a higher layer adds to the report and the detail JSON (name → function of the incident);
+# restores never imports them, they register themselves (compliance's escalation: "notifications").
+REPORT_SECTIONS: dict = {}
+
+
+def report_section_register(name: str, build) -> None:
+    """Add ``build(incident)`` to every report (and the incident's JSON) under ``name``."""
+    REPORT_SECTIONS[name] = build
+
+
+def _sections(incident: Incident) -> dict:
+    return {name: build(incident) for name, build in REPORT_SECTIONS.items()}
+
 
 def incident_close(*, actor, incident: Incident, review: dict, request=None) -> Incident:
     """Close an incident (managers) with its post-incident review (cause, remediation, follow-ups).
@@ -325,6 +338,7 @@ def incident_report(incident: Incident) -> dict:
         "deviations": deviations_of(incident, steps),
         "approvals": approvals_of(incident),
         "review": {k: (incident.review or {}).get(k, "") for k in REVIEW_FIELDS},
+        **_sections(incident),
     }
 
 
@@ -348,6 +362,7 @@ def incident_json(incident: Incident, now=None) -> dict:
         "recovery_point_at": _iso(incident.recovery_point_at),
         "steps": [step_json(s) for s in steps],
         "report_sha256": incident.report_hash or None,
+        **_sections(incident),
     }
 
 

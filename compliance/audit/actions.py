@@ -235,6 +235,17 @@ class AuditAction(StrEnum):
     INCIDENT_STEP_REQUEUED = "incident.step_requeued", "An automatic incident step whose job was lost was queued again."
     RUNBOOK_EDITED = "runbook.edited", "An admin wrote a new version of a scenario's runbook."
     RECOVERY_OBJECTIVE_SET = "recovery_objective.set", "A system's RTO and RPO targets were set."
+    # Escalation of incidents through the roster (compliance.escalation).
+    INCIDENT_ESCALATION_STARTED = ("incident.escalation_started", "The first levels of the roster were called about a "
+                                   "declared incident, with their response targets.")
+    INCIDENT_ESCALATED = ("incident.escalated", "Nobody acknowledged an incident within the called levels' response "
+                          "targets: the next level was called.")
+    INCIDENT_ESCALATION_ENDED = ("incident.escalation_ended", "An incident's escalation stopped calling: no active "
+                                 "contact left, or the incident is recovered or closed.")
+    INCIDENT_ACKNOWLEDGED = ("incident.acknowledged", "Someone acknowledged an incident (the page, the API or a "
+                             "notified link): its escalation stops.")
+    INCIDENT_ACK_REFUSED = ("incident.ack_refused", "An incident acknowledge link was refused (forged, used, expired "
+                            "or the incident closed).")
 
     # Continuous protection (Barman): checks, the streaming receiver, the WAL catalog.
     CONTINUOUS_CHECK_REQUESTED = "continuous.check_requested", "Someone asked a worker to run barman check on a system."
