@@ -22,6 +22,7 @@ agree with what the workers actually listen on.
 
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import django_rq
 from django.conf import settings
@@ -109,6 +110,19 @@ def our_workers(connection) -> list[Worker]:
             if any(name.startswith(settings.RQ_QUEUE_PREFIX) for name in worker.queue_names())]
 
 
+def is_alive(worker: Worker, now: datetime | None = None) -> bool:
+    """Whether ``worker`` heartbeat within ``DRPANEL_WORKER_TTL_SECONDS``.
+
+    Redis keeps a worker killed with ``SIGKILL`` registered for its TTL plus a minute (rq's
+    margin); a page saying "no worker in pool B" must not wait for that."""
+    beat = worker.last_heartbeat
+    if beat is None:
+        return False
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=UTC)
+    return ((now or datetime.now(UTC)) - beat).total_seconds() <= settings.WORKER_TTL_SECONDS
+
+
 def worker_pool(worker: Worker) -> str:
     """The pool ``worker`` serves, read from its queue list ("" when it serves none)."""
     for name in worker.queue_names():
@@ -119,13 +133,14 @@ def worker_pool(worker: Worker) -> str:
 
 def pool_workers(connection, pool: str) -> list[Worker]:
     """The live workers of this installation that take the jobs of ``pool`` ("": the shared queues, any worker)."""
-    return [worker for worker in our_workers(connection) if not pool or worker_pool(worker) == pool]
+    return [worker for worker in our_workers(connection)
+            if is_alive(worker) and (not pool or worker_pool(worker) == pool)]
 
 
 def workers_per_pool(connection) -> dict[str, int]:
     """Live workers of this installation per pool they serve ("" for those that serve none)."""
     counts: dict[str, int] = {}
-    for worker in our_workers(connection):
+    for worker in filter(is_alive, our_workers(connection)):
         pool = worker_pool(worker)
         counts[pool] = counts.get(pool, 0) + 1
     return counts
