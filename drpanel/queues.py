@@ -66,11 +66,7 @@ def queue_name(name: str, pool: str = "") -> str:
     reason = pool_error(pool)
     if reason:
         raise KeyError(reason)
-    full = f"{settings.RQ_QUEUE_PREFIX}{name}{POOL_SEPARATOR}{pool}"
-    # django-rq finds queues by its RQ_QUEUES setting: a pool's queue is its shared queue's
-    # configuration (same Redis, same time limit) under the pool's name, added on first use.
-    settings.RQ_QUEUES.setdefault(full, settings.RQ_QUEUES[settings.RQ_QUEUE_PREFIX + name])
-    return full
+    return f"{settings.RQ_QUEUE_PREFIX}{name}{POOL_SEPARATOR}{pool}"
 
 
 def queue_names(names=None, *, pool: str = "") -> list[str]:
@@ -85,7 +81,19 @@ def queue_names(names=None, *, pool: str = "") -> list[str]:
 
 def get_queue(name: str, pool: str = ""):
     """This installation's RQ queue ``name`` (logical, e.g. ``"restore"``), of ``pool`` when given."""
-    return django_rq.get_queue(queue_name(name, pool))
+    shared = django_rq.get_queue(queue_name(name))
+    if not pool:
+        return shared
+    # django-rq knows only the queues of its RQ_QUEUES setting: a pool's queue is a plain rq queue, the
+    # shared one's twin (same Redis, time limit, job class) under the pool's name. It enqueues at once, as
+    # the shared queues do outside a transaction: the panel enqueues only once its transaction commits.
+    return Queue(queue_name(name, pool), connection=shared.connection, default_timeout=shared._default_timeout,
+                 is_async=shared._is_async, job_class=shared.job_class, serializer=shared.serializer)
+
+
+def pool_queue_settings(pool: str) -> dict:
+    """``RQ_QUEUES`` entries for ``pool``'s queues (each its shared queue's), for a worker process of the pool."""
+    return {queue_name(name, pool): settings.RQ_QUEUES[queue_name(name)] for name in settings.RQ_QUEUE_NAMES}
 
 
 def get_connection(name: str = "default"):

@@ -11,6 +11,7 @@ pool's queues first, then the shared ones. The systemd unit passes its instance 
 pool, and a ``.N`` suffix (``drpanel-worker@b.2``) runs a second worker of the same pool.
 """
 
+from django.conf import settings
 from django.core.management.base import CommandError
 from django_rq.management.commands.rqworker import Command as RQWorkerCommand
 
@@ -44,4 +45,7 @@ class Command(RQWorkerCommand):
             names = queues.queue_names(list(args) or None, pool=pool)
         except KeyError as exc:
             raise CommandError(exc.args[0]) from None
+        if pool:
+            # django-rq builds a worker's queues from RQ_QUEUES only: this process also knows its pool's.
+            settings.RQ_QUEUES.update(queues.pool_queue_settings(pool))
         return super().handle(*names, **options)
