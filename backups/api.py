@@ -39,6 +39,7 @@ def system_json(system: System) -> dict:
     return {
         "id": system.pk, "name": system.name, "description": system.description,
         "schedule_enabled": system.schedule_enabled, "config_paths": system.config_paths,
+        "worker_pool": system.worker_pool or None,
         "policy": [{"kind": p["kind"], "every_seconds": int(p["interval"].total_seconds()),
                     "newest_artifact": str(p["newest"].pk) if p["newest"] else None,
                     "newest_at": p["newest"].created_at.isoformat() if p["newest"] else None,
@@ -60,6 +61,7 @@ class SystemSerializer(serializers.Serializer):
     description = serializers.CharField(allow_blank=True)
     schedule_enabled = serializers.BooleanField()
     config_paths = serializers.ListField(child=serializers.CharField())
+    worker_pool = serializers.CharField(allow_null=True, help_text="The worker pool that runs its jobs.")
     policy = PolicySerializer(many=True, help_text="Per scheduled kind: the interval and the newest good artifact.")
 
 
@@ -86,6 +88,7 @@ class BackupRunSerializer(serializers.Serializer):
     steps = StepSerializer(many=True)
     error = serializers.CharField(allow_null=True)
     artifact = serializers.UUIDField(allow_null=True)
+    worker_host = serializers.CharField(allow_null=True, help_text="The host whose worker ran it.")
 
 
 # The kinds the panel makes itself (incrementals come from an external tool).

@@ -41,7 +41,7 @@ class SystemForm(forms.ModelForm):
         fields = ["name", "description", "database_ref", "config_paths", "schedule_enabled", "full_every_hours",
                   "incremental_enabled", "incremental_every_hours", "config_every_hours", "keep_last", "keep_daily",
                   "keep_weekly", "keep_monthly", "continuous_enabled", "rpo_target_minutes", "base_every_hours",
-                  "recovery_window_days"]
+                  "recovery_window_days", "worker_pool"]
 
 
 class LocationForm(forms.ModelForm):

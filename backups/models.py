@@ -16,7 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from backups.storage import backend_for
-from drpanel import endpoints, secrets
+from drpanel import endpoints, queues, secrets
 
 NAME = RegexValidator(r"^[a-z0-9][a-z0-9_-]{0,62}$", "Lower-case letters, digits, dashes and underscores.")
 
@@ -66,6 +66,9 @@ class System(models.Model):
     recovery_window_days = models.PositiveIntegerField(
         "recovery window (days)", default=14, validators=[MinValueValidator(1), MaxValueValidator(3660)],
         help_text="Continuous protection: any point in this many last days stays recoverable.")
+    worker_pool = models.CharField(
+        max_length=40, blank=True, validators=[queues.validate_pool],
+        help_text="The worker pool whose workers run its jobs (a host near its database); empty: any worker.")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -357,6 +360,7 @@ class BackupRun(models.Model):
     error = models.TextField(blank=True)
     artifact = models.ForeignKey(Artifact, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
     job_id = models.CharField(max_length=64, blank=True)
+    worker_host = models.CharField(max_length=100, blank=True, help_text="The host whose worker ran it.")
 
     class Meta:
         ordering = ["-created_at"]

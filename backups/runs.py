@@ -43,6 +43,10 @@ class BackupRuns(runs.RunKind):
     def record_job(self, run_id, job) -> None:
         BackupRun.objects.filter(pk=run_id).update(job_id=job.id)
 
+    def pool_for(self, run_id) -> str:
+        """A backup runs in its system's pool."""
+        return BackupRun.objects.filter(pk=run_id).values_list("system__worker_pool", flat=True).first() or ""
+
     def fail(self, run_id, reason: str, *, expected, **conditions) -> bool:
         """Fail the run if still in ``expected`` (and ``conditions``); its half-written artifact is failed and
         whatever the dead worker left in storage removed."""
@@ -110,12 +114,13 @@ def backup_run_execute(run_id) -> BackupRun:
     with transaction.atomic():
         # Conditional transition: a run is executed once, even if its job is delivered twice.
         started = BackupRun.objects.filter(pk=run_id, state=BackupRun.State.QUEUED).update(
-            state=BackupRun.State.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now())
+            state=BackupRun.State.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now(),
+            worker_host=runs.worker_host())
         run = BackupRun.objects.select_related("system").get(pk=run_id)
         if not started:
             return run
         audit_record(actor=None, action=AuditAction.BACKUP_STARTED, obj=run.system,
-                     details={"run": str(run.id), "kind": run.kind})
+                     details={"run": str(run.id), "kind": run.kind, "worker_host": run.worker_host})
     steps = runs.StepLog(run)
     artifact = None
     try:

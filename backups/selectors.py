@@ -166,4 +166,4 @@ def run_json(run) -> dict:
             "started_at": run.started_at.isoformat() if run.started_at else None,
             "finished_at": run.finished_at.isoformat() if run.finished_at else None,
             "progress": run.percent, "bytes_done": run.bytes_done, "steps": run.steps, "error": run.error or None,
-            "artifact": str(run.artifact_id) if run.artifact_id else None}
+            "artifact": str(run.artifact_id) if run.artifact_id else None, "worker_host": run.worker_host or None}

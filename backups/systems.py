@@ -1,9 +1,9 @@
 """Systems and storage locations (Admin): saved with an audit event, and locations checked on demand.
 
 A change that weakens protection (shrinking retention, turning schedules off, rarer backups,
-disabling a location) is not applied by the admin alone: it becomes a pending approval that another
-Manager or Admin decides with their password (``system_change_approve`` / ``location_change_approve``);
-strengthening changes apply at once.
+moving a system to another worker pool, disabling a location) is not applied by the admin alone: it
+becomes a pending approval that another Manager or Admin decides with their password
+(``system_change_approve`` / ``location_change_approve``); strengthening changes apply at once.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from drpanel.permissions import Cap, require_cap
 SYSTEM_FIELDS = ("name", "description", "database_ref", "config_paths", "schedule_enabled", "full_every_hours",
                  "incremental_enabled", "incremental_every_hours", "config_every_hours", "keep_last", "keep_daily",
                  "keep_weekly", "keep_monthly", "continuous_enabled", "rpo_target_minutes", "base_every_hours",
-                 "recovery_window_days")
+                 "recovery_window_days", "worker_pool")
 LOCATION_FIELDS = ("name", "kind", "role", "enabled", "path", "bucket", "prefix", "region", "endpoint_url",
                    "access_key_ref", "secret_key_ref")
 
@@ -40,13 +40,15 @@ INTERVAL_FIELDS = ("full_every_hours", "incremental_every_hours", "config_every_
 
 def system_weakens(before: dict, system: System) -> list[str]:
     """Why a change of ``system`` weakens protection: less retention, schedules or continuous protection off, rarer
-    backups, or a looser RPO target."""
+    backups, a looser RPO target, or its jobs moved to another worker pool (other hosts, or none running)."""
     reasons = [f"{name} {before[name]} → {getattr(system, name)}" for name in RETENTION_FIELDS
                if getattr(system, name) < before[name]]
     reasons += [f"{name} off" for name in ("schedule_enabled", "incremental_enabled", "continuous_enabled")
                 if before[name] and not getattr(system, name)]
     reasons += [f"{name} {before[name]} → {getattr(system, name)}" for name in INTERVAL_FIELDS
                 if getattr(system, name) > before[name]]
+    if system.worker_pool != before["worker_pool"]:
+        reasons.append(f"worker_pool {before['worker_pool'] or '(any)'} → {system.worker_pool or '(any)'}")
     return reasons
 
 

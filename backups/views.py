@@ -18,6 +18,7 @@ from backups.retention import retention_plan
 from backups.schedules import policy_status
 from backups.selectors import artifact_page, filtered_artifacts
 from compliance.audit.models import AuditEvent
+from drpanel import runs
 from drpanel.approvals import WAITING, ApprovalError, approval_reject, open_approvals
 from drpanel.models import Approval
 from drpanel.passwords import PasswordError
@@ -244,14 +245,16 @@ def location_edit(request, pk=None):
 @require_GET
 def run_detail(request, pk):
     run = get_object_or_404(BackupRun.objects.select_related("system", "artifact", "requested_by"), pk=pk)
-    return render(request, "backups/run_detail.html", {"run": run})
+    return render(request, "backups/run_detail.html", {"run": run,
+                                                       "waiting": runs.pool_waiting(backup_runs.BACKUP_RUNS, run)})
 
 
 @capability_required(Cap.VIEW_PANEL)
 @require_GET
 def run_progress(request, pk):
     run = get_object_or_404(BackupRun.objects.select_related("system", "artifact"), pk=pk)
-    return render(request, "backups/_run_progress.html", {"run": run})
+    return render(request, "backups/_run_progress.html", {"run": run,
+                                                          "waiting": runs.pool_waiting(backup_runs.BACKUP_RUNS, run)})
 
 
 # --- inventory ----------------------------------------------------------------------------------

@@ -43,8 +43,9 @@ from drpanel.permissions import Cap, has_cap
 from restores.models import RestoreRun, VerificationRun
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Worker pools: one, "default", until jobs can be pinned to pools; each pool's workers are counted apart.
-POOLS = ("default",)
+# Worker pools (docs/many-hosts.md): "default" (the workers that serve no pool) is always reported; a pool
+# appears while it has live workers.
+POOLS = (queues.NO_POOL,)
 
 
 def continuous_rpo_seconds(system: System, now) -> float | None:
@@ -56,11 +57,13 @@ def continuous_rpo_seconds(system: System, now) -> float | None:
 
 # --- the measurements ------------------------------------------------------------------------
 
-def _redis_now() -> tuple[int, dict[str, int], cron_heartbeat.Heartbeat] | None:
-    """This installation's live workers, jobs waiting per queue, the scheduler's heartbeat; None without Redis."""
+def _redis_now() -> tuple[int, dict[str, int], cron_heartbeat.Heartbeat, dict[str, int]] | None:
+    """This installation's live workers, jobs waiting per queue, the scheduler's heartbeat, and live workers per
+    pool (the selector the run pages use); None without Redis."""
     client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
     try:
-        return len(queues.our_workers(client)), queues.depths(client), cron_heartbeat.read(client)
+        return (len(queues.our_workers(client)), queues.depths(client), cron_heartbeat.read(client),
+                queues.workers_per_pool(client))
     except redis.RedisError:
         return None  # unknown is not zero: the series are left out
     finally:
@@ -187,10 +190,11 @@ def collect() -> list[GaugeMetricFamily]:
     schedulers = _gauge("drpanel_cron_schedulers", "Cron schedulers beating now (1 is right; 0 missing, 2+ doubled).")
     now_redis = _redis_now()
     if now_redis is not None:
-        live, waiting, heartbeat = now_redis
+        live, waiting, heartbeat, per_pool = now_redis
         workers.add_metric([], live)
-        for pool in POOLS:
-            pools.add_metric([pool], live)
+        per_pool = {pool or queues.NO_POOL: count for pool, count in per_pool.items()}
+        for pool in sorted(set(POOLS) | set(per_pool)):
+            pools.add_metric([pool], per_pool.get(pool, 0))
         for name, count in waiting.items():
             depth.add_metric([name], count)
         if heartbeat.age_seconds is not None:

@@ -336,6 +336,29 @@ def failure_reason(exc_type, exc_value) -> str:
     return f"the job failed: {name}: {exc_value}"[:1000]
 
 
+def worker_host() -> str:
+    """The host this process runs jobs on, recorded on each run it starts (``DRPANEL_WORKER_HOST``)."""
+    return settings.WORKER_HOST
+
+
+def pool_waiting(run_kind: RunKind, run) -> str:
+    """Why a queued ``run`` cannot start, for its page: "no worker in pool B" when its pool has no live worker.
+
+    "" when it is not queued, when a worker could take it, or when Redis cannot be asked (the
+    page says nothing rather than something false)."""
+    if run.state != run_kind.model.State.QUEUED:
+        return ""
+    pool = run_kind.pool_for(run.pk)
+    try:
+        if queues.pool_workers(queues.get_connection(run_kind.queue), pool):
+            return ""
+    except RedisError:
+        return ""
+    if pool:
+        return f"no worker in pool {pool}: the run waits until one of its workers starts"
+    return "no worker is running: the run waits until one starts"
+
+
 # --- kinds of runs -------------------------------------------------------------------------------
 
 
@@ -374,6 +397,10 @@ class RunKind:
         """The RQ time limit of this run's job (``timeout`` unless the kind sizes it per run)."""
         return self.timeout
 
+    def pool_for(self, run_id) -> str:
+        """The worker pool whose queues carry this run's job ("" for the shared queues), read when it is queued."""
+        return ""
+
     def record_job(self, run_id, job: Job) -> None:
         """Remember the job that carries the run, and count the enqueue."""
         self.model.objects.filter(pk=run_id).update(job_id=job.id, enqueue_count=F("enqueue_count") + 1)
@@ -381,12 +408,14 @@ class RunKind:
     def enqueue(self, run_id) -> None:
         """Put the run's job on its queue now and remember it (also used to queue a lost job again)."""
         self.record_job(run_id, queues.enqueue(self.job, str(run_id), queue=self.queue,
-                                               timeout=self.timeout_for(run_id), on_failure=self.on_failure))
+                                               timeout=self.timeout_for(run_id), on_failure=self.on_failure,
+                                               pool=self.pool_for(run_id)))
 
     def enqueue_on_commit(self, run_id) -> None:
         """Enqueue the run's job when the transaction commits; if Redis refuses, the request still stands."""
         queues.enqueue_on_commit(self.job, str(run_id), queue=self.queue, timeout=self.timeout_for(run_id),
-                                 on_failure=self.on_failure, then=lambda job: self.record_job(run_id, job))
+                                 on_failure=self.on_failure, then=lambda job: self.record_job(run_id, job),
+                                 pool=self.pool_for(run_id))
 
     def job_failed(self, run_id, reason: str) -> bool:
         """An RQ failure callback: fail the run (queued or running) with the reason, and tidy up."""

@@ -7,6 +7,7 @@ start-up with a one-line reason (``drpanel.env.ConfigError``).
 import ipaddress
 import re
 import secrets
+import socket
 import zoneinfo
 from datetime import timedelta
 from pathlib import Path
@@ -147,6 +148,11 @@ RQ_QUEUE_PREFIX = installation.queue_prefix(INSTALLATION_ID)
 RQ_QUEUE_NAMES = ("default", "backup", "verify", "restore")
 RQ_QUEUES = {RQ_QUEUE_PREFIX + name: {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 6 * 3600} for name in RQ_QUEUE_NAMES}
 RQ = {"WORKER_CLASS": "drpanel.worker.PanelWorker"}
+# The host a run records as the one that ran it (worker pools, docs/many-hosts.md): this machine's name unless
+# the deployment names it (a container's host name is rarely the one people know).
+WORKER_HOST = (env_str("DRPANEL_WORKER_HOST") or socket.gethostname())[:100]
+# A worker whose last heartbeat is older than this is dead (drpanel.worker.PanelWorker heartbeats well within it).
+WORKER_TTL_SECONDS = env_int("DRPANEL_WORKER_TTL_SECONDS", 60, minimum=20, maximum=3600)
 RQ_SHOW_ADMIN_LINK = False
 
 # --- authentication and sessions -----------------------------------------------------------

@@ -106,7 +106,7 @@ class PanelWorker(Worker):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("maintenance_interval", int(os.environ.get("DRPANEL_WORKER_MAINTENANCE_SECONDS", 15)))
-        kwargs.setdefault("worker_ttl", int(os.environ.get("DRPANEL_WORKER_TTL_SECONDS", 60)))
+        kwargs.setdefault("worker_ttl", settings.WORKER_TTL_SECONDS)
         kwargs.setdefault("job_monitoring_interval", int(os.environ.get("DRPANEL_JOB_HEARTBEAT_SECONDS", 10)))
         super().__init__(*args, **kwargs)
 

@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from backups.models import Artifact
+from drpanel import runs
 from drpanel.api import (
     PAGE_PARAMETERS,
     InputSerializer,
@@ -37,6 +38,7 @@ from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, require_cap
 from drpanel.schema import error_response
 from restores import adoption, cancel, recovery_checks, requests, rollback, runstate, targets, verifications
+from restores.execution import RESTORE_RUNS
 from restores.models import (
     LEVELS,
     TARGET_RIGHTS,
@@ -74,7 +76,8 @@ class TargetSerializer(serializers.ModelSerializer):
     class Meta:
         model = Target
         fields = ["id", "name", "environment", "description", "is_active", "database", "config_dir",
-                  "health_check_hosts", "system", "sanity_checks", "health_checks", "your_rights", "updated_at"]
+                  "health_check_hosts", "system", "worker_pool", "sanity_checks", "health_checks", "your_rights",
+                  "updated_at"]
 
     def get_your_rights(self, target) -> list[str]:
         return rights_of(self.context["request"].user, target)
@@ -120,6 +123,7 @@ def verification_json(run: VerificationRun) -> dict:
         "requested_by": run.requested_by.get_username() if run.requested_by else None,
         "created_at": run.created_at.isoformat(), "started_at": _iso(run.started_at),
         "finished_at": _iso(run.finished_at), "progress": run.percent, "error": run.error or None,
+        "worker_host": run.worker_host or None,
         "results": [{"level": r["name"], "state": r["state"], "started_at": r.get("started_at"),
                      "finished_at": r.get("finished_at"), "duration_ms": r.get("duration_ms"), "bytes": r.get("bytes"),
                      "detail": r.get("detail", ""), "data": r.get("data")} for r in run.results],
@@ -137,7 +141,8 @@ def _json_list():
 VerificationSchema = inline_serializer("Verification", {
     "id": serializers.UUIDField(), "artifact": serializers.UUIDField(), "level": serializers.CharField(),
     "state": serializers.CharField(), "reached_level": serializers.CharField(allow_null=True),
-    "progress": serializers.IntegerField(), "results": _json_list(), "error": serializers.CharField(allow_null=True)})
+    "progress": serializers.IntegerField(), "results": _json_list(), "error": serializers.CharField(allow_null=True),
+    "worker_host": serializers.CharField(allow_null=True)})
 RestoreStateSchema = inline_serializer("RestoreState", {"id": serializers.UUIDField(),
                                                         "state": serializers.CharField()})
 RestoreSchema = inline_serializer("Restore", {
@@ -146,7 +151,9 @@ RestoreSchema = inline_serializer("Restore", {
     "eta_seconds": serializers.IntegerField(allow_null=True), "steps": _json_list(),
     "rto_seconds": serializers.FloatField(allow_null=True), "rpo_seconds": serializers.FloatField(allow_null=True),
     "approval": serializers.JSONField(allow_null=True), "rollback": serializers.JSONField(),
-    "checklist": _json_list(), "error": serializers.CharField(allow_null=True)})
+    "checklist": _json_list(), "error": serializers.CharField(allow_null=True),
+    "worker_pool": serializers.CharField(allow_null=True), "worker_host": serializers.CharField(allow_null=True),
+    "waiting": serializers.CharField(allow_null=True)})
 
 
 class VerificationRequestSerializer(InputSerializer):
@@ -239,6 +246,8 @@ def restore_json(run: RestoreRun) -> dict:
         "steps": [{k: step.get(k) for k in ("name", "state", "started_at", "finished_at", "duration_ms", "bytes",
                                             "detail")} for step in run.steps],
         "rto_seconds": run.rto_seconds, "rpo_seconds": run.rpo_seconds, "error": run.error or None,
+        "worker_pool": RESTORE_RUNS.pool_for(run.pk) or None, "worker_host": run.worker_host or None,
+        "waiting": runs.pool_waiting(RESTORE_RUNS, run) or None,
         "approval": {"state": approval.state, "expires_at": approval.expires_at.isoformat(),
                      "approved_by": approval.decided_by.get_username() if approval.decided_by else None,
                      "decided_at": _iso(approval.decided_at), "binding_hash": approval.binding_hash}

@@ -100,6 +100,12 @@ class RestoreRuns(runs.RunKind):
     def tidy(self, run) -> None:
         tidy_failed(run)
 
+    def pool_for(self, run_id) -> str:
+        """A restore runs in its target's pool, else in the pool of its artifact's system (docs/many-hosts.md)."""
+        pools = (RestoreRun.objects.filter(pk=run_id)
+                 .values_list("target__worker_pool", "artifact__system__worker_pool").first())
+        return next((pool for pool in pools or () if pool), "")
+
     def record_requeue(self, run, details: dict) -> None:
         audit_record(actor=None, action=AuditAction.RESTORE_REQUEUED, obj=run, details=details)
 
@@ -170,12 +176,14 @@ def restore_run_execute(run_id) -> RestoreRun:
         # Conditional transition: a job delivered twice runs once.
         now = timezone.now()
         started = RestoreRun.objects.filter(pk=run_id, state=RestoreRun.State.QUEUED).update(
-            state=RestoreRun.State.RUNNING, started_at=now, heartbeat_at=now, progress_at=now)
+            state=RestoreRun.State.RUNNING, started_at=now, heartbeat_at=now, progress_at=now,
+            worker_host=runs.worker_host())
         run = RestoreRun.objects.select_related("artifact__system", "config_artifact", "target", "requested_by").get(
             pk=run_id)
         if not started:
             return run
-        audit_record(actor=None, action=AuditAction.RESTORE_STARTED, obj=run, details=audit_details(run))
+        audit_record(actor=None, action=AuditAction.RESTORE_STARTED, obj=run,
+                     details=audit_details(run, worker_host=run.worker_host))
     steps = runs.StepList(run, _plan(run))
     with runs.Heartbeat(run):
         try:

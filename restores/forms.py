@@ -29,6 +29,10 @@ class TargetForm(forms.Form):
         help_text="The system whose artifacts this target receives; restores of other systems' artifacts are "
                   "refused, and its sanity checks also run in that system's restore-tests.")
     is_active = forms.BooleanField(label="Active (accepts new restores)", required=False, initial=True)
+    worker_pool = forms.CharField(
+        label="Worker pool", max_length=40, required=False,
+        help_text="The workers that restore into it (started with --pool NAME on a host near its database). Empty: "
+                  "the pool of the artifact's system, else any worker. Changing it needs a second person.")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -44,7 +48,7 @@ class TargetForm(forms.Form):
             "name": target.name, "environment": target.environment, "description": target.description,
             "database_ref": target.database_ref, "config_dir": target.config_dir,
             "health_check_hosts": "\n".join(target.health_check_hosts), "is_active": target.is_active,
-            "system": target.system.name if target.system_id else None,
+            "system": target.system.name if target.system_id else None, "worker_pool": target.worker_pool,
         }
 
 

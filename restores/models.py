@@ -12,6 +12,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from drpanel import queues
 from restores.sanity import Expectation, ExpectationError
 
 TARGET_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -71,6 +72,10 @@ class Target(models.Model):
                   "also run in that system's restore-tests. Empty: any system.",
     )
     is_active = models.BooleanField("active", default=True)
+    worker_pool = models.CharField(
+        max_length=40, blank=True, validators=[queues.validate_pool],
+        help_text="The worker pool whose workers restore into it (a host near its database); empty: the pool of "
+                  "the artifact's system, else any worker.")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -186,6 +191,7 @@ class VerificationRun(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     progress_at = models.DateTimeField(null=True, blank=True, help_text="When its progress last moved.")
     job_id = models.CharField(max_length=64, blank=True)
+    worker_host = models.CharField(max_length=100, blank=True, help_text="The host whose worker ran it.")
     enqueue_count = models.PositiveSmallIntegerField(default=0)
     location = models.CharField(max_length=63, blank=True, help_text="The storage location of the copy read.")
     percent = models.PositiveSmallIntegerField(default=0)
@@ -307,6 +313,7 @@ class RestoreRun(models.Model):
     progress_at = models.DateTimeField(null=True, blank=True,
                                        help_text="When its progress (bytes, percent, steps) last moved.")
     job_id = models.CharField(max_length=64, blank=True)
+    worker_host = models.CharField(max_length=100, blank=True, help_text="The host whose worker ran it.")
     enqueue_count = models.PositiveSmallIntegerField(default=0)
     steps = models.JSONField(default=list, blank=True)
     percent = models.PositiveSmallIntegerField(default=0)

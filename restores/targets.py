@@ -38,12 +38,13 @@ from restores.models import TARGET_RIGHTS, HealthCheck, SanityCheck, Target
 from restores.sanity import Expectation, ExpectationError
 
 TARGET_FIELDS = ("name", "environment", "description", "database_ref", "config_dir", "health_check_hosts",
-                 "system", "is_active")
+                 "system", "is_active", "worker_pool")
 
 TARGET_CHANGE_APPROVAL = "target.change"
 RIGHT_GRANT_APPROVAL = "target.right_grant"
-# Fields whose change can turn a target into an unapproved restore path into something that matters.
-GUARDED_FIELDS = ("database_ref", "config_dir")
+# Fields whose change can turn a target into an unapproved restore path into something that matters, or (the
+# worker pool) move its restores onto other hosts, or onto none.
+GUARDED_FIELDS = ("database_ref", "config_dir", "worker_pool")
 
 # Who may hold each right (DESIGN.md's role table): a grant to anyone else is refused.
 RIGHT_ROLES = {

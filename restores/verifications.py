@@ -73,6 +73,11 @@ class VerificationRuns(runs.RunKind):
     def tidy(self, run) -> None:
         verification_tidy(run)
 
+    def pool_for(self, run_id) -> str:
+        """A verification runs in the pool of its artifact's system."""
+        return (VerificationRun.objects.filter(pk=run_id).values_list("artifact__system__worker_pool", flat=True)
+                .first() or "")
+
     def record_requeue(self, run, details: dict) -> None:
         audit_record(actor=None, action=AuditAction.VERIFICATION_REQUEUED, obj=run.artifact, details=details)
 
@@ -189,12 +194,13 @@ def verification_execute(run_id) -> VerificationRun:
         # Conditional transition: a job delivered twice runs once.
         now = timezone.now()
         started = VerificationRun.objects.filter(pk=run_id, state=VerificationRun.State.QUEUED).update(
-            state=VerificationRun.State.RUNNING, started_at=now, heartbeat_at=now, progress_at=now)
+            state=VerificationRun.State.RUNNING, started_at=now, heartbeat_at=now, progress_at=now,
+            worker_host=runs.worker_host())
         run = VerificationRun.objects.select_related("artifact__system", "requested_by").get(pk=run_id)
         if not started:
             return run
         audit_record(actor=None, action=AuditAction.VERIFICATION_STARTED, obj=run.artifact,
-                     details={"run": str(run.id), "level": run.level})
+                     details={"run": str(run.id), "level": run.level, "worker_host": run.worker_host})
     refused = verification_still_allowed(run)
     if refused:
         with transaction.atomic():

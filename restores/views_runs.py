@@ -19,9 +19,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from backups.models import Artifact
 from compliance.audit.models import AuditEvent
+from drpanel import runs
 from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, capability_required, has_cap, has_object_right
 from restores import adoption, cancel, recovery_checks, requests, rollback, runstate, verifications
+from restores.execution import RESTORE_RUNS
 from restores.models import APPROVE_RESTORE, LEVELS, RecoveryCheck, RestoreRun, VerificationRun
 from restores.selectors import access_run, access_verification, restorable_targets, visible_runs, visible_targets
 
@@ -143,6 +145,7 @@ def _run_context(request, run: RestoreRun) -> dict:
         "can_cancel": (run.state in (RestoreRun.State.QUEUED, RestoreRun.State.RUNNING) and run.swapped_at is None
                        and cancel.may_cancel(user, run.requested_by_id)),
         "now": timezone.now(),
+        "waiting": runs.pool_waiting(RESTORE_RUNS, run),
     }
 
 
@@ -276,8 +279,9 @@ def verification_detail(request, pk):
     run = access_verification(request.user, pk)
     can_cancel = (run.state in (VerificationRun.State.QUEUED, VerificationRun.State.RUNNING)
                   and cancel.may_cancel(request.user, run.requested_by_id))
-    return render(request, "restores/verification_detail.html", {"run": run, "levels": LEVELS,
-                                                                  "can_cancel": can_cancel})
+    return render(request, "restores/verification_detail.html", {
+        "run": run, "levels": LEVELS, "can_cancel": can_cancel,
+        "waiting": runs.pool_waiting(verifications.VERIFICATION_RUNS, run)})
 
 
 @capability_required(Cap.VIEW_PANEL)
@@ -296,4 +300,5 @@ def verification_cancel(request, pk):
 @require_GET
 def verification_progress(request, pk):
     run = access_verification(request.user, pk)
-    return render(request, "restores/_verification_progress.html", {"run": run})
+    return render(request, "restores/_verification_progress.html", {
+        "run": run, "waiting": runs.pool_waiting(verifications.VERIFICATION_RUNS, run)})

@@ -69,7 +69,9 @@ def test_the_container_entrypoint_runs_the_units_commands():
     commands = entrypoint_commands()
     web = service("drpanel-web.service")
     assert [shlex_words(c) for c in web["ExecStartPre"]] + [shlex_words(web["ExecStart"][0])] == commands["web"]
-    assert [shlex_words(service("drpanel-worker@.service")["ExecStart"][0])] == commands["worker"]
+    # The unit passes its instance name as the worker pool; the container passes a pool as its arguments.
+    worker = shlex_words(service("drpanel-worker@.service")["ExecStart"][0])
+    assert worker[-2:] == ["--pool", ""] and [worker[:-2]] == commands["worker"]
     assert [shlex_words(service("drpanel-cron.service")["ExecStart"][0])] == commands["cron"]
 
 

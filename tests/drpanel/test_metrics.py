@@ -268,3 +268,19 @@ def test_the_pool_and_the_cron_heartbeat_are_exposed(scrape, redis_conn):
     families = parse(scrape())
     assert value(families, "drpanel_cron_schedulers") == 1
     assert 0 <= value(families, "drpanel_cron_heartbeat_age_seconds") < 60
+
+
+def test_workers_alive_are_counted_per_pool_from_their_queue_lists(scrape, redis_conn):
+    from rq import Worker
+
+    made = [Worker(queues.queue_names(pool=pool), connection=redis_conn, name=f"metrics-pool-{secrets.token_hex(4)}")
+            for pool in ("b", "b", "", "a")]
+    for worker in made:
+        worker.register_birth()
+    try:
+        pools = {labels["pool"]: count for labels, count in parse(scrape())["drpanel_pool_workers_alive"]}
+        assert pools == {"a": 1, "b": 2, "default": 1}
+        assert value(parse(scrape()), "drpanel_workers_live") == 4
+    finally:
+        for worker in made:
+            worker.register_death()
