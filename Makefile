@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+AXE := tests/browser/axe/node_modules/axe-core/axe.min.js
 
 .PHONY: demo test check chaos bench audit-deps lint chromium clean
 
@@ -21,7 +22,7 @@ demo: $(STAMP)
 JOBS ?= 6
 PYTEST_PARALLEL := -n $(JOBS) --dist loadgroup
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium $(AXE)
 	$(PY) -m pytest $(PYTEST_PARALLEL)
 
 # The fast tier before a commit: ruff, then every test that starts no real process, service or browser.
@@ -49,6 +50,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
+# The accessibility check of the browser tests reads axe-core (version pinned in tests/browser/axe/package.json
+# and its lock file) from node_modules: npm fetches it here, never at test time.
+$(AXE): tests/browser/axe/package.json tests/browser/axe/package-lock.json
+	npm ci --prefix tests/browser/axe --no-audit --no-fund --loglevel=error
+	@touch $(AXE)
+
 # Browser tests drive Debian's Chromium; Playwright never downloads a browser.
 chromium:
 	@if [ ! -x /usr/bin/chromium ]; then \
@@ -62,4 +69,4 @@ chromium:
 	fi
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache tests/browser/axe/node_modules

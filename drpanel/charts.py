@@ -3,7 +3,10 @@
 The content security policy forbids inline styles, so every colour and size is an SVG
 presentation attribute (``fill=``, ``stroke=``, ``font-size=``), which the policy does not
 govern. Every bar or line is a link to what it stands for, with a ``<title>`` for the
-tooltip and for screen readers; each chart has a title and a one-line description.
+tooltip and an ``aria-label`` for screen readers; each chart has a title and a one-line description.
+The chart is a labelled group, not an image (an image's children are hidden from assistive
+technology, and so would its links be), so each link is reached with the keyboard and read by
+name; a table of the same figures, with the same links, follows it as its text alternative.
 Texts and URLs are escaped; the functions return safe strings for templates.
 """
 
@@ -26,12 +29,30 @@ OK, BAD = "#1e7a46", "#b3261e"
 BANDS = (("#e5f4ea", HEALTHY_FROM, 100), ("#fff3d6", WARNING_FROM, HEALTHY_FROM), ("#fde8e6", 0, WARNING_FROM))
 
 
-def _svg(key: str, title: str, description: str, body: list[str]) -> SafeString:
-    head = (f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
-            f'aria-labelledby="{key}-title {key}-desc" preserveAspectRatio="xMidYMid meet" '
+def _svg(key: str, title: str, description: str, body: list[str], table: str) -> SafeString:
+    head = (f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="group" '
+            f'aria-labelledby="{key}-title" aria-describedby="{key}-desc" preserveAspectRatio="xMidYMid meet" '
             f'font-family="system-ui, sans-serif" xmlns="http://www.w3.org/2000/svg">'
             f'<title id="{key}-title">{escape(title)}</title><desc id="{key}-desc">{escape(description)}</desc>')
-    return mark_safe(head + "".join(body) + "</svg>")  # noqa: S308 - every text and URL above is escaped
+    return mark_safe(head + "".join(body) + "</svg>" + table)  # noqa: S308 - every text and URL here is escaped
+
+
+def _link(url: str, label: str, shape: str) -> str:
+    """A keyboard-reachable link around a mark of the chart, named for screen readers."""
+    return f'<a href="{escape(url)}" aria-label="{escape(label)}">{shape}</a>'
+
+
+def _table(key: str, title: str, head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """The chart's figures as a table: its text alternative. Cells are HTML, escaped by the caller."""
+    cells = "".join(f"<tr>{''.join(f'<td>{c}</td>' for c in row)}</tr>" for row in rows)
+    return (f'<details class="chart-data" data-testid="{key}-data"><summary>{escape(title)}: the figures as a table'
+            f'</summary><div class="table-wrap"><table class="table"><thead><tr>'
+            f'{"".join(f"<th scope=col>{escape(h)}</th>" for h in head)}</tr></thead>'
+            f'<tbody>{cells}</tbody></table></div></details>')
+
+
+def _cell_link(url: str, text: str) -> str:
+    return f'<a href="{escape(url)}">{escape(text)}</a>'
 
 
 def _plot_x(at: datetime, start: datetime, end: datetime) -> float:
@@ -86,9 +107,11 @@ def health_chart(series: list[dict], start: datetime, end: datetime) -> SafeStri
                     f'stroke-dasharray="4 3"/>')
         if x - LEFT > 150:
             body.append(_text(x - 6, TOP + 14, f"no history before {format_at(min(firsts), 'd M H:i')}", anchor="end"))
+    rows = []
     for s in series:
         points = s["points"]
         if not points:
+            rows.append((escape(s["name"]), "not recorded yet", "", "0"))
             continue
         coords = []
         for n, (at, score) in enumerate(points):
@@ -98,13 +121,20 @@ def health_chart(series: list[dict], start: datetime, end: datetime) -> SafeStri
             coords.append(f"{x},{y}")
         coords.append(f"{_plot_x(end, start, end)},{_plot_y(points[-1][1], 100)}")
         last_at, last_score = points[-1]
-        body.append(f'<a href="{escape(s["url"])}"><polyline points="{" ".join(coords)}" fill="none" '
-                    f'stroke="{s["color"]}" stroke-width="2.5" stroke-linejoin="round">'
-                    f'<title>{escape(s["name"])}: {last_score} since {format_at(last_at)}</title></polyline>'
-                    f'<circle cx="{_plot_x(end, start, end)}" cy="{_plot_y(last_score, 100)}" r="4" '
-                    f'fill="{s["color"]}"><title>{escape(s["name"])}: {last_score} now</title></circle></a>')
-    return _svg("health-chart", "Health score over 30 days",
-                "Recorded health score per system; healthy from 90, warning 67 to 89, critical up to 66.", body)
+        body.append(_link(s["url"], f'{s["name"]}: health score {last_score} since {format_at(last_at)}',
+                          f'<polyline points="{" ".join(coords)}" fill="none" '
+                          f'stroke="{s["color"]}" stroke-width="2.5" stroke-linejoin="round">'
+                          f'<title>{escape(s["name"])}: {last_score} since {format_at(last_at)}</title></polyline>'
+                          f'<circle cx="{_plot_x(end, start, end)}" cy="{_plot_y(last_score, 100)}" r="4" '
+                          f'fill="{s["color"]}"><title>{escape(s["name"])}: {last_score} now</title></circle>'))
+        lowest = min(score for _, score in points)
+        rows.append((_cell_link(s["url"], s["name"]), f"{last_score} since {escape(format_at(last_at))}",
+                     str(lowest), str(len(points))))
+    title = "Health score over 30 days"
+    return _svg("health-chart", title,
+                "Recorded health score per system; healthy from 90, warning 67 to 89, critical up to 66.", body,
+                _table("health-chart", title, ("System", "Score now", "Lowest in the window", "Scores recorded"),
+                       rows))
 
 
 def sizes_chart(bars: list[dict], start: datetime, end: datetime, *, title: str) -> SafeString:
@@ -126,11 +156,15 @@ def sizes_chart(bars: list[dict], start: datetime, end: datetime, *, title: str)
         x = _plot_x(bar["at"], start, end) - width / 2
         y = _plot_y(bar["value"], top)
         height = max(1.0, round(HEIGHT - BOTTOM - y, 1))
-        body.append(f'<a href="{escape(bar["url"])}"><rect x="{round(x, 1)}" y="{round(HEIGHT - BOTTOM - height, 1)}" '
-                    f'width="{width}" height="{height}" fill="{bar["color"]}">'
-                    f'<title>{escape(bar["label"])}</title></rect></a>')
+        body.append(_link(bar["url"], bar["label"],
+                          f'<rect x="{round(x, 1)}" y="{round(HEIGHT - BOTTOM - height, 1)}" '
+                          f'width="{width}" height="{height}" fill="{bar["color"]}">'
+                          f'<title>{escape(bar["label"])}</title></rect>'))
     key = "sizes-" + "".join(c for c in title.lower() if c.isalnum())
-    return _svg(key, title, f"{len(bars)} artifact(s); the tallest is {filesizeformat(top)}.", body)
+    rows = [(_cell_link(bar["url"], bar["label"]), escape(format_at(bar["at"])), escape(filesizeformat(bar["value"])))
+            for bar in bars]
+    return _svg(key, title, f"{len(bars)} artifact(s); the tallest is {filesizeformat(top)}.", body,
+                _table(key, title, ("Artifact", "Created", "Stored size"), rows))
 
 
 def rto_chart(drills: list, target_seconds: int) -> SafeString:
@@ -144,18 +178,23 @@ def rto_chart(drills: list, target_seconds: int) -> SafeString:
     target_y = _plot_y(target_seconds, top)
     body = [f'<line x1="{LEFT}" y1="{HEIGHT - BOTTOM}" x2="{WIDTH - RIGHT}" y2="{HEIGHT - BOTTOM}" stroke="{GRID}"/>',
             _text(LEFT - 6, HEIGHT - BOTTOM + 4, "0", anchor="end")]
+    rows = []
     for n, drill in enumerate(drills):
         x = LEFT + slot * n + (slot - width) / 2
         y = _plot_y(drill.seconds, top)
         met = drill.seconds <= target_seconds
-        body.append(f'<a href="{escape(drill.url)}"><rect x="{round(x, 1)}" y="{y}" width="{round(width, 1)}" '
-                    f'height="{round(HEIGHT - BOTTOM - y, 1)}" fill="{OK if met else BAD}">'
-                    f'<title>{escape(drill.label)}: RTO {format_age(timedelta(seconds=drill.seconds))} '
-                    f'({"within" if met else "over"} the target)</title></rect></a>')
+        rto = format_age(timedelta(seconds=drill.seconds))
+        said = f'{drill.label}: RTO {rto} ({"within" if met else "over"} the target)'
+        body.append(_link(drill.url, said, f'<rect x="{round(x, 1)}" y="{y}" width="{round(width, 1)}" '
+                                            f'height="{round(HEIGHT - BOTTOM - y, 1)}" fill="{OK if met else BAD}">'
+                                            f'<title>{escape(said)}</title></rect>'))
+        rows.append((_cell_link(drill.url, drill.label), escape(format_at(drill.at)),
+                     escape(rto), "within" if met else "over"))
         body.append(_text(round(x + width / 2, 1), HEIGHT - 8, f"{drill.at:%d %b}", anchor="middle"))
     body.append(f'<line x1="{LEFT}" y1="{target_y}" x2="{WIDTH - RIGHT}" y2="{target_y}" stroke="{INK}" '
                 f'stroke-dasharray="6 4"/>')
     body.append(_text(WIDTH - RIGHT, target_y - 4, f"target {format_age(timedelta(seconds=target_seconds))}",
                       anchor="end", fill=INK))
-    return _svg("rto-chart", "RTO per drill", f"{len(drills)} drill(s) against the "
-                f"{format_age(timedelta(seconds=target_seconds))} target.", body)
+    target = format_age(timedelta(seconds=target_seconds))
+    return _svg("rto-chart", "RTO per drill", f"{len(drills)} drill(s) against the {target} target.", body,
+                _table("rto-chart", "RTO per drill", ("Drill", "At", "RTO", f"Against the {target} target"), rows))

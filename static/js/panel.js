@@ -1,4 +1,4 @@
-/* DR Panel's small script: confirmations for destructive forms and live regions that poll.
+/* DR Panel's small script: confirmations for destructive forms and areas that poll, announced when they change.
  * No inline handlers (CSP forbids them); behaviour hangs on data- attributes. */
 (function () {
   "use strict";
@@ -26,11 +26,38 @@
     });
   }
 
+  // A polling area is not itself a live region: a screen reader would read it out at every refresh.
+  // Its fragment names its state in data-announce; one polite live region beside the area says that
+  // text when, and only when, it differs from the last one (the state changed, not the percentage).
+  function announcer(el) {
+    var region = document.createElement("p");
+    region.className = "sr-only";
+    region.setAttribute("role", "status");
+    region.setAttribute("aria-live", "polite");
+    region.setAttribute("aria-atomic", "true");
+    region.setAttribute("data-testid", "poll-announcer");
+    el.insertAdjacentElement("afterend", region);
+    var last = announcement(el);
+    return function () {
+      var now = announcement(el);
+      if (now && now !== last) {
+        region.textContent = now;
+        last = now;
+      }
+    };
+  }
+
+  function announcement(el) {
+    var named = el.querySelector("[data-announce]");
+    return named ? named.getAttribute("data-announce") : "";
+  }
+
   // <div data-poll="/url" data-poll-interval="2000"> is replaced by the fragment the URL
   // returns, until the fragment carries data-poll-done.
   function poll(el) {
     var url = el.getAttribute("data-poll");
     var interval = parseInt(el.getAttribute("data-poll-interval") || "2000", 10);
+    var announce = announcer(el);
     var timer = window.setInterval(function () {
       // Someone typing in a form of the region (a note, an evidence link) keeps what they typed.
       var active = document.activeElement;
@@ -44,6 +71,7 @@
           el.innerHTML = html;
           el.removeAttribute("data-poll-error");
           wireTypeToConfirm(el);
+          announce();
           if (el.querySelector("[data-poll-done]")) {
             window.clearInterval(timer);
             document.dispatchEvent(new CustomEvent("drpanel:poll-done", { detail: el }));

@@ -127,8 +127,8 @@ def test_the_charts_are_inline_svg_without_style_and_link_to_their_evidence(clie
     html = page(clients)
     assert html.count("<svg") >= 3 and "style=" not in html
     chart = html[html.index('data-testid="size-charts"'):html.index('data-testid="rto-chart"')]
-    assert f'<a href="/artifacts/{healthy["full"].pk}/"><rect' in chart
-    assert f'<a href="/systems/{catalog.system.pk}/health"><polyline' in html
+    assert re.search(f'<a href="/artifacts/{healthy["full"].pk}/" aria-label="[^"<>]+"><rect', chart)
+    assert re.search(f'<a href="/systems/{catalog.system.pk}/health" aria-label="[^"<>]+"><polyline', html)
     assert "no history before 25 Nov 12:00 UTC" in html
 
 
@@ -189,7 +189,28 @@ def test_the_rto_chart_draws_each_drill_against_the_target():
               Drill(NOW - timedelta(days=2), 1200, "drill 2", "/restores/2/")]
     svg = str(rto_chart(drills, 900))
     assert svg.count("<rect") == 2 and 'fill="#1e7a46"' in svg and 'fill="#b3261e"' in svg
-    assert '<a href="/restores/2/">' in svg and "target 15 min" in svg and "RTO 20 min (over the target)" in svg
+    assert '<a href="/restores/2/" aria-label="drill 2: RTO 20 min (over the target)"><rect' in svg
+    assert "target 15 min" in svg and "RTO 20 min (over the target)" in svg
+
+
+def test_chart_links_are_named_and_not_hidden_inside_an_image_and_a_table_repeats_them():
+    drills = [Drill(NOW - timedelta(days=9), 600, "drill 1", "/restores/1/"),
+              Drill(NOW - timedelta(days=2), 1200, "drill 2", "/restores/2/")]
+    html = str(rto_chart(drills, 900))
+    svg, table = html[:html.index("</svg>")], html[html.index("</svg>"):]
+    # An image's children are presentational: its links would be out of reach of a screen reader.
+    assert 'role="img"' not in svg and 'role="group"' in svg and 'aria-labelledby="rto-chart-title"' in svg
+    assert re.findall(r'<a href="(/restores/\d/)" aria-label="[^"]+">', svg) == ["/restores/1/", "/restores/2/"]
+    rows = re.findall(r"<tr><td><a href=\"(/restores/\d/)\">(drill \d)</a></td><td>[^<]+</td><td>([^<]+)</td>"
+                      r"<td>(within|over)</td></tr>", table)
+    assert rows == [("/restores/1/", "drill 1", "10 min", "within"), ("/restores/2/", "drill 2", "20 min", "over")]
+
+    bars = [{"at": NOW - timedelta(hours=n), "value": 1000 * n, "color": "#000", "url": f"/artifacts/{n}/",
+             "label": f"full {n}"} for n in (1, 2, 3)]
+    html = str(sizes_chart(bars, NOW - timedelta(days=30), NOW, title="full backup sizes"))
+    svg, table = html[:html.index("</svg>")], html[html.index("</svg>"):]
+    assert len(re.findall(r'<a href="/artifacts/\d/" aria-label="full \d"><rect', svg)) == 3
+    assert re.findall(r'<td><a href="/artifacts/(\d)/">full \d</a></td>', table) == ["1", "2", "3"]
 
 
 def test_chart_texts_are_escaped():
@@ -197,8 +218,10 @@ def test_chart_texts_are_escaped():
                "first_recorded": NOW}]
     svg = str(health_chart(series, NOW - timedelta(days=30), NOW))
     assert "<script>" not in svg and "&lt;script&gt;" in svg and "/x?a=1&amp;b=2" in svg
+    assert "/x?a=1&b" not in svg, "the table's links are escaped too"
     bars = [{"at": NOW, "value": 10, "color": "#000", "url": "/a", "label": 'x" onload="y'}]
-    assert 'x" onload' not in str(sizes_chart(bars, NOW - timedelta(days=30), NOW, title="t"))
+    sizes = str(sizes_chart(bars, NOW - timedelta(days=30), NOW, title="t"))
+    assert 'x" onload' not in sizes and "x&quot; onload" in sizes
 
 
 def test_a_health_chart_without_any_score_says_so():
