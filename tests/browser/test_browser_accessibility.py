@@ -92,7 +92,7 @@ def main_pages(estate) -> list[str]:
             f"/restores/new?artifact={artifact.pk}", "/restores/", f"/restores/runs/{estate['waiting'].pk}/",
             f"/restores/runs/{estate['drill'].pk}/", f"/approvals/protection/{estate['grant'].pk}",
             "/checklists/", "/certifications/", "/certifications/2026-11/", "/audit/", "/audit/events/1/",
-            "/contacts/"]
+            "/contacts/", "/contacts/notifications/"]
 
 
 def axe_check(page, axe_source) -> list[dict]:
