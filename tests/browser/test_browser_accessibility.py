@@ -16,6 +16,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from compliance.health_recompute import health_recompute
 from drpanel import clock
 from restores import targets
+from restores.incidents import incident_declare
 from restores.models import RestoreRun, Target
 from tests.support import restore_awaiting_approval
 
@@ -64,7 +65,8 @@ def axe_source():
 @pytest.fixture
 def estate(catalog, healthy, roster, operator, manager, auditor, admin, outsider, monkeypatch):
     """What the main pages show: a healthy system with its charts, a production restore waiting for a manager,
-    a timed drill, a pending grant of ``approve_restore`` (a protection approval) and the roster."""
+    a timed drill, a pending grant of ``approve_restore`` (a protection approval), an open incident and the
+    roster."""
     monkeypatch.setenv("DRPANEL_SECRET_A11Y_PRODUCTION_URL", "postgresql://127.0.0.1:1/none")
     production = Target.objects.create(name="shop-production", environment="production", system=catalog.system,
                                        database_ref="env:DRPANEL_SECRET_A11Y_PRODUCTION_URL")
@@ -81,9 +83,12 @@ def estate(catalog, healthy, roster, operator, manager, auditor, admin, outsider
                                       created_at=healthy_at - timedelta(seconds=420), healthy_at=healthy_at,
                                       finished_at=healthy_at, rto_seconds=420.0, rpo_seconds=3600.0)
     grant = targets.target_right_grant(actor=admin, target=staging, user=manager, right="approve_restore")
+    # An open incident: its page polls, and every page shows its banner and ticking clock.
+    incident = incident_declare(actor=operator, system=catalog.system, scenario="database", severity="critical",
+                                target=production)
     health_recompute(catalog.system)
     return {"system": catalog.system, "artifact": healthy["full"], "waiting": waiting, "drill": drill,
-            "grant": grant}
+            "grant": grant, "incident": incident}
 
 
 def main_pages(estate) -> list[str]:
@@ -92,7 +97,7 @@ def main_pages(estate) -> list[str]:
             f"/restores/new?artifact={artifact.pk}", "/restores/", f"/restores/runs/{estate['waiting'].pk}/",
             f"/restores/runs/{estate['drill'].pk}/", f"/approvals/protection/{estate['grant'].pk}",
             "/checklists/", "/certifications/", "/certifications/2026-11/", "/audit/", "/audit/events/1/",
-            "/contacts/", "/contacts/notifications/"]
+            "/contacts/", "/contacts/notifications/", "/incidents/", f"/incidents/{estate['incident'].pk}/"]
 
 
 def axe_check(page, axe_source) -> list[dict]:
@@ -180,6 +185,17 @@ def test_the_keyboard_reaches_everything_with_a_visible_focus_skip_link_first_an
     assert sum(1 for name in chart_links if name.startswith("chatbotdysa full")) >= 1, chart_links
 
 
+# Counts the refreshes of the polling area and records what its announcer says.
+WATCH = """() => {
+  window.refreshes = 0; window.said = [];
+  new MutationObserver(() => { window.refreshes += 1; })
+    .observe(document.querySelector("[data-poll]"), {childList: true});
+  const announcer = document.querySelector("[data-testid=poll-announcer]");
+  new MutationObserver(() => { window.said.push(announcer.textContent); })
+    .observe(announcer, {childList: true, characterData: true, subtree: true});
+}"""
+
+
 def step(name: str, state: str) -> dict:
     """A step as ``drpanel.runs.StepList`` saves it on the run's row."""
     return {"name": name, "state": state, "weight": 1, "started_at": None, "finished_at": None, "duration_ms": None,
@@ -192,14 +208,7 @@ def test_a_polling_run_page_announces_changes_of_state_and_not_each_refresh(page
     page.wait_for_url(f"{live_server.url}/")
     page.goto(f"{live_server.url}/restores/runs/{run.pk}/")
     assert page.locator("[aria-live]").count() == 1, "one live region: the announcer, not the polling area"
-    page.evaluate("""() => {
-      window.refreshes = 0; window.said = [];
-      new MutationObserver(() => { window.refreshes += 1; })
-        .observe(document.querySelector("[data-poll]"), {childList: true});
-      const announcer = document.querySelector("[data-testid=poll-announcer]");
-      new MutationObserver(() => { window.said.push(announcer.textContent); })
-        .observe(announcer, {childList: true, characterData: true, subtree: true});
-    }""")
+    page.evaluate(WATCH)
 
     def said(count: int) -> list[str]:
         try:
@@ -230,4 +239,19 @@ def test_a_polling_run_page_announces_changes_of_state_and_not_each_refresh(page
     said(2)
     refreshes_later(2)
     assert page.evaluate("() => window.said") == ["Restore running: step fetch", "Restore running: step restore"]
+    page.goto("about:blank")
+
+
+def test_an_open_incident_page_keeps_quiet_while_its_clock_ticks(page, live_server, sign_in, estate):
+    sign_in(page, "operator")
+    page.wait_for_url(f"{live_server.url}/")
+    page.goto(f"{live_server.url}/incidents/{estate['incident'].pk}/")
+    assert page.locator("[aria-live]").count() == 1, "one live region: the announcer, not the polling area"
+    assert page.get_by_role("region", name="Open incidents").count() == 1, "the banner on every page is no alert"
+    page.evaluate(WATCH)
+    clock = page.get_by_test_id("incident-clock")
+    first = clock.inner_text()
+    page.wait_for_function("() => window.refreshes >= 2", timeout=30_000)
+    assert clock.inner_text() != first, "the clock ticked"
+    assert page.evaluate("() => window.said") == [], "and nothing was announced"
     page.goto("about:blank")
