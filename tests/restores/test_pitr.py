@@ -358,3 +358,45 @@ def test_without_the_right_the_api_answers_403_and_the_refusal_is_audited(api_st
         assert answer.status_code == 403, (who, answer.json())
         assert AuditEvent.objects.filter(actor_username=who, action="access.denied", outcome="denied").exists()
     assert not RestoreRun.objects.exists()
+
+
+# --- the form ----------------------------------------------------------------------------------------
+
+
+def test_the_form_offers_ten_minutes_ago_in_the_panels_zone_and_reads_the_time_there(api_staging, clients,
+                                                                                      settings):
+    settings.TIME_ZONE = "Europe/Paris"
+    url = "/restores/new/point-in-time"
+    page = clients["operator"].get(url, {"system": "shop"}).content.decode()
+    paris = ZoneInfo("Europe/Paris")
+    ten_ago = timezone.now().astimezone(paris) - timedelta(minutes=10)
+    assert f"Date and time, {ten_ago:%Z}" in page and f'value="{ten_ago:%Y-%m-%d %H:%M}' in page
+
+    answer = clients["operator"].post(url, {"system": "shop", "target": api_staging.pk, "kind": "time",
+                                            "time": f"{ten_ago:%Y-%m-%d %H:%M:%S}", "confirm": api_staging.name})
+
+    run = RestoreRun.objects.get()
+    assert answer.status_code == 302 and answer.url == f"/restores/runs/{run.pk}/"
+    assert run.recovery_time == ten_ago.replace(microsecond=0, tzinfo=paris) and run.artifact is None
+    detail = clients["operator"].get(answer.url).content.decode()
+    assert f"shop at {ten_ago:%Y-%m-%d %H:%M:%S} {ten_ago:%Z}" in detail
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"kind": "time", "time": "last tuesday"}, "is not a date and time"),
+    ({"kind": "name", "name": "x'; DROP"}, "restore point name"),
+    ({"kind": "time", "time": "2000-01-01 00:00:00"}, "before the first base backup"),
+    ({"kind": "latest", "confirm": "nope"}, "type the target"),
+])
+def test_the_form_refuses_a_bad_point_with_a_reason_and_records_nothing(api_staging, clients, fields, message):
+    body = {"system": "shop", "target": api_staging.pk, "confirm": api_staging.name, **fields}
+    answer = clients["operator"].post("/restores/new/point-in-time", body)
+    assert answer.status_code == 400 and message in answer.content.decode()
+    assert not RestoreRun.objects.exists()
+
+
+def test_the_form_is_refused_to_those_who_may_not_restore(api_staging, clients):
+    for who in ("auditor", "outsider"):
+        assert clients[who].get("/restores/new/point-in-time", {"system": "shop"}).status_code == 403
+    assert clients["operator"].get("/restores/new/point-in-time", {"system": "nope"}).status_code == 404
+    assert AuditEvent.objects.filter(actor_username="auditor", action="access.denied").exists()
