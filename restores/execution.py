@@ -92,6 +92,11 @@ class RestoreRuns(runs.RunKind):
         run = RestoreRun.objects.select_related("artifact", "config_artifact").filter(pk=run_id).first()
         if run is None:
             return self.timeout
+        if run.is_point_in_time:
+            # The whole server is recovered, then one database dumped and restored: the base backup's size, twice.
+            base = Artifact.objects.filter(system_id=run.recovery_system_id, kind=Artifact.Kind.BASE,
+                                           status=Artifact.Status.AVAILABLE).order_by("-created_at").first()
+            return restore_timeout(2 * ((base.size or 0) if base else 0))
         size = sum((a.plaintext_size or 0) + (a.size or 0) for a in (run.artifact, run.config_artifact) if a)
         return restore_timeout(size)
 
@@ -522,14 +527,16 @@ class _Execution:
     def succeed(self, healthy_at) -> None:
         run = self.run
         rto = (healthy_at - run.created_at).total_seconds()
-        rpo = (run.swapped_at - recovered_from(run)).total_seconds()
+        origin = recovered_from(run)
+        rpo = (run.swapped_at - origin).total_seconds() if origin else None
         with transaction.atomic():
             if not transition(run, RestoreRun.State.RUNNING, RestoreRun.State.SUCCEEDED, healthy_at=healthy_at,
                               finished_at=timezone.now(), rto_seconds=rto, rpo_seconds=rpo, percent=100,
                               eta_seconds=None):
                 raise RunFailure("the run was marked failed while it worked (its worker was presumed dead)")
             audit_record(actor=None, action=AuditAction.RESTORE_SUCCEEDED, obj=run,
-                         details=audit_details(run, rto_seconds=round(rto, 3), rpo_seconds=round(rpo, 3),
+                         details=audit_details(run, rto_seconds=round(rto, 3),
+                                               rpo_seconds=round(rpo, 3) if rpo is not None else None,
                                                rollback_until=run.rollback_until))
 
 
@@ -547,13 +554,13 @@ def base_backup_for(system, point) -> Artifact:
 
 def recovered_from(run: RestoreRun):
     """The moment whose data went live: the artifact's time, or the recovery point's (for latest or a name, the
-    last commit replayed, when the recovered copy knew it)."""
+    last commit replayed; None when the recovered copy did not know it)."""
     if not run.is_point_in_time:
         return run.artifact.created_at
     if run.recovery_time:
         return run.recovery_time
     recovered_to = (run.results.get("recovery") or {}).get("recovered_to")
-    return datetime.fromisoformat(recovered_to) if recovered_to else run.created_at
+    return datetime.fromisoformat(recovered_to) if recovered_to else None
 
 
 def restore_fail(run_id, message: str, *, expected=(RestoreRun.State.RUNNING,)) -> bool:

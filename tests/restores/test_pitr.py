@@ -191,7 +191,7 @@ def test_a_point_in_time_restore_into_staging_brings_back_exactly_the_rows_befor
     streams(server)
     take_base_backup(shop, operator)
     committed_at(server, "before-1", dbname=dbname)
-    committed_at(server, "before-2", dbname=dbname)
+    last_before = committed_at(server, "before-2", dbname=dbname)
     time.sleep(1.1)  # the point is a timestamp: the next commit falls in a later second
     moment = datetime.now(UTC).replace(microsecond=0)
     time.sleep(1.1)
@@ -214,6 +214,8 @@ def test_a_point_in_time_restore_into_staging_brings_back_exactly_the_rows_befor
     assert "/" in position and position in steps["recover to the point"]["detail"]
     assert steps["dump the database"]["bytes"] > 0 and steps["sanity checks"]["state"] == "succeeded"
     assert run.rpo_seconds == pytest.approx((run.swapped_at - moment).total_seconds(), abs=0.01)
+    # The last commit replayed is known after promotion (it is what "latest" and a named point take as RPO).
+    assert datetime.fromisoformat(run.results["recovery"]["last_commit"]) <= last_before
     succeeded = [e for e in restore_events(run) if e.action == "restore.succeeded"][0]
     assert succeeded.details["recovery_point"] == f"time {moment.isoformat()}"
     assert succeeded.details["system"] == "shop" and succeeded.details["artifact"] is None
