@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from django.urls import path
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
@@ -310,6 +311,8 @@ class RecoveryPointSerializer(InputSerializer):
                                               "an ISO-8601 date and time with its offset"]}) from None
         if moment.tzinfo is None:
             raise ValidationError({"time": ["give its offset (e.g. +00:00): a time without a zone is ambiguous"]})
+        if moment > timezone.now():
+            raise ValidationError({"time": ["in the future: nothing to recover yet"]})
         return RecoveryPoint.at(moment)
 
 
@@ -326,8 +329,10 @@ class RestoreRequestSerializer(InputSerializer):
 
     def validate(self, attrs):
         if ("artifact" in attrs) == ("recovery_point" in attrs):
-            field = "artifact" if "artifact" in attrs else "recovery_point"
+            field = "recovery_point" if "artifact" in attrs else "artifact"
             raise ValidationError({field: ["give exactly one of artifact or recovery_point"]})
+        if "recovery_point" in attrs and attrs["mode"] != RestoreRun.Mode.DATABASE:
+            raise ValidationError({"mode": ["a point-in-time restore is database-only"]})
         if "recovery_point" in attrs and "system" not in attrs:
             raise ValidationError({"system": ["a recovery point needs the system's name"]})
         if "artifact" in attrs and "system" in attrs:

@@ -203,8 +203,9 @@ def restore_approve(*, actor, run: RestoreRun, password: str, note: str = "", re
             _expire(run)
         raise RestoreConflict(str(exc)) from None
     with transaction.atomic():
-        locked = RestoreRun.objects.select_for_update().select_related("target", "artifact", "requested_by").get(
-            pk=run.pk)
+        # Only the run's row: its artifact is on the nullable side of the join for a point-in-time restore.
+        locked = RestoreRun.objects.select_for_update(of=("self",)).select_related(
+            "target", "artifact", "recovery_system", "requested_by").get(pk=run.pk)
         if not transition(locked, RestoreRun.State.AWAITING_APPROVAL, RestoreRun.State.APPROVED):
             raise RestoreConflict(f"this restore is {locked.get_state_display()} now")
         approval = approval_consume(approval=run.approval, params=run_binding_params(locked), actor=actor)

@@ -225,7 +225,7 @@ def test_a_point_in_time_restore_into_staging_brings_back_exactly_the_rows_befor
 
 
 def test_a_production_point_in_time_restore_waits_for_approval_and_the_approver_sees_the_point(
-        shop, server, operator, manager, scratch, monkeypatch, clients):
+        shop, server, operator, manager, scratch, monkeypatch, clients, password):
     base_row(shop, ended=timezone.now() - timedelta(hours=2))
     production, _ = point_target(scratch, monkeypatch, server, name="shop-pitr-prod", environment="production",
                                  system=shop)
@@ -244,6 +244,8 @@ def test_a_production_point_in_time_restore_waits_for_approval_and_the_approver_
     shown = timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S")
     zone = timezone.localtime(moment).strftime("%Z")
     assert f"shop at {shown} {zone}" in page and 'data-testid="approval-recovery-point"' in page
+    approved = requests.restore_approve(actor=manager, run=run, password=password)
+    assert approved.state == "queued" and "restore.approved" in [e.action for e in restore_events(run)]
     # Another point is another restore: the approval is bound to this one.
     other = runstate.point_binding_params(system=shop, point=RecoveryPoint.latest(), target=production,
                                           mode="database-only")
@@ -338,18 +340,19 @@ def test_the_api_accepts_each_kind_of_recovery_point(api_staging, clients):
     ({"recovery_point": {}}, "non_field_errors"),
     ({"recovery_point": "latest"}, "non_field_errors"),
     ({"recovery_point": {"latest": True, "when": "now"}}, "when"),
-    ({"artifact": "6f1c3a57-0000-4000-8000-000000000000"}, "artifact"),
+    ({"artifact": "6f1c3a57-0000-4000-8000-000000000000"}, "recovery_point"),
+    ({"recovery_point": None}, "artifact"),
     ({"system": None}, "system"),
     ({"system": "nope"}, "system"),
-    ({"mode": "full"}, "detail"),
-    ({"recovery_point": {"time": "2999-01-01T00:00:00+00:00"}}, "detail"),
+    ({"mode": "full"}, "mode"),
+    ({"recovery_point": {"time": "2999-01-01T00:00:00+00:00"}}, "time"),
 ])
 def test_the_api_answers_400_naming_the_field_for_each_bad_body(api_staging, clients, change, field):
     body = {key: value for key, value in point_body(**change).items() if value is not None}
     answer = api_post(clients["operator"], body)
     assert answer.status_code == 400
     shown = answer.json()
-    assert field in json.dumps(shown), shown
+    assert field in json.dumps(shown["errors"]), shown
     assert not RestoreRun.objects.exists()
 
 
