@@ -161,13 +161,14 @@ def _restore_runs(start: datetime, end: datetime, rto_target: int, rpo_target: i
                  .values_list("pk", flat=True))
     rows = []
     for run in (RestoreRun.objects.filter(created_at__gte=start, created_at__lt=end)
-                .select_related("target", "artifact__system", "requested_by", "approval__decided_by")
+                .select_related("target", "artifact__system", "recovery_system", "requested_by",
+                                "approval__decided_by")
                 .order_by("created_at")):
         rto, rpo = _seconds(run.rto_seconds), _seconds(run.rpo_seconds)
         rows.append({
             "id": str(run.pk), "url": reverse("restores:run-detail", args=[run.pk]),
-            "system": run.artifact.system.name, "artifact": str(run.artifact_id),
-            "artifact_url": _artifact_url(run.artifact_id), "target": run.target.name,
+            "system": run.source_system.name, "artifact": str(run.artifact_id) if run.artifact_id else None,
+            "artifact_url": _artifact_url(run.artifact_id) if run.artifact_id else None, "target": run.target.name,
             "environment": run.target.environment, "mode": run.mode, "drill": run.pk in drills,
             "state": run.state, "requested_by": username_of(run.requested_by),
             "approved_by": username_of(run.approval.decided_by) if run.approval else None,
@@ -281,11 +282,11 @@ def _failures(start: datetime, end: datetime, failed_verifications: list) -> lis
                      "remediation": fix | {"note": "a later verification of the same artifact passed"
                                            if fix["state"] == "remediated" else REMEDIATION_ADVICE[reason]}})
     for run in (RestoreRun.objects.filter(created_at__gte=start, created_at__lt=end, state=RestoreRun.State.FAILED)
-                .select_related("target", "artifact__system").order_by("created_at")):
+                .select_related("target", "artifact__system", "recovery_system").order_by("created_at")):
         fix = _later_success(RestoreRun.objects.filter(target=run.target_id, state=RestoreRun.State.SUCCEEDED),
                              run.created_at, "restores:run-detail")
         rows.append({"what": "restore", "id": str(run.pk), "url": reverse("restores:run-detail", args=[run.pk]),
-                     "system": run.artifact.system.name, "detail": f"restore into {run.target.name}",
+                     "system": run.source_system.name, "detail": f"restore into {run.target.name}",
                      "at": iso_time(run.created_at), "error": run.error[:500], "reason": None,
                      "remediation": fix | {"note": f"a later restore into {run.target.name} succeeded"
                                            if fix["state"] == "remediated" else

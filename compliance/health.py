@@ -29,6 +29,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from django.db.models import Q
 from django.urls import reverse
 
 from backups.continuous import wal_stream_status
@@ -326,7 +327,8 @@ def last_restore_test(system: System, now: datetime | None = None) -> RestoreTes
 
 
 def _last_staging_restore(system: System, now: datetime):
-    return (RestoreRun.objects.filter(artifact__system=system, healthy_at__isnull=False, healthy_at__lte=now,
+    return (RestoreRun.objects.filter(Q(artifact__system=system) | Q(recovery_system=system),
+                                      healthy_at__isnull=False, healthy_at__lte=now,
                                       target__environment__in=[Target.Environment.STAGING, Target.Environment.SCRATCH],
                                       state__in=[RestoreRun.State.SUCCEEDED, RestoreRun.State.ROLLED_BACK])
             .select_related("target").order_by("-healthy_at").first())

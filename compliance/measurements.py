@@ -120,7 +120,7 @@ def _timed_runs():
     """Restore runs whose RTO was measured (request → healthy): succeeded, or rolled back after going live."""
     return (RestoreRun.objects.filter(rto_seconds__isnull=False, healthy_at__isnull=False)
             .filter(Q(state=RestoreRun.State.SUCCEEDED) | Q(state=RestoreRun.State.ROLLED_BACK))
-            .select_related("target", "artifact__system"))
+            .select_related("target", "artifact__system", "recovery_system"))
 
 
 def drill_filter():
@@ -131,7 +131,7 @@ def drill_filter():
 def _as_drill(run) -> Drill:
     kind = "drill" if run.is_drill or not run.target.is_production else "restore"
     return Drill(at=run.healthy_at, seconds=round(run.rto_seconds),
-                 label=f"{kind} {run.short_id} of {run.artifact.system.name} into {run.target.name} "
+                 label=f"{kind} {run.short_id} of {run.source_system.name} into {run.target.name} "
                        f"({run.target.environment})",
                  url=reverse("restores:run-detail", args=[run.pk]))
 

@@ -5,10 +5,13 @@ Same services, permissions and audit events as the pages. Refusals answer with a
 in a state that allows it), 400 (bad input), 404 (missing, or a target you may not see).
 """
 
+from datetime import datetime
+
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
 from django.urls import path
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
@@ -16,7 +19,7 @@ from rest_framework.generics import RetrieveAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from backups.models import Artifact
+from backups.models import Artifact, System
 from drpanel import runs
 from drpanel.api import (
     PAGE_PARAMETERS,
@@ -49,6 +52,7 @@ from restores.models import (
     Target,
     VerificationRun,
 )
+from restores.pitr import RecoveryPoint
 from restores.selectors import access_run, access_target, access_verification, rights_of, visible_runs, visible_targets
 
 
@@ -147,7 +151,8 @@ RestoreStateSchema = inline_serializer("RestoreState", {"id": serializers.UUIDFi
                                                         "state": serializers.CharField()})
 RestoreSchema = inline_serializer("Restore", {
     "id": serializers.UUIDField(), "state": serializers.CharField(), "target": serializers.CharField(),
-    "mode": serializers.CharField(), "artifact": serializers.UUIDField(), "progress": serializers.IntegerField(),
+    "mode": serializers.CharField(), "artifact": serializers.UUIDField(allow_null=True),
+    "recovery_point": serializers.JSONField(allow_null=True), "progress": serializers.IntegerField(),
     "eta_seconds": serializers.IntegerField(allow_null=True), "steps": _json_list(),
     "rto_seconds": serializers.FloatField(allow_null=True), "rpo_seconds": serializers.FloatField(allow_null=True),
     "approval": serializers.JSONField(allow_null=True), "rollback": serializers.JSONField(),
@@ -237,7 +242,11 @@ def restore_json(run: RestoreRun) -> dict:
     blocker = rollback.rollback_blocker(run) if run.swapped_at else "not swapped in"
     return {
         "id": str(run.pk), "state": run.state, "target": run.target.name, "target_id": run.target_id,
-        "environment": run.target.environment, "mode": run.mode, "artifact": str(run.artifact_id),
+        "environment": run.target.environment, "mode": run.mode,
+        "artifact": str(run.artifact_id) if run.artifact_id else None,
+        "recovery_point": {"system": run.recovery_system.name, "kind": run.recovery_kind,
+                           "time": _iso(run.recovery_time), "name": run.recovery_name or None,
+                           "recovered": (run.results or {}).get("recovery")} if run.is_point_in_time else None,
         "config_artifact": str(run.config_artifact_id) if run.config_artifact_id else None,
         "drill": run.is_drill, "reason": run.reason, "requested_by": run.requested_by.get_username(),
         "created_at": run.created_at.isoformat(), "queued_at": _iso(run.queued_at), "started_at": _iso(run.started_at),
@@ -287,13 +296,57 @@ class TargetNameOrIdField(serializers.Field):
         return str(data)
 
 
+class RecoveryPointSerializer(InputSerializer):
+    """Exactly one of ``{"latest": true}``, ``{"time": ISO-8601 with its offset}``, ``{"name": restore point}``."""
+
+    latest = StrictBooleanField(required=False, help_text="true: the latest WAL received")
+    time = StrictCharField(required=False, help_text="ISO-8601 with its offset, e.g. 2026-12-03T17:05:00+01:00")
+    name = StrictCharField(required=False, help_text="a named restore point (pg_create_restore_point)")
+
+    def validate(self, attrs):
+        given = [key for key in ("latest", "time", "name") if key in attrs]
+        if len(given) != 1:
+            raise ValidationError("exactly one of latest, time or name")
+        try:
+            if given == ["latest"]:
+                if attrs["latest"] is not True:
+                    raise ValidationError({"latest": ["true, or give a time or a name instead"]})
+                return RecoveryPoint.latest()
+            if given == ["name"]:
+                return RecoveryPoint.named(attrs["name"])
+            moment = datetime.fromisoformat(attrs["time"])
+        except ValueError as exc:
+            raise ValidationError({given[0]: [str(exc) if given == ["name"] else
+                                              "an ISO-8601 date and time with its offset"]}) from None
+        if moment.tzinfo is None:
+            raise ValidationError({"time": ["give its offset (e.g. +00:00): a time without a zone is ambiguous"]})
+        if moment > timezone.now():
+            raise ValidationError({"time": ["in the future: nothing to recover yet"]})
+        return RecoveryPoint.at(moment)
+
+
 class RestoreRequestSerializer(InputSerializer):
-    artifact = StrictUUIDField(error_messages={"invalid": "No such artifact: {value} is not an artifact id."})
+    artifact = StrictUUIDField(required=False,
+                               error_messages={"invalid": "No such artifact: {value} is not an artifact id."})
+    system = StrictCharField(required=False, help_text="the system's name (with recovery_point)")
+    recovery_point = RecoveryPointSerializer(required=False)
     target = TargetNameOrIdField(help_text="name or id")
     mode = serializers.ChoiceField(RestoreRun.Mode.values)
     confirm = StrictCharField(allow_blank=True, trim_whitespace=False, help_text="the target's name, typed")
     drill = StrictBooleanField(required=False, default=False, help_text="true or false (a JSON boolean)")
     reason = StrictCharField(required=False, allow_blank=True, default="")
+
+    def validate(self, attrs):
+        if ("artifact" in attrs) == ("recovery_point" in attrs):
+            field = "recovery_point" if "artifact" in attrs else "artifact"
+            raise ValidationError({field: ["give exactly one of artifact or recovery_point"]})
+        if "recovery_point" in attrs and attrs["mode"] != RestoreRun.Mode.DATABASE:
+            raise ValidationError({"mode": ["a point-in-time restore is database-only"]})
+        if "recovery_point" in attrs and "system" not in attrs:
+            raise ValidationError({"system": ["a recovery point needs the system's name"]})
+        if "artifact" in attrs and "system" in attrs:
+            raise ValidationError({"system": ["an artifact names its system: give system only with recovery_point"]})
+        return attrs
 
 
 class ApproveSerializer(InputSerializer):
@@ -316,7 +369,9 @@ class RecoveryCheckTickSerializer(InputSerializer):
 class RestoreListView(APIView):
     """``GET``: restore runs into the targets the caller may see (``?state=``, ``?target=``), newest first.
 
-    ``POST`` ``{"artifact", "target", "mode", "confirm"}`` (optionally ``drill``, ``reason``): 201 ``{id, state}``.
+    ``POST`` ``{"artifact", "target", "mode", "confirm"}`` (optionally ``drill``, ``reason``): 201 ``{id, state}``;
+    or, instead of ``artifact``, ``"system"`` and ``"recovery_point"``: ``{"latest": true}``, ``{"time": ISO-8601
+    with offset}`` or ``{"name": "…"}`` (a point-in-time restore, database-only).
     """
 
     permission_classes = [capability(Cap.VIEW_PANEL)]
@@ -344,15 +399,27 @@ class RestoreListView(APIView):
     def post(self, request):
         require_cap(request.user, Cap.START_JOBS, action="restore.request")
         data = validated_body(request, RestoreRequestSerializer)
-        artifact = Artifact.objects.select_related("system").filter(pk=data["artifact"]).first()
-        if artifact is None:
-            raise ValidationError({"artifact": ["No such artifact."]})
+        artifact = system = None
+        if "artifact" in data:
+            artifact = Artifact.objects.select_related("system").filter(pk=data["artifact"]).first()
+            if artifact is None:
+                raise ValidationError({"artifact": ["No such artifact."]})
+        else:
+            system = System.objects.filter(name=data["system"]).first()
+            if system is None:
+                raise ValidationError({"system": ["No such system."]})
         wanted = data["target"]
         target = visible_targets(request.user).filter(name=wanted).first() or (
             visible_targets(request.user).filter(pk=int(wanted)).first() if wanted.isdigit() else None)
         if target is None:
             raise ValidationError({"target": ["No such target (among those you may see)."]})
         try:
+            if system is not None:
+                run = requests.restore_request_point(
+                    actor=request.user, system=system, point=data["recovery_point"], target=target, mode=data["mode"],
+                    confirm=data["confirm"], is_drill=data["drill"], reason=data["reason"],
+                    trigger=RestoreRun.Trigger.API, request=request)
+                return _state(run, status.HTTP_201_CREATED)
             run = requests.restore_request(actor=request.user, artifact=artifact, target=target, mode=data["mode"],
                                        confirm=data["confirm"], is_drill=data["drill"], reason=data["reason"],
                                        trigger=RestoreRun.Trigger.API, request=request)

@@ -34,12 +34,13 @@ time limit follows the artifact's size (``restore_timeout``). The pre-restore co
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from backups.barman import BarmanError
 from backups.models import Artifact
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
@@ -47,7 +48,7 @@ from drpanel import endpoints, runs, runtime, secrets
 from drpanel.models import Approval
 from drpanel.permissions import has_object_right
 from drpanel.scrub import scrub
-from restores import configs, healthchecks, materialize, pg, plainsql, roles, sanity
+from restores import configs, healthchecks, materialize, pg, pitr, plainsql, roles, sanity
 from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, RestoreRun
 from restores.recovery_checks import create_recovery_checks, database_connectivity, evaluate_recovery_checks
 from restores.runstate import RunFailure, audit_details, current_binding_hash, transition
@@ -91,6 +92,11 @@ class RestoreRuns(runs.RunKind):
         run = RestoreRun.objects.select_related("artifact", "config_artifact").filter(pk=run_id).first()
         if run is None:
             return self.timeout
+        if run.is_point_in_time:
+            # The whole server is recovered, then one database dumped and restored: the base backup's size, twice.
+            base = Artifact.objects.filter(system_id=run.recovery_system_id, kind=Artifact.Kind.BASE,
+                                           status=Artifact.Status.AVAILABLE).order_by("-created_at").first()
+            return restore_timeout(2 * ((base.size or 0) if base else 0))
         size = sum((a.plaintext_size or 0) + (a.size or 0) for a in (run.artifact, run.config_artifact) if a)
         return restore_timeout(size)
 
@@ -120,6 +126,9 @@ def enqueue_restore(run_id) -> None:
 
 def _plan(run: RestoreRun) -> list[tuple[str, int]]:
     steps = []
+    if run.is_point_in_time:
+        return [("recover to the point", 40), ("dump the database", 15), ("restore into side database", 30),
+                ("sanity checks", 3), ("swap", 2), ("health checks", 10)]
     if run.restores_database:
         steps += [("fetch and decrypt", 25), ("roles", 2), ("restore into side database", 45),
                   ("database owner and grants", 1), ("sanity checks", 4), ("row counts", 4)]
@@ -178,8 +187,8 @@ def restore_run_execute(run_id) -> RestoreRun:
         started = RestoreRun.objects.filter(pk=run_id, state=RestoreRun.State.QUEUED).update(
             state=RestoreRun.State.RUNNING, started_at=now, heartbeat_at=now, progress_at=now,
             worker_host=runs.worker_host())
-        run = RestoreRun.objects.select_related("artifact__system", "config_artifact", "target", "requested_by").get(
-            pk=run_id)
+        run = RestoreRun.objects.select_related("artifact__system", "config_artifact", "recovery_system", "target",
+                                                "requested_by").get(pk=run_id)
         if not started:
             return run
         audit_record(actor=None, action=AuditAction.RESTORE_STARTED, obj=run,
@@ -222,7 +231,10 @@ class _Execution:
 
     def execute(self) -> None:
         try:
-            if self.run.restores_database:
+            if self.run.is_point_in_time:
+                self.url = secrets.resolve(self.target.database_ref)
+                self.point_in_time()
+            elif self.run.restores_database:
                 self.url = secrets.resolve(self.target.database_ref)
                 self.database()
             if self.run.restores_config:
@@ -236,6 +248,56 @@ class _Execution:
     def save_results(self, **values) -> None:
         self.results.update(values)
         RestoreRun.objects.filter(pk=self.run.pk).update(results=self.results)
+
+    # --- point in time -----------------------------------------------------------------------
+
+    def point_in_time(self) -> None:
+        """Recover the system at the point into a scratch copy, dump the target's database from it (``pg_dump
+        -Fc`` into the run's work area), then restore that dump into the side database and check it."""
+        system, point = self.run.recovery_system, self.run.recovery_point
+        dbname = pg.database_name(self.url)
+        recover, dump, restore = "recover to the point", "dump the database", "restore into side database"
+        backup = base_backup_for(system, point)
+        self.steps.start(recover, detail=f"barman recover of base backup {backup.manifest.get('backup_id')} "
+                                         f"to {point}")
+        path = materialize.temp_path(self.run.pk, "dump")
+        self.files.append(path)
+        try:
+            with pitr.recovered(system, point, backup_id=backup.manifest["backup_id"]) as copy:
+                position = copy.replay_position()
+                last_commit = copy.query("SELECT pg_last_xact_replay_timestamp()")[0][0]
+                with copy.connect() as conn:
+                    present = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone()
+                if not present:
+                    raise RunFailure(f"the recovered {system.name} has no database {dbname} at {point}; "
+                                     "the target is untouched")
+                recovered_to = point.time if point.kind == "time" else last_commit
+                recovery = {"point": str(point), "base_backup": backup.manifest.get("backup_id"),
+                            "replay_position": position, "last_commit": last_commit.isoformat() if last_commit
+                            else None, "recovered_to": recovered_to.isoformat() if recovered_to else None,
+                            "recover_seconds": round(copy.recover_seconds, 3),
+                            "start_seconds": round(copy.start_seconds, 3)}
+                self.save_results(recovery=recovery)
+                self.steps.finish(recover, data=recovery,
+                                  detail=f"recovered to {point}: WAL replayed to {position}"
+                                         + (f", last commit {last_commit:%Y-%m-%d %H:%M:%S} UTC" if last_commit
+                                            else "") + f" ({copy.recover_seconds:.1f} s)")
+                self.steps.start(dump, detail=f"pg_dump -Fc of {dbname} from the recovered copy")
+                copy.dump(dbname, path)
+        except BarmanError as exc:
+            raise RunFailure(f"recovery of {system.name} to {point} failed: {exc}; the target is untouched") from None
+        size = path.stat().st_size
+        self.steps.finish(dump, bytes=size, detail=f"{size} bytes dumped from {dbname} at {point}")
+        plan = pg.plan_restore(size)
+        RestoreRun.objects.filter(pk=self.run.pk).update(plan={**plan.as_dict(), "format": "pg_custom"})
+        self.steps.start(restore, detail=f"pg_restore -j{plan.jobs} from the dump")
+        result = pg.restore_to_side_database(
+            self.url, self.run.pk, path, jobs=plan.jobs,
+            on_progress=lambda p: self.steps.progress(restore, p.fraction, detail=f"pg_restore: {p.message}"[:200]))
+        self.side = result.database
+        self.steps.finish(restore, detail=f"restored into {result.database} in {result.duration_s:.1f} s",
+                          data=result.as_dict())
+        self.checks(runtime.with_database_name(self.url, self.side))
 
     # --- database ----------------------------------------------------------------------------
 
@@ -352,6 +414,8 @@ class _Execution:
             self.steps.finish(name, detail=f"{len(results)} sanity checks passed on {self.side}")
         else:
             self.steps.finish(name, state="skipped", detail="the target has no sanity check")
+        if self.run.is_point_in_time:
+            return  # no manifest: the rows are those of the recovered moment
         name = "row counts"
         expected = manifest_counts(self.run.artifact)
         self.steps.start(name)
@@ -471,15 +535,40 @@ class _Execution:
     def succeed(self, healthy_at) -> None:
         run = self.run
         rto = (healthy_at - run.created_at).total_seconds()
-        rpo = (run.swapped_at - run.artifact.created_at).total_seconds()
+        origin = recovered_from(run)
+        rpo = (run.swapped_at - origin).total_seconds() if origin else None
         with transaction.atomic():
             if not transition(run, RestoreRun.State.RUNNING, RestoreRun.State.SUCCEEDED, healthy_at=healthy_at,
                               finished_at=timezone.now(), rto_seconds=rto, rpo_seconds=rpo, percent=100,
                               eta_seconds=None):
                 raise RunFailure("the run was marked failed while it worked (its worker was presumed dead)")
             audit_record(actor=None, action=AuditAction.RESTORE_SUCCEEDED, obj=run,
-                         details=audit_details(run, rto_seconds=round(rto, 3), rpo_seconds=round(rpo, 3),
+                         details=audit_details(run, rto_seconds=round(rto, 3),
+                                               rpo_seconds=round(rpo, 3) if rpo is not None else None,
                                                rollback_until=run.rollback_until))
+
+
+def base_backup_for(system, point) -> Artifact:
+    """The newest available base backup that ended before ``point`` (for latest or a name: the newest)."""
+    bases = Artifact.objects.filter(system=system, kind=Artifact.Kind.BASE, status=Artifact.Status.AVAILABLE)
+    if point.kind == "time":
+        bases = bases.filter(created_at__lte=point.time)
+    base = bases.order_by("-created_at").first()
+    if base is None:
+        raise RunFailure(f"{point} is before the first base backup of {system.name}: nothing to recover it from; "
+                         "the target is untouched")
+    return base
+
+
+def recovered_from(run: RestoreRun):
+    """The moment whose data went live: the artifact's time, or the recovery point's (for latest or a name, the
+    last commit replayed; None when the recovered copy did not know it)."""
+    if not run.is_point_in_time:
+        return run.artifact.created_at
+    if run.recovery_time:
+        return run.recovery_time
+    recovered_to = (run.results.get("recovery") or {}).get("recovered_to")
+    return datetime.fromisoformat(recovered_to) if recovered_to else None
 
 
 def restore_fail(run_id, message: str, *, expected=(RestoreRun.State.RUNNING,)) -> bool:

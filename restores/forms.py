@@ -1,6 +1,9 @@
-"""Forms of the restores pages: a target, its checks (formsets), and a right to grant."""
+"""Forms of the restores pages: a target, its checks (formsets), a right to grant, and a recovery point."""
+
+from datetime import datetime
 
 from django import forms
+from django.utils import timezone
 
 from backups.models import System
 from restores.models import TARGET_RIGHTS, Target
@@ -89,3 +92,23 @@ class GrantForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["user"].queryset = grantable_users()
+
+
+def recovery_point_from(kind: str, moment: str, name: str):
+    """The recovery point a restore form asks for: ``latest``, ``time`` (read in the panel's zone, which the form
+    shows, unless the text carries its own offset) or ``name``. Raises ``ValueError`` with what to fix."""
+    from restores.pitr import RecoveryPoint
+
+    if kind == "latest":
+        return RecoveryPoint.latest()
+    if kind == "name":
+        return RecoveryPoint.named((name or "").strip())
+    if kind != "time":
+        raise ValueError("choose latest, a moment or a named restore point")
+    try:
+        parsed = datetime.fromisoformat((moment or "").strip())
+    except ValueError:
+        raise ValueError(f"{moment!r} is not a date and time (YYYY-MM-DD HH:MM[:SS])") from None
+    if timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed, timezone.get_current_timezone())
+    return RecoveryPoint.at(parsed)

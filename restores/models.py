@@ -230,7 +230,8 @@ LEVELS = tuple(VerificationRun.Level.values)
 
 
 class RestoreRun(models.Model):
-    """A restore of an artifact into a target, in a mode, with its steps, timings and rollback.
+    """A restore of an artifact — or of a continuously protected system at a recovery point (latest, a moment,
+    a named restore point; database-only) — into a target, in a mode, with its steps, timings and rollback.
 
     States and the only allowed transitions (each is a conditional update on the state the
     caller saw, and each writes an audit event; see ``restores.requests``, ``restores.execution`` and
@@ -280,6 +281,11 @@ class RestoreRun(models.Model):
         EXPIRED = "expired", "expired"
         CANCELLED = "cancelled", "cancelled"
 
+    class RecoveryKind(models.TextChoices):
+        LATEST = "latest", "latest"
+        TIME = "time", "a moment"
+        NAME = "name", "a named restore point"
+
     ACTIVE_STATES = ("requested", "awaiting_approval", "approved", "queued", "running")
     FINAL_STATES = ("succeeded", "failed", "rolled_back", "rejected", "expired", "cancelled")
 
@@ -289,7 +295,9 @@ class RestoreRun(models.Model):
         COMMAND = "command", "management command"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    artifact = models.ForeignKey("backups.Artifact", on_delete=models.PROTECT, related_name="restore_runs")
+    artifact = models.ForeignKey("backups.Artifact", null=True, blank=True, on_delete=models.PROTECT,
+                                 related_name="restore_runs",
+                                 help_text="The logical full restored; empty for a point-in-time restore.")
     config_artifact = models.ForeignKey("backups.Artifact", null=True, blank=True, on_delete=models.PROTECT,
                                         related_name="config_restore_runs",
                                         help_text="The config artifact restored with a full restore.")
@@ -331,6 +339,13 @@ class RestoreRun(models.Model):
     copies_dropped_at = models.DateTimeField(null=True, blank=True,
                                              help_text="When the pre-restore (or failed) copies were dropped.")
     needs_cleanup = models.BooleanField(default=False, help_text="Its databases may need reconciling.")
+    # A point-in-time restore carries a recovery point of a continuously protected system instead of an artifact.
+    recovery_system = models.ForeignKey("backups.System", null=True, blank=True, on_delete=models.PROTECT,
+                                        related_name="point_in_time_restores",
+                                        help_text="The system recovered to a point in time (no artifact).")
+    recovery_kind = models.CharField(max_length=6, choices=RecoveryKind.choices, blank=True)
+    recovery_time = models.DateTimeField(null=True, blank=True, help_text="The moment recovered to (kind time).")
+    recovery_name = models.CharField(max_length=63, blank=True, help_text="The restore point (kind name).")
 
     class Meta:
         ordering = ["-created_at"]
@@ -341,6 +356,12 @@ class RestoreRun(models.Model):
                 fields=["target"], condition=Q(state__in=["requested", "awaiting_approval", "approved", "queued",
                                                           "running"]),
                 name="restores_one_active_run_per_target"),
+            # Exactly one of an artifact or a recovery point (of a system, database-only).
+            models.CheckConstraint(
+                condition=(Q(artifact__isnull=False, recovery_kind="", recovery_system__isnull=True)
+                           | Q(artifact__isnull=True, recovery_system__isnull=False, mode="database-only")
+                           & ~Q(recovery_kind="")),
+                name="restores_artifact_or_recovery_point"),
         ]
 
     def __str__(self) -> str:
@@ -353,6 +374,26 @@ class RestoreRun(models.Model):
     @property
     def is_active(self) -> bool:
         return self.state in self.ACTIVE_STATES
+
+    @property
+    def is_point_in_time(self) -> bool:
+        return bool(self.recovery_kind)
+
+    @property
+    def source_system(self):
+        """The system whose data this run restores: the artifact's, or the one recovered to a point in time."""
+        return self.recovery_system if self.is_point_in_time else self.artifact.system
+
+    @property
+    def recovery_point(self):
+        """The ``restores.pitr.RecoveryPoint`` of a point-in-time restore, None for an artifact's."""
+        from restores.pitr import RecoveryPoint  # the engine's module imports Barman's; models load first
+
+        if self.recovery_kind == self.RecoveryKind.TIME:
+            return RecoveryPoint.at(self.recovery_time)
+        if self.recovery_kind == self.RecoveryKind.NAME:
+            return RecoveryPoint.named(self.recovery_name)
+        return RecoveryPoint.latest() if self.recovery_kind else None
 
     @property
     def is_done(self) -> bool:

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from backups.models import Artifact
+from backups.models import Artifact, System
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from drpanel.approvals import ApprovalError, approval_approve, approval_consume, approval_reject, approval_request
@@ -21,6 +21,7 @@ from drpanel.models import Approval
 from drpanel.permissions import Cap, has_object_right, require_cap, require_object_right
 from restores.execution import RESTORE_RUNS
 from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, RestoreRun, Target
+from restores.pitr import RecoveryPoint
 from restores.quarantine import refuse_quarantined
 from restores.runstate import (
     PRODUCTION_APPROVAL,
@@ -93,9 +94,15 @@ def restore_request(*, actor, artifact: Artifact, target: Target, mode: str, con
     refuse_quarantined(actor=actor, artifact=artifact, what=f"{mode} restore into {target.name}", error=RestoreError,
                        request=request)
     config_artifact = _validate(artifact=artifact, target=target, mode=mode, confirm=confirm, is_drill=is_drill)
+    run = RestoreRun(artifact=artifact, target=target, mode=mode, config_artifact=config_artifact,
+                     is_drill=bool(is_drill), reason=(reason or "")[:500], requested_by=actor, trigger=trigger)
+    return _create(run, actor=actor, request=request)
+
+
+def _create(run: RestoreRun, *, actor, request=None) -> RestoreRun:
+    """Save a validated run, audit it, then route it: production waits for approval, the rest is queued."""
+    target, mode = run.target, run.mode
     with transaction.atomic():
-        run = RestoreRun(artifact=artifact, target=target, mode=mode, config_artifact=config_artifact,
-                         is_drill=bool(is_drill), reason=(reason or "")[:500], requested_by=actor, trigger=trigger)
         try:
             # The partial unique index decides between two requests for one target, not a prior read.
             with transaction.atomic():
@@ -119,6 +126,52 @@ def restore_request(*, actor, artifact: Artifact, target: Target, mode: str, con
         else:
             _queue(run, actor=actor, request=request)
     return run
+
+
+def first_base_backup(system: System) -> Artifact | None:
+    """The oldest available base backup of ``system``: no point before its end can be recovered."""
+    return Artifact.objects.filter(system=system, kind=Artifact.Kind.BASE, status=Artifact.Status.AVAILABLE
+                                   ).order_by("created_at").first()
+
+
+def _validate_point(*, system: System, point: RecoveryPoint, target: Target, mode: str, confirm: str,
+                    is_drill: bool) -> None:
+    if mode != RestoreRun.Mode.DATABASE:
+        raise RestoreError(f"a point-in-time restore is database-only; {mode!r} needs an artifact")
+    if not target.is_active:
+        raise RestoreError(f"the target {target.name} is deactivated: it accepts no restore")
+    if (confirm or "").strip() != target.name:
+        raise RestoreError(f"type the target's name ({target.name}) to confirm the restore")
+    if not system.continuous_enabled:
+        raise RestoreError(f"{system.name} is not continuously protected: it has no point in time to recover to")
+    if target.system_id and target.system_id != system.pk:
+        raise RestoreError(f"{target.name} receives {target.system.name}; this recovery point is of {system.name}")
+    if is_drill and target.is_production:
+        raise RestoreError("drills go into staging or scratch targets, never production")
+    first = first_base_backup(system)
+    if first is None:
+        raise RestoreError(f"{system.name} has no base backup yet: nothing to recover a point in time from")
+    if point.kind == "time":
+        if point.time > timezone.now():
+            raise RestoreError(f"{point} is in the future")
+        if point.time < first.created_at:
+            raise RestoreError(f"{point} is before the first base backup of {system.name} (it ended "
+                               f"{first.created_at:%Y-%m-%d %H:%M:%S} UTC): no point before it can be recovered")
+
+
+def restore_request_point(*, actor, system: System, point: RecoveryPoint, target: Target, mode: str, confirm: str,
+                          is_drill: bool = False, reason: str = "", trigger: str = RestoreRun.Trigger.MANUAL,
+                          request=None) -> RestoreRun:
+    """Ask for a point-in-time restore of ``system`` at ``point`` into ``target`` (database-only; needs
+    ``restore_to_target`` on it). Same rules as ``restore_request``: production waits for an approval
+    (bound to the system, the point and the target), staging and scratch are queued at once."""
+    require_cap(actor, Cap.VIEW_PANEL, action="restore.request", obj=target)
+    require_object_right(actor, RESTORE_TO_TARGET, target, action="restore.request")
+    _validate_point(system=system, point=point, target=target, mode=mode, confirm=confirm, is_drill=is_drill)
+    run = RestoreRun(recovery_system=system, recovery_kind=point.kind, recovery_time=point.time,
+                     recovery_name=point.name, target=target, mode=mode, is_drill=bool(is_drill),
+                     reason=(reason or "")[:500], requested_by=actor, trigger=trigger)
+    return _create(run, actor=actor, request=request)
 
 
 def _queue(run: RestoreRun, *, actor, request=None) -> None:
@@ -150,8 +203,9 @@ def restore_approve(*, actor, run: RestoreRun, password: str, note: str = "", re
             _expire(run)
         raise RestoreConflict(str(exc)) from None
     with transaction.atomic():
-        locked = RestoreRun.objects.select_for_update().select_related("target", "artifact", "requested_by").get(
-            pk=run.pk)
+        # Only the run's row: its artifact is on the nullable side of the join for a point-in-time restore.
+        locked = RestoreRun.objects.select_for_update(of=("self",)).select_related(
+            "target", "artifact", "recovery_system", "requested_by").get(pk=run.pk)
         if not transition(locked, RestoreRun.State.AWAITING_APPROVAL, RestoreRun.State.APPROVED):
             raise RestoreConflict(f"this restore is {locked.get_state_display()} now")
         approval = approval_consume(approval=run.approval, params=run_binding_params(locked), actor=actor)

@@ -33,7 +33,22 @@ def binding_params(*, artifact: Artifact, target: Target, mode: str, config_arti
             "config_dir": target.config_dir, "mode": mode}
 
 
+def point_binding_params(*, system, point, target: Target, mode: str) -> dict:
+    """What a production approval of a point-in-time restore is bound to: the system, the point, the target."""
+    return {"artifact": None, "system": system.pk, "system_name": system.name, "recovery_point": point_label(point),
+            "target": target.pk, "target_name": target.name, "database_ref": target.database_ref,
+            "config_dir": target.config_dir, "mode": mode}
+
+
+def point_label(point) -> str:
+    """A recovery point as one unambiguous string (the full ISO moment for a time)."""
+    return f"time {point.time.isoformat()}" if point.kind == "time" else str(point)
+
+
 def run_binding_params(run: RestoreRun) -> dict:
+    if run.is_point_in_time:
+        return point_binding_params(system=run.recovery_system, point=run.recovery_point, target=run.target,
+                                    mode=run.mode)
     return binding_params(artifact=run.artifact, target=run.target, mode=run.mode, config_artifact=run.config_artifact)
 
 
@@ -46,8 +61,11 @@ def current_binding_hash(run: RestoreRun) -> str:
 def audit_details(run: RestoreRun, **extra) -> dict:
     """The details every audit event of a restore run carries, plus ``extra``."""
     return {"run": str(run.pk), "target": run.target.name, "environment": run.target.environment, "mode": run.mode,
-            "artifact": str(run.artifact_id), "config_artifact": str(run.config_artifact_id or "") or None,
-            "drill": run.is_drill, "requested_by": run.requested_by.get_username(), **extra}
+            "artifact": str(run.artifact_id) if run.artifact_id else None,
+            "config_artifact": str(run.config_artifact_id or "") or None,
+            "drill": run.is_drill, "requested_by": run.requested_by.get_username(),
+            **({"system": run.recovery_system.name, "recovery_point": point_label(run.recovery_point)}
+               if run.is_point_in_time else {}), **extra}
 
 
 def transition(run: RestoreRun, expected, new_state: str, **fields) -> bool:

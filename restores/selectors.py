@@ -70,7 +70,8 @@ def grantable_users():
 def visible_runs(user):
     """Restore runs into the targets ``user`` may see, newest first."""
     return RestoreRun.objects.filter(target__in=visible_targets(user)).select_related(
-        "artifact__system", "target", "requested_by", "approval__decided_by", "rolled_back_by")
+        "artifact__system", "recovery_system", "target", "requested_by", "approval__decided_by",
+        "rolled_back_by")
 
 
 def access_run(user, pk):
@@ -106,7 +107,7 @@ def restore_running(system) -> bool:
     Retention and deletions wait while it is (``backups.hooks.restore_running``).
     """
     return RestoreRun.objects.filter(state__in=RestoreRun.ACTIVE_STATES).filter(
-        Q(artifact__system=system) | Q(config_artifact__system=system)).exists()
+        Q(artifact__system=system) | Q(config_artifact__system=system) | Q(recovery_system=system)).exists()
 
 
 def latest_verifications(artifact, limit: int = 20):

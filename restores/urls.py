@@ -7,6 +7,7 @@ app_name = "restores"
 urlpatterns = [
     path("restores/", views_runs.run_list, name="run-list"),
     path("restores/new", views_runs.run_create, name="run-create"),
+    path("restores/new/point-in-time", views_runs.point_create, name="point-create"),
     path("restores/runs/<uuid:pk>/", views_runs.run_detail, name="run-detail"),
     path("restores/runs/<uuid:pk>/progress", views_runs.run_progress, name="run-progress"),
     path("restores/runs/<uuid:pk>/approve", views_runs.run_approve, name="run-approve"),

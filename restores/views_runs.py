@@ -7,6 +7,7 @@ A ``Denied`` raised by a service becomes a 403 and an ``access.denied`` audit ev
 """
 
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib import messages
@@ -17,13 +18,14 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from backups.models import Artifact
+from backups.models import Artifact, System
 from compliance.audit.models import AuditEvent
 from drpanel import runs
 from drpanel.passwords import PasswordError
 from drpanel.permissions import Cap, capability_required, has_cap, has_object_right
 from restores import adoption, cancel, recovery_checks, requests, rollback, runstate, verifications
 from restores.execution import RESTORE_RUNS
+from restores.forms import recovery_point_from
 from restores.models import APPROVE_RESTORE, LEVELS, RecoveryCheck, RestoreRun, VerificationRun
 from restores.selectors import access_run, access_verification, restorable_targets, visible_runs, visible_targets
 
@@ -113,6 +115,52 @@ def run_create(request):
         "config_artifact": requests.config_artifact_for(artifact) if mode == RestoreRun.Mode.FULL else None,
         "approval_minutes": _approval_minutes(),
     }, status=status)
+
+
+@capability_required(Cap.START_JOBS)
+@require_http_methods(["GET", "POST"])
+def point_create(request):
+    """Ask for a point-in-time restore of a continuously protected system (database-only)."""
+    data = request.POST if request.method == "POST" else request.GET
+    system = get_object_or_404(System, name=data.get("system", ""), continuous_enabled=True)
+    targets = list(restorable_targets(request.user).filter(Q(system__isnull=True) | Q(system=system)))
+    target = next((t for t in targets if str(t.pk) == data.get("target", "")), None)
+    if request.method == "POST" and target is None and str(data.get("target", "")).isdigit():
+        # A target the user sees but may not restore into: the service refuses it (403, audited).
+        target = visible_targets(request.user).filter(pk=int(data["target"])).first()
+    now = timezone.localtime()
+    form = {"kind": data.get("kind") or "time", "name": data.get("name", ""),
+            "time": data.get("time") or (now - timedelta(minutes=10)).strftime("%Y-%m-%d %H:%M:%S")}
+    status = 200
+    if request.method == "POST":
+        try:
+            point = recovery_point_from(form["kind"], form["time"], form["name"])
+        except ValueError as exc:
+            messages.error(request, str(exc))
+            status = 400
+        else:
+            if target is None:
+                messages.error(request, "Choose a target you may restore into.")
+                status = 400
+            else:
+                try:
+                    run = requests.restore_request_point(
+                        actor=request.user, system=system, point=point, target=target,
+                        mode=RestoreRun.Mode.DATABASE, confirm=request.POST.get("confirm", ""),
+                        is_drill=request.POST.get("is_drill") == "on", reason=request.POST.get("reason", ""),
+                        request=request)
+                except runstate.RestoreError as exc:
+                    _messages_for(request, exc)
+                    status = 409 if isinstance(exc, runstate.RestoreConflict) else 400
+                else:
+                    messages.success(request, f"Restore of {system.name} at {point} into {target.name} "
+                                     + ("requested: it waits for a manager's approval."
+                                        if run.state == RestoreRun.State.AWAITING_APPROVAL else "queued."))
+                    return redirect("restores:run-detail", pk=run.pk)
+    return render(request, "restores/point_create.html", {
+        "system": system, "targets": targets, "target": target, "form": form,
+        "first_base": requests.first_base_backup(system), "zone": now.strftime("%Z"),
+        "approval_minutes": _approval_minutes()}, status=status)
 
 
 def _approval_minutes() -> int:
