@@ -95,14 +95,24 @@ def test_a_configured_server_streams_and_passes_every_check_item(shop, server):
     streams(server)
     catalog_reaches(shop, segment_of_switch(server))
 
-    state = continuous_check(shop)
+    # Barman's own wal_archive item turns OK once its archiver has processed a segment, which happens in
+    # the background after the catalog sees it (seen failing once on a loaded machine): check again until
+    # every item passes, within the deadline; a server that never passes still fails here.
+    checks = []
 
+    def every_item_passes():
+        checks.append(continuous_check(shop))
+        return checks[-1].check_ok
+
+    wait_for(every_item_passes, timeout=60, interval=2, what="every item of barman check passing")
+    state = checks[-1]
     assert state.check_error == ""
     assert {"replication_slot", "receive_wal_running", "wal_level", "postgresql_streaming"} <= {
         i["name"] for i in state.check_items}
-    assert state.check_ok is True, [i for i in state.check_items if i["status"] != "OK"]
+    assert all(i["status"] == "OK" for i in state.check_items), state.check_items
     assert server.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'drpanel_shop'")[0][0] == 1
-    assert AuditEvent.objects.get(action="continuous.checked", object_id=str(shop.pk)).outcome == "success"
+    events = AuditEvent.objects.filter(action="continuous.checked", object_id=str(shop.pk)).order_by("seq")
+    assert events.last().outcome == "success"
 
 
 def test_a_killed_receiver_is_restarted_and_the_slot_kept_every_segment(shop, server):

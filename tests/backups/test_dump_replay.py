@@ -44,7 +44,7 @@ def test_a_second_backup_of_the_same_source_replays_the_first_dump_into_its_own_
     counts = {t["table"]: t["rows"] for t in second.manifest["tables"]}
     assert counts == {"users": 300, "orders": 2000, "info": 1}
     run = BackupRun.objects.get(artifact=second)
-    assert run.state == "succeeded" and [s["name"] for s in run.steps][:2] == ["connect", "dump and encrypt"]
+    assert run.state == "succeeded" and [s["name"] for s in run.steps][:3] == ["connect", "roles", "dump and encrypt"]
 
 
 def test_a_changed_source_gets_a_real_dump_again(shop_system, shop, tmp_path):

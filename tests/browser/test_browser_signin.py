@@ -7,10 +7,11 @@ from tests.factories import UserFactory
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 NAVIGATION = {
-    "Operator": {"Dashboard", "Artifacts", "Restores", "Checklists", "Contacts", "Certification"},
-    "Manager": {"Dashboard", "Artifacts", "Restores", "Checklists", "Contacts", "Certification", "Audit"},
-    "Auditor": {"Dashboard", "Artifacts", "Restores", "Checklists", "Contacts", "Certification", "Audit"},
-    "Admin": {"Dashboard", "Artifacts", "Restores", "Checklists", "Contacts", "Certification", "Audit", "Admin"},
+    "Operator": {"Dashboard", "Incidents", "Artifacts", "Restores", "Checklists", "Contacts", "Certification"},
+    "Manager": {"Dashboard", "Incidents", "Artifacts", "Restores", "Checklists", "Contacts", "Certification", "Audit"},
+    "Auditor": {"Dashboard", "Incidents", "Artifacts", "Restores", "Checklists", "Contacts", "Certification", "Audit"},
+    "Admin": {"Dashboard", "Incidents", "Artifacts", "Restores", "Checklists", "Contacts", "Certification", "Audit",
+              "Admin"},
 }
 
 
