@@ -51,15 +51,20 @@ def rq_workers(queues=None, *, count: int = 1, log_dir: Path | None = None, env:
         wait_for_workers(count)
         yield procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs, timeout=15)
+
+
+def stop_processes(procs, timeout: float) -> None:
+    """SIGTERM each process still running, then wait; kill one that outlives ``timeout``."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_for_workers(count: int, timeout: float = 30.0) -> None:

@@ -14,7 +14,7 @@ import pytest
 from compliance.alerts import SCHEDULER_DUPLICATE_KEY, SCHEDULER_MISSING_KEY, scheduler_check
 from compliance.models import Alert
 from drpanel import clock, cron_heartbeat, queues
-from tests.support import ROOT, worker_env
+from tests.support import ROOT, stop_processes, worker_env
 
 pytest_plugins = ["tests.compliance_fixtures"]
 
@@ -41,15 +41,7 @@ def schedulers(count: int, tmp_path, name: str = "cron"):
                     cwd=ROOT))
         yield procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs, timeout=20)
 
 
 def live(redis_conn) -> int:
