@@ -87,7 +87,7 @@ def events(run) -> list[AuditEvent]:
 
 
 def test_whole_server_recovery_to_a_time_between_two_inserts_starts_a_server_with_exactly_the_earlier_rows(
-        transactional_db, shop, server, barman_home, operator, data_root, monkeypatch):
+        transactional_db, shop, server, barman_home, operator, data_root, monkeypatch, clients):
     server.execute("CREATE DATABASE shop")
     server.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)", dbname="shop")
     data_dir, port = data_root / "shop-new", free_port()
@@ -137,6 +137,13 @@ def test_whole_server_recovery_to_a_time_between_two_inserts_starts_a_server_wit
     assert any(s["in_recovery"] for s in replay["samples"]), replay["samples"]
     fractions = [s["fraction"] for s in replay["samples"]]
     assert fractions == sorted(fractions) and 0 <= fractions[0] < 1
+    # The API and the page say where the new server runs and how far the replay went.
+    shown = clients["operator"].get(f"/api/v1/restores/{run.pk}").json()
+    assert shown["mode"] == "whole-server" and shown["server"]["port"] == port and shown["server"]["running"]
+    assert shown["recovery_point"]["replay"]["replayed"] == replay["replayed"]
+    page = clients["operator"].get(f"/restores/runs/{run.pk}/").content.decode()
+    assert 'data-testid="new-server"' in page and f"on port {port} as" in page and str(data_dir) in page
+    assert f"ended at <code>{replay['replayed']}</code>" in page and 'data-testid="rollback-card"' not in page
     # The protected server still holds all three: the recovery never touched it.
     assert [r[0] for r in server.execute("SELECT item FROM orders ORDER BY id", dbname="shop")] == [
         "before-1", "before-2", "after"]
@@ -259,6 +266,32 @@ def test_a_production_whole_server_approval_is_bound_to_where_the_server_goes(sh
     production.server_port += 1
     assert runstate.point_binding_params(system=shop, point=RecoveryPoint.latest(), target=production,
                                          mode="whole-server") != params
+
+
+def test_the_form_and_the_api_ask_for_a_whole_server_restore_of_a_server_target(shop, operator, data_root,
+                                                                              monkeypatch, clients):
+    base_row(shop, ended=timezone.now() - timedelta(hours=1))
+    target = server_target(monkeypatch, name="shop-form-server", data_dir=data_root / "f", port=free_port(),
+                           system=shop, operator=operator)
+    page = clients["operator"].get("/restores/new/point-in-time", {"system": "shop"}).content.decode()
+    assert f"whole server: a new server in {data_root / 'f'} on port {target.server_port}" in page
+
+    answer = clients["operator"].post("/restores/new/point-in-time", {
+        "system": "shop", "target": target.pk, "kind": "latest", "confirm": target.name})
+
+    run = RestoreRun.objects.get()
+    assert answer.status_code == 302 and run.mode == "whole-server" and run.state == "queued"
+    RestoreRun.objects.filter(pk=run.pk).update(state="cancelled")
+    body = {"system": "shop", "recovery_point": {"latest": True}, "target": target.name, "mode": "whole-server",
+            "confirm": target.name}
+    created = clients["operator"].post("/api/v1/restores", body, content_type="application/json")
+    assert created.status_code == 201, created.json()
+    shown = clients["operator"].get(f"/api/v1/restores/{created.json()['id']}").json()
+    assert shown["mode"] == "whole-server" and shown["server"] is None and shown["recovery_point"]["replay"] is None
+    refused = clients["operator"].post("/api/v1/restores", {
+        **{k: v for k, v in body.items() if k not in ("system", "recovery_point")},
+        "artifact": str(base_row(shop, ended=timezone.now()).pk)}, content_type="application/json")
+    assert refused.status_code == 400 and "mode" in refused.json()["errors"]
 
 
 def test_replay_progress_runs_from_the_base_backups_start_to_the_end_of_the_wal():
