@@ -5,8 +5,9 @@ A target of kind ``server`` names the data directory (under ``DRPANEL_SERVER_DAT
 port and the OS user; the worker that runs the restore is on the target host (its worker pool).
 
 1. ``check_host`` refuses, before anything is written: a data directory that is not empty (or is a
-   link, or lies outside the roots), a port something already listens on, an OS user that is root
-   or unknown, a worker that could not start a server as that user, a target URL naming another port;
+   link, or lies outside the roots, or is writable by others), a port something already listens on, an
+   OS user that is root or unknown, a worker that could not start a server as that user, a target URL
+   naming another port;
 2. ``recovered_privately`` recovers through Barman into that directory (``restores.pitr``), starts it
    **privately** (no TCP, its own socket and ``hba_file``) so nobody reaches a half-replayed server,
    follows the WAL replay until promotion, lets the caller check it, stops it;
@@ -110,7 +111,10 @@ def check_host(target, url: str) -> HostPlan:
             raise ServerTargetRefused(f"{path} exists and is not a directory")
         entries = sorted(os.listdir(data))
         if entries:
-            raise ServerTargetRefused(f"{path} is not empty ({len(entries)} entries, first {entries[0]!r}))")
+            raise ServerTargetRefused(f"{path} is not empty ({len(entries)} entries, first {entries[0]!r})")
+        if data.stat().st_mode & 0o022:
+            # Someone else could plant files (or links) in it while Barman writes there.
+            raise ServerTargetRefused(f"{path} is writable by its group or by others")
     elif not data.parent.is_dir():
         raise ServerTargetRefused(f"the parent of {path} does not exist on this host")
     port = target.server_port
@@ -159,6 +163,8 @@ def recovered_privately(system, point, backup_id: str, plan: HostPlan, *, on_rep
                                     dir=settings.RESTORE_TEMP_DIR or None))
     started = False
     try:
+        if plan.create:
+            plan.data.mkdir(mode=0o700)  # made now, private: nothing can be planted in it before Barman writes
         recover_seconds = pitr.recover_into(system, point, backup_id, plan.data, closed=closed)
         with open(plan.data / "postgresql.auto.conf", "a") as conf:
             conf.write(f"\n# Set by DR Panel: the target's port.\nport = {plan.port}\n")

@@ -168,7 +168,7 @@ def assert_refused_untouched(run, message: str) -> None:
 
 def test_a_non_empty_data_directory_is_refused_and_left_as_it_was(shop, operator, data_root, monkeypatch):
     data_dir, port = data_root / "occupied", free_port()
-    data_dir.mkdir()
+    data_dir.mkdir(mode=0o700)
     (data_dir / "PG_VERSION").write_text("15\n")
     (data_dir / "precious").write_bytes(b"someone else's data")
     target = server_target(monkeypatch, name="shop-occupied", data_dir=data_dir, port=port, system=shop,
@@ -195,6 +195,19 @@ def test_a_port_in_use_is_refused_and_nothing_is_written(shop, operator, data_ro
 
     assert_refused_untouched(run, f"port {port} is in use")
     assert not data_dir.exists()
+
+
+def test_an_empty_directory_others_may_write_into_is_refused(shop, operator, data_root, monkeypatch):
+    data_dir = data_root / "shared"
+    data_dir.mkdir()
+    data_dir.chmod(0o777)
+    target = server_target(monkeypatch, name="shop-shared", data_dir=data_dir, port=free_port(), system=shop,
+                           operator=operator)
+
+    run = refused_run(shop, operator, target)
+
+    assert_refused_untouched(run, "writable by its group or by others")
+    assert os.listdir(data_dir) == []
 
 
 def test_a_data_directory_through_a_planted_link_is_refused(shop, operator, data_root, monkeypatch):
