@@ -25,6 +25,10 @@ The worker's path (``restore_run_execute``, the body of ``restores.jobs.restore_
 6. **health checks**: the database answers, and every health URL answers its expected
    status (retried for ``DRPANEL_RESTORE_HEALTH_WAIT_SECONDS``). Healthy ends the RTO clock.
 
+A run from a recovery point (database-only, or whole-server into a server target) takes the paths of
+``restores.execution_points`` instead of steps 1-2 (database-only) or of everything but the health checks
+(whole-server: no swap, no rollback).
+
 A run that fails (here, in a failure callback or in the reconciler) goes through
 ``restore_fail``; ``tidy_failed`` brings its databases and directories to a consistent
 state. ``RESTORE_RUNS`` is the restore kind of the run runtime (``drpanel.runs``); its job's

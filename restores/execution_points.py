@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 from django.db import transaction
 from django.utils import timezone
 
@@ -122,7 +123,7 @@ class PointInTimeSteps:
                                               "copy")
                 copy.dump(dbname, path)
                 server_globals, database = copy.globals(), copy.database_properties(dbname)
-        except BarmanError as exc:
+        except (BarmanError, psycopg.Error) as exc:
             raise RunFailure(f"recovery of {system.name} to {point} failed: {exc}; the target is untouched") from None
         size = path.stat().st_size
         self.steps.finish(dump, bytes=size, detail=f"{size} bytes dumped from {dbname} at {point}, with the "
@@ -176,7 +177,7 @@ class PointInTimeSteps:
                 self.finish_recovery(self.recovery_summary(backup, position, last_commit, ready.recover_seconds,
                                                            ready.start_seconds), last_commit)
                 self.private_checks(ready.url(dbname))
-        except (BarmanError, wholeserver.ServerTargetRefused) as exc:
+        except (BarmanError, psycopg.Error, wholeserver.ServerTargetRefused) as exc:
             raise RunFailure(f"recovery of {system.name} to {point} into {plan.data} failed: {exc}; what was "
                              "written was removed, the target host is as it was") from None
         name = "start the server"
