@@ -123,8 +123,7 @@ def mark_a_moment(server: protected.Server, system, replay_seconds: int) -> date
     moment = datetime.now(UTC).replace(microsecond=0)
     time.sleep(1.1)
     server.execute("INSERT INTO marks (note) VALUES ('after')", dbname="bench")
-    barman.run("switch-wal", "--force", "--archive", "--archive-timeout", "60", barman.server_name(system),
-               timeout=120)
+    barman.switch_and_archive(system)
     return moment
 
 

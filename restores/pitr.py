@@ -130,8 +130,7 @@ def _newest_backup(system) -> str:
 def _close_current_segment(system) -> bool:
     """Close and archive the segment being written, so "latest" includes it; False when the server is away."""
     try:
-        barman.run("switch-wal", "--force", "--archive", "--archive-timeout", "60", barman.server_name(system),
-                   timeout=120)
+        barman.switch_and_archive(system)
     except BarmanError:
         return False
     return True
