@@ -181,7 +181,9 @@ def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None) -> 
     backup_id = backup_id or _newest_backup(system)
     # Replay needs the WAL up to the point and, for a target, the first commit past it: close the current segment.
     closed = _close_current_segment(system)
-    barman.run("archive-wal", barman.server_name(system))
+    if not closed:
+        # Barman's wait after a switch archived every complete segment; without one, archive what was streamed.
+        barman.run("archive-wal", barman.server_name(system))
     parent = Path(settings.RESTORE_TEMP_DIR) if settings.RESTORE_TEMP_DIR else None
     root = Path(tempfile.mkdtemp(prefix=f"drpanel-pitr-{system.name}-", dir=parent))
     data, socket_dir = root / "data", root / "socket"
