@@ -192,8 +192,7 @@ def backup_start(data: Path) -> int:
 def _close_current_segment(system) -> bool:
     """Close and archive the segment being written, so "latest" includes it; False when the server is away."""
     try:
-        barman.run("switch-wal", "--force", "--archive", "--archive-timeout", "60", barman.server_name(system),
-                   timeout=120)
+        barman.switch_and_archive(system)
     except BarmanError:
         return False
     return True
@@ -276,7 +275,9 @@ def prepare(system) -> tuple[barman.Connection, bool]:
     connection, _ = barman.connection_for(system)
     # Replay needs the WAL up to the point and, for a target, the first commit past it: close the current segment.
     closed = _close_current_segment(system)
-    barman.run("archive-wal", barman.server_name(system))
+    if not closed:
+        # Barman's wait after a switch archived every complete segment; without one, archive what was streamed.
+        barman.run("archive-wal", barman.server_name(system))
     return connection, closed
 
 
