@@ -260,7 +260,9 @@ def setup_instructions(system: System) -> dict:
                    f"GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO {user}; "
                    f"GRANT EXECUTE ON FUNCTION pg_switch_wal() TO {user}; "
                    f"GRANT EXECUTE ON FUNCTION pg_create_restore_point(text) TO {user}; "
-                   f"GRANT pg_read_all_settings TO {user}; GRANT pg_read_all_stats TO {user};"),
+                   f"GRANT pg_read_all_settings TO {user}; GRANT pg_read_all_stats TO {user}; "
+                   # barman switch-wal --force checkpoints first (before a base backup, before "latest").
+                   f"GRANT pg_checkpoint TO {user};"),
         "hba": [f"host    replication    {user}    <address of the Barman workers>/32    scram-sha-256",
                 f"host    {database}    {user}    <address of the Barman workers>/32    scram-sha-256"],
         "settings": ["wal_level = replica", "max_wal_senders = 10 (at least 2 for Barman)",
