@@ -183,11 +183,8 @@ def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None) -> 
     # Replay needs the WAL up to the point and, for a target, the first commit past it: close the current segment.
     closed = _close_current_segment(system)
     barman.run("archive-wal", barman.server_name(system))
-    parent = Path(settings.RESTORE_TEMP_DIR) if settings.RESTORE_TEMP_DIR else None
-    root = Path(tempfile.mkdtemp(prefix=f"drpanel-pitr-{system.name}-", dir=parent))
-    data, socket_dir = root / "data", root / "socket"
-    user = _server_user()
-    started = False
+    root = scratch_root(system)
+    data = root / "data"
     try:
         began = time.monotonic()
         barman.run("recover", *point.barman_args(), barman.server_name(system), backup_id, str(data),
@@ -195,6 +192,27 @@ def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None) -> 
         if not closed:
             _copy_partial(system, data)
         recover_seconds = time.monotonic() - began
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    with started(system, point, root, user_name=connection.user, recover_seconds=recover_seconds) as ready:
+        yield ready
+
+
+def scratch_root(system) -> Path:
+    """A new scratch directory for one recovery (under ``DRPANEL_RESTORE_TEMP_DIR`` when set)."""
+    parent = Path(settings.RESTORE_TEMP_DIR) if settings.RESTORE_TEMP_DIR else None
+    return Path(tempfile.mkdtemp(prefix=f"drpanel-pitr-{system.name}-", dir=parent))
+
+
+@contextlib.contextmanager
+def started(system, point: RecoveryPoint, root: Path, *, user_name: str, recover_seconds: float) -> Iterator[Recovered]:
+    """Start the recovered data directory ``root/data`` on a free port, wait until it is promoted, yield it;
+    stop it and remove ``root`` after, whatever happened."""
+    data, socket_dir = root / "data", root / "socket"
+    user = _server_user()
+    running = False
+    try:
         socket_dir.mkdir(mode=0o700)
         # Only the worker's user, through the private socket: the copy is never reachable from the network.
         (data / "pg_hba.conf").write_text("local all all trust\n")
@@ -206,16 +224,15 @@ def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None) -> 
                    "-c archive_mode=off -c hot_standby=on")
         done = _run_as(user, [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
                               "-t", str(START_TIMEOUT), "-o", options, "start"], timeout=START_TIMEOUT + 30)
-        started = True
+        running = True
         if done.returncode != 0:
             raise BarmanError(f"the recovered copy of {system.name} did not start: {_log_tail(root)}")
         ready = Recovered(system=system, point=point, data=data, socket_dir=socket_dir, port=port, bindir=bindir,
-                          user=connection.user, recover_seconds=recover_seconds,
-                          start_seconds=time.monotonic() - began)
+                          user=user_name, recover_seconds=recover_seconds, start_seconds=time.monotonic() - began)
         _wait_promoted(ready, point)
         yield ready
     finally:
-        if started:
+        if running:
             _run_as(user, [str(_bindir(data) / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], timeout=120)
         shutil.rmtree(root, ignore_errors=True)
 
