@@ -174,8 +174,14 @@ def base_backup(run, steps) -> Artifact:
                      details={"run": str(run.id), "kind": artifact.kind, "size": artifact.size,
                               "backup_id": described["backup_id"], "begin_wal": info.get("begin_wal"),
                               "end_wal": info.get("end_wal")})
-        # The new base backup goes off-site encrypted, in its own run (``backups.offsite``).
-        offsite.offsite_request(system, reason=f"base backup {described['backup_id']} catalogued")
+        # The new base backup goes off-site encrypted, in its own run (``backups.offsite``). A savepoint: a failure
+        # here must not undo the backup (the next tick asks again for what is not off-site).
+        try:
+            with transaction.atomic():
+                offsite.offsite_request(system, reason=f"base backup {described['backup_id']} catalogued")
+        except Exception:
+            log.exception("%s: the off-site copy of base backup %s was not queued", system.name,
+                          described["backup_id"])
     return artifact
 
 

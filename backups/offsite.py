@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 # Segments per WAL package: 64 × 16 MiB = 1 GiB of plaintext at most.
 WAL_BATCH_SEGMENTS = 64
+RETRY_AFTER_FAILURE = 600
 ARCHIVED = re.compile(r"^[0-9A-F]{24}$")
 
 
@@ -122,8 +123,16 @@ def offsite_request(system: System, *, reason: str) -> OffsiteRun | None:
 
 
 def offsite_tick(system: System) -> OffsiteRun | None:
-    """Every minute (continuous tick): settle dead off-site runs, and ask for one when something is due."""
+    """Every minute (continuous tick): settle dead off-site runs, and ask for one when something is due.
+
+    After a failed run the tick waits ``RETRY_AFTER_FAILURE`` seconds (a location that is down is not
+    asked every minute); a base backup's request does not wait.
+    """
     runs.reconcile_runs(run_kinds=[OFFSITE_RUNS])
+    last = OffsiteRun.objects.filter(system=system).first()
+    if (last is not None and last.state == OffsiteRun.State.FAILED and last.finished_at
+            and (timezone.now() - last.finished_at).total_seconds() < RETRY_AFTER_FAILURE):
+        return None
     for location in offsite_locations():
         if pending_bases(system, location) or pending_wal(system, location):
             return offsite_request(system, reason="archived WAL or a base backup is not off-site yet")
@@ -153,6 +162,8 @@ def offsite_run_execute(run_id, *, batch_segments: int = WAL_BATCH_SEGMENTS) -> 
         if not isinstance(exc, OffsiteError | StorageError | barman.BarmanError | formats.ArtifactError | OSError):
             log.exception("off-site run %s failed", run.pk)
         steps.fail_open(error)
+    # A package left "writing" would count as off-site for ever: whatever this run did not finish is failed.
+    OFFSITE_RUNS.tidy(run)
     state = OffsiteRun.State.FAILED if error else OffsiteRun.State.SUCCEEDED
     with transaction.atomic():
         OffsiteRun.objects.filter(pk=run.pk).update(state=state, finished_at=timezone.now(), error=error,

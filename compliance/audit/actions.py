@@ -272,6 +272,8 @@ class AuditAction(StrEnum):
                               "off-site location and re-read there (outcome: its SHA-256 matched).")
     OFFSITE_PACKAGE_MISSING = ("offsite.package_missing", "A base backup or WAL batch written off-site is no longer "
                                "found there; the details name its segment range.")
+    OFFSITE_PACKAGE_REWRAPPED = ("offsite.package_rewrapped", "A key rotation re-wrapped the data key of an off-site "
+                                 "package under another master key (outcome: re-read and matched).")
     OFFSITE_FETCHED = ("offsite.fetched", "A recovery fetched, verified and decrypted a system's base backup and WAL "
                        "from an off-site location.")
     OFFSITE_REFUSED = ("offsite.refused", "A recovery from an off-site location was refused before anything was "

@@ -8,11 +8,12 @@ Barman's home (``tests.continuous_support``).
 import gzip
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from backups import formats
 from backups import offsite as shipping
@@ -219,8 +220,12 @@ def test_a_wal_batch_missing_offsite_is_named_and_written_again_while_barman_hol
     assert not (tmp_path / "target").exists()
     assert AuditEvent.objects.get(action="offsite.refused", object_id=str(shop.pk)).details["package"] is None
 
-    # Barman still holds the segment: the tick asks for a run, and the run writes it again.
+    # Barman still holds the segment: the tick asks for a run (not within 10 minutes of a failed one), and the run
+    # writes it again.
     assert [b.first for b in shipping.pending_wal(shop, offsite)] == [names[1]]
+    failed = OffsiteRun.objects.create(system=shop, state="failed", finished_at=timezone.now(), error="S3 was down")
+    assert shipping.offsite_tick(shop) is None
+    OffsiteRun.objects.filter(pk=failed.pk).update(finished_at=timezone.now() - timedelta(minutes=11))
     run = shipping.offsite_tick(shop)
     assert run is not None and shipping.offsite_tick(shop).pk == run.pk
     ship(shop)
