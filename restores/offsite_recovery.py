@@ -109,26 +109,29 @@ def _fetch(package: OffsitePackage, staging: Path) -> Path:
     return plain
 
 
-def _refuse(system, location, package, reason: str, point) -> None:
+def _refuse(system, location, package, reason: str, point, actor=None) -> None:
     with transaction.atomic():
-        audit_record(actor=None, action=AuditAction.OFFSITE_REFUSED, obj=system, outcome="failure",
+        audit_record(actor=actor, action=AuditAction.OFFSITE_REFUSED, obj=system, outcome="failure",
                      details={"location": location.name, "package": str(package.pk) if package else None,
                               "what": package.label if package else None, "point": str(point),
                               "reason": reason[:500]})
 
 
-def offsite_materialize(system, location: StorageLocation, point: RecoveryPoint, *, into: Path, work: Path) -> dict:
+def offsite_materialize(system, location: StorageLocation, point: RecoveryPoint, *, into: Path, work: Path,
+                        actor=None) -> dict:
     """Make ``into`` a data directory that recovers to ``point`` from ``location``'s packages alone.
 
     ``into`` must not exist; it is created only once every package has passed. ``work`` holds
     the staging files and the WAL directory the recovery reads (keep it while the copy runs).
+    ``actor``: who asked (an admin through ``manage.py offsite_recover``; None for the panel itself).
     """
-    if into.exists():
-        raise OffsiteRecoveryError(f"{into} already exists: a recovery never writes over a directory")
+    if into.exists() or work.exists():
+        raise OffsiteRecoveryError(f"{into if into.exists() else work} already exists: a recovery never writes over "
+                                   "a directory")
     try:
         base, wal = choose(system, location, point)
     except OffsiteRecoveryError as exc:
-        _refuse(system, location, None, str(exc), point)
+        _refuse(system, location, None, str(exc), point, actor)
         raise
     staging = work / "packages"
     staging.mkdir(parents=True)
@@ -139,7 +142,7 @@ def offsite_materialize(system, location: StorageLocation, point: RecoveryPoint,
             fetched[package.pk] = _fetch(package, staging)
         except (formats.ArtifactError, StorageError, OSError) as exc:
             reason = f"{package.label} in {location.name}: {type(exc).__name__}: {exc}"
-            _refuse(system, location, package, reason, point)
+            _refuse(system, location, package, reason, point, actor)
             raise OffsiteRecoveryError(f"refused before anything was written: {reason}") from None
     wal_dir = work / "wal"
     _unpack(fetched[base.pk], work / "base", base_id=base.backup_id)
@@ -155,7 +158,7 @@ def offsite_materialize(system, location: StorageLocation, point: RecoveryPoint,
              "first_segment": base.first_segment, "last_segment": wal[-1].last_segment if wal else base.last_segment,
              "fetch_seconds": round(time.monotonic() - began, 3), "point": str(point)}
     with transaction.atomic():
-        audit_record(actor=None, action=AuditAction.OFFSITE_FETCHED, obj=system, details=facts)
+        audit_record(actor=actor, action=AuditAction.OFFSITE_FETCHED, obj=system, details=facts)
     return facts
 
 

@@ -6,12 +6,14 @@ Barman's home (``tests.continuous_support``).
 """
 
 import gzip
+import io
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 
@@ -23,7 +25,7 @@ from backups.offsite_catalog import offsite_check, wal_coverage
 from backups.runs import backup_request, backup_run_execute
 from compliance.models import AuditEvent
 from restores.offsite_recovery import OffsiteRecoveryError, offsite_materialize, recovered_from_offsite
-from restores.pitr import RecoveryPoint
+from restores.pitr import RecoveryPoint, scratch_root, started
 from tests import continuous_support
 from tests.continuous_support import URL_VARIABLE, catalog_reaches, segment_of_switch, streams
 
@@ -76,7 +78,7 @@ def prepare_shop(server) -> None:
 
 
 def test_a_point_in_time_comes_back_from_the_offsite_copy_alone_and_the_objects_are_unreadable_without_the_key(
-        shop, server, barman_home, offsite, test_keys, operator, s3, tmp_path, settings):
+        shop, server, barman_home, offsite, test_keys, operator, admin, s3, tmp_path):
     prepare_shop(server)
     streams(server)
     base = base_backup(shop, operator)
@@ -132,11 +134,21 @@ def test_a_point_in_time_comes_back_from_the_offsite_copy_alone_and_the_objects_
             root = copy.data.parent
         with recovered_from_offsite(shop, RecoveryPoint.latest(), location=offsite) as copy:
             latest = [r[0] for r in copy.query("SELECT item FROM orders ORDER BY id", dbname="shop")]
+        # The admin's way on a new host: a data directory to start, here started like the panel starts one.
+        new_host = scratch_root(shop)  # reachable by the postgres user, unlike pytest's tmp_path
+        out = io.StringIO()
+        call_command("offsite_recover", "shop", location="offsite", into=str(new_host / "data"), username="admin",
+                     time=target.isoformat(), stdout=out)
+        assert "verified and decrypted" in out.getvalue() and (new_host / "data.wal" / "wal").is_dir()
+        with started(shop, RecoveryPoint.at(target), new_host, user_name="postgres", recover_seconds=0) as copy:
+            by_command = [r[0] for r in copy.query("SELECT item FROM orders ORDER BY id", dbname="shop")]
         assert not barman_home.exists(), "the recovery recreated Barman's home"
     finally:
         aside.rename(barman_home)
 
-    assert rows == ["before-1", marker]
+    assert rows == ["before-1", marker] == by_command
+    by_admin = AuditEvent.objects.filter(action="offsite.fetched", actor=admin).get()
+    assert by_admin.details["point"] == str(RecoveryPoint.at(target))
     assert latest == ["before-1", marker, "after"]
     assert not root.exists(), "the scratch copy was not removed"
     fetched = AuditEvent.objects.filter(action="offsite.fetched", object_id=str(shop.pk)).first()
@@ -259,3 +271,20 @@ def test_a_run_whose_worker_died_is_failed_and_its_half_written_package_discarde
     assert offsite.prefix + half.key not in objects(s3, offsite)
     assert AuditEvent.objects.get(action="offsite.failed", object_id=str(shop.pk)).details["run"] == str(run.pk)
 
+
+
+def test_recovering_from_offsite_by_command_is_for_admins_and_a_refusal_is_audited(shop, offsite, operator, admin,
+                                                                                 tmp_path):
+    with pytest.raises(CommandError, match="only admins"):
+        call_command("offsite_recover", "shop", location="offsite", into=str(tmp_path / "d"), username="operator")
+    denied = AuditEvent.objects.get(action="access.denied", object_id=str(shop.pk))
+    assert denied.actor == operator and denied.details["via"] == "manage.py offsite_recover"
+
+    with pytest.raises(CommandError, match="holds no base backup of shop"):
+        call_command("offsite_recover", "shop", location="offsite", into=str(tmp_path / "d"), username="admin")
+    assert AuditEvent.objects.get(action="offsite.refused", object_id=str(shop.pk)).actor == admin
+    assert not (tmp_path / "d").exists()
+
+    with pytest.raises(CommandError, match="--time"):
+        call_command("offsite_recover", "shop", location="offsite", into=str(tmp_path / "d"), username="admin",
+                     time="2026-12-03 10:00")
