@@ -23,7 +23,7 @@ import psycopg
 from django.conf import settings
 from django.db import transaction
 
-from backups import barman
+from backups import barman, offsite
 from backups.models import Artifact, BackupRun, ContinuousState, System, WalTimeline
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
@@ -174,6 +174,14 @@ def base_backup(run, steps) -> Artifact:
                      details={"run": str(run.id), "kind": artifact.kind, "size": artifact.size,
                               "backup_id": described["backup_id"], "begin_wal": info.get("begin_wal"),
                               "end_wal": info.get("end_wal")})
+        # The new base backup goes off-site encrypted, in its own run (``backups.offsite``). A savepoint: a failure
+        # here must not undo the backup (the next tick asks again for what is not off-site).
+        try:
+            with transaction.atomic():
+                offsite.offsite_request(system, reason=f"base backup {described['backup_id']} catalogued")
+        except Exception:
+            log.exception("%s: the off-site copy of base backup %s was not queued", system.name,
+                          described["backup_id"])
     return artifact
 
 
@@ -218,6 +226,10 @@ def continuous_tick() -> int:
             base_backups_sync(system)
         except barman.BarmanError as exc:
             log.warning("%s: base backup catalog: %s", system.name, exc)
+        try:
+            offsite.offsite_tick(system)
+        except Exception:  # the off-site copy must never stop the WAL catalog of the next systems
+            log.exception("%s: off-site copy of continuous protection", system.name)
     return len(usable)
 
 

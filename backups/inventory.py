@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from backups import formats
 from backups.keys import LEGACY_PREFIX, get_keyring
-from backups.models import Artifact, ArtifactCopy, InventoryRun, StorageLocation, System
+from backups.models import Artifact, ArtifactCopy, InventoryRun, OffsitePackage, StorageLocation, System
 from backups.storage import MANIFEST_SUFFIX, ObjectInfo, StorageError, manifest_key
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
@@ -179,7 +179,8 @@ def _sync_location(location: StorageLocation) -> dict:
                           size=size, sha256_seen=sha, checked_at=now, last_seen_at=now)
                 if not ok:
                     report["mismatched"].append(key)
-    handled = set(copies)
+    # Continuous protection's off-site packages have no manifest: the catalog knows them (``backups.offsite``).
+    handled = set(copies) | set(OffsitePackage.objects.filter(location=location).values_list("key", flat=True))
     for key in sorted(objects):
         if not key.endswith(MANIFEST_SUFFIX):
             continue

@@ -4,7 +4,7 @@ Services enqueue these by dotted path (``drpanel.queues``), so nothing here is i
 by the services it calls.
 """
 
-from backups import continuous
+from backups import continuous, offsite
 from backups.inventory import inventory_request, inventory_sync_execute
 from backups.keyrotation import key_rotation_execute
 from backups.models import System
@@ -62,3 +62,8 @@ def continuous_tick() -> int:
 def continuous_check_job(system_id: int) -> bool | None:
     """Run ``barman check`` for one system; the result is stored on its continuous state."""
     return continuous.continuous_check(System.objects.get(pk=system_id)).check_ok
+
+
+def offsite_run_job(run_id: str) -> str:
+    """Copy a system's base backups and archived WAL not yet off-site (one queued off-site run)."""
+    return offsite.offsite_run_execute(run_id).state

@@ -15,7 +15,7 @@ from backups import formats, server_roles
 from backups.copies import write_manifest
 from backups.errors import BackupError
 from backups.keys import get_keyring
-from backups.models import Artifact, ArtifactCopy
+from backups.models import Artifact, ArtifactCopy, OffsitePackage
 from backups.storage import StorageError
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
@@ -95,6 +95,40 @@ def artifact_rewrap(*, actor, artifact: Artifact, to_key_id: str | None = None) 
     return artifact
 
 
+def package_rewrap(package: OffsitePackage, *, to_key_id: str) -> OffsitePackage:
+    """Re-wrap an off-site package's data key under ``to_key_id`` in its location (``backups.offsite``), like an
+    artifact's: rewritten through a checked spool file, re-read there, audited."""
+    if package.key_id == to_key_id:
+        return package
+    keyring = get_keyring()
+    spool = Path(settings.BACKUP_SPOOL_DIR)
+    spool.mkdir(parents=True, exist_ok=True)
+    backend = package.location.backend()
+    with _spool_file(spool, package.pk) as tmp:
+        with contextlib.closing(backend.open_read(package.key)) as src:
+            header, result = formats.rewrap_stream(src, tmp, artifact_id=package.pk, keyring=keyring,
+                                                   to_key_id=to_key_id)
+        tmp.flush()
+        tmp.seek(0)
+        formats.verify_stream(tmp, artifact_id=package.pk, keyring=keyring, hash_plaintext=False)
+        tmp.seek(0)
+        with backend.open_write(package.key) as out:
+            formats.copy_stream(tmp, out)
+    size, sha = backend.sha256(package.key)
+    ok = size == result.stored_size and sha == result.stored_sha256
+    with transaction.atomic():
+        OffsitePackage.objects.filter(pk=package.pk).update(
+            key_id=header.key_id, size=size, sha256=sha, checked_at=timezone.now(),
+            status=package.status if ok else OffsitePackage.Status.FAILED,
+            error=package.error if ok else f"re-read after re-wrapping: SHA-256 {sha} differs")
+        audit_record(actor=None, action=AuditAction.OFFSITE_PACKAGE_REWRAPPED, obj=package.system,
+                     outcome="success" if ok else "failure",
+                     details={"package": str(package.pk), "what": package.label, "location": package.location.name,
+                              "from_key_id": package.key_id, "to_key_id": header.key_id, "sha256": sha})
+    package.refresh_from_db()
+    return package
+
+
 @contextlib.contextmanager
 def _spool_file(spool: Path, artifact_id):
     path = spool / f".rewrap-{artifact_id}-{uuid.uuid4().hex[:8]}"
@@ -127,7 +161,7 @@ def key_rotation_request(*, actor, to_key_id: str | None = None, request=None) -
 
 
 def key_rotation_execute(to_key_id: str) -> dict:
-    """Re-wrap every live DR Panel artifact not already under ``to_key_id`` (the job's body)."""
+    """Re-wrap every live DR Panel artifact, and every off-site package, not already under ``to_key_id``."""
     done, failed = 0, []
     ids = Artifact.objects.live().filter(encryption=Artifact.Encryption.DRPANEL).exclude(
         key_id=to_key_id).values_list("pk", flat=True)
@@ -138,6 +172,14 @@ def key_rotation_execute(to_key_id: str) -> dict:
             done += 1
         except (BackupError, StorageError, formats.ArtifactError) as exc:
             failed.append({"artifact": str(pk), "error": scrub(exc)[:300]})
+    # Continuous protection's off-site packages are under the same keys (``backups.offsite``).
+    packages = OffsitePackage.objects.filter(status=OffsitePackage.Status.OK).exclude(key_id=to_key_id)
+    for package in packages.select_related("location", "system"):
+        try:
+            package_rewrap(package, to_key_id=to_key_id)
+            done += 1
+        except (StorageError, formats.ArtifactError, OSError) as exc:
+            failed.append({"package": str(package.pk), "error": scrub(exc)[:300]})
     with transaction.atomic():
         audit_record(actor=None, action=AuditAction.KEYS_ROTATION_FINISHED, object_type="backups.keyring",
                      object_repr=to_key_id, outcome="success" if not failed else "failure",

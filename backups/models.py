@@ -453,3 +453,7 @@ class WalTimeline(models.Model):
 
     def __str__(self) -> str:
         return f"{self.system} timeline {self.timeline}"
+
+
+# Continuous protection off-site keeps its models in a module of its own.
+from backups.models_offsite import OffsitePackage, OffsiteRun  # noqa: E402, F401

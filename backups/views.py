@@ -14,6 +14,7 @@ from backups import runs as backup_runs
 from backups.forms import LocationForm, SystemForm
 from backups.keys import get_keyring
 from backups.models import Artifact, ArtifactCopy, BackupRun, ContinuousState, InventoryRun, StorageLocation, System
+from backups.offsite_catalog import offsite_summary
 from backups.retention import retention_plan
 from backups.schedules import policy_status
 from backups.selectors import artifact_page, filtered_artifacts
@@ -161,7 +162,8 @@ def system_detail(request, pk):
         "can_manage": has_cap(request.user, Cap.MANAGE_PANEL),
         "continuous": ContinuousState.objects.filter(system=system).first(),
         "wal_timelines": system.wal_timelines.all(), "rpo_seconds": continuous.rpo_seconds(system),
-        "setup": continuous.setup_instructions(system) if system.continuous_enabled else None})
+        "setup": continuous.setup_instructions(system) if system.continuous_enabled else None,
+        "offsite": offsite_summary(system) if system.continuous_enabled else []})
 
 
 @capability_required(Cap.START_JOBS)

@@ -169,10 +169,12 @@ def _newest_backup(system) -> str:
     return backups[0]["backup_id"]
 
 
-def wal_end(system, data: Path) -> int:
-    """The end of the WAL replay can reach: the end of the newest segment Barman holds (or copied into ``data``)."""
+def wal_end(system, data: Path, *, wal_dir: Path | None = None) -> int:
+    """The end of the WAL replay can reach: the end of the newest segment Barman holds (or copied into ``data``,
+    or in ``wal_dir``, where a recovery from the off-site copy unpacked it)."""
     names = [s.name for s in barman.segments(system)]
-    names += [p.name for folder in (data / "pg_wal", data / "barman_wal") if folder.is_dir()
+    folders = (data / "pg_wal", data / "barman_wal", *((wal_dir,) if wal_dir else ()))
+    names += [p.name for folder in folders if folder.is_dir()
               for p in folder.iterdir() if barman.SEGMENT.match(p.name)]
     if not names:
         return 0
@@ -313,27 +315,47 @@ def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None, on_
     """Recover ``system`` at ``point`` into a scratch directory, start it, yield it; stop and remove it after."""
     backup_id = backup_id or _newest_backup(system)
     connection, closed = prepare(system)
+    root = scratch_root(system)
+    try:
+        recover_seconds = recover_into(system, point, backup_id, root / "data", closed=closed)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    with started(system, point, root, user_name=connection.user, recover_seconds=recover_seconds,
+                 on_replay=on_replay) as ready:
+        yield ready
+
+
+def scratch_root(system) -> Path:
+    """A new scratch directory for one recovery (under ``DRPANEL_RESTORE_TEMP_DIR`` when set)."""
     parent = Path(settings.RESTORE_TEMP_DIR) if settings.RESTORE_TEMP_DIR else None
-    root = Path(tempfile.mkdtemp(prefix=f"drpanel-pitr-{system.name}-", dir=parent))
+    return Path(tempfile.mkdtemp(prefix=f"drpanel-pitr-{system.name}-", dir=parent))
+
+
+@contextlib.contextmanager
+def started(system, point: RecoveryPoint, root: Path, *, user_name: str, recover_seconds: float,
+            on_replay=None, wal_dir: Path | None = None) -> Iterator[Recovered]:
+    """Start the recovered data directory ``root/data`` on a free port, wait until it is promoted, yield it;
+    stop it and remove ``root`` after, whatever happened. ``wal_dir``: where replay reads WAL when not from Barman."""
     data, socket_dir = root / "data", root / "socket"
     user = _server_user()
-    started = False
+    running = False
     try:
-        recover_seconds = recover_into(system, point, backup_id, data, closed=closed)
         socket_dir.mkdir(mode=0o700)
         # Only the worker's user, through the private socket: the copy is never reachable from the network.
         (data / "pg_hba.conf").write_text("local all all trust\n")
         _chown_tree(root, user)
         port = _free_port()
-        started = True
+        running = True
         start_seconds = start_private(data, socket_dir=socket_dir, port=port, log=root / "server.log", user=user)
         ready = Recovered(system=system, point=point, data=data, socket_dir=socket_dir, port=port,
-                          bindir=_bindir(data), user=connection.user, recover_seconds=recover_seconds,
-                          start_seconds=start_seconds, wal_start=backup_start(data), wal_end=wal_end(system, data))
+                          bindir=_bindir(data), user=user_name, recover_seconds=recover_seconds,
+                          start_seconds=start_seconds, wal_start=backup_start(data),
+                          wal_end=wal_end(system, data, wal_dir=wal_dir))
         wait_promoted(ready, point, on_replay=on_replay)
         yield ready
     finally:
-        if started:
+        if running:
             stop_server(data, user)
         shutil.rmtree(root, ignore_errors=True)
 

@@ -263,6 +263,24 @@ class AuditAction(StrEnum):
     # Whole-server recovery (restores.wholeserver).
     RESTORE_SERVER_STARTED = ("restore.server_started", "A whole-server restore started the recovered server on its "
                               "target host (data directory, port, OS user, WAL position replayed).")
+    # Continuous protection off-site: base backups and WAL batches copied encrypted, checked, recovered from.
+    OFFSITE_REQUESTED = ("offsite.requested", "An off-site copy of a system's base backups and WAL was queued (after "
+                         "a base backup, or by the tick when archived WAL is not off-site yet).")
+    OFFSITE_STARTED = "offsite.started", "A worker started copying a system's base backups and WAL off-site."
+    OFFSITE_SUCCEEDED = ("offsite.succeeded", "An off-site run ended; its details list the packages written and "
+                         "those that failed.")
+    OFFSITE_FAILED = "offsite.failed", "An off-site run failed (or its worker died); the reason is in the details."
+    OFFSITE_REQUEUED = "offsite.requeued", "An off-site run whose job was lost was queued again."
+    OFFSITE_PACKAGE_COPIED = ("offsite.package_copied", "A base backup or a WAL batch was written encrypted to an "
+                              "off-site location and re-read there (outcome: its SHA-256 matched).")
+    OFFSITE_PACKAGE_MISSING = ("offsite.package_missing", "A base backup or WAL batch written off-site is no longer "
+                               "found there; the details name its segment range.")
+    OFFSITE_PACKAGE_REWRAPPED = ("offsite.package_rewrapped", "A key rotation re-wrapped the data key of an off-site "
+                                 "package under another master key (outcome: re-read and matched).")
+    OFFSITE_FETCHED = ("offsite.fetched", "A recovery fetched, verified and decrypted a system's base backup and WAL "
+                       "from an off-site location.")
+    OFFSITE_REFUSED = ("offsite.refused", "A recovery from an off-site location was refused before anything was "
+                       "written: a package failed its checksum or decryption, or a WAL batch it needs is missing.")
 
 
 _EXTRA: dict[str, str] = {}
