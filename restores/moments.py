@@ -39,21 +39,29 @@ def _iso(text: str) -> datetime:
                          "ago)") from None
 
 
+def _iso_or_none(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
 def _with_zone(text: str) -> datetime:
     """A date and time, with an offset (``+01:00``, ``Z``), a zone name after it (``UTC``, ``Europe/Madrid``), or
     neither (naive: the caller reads it in the panel's zone)."""
     head, _, last = text.rpartition(" ")
-    if head and ("/" in last or last.isalpha()) and last.upper() != "Z" and last.lower() != "ago":
+    if head and last[:1] in "+-" and ":" in last:
+        return _iso(head.strip() + last)  # "17:05 +01:00" as ISO 8601 writes it: "17:05+01:00"
+    named = head and ("/" in last or last.isalpha()) and last.upper() != "Z"
+    parsed = _iso_or_none(head.strip()) if named else None
+    if parsed is not None:
         try:
             zone = ZoneInfo("UTC" if last.upper() == "UTC" else last)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {last!r} (a name such as UTC or Europe/Madrid)") from None
-        parsed = _iso(head.strip())
         if parsed.tzinfo is not None:
             raise ValueError(f"{text!r} has an offset and a zone name: give one")
         return parsed.replace(tzinfo=zone)
-    if head and last[:1] in "+-" and ":" in last:
-        text = head.strip() + last  # "17:05 +01:00" as ISO 8601 writes it: "17:05+01:00"
     return _iso(text)
 
 
