@@ -219,12 +219,20 @@ def _catalog(url_path: Path, config: Path, endpoint: str | None, credentials: di
             "region": "us-east-1", "endpoint_url": endpoint, **credentials})
     system, _ = System.objects.update_or_create(name=SYSTEM, defaults={
         "description": "ChatBotDysa: restaurant ordering chatbot (demo)", "database_ref": f"file:{url_path}",
-        "config_paths": [str(config)], "schedule_enabled": True, "continuous_enabled": continuous_on})
+        "config_paths": [str(config)], "schedule_enabled": True})
+    if continuous_on and not system.continuous_enabled:
+        # Switched on here, never off: without its own server the demo's protection reports the server gone.
+        System.objects.filter(pk=system.pk).update(continuous_enabled=True)
+        system.refresh_from_db()
     return system
 
 
 def seed(out) -> None:
     out.write("Backup catalog demo:")
+    if demo_server.created() and demo_server.running() is None:
+        raise demo_server.DemoServerError(
+            f"the demo's database lives on its own PostgreSQL ({demo_server.root_dir()}), which is not running: "
+            "start the demo with `make demo` (manage.py serve --demo)")
     ensure_source_database(out)
     config = ensure_config_dir()
     endpoint = s3_endpoint()

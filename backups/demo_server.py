@@ -136,6 +136,11 @@ def _postmaster_pid() -> int | None:
     return pid
 
 
+def created() -> bool:
+    """Whether the demo's PostgreSQL was ever created here (its data directory exists)."""
+    return (root_dir() / "data" / "PG_VERSION").exists()
+
+
 def running() -> DemoServer | None:
     """The demo's PostgreSQL when it runs (started by this or another process of the panel), else None."""
     try:

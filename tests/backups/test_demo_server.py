@@ -104,6 +104,8 @@ def test_the_demo_database_runs_on_its_own_server_streamed_by_barman_and_stops_w
     assert demo_server.running() is None
     assert not runtime.port_answers(server.port)
     assert not (data / "postmaster.pid").exists()
+    with pytest.raises(demo_server.DemoServerError, match="not running: start the demo with `make demo`"):
+        demo.seed(io.StringIO())
     wait_for(lambda: not os.path.exists(f"/proc/{receiver}") or b"Z" in Path(f"/proc/{receiver}/stat")
              .read_bytes().split(b")")[-1][:3], what="Barman's receiver gone")
 
