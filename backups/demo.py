@@ -2,15 +2,19 @@
 
 ``seed(out)`` (a step of ``manage.py demo``) is idempotent:
 
-- creates the ``chatbotdysa`` database (``DRPANEL_DEMO_DATABASE``) next to the panel's own, with
-  users, restaurants, menu items, orders, order items, conversations and messages
-  (≥ 100k rows at ``DRPANEL_DEMO_SCALE=1``, generated in SQL with ``generate_series``);
+- creates the ``chatbotdysa`` database (``DRPANEL_DEMO_DATABASE``) with users, restaurants, menu
+  items, orders, order items, conversations and messages (≥ 100k rows at ``DRPANEL_DEMO_SCALE=1``,
+  generated in SQL with ``generate_series``): on the demo's own PostgreSQL when it runs
+  (``backups.demo_server``, started by ``manage.py serve --demo``), with continuous protection on,
+  else next to the panel's own database, protected by ``pg_dump`` only;
 - writes a config directory and the secrets the system needs under ``var/demo/`` (mode 0600);
   the secrets are *canaries* — random values that must never show up in the panel's database;
 - creates a local primary location under ``var/`` and, when an S3 endpoint is known
   (``DRPANEL_DEMO_S3_ENDPOINT``, or the moto server ``manage.py serve --demo`` starts), an S3
   off-site location;
-- queues a full and a config backup through the real jobs when the system has none yet.
+- queues a full and a config backup through the real jobs when the system has none yet, and under
+  continuous protection starts Barman's WAL stream (``continuous_tick``) and queues the first base
+  backup.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from django.conf import settings
 from django.db import transaction
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from backups import barman, continuous, demo_server
 from backups.models import Artifact, BackupRun, StorageLocation, System
 from backups.runs import backup_request
 from drpanel import runtime
@@ -129,9 +134,17 @@ def canary() -> str:
 
 
 def source_url() -> str:
-    """The demo database's libpq conninfo, carrying a canary password when the server ignores passwords
-    (trust authentication, as the embedded and the test servers use); written once to a 0600 file."""
+    """The demo database's libpq conninfo, written to a 0600 file: on the demo's own server when it runs (its
+    password is the server's), else on the panel's, carrying a canary password when that server ignores
+    passwords (trust authentication, as the embedded and the test servers use), written once."""
     path = demo_dir() / "secrets" / "chatbotdysa-db-url"
+    protected = demo_server.running()
+    if protected is not None:
+        url = protected.url(settings.DEMO_DATABASE)
+        if not path.exists() or path.read_text().strip() != url:
+            path.unlink(missing_ok=True)
+            _private_file(path, url)
+        return url
     if path.exists():
         return path.read_text().strip()
     base = runtime.with_database_name(settings.DATABASE_URL, settings.DEMO_DATABASE)
@@ -194,7 +207,8 @@ def s3_endpoint() -> str | None:
 
 
 @transaction.atomic
-def _catalog(url_path: Path, config: Path, endpoint: str | None, credentials: dict) -> System:
+def _catalog(url_path: Path, config: Path, endpoint: str | None, credentials: dict, *,
+             continuous_on: bool) -> System:
     primary_path = demo_dir() / "backups-primary"
     primary_path.mkdir(parents=True, exist_ok=True)
     StorageLocation.objects.update_or_create(name="local-primary", defaults={
@@ -206,16 +220,26 @@ def _catalog(url_path: Path, config: Path, endpoint: str | None, credentials: di
     system, _ = System.objects.update_or_create(name=SYSTEM, defaults={
         "description": "ChatBotDysa: restaurant ordering chatbot (demo)", "database_ref": f"file:{url_path}",
         "config_paths": [str(config)], "schedule_enabled": True})
+    if continuous_on and not system.continuous_enabled:
+        # Switched on here, never off: without its own server the demo's protection reports the server gone.
+        System.objects.filter(pk=system.pk).update(continuous_enabled=True)
+        system.refresh_from_db()
     return system
 
 
 def seed(out) -> None:
     out.write("Backup catalog demo:")
+    if demo_server.created() and demo_server.running() is None:
+        raise demo_server.DemoServerError(
+            f"the demo's database lives on its own PostgreSQL ({demo_server.root_dir()}), which is not running: "
+            "start the demo with `make demo` (manage.py serve --demo)")
     ensure_source_database(out)
     config = ensure_config_dir()
     endpoint = s3_endpoint()
     credentials = ensure_s3(endpoint) if endpoint else {}
-    system = _catalog(demo_dir() / "secrets" / "chatbotdysa-db-url", config, endpoint, credentials)
+    protected = demo_server.running()
+    system = _catalog(demo_dir() / "secrets" / "chatbotdysa-db-url", config, endpoint, credentials,
+                      continuous_on=protected is not None)
     if not endpoint:
         out.write("  no S3 endpoint (set DRPANEL_DEMO_S3_ENDPOINT, or use `manage.py serve --demo`): "
                   "no off-site location")
@@ -223,8 +247,27 @@ def seed(out) -> None:
         if not Artifact.objects.filter(system=system, kind=kind, status=Artifact.Status.AVAILABLE).exists():
             run = backup_request(actor=None, system=system, kind=kind, trigger=BackupRun.Trigger.DEMO)
             out.write(f"  queued a {kind} backup of {system.name} (run {str(run.id)[:8]}); the workers take it")
+    if protected is not None:
+        _protect(system, out)
     out.write(f"  system {system.name}: database {settings.DEMO_DATABASE}, config {config}, "
               f"off-site {'s3://' + BUCKET + ' at ' + endpoint if endpoint else 'none'}")
+
+
+def _protect(system: System, out) -> None:
+    """Continuous protection of the demo's server: Barman's stream started now, the first base backup queued."""
+    continuous.continuous_tick()
+    out.write(f"  continuous protection on: Barman streams the WAL of the demo's PostgreSQL (port "
+              f"{demo_server.running().port}) through slot {barman.slot_name(system)}")
+    if not Artifact.objects.filter(system=system, kind=Artifact.Kind.BASE, status=Artifact.Status.AVAILABLE).exists():
+        run = backup_request(actor=None, system=system, kind=Artifact.Kind.BASE, trigger=BackupRun.Trigger.DEMO)
+        out.write(f"  queued the first base backup (run {str(run.id)[:8]}); the workers take it")
+
+
+def stop_protected_server() -> None:
+    """Stop the demo's PostgreSQL, and the Barman receiver streaming from it (``barman cron`` started it)."""
+    system = System.objects.filter(name=SYSTEM).first()
+    receiver = barman.receiver_pid(system) if system is not None else None
+    demo_server.stop(receivers=[receiver] if receiver else [])
 
 
 # --- the demo's S3 endpoint (a moto server, child of `manage.py serve --demo`) ---------------------

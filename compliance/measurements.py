@@ -20,7 +20,7 @@ from django.urls import reverse
 from backups.continuous import rpo_seconds as continuous_rpo
 from backups.hooks import VERIFICATION_LEVELS
 from backups.models import Artifact, ContinuousState, System
-from compliance.health import VERIFIED_LEVEL, artifact_evidence, format_age, system_evidence
+from compliance.health import VERIFIED_LEVEL, artifact_evidence, format_age
 from drpanel import clock
 from drpanel.evidence import Evidence
 from restores.models import Incident, RestoreRun, Target
@@ -47,14 +47,22 @@ class Rpo:
         return None if self.seconds is None else self.seconds <= self.target_seconds
 
     @property
+    def continuous(self) -> bool:
+        """Measured from the WAL stream (seconds), not from the age of a verified full."""
+        return self.wal_received_at is not None
+
+    @property
     def age(self) -> str:
         return format_age(timedelta(seconds=self.seconds)) if self.seconds is not None else ""
 
     @property
     def evidence(self) -> Evidence | None:
         if self.wal_received_at is not None:
-            return system_evidence(self.system, f"{self.system.name}: WAL streamed by Barman, last received "
-                                                f"{self.wal_received_at:%Y-%m-%d %H:%M:%S} UTC")
+            # The system page's continuous protection section: its WAL per timeline, receiver and Barman's check.
+            return Evidence(f"{self.system.name}: WAL streamed by Barman, last received "
+                            f"{self.wal_received_at:%Y-%m-%d %H:%M:%S} UTC",
+                            reverse("backups:system-detail", args=[self.system.pk]) + "#continuous",
+                            "backups.system", str(self.system.pk))
         if self.artifact is None:
             return None
         return artifact_evidence(self.artifact, f"full {self.artifact.short_id} of "

@@ -193,6 +193,7 @@ def dashboard_context(user) -> dict:
         "worst": healths[0] if healths else None,
         "rpos": rpos,
         "rpo": worst_rpo(rpos),
+        "continuous_rpos": sorted((r for r in rpos if r.system.continuous_enabled), key=lambda r: r.system.name),
         "rpo_target_minutes": settings.RPO_TARGET_MINUTES,
         "rto": rto,
         "rto_met": rto is not None and rto.seconds <= rto_target_seconds(),

@@ -357,6 +357,8 @@ BACKUP_RESTORE_RUNNING_HOOK = env_str("DRPANEL_RESTORE_RUNNING_HOOK") or "restor
 DEMO_DATABASE = env_str("DRPANEL_DEMO_DATABASE", "chatbotdysa")
 DEMO_S3_ENDPOINT = env_str("DRPANEL_DEMO_S3_ENDPOINT") or None
 DEMO_SCALE = env_int("DRPANEL_DEMO_SCALE", 1, minimum=1, maximum=100)
+# The port of the demo's own PostgreSQL (the protected one); 0: the one it had last time if free, else any free one.
+DEMO_PG_PORT = env_int("DRPANEL_DEMO_PG_PORT", 0, minimum=0, maximum=65535)
 
 # --- restores -----------------------------------------------------------------------------
 

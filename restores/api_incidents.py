@@ -157,6 +157,11 @@ class IncidentReportView(APIView):
 
 class StepStartSerializer(InputSerializer):
     assignee = StrictCharField(required=False, allow_blank=True, default="", help_text="A username (default: you).")
+    recovery_point = StrictCharField(
+        required=False, allow_blank=True, max_length=100, default="",
+        help_text='The recovery point step only: "full" (the newest verified full), "latest" (the latest WAL '
+                  'received), or a moment ("10 minutes ago", "2026-12-03 03:00 Europe/Madrid", ISO 8601 with its '
+                  "offset). Empty: latest under continuous protection, else the newest verified full.")
 
 
 class StepCompleteSerializer(InputSerializer):
@@ -204,7 +209,8 @@ class StepStartView(_StepAction):
             assignee = get_user_model().objects.filter(username=data["assignee"], is_active=True).first()
             if assignee is None:
                 raise incidents.IncidentError("assignee: no such active user", {"assignee": "no such active user"})
-        incident_steps.incident_step_start(actor=request.user, step=step, assignee=assignee, request=request)
+        incident_steps.incident_step_start(actor=request.user, step=step, assignee=assignee,
+                                           point=data["recovery_point"], request=request)
 
 
 class StepCompleteView(_StepAction):

@@ -1,15 +1,15 @@
 """Demo data of the restores app: staging, scratch and "production" targets of the demo's database.
 
-All three live on the demo's own PostgreSQL (the panel's server): ``<demo>_staging``,
-``<demo>_scratch`` and ``<demo>`` itself (``DRPANEL_DEMO_DATABASE``, default ``chatbotdysa``,
-created by the catalog's demo step). Their URLs are written to ``var/demo/secrets/<database>.url``
-(mode 0600) and the targets name them as ``file:`` secret references. The production target
-restores into the demo system's own config directory (``var/demo/chatbotdysa-config``);
-staging and scratch have their own under ``var/demo/targets/``. A restore creates a missing
-staging or scratch database. All three receive the ``chatbotdysa`` system's artifacts. Health
-checks call the panel's own ``/health``, approved for 127.0.0.1 on each target. The demo
-operator may restore into all three; the demo manager approves production restores. Safe to
-run again: it only changes what differs.
+All three live on the server of the demo's database (its own PostgreSQL under ``make demo``, else
+the panel's): ``<demo>_staging``, ``<demo>_scratch`` and ``<demo>`` itself
+(``DRPANEL_DEMO_DATABASE``, default ``chatbotdysa``, created by the catalog's demo step). Their
+URLs are written to ``var/demo/secrets/<database>.url`` (mode 0600) and the targets name them as
+``file:`` secret references. The production target restores into the demo system's own config
+directory (``var/demo/chatbotdysa-config``); staging and scratch have their own under
+``var/demo/targets/``. A restore creates a missing staging or scratch database. All three receive
+the ``chatbotdysa`` system's artifacts. Health checks call the panel's own ``/health``, approved
+for 127.0.0.1 on each target. The demo operator may restore into all three; the demo manager
+approves production restores. Safe to run again: it only changes what differs.
 """
 
 import os

@@ -3,10 +3,10 @@
 from datetime import datetime
 
 from django import forms
-from django.utils import timezone
 
 from backups.models import System
 from restores.models import TARGET_RIGHTS, Target
+from restores.moments import parse_moment
 from restores.selectors import grantable_users
 
 
@@ -112,9 +112,14 @@ class GrantForm(forms.Form):
         self.fields["user"].queryset = grantable_users()
 
 
-def recovery_point_from(kind: str, moment: str, name: str):
-    """The recovery point a restore form asks for: ``latest``, ``time`` (read in the panel's zone, which the form
-    shows, unless the text carries its own offset) or ``name``. Raises ``ValueError`` with what to fix."""
+def recovery_point_from(kind: str, moment: str, name: str, *, now: datetime | None = None):
+    """The recovery point a restore form asks for: ``latest``, ``time`` or ``name``. Raises ``ValueError`` with what
+    to fix.
+
+    A time is ``N minutes ago`` (and seconds, hours, days), counted back from ``now`` (the moment the form is
+    sent: the request fixes the exact moment, which the run, the approval and the audit log then show), or a date
+    and time read in the panel's zone (which the form shows) unless the text carries its own offset.
+    """
     from restores.pitr import RecoveryPoint
 
     if kind == "latest":
@@ -123,10 +128,4 @@ def recovery_point_from(kind: str, moment: str, name: str):
         return RecoveryPoint.named((name or "").strip())
     if kind != "time":
         raise ValueError("choose latest, a moment or a named restore point")
-    try:
-        parsed = datetime.fromisoformat((moment or "").strip())
-    except ValueError:
-        raise ValueError(f"{moment!r} is not a date and time (YYYY-MM-DD HH:MM[:SS])") from None
-    if timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed, timezone.get_current_timezone())
-    return RecoveryPoint.at(parsed)
+    return RecoveryPoint.at(parse_moment(moment or "", now=now))

@@ -4,10 +4,12 @@ Automatic steps call the same services as the pages:
 
 - ``assess``: connect to the protected database, ``SELECT 1``, compare its table counts with the
   newest manifest (a job: ``INCIDENT_STEP_RUNS``);
-- ``recovery_point``: the newest verified full (``choose_recovery_point``; a point in time joins
-  it once continuous protection exists);
-- ``restore_database`` / ``restore_config``: ``restores.requests.restore_request`` into the
-  incident's target (a production target waits for a manager's approval, four eyes unchanged);
+- ``recovery_point``: the newest verified full, or, for a continuously protected system, a point in
+  time — the latest WAL received, or a moment typed as the restore form takes it ("10 minutes ago",
+  a date and time with its zone) — (``choose_recovery_point``);
+- ``restore_database`` / ``restore_config``: ``restores.requests.restore_request`` (or
+  ``restore_request_point`` for a point in time) into the incident's target (a production target
+  waits for a manager's approval, four eyes unchanged);
   the step waits for its restore run and settles from it (``incident_steps_sync``);
 - ``health_checks``: connectivity, row counts against the restored backup's manifest, the
   target's health URLs (a job);
@@ -20,7 +22,6 @@ event; each settles the incident afterwards (``restores.incidents.incident_settl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlparse
 
@@ -28,7 +29,6 @@ import psycopg
 from django.db import transaction
 from django.utils import timezone
 
-from backups.hooks import VERIFICATION_LEVELS
 from backups.models import Artifact
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
@@ -36,6 +36,7 @@ from drpanel import runs, secrets
 from drpanel.permissions import require_cap
 from drpanel.scrub import scrub
 from restores import healthchecks, sanity
+from restores.incident_points import choose_recovery_point, incident_point
 from restores.incidents import (
     RUN_CAP,
     IncidentConflict,
@@ -45,15 +46,18 @@ from restores.incidents import (
 )
 from restores.models import Incident, IncidentStep, RestoreRun
 from restores.recovery_checks import create_recovery_checks, database_connectivity, evaluate_recovery_checks
-from restores.requests import DATABASE_FORMATS, config_artifact_for, restore_request
+from restores.requests import (
+    config_artifact_for,
+    config_artifact_near,
+    restore_request,
+    restore_request_point,
+)
 from restores.runstate import RestoreError
 from restores.verification_levels import manifest_counts
 
 S = IncidentStep.State
 JOB_ACTIONS = ("assess", "health_checks")
 RESTORE_ACTIONS = {"restore_database": RestoreRun.Mode.DATABASE, "restore_config": RestoreRun.Mode.CONFIG}
-# The least a full must be verified at to be a recovery point (as the dashboard's RPO counts it).
-VERIFIED_LEVEL = "decrypt"
 
 
 class IncidentStepRuns(runs.RunKind):
@@ -129,9 +133,10 @@ def _check_order(step: IncidentStep) -> None:
         raise IncidentConflict(f"step {first.position + 1} ({first.title}) is {first.state}: finish or skip it first")
 
 
-def incident_step_start(*, actor, step: IncidentStep, assignee=None, request=None) -> IncidentStep:
+def incident_step_start(*, actor, step: IncidentStep, assignee=None, point: str = "", request=None) -> IncidentStep:
     """Start a step (operators and managers): a manual or decision step gets its assignee and timer; an automatic
     one runs (inline when quick, as a job when it takes time, or as a restore request the step waits for).
+    ``point`` is what the recovery point step chooses (``choose_recovery_point``).
 
     Refused while an earlier required step is open, or when the step is not pending (or failed,
     to try again). A restore the actor may not request raises ``Denied`` and changes nothing.
@@ -172,53 +177,20 @@ def incident_step_start(*, actor, step: IncidentStep, assignee=None, request=Non
         if queued:
             INCIDENT_STEP_RUNS.enqueue_on_commit(step.pk)
     if not queued:
-        _run_inline(step, actor=actor, request=request)
+        _run_inline(step, actor=actor, request=request, point=point)
         step.refresh_from_db()
     return step
 
 
-# --- the recovery point ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RecoveryPoint:
-    """What a restore brings back: today the newest verified full (``kind="artifact"``); a point in time
-    (``kind="time"``) joins it when continuous protection exists."""
-
-    kind: str
-    at: datetime
-    artifact: Artifact | None
-    label: str
-
-    def as_dict(self) -> dict:
-        return {"kind": self.kind, "at": self.at.isoformat(), "label": self.label,
-                "artifact": str(self.artifact.pk) if self.artifact else None}
-
-
-def choose_recovery_point(incident: Incident) -> RecoveryPoint:
-    """The newest available full of the incident's system in a restorable format, verified at decrypt or better."""
-    levels = list(VERIFICATION_LEVELS[VERIFICATION_LEVELS.index(VERIFIED_LEVEL):])
-    artifact = (Artifact.objects.filter(system=incident.system, kind=Artifact.Kind.FULL,
-                                        status=Artifact.Status.AVAILABLE, format__in=DATABASE_FORMATS,
-                                        last_verified_level__in=levels)
-                .defer("manifest").order_by("-created_at").first())
-    if artifact is None:
-        raise RestoreError(f"{incident.system.name} has no available full backup verified at {VERIFIED_LEVEL} level "
-                           "or better: verify one, or restore one by hand from its page")
-    return RecoveryPoint(kind="artifact", at=artifact.created_at, artifact=artifact,
-                         label=f"full {artifact.short_id} of {artifact.created_at:%Y-%m-%d %H:%M:%S} UTC, verified "
-                               f"{artifact.last_verified_level}")
-
-
-def _run_inline(step: IncidentStep, *, actor, request=None) -> None:
+def _run_inline(step: IncidentStep, *, actor, request=None, point: str = "") -> None:
     """The quick automatic steps, in the request that started them."""
     incident = step.incident
     try:
         if step.action == "recovery_point":
-            point = choose_recovery_point(incident)
+            point = choose_recovery_point(incident, point)
             with transaction.atomic():
                 Incident.objects.filter(pk=incident.pk).update(recovery_artifact=point.artifact,
-                                                               recovery_point_at=point.at)
+                                                               recovery_point_at=point.at, recovery_kind=point.kind)
                 _finish(step, S.DONE, actor=actor, expected=[S.RUNNING], result=point.as_dict(), request=request)
             return
         if step.action == "recovery_checklist":
@@ -250,11 +222,15 @@ def _incident_restore_run(incident: Incident) -> RestoreRun | None:
 def _start_restore(step: IncidentStep, *, actor, request=None) -> IncidentStep:
     incident = step.incident
     mode = RESTORE_ACTIONS[step.action]
-    if incident.recovery_artifact_id is None:
+    point = incident_point(incident)
+    if incident.recovery_artifact_id is None and point is None:
         raise IncidentConflict("no recovery point was chosen: run the “recovery point” step first")
     artifact = incident.recovery_artifact
     if mode == RestoreRun.Mode.CONFIG:
-        artifact = config_artifact_for(incident.recovery_artifact)
+        artifact = config_artifact_for(incident.recovery_artifact) if artifact else config_artifact_near(
+            incident.system, incident.recovery_point_at or timezone.now())
+    elif point is not None:
+        artifact = None
     now = timezone.now()
     with transaction.atomic():
         if not IncidentStep.objects.filter(pk=step.pk, state__in=[S.PENDING, S.FAILED]).update(
@@ -263,19 +239,26 @@ def _start_restore(step: IncidentStep, *, actor, request=None) -> IncidentStep:
             raise IncidentConflict("this step was started meanwhile")
         incident_mark_recovering(incident, actor=actor, request=request)
         step.refresh_from_db()
+        by_point = artifact is None and point is not None and mode == RestoreRun.Mode.DATABASE
         audit_record(actor=actor, action=AuditAction.INCIDENT_STEP_STARTED, obj=incident, request=request,
-                     details=_step_details(step, mode=mode, artifact=str(artifact.pk) if artifact else None))
-        if artifact is None:
+                     details=_step_details(step, mode=mode, artifact=str(artifact.pk) if artifact else None,
+                                           recovery_point=str(point) if by_point else None))
+        reason = f"{'drill' if incident.is_drill else 'incident'} {incident.short_id}: {step.title}"
+        if artifact is None and not by_point:
             error = f"{incident.system.name} has no config backup to restore with this recovery point"
         else:
             error = ""
             try:
                 # Savepoint: a refused request (a run in flight, a bad target) fails the step, not the transaction.
                 with transaction.atomic():
-                    run = restore_request(actor=actor, artifact=artifact, target=incident.target, mode=mode,
-                                          confirm=incident.target.name, is_drill=incident.is_drill,
-                                          reason=f"{'drill' if incident.is_drill else 'incident'} "
-                                                 f"{incident.short_id}: {step.title}", request=request)
+                    if by_point:
+                        run = restore_request_point(actor=actor, system=incident.system, point=point,
+                                                    target=incident.target, mode=mode, confirm=incident.target.name,
+                                                    is_drill=incident.is_drill, reason=reason, request=request)
+                    else:
+                        run = restore_request(actor=actor, artifact=artifact, target=incident.target, mode=mode,
+                                              confirm=incident.target.name, is_drill=incident.is_drill,
+                                              reason=reason, request=request)
             except RestoreError as exc:
                 error = str(exc)
         if error:
@@ -296,6 +279,10 @@ def incident_step_sync(step: IncidentStep) -> bool:
     result = {"restore_run": str(run.pk), "state": run.state, "rto_seconds": run.rto_seconds,
               "url": f"/restores/runs/{run.pk}/"}
     if run.state == RestoreRun.State.SUCCEEDED:
+        recovered_to = (run.results or {}).get("recovery", {}).get("recovered_to")
+        if recovered_to and step.incident.recovery_kind == "latest":
+            # "Latest" is a moment once replayed: the last commit the recovered copy replayed.
+            Incident.objects.filter(pk=step.incident_id).update(recovery_point_at=datetime.fromisoformat(recovered_to))
         return _finish(step, S.DONE, actor=None, expected=[S.WAITING], result=result,
                        finished_at=run.healthy_at or run.finished_at)
     why = run.error or f"the restore run was {run.get_state_display()}"

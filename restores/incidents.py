@@ -329,7 +329,7 @@ def incident_report(incident: Incident) -> dict:
         "noticed_at": _iso(incident.noticed_at), "noticed_reason": incident.noticed_reason,
         "recovered_at": _iso(incident.recovered_at), "closed_at": _iso(incident.closed_at),
         "closed_by": _user(incident.closed_by),
-        "recovery_point": {"kind": "artifact" if incident.recovery_artifact_id else None,
+        "recovery_point": {"kind": incident.recovery_kind or ("artifact" if incident.recovery_artifact_id else None),
                            "artifact": str(incident.recovery_artifact_id) if incident.recovery_artifact_id else None,
                            "at": _iso(incident.recovery_point_at)},
         "rto": _measure(incident.rto_seconds, incident.rto_target_seconds),

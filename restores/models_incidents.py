@@ -108,6 +108,10 @@ class Incident(models.Model):
     recovery_artifact = models.ForeignKey("backups.Artifact", null=True, blank=True, on_delete=models.PROTECT,
                                           related_name="+")
     recovery_point_at = models.DateTimeField(null=True, blank=True, help_text="What the restore brought back.")
+    recovery_kind = models.CharField(
+        max_length=8, blank=True, choices=[("artifact", "a verified full"), ("latest", "the latest WAL received"),
+                                           ("time", "a moment")],
+        help_text="What the recovery point step chose; latest and a moment are point-in-time restores.")
     recovered_at = models.DateTimeField(null=True, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
     closed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,

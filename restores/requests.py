@@ -42,12 +42,17 @@ def may_approve(target: Target):
 
 def config_artifact_for(artifact: Artifact) -> Artifact | None:
     """The config artifact of the same system taken closest in time to ``artifact`` (for a full restore)."""
-    candidates = Artifact.objects.filter(system_id=artifact.system_id, kind=Artifact.Kind.CONFIG,
+    return config_artifact_near(artifact.system, artifact.created_at)
+
+
+def config_artifact_near(system: System, moment) -> Artifact | None:
+    """The config artifact of ``system`` taken closest in time to ``moment`` (a full's, or a point in time)."""
+    candidates = Artifact.objects.filter(system_id=system.pk, kind=Artifact.Kind.CONFIG,
                                          status=Artifact.Status.AVAILABLE, format=Artifact.Format.CONFIG_TAR)
-    before = candidates.filter(created_at__lte=artifact.created_at).order_by("-created_at").first()
-    after = candidates.filter(created_at__gt=artifact.created_at).order_by("created_at").first()
+    before = candidates.filter(created_at__lte=moment).order_by("-created_at").first()
+    after = candidates.filter(created_at__gt=moment).order_by("created_at").first()
     options = [a for a in (before, after) if a is not None]
-    return min(options, key=lambda a: abs((a.created_at - artifact.created_at).total_seconds()), default=None)
+    return min(options, key=lambda a: abs((a.created_at - moment).total_seconds()), default=None)
 
 
 def _validate(*, artifact: Artifact, target: Target, mode: str, confirm: str, is_drill: bool) -> Artifact | None:

@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from backups.models import System
@@ -46,7 +47,7 @@ def _context(request, incident: Incident) -> dict:
         "can_run": has_cap(request.user, incidents.RUN_CAP) and incident.is_open,
         "can_close": has_cap(request.user, incidents.CLOSE_CAP) and incident.is_open,
         "open_required": [s for s in steps if s.required and not s.is_finished],
-        "rto": incident.rto_seconds, "rpo": incident.rpo_seconds,
+        "rto": incident.rto_seconds, "rpo": incident.rpo_seconds, "zone": timezone.localtime().strftime("%Z"),
     }
 
 
@@ -118,7 +119,11 @@ def incident_step(request, pk: uuid.UUID, position: int, verb: str):
                 assignee = get_user_model().objects.filter(username=data["assignee"], is_active=True).first()
                 if assignee is None:
                     raise incidents.IncidentError("assignee: no such active user")
-            step = incident_steps.incident_step_start(actor=request.user, step=step, assignee=assignee,
+            # The recovery point step of a continuously protected system: latest, a moment, or the newest full.
+            point = data.get("point_kind", "")
+            if point == "time":
+                point = data.get("point_time", "").strip() or "time"
+            step = incident_steps.incident_step_start(actor=request.user, step=step, assignee=assignee, point=point,
                                                       request=request)
             messages.success(request, f"Step {position} {step.get_state_display()}.")
         elif verb == "complete":

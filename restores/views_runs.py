@@ -27,6 +27,7 @@ from restores import adoption, cancel, recovery_checks, requests, rollback, runs
 from restores.execution import RESTORE_RUNS
 from restores.forms import recovery_point_from
 from restores.models import APPROVE_RESTORE, LEVELS, RecoveryCheck, RestoreRun, VerificationRun
+from restores.moments import RELATIVE_CHOICES
 from restores.selectors import access_run, access_verification, restorable_targets, visible_runs, visible_targets
 
 STATE_HELP = {
@@ -161,7 +162,8 @@ def point_create(request):
                     return redirect("restores:run-detail", pk=run.pk)
     return render(request, "restores/point_create.html", {
         "system": system, "targets": targets, "target": target, "form": form,
-        "first_base": requests.first_base_backup(system), "zone": now.strftime("%Z"),
+        "first_base": requests.first_base_backup(system), "zone": now.strftime("%Z"), "now": now,
+        "relative_choices": RELATIVE_CHOICES,
         "approval_minutes": _approval_minutes()}, status=status)
 
 

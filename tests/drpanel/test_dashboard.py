@@ -249,3 +249,31 @@ def test_dense_backups_are_one_linked_bar_per_slot_the_largest(catalog):
     bars = size_bars(clock.now() - timedelta(days=30), clock.now(), {})["incremental"]
     assert len(bars) == 1 and bars[0]["url"] == f"/artifacts/{large.pk}/"
     assert "10.0\xa0MB" in bars[0]["label"] and "the largest of 2 in its 6-hour slot" in bars[0]["label"]
+
+
+def test_a_continuously_protected_system_shows_its_rpo_in_seconds_linked_to_its_wal_stream(clients, catalog,
+                                                                                         healthy):
+    from backups.models import ContinuousState
+
+    streamed = System.objects.create(name="orders-db", database_ref="env:DRPANEL_SECRET_NOWHERE_URL",
+                                     continuous_enabled=True, rpo_target_minutes=5)
+    ContinuousState.objects.create(system=streamed, last_wal_at=clock.now() - timedelta(seconds=7))
+    html = page(clients)
+    rows = re.search(r'data-testid="continuous-rpos".*?</table>', html, re.S).group(0)
+    assert 'data-system="orders-db"' in rows and f'/systems/{streamed.pk}/#continuous">orders-db</a>' in rows
+    assert re.search(rf'href="/systems/{streamed.pk}/#continuous" data-testid="continuous-rpo-seconds">7 s</a>',
+                     rows)
+    assert "<td>300 s</td>" in rows and "within target" in rows
+    assert 'data-system="shop"' not in rows, "a system protected by pg_dump only is not listed"
+    data = clients["auditor"].get("/api/v1/dashboard").json()["data"]
+    assert next(s for s in data["systems"] if s["system"] == "orders-db")["rpo_seconds"] == 7
+
+
+def test_the_worst_rpo_from_a_wal_stream_is_a_figure_in_seconds(clients, catalog):
+    from backups.models import ContinuousState
+
+    System.objects.filter(pk=catalog.system.pk).update(continuous_enabled=True, rpo_target_minutes=1)
+    ContinuousState.objects.create(system=catalog.system, last_wal_at=clock.now() - timedelta(seconds=95))
+    html = page(clients)
+    assert re.search(rf'href="/systems/{catalog.system.pk}/#continuous" data-testid="rpo-figure">95 s</a>', html)
+    assert "target 60 s" in html and "over target" in html and "last WAL received" in html

@@ -3,6 +3,10 @@
 Used by ``make demo``. It migrates, optionally seeds the demo, starts every process as a
 child, restarts a worker or the scheduler that dies, and on Ctrl-C (or SIGTERM) stops them
 all, then the embedded services this process owns.
+
+With ``--demo`` the protected demo database gets its own PostgreSQL first (``backups.demo_server``:
+continuous protection through Barman, never the panel's server), and a writer places an order every
+few seconds; both stop with the panel.
 """
 
 import os
@@ -16,7 +20,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from backups.demo import start_demo_s3
+from backups import demo_server
+from backups.demo import start_demo_s3, stop_protected_server
 from drpanel import queues
 from drpanel.installation import InstallationConflict
 
@@ -42,6 +47,12 @@ class Command(BaseCommand):
             call_command("collectstatic", interactive=False, verbosity=0)
         early = {}
         if demo:
+            try:
+                protected = demo_server.start()
+            except demo_server.DemoServerError as exc:
+                raise CommandError(str(exc)) from None
+            self.stdout.write(f"The demo's protected PostgreSQL runs on 127.0.0.1:{protected.port} "
+                              f"(data in {demo_server.root_dir() / 'data'})")
             # The demo's off-site location needs an S3 endpoint before the seed runs: moto's server.
             started = start_demo_s3()
             if started:
@@ -51,6 +62,7 @@ class Command(BaseCommand):
             except BaseException:
                 for _, proc in early.values():
                     proc.kill()
+                stop_protected_server()
                 raise
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
         specs = {"web": [str(BIN / "gunicorn"), "drpanel.wsgi:application", "--bind", f"{host}:{port}",
@@ -58,6 +70,8 @@ class Command(BaseCommand):
                  "cron": [*manage, "rqcron", "drpanel.cron"]}
         for n in range(workers):
             specs[f"worker-{n + 1}"] = [*manage, "rqworker", *queues.queue_names()]
+        if demo:
+            specs["demo-writer"] = [*manage, "demo_writer", "--every", "5"]
         children: dict[str, subprocess.Popen] = {}
         stopping = []
 
@@ -103,4 +117,7 @@ class Command(BaseCommand):
                     proc.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     proc.kill()
+            if demo:
+                stop_protected_server()
+                self.stdout.write("the demo's PostgreSQL stopped")
             self.stdout.write("all panel processes stopped")
