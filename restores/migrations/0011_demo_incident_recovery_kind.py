@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('restores', '0009_pitr_recovery_point'),
+        ('restores', '0010_wholeserver_server_targets'),
     ]
 
     operations = [
