@@ -36,7 +36,8 @@ SERIAL_GROUPS = ("chaos", "browser")
 BROWSER_LANES = 2
 # A test taking one of these starts real processes or makes databases (real backups, pg_restore,
 # RQ workers, CREATE DATABASE): it is ``slow`` (not in ``make check``) whether or not it says so.
-SLOW_FIXTURES = frozenset({"workers", "full_artifact", "config_artifact", "source_db", "scratch", "sample_archive"})
+SLOW_FIXTURES = frozenset({"workers", "full_artifact", "config_artifact", "source_db", "scratch", "sample_archive",
+                           "protected_server", "protected_database", "clean_server", "second_server"})
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -88,8 +88,13 @@ def committed_at(server, item: str, dbname: str = "shop") -> datetime:
     return server.execute("SELECT clock_timestamp()")[0][0]
 
 
-def test_recovery_to_a_time_between_two_inserts_returns_exactly_the_rows_before_it(shop, server, tmp_path,
-                                                                                   base_backup):
+# The tests on the module's base backup take ``transactional_db`` as the restore run's test must (its worker is
+# another process): pytest-django runs transactional tests after the others, so all of them then run together on
+# one setup of the module's fixtures, and one base backup.
+
+
+def test_recovery_to_a_time_between_two_inserts_returns_exactly_the_rows_before_it(transactional_db, shop, server,
+                                                                                   tmp_path, base_backup):
     server.execute("CREATE DATABASE shop")
     server.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)", dbname="shop")
     streams(server)
@@ -120,7 +125,7 @@ def test_recovery_to_a_time_between_two_inserts_returns_exactly_the_rows_before_
     assert latest == ["before-1", "before-2", "after"]
 
 
-def test_recovery_to_a_named_restore_point_stops_there(shop, server, base_backup):
+def test_recovery_to_a_named_restore_point_stops_there(transactional_db, shop, server, base_backup):
     streams(server)
     server.execute("CREATE TABLE IF NOT EXISTS marks (id serial PRIMARY KEY, note text)")
     server.execute("INSERT INTO marks (note) VALUES ('kept')")
