@@ -15,6 +15,7 @@ with its pid in it.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -22,10 +23,13 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 from django.conf import settings
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -216,12 +220,57 @@ def check(system) -> tuple[bool, list[dict]]:
     return all(i["status"].upper() == "OK" for i in items), items
 
 
+# How often ``wal_moving`` commits a transaction on the system's server.
+NUDGE_SECONDS = 0.5
+
+
+@contextlib.contextmanager
+def wal_moving(system) -> Iterator[None]:
+    """Keep WAL flowing from the system's server while the block runs: a transaction id taken and committed every
+    ``NUDGE_SECONDS`` (a commit record, no data; any role may).
+
+    Barman's streaming archiver always leaves the newest complete segment in ``streaming/`` until the receiver has
+    started the next one, and the receiver starts it only when the server writes more WAL. After a WAL switch on a
+    quiet server that is its next standby snapshot, up to 15 s later: ``switch-wal --archive`` and ``backup --wait``
+    then wait that long for nothing (6–20 s measured, see docs/benchmarks.md). A server that does not answer is not
+    nudged: Barman's own wait then decides, as before.
+    """
+    stop = threading.Event()
+
+    def nudge() -> None:
+        try:
+            connection, password = connection_for(system)
+        except BarmanError:
+            return
+        with contextlib.suppress(psycopg.Error), psycopg.connect(
+                host=connection.host, port=connection.port, user=connection.user, dbname=connection.dbname,
+                password=password, connect_timeout=5, autocommit=True, application_name="drpanel_wal_moving") as conn:
+            while not stop.wait(NUDGE_SECONDS):
+                conn.execute("SELECT txid_current()")
+
+    thread = threading.Thread(target=nudge, name=f"wal-moving-{system.name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def switch_and_archive(system) -> None:
+    """Close the segment being written on the system's server and wait until Barman has archived it."""
+    with wal_moving(system):
+        run("switch-wal", "--force", "--archive", "--archive-timeout", "60", server_name(system), timeout=120)
+
+
 def backup(system, *, timeout: int) -> dict:
     """``barman backup --wait``: a base backup through the replication protocol, its WAL archived; its description."""
     name = server_name(system)
-    # Barman refuses a backup until WAL archiving is proven: close a segment and wait for it to arrive first.
-    run("switch-wal", "--force", "--archive", "--archive-timeout", "60", name, timeout=120)
-    run("backup", "--wait", name, timeout=timeout)
+    with wal_moving(system):
+        # Barman refuses a backup until WAL archiving is proven: the first time, close a segment and wait for it.
+        if not any((home() / name / "wals").glob("*/*")):
+            run("switch-wal", "--force", "--archive", "--archive-timeout", "60", name, timeout=120)
+        run("backup", "--wait", name, timeout=timeout)
     return show_backup(system, "latest")
 
 

@@ -53,6 +53,10 @@ def benchmarks(scale: str, prefix: str, server_url: str) -> list[tuple[str, list
             "default": ["--scale", "10", "--realistic-mb", "150", "--rounds", "3", "--verify-repeat", "3"],
             "full": []}[scale]
     requests = {"quick": "10", "default": "30", "full": "30"}[scale]
+    # Continuous protection on a server of its own: base backup, point-in-time restore, WAL receive lag.
+    continuous = {"quick": ["--scale", "1", "--runs", "2", "--lag-seconds", "5", "--replay-seconds", "1"],
+                  "default": ["--scale", "10", "--runs", "3", "--lag-seconds", "20", "--replay-seconds", "5"],
+                  "full": ["--scale", "100", "--runs", "3", "--lag-seconds", "60", "--replay-seconds", "30"]}[scale]
     return [
         ("backup", [py, "bench/backup.py", "--panel-db", prefix, *backup]),
         ("audit", [py, "bench/audit.py", "--events", audit_events,
@@ -60,6 +64,7 @@ def benchmarks(scale: str, prefix: str, server_url: str) -> list[tuple[str, list
         ("restore_ops", [py, "bench/restore_ops.py", *restore]),
         ("restore", [py, "bench/restore.py", "--panel-db", f"{prefix}_loop", "--skip", "swap", *loop]),
         ("jobs", [py, "bench/jobs.py", "--requests", requests, "--panel-db", f"{prefix}_jobs"]),
+        ("continuous", [py, "bench/continuous.py", "--panel-db", f"{prefix}_continuous", *continuous]),
     ]
 
 

@@ -444,6 +444,10 @@ CONFIG_ROOTS = [Path(p) for p in env_list("DRPANEL_CONFIG_ROOTS", [])]
 for _path in CONFIG_ROOTS:
     if not _path.is_absolute() or _path == Path("/"):
         raise ConfigError(f"DRPANEL_CONFIG_ROOTS: {str(_path)!r} must be an absolute directory other than /")
+SERVER_DATA_ROOTS = [Path(p) for p in env_list("DRPANEL_SERVER_DATA_ROOTS", [])]
+for _path in SERVER_DATA_ROOTS:
+    if not _path.is_absolute() or _path == Path("/"):
+        raise ConfigError(f"DRPANEL_SERVER_DATA_ROOTS: {str(_path)!r} must be an absolute directory other than /")
 
 # --- mail ----------------------------------------------------------------------------------
 

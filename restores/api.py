@@ -79,9 +79,9 @@ class TargetSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Target
-        fields = ["id", "name", "environment", "description", "is_active", "database", "config_dir",
-                  "health_check_hosts", "system", "worker_pool", "sanity_checks", "health_checks", "your_rights",
-                  "updated_at"]
+        fields = ["id", "name", "environment", "kind", "description", "is_active", "database", "config_dir",
+                  "health_check_hosts", "system", "worker_pool", "server_data_dir", "server_port", "server_user",
+                  "sanity_checks", "health_checks", "your_rights", "updated_at"]
 
     def get_your_rights(self, target) -> list[str]:
         return rights_of(self.context["request"].user, target)
@@ -152,7 +152,8 @@ RestoreStateSchema = inline_serializer("RestoreState", {"id": serializers.UUIDFi
 RestoreSchema = inline_serializer("Restore", {
     "id": serializers.UUIDField(), "state": serializers.CharField(), "target": serializers.CharField(),
     "mode": serializers.CharField(), "artifact": serializers.UUIDField(allow_null=True),
-    "recovery_point": serializers.JSONField(allow_null=True), "progress": serializers.IntegerField(),
+    "recovery_point": serializers.JSONField(allow_null=True), "server": serializers.JSONField(allow_null=True),
+    "progress": serializers.IntegerField(),
     "eta_seconds": serializers.IntegerField(allow_null=True), "steps": _json_list(),
     "rto_seconds": serializers.FloatField(allow_null=True), "rpo_seconds": serializers.FloatField(allow_null=True),
     "approval": serializers.JSONField(allow_null=True), "rollback": serializers.JSONField(),
@@ -246,7 +247,9 @@ def restore_json(run: RestoreRun) -> dict:
         "artifact": str(run.artifact_id) if run.artifact_id else None,
         "recovery_point": {"system": run.recovery_system.name, "kind": run.recovery_kind,
                            "time": _iso(run.recovery_time), "name": run.recovery_name or None,
-                           "recovered": (run.results or {}).get("recovery")} if run.is_point_in_time else None,
+                           "recovered": (run.results or {}).get("recovery"),
+                           "replay": (run.results or {}).get("replay")} if run.is_point_in_time else None,
+        "server": (run.results or {}).get("server") if run.is_whole_server else None,
         "config_artifact": str(run.config_artifact_id) if run.config_artifact_id else None,
         "drill": run.is_drill, "reason": run.reason, "requested_by": run.requested_by.get_username(),
         "created_at": run.created_at.isoformat(), "queued_at": _iso(run.queued_at), "started_at": _iso(run.started_at),
@@ -340,8 +343,10 @@ class RestoreRequestSerializer(InputSerializer):
         if ("artifact" in attrs) == ("recovery_point" in attrs):
             field = "recovery_point" if "artifact" in attrs else "artifact"
             raise ValidationError({field: ["give exactly one of artifact or recovery_point"]})
-        if "recovery_point" in attrs and attrs["mode"] != RestoreRun.Mode.DATABASE:
-            raise ValidationError({"mode": ["a point-in-time restore is database-only"]})
+        if "recovery_point" in attrs and attrs["mode"] not in (RestoreRun.Mode.DATABASE, RestoreRun.Mode.SERVER):
+            raise ValidationError({"mode": ["a point-in-time restore is database-only or whole-server"]})
+        if "artifact" in attrs and attrs["mode"] == RestoreRun.Mode.SERVER:
+            raise ValidationError({"mode": ["a whole-server restore takes a recovery_point, not an artifact"]})
         if "recovery_point" in attrs and "system" not in attrs:
             raise ValidationError({"system": ["a recovery point needs the system's name"]})
         if "artifact" in attrs and "system" in attrs:

@@ -25,6 +25,10 @@ The worker's path (``restore_run_execute``, the body of ``restores.jobs.restore_
 6. **health checks**: the database answers, and every health URL answers its expected
    status (retried for ``DRPANEL_RESTORE_HEALTH_WAIT_SECONDS``). Healthy ends the RTO clock.
 
+A run from a recovery point (database-only, or whole-server into a server target) takes the paths of
+``restores.execution_points`` instead of steps 1-2 (database-only) or of everything but the health checks
+(whole-server: no swap, no rollback).
+
 A run that fails (here, in a failure callback or in the reconciler) goes through
 ``restore_fail``; ``tidy_failed`` brings its databases and directories to a consistent
 state. ``RESTORE_RUNS`` is the restore kind of the run runtime (``drpanel.runs``); its job's
@@ -40,7 +44,6 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from backups.barman import BarmanError
 from backups.models import Artifact
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
@@ -48,7 +51,8 @@ from drpanel import endpoints, runs, runtime, secrets
 from drpanel.models import Approval
 from drpanel.permissions import has_object_right
 from drpanel.scrub import scrub
-from restores import configs, healthchecks, materialize, pg, pitr, plainsql, roles, sanity
+from restores import configs, healthchecks, materialize, pg, plainsql, roles, sanity
+from restores.execution_points import PointInTimeSteps, ServerRefused, point_plan
 from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, RestoreRun
 from restores.recovery_checks import create_recovery_checks, database_connectivity, evaluate_recovery_checks
 from restores.runstate import RunFailure, audit_details, current_binding_hash, transition
@@ -109,7 +113,8 @@ class RestoreRuns(runs.RunKind):
     def pool_for(self, run_id) -> str:
         """A restore runs in its target's pool, else in the pool of its artifact's system (docs/many-hosts.md)."""
         pools = (RestoreRun.objects.filter(pk=run_id)
-                 .values_list("target__worker_pool", "artifact__system__worker_pool").first())
+                 .values_list("target__worker_pool", "artifact__system__worker_pool",
+                              "recovery_system__worker_pool").first())
         return next((pool for pool in pools or () if pool), "")
 
     def record_requeue(self, run, details: dict) -> None:
@@ -127,8 +132,7 @@ def enqueue_restore(run_id) -> None:
 def _plan(run: RestoreRun) -> list[tuple[str, int]]:
     steps = []
     if run.is_point_in_time:
-        return [("recover to the point", 40), ("dump the database", 15), ("restore into side database", 30),
-                ("sanity checks", 3), ("swap", 2), ("health checks", 10)]
+        return point_plan(run)
     if run.restores_database:
         steps += [("fetch and decrypt", 25), ("roles", 2), ("restore into side database", 45),
                   ("database owner and grants", 1), ("sanity checks", 4), ("row counts", 4)]
@@ -200,7 +204,7 @@ def restore_run_execute(run_id) -> RestoreRun:
             _Execution(run, steps).execute()
         except Exception as exc:
             message = scrub(str(exc) or type(exc).__name__)
-            if isinstance(exc, RunRefused):
+            if isinstance(exc, RunRefused | ServerRefused):
                 with transaction.atomic():
                     audit_record(actor=None, action=AuditAction.RESTORE_REFUSED, obj=run, outcome="failure",
                                  details=audit_details(run, reason=message[:500], target_untouched=True))
@@ -215,7 +219,7 @@ def restore_run_execute(run_id) -> RestoreRun:
     return run
 
 
-class _Execution:
+class _Execution(PointInTimeSteps):
     """The worker's path for one run (see the module docstring); raises ``RunFailure`` and friends."""
 
     def __init__(self, run: RestoreRun, steps: runs.StepList):
@@ -231,6 +235,11 @@ class _Execution:
 
     def execute(self) -> None:
         try:
+            if self.run.is_whole_server:
+                self.url = secrets.resolve(self.target.database_ref)
+                self.whole_server()
+                self.health()
+                return
             if self.run.is_point_in_time:
                 self.url = secrets.resolve(self.target.database_ref)
                 self.point_in_time()
@@ -248,56 +257,6 @@ class _Execution:
     def save_results(self, **values) -> None:
         self.results.update(values)
         RestoreRun.objects.filter(pk=self.run.pk).update(results=self.results)
-
-    # --- point in time -----------------------------------------------------------------------
-
-    def point_in_time(self) -> None:
-        """Recover the system at the point into a scratch copy, dump the target's database from it (``pg_dump
-        -Fc`` into the run's work area), then restore that dump into the side database and check it."""
-        system, point = self.run.recovery_system, self.run.recovery_point
-        dbname = pg.database_name(self.url)
-        recover, dump, restore = "recover to the point", "dump the database", "restore into side database"
-        backup = base_backup_for(system, point)
-        self.steps.start(recover, detail=f"barman recover of base backup {backup.manifest.get('backup_id')} "
-                                         f"to {point}")
-        path = materialize.temp_path(self.run.pk, "dump")
-        self.files.append(path)
-        try:
-            with pitr.recovered(system, point, backup_id=backup.manifest["backup_id"]) as copy:
-                position = copy.replay_position()
-                last_commit = copy.query("SELECT pg_last_xact_replay_timestamp()")[0][0]
-                with copy.connect() as conn:
-                    present = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone()
-                if not present:
-                    raise RunFailure(f"the recovered {system.name} has no database {dbname} at {point}; "
-                                     "the target is untouched")
-                recovered_to = point.time if point.kind == "time" else last_commit
-                recovery = {"point": str(point), "base_backup": backup.manifest.get("backup_id"),
-                            "replay_position": position, "last_commit": last_commit.isoformat() if last_commit
-                            else None, "recovered_to": recovered_to.isoformat() if recovered_to else None,
-                            "recover_seconds": round(copy.recover_seconds, 3),
-                            "start_seconds": round(copy.start_seconds, 3)}
-                self.save_results(recovery=recovery)
-                self.steps.finish(recover, data=recovery,
-                                  detail=f"recovered to {point}: WAL replayed to {position}"
-                                         + (f", last commit {last_commit:%Y-%m-%d %H:%M:%S} UTC" if last_commit
-                                            else "") + f" ({copy.recover_seconds:.1f} s)")
-                self.steps.start(dump, detail=f"pg_dump -Fc of {dbname} from the recovered copy")
-                copy.dump(dbname, path)
-        except BarmanError as exc:
-            raise RunFailure(f"recovery of {system.name} to {point} failed: {exc}; the target is untouched") from None
-        size = path.stat().st_size
-        self.steps.finish(dump, bytes=size, detail=f"{size} bytes dumped from {dbname} at {point}")
-        plan = pg.plan_restore(size)
-        RestoreRun.objects.filter(pk=self.run.pk).update(plan={**plan.as_dict(), "format": "pg_custom"})
-        self.steps.start(restore, detail=f"pg_restore -j{plan.jobs} from the dump")
-        result = pg.restore_to_side_database(
-            self.url, self.run.pk, path, jobs=plan.jobs,
-            on_progress=lambda p: self.steps.progress(restore, p.fraction, detail=f"pg_restore: {p.message}"[:200]))
-        self.side = result.database
-        self.steps.finish(restore, detail=f"restored into {result.database} in {result.duration_s:.1f} s",
-                          data=result.as_dict())
-        self.checks(runtime.with_database_name(self.url, self.side))
 
     # --- database ----------------------------------------------------------------------------
 
@@ -376,6 +335,11 @@ class _Execution:
             for skipped in (name, "database owner and grants"):
                 self.steps.skip(skipped, why)
             return None
+        return self.create_found_roles(found)
+
+    def create_found_roles(self, found: roles.BackupRoles) -> roles.BackupRoles:
+        """Create the roles of ``found`` the target's server lacks; report the rest (the "roles" step is running)."""
+        name = "roles"
         try:
             report = roles.roles_create(self.url, found.globals)
         except roles.RolesRefused as exc:
@@ -508,7 +472,8 @@ class _Execution:
         attempt = 0
         while True:
             attempt += 1
-            connectivity = database_connectivity(self.url) if self.run.restores_database else None
+            connectivity = (database_connectivity(self.url)
+                            if self.run.restores_database or self.run.is_whole_server else None)
             results = healthchecks.run_health_checks(checks, extra_hosts=self.target.health_check_hosts)
             healthy = (connectivity is None or connectivity["ok"]) and all(r.ok for r in results)
             refused = any(r.refused for r in results)
@@ -524,6 +489,10 @@ class _Execution:
             failing = [r for r in results if not r.ok]
             why = (connectivity["error"] if connectivity and not connectivity["ok"]
                    else f"{failing[0].url}: {failing[0].error}")
+            if self.run.is_whole_server:
+                raise RunFailure(f"the health checks of the new server failed ({why}); it runs on port "
+                                 f"{self.target.server_port} in {self.target.server_data_dir}, left as it is to be "
+                                 "looked at")
             raise RunFailure(f"the health checks failed after the swap ({why}); the restored data is live, the "
                              "previous state is kept for a rollback")
         healthy_at = timezone.now()
@@ -546,18 +515,6 @@ class _Execution:
                          details=audit_details(run, rto_seconds=round(rto, 3),
                                                rpo_seconds=round(rpo, 3) if rpo is not None else None,
                                                rollback_until=run.rollback_until))
-
-
-def base_backup_for(system, point) -> Artifact:
-    """The newest available base backup that ended before ``point`` (for latest or a name: the newest)."""
-    bases = Artifact.objects.filter(system=system, kind=Artifact.Kind.BASE, status=Artifact.Status.AVAILABLE)
-    if point.kind == "time":
-        bases = bases.filter(created_at__lte=point.time)
-    base = bases.order_by("-created_at").first()
-    if base is None:
-        raise RunFailure(f"{point} is before the first base backup of {system.name}: nothing to recover it from; "
-                         "the target is untouched")
-    return base
 
 
 def recovered_from(run: RestoreRun):

@@ -37,9 +37,25 @@ class TargetForm(forms.Form):
         help_text="The workers that restore into it (started with --pool NAME on a host near its database). Empty: "
                   "the pool of the artifact's system, else any worker. Changing it needs a second person.")
 
+    kind = forms.ChoiceField(
+        choices=Target.Kind.choices, initial=Target.Kind.DATABASE, required=False,
+        help_text="A new server: whole-server recoveries of a point in time go into a new data directory on the "
+                  "target host (the three fields below); the database above then names a database of that new "
+                  "server, which its checks use.")
+    server_data_dir = forms.CharField(
+        label="New server: data directory", max_length=500, required=False,
+        help_text="Absolute path under DRPANEL_SERVER_DATA_ROOTS on the target host; it must be empty or absent "
+                  "when a recovery starts.")
+    server_port = forms.IntegerField(label="New server: port", min_value=1024, max_value=65535, required=False)
+    server_user = forms.CharField(label="New server: OS user", max_length=32, required=False,
+                                  help_text="Owns and runs the new server (never root), e.g. postgres.")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["system"].queryset = System.objects.order_by("name")
+
+    def clean_kind(self):
+        return self.cleaned_data["kind"] or Target.Kind.DATABASE
 
     def clean_health_check_hosts(self):
         value = self.cleaned_data["health_check_hosts"]
@@ -52,6 +68,8 @@ class TargetForm(forms.Form):
             "database_ref": target.database_ref, "config_dir": target.config_dir,
             "health_check_hosts": "\n".join(target.health_check_hosts), "is_active": target.is_active,
             "system": target.system.name if target.system_id else None, "worker_pool": target.worker_pool,
+            "kind": target.kind, "server_data_dir": target.server_data_dir, "server_port": target.server_port,
+            "server_user": target.server_user,
         }
 
 

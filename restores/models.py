@@ -39,7 +39,16 @@ class Target(models.Model):
     top of ``DRPANEL_HEALTHCHECK_ALLOWED_HOSTS`` (see ``restores.healthchecks``). ``system``,
     when set, is the only system whose artifacts it receives; its sanity checks then also run
     in that system's restore-tests.
+
+    A target of kind ``server`` receives whole-server recoveries of a point in time (``restores.wholeserver``):
+    the recovered cluster becomes a new server in ``server_data_dir`` (empty or absent, under
+    ``DRPANEL_SERVER_DATA_ROOTS``), listening on ``server_port``, run by the OS user ``server_user``, on the
+    host of its worker pool; ``database_ref`` then names a database of that new server (its checks use it).
     """
+
+    class Kind(models.TextChoices):
+        DATABASE = "database", "a database"
+        SERVER = "server", "a new server (whole-server recovery)"
 
     class Environment(models.TextChoices):
         PRODUCTION = "production", "production"
@@ -53,6 +62,17 @@ class Target(models.Model):
         help_text="Typed by whoever confirms a restore into this target.",
     )
     environment = models.CharField(max_length=12, choices=Environment.choices)
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.DATABASE)
+    server_data_dir = models.CharField(
+        "new data directory", max_length=500, blank=True,
+        help_text="Server targets: where the recovered server's data directory is made, on the target host.")
+    server_port = models.PositiveIntegerField(
+        "new server's port", null=True, blank=True, validators=[MinValueValidator(1024), MaxValueValidator(65535)],
+        help_text="Server targets: the port the recovered server listens on.")
+    server_user = models.CharField(
+        "OS user", max_length=32, blank=True,
+        validators=[RegexValidator(r"^[a-z_][a-z0-9_-]{0,31}$", "An OS user name.")],
+        help_text="Server targets: the OS user that owns and runs the recovered server (never root).")
     description = models.CharField(max_length=300, blank=True)
     database_ref = models.CharField(
         "database", max_length=300,
@@ -90,6 +110,10 @@ class Target(models.Model):
     @property
     def is_production(self) -> bool:
         return self.environment == self.Environment.PRODUCTION
+
+    @property
+    def is_server(self) -> bool:
+        return self.kind == self.Kind.SERVER
 
 
 class SanityCheck(models.Model):
@@ -231,7 +255,8 @@ LEVELS = tuple(VerificationRun.Level.values)
 
 class RestoreRun(models.Model):
     """A restore of an artifact — or of a continuously protected system at a recovery point (latest, a moment,
-    a named restore point; database-only) — into a target, in a mode, with its steps, timings and rollback.
+    a named restore point; database-only, or whole-server into a server target) — into a target, in a mode,
+    with its steps, timings and rollback (none for whole-server: the new server has no previous state).
 
     States and the only allowed transitions (each is a conditional update on the state the
     caller saw, and each writes an audit event; see ``restores.requests``, ``restores.execution`` and
@@ -267,6 +292,7 @@ class RestoreRun(models.Model):
         DATABASE = "database-only", "database only"
         CONFIG = "config-only", "config only"
         FULL = "full", "full (database and config)"
+        SERVER = "whole-server", "whole server (a new server from a point in time)"
 
     class State(models.TextChoices):
         REQUESTED = "requested", "requested"
@@ -356,10 +382,12 @@ class RestoreRun(models.Model):
                 fields=["target"], condition=Q(state__in=["requested", "awaiting_approval", "approved", "queued",
                                                           "running"]),
                 name="restores_one_active_run_per_target"),
-            # Exactly one of an artifact or a recovery point (of a system, database-only).
+            # Exactly one of an artifact or a recovery point (of a system, database-only or whole-server).
             models.CheckConstraint(
                 condition=(Q(artifact__isnull=False, recovery_kind="", recovery_system__isnull=True)
-                           | Q(artifact__isnull=True, recovery_system__isnull=False, mode="database-only")
+                           & ~Q(mode="whole-server")
+                           | Q(artifact__isnull=True, recovery_system__isnull=False,
+                               mode__in=["database-only", "whole-server"])
                            & ~Q(recovery_kind="")),
                 name="restores_artifact_or_recovery_point"),
         ]
@@ -406,6 +434,10 @@ class RestoreRun(models.Model):
     @property
     def restores_config(self) -> bool:
         return self.mode in (self.Mode.CONFIG, self.Mode.FULL)
+
+    @property
+    def is_whole_server(self) -> bool:
+        return self.mode == self.Mode.SERVER
 
     @property
     def needs_checklist(self) -> bool:

@@ -6,8 +6,16 @@ temporary directory), at the point — ``RecoveryPoint.latest()``, ``.at(datetim
 ``.named(name)`` —, then a temporary PostgreSQL started on that directory on a free local port,
 reachable only through a private Unix socket (its own ``pg_hba.conf``: local connections of
 the worker's user), until the block ends; then it is stopped and the directory removed,
-whatever happened. What the block gets (``Recovered``) connects to it, follows the WAL replay
-position, runs SQL and dumps one database.
+whatever happened. What the block gets (``Recovered``) connects to it, runs SQL, dumps one
+database and takes its roles (``pg_dumpall --globals-only``).
+
+While the copy replays WAL, ``on_replay`` (when given) receives a ``ReplayProgress`` every
+``REPLAY_POLL_SECONDS``: ``pg_last_wal_replay_lsn()`` against the start of the base backup and
+the end of the WAL Barman holds (a moment or a name lies before that end; reaching the point
+ends the replay at 100 %).
+
+``restores.wholeserver`` reuses the same pieces (``prepare``, ``recover_into``,
+``start_private``, ``wait_promoted``) to recover into a new, kept data directory instead.
 
 Replay needs every WAL byte received up to the point: the current segment is closed and archived first
 (``barman switch-wal --force --archive``) when the server answers; when it does not (the
@@ -22,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -37,9 +46,11 @@ from django.conf import settings
 
 from backups import barman
 from backups.barman import BarmanError
+from backups.server_roles import database_properties
 from drpanel import pgbin
 
 START_TIMEOUT = 600
+REPLAY_POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,37 @@ class RecoveryPoint:
         if self.kind == "time":
             return f"{self.time:%Y-%m-%d %H:%M:%S} UTC"
         return f"restore point {self.name!r}" if self.kind == "name" else "latest"
+
+
+def lsn_value(lsn: str) -> int:
+    """``'0/3000060'`` as a byte position."""
+    high, low = lsn.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def lsn_text(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+@dataclass(frozen=True)
+class ReplayProgress:
+    """Where WAL replay stands: ``replayed`` between ``start`` (the base backup's) and ``end`` (the end of the WAL
+    Barman holds; a moment or a name lies before it), ``fraction`` of that way; done once promoted."""
+
+    replayed: str
+    start: str
+    end: str
+    fraction: float
+    in_recovery: bool
+
+    def as_dict(self) -> dict:
+        return {"replayed": self.replayed, "start": self.start, "end": self.end,
+                "fraction": round(self.fraction, 4), "in_recovery": self.in_recovery}
+
+    def describe(self) -> str:
+        if not self.in_recovery:
+            return f"replay ended at {self.replayed}: promoted"
+        return f"WAL replayed to {self.replayed} of {self.end} ({self.fraction:.0%})"
 
 
 def _free_port() -> int:
@@ -127,11 +169,30 @@ def _newest_backup(system) -> str:
     return backups[0]["backup_id"]
 
 
+def wal_end(system, data: Path) -> int:
+    """The end of the WAL replay can reach: the end of the newest segment Barman holds (or copied into ``data``)."""
+    names = [s.name for s in barman.segments(system)]
+    names += [p.name for folder in (data / "pg_wal", data / "barman_wal") if folder.is_dir()
+              for p in folder.iterdir() if barman.SEGMENT.match(p.name)]
+    if not names:
+        return 0
+    _, number = max(barman.segment_number(name[:24]) for name in names)
+    return (number + 1) * barman.DEFAULT_SEGMENT_SIZE
+
+
+def backup_start(data: Path) -> int:
+    """Where the base backup's WAL begins (``START WAL LOCATION`` of its ``backup_label``); 0 when unknown."""
+    try:
+        found = re.search(r"^START WAL LOCATION: ([0-9A-F]+/[0-9A-F]+)", (data / "backup_label").read_text(), re.M)
+    except OSError:
+        return 0
+    return lsn_value(found[1]) if found else 0
+
+
 def _close_current_segment(system) -> bool:
     """Close and archive the segment being written, so "latest" includes it; False when the server is away."""
     try:
-        barman.run("switch-wal", "--force", "--archive", "--archive-timeout", "60", barman.server_name(system),
-                   timeout=120)
+        barman.switch_and_archive(system)
     except BarmanError:
         return False
     return True
@@ -150,6 +211,21 @@ class Recovered:
     user: str
     recover_seconds: float
     start_seconds: float
+    wal_start: int = 0
+    wal_end: int = 0
+
+    def progress(self, replayed: str, in_recovery: bool) -> ReplayProgress:
+        """``replayed`` as a ``ReplayProgress`` between the base backup's start and the end of the WAL held."""
+        position = lsn_value(replayed)
+        end = max(self.wal_end, position)
+        span = end - self.wal_start
+        fraction = 1.0 if not in_recovery else (min(0.99, (position - self.wal_start) / span) if span > 0 else 0.0)
+        return ReplayProgress(replayed=replayed, start=lsn_text(self.wal_start), end=lsn_text(end),
+                              fraction=max(0.0, fraction), in_recovery=in_recovery)
+
+    def url(self, dbname: str) -> str:
+        """A libpq URL of ``dbname`` through the private socket."""
+        return f"postgresql://{self.user}@/{dbname}?host={self.socket_dir}&port={self.port}"
 
     def connect(self, dbname: str = "postgres"):
         return psycopg.connect(host=str(self.socket_dir), port=self.port, user=self.user, dbname=dbname,
@@ -174,61 +250,106 @@ class Recovered:
             raise BarmanError(f"pg_dump of {dbname} from the recovered copy failed: {done.stderr.strip()[-300:]}")
         return output
 
+    def globals(self, *, role_passwords: bool | None = None) -> bytes:
+        """``pg_dumpall --globals-only`` of the recovered copy (passwords per ``DRPANEL_BACKUP_ROLE_PASSWORDS``)."""
+        if role_passwords is None:
+            role_passwords = settings.BACKUP_ROLE_PASSWORDS
+        command = [str(self.bindir / "pg_dumpall"), "--globals-only", "--no-tablespaces", "-h", str(self.socket_dir),
+                   "-p", str(self.port), "-U", self.user, "-l", "postgres"]
+        if not role_passwords:
+            command.append("--no-role-passwords")
+        done = subprocess.run(command, capture_output=True, timeout=settings.BARMAN_TIMEOUT_SECONDS)
+        if done.returncode != 0:
+            raise BarmanError("pg_dumpall --globals-only of the recovered copy failed: "
+                              f"{done.stderr.decode(errors='replace').strip()[-300:]}")
+        return done.stdout
 
-@contextlib.contextmanager
-def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None) -> Iterator[Recovered]:
-    """Recover ``system`` at ``point`` into a scratch directory, start it, yield it; stop and remove it after."""
+    def database_properties(self, dbname: str) -> dict:
+        """The owner, comment and grants of ``dbname`` in the recovered copy (what pg_dump leaves out)."""
+        with self.connect(dbname) as conn:
+            return database_properties(conn)
+
+
+def prepare(system) -> tuple[barman.Connection, bool]:
+    """The system's connection, and whether the current segment could be closed (False: the server is away)."""
     connection, _ = barman.connection_for(system)
-    backup_id = backup_id or _newest_backup(system)
     # Replay needs the WAL up to the point and, for a target, the first commit past it: close the current segment.
     closed = _close_current_segment(system)
-    barman.run("archive-wal", barman.server_name(system))
+    if not closed:
+        # Barman's wait after a switch archived every complete segment; without one, archive what was streamed.
+        barman.run("archive-wal", barman.server_name(system))
+    return connection, closed
+
+
+def recover_into(system, point: RecoveryPoint, backup_id: str, data: Path, *, closed: bool) -> float:
+    """``barman recover`` of ``backup_id`` at ``point`` into ``data`` (plus the segment being received when the
+    server is away); the seconds it took."""
+    began = time.monotonic()
+    barman.run("recover", *point.barman_args(), barman.server_name(system), backup_id, str(data),
+               timeout=settings.BARMAN_TIMEOUT_SECONDS * 30)
+    if not closed:
+        _copy_partial(system, data)
+    return time.monotonic() - began
+
+
+def start_private(data: Path, *, socket_dir: Path, port: int, log: Path, user, extra: str = "") -> float:
+    """Start the server of ``data`` reachable only through ``socket_dir`` (no TCP), as ``user``; seconds taken."""
+    began = time.monotonic()
+    options = (f"-p {port} -c listen_addresses='' -c unix_socket_directories='{socket_dir}' "
+               f"-c archive_mode=off -c hot_standby=on {extra}").strip()
+    done = _run_as(user, [str(_bindir(data) / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
+                          "-t", str(START_TIMEOUT), "-o", options, "start"], timeout=START_TIMEOUT + 30)
+    if done.returncode != 0:
+        raise BarmanError(f"the recovered server did not start: {_log_tail(log)}")
+    return time.monotonic() - began
+
+
+def stop_server(data: Path, user) -> None:
+    _run_as(user, [str(_bindir(data) / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], timeout=120)
+
+
+@contextlib.contextmanager
+def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None, on_replay=None) -> Iterator[Recovered]:
+    """Recover ``system`` at ``point`` into a scratch directory, start it, yield it; stop and remove it after."""
+    backup_id = backup_id or _newest_backup(system)
+    connection, closed = prepare(system)
     parent = Path(settings.RESTORE_TEMP_DIR) if settings.RESTORE_TEMP_DIR else None
     root = Path(tempfile.mkdtemp(prefix=f"drpanel-pitr-{system.name}-", dir=parent))
     data, socket_dir = root / "data", root / "socket"
     user = _server_user()
     started = False
     try:
-        began = time.monotonic()
-        barman.run("recover", *point.barman_args(), barman.server_name(system), backup_id, str(data),
-                   timeout=settings.BARMAN_TIMEOUT_SECONDS * 30)
-        if not closed:
-            _copy_partial(system, data)
-        recover_seconds = time.monotonic() - began
+        recover_seconds = recover_into(system, point, backup_id, data, closed=closed)
         socket_dir.mkdir(mode=0o700)
         # Only the worker's user, through the private socket: the copy is never reachable from the network.
         (data / "pg_hba.conf").write_text("local all all trust\n")
         _chown_tree(root, user)
-        bindir = _bindir(data)
         port = _free_port()
-        began = time.monotonic()
-        options = (f"-p {port} -c listen_addresses='' -c unix_socket_directories='{socket_dir}' "
-                   "-c archive_mode=off -c hot_standby=on")
-        done = _run_as(user, [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
-                              "-t", str(START_TIMEOUT), "-o", options, "start"], timeout=START_TIMEOUT + 30)
         started = True
-        if done.returncode != 0:
-            raise BarmanError(f"the recovered copy of {system.name} did not start: {_log_tail(root)}")
-        ready = Recovered(system=system, point=point, data=data, socket_dir=socket_dir, port=port, bindir=bindir,
-                          user=connection.user, recover_seconds=recover_seconds,
-                          start_seconds=time.monotonic() - began)
-        _wait_promoted(ready, point)
+        start_seconds = start_private(data, socket_dir=socket_dir, port=port, log=root / "server.log", user=user)
+        ready = Recovered(system=system, point=point, data=data, socket_dir=socket_dir, port=port,
+                          bindir=_bindir(data), user=connection.user, recover_seconds=recover_seconds,
+                          start_seconds=start_seconds, wal_start=backup_start(data), wal_end=wal_end(system, data))
+        wait_promoted(ready, point, on_replay=on_replay)
         yield ready
     finally:
         if started:
-            _run_as(user, [str(_bindir(data) / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], timeout=120)
+            stop_server(data, user)
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _wait_promoted(ready: Recovered, point: RecoveryPoint) -> None:
+def wait_promoted(ready: Recovered, point: RecoveryPoint, *, on_replay=None) -> None:
     """Recovery ends by promotion once replay reaches the point (or the end of the WAL): wait for that, so reads
-    see the point and not a moment of the replay before it."""
+    see the point and not a moment of the replay before it. ``on_replay`` hears the replay position meanwhile."""
     deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        with ready.connect() as conn:
-            if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+    with ready.connect() as conn:
+        while time.monotonic() < deadline:
+            in_recovery, replayed = conn.execute("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()").fetchone()
+            if on_replay is not None and replayed is not None:
+                on_replay(ready.progress(str(replayed), in_recovery))
+            if not in_recovery:
                 return
-        time.sleep(0.2)
+            time.sleep(REPLAY_POLL_SECONDS)
     raise BarmanError(f"the recovered copy of {ready.system.name} did not reach {point} in {START_TIMEOUT} s")
 
 
@@ -238,8 +359,8 @@ def _copy_partial(system, data: Path) -> None:
         shutil.copyfile(partial, data / "pg_wal" / partial.name.removesuffix(".partial"))
 
 
-def _log_tail(root: Path) -> str:
+def _log_tail(log: Path) -> str:
     try:
-        return " / ".join((root / "server.log").read_text().strip().splitlines()[-12:])[-2000:]
+        return " / ".join(log.read_text().strip().splitlines()[-12:])[-2000:]
     except OSError:
         return "no server log"

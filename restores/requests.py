@@ -53,6 +53,12 @@ def config_artifact_for(artifact: Artifact) -> Artifact | None:
 def _validate(*, artifact: Artifact, target: Target, mode: str, confirm: str, is_drill: bool) -> Artifact | None:
     if mode not in RestoreRun.Mode.values:
         raise RestoreError(f"unknown mode {mode!r}; the modes are {', '.join(RestoreRun.Mode.values)}")
+    if mode == RestoreRun.Mode.SERVER:
+        raise RestoreError("a whole-server restore recovers a point in time: it takes a recovery point, not an "
+                           "artifact")
+    if target.is_server:
+        raise RestoreError(f"{target.name} is a server target: it takes whole-server restores of a point in time "
+                           "only")
     if not target.is_active:
         raise RestoreError(f"the target {target.name} is deactivated: it accepts no restore")
     if (confirm or "").strip() != target.name:
@@ -136,8 +142,13 @@ def first_base_backup(system: System) -> Artifact | None:
 
 def _validate_point(*, system: System, point: RecoveryPoint, target: Target, mode: str, confirm: str,
                     is_drill: bool) -> None:
-    if mode != RestoreRun.Mode.DATABASE:
-        raise RestoreError(f"a point-in-time restore is database-only; {mode!r} needs an artifact")
+    if mode not in (RestoreRun.Mode.DATABASE, RestoreRun.Mode.SERVER):
+        raise RestoreError(f"a point-in-time restore is database-only or whole-server; {mode!r} needs an artifact")
+    if mode == RestoreRun.Mode.SERVER and not target.is_server:
+        raise RestoreError(f"a whole-server restore goes into a server target (a new data directory, port and OS "
+                           f"user); {target.name} is a database")
+    if mode == RestoreRun.Mode.DATABASE and target.is_server:
+        raise RestoreError(f"{target.name} is a server target: it takes whole-server restores only")
     if not target.is_active:
         raise RestoreError(f"the target {target.name} is deactivated: it accepts no restore")
     if (confirm or "").strip() != target.name:
@@ -162,9 +173,9 @@ def _validate_point(*, system: System, point: RecoveryPoint, target: Target, mod
 def restore_request_point(*, actor, system: System, point: RecoveryPoint, target: Target, mode: str, confirm: str,
                           is_drill: bool = False, reason: str = "", trigger: str = RestoreRun.Trigger.MANUAL,
                           request=None) -> RestoreRun:
-    """Ask for a point-in-time restore of ``system`` at ``point`` into ``target`` (database-only; needs
-    ``restore_to_target`` on it). Same rules as ``restore_request``: production waits for an approval
-    (bound to the system, the point and the target), staging and scratch are queued at once."""
+    """Ask for a point-in-time restore of ``system`` at ``point`` into ``target`` (database-only, or whole-server
+    into a server target; needs ``restore_to_target`` on it). Same rules as ``restore_request``: production waits
+    for an approval (bound to the system, the point and the target), staging and scratch are queued at once."""
     require_cap(actor, Cap.VIEW_PANEL, action="restore.request", obj=target)
     require_object_right(actor, RESTORE_TO_TARGET, target, action="restore.request")
     _validate_point(system=system, point=point, target=target, mode=mode, confirm=confirm, is_drill=is_drill)

@@ -35,9 +35,13 @@ def binding_params(*, artifact: Artifact, target: Target, mode: str, config_arti
 
 def point_binding_params(*, system, point, target: Target, mode: str) -> dict:
     """What a production approval of a point-in-time restore is bound to: the system, the point, the target."""
-    return {"artifact": None, "system": system.pk, "system_name": system.name, "recovery_point": point_label(point),
-            "target": target.pk, "target_name": target.name, "database_ref": target.database_ref,
-            "config_dir": target.config_dir, "mode": mode}
+    params = {"artifact": None, "system": system.pk, "system_name": system.name,
+              "recovery_point": point_label(point), "target": target.pk, "target_name": target.name,
+              "database_ref": target.database_ref, "config_dir": target.config_dir, "mode": mode}
+    if target.is_server:  # where the new server goes is part of what was approved
+        params.update(server_data_dir=target.server_data_dir, server_port=target.server_port,
+                      server_user=target.server_user)
+    return params
 
 
 def point_label(point) -> str:

@@ -33,18 +33,19 @@ from drpanel.approvals import (
 )
 from drpanel.models import Approval
 from drpanel.permissions import Cap, Role, require_cap, roles_of
-from restores import healthchecks
+from restores import healthchecks, wholeserver
 from restores.models import TARGET_RIGHTS, HealthCheck, SanityCheck, Target
 from restores.sanity import Expectation, ExpectationError
 
 TARGET_FIELDS = ("name", "environment", "description", "database_ref", "config_dir", "health_check_hosts",
-                 "system", "is_active", "worker_pool")
+                 "system", "is_active", "worker_pool", "kind", "server_data_dir", "server_port", "server_user")
 
 TARGET_CHANGE_APPROVAL = "target.change"
 RIGHT_GRANT_APPROVAL = "target.right_grant"
 # Fields whose change can turn a target into an unapproved restore path into something that matters, or (the
-# worker pool) move its restores onto other hosts, or onto none.
-GUARDED_FIELDS = ("database_ref", "config_dir", "worker_pool")
+# worker pool) move its restores onto other hosts, or onto none, or (a server target's) where a new server goes.
+GUARDED_FIELDS = ("database_ref", "config_dir", "worker_pool", "kind", "server_data_dir", "server_port",
+                  "server_user")
 
 # Who may hold each right (DESIGN.md's role table): a grant to anyone else is refused.
 RIGHT_ROLES = {
@@ -111,6 +112,7 @@ def _clean(target: Target, sanity_checks: list[dict], health_checks: list[dict])
         target.config_dir = clean_config_dir(target.config_dir)
     except ValidationError as exc:
         errors.setdefault("config_dir", []).extend(exc.messages)
+    _clean_server(target, errors)
     try:
         target.health_check_hosts = clean_hosts(target.health_check_hosts)
     except ValidationError as exc:
@@ -156,6 +158,29 @@ def _clean(target: Target, sanity_checks: list[dict], health_checks: list[dict])
     if errors:
         raise ValidationError(errors)
     return sanity, health
+
+
+def _clean_server(target: Target, errors: dict) -> None:
+    """A server target names a data directory under the deployment's roots, a port and an OS user (not root);
+    a database target names none of them."""
+    target.server_data_dir = (target.server_data_dir or "").strip()
+    target.server_user = (target.server_user or "").strip()
+    if target.kind != Target.Kind.SERVER:
+        if target.server_data_dir or target.server_port or target.server_user:
+            errors.setdefault("kind", []).append("Only a server target names a data directory, a port and a user.")
+        target.server_port = None
+        return
+    try:
+        target.server_data_dir = wholeserver.check_data_dir_setting(target.server_data_dir)
+    except wholeserver.ServerTargetRefused as exc:
+        message = str(exc)
+        errors.setdefault("server_data_dir", []).append(message[:1].upper() + message[1:] + ".")
+    if not target.server_port:
+        errors.setdefault("server_port", []).append("A server target needs the port of its new server.")
+    if not target.server_user:
+        errors.setdefault("server_user", []).append("A server target needs the OS user that runs its new server.")
+    elif target.server_user == "root":
+        errors.setdefault("server_user", []).append("PostgreSQL does not run as root.")
 
 
 def _snapshot(target: Target) -> dict:

@@ -120,7 +120,8 @@ def run_create(request):
 @capability_required(Cap.START_JOBS)
 @require_http_methods(["GET", "POST"])
 def point_create(request):
-    """Ask for a point-in-time restore of a continuously protected system (database-only)."""
+    """Ask for a point-in-time restore of a continuously protected system (database-only; whole-server into a
+    server target)."""
     data = request.POST if request.method == "POST" else request.GET
     system = get_object_or_404(System, name=data.get("system", ""), continuous_enabled=True)
     targets = list(restorable_targets(request.user).filter(Q(system__isnull=True) | Q(system=system)))
@@ -146,7 +147,8 @@ def point_create(request):
                 try:
                     run = requests.restore_request_point(
                         actor=request.user, system=system, point=point, target=target,
-                        mode=RestoreRun.Mode.DATABASE, confirm=request.POST.get("confirm", ""),
+                        mode=RestoreRun.Mode.SERVER if target.is_server else RestoreRun.Mode.DATABASE,
+                        confirm=request.POST.get("confirm", ""),
                         is_drill=request.POST.get("is_drill") == "on", reason=request.POST.get("reason", ""),
                         request=request)
                 except runstate.RestoreError as exc:

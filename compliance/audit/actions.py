@@ -260,6 +260,10 @@ class AuditAction(StrEnum):
     CONTINUOUS_WAL_GAP = ("continuous.wal_gap", "The WAL catalog of a system found a gap; it names the first missing "
                           "segment.")
 
+    # Whole-server recovery (restores.wholeserver).
+    RESTORE_SERVER_STARTED = ("restore.server_started", "A whole-server restore started the recovered server on its "
+                              "target host (data directory, port, OS user, WAL position replayed).")
+
 
 _EXTRA: dict[str, str] = {}
 

@@ -54,7 +54,7 @@ def test_every_benchmark_runs_an_existing_script_at_every_scale(scale):
     for name, argv in run.benchmarks(scale, "drpanel_bench", "postgresql://postgres@127.0.0.1:5432/x"):
         names.append(name)
         assert (ROOT / argv[1]).is_file(), argv
-    assert names == ["backup", "audit", "restore_ops", "restore", "jobs"]
+    assert names == ["backup", "audit", "restore_ops", "restore", "jobs", "continuous"]
 
 
 # --- the statistics every figure goes through (bench/stats.py) --------------------------------

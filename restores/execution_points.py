@@ -1,0 +1,223 @@
+"""Restore runs from a recovery point, in the worker: the steps ``restores.execution._Execution`` takes for them.
+
+- **database-only** (``point_in_time``): the system is recovered at the point into a scratch copy
+  (``restores.pitr``); its roles are taken (``pg_dumpall --globals-only``) and its database dumped;
+  the roles the target's server lacks are created (``restores.roles``: never altering one that
+  exists, differences reported), then the usual side database, owner and grants, checks and swap.
+- **whole-server** (``whole_server``): the target host is checked (``restores.wholeserver``: an
+  empty directory, a free port, a user that is not root) before anything is written, then the
+  cluster is recovered into the target's new data directory, replayed privately, its sanity checks
+  run, and it is started for real on the target's port. There is no swap and no rollback: the new
+  server had no previous state. A failure before it went live removes what was written.
+
+Both show the WAL replay while it runs: the step's fraction and detail, and ``results["replay"]``
+(the API's ``recovery_point.replay``), from ``pg_last_wal_replay_lsn()`` of the recovering server.
+"""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+from django.db import transaction
+from django.utils import timezone
+
+from backups.barman import BarmanError
+from backups.models import Artifact
+from backups.server_roles import GlobalsError, parse_globals
+from compliance.audit import audit_record
+from compliance.audit.actions import AuditAction
+from drpanel import runtime
+from restores import materialize, pg, pitr, roles, sanity, wholeserver
+from restores.models import RestoreRun
+from restores.recovery_checks import create_recovery_checks
+from restores.runstate import RunFailure, audit_details
+
+RECOVER = "recover to the point"
+REPLAY_SAVE_SECONDS = 0.5
+REPLAY_SAMPLES_KEPT = 60
+
+
+def point_plan(run: RestoreRun) -> list[tuple[str, int]]:
+    if run.is_whole_server:
+        return [("check the target host", 1), (RECOVER, 70), ("sanity checks", 3), ("start the server", 6),
+                ("health checks", 10)]
+    return [(RECOVER, 40), ("dump the database", 15), ("roles", 2), ("restore into side database", 30),
+            ("database owner and grants", 1), ("sanity checks", 3), ("swap", 2), ("health checks", 10)]
+
+
+def base_backup_for(system, point) -> Artifact:
+    """The newest available base backup that ended before ``point`` (for latest or a name: the newest)."""
+    bases = Artifact.objects.filter(system=system, kind=Artifact.Kind.BASE, status=Artifact.Status.AVAILABLE)
+    if point.kind == "time":
+        bases = bases.filter(created_at__lte=point.time)
+    base = bases.order_by("-created_at").first()
+    if base is None:
+        raise RunFailure(f"{point} is before the first base backup of {system.name}: nothing to recover it from; "
+                         "the target is untouched")
+    return base
+
+
+class PointInTimeSteps:
+    """The recovery-point paths of ``_Execution`` (``self.run``, ``self.steps``, ``self.url``, ``save_results``)."""
+
+    def replay_reporter(self):
+        """What follows the replay: the step's fraction and detail, and the samples in ``results["replay"]``."""
+        samples: list[dict] = []
+        last = [0.0]
+
+        def report(progress: pitr.ReplayProgress) -> None:
+            self.steps.progress(RECOVER, progress.fraction, detail=progress.describe())
+            now = time.monotonic()
+            if now - last[0] < REPLAY_SAVE_SECONDS and progress.in_recovery:
+                return
+            last[0] = now
+            samples.append({**progress.as_dict(), "at": timezone.now().isoformat()})
+            del samples[:-REPLAY_SAMPLES_KEPT]
+            self.save_results(replay={**progress.as_dict(), "samples": list(samples)})
+
+        return report
+
+    def recovery_summary(self, backup, position, last_commit, recover_seconds, start_seconds) -> dict:
+        point = self.run.recovery_point
+        recovered_to = point.time if point.kind == "time" else last_commit
+        return {"point": str(point), "base_backup": backup.manifest.get("backup_id"), "replay_position": position,
+                "last_commit": last_commit.isoformat() if last_commit else None,
+                "recovered_to": recovered_to.isoformat() if recovered_to else None,
+                "recover_seconds": round(recover_seconds, 3), "start_seconds": round(start_seconds, 3)}
+
+    def finish_recovery(self, recovery: dict, last_commit) -> None:
+        self.save_results(recovery=recovery)
+        self.steps.finish(RECOVER, data=recovery,
+                          detail=f"recovered to {recovery['point']}: WAL replayed to {recovery['replay_position']}"
+                                 + (f", last commit {last_commit:%Y-%m-%d %H:%M:%S} UTC" if last_commit else "")
+                                 + f" ({recovery['recover_seconds']:.1f} s)")
+
+    # --- database-only -------------------------------------------------------------------------
+
+    def point_in_time(self) -> None:
+        """Recover the system at the point into a scratch copy, take its roles and dump the target's database from
+        it (``pg_dump -Fc`` into the run's work area), create the roles the target lacks, then restore that dump
+        into the side database and check it."""
+        system, point = self.run.recovery_system, self.run.recovery_point
+        dbname = pg.database_name(self.url)
+        dump, restore = "dump the database", "restore into side database"
+        backup = base_backup_for(system, point)
+        self.steps.start(RECOVER, detail=f"barman recover of base backup {backup.manifest.get('backup_id')} "
+                                         f"to {point}")
+        path = materialize.temp_path(self.run.pk, "dump")
+        self.files.append(path)
+        try:
+            with pitr.recovered(system, point, backup_id=backup.manifest["backup_id"],
+                                on_replay=self.replay_reporter()) as copy:
+                position = copy.replay_position()
+                last_commit = copy.query("SELECT pg_last_xact_replay_timestamp()")[0][0]
+                with copy.connect() as conn:
+                    present = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone()
+                if not present:
+                    raise RunFailure(f"the recovered {system.name} has no database {dbname} at {point}; "
+                                     "the target is untouched")
+                self.finish_recovery(self.recovery_summary(backup, position, last_commit, copy.recover_seconds,
+                                                           copy.start_seconds), last_commit)
+                self.steps.start(dump, detail=f"pg_dump -Fc of {dbname} and the server's roles from the recovered "
+                                              "copy")
+                copy.dump(dbname, path)
+                server_globals, database = copy.globals(), copy.database_properties(dbname)
+        except (BarmanError, psycopg.Error) as exc:
+            raise RunFailure(f"recovery of {system.name} to {point} failed: {exc}; the target is untouched") from None
+        size = path.stat().st_size
+        self.steps.finish(dump, bytes=size, detail=f"{size} bytes dumped from {dbname} at {point}, with the "
+                                                   "server's roles")
+        try:
+            found = roles.BackupRoles(globals=parse_globals(server_globals), database=database)
+        except (GlobalsError, UnicodeDecodeError) as exc:
+            raise RunFailure(f"the recovered server's roles cannot be read: {exc}; the target is untouched") from None
+        self.steps.start("roles")
+        self.create_found_roles(found)
+        plan = pg.plan_restore(size)
+        RestoreRun.objects.filter(pk=self.run.pk).update(plan={**plan.as_dict(), "format": "pg_custom"})
+        self.steps.start(restore, detail=f"pg_restore -j{plan.jobs} from the dump")
+        result = pg.restore_to_side_database(
+            self.url, self.run.pk, path, jobs=plan.jobs,
+            on_progress=lambda p: self.steps.progress(restore, p.fraction, detail=f"pg_restore: {p.message}"[:200]))
+        self.side = result.database
+        self.steps.finish(restore, detail=f"restored into {result.database} in {result.duration_s:.1f} s",
+                          data=result.as_dict())
+        self.adopt_database(found)
+        self.checks(runtime.with_database_name(self.url, self.side))
+
+    # --- whole server --------------------------------------------------------------------------
+
+    def whole_server(self) -> None:
+        """Check the target host, recover the cluster into its new data directory, check it privately, start it."""
+        system, point, target = self.run.recovery_system, self.run.recovery_point, self.target
+        name = "check the target host"
+        self.steps.start(name)
+        try:
+            plan = wholeserver.check_host(target, self.url)
+        except wholeserver.ServerTargetRefused as exc:
+            raise ServerRefused(f"refused before anything was written: {exc}") from None
+        self.save_results(server=plan.as_dict())
+        self.steps.finish(name, data=plan.as_dict(),
+                          detail=f"{plan.data} is {'absent' if plan.create else 'empty'}, port {plan.port} is free, "
+                                 f"the server will run as {plan.user.pw_name}")
+        backup = base_backup_for(system, point)
+        self.steps.start(RECOVER, detail=f"barman recover of base backup {backup.manifest.get('backup_id')} to "
+                                         f"{point} into {plan.data}")
+        dbname = pg.database_name(self.url)
+        try:
+            with wholeserver.recovered_privately(system, point, backup.manifest["backup_id"], plan,
+                                                 on_replay=self.replay_reporter()) as ready:
+                position = ready.replay_position()
+                last_commit = ready.query("SELECT pg_last_xact_replay_timestamp()")[0][0]
+                with ready.connect() as conn:
+                    present = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone()
+                if not present:
+                    raise wholeserver.ServerTargetRefused(f"the recovered {system.name} has no database {dbname}")
+                self.finish_recovery(self.recovery_summary(backup, position, last_commit, ready.recover_seconds,
+                                                           ready.start_seconds), last_commit)
+                self.private_checks(ready.url(dbname))
+        except (BarmanError, psycopg.Error, wholeserver.ServerTargetRefused) as exc:
+            raise RunFailure(f"recovery of {system.name} to {point} into {plan.data} failed: {exc}; what was "
+                             "written was removed, the target host is as it was") from None
+        name = "start the server"
+        self.steps.start(name, detail=f"pg_ctl start on port {plan.port} as {plan.user.pw_name}")
+        try:
+            seconds = wholeserver.go_live(plan)
+        except wholeserver.ServerTargetRefused as exc:
+            raise RunFailure(str(exc)) from None
+        live = timezone.now()
+        RestoreRun.objects.filter(pk=self.run.pk).update(swapped_at=live)
+        self.run.swapped_at = live
+        self.save_results(server={**plan.as_dict(), "running": True, "started_at": live.isoformat(),
+                                  "start_seconds": round(seconds, 3)})
+        with transaction.atomic():
+            audit_record(actor=None, action=AuditAction.RESTORE_SERVER_STARTED, obj=self.run,
+                         details=audit_details(self.run, **plan.as_dict(), replay_position=position))
+        self.steps.finish(name, detail=f"the new server runs in {plan.data} on port {plan.port} as "
+                                       f"{plan.user.pw_name} ({seconds:.1f} s)")
+        if self.run.needs_checklist:
+            create_recovery_checks(self.run)
+
+    def private_checks(self, url: str) -> None:
+        """The target's sanity checks on the recovered server before anybody can reach it; a failing one stops the
+        run (and the directory is removed)."""
+        name = "sanity checks"
+        checks = list(self.target.sanity_checks.all())
+        self.steps.start(name)
+        if not checks:
+            self.steps.finish(name, state="skipped", detail="the target has no sanity check")
+            return
+        results = sanity.run_sanity_checks(url, checks)
+        self.save_results(sanity_checks=[r.as_dict() for r in results])
+        failed = [r for r in results if not r.ok]
+        if failed:
+            raise wholeserver.ServerTargetRefused(
+                f"{len(failed)} of {len(results)} sanity checks failed on the recovered server (first: "
+                f"{failed[0].name}: {failed[0].error})")
+        self.steps.finish(name, detail=f"{len(results)} sanity checks passed on the recovered server, before it "
+                                       "was reachable")
+
+
+class ServerRefused(RunFailure):
+    """The target host cannot take the new server; nothing was written."""
