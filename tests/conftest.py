@@ -36,7 +36,8 @@ SERIAL_GROUPS = ("chaos", "browser")
 BROWSER_LANES = 2
 # A test taking one of these starts real processes or makes databases (real backups, pg_restore,
 # RQ workers, CREATE DATABASE): it is ``slow`` (not in ``make check``) whether or not it says so.
-SLOW_FIXTURES = frozenset({"workers", "full_artifact", "config_artifact", "source_db", "scratch", "sample_archive"})
+SLOW_FIXTURES = frozenset({"workers", "full_artifact", "config_artifact", "source_db", "scratch", "sample_archive",
+                           "protected_server", "protected_database", "clean_server", "second_server"})
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -246,14 +247,26 @@ def sign_in(live_server):
     return _sign_in
 
 
-# --- protected PostgreSQL servers (tests.protected_servers) ---------------------------------------------
+# --- PostgreSQL servers of the tests' own (tests.pg_servers) ---------------------------------------------
+
+@pytest.fixture(scope="session", autouse=True)
+def _pg_template_home(tmp_path_factory):
+    """Servers copy one cluster ``initdb`` made for the whole run, kept in the run's temporary directory (which
+    the xdist workers share: each worker's is a folder of it); nothing is made until a server is wanted."""
+    from tests import pg_servers
+
+    base = tmp_path_factory.getbasetemp()
+    pg_servers.TEMPLATE_HOME = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    yield
+    pg_servers.TEMPLATE_HOME = None
+
 
 @pytest.fixture(scope="session")
-def protected_server():
-    """A PostgreSQL server of the tests' own (not the panel's), started once per test process and shared."""
-    from tests.protected_servers import PgServer
+def protected_server(_pg_template_home):
+    """The shared PostgreSQL server of the tests' own (not the panel's), started once per test process."""
+    from tests.pg_servers import PgServer
 
-    server = PgServer()
+    server = PgServer("shared")
     try:
         yield server.start()
     finally:
@@ -266,3 +279,13 @@ def protected_database(protected_server):
     url = protected_server.create_database()
     yield url
     protected_server.drop_database(url)
+
+
+@pytest.fixture
+def clean_server(protected_server):
+    """The shared ``protected_server`` for a test that leaves fixed names on it: every database, role and
+    replication slot the test made is dropped after it (``tests.pg_servers.kept_clean``)."""
+    from tests.pg_servers import kept_clean
+
+    with kept_clean(protected_server) as server:
+        yield server

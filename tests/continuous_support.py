@@ -1,96 +1,60 @@
-"""A protected PostgreSQL server started by the tests, for continuous protection through Barman.
+"""Continuous protection through Barman in the tests: a Barman home per module, on the shared protected server.
 
-``ProtectedServer`` runs ``initdb`` from PostgreSQL's bindir as the ``postgres`` user (initdb
-refuses root), configured for streaming (``wal_level = replica``, WAL senders, slots, a
-replication line in pg_hba), on a free port, under a temporary directory; ``stop()`` stops it
-and removes the directory. The panel's own server is never the protected one.
+The module's ``server`` is the session's shared PostgreSQL server (``tests.pg_servers``), configured for
+streaming (``wal_level = replica``, WAL senders, slots, a replication line in pg_hba); what the module made
+on it (databases, roles, Barman's replication slots) is dropped when the module ends, after its Barman
+receivers are stopped. ``ProtectedServer`` starts a server of its own, for a test that needs another one
+(a pg_hba without the replication line, say); ``stop()`` stops it and removes its directory. The panel's
+own server is never the protected one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pwd
-import shutil
 import signal
-import socket
-import subprocess
-import tempfile
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from backups import barman
 from backups.continuous import continuous_refresh, continuous_tick
 from backups.models import WalTimeline
+from tests.pg_servers import BIN_DIR, POSTGRES, PgServer, as_postgres, free_port, kept_clean
 from tests.support import wait_for
 
-BINDIR = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
-POSTGRES = pwd.getpwnam("postgres")
+__all__ = ["BINDIR", "PASSWORD", "POSTGRES", "URL_VARIABLE", "ProtectedServer", "as_postgres", "barman_home",
+           "barman_settings", "catalog_reaches", "free_port", "kill_receiver", "segment_of_switch", "server",
+           "streams"]
+
+BINDIR = BIN_DIR
 URL_VARIABLE = "DRPANEL_SECRET_TEST_PROTECTED_URL"
 PASSWORD = "not-in-any-config-file"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def as_postgres(*command: str, check: bool = True) -> subprocess.CompletedProcess:
-    def demote():
-        os.setgid(POSTGRES.pw_gid)
-        os.setuid(POSTGRES.pw_uid)
-    return subprocess.run(list(command), preexec_fn=demote, capture_output=True, text=True, check=check,
-                          cwd="/tmp", env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
-
-
-class ProtectedServer:
-    """One PostgreSQL server in a temporary directory, owned by ``postgres``, on a free port."""
+class ProtectedServer(PgServer):
+    """A PostgreSQL server of its own, started at once; ``url`` is its ``postgres`` database's."""
 
     def __init__(self, *, replication_hba: bool = True):
-        self.root = Path(tempfile.mkdtemp(prefix="drpanel-protected-"))
-        os.chown(self.root, POSTGRES.pw_uid, POSTGRES.pw_gid)
-        self.data = self.root / "data"
-        self.port = free_port()
-        as_postgres(str(BINDIR / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        with open(self.data / "postgresql.conf", "a") as conf:
-            conf.write(f"\nport = {self.port}\nlisten_addresses = '127.0.0.1'\n"
-                       f"unix_socket_directories = '{self.root}'\n"
-                       "wal_level = replica\nmax_wal_senders = 10\nmax_replication_slots = 10\n"
-                       "fsync = off\nshared_buffers = 16MB\n")
-        hba = ["local all all trust", "host all all 127.0.0.1/32 trust"]
-        if replication_hba:
-            hba.append("host replication all 127.0.0.1/32 trust")
-        (self.data / "pg_hba.conf").write_text("\n".join(hba) + "\n")
+        super().__init__("protected", replication_hba=replication_hba)
         self.start()
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def start(self) -> None:
-        as_postgres(str(BINDIR / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "log"), "-w", "start")
-
-    def connect(self, dbname: str = "postgres"):
-        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=dbname, autocommit=True)
-
-    def execute(self, sql: str, *params, dbname: str = "postgres"):
-        with self.connect(dbname) as conn:
-            cursor = conn.execute(sql, params or None)
-            return cursor.fetchall() if cursor.description else None
-
-    def stop(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            as_postgres(str(BINDIR / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(self.root, ignore_errors=True)
+        return self.dsn()
 
 
-# --- module fixtures: one protected server and one Barman home per test module ---------------------
+# --- module fixtures: the shared server, kept clean, and one Barman home per test module ------------------
 
 @pytest.fixture(scope="module")
-def barman_home(tmp_path_factory):
+def server(protected_server):
+    """The session's shared server for this module; the databases, roles and slots the module made are dropped
+    after it (``barman_home``, which needs this fixture, has stopped Barman's receivers by then)."""
+    with kept_clean(protected_server) as shared:
+        yield shared
+
+
+@pytest.fixture(scope="module")
+def barman_home(tmp_path_factory, server):
     home = tmp_path_factory.mktemp("barman-home")
     yield home
     # Receivers Barman started in the background outlive the jobs that started them: stop ours.
@@ -101,13 +65,6 @@ def barman_home(tmp_path_factory):
                 os.kill(pid, signal.SIGTERM)
         except (OSError, ValueError):
             pass
-
-
-@pytest.fixture(scope="module")
-def server():
-    protected = ProtectedServer()
-    yield protected
-    protected.stop()
 
 
 @pytest.fixture(autouse=True)

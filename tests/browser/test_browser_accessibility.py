@@ -128,22 +128,20 @@ def test_the_main_pages_have_no_serious_or_critical_violations_as_any_persona(br
     probe.close()
 
     found, weak_fields, visited = [], [], []
-    pages = [(None, "/login/")] + [(who, url) for who in PERSONAS for url in main_pages(estate)] \
-        + [("outsider", "/"), ("outsider", "/audit/")]
-    contexts = {}
-    for who, url in pages:
-        if who not in contexts:
-            contexts[who] = browser.new_context().new_page()
-            if who:
-                sign_in(contexts[who], who)
-                contexts[who].wait_for_url(f"{live_server.url}/")
-        page = contexts[who]
-        response = page.goto(f"{live_server.url}{url}")
-        visited.append((who, url, response.status))
-        found += [(who or "anonymous", url, v) for v in axe_check(page, axe_source)]
-        weak_fields += [(who, url, f) for f in page.evaluate(FIELD_BORDERS)
-                        if not f["filled"] and (f["ratio"] < 3 or f["width"] < 1)]
-    for page in contexts.values():
+    sweep = [(None, ["/login/"])] + [(who, main_pages(estate)) for who in PERSONAS] + [("outsider", ["/", "/audit/"])]
+    for who, urls in sweep:
+        # One browser context per persona, closed before the next one's: a page left open on a polling page
+        # (a run waiting for approval, an open incident) would keep asking the live server while the others run.
+        page = browser.new_context().new_page()
+        if who:
+            sign_in(page, who)
+            page.wait_for_url(f"{live_server.url}/")
+        for url in urls:
+            response = page.goto(f"{live_server.url}{url}")
+            visited.append((who, url, response.status))
+            found += [(who or "anonymous", url, v) for v in axe_check(page, axe_source)]
+            weak_fields += [(who, url, f) for f in page.evaluate(FIELD_BORDERS)
+                            if not f["filled"] and (f["ratio"] < 3 or f["width"] < 1)]
         page.goto("about:blank")
         page.context.close()
 

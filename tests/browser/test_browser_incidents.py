@@ -5,9 +5,10 @@
    another browser → health → manual steps with evidence → checklist); a manager closes it and the
    report shows the measured RTO and RPO.
 2. A drill into staging, started from the dashboard, whose restore needs no approval.
-3. Scenario 2 onto an empty second PostgreSQL server the test starts, and scenario 3 from the off-site copy
-   with the primary storage location gone, onto a target on another server: the steps before the restore are
-   set up through the services; the restore, its live progress, the health checks and the end are on the page.
+3. Scenario 2 onto an empty second PostgreSQL server (``second_server``: the tests' shared one, kept clean),
+   and scenario 3 from the off-site copy with the primary storage location gone, onto a target on another
+   server: the steps before the restore are set up through the services; the restore, its live progress, the
+   health checks and the end are on the page.
 """
 
 import os
@@ -23,7 +24,6 @@ from restores.incident_steps import incident_step_complete, incident_step_skip, 
 from restores.incidents import incident_declare
 from restores.models import Incident, IncidentStep, VerificationRun
 from tests.loop_support import take_backup
-from tests.pg_server_support import pg_server
 from tests.restores.test_incident_scenarios import new_host_target, orders_on
 from tests.support import rq_workers, wait_for
 
@@ -178,34 +178,33 @@ def _recover_on_new_server(page, base, operator, manager, password, incident, re
 
 def test_scenario_2_complete_system_failure_onto_an_empty_second_server(
         page, live_server, sign_in, monkeypatch, tmp_path, operator, manager, password, full_artifact, shop_system,
-        health_server, redis_conn):
+        health_server, redis_conn, second_server):
     base = live_server.url
     verified(full_artifact, operator)
     take_backup(shop_system, "config")
-    with pg_server() as server:
-        target = new_host_target(monkeypatch, tmp_path, server, shop_system, health_server, operator, manager)
-        incident = incident_declare(actor=operator, system=shop_system, scenario="system", severity="critical",
-                                    target=target)
-        incident_step_complete(actor=operator, step=incident.steps.get(code="prerequisites"), note="ok")
-        incident_step_skip(actor=operator, step=incident.steps.get(code="assess"), reason="the old host is gone")
-        incident_step_start(actor=operator, step=incident.steps.get(code="recovery-point"))
-        with rq_workers(["default", "restore"], count=1):
-            sign_in(page, "operator")
-            page.wait_for_url(f"{base}/")
-            _recover_on_new_server(page, base, operator, manager, password, incident, ["restore", "config"])
-            complete_step(page, "application", note="installed")
-            complete_step(page, "startup", note="up", evidence="https://ci.example.com/run/42")
-            run_step(page, "health")
-            step_in(page, "health", "done")
-            run_step(page, "checklist")
-            page.wait_for_selector("[data-testid=incident-state]:text('recovered')", timeout=30_000)
-            assert orders_on(server) == 2000
-            leave(page)
+    target = new_host_target(monkeypatch, tmp_path, second_server, shop_system, health_server, operator, manager)
+    incident = incident_declare(actor=operator, system=shop_system, scenario="system", severity="critical",
+                                target=target)
+    incident_step_complete(actor=operator, step=incident.steps.get(code="prerequisites"), note="ok")
+    incident_step_skip(actor=operator, step=incident.steps.get(code="assess"), reason="the old host is gone")
+    incident_step_start(actor=operator, step=incident.steps.get(code="recovery-point"))
+    with rq_workers(["default", "restore"], count=1):
+        sign_in(page, "operator")
+        page.wait_for_url(f"{base}/")
+        _recover_on_new_server(page, base, operator, manager, password, incident, ["restore", "config"])
+        complete_step(page, "application", note="installed")
+        complete_step(page, "startup", note="up", evidence="https://ci.example.com/run/42")
+        run_step(page, "health")
+        step_in(page, "health", "done")
+        run_step(page, "checklist")
+        page.wait_for_selector("[data-testid=incident-state]:text('recovered')", timeout=30_000)
+        assert orders_on(second_server) == 2000
+        leave(page)
 
 
 def test_scenario_3_data_center_outage_from_the_offsite_copy_onto_another_server(
         page, live_server, sign_in, monkeypatch, tmp_path, operator, manager, password, full_artifact, shop_system,
-        health_server, s3_endpoint, redis_conn):
+        health_server, s3_endpoint, redis_conn, second_server):
     base = live_server.url
     bucket = f"offsite-{os.urandom(4).hex()}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
@@ -215,35 +214,34 @@ def test_scenario_3_data_center_outage_from_the_offsite_copy_onto_another_server
     copy_artifact(full_artifact, source=primary, target=offsite)
     verified(full_artifact, operator)
     os.rename(primary.path, primary.path + "-lost")  # the data center is gone, the primary location with it
-    with pg_server() as server:
-        target = new_host_target(monkeypatch, tmp_path, server, shop_system, health_server, operator, manager,
-                                 name="shop-west")
-        incident = incident_declare(actor=operator, system=shop_system, scenario="datacenter", severity="critical",
-                                    target=target)
-        incident_step_skip(actor=operator, step=incident.steps.get(code="assess"), reason="the site is dark")
-        incident_step_complete(actor=operator, step=incident.steps.get(code="failover"), decision="continue")
-        incident_step_start(actor=operator, step=incident.steps.get(code="recovery-point"))
-        incident_step_complete(actor=operator, step=incident.steps.get(code="deploy"), note="terraform apply",
-                               evidence_url="https://ci.example.com/run/43")
-        with rq_workers(["default", "restore"], count=1):
-            sign_in(page, "operator")
-            page.wait_for_url(f"{base}/")
-            page.goto(f"{base}/incidents/{incident.pk}/")
-            run_step(page, "restore")
-            step_in(page, "restore", "waiting")
-            requests.restore_approve(actor=manager, run=incident.steps.get(code="restore").restore_run,
-                                     password=password)
-            step_in(page, "restore", "done", timeout=120_000)
-            page.locator("[data-testid=step-config] summary").click()
-            page.locator("[data-testid=step-config] input[name=reason]").fill("config ships with the deployment")
-            page.locator("[data-testid=step-config] [data-testid=step-skip]").click()
-            page.wait_for_load_state()
-            complete_step(page, "dns", note="switched", evidence="https://dns.example.com/change/7")
-            run_step(page, "health")
-            step_in(page, "health", "done")
-            run_step(page, "checklist")
-            page.wait_for_selector("[data-testid=incident-state]:text('recovered')", timeout=30_000)
-            run = incident.steps.get(code="restore").restore_run
-            assert "offsite" in str(run.steps) + str(run.plan)
-            assert orders_on(server) == 2000
-            leave(page)
+    target = new_host_target(monkeypatch, tmp_path, second_server, shop_system, health_server, operator, manager,
+                             name="shop-west")
+    incident = incident_declare(actor=operator, system=shop_system, scenario="datacenter", severity="critical",
+                                target=target)
+    incident_step_skip(actor=operator, step=incident.steps.get(code="assess"), reason="the site is dark")
+    incident_step_complete(actor=operator, step=incident.steps.get(code="failover"), decision="continue")
+    incident_step_start(actor=operator, step=incident.steps.get(code="recovery-point"))
+    incident_step_complete(actor=operator, step=incident.steps.get(code="deploy"), note="terraform apply",
+                           evidence_url="https://ci.example.com/run/43")
+    with rq_workers(["default", "restore"], count=1):
+        sign_in(page, "operator")
+        page.wait_for_url(f"{base}/")
+        page.goto(f"{base}/incidents/{incident.pk}/")
+        run_step(page, "restore")
+        step_in(page, "restore", "waiting")
+        requests.restore_approve(actor=manager, run=incident.steps.get(code="restore").restore_run,
+                                 password=password)
+        step_in(page, "restore", "done", timeout=120_000)
+        page.locator("[data-testid=step-config] summary").click()
+        page.locator("[data-testid=step-config] input[name=reason]").fill("config ships with the deployment")
+        page.locator("[data-testid=step-config] [data-testid=step-skip]").click()
+        page.wait_for_load_state()
+        complete_step(page, "dns", note="switched", evidence="https://dns.example.com/change/7")
+        run_step(page, "health")
+        step_in(page, "health", "done")
+        run_step(page, "checklist")
+        page.wait_for_selector("[data-testid=incident-state]:text('recovered')", timeout=30_000)
+        run = incident.steps.get(code="restore").restore_run
+        assert "offsite" in str(run.steps) + str(run.plan)
+        assert orders_on(second_server) == 2000
+        leave(page)

@@ -1,6 +1,7 @@
 """The guide's scenarios 2 and 3 followed through their runbooks on real services (the steps' jobs and the restores
-run in this process, as a worker runs them): onto an empty second PostgreSQL server the test starts, and with the
-primary storage location gone, from the off-site (S3) copy onto a target on another server."""
+run in this process, as a worker runs them): onto an empty second PostgreSQL server (the tests' shared one, which
+holds no ``shop``; what the restore made there is dropped after the test), and with the primary storage location
+gone, from the off-site (S3) copy onto a target on another server."""
 
 import os
 
@@ -21,16 +22,9 @@ from restores.incident_steps import (
 from restores.incidents import incident_declare
 from restores.targets import target_create, target_right_grant
 from tests.loop_support import take_backup
-from tests.pg_server_support import pg_server
 
 pytest_plugins = ["tests.restore_fixtures", "tests.loop_fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
-
-
-@pytest.fixture
-def second_server():
-    with pg_server() as url:
-        yield url
 
 
 def new_host_target(monkeypatch, tmp_path, server_url, system, health_server, operator, manager, name="shop-newhost"):

@@ -1,16 +1,20 @@
 """Point-in-time recovery through Barman, against a real protected server, a real base backup and real WAL.
 
-One protected server, one Barman home and one base backup serve the module; each recovery goes
-into its own scratch directory, is started on a free port as ``postgres``, and is removed after.
+One protected server (the session's shared one, kept clean), one Barman home and one base backup
+(``base_backup``) serve the module: a test that needs "a base backup and the WAL after it" takes that
+one; the test of the base backup itself takes its own through a backup run. Each recovery goes into its
+own scratch directory, is started on a free port as ``postgres``, and is removed after.
 """
 
 import json
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from django.test import override_settings
 from django.utils import timezone
 
 from backups import barman
@@ -41,6 +45,35 @@ def shop(db):
     return System.objects.create(name="shop", database_ref=f"env:{URL_VARIABLE}", continuous_enabled=True)
 
 
+@pytest.fixture(scope="module")
+def base_backup(server, barman_home) -> dict:
+    """One base backup of the shared server for the module, as Barman describes it (``show-backup``): Barman
+    streams the server's WAL from then on, so any later moment can be recovered from it. It is taken before any
+    test's rows exist (the system is an unsaved ``System``: Barman needs only its name and server)."""
+    system = System(name="shop", database_ref=f"env:{URL_VARIABLE}", continuous_enabled=True)
+    url = f"postgresql://postgres:{continuous_support.PASSWORD}@127.0.0.1:{server.port}/postgres"
+    with override_settings(BARMAN_HOME=barman_home), pytest.MonkeyPatch.context() as patch:
+        patch.setitem(os.environ, URL_VARIABLE, url)
+        barman.write_global()
+        barman.write_server(system)
+        barman.run("cron")  # creates the slot and starts the receiver, as the tick does
+        wait_for(lambda: server.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = "
+                                        "'barman_receive_wal' AND state = 'streaming'")[0][0],
+                 what="Barman's receiver streaming from the server")
+        described = barman.backup(system, timeout=600)
+    assert described["status"] == "DONE", described
+    return described
+
+
+def catalogued(system, described: dict) -> Artifact:
+    """The module's base backup in this test's catalog, as a base backup run leaves it."""
+    info = described["base_backup_information"]
+    return Artifact.objects.create(system=system, kind="base", format="barman_base", encryption="none",
+                                   status="available", created_at=datetime.fromisoformat(info["end_time"]),
+                                   size=info["backup_size_bytes"],
+                                   storage_key=f"barman:{system.name}/{described['backup_id']}", manifest=described)
+
+
 def take_base_backup(system, actor) -> Artifact:
     """A base backup as the panel takes one: a backup run of kind ``base`` (its job body run here)."""
     run = backup_request(actor=actor, system=system, kind="base")
@@ -55,12 +88,16 @@ def committed_at(server, item: str, dbname: str = "shop") -> datetime:
     return server.execute("SELECT clock_timestamp()")[0][0]
 
 
-def test_recovery_to_a_time_between_two_inserts_returns_exactly_the_rows_before_it(shop, server, tmp_path, operator):
+# The tests on the module's base backup take ``transactional_db`` as the restore run's test must (its worker is
+# another process): pytest-django runs transactional tests after the others, so all of them then run together on
+# one setup of the module's fixtures, and one base backup.
+
+
+def test_recovery_to_a_time_between_two_inserts_returns_exactly_the_rows_before_it(transactional_db, shop, server,
+                                                                                   tmp_path, base_backup):
     server.execute("CREATE DATABASE shop")
     server.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)", dbname="shop")
     streams(server)
-    base = take_base_backup(shop, operator)
-    assert base.manifest["status"] == "DONE"
     committed_at(server, "before-1")
     moment = committed_at(server, "before-2")
     time.sleep(1.1)  # the target is a timestamp: keep the next commit in a later second than the target
@@ -88,11 +125,9 @@ def test_recovery_to_a_time_between_two_inserts_returns_exactly_the_rows_before_
     assert latest == ["before-1", "before-2", "after"]
 
 
-def test_recovery_to_a_named_restore_point_stops_there(shop, server):
+def test_recovery_to_a_named_restore_point_stops_there(transactional_db, shop, server, base_backup):
     streams(server)
     server.execute("CREATE TABLE IF NOT EXISTS marks (id serial PRIMARY KEY, note text)")
-    if not barman.run_json("list-backups", "shop").get("shop"):
-        barman.backup(shop, timeout=600)  # when this test runs alone
     server.execute("INSERT INTO marks (note) VALUES ('kept')")
     server.execute("SELECT pg_create_restore_point('before_migration')")
     server.execute("INSERT INTO marks (note) VALUES ('dropped')")
@@ -184,12 +219,12 @@ def restore_events(run) -> list[AuditEvent]:
 
 
 def test_a_point_in_time_restore_into_staging_brings_back_exactly_the_rows_before_the_moment(
-        transactional_db, shop, server, barman_home, operator, scratch, monkeypatch):
+        transactional_db, shop, server, barman_home, base_backup, operator, scratch, monkeypatch):
     staging, dbname = point_target(scratch, monkeypatch, server, name="shop-pitr-staging", environment="staging",
                                    system=shop)
     targets.target_right_grant(actor=None, target=staging, user=operator, right="restore_to_target")
     streams(server)
-    take_base_backup(shop, operator)
+    catalogued(shop, base_backup)
     committed_at(server, "before-1", dbname=dbname)
     last_before = committed_at(server, "before-2", dbname=dbname)
     time.sleep(1.1)  # the point is a timestamp: the next commit falls in a later second

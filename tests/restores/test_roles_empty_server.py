@@ -1,10 +1,12 @@
 """A logical full carries its server's roles and restores onto an EMPTY second server, identical fact by fact.
 
-Two PostgreSQL servers started by this module (``tests.pg_servers``): the source holds ``shop``,
-owned by its own role, with grants to two more roles, RLS policies, an extension, large objects,
-sequences, partitions and comments. A full taken through the real backup job is restored through
-the real restore path onto the second server, which starts with no role but ``postgres`` and no
-``shop``. Later tests reuse the pair (roles are cluster-wide, so each makes its own role names).
+Two PostgreSQL servers (``tests.pg_servers``): the source, started by this module (a full carries every
+role of its server, so no other test's may be there), holds ``shop``, owned by its own role, with grants
+to two more roles, RLS policies, an extension, large objects, sequences, partitions and comments. A full
+taken through the real backup job is restored through the real restore path onto the second server —
+the session's shared one, kept clean —, which starts with no role but ``postgres`` and no ``shop``; what
+the module made on it is dropped after. Later tests reuse the pair (roles are cluster-wide, so each makes
+its own role names).
 """
 
 import base64
@@ -19,7 +21,7 @@ from backups.models import Artifact, StorageLocation, System
 from compliance.models import AuditEvent
 from restores import execution, requests, roles, targets
 from tests.loop_support import take_backup
-from tests.pg_servers import TestServer
+from tests.pg_servers import PgServer, kept_clean
 
 pytest_plugins = ["tests.loop_fixtures"]
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
@@ -68,22 +70,24 @@ COMMENT ON ROLE app_owner IS 'owns the shop';
 
 
 @pytest.fixture(scope="module")
-def pair():
+def pair(protected_server):
     """Two servers: ``source`` with ``shop`` and its roles, ``empty`` with nothing but ``postgres``."""
-    source, empty = TestServer("roles-source"), TestServer("roles-empty")
+    source = PgServer("roles-source")
     try:
         source.start()
-        empty.start()
         source.execute(ROLES_SETUP)
-        source.create_database("shop", owner="app_owner")
+        source.create_database(name="shop", owner="app_owner")
         source.execute("REVOKE CONNECT, TEMPORARY ON DATABASE shop FROM PUBLIC; "
                        "GRANT CONNECT ON DATABASE shop TO app_reader, app_writer; "
                        "COMMENT ON DATABASE shop IS 'the shop'")
         source.execute(SHOP_SETUP, dbname="shop")
-        yield source, empty
+        with kept_clean(protected_server) as empty:
+            others = empty.execute("SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' AND rolname <> 'postgres'")
+            assert others == [], f"roles another test left on the shared server: {others}"
+            assert empty.execute("SELECT 1 FROM pg_database WHERE datname = 'shop'") == []
+            yield source, empty
     finally:
         source.stop()
-        empty.stop()
 
 
 @pytest.fixture
@@ -119,10 +123,10 @@ def role_facts(server, names) -> dict:
     rows = server.execute(
         "SELECT rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin, rolreplication, rolbypassrls, "
         "rolconnlimit, rolvaliduntil, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = ANY(%s)",
-        params=[list(names)])
+        list(names))
     members = server.execute(
         "SELECT r.rolname, m.rolname, a.admin_option FROM pg_auth_members a JOIN pg_roles r ON r.oid = a.roleid "
-        "JOIN pg_roles m ON m.oid = a.member WHERE m.rolname = ANY(%s) ORDER BY 1, 2", params=[list(names)])
+        "JOIN pg_roles m ON m.oid = a.member WHERE m.rolname = ANY(%s) ORDER BY 1, 2", list(names))
     return {"roles": sorted(rows), "memberships": members}
 
 
@@ -205,10 +209,10 @@ def test_an_existing_role_with_other_attributes_is_not_altered_and_the_differenc
                    f"GRANT app_reader TO {name}")
     empty.execute(f"CREATE ROLE {name} NOLOGIN CONNECTION LIMIT 2 PASSWORD 'kept-as-it-is'")
     for role in ("app_owner", "app_reader", "app_writer"):  # when this test runs alone
-        if not empty.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", params=[role]):
+        if not empty.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", role):
             empty.execute(f"CREATE ROLE {role}")
     before = empty.execute("SELECT rolcanlogin, rolcreatedb, rolconnlimit, rolpassword FROM pg_authid "
-                           "WHERE rolname = %s", params=[name])
+                           "WHERE rolname = %s", name)
     artifact = take_backup(shop_on, "full")
 
     run = restore(operator, artifact, target_on(empty, monkeypatch, operator, f"shop_{name}"))
@@ -221,7 +225,7 @@ def test_an_existing_role_with_other_attributes_is_not_altered_and_the_differenc
     assert {"role": "app_reader", "member": name, "admin": False,
             "why": "the member exists on the server: not altered"} in report["memberships_not_granted"]
     assert empty.execute("SELECT rolcanlogin, rolcreatedb, rolconnlimit, rolpassword FROM pg_authid "
-                         "WHERE rolname = %s", params=[name]) == before
+                         "WHERE rolname = %s", name) == before
     assert role_facts(empty, [name])["memberships"] == []
     assert name in step(run, "roles")["detail"]
 
@@ -233,7 +237,7 @@ def test_role_passwords_travel_only_when_the_deployment_enables_it(pair, shop_on
     settings.BACKUP_ROLE_PASSWORDS = passwords
     name = f"payer_{uuid.uuid4().hex[:8]}"
     source.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'payer-secret'")
-    verifier = source.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", params=[name])[0][0]
+    verifier = source.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", name)[0][0]
     artifact = take_backup(shop_on, "full")
     text = server_roles.open_globals(artifact.manifest["globals"], artifact_id=artifact.id,
                                      keyring=get_keyring())["globals"].encode()
@@ -246,7 +250,7 @@ def test_role_passwords_travel_only_when_the_deployment_enables_it(pair, shop_on
 
     assert run.state == "succeeded", run.error
     assert name in step(run, "roles")["data"]["created"]
-    assert empty.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", params=[name]) == [
+    assert empty.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", name) == [
         (verifier if passwords else None,)]
 
 
@@ -266,7 +270,7 @@ def test_a_tampered_globals_section_is_refused_before_the_target_is_touched(pair
     name = f"ghost_{uuid.uuid4().hex[:8]}"
     source.execute(f"CREATE ROLE {name} LOGIN")
     database = f"shop_{name}"
-    empty.create_database(database)
+    empty.create_database(name=database)
     empty.execute("CREATE TABLE info (marker text); INSERT INTO info VALUES ('before')", dbname=database)
     artifact = take_backup(shop_on, "full")
     Artifact.objects.filter(pk=artifact.pk).update(
@@ -284,7 +288,7 @@ def test_a_tampered_globals_section_is_refused_before_the_target_is_touched(pair
     assert step(run, "restore into side database")["state"] == "not run"
     assert empty.execute("SELECT marker FROM info", dbname=database) == [("before",)]
     assert empty.execute("SELECT datname FROM pg_database ORDER BY 1") == databases_before
-    assert empty.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", params=[name]) == []
+    assert empty.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", name) == []
     assert not AuditEvent.objects.filter(action="restore.roles_created", object_id=str(run.pk)).exists()
     assert AuditEvent.objects.filter(action="restore.failed", object_id=str(run.pk)).exists()
 
@@ -337,12 +341,12 @@ def test_planted_globals_create_no_superuser_and_change_no_existing_role(pair):
     assert any(s.startswith("DROP ROLE") for s in report.skipped)
     assert any("session_preload_libraries" in s for s in report.skipped)
     boss = empty.execute("SELECT rolsuper, rolcreaterole, rolreplication, rolbypassrls, rolcanlogin, rolpassword "
-                         "FROM pg_authid WHERE rolname = %s", params=[f"boss_{tag}"])
+                         "FROM pg_authid WHERE rolname = %s", f"boss_{tag}")
     assert boss == [(False, False, False, False, True, None)]
     after = empty.execute("SELECT rolname, rolsuper, rolpassword FROM pg_authid ORDER BY 1")
     assert [row for row in after if row[0] != f"boss_{tag}"] == before
     assert empty.execute("SELECT count(*) FROM pg_auth_members WHERE member = %s::regrole",
-                         params=[f"boss_{tag}"]) == [(0,)]
+                         f"boss_{tag}") == [(0,)]
 
 
 def test_a_psql_meta_command_in_the_globals_is_refused():
