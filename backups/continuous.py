@@ -23,7 +23,7 @@ import psycopg
 from django.conf import settings
 from django.db import transaction
 
-from backups import barman
+from backups import barman, hooks
 from backups.models import Artifact, BackupRun, ContinuousState, System, WalTimeline
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
@@ -152,7 +152,8 @@ def base_backup(run, steps) -> Artifact:
 
     The artifact (kind ``base``) stays in Barman's home, so its ``storage_key`` is
     ``barman:<server>/<backup id>``; its manifest is what ``barman show-backup`` says of it (sizes,
-    WAL range, LSNs, times). Barman's recovery window, not the panel's retention, decides when it goes.
+    WAL range, LSNs, times). Barman's recovery window, not the panel's retention, decides when it goes. The
+    ``backup_succeeded`` hook queues its verification (``manifest`` level) as it does a new full's.
     """
     system = run.system
     step = steps.start("barman backup")
@@ -174,6 +175,8 @@ def base_backup(run, steps) -> Artifact:
                      details={"run": str(run.id), "kind": artifact.kind, "size": artifact.size,
                               "backup_id": described["backup_id"], "begin_wal": info.get("begin_wal"),
                               "end_wal": info.get("end_wal")})
+        # Like a new full: verified right away (its manifest level, queued when this commits).
+        hooks.backup_succeeded(artifact)
     return artifact
 
 

@@ -175,16 +175,25 @@ class Recovered:
         return output
 
 
+def scratch_parent() -> Path | None:
+    """Where scratch copies go (``DRPANEL_RESTORE_TEMP_DIR``; None: the system's temporary directory)."""
+    return Path(settings.RESTORE_TEMP_DIR) if settings.RESTORE_TEMP_DIR else None
+
+
 @contextlib.contextmanager
-def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None) -> Iterator[Recovered]:
-    """Recover ``system`` at ``point`` into a scratch directory, start it, yield it; stop and remove it after."""
+def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None,
+              prefix: str | None = None) -> Iterator[Recovered]:
+    """Recover ``system`` at ``point`` into a scratch directory, start it, yield it; stop and remove it after.
+
+    ``prefix`` names the scratch directory (default ``drpanel-pitr-<system>-``): a run that names it after
+    itself lets ``discard`` find what a worker that died mid-block left (a directory, a running server).
+    """
     connection, _ = barman.connection_for(system)
     backup_id = backup_id or _newest_backup(system)
     # Replay needs the WAL up to the point and, for a target, the first commit past it: close the current segment.
     closed = _close_current_segment(system)
     barman.run("archive-wal", barman.server_name(system))
-    parent = Path(settings.RESTORE_TEMP_DIR) if settings.RESTORE_TEMP_DIR else None
-    root = Path(tempfile.mkdtemp(prefix=f"drpanel-pitr-{system.name}-", dir=parent))
+    root = Path(tempfile.mkdtemp(prefix=prefix or f"drpanel-pitr-{system.name}-", dir=scratch_parent()))
     data, socket_dir = root / "data", root / "socket"
     user = _server_user()
     started = False
@@ -218,6 +227,29 @@ def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None) -> 
         if started:
             _run_as(user, [str(_bindir(data) / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], timeout=120)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def stop_left_server(root: Path) -> bool:
+    """Stop (immediately) a server still running on ``<root>/data``; whether one was there."""
+    data = root / "data"
+    if not (data / "postmaster.pid").exists():
+        return False
+    with contextlib.suppress(BarmanError, OSError, ValueError):
+        _run_as(_server_user(), [str(_bindir(data) / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                timeout=120)
+    return True
+
+
+def discard(prefix: str) -> list[str]:
+    """Stop the servers and remove the scratch directories named ``<prefix>…`` (a dead worker's leftovers)."""
+    parent = scratch_parent() or Path(tempfile.gettempdir())
+    removed = []
+    for root in parent.glob(f"{prefix}*"):
+        if root.is_dir() and not root.is_symlink():
+            stop_left_server(root)
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(root.name)
+    return removed
 
 
 def _wait_promoted(ready: Recovered, point: RecoveryPoint) -> None:
