@@ -80,7 +80,6 @@ def verify_base_levels(run: VerificationRun, steps: runs.StepList, levels: tuple
 
 
 def _manifest(steps: runs.StepList, system, backup_id: str) -> None:
-    done = None
     try:
         done = barman.run("verify-backup", barman.server_name(system), backup_id,
                           timeout=barman_verify_timeout(), check=False)
@@ -88,14 +87,16 @@ def _manifest(steps: runs.StepList, system, backup_id: str) -> None:
         fail_level(steps, "manifest", str(exc))
     said = f"{done.stdout}\n{done.stderr}"
     problems = [m.group(1).strip() for m in VERIFY_ERROR.finditer(said)]
-    if done.returncode != 0 or problems or "ERROR" in done.stderr:
+    if done.returncode != 0 or problems:
         if not problems:
             problems = [line.strip() for line in said.splitlines() if "rror" in line][-3:] or [
                 f"barman verify-backup ended with exit {done.returncode}"]
-        fail_level(steps, "manifest", f"pg_verifybackup found {len(problems)} problem(s) in base backup {backup_id}: "
-                                 + "; ".join(problems[:5]), problems=problems[:50])
-    described = barman.show_backup(system, backup_id)
-    info = described.get("base_backup_information") or {}
+        fail_level(steps, "manifest", f"barman verify-backup found {len(problems)} problem(s) in base backup "
+                                      f"{backup_id}: " + "; ".join(problems[:5]), problems=problems[:50])
+    try:
+        info = barman.show_backup(system, backup_id).get("base_backup_information") or {}
+    except BarmanError as exc:
+        fail_level(steps, "manifest", str(exc))
     steps.finish("manifest", bytes=info.get("backup_size_bytes"),
                  detail=f"pg_verifybackup: every file of {backup_id} matches its backup_manifest "
                         "(size and checksum; none missing, none added)",
@@ -112,12 +113,12 @@ def _restore_test(run: VerificationRun, steps: runs.StepList, system, backup_id:
     # Until the block below has removed it, a scratch directory (and a server) may be left if the worker dies.
     VerificationRun.objects.filter(pk=run.pk).update(needs_cleanup=True)
     checks = system_sanity_checks(system)
-    dbname = barman.connection_for(system)[0].dbname
     timings: dict[str, float] = {}
-    data: dict = {"backup_id": backup_id, "database": dbname}
+    data: dict = {"backup_id": backup_id}
     began = time.monotonic()
     results: list[sanity.SanityResult] = []
     try:
+        dbname = data["database"] = barman.connection_for(system)[0].dbname
         with pitr.recovered(system, pitr.RecoveryPoint.latest(), backup_id=backup_id,
                             prefix=scratch_prefix(run.pk)) as copy:
             ready = time.monotonic() - began

@@ -40,6 +40,8 @@ from backups.barman import BarmanError
 from drpanel import pgbin
 
 START_TIMEOUT = 600
+# A Unix socket's path (``<dir>/.s.PGSQL.<port>``) must fit in sun_path: 107 bytes and its NUL.
+SOCKET_PATH_MAX = 107
 
 
 @dataclass(frozen=True)
@@ -193,8 +195,12 @@ def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None,
     # Replay needs the WAL up to the point and, for a target, the first commit past it: close the current segment.
     closed = _close_current_segment(system)
     barman.run("archive-wal", barman.server_name(system))
-    root = Path(tempfile.mkdtemp(prefix=prefix or f"drpanel-pitr-{system.name}-", dir=scratch_parent()))
+    prefix = prefix or f"drpanel-pitr-{system.name}-"
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_parent()))
     data, socket_dir = root / "data", root / "socket"
+    if len(f"{socket_dir}/.s.PGSQL.65535".encode()) > SOCKET_PATH_MAX:
+        # A deep scratch directory: the socket goes to a short one of its own, named alike and removed alike.
+        socket_dir = Path(tempfile.mkdtemp(prefix=f"{prefix}sock-"))
     user = _server_user()
     started = False
     try:
@@ -204,7 +210,8 @@ def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None,
         if not closed:
             _copy_partial(system, data)
         recover_seconds = time.monotonic() - began
-        socket_dir.mkdir(mode=0o700)
+        socket_dir.mkdir(mode=0o700, exist_ok=True)
+        _chown_tree(socket_dir, user)
         # Only the worker's user, through the private socket: the copy is never reachable from the network.
         (data / "pg_hba.conf").write_text("local all all trust\n")
         _chown_tree(root, user)
@@ -227,6 +234,7 @@ def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None,
         if started:
             _run_as(user, [str(_bindir(data) / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], timeout=120)
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def stop_left_server(root: Path) -> bool:
@@ -242,9 +250,9 @@ def stop_left_server(root: Path) -> bool:
 
 def discard(prefix: str) -> list[str]:
     """Stop the servers and remove the scratch directories named ``<prefix>…`` (a dead worker's leftovers)."""
-    parent = scratch_parent() or Path(tempfile.gettempdir())
+    parents = {scratch_parent() or Path(tempfile.gettempdir()), Path(tempfile.gettempdir())}
     removed = []
-    for root in parent.glob(f"{prefix}*"):
+    for root in sorted(p for parent in parents for p in parent.glob(f"{prefix}*")):
         if root.is_dir() and not root.is_symlink():
             stop_left_server(root)
             shutil.rmtree(root, ignore_errors=True)

@@ -33,11 +33,24 @@ _barman_settings = continuous_support.barman_settings
 @pytest.fixture
 def scratch_dir(settings):
     """Where recovered copies go: readable by ``postgres`` (who runs them), empty before, inspected after."""
-    path = Path(tempfile.mkdtemp(prefix="drpanel-ladder-scratch-"))
+    path = Path(tempfile.mkdtemp(prefix="dl-"))
     path.chmod(0o755)
     settings.RESTORE_TEMP_DIR = str(path)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def deep_scratch_dir(settings):
+    """A scratch directory too deep for the recovered server's socket (sun_path holds 107 bytes): it goes beside."""
+    top = Path(tempfile.mkdtemp(prefix="drpanel-ladder-deep-"))
+    path = top / "a-directory-deep-enough-for-a-socket-path-to-overflow"
+    path.mkdir()
+    for directory in (top, path):
+        directory.chmod(0o755)
+    settings.RESTORE_TEMP_DIR = str(path)
+    yield path
+    shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.fixture
@@ -85,12 +98,18 @@ def postmasters_on(directory: Path) -> list[int]:
     return found
 
 
-def assert_copy_gone(step: dict, scratch_dir: Path) -> None:
+def leftovers(run) -> list[Path]:
+    """What is named after the run in the system's temporary directory (a socket directory put beside)."""
+    return list(Path(tempfile.gettempdir()).glob(f"drpanel-run-{run.pk}-*"))
+
+
+def assert_copy_gone(run, step: dict, scratch_dir: Path) -> None:
     """The scratch directory the step used is gone, nothing is left beside it, and its server is stopped."""
     used = Path(step["data"]["scratch"])
-    assert used.parent == scratch_dir
+    assert used.parent == scratch_dir and used.name.startswith(f"drpanel-run-{run.pk}-pitr-")
     assert not used.exists(), f"{used} was left behind"
     assert list(scratch_dir.iterdir()) == []
+    assert leftovers(run) == []
     assert postmasters_on(used) == [], "the temporary server still runs"
     assert step["data"]["port"] > 0
 
@@ -121,7 +140,7 @@ def test_a_good_base_verifies_on_both_steps_through_a_real_worker(transactional_
     [check] = restore_test["data"]["sanity_checks"]
     assert check["ok"] is True and check["name"] == "orders replayed"
     assert "1 sanity check(s) passed on shop" in restore_test["detail"]
-    assert_copy_gone(restore_test, scratch_dir)
+    assert_copy_gone(run, restore_test, scratch_dir)
     base.refresh_from_db()
     assert base.last_verified_level == "restore-test" and base.last_verified_at == run.finished_at
     actions = list(AuditEvent.objects.filter(object_id=str(base.pk), action__startswith="verification.")
@@ -145,23 +164,33 @@ def flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.parametrize(("damage", "said"), [("flip", "checksum mismatch"),
+                                               ("plant", "present on disk but not in the manifest")])
 def test_a_corrupted_base_fails_the_manifest_step_naming_the_file_and_is_never_recovered(
-        shop, server, scratch_dir, operator, barman_home):
+        shop, server, scratch_dir, operator, barman_home, damage, said):
     streams(server)
     base = take_base_backup(shop, operator)
     data_dir = barman_home / "shop" / "base" / base.manifest["backup_id"] / "data"
     victim = max((p for p in (data_dir / "base").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    if damage == "plant":
+        # A file slipped into the backup (say, a trigger file or a script for recovery to pick up).
+        victim = victim.parent / "planted.sql"
+        victim.write_text("DROP TABLE orders;\n")
     relative = str(victim.relative_to(data_dir))
-    flip_a_byte(victim)
+    if damage == "flip":
+        flip_a_byte(victim)
     try:
         run = verifications.verification_request(actor=operator, artifact=base, level="restore-test")
         run = verifications.verification_execute(run.pk)
     finally:
-        flip_a_byte(victim)
+        if damage == "flip":
+            flip_a_byte(victim)
+        else:
+            victim.unlink()
 
     assert run.state == "failed" and run.reached_level == ""
     assert states(run) == {"manifest": "failed", "restore-test": "not run"}
-    assert relative in run.error and "checksum mismatch" in run.error
+    assert relative in run.error and said in run.error
     assert relative in run.results[0]["detail"]
     assert run.results[1]["started_at"] is None
     assert list(scratch_dir.iterdir()) == [], "a recovery was started after the manifest failed"
@@ -173,7 +202,8 @@ def test_a_corrupted_base_fails_the_manifest_step_naming_the_file_and_is_never_r
 
 
 def test_a_failing_sanity_check_fails_the_restore_test_and_the_copy_is_stopped_and_removed(
-        shop, server, scratch_dir, operator):
+        shop, server, deep_scratch_dir, operator):
+    scratch_dir = deep_scratch_dir
     streams(server)
     base = take_base_backup(shop, operator)
     server.execute("INSERT INTO orders (item) VALUES ('only one')", dbname="shop")
@@ -188,7 +218,7 @@ def test_a_failing_sanity_check_fails_the_restore_test_and_the_copy_is_stopped_a
     restore_test = run.results[1]
     [check] = restore_test["data"]["sanity_checks"]
     assert check["ok"] is False
-    assert_copy_gone(restore_test, scratch_dir)
+    assert_copy_gone(run, restore_test, scratch_dir)
     base.refresh_from_db()
     # The manifest passed: the base is verified at that level (it ranks with structure), not at restore-test.
     assert base.last_verified_level == "manifest"
@@ -207,7 +237,8 @@ def test_a_new_base_backup_queues_its_own_manifest_check(shop, server, operator,
 
 
 def test_a_restore_test_cancelled_while_its_server_runs_leaves_no_server_and_no_directory(
-        transactional_db, shop, server, barman_home, scratch_dir, operator):
+        transactional_db, shop, server, barman_home, deep_scratch_dir, operator):
+    scratch_dir = deep_scratch_dir
     streams(server)
     base = take_base_backup(shop, operator)
     # A slow sanity check holds the recovered server up long enough to kill its work horse under it.
@@ -220,13 +251,16 @@ def test_a_restore_test_cancelled_while_its_server_runs_leaves_no_server_and_no_
         scratch = wait_for(lambda: next((p for p in scratch_dir.iterdir() if postmasters_on(p)), None),
                            timeout=240, what="the recovered server running in the scratch directory")
         assert scratch.name.startswith(f"drpanel-run-{run.pk}-pitr-")
+        # The sanity check sleeps in it: the server answers on its socket, put beside the deep directory.
+        wait_for(lambda: list((Path(tempfile.gettempdir())).glob(f"drpanel-run-{run.pk}-pitr-sock-*/.s.PGSQL.*")),
+                 timeout=60, what="the recovered server's socket")
         run.refresh_from_db()
-        assert run.needs_cleanup is True
+        assert run.needs_cleanup is True and run.state == "running"
         run = cancel.verification_cancel(actor=operator, run=run)
 
     assert run.state == "cancelled" and run.needs_cleanup is False
     assert postmasters_on(scratch) == [], "the work horse was killed, and its server with it by the tidy"
-    assert list(scratch_dir.iterdir()) == []
+    assert list(scratch_dir.iterdir()) == [] and leftovers(run) == []
     base.refresh_from_db()
     assert base.last_verified_level == ""
     assert AuditEvent.objects.filter(object_id=str(base.pk), action="verification.cancelled").count() == 1

@@ -19,6 +19,7 @@ from compliance.health import health_evaluate, last_restore_test
 from compliance.models import AuditEvent
 from drpanel.permissions import Denied
 from restores import verifications
+from restores.base_verification import BaseBackupMissing, backup_id_of
 from restores.models import VerificationRun
 from tests.support import assert_only_roles
 
@@ -125,6 +126,17 @@ def test_manage_verify_queues_a_base_backups_manifest_check_by_default(shop):
     assert run.level == "manifest" and f"verification {run.pk} queued (manifest)" in out.getvalue()
     with pytest.raises(CommandError, match="manifest and restore-test"):
         call_command("verify", str(base.pk), "--level", "decrypt")
+
+
+@pytest.mark.parametrize("key", ["barman:other/20261203T000000", "barman:shop/../other/20261203T000000",
+                                 "barman:shop/", "s3://bucket/shop/20261203T000000"])
+def test_a_storage_key_naming_anything_but_a_backup_of_its_own_system_is_refused(shop, key):
+    base = base_row(shop)
+    base.storage_key = key
+    with pytest.raises(BaseBackupMissing, match="does not name a base backup of shop"):
+        backup_id_of(base)
+    base.storage_key = "barman:shop/20261203T101500"
+    assert backup_id_of(base) == "20261203T101500"
 
 
 # --- the schedules ---------------------------------------------------------------------------------
