@@ -175,8 +175,13 @@ def base_backup(run, steps) -> Artifact:
                      details={"run": str(run.id), "kind": artifact.kind, "size": artifact.size,
                               "backup_id": described["backup_id"], "begin_wal": info.get("begin_wal"),
                               "end_wal": info.get("end_wal")})
-        # Like a new full: verified right away (its manifest level, queued when this commits).
-        hooks.backup_succeeded(artifact)
+        # Like a new full: verified right away (its manifest level, queued when this commits), in a savepoint so
+        # that a failing hook never undoes the backup (the daily verification covers it then).
+        try:
+            with transaction.atomic():
+                hooks.backup_succeeded(artifact)
+        except Exception:
+            log.exception("the backup-succeeded hook failed for base backup %s", artifact.pk)
     return artifact
 
 

@@ -264,3 +264,19 @@ def test_a_restore_test_cancelled_while_its_server_runs_leaves_no_server_and_no_
     base.refresh_from_db()
     assert base.last_verified_level == ""
     assert AuditEvent.objects.filter(object_id=str(base.pk), action="verification.cancelled").count() == 1
+
+
+def refusing_hook(artifact):
+    """A backup-succeeded hook that fails (as a refused verification request would)."""
+    raise verifications.VerificationError(f"refused for {artifact.pk}")
+
+
+def test_a_failing_verification_hook_never_undoes_the_base_backup(shop, server, operator, settings):
+    settings.BACKUP_SUCCEEDED_HOOK = f"{__name__}.refusing_hook"
+    streams(server)
+
+    base = take_base_backup(shop, operator)
+
+    assert Artifact.objects.filter(pk=base.pk, kind="base", status="available").exists()
+    assert AuditEvent.objects.filter(action="backup.succeeded", object_id=str(base.pk)).exists()
+    assert not VerificationRun.objects.filter(artifact=base).exists()
