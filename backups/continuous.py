@@ -23,7 +23,7 @@ import psycopg
 from django.conf import settings
 from django.db import transaction
 
-from backups import barman, offsite
+from backups import barman, hooks, offsite
 from backups.models import Artifact, BackupRun, ContinuousState, System, WalTimeline
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
@@ -152,7 +152,8 @@ def base_backup(run, steps) -> Artifact:
 
     The artifact (kind ``base``) stays in Barman's home, so its ``storage_key`` is
     ``barman:<server>/<backup id>``; its manifest is what ``barman show-backup`` says of it (sizes,
-    WAL range, LSNs, times). Barman's recovery window, not the panel's retention, decides when it goes.
+    WAL range, LSNs, times). Barman's recovery window, not the panel's retention, decides when it goes. The
+    ``backup_succeeded`` hook queues its verification (``manifest`` level) as it does a new full's.
     """
     system = run.system
     step = steps.start("barman backup")
@@ -182,6 +183,13 @@ def base_backup(run, steps) -> Artifact:
         except Exception:
             log.exception("%s: the off-site copy of base backup %s was not queued", system.name,
                           described["backup_id"])
+        # Like a new full: verified right away (its manifest level, queued when this commits), in a savepoint so
+        # that a failing hook never undoes the backup (the daily verification covers it then).
+        try:
+            with transaction.atomic():
+                hooks.backup_succeeded(artifact)
+        except Exception:
+            log.exception("the backup-succeeded hook failed for base backup %s", artifact.pk)
     return artifact
 
 

@@ -12,7 +12,9 @@ Five checks, each with a weight; "newest" means the newest *available* artifact 
 - ``offsite_copy`` (20): the newest full has a copy in an enabled off-site location whose
   recomputed SHA-256 matches;
 - ``verified`` (20): the newest full was verified at ``decrypt`` level or better, and that
-  verification is at most 24 h old.
+  verification is at most 24 h old. Under continuous protection a base backup is a full copy of
+  the server: when it is newer than the newest full, it is the one that must be verified (its
+  ``manifest`` level counts as better than ``decrypt``, see ``backups.hooks``).
 
 ``score = passed weight × 100 // enabled weight`` (rounded down, so no band is ever reached by
 rounding); healthy ≥ 90, warning 67–89, critical ≤ 66. A check that is not part of the policy
@@ -52,6 +54,8 @@ LABELS = {
     "verified": "Newest full verified (decrypt level or better) in the last 24 h",
 }
 VERIFIED_LEVEL = "decrypt"
+# The kinds whose verification proves the database recoverable (a base backup under continuous protection).
+DATABASE_KINDS = (Artifact.Kind.FULL, Artifact.Kind.BASE)
 VERIFIED_WITHIN = timedelta(hours=24)
 
 
@@ -252,26 +256,35 @@ def offsite_copy_check(system: System, full: Artifact | None) -> Check:
                  (artifact_evidence(full),))
 
 
+def newest_database_backup(full: Artifact | None, base: Artifact | None) -> Artifact | None:
+    """The newer of the newest full and the newest base backup: the copy of the database a recovery starts from."""
+    if base is not None and (full is None or base.created_at > full.created_at):
+        return base
+    return full
+
+
 def verified_check(system: System, full: Artifact | None, now: datetime) -> Check:
-    """The newest full was verified at decrypt level or better, at most 24 h ago."""
+    """The newest full (or a newer base backup) was verified at decrypt level or better, at most 24 h ago."""
     code, weight = "verified", WEIGHTS["verified"]
     if full is None:
         return Check(code, weight, True, False, "No full backup to verify yet.", (system_evidence(system),))
+    what = "full" if full.kind == Artifact.Kind.FULL else "base backup"
     evidence = (verification_evidence(full),)
     level, when = full.last_verified_level, full.last_verified_at
     if not level or when is None:
-        return Check(code, weight, True, False, f"The newest full ({full.short_id}) has not been verified yet.",
+        return Check(code, weight, True, False, f"The newest {what} ({full.short_id}) has not been verified yet.",
                      evidence)
     if not verified_at_least(full, VERIFIED_LEVEL):
         return Check(code, weight, True, False,
-                     f"The newest full was verified only at {level} level; {VERIFIED_LEVEL} or better is needed.",
+                     f"The newest {what} was verified only at {level} level; {VERIFIED_LEVEL} or better is needed.",
                      evidence)
     age = now - when
     if age > VERIFIED_WITHIN:
         return Check(code, weight, True, False,
-                     f"The newest full was last verified {format_age(age)} ago ({level}); one in the last 24 h "
+                     f"The newest {what} was last verified {format_age(age)} ago ({level}); one in the last 24 h "
                      "is needed.", evidence)
-    return Check(code, weight, True, True, f"Verified at {level} level {format_age(age)} ago.", evidence)
+    return Check(code, weight, True, True, f"Verified at {level} level {format_age(age)} ago"
+                 + ("" if what == "full" else f" (base backup {full.short_id})") + ".", evidence)
 
 
 def health_evaluate(system: System, now: datetime | None = None) -> Health:
@@ -286,7 +299,7 @@ def health_evaluate(system: System, now: datetime | None = None) -> Health:
         _age_check(system, Artifact.Kind.INCREMENTAL, "incremental_backup", now, newest[Artifact.Kind.INCREMENTAL]),
         _age_check(system, Artifact.Kind.CONFIG, "config_backup", now, newest[Artifact.Kind.CONFIG]),
         offsite_copy_check(system, full),
-        verified_check(system, full, now),
+        verified_check(system, newest_database_backup(full, newest.get(Artifact.Kind.BASE)), now),
     )
     return Health(system=system, at=now, checks=checks, newest=newest)
 
@@ -304,7 +317,7 @@ class RestoreTest:
 def last_restore_test(system: System, now: datetime | None = None) -> RestoreTest | None:
     """The newest successful restore test of ``system`` up to ``now``, or None.
 
-    Two records count, and the newer wins: a full artifact of the system whose last
+    Two records count, and the newer wins: a full artifact (or base backup) of the system whose last
     verification reached the ``restore-test`` level (``Artifact.last_verified_level``), and a
     restore run of one of its artifacts into a staging or scratch target that went live
     (succeeded, or rolled back afterwards: it was restored and healthy all the same).
@@ -312,7 +325,7 @@ def last_restore_test(system: System, now: datetime | None = None) -> RestoreTes
     now = now or clock.now()
     found: list[RestoreTest] = []
     # Restore tests are of database backups: looking at fulls only keeps this off the incrementals.
-    artifact = (Artifact.objects.filter(system=system, kind=Artifact.Kind.FULL, last_verified_level="restore-test",
+    artifact = (Artifact.objects.filter(system=system, kind__in=DATABASE_KINDS, last_verified_level="restore-test",
                                         last_verified_at__lte=now)
                 .defer("manifest").order_by("-last_verified_at").first())
     if artifact is not None:

@@ -18,9 +18,9 @@ from django.db.models import Q
 from django.urls import reverse
 
 from backups.continuous import rpo_seconds as continuous_rpo
-from backups.hooks import VERIFICATION_LEVELS
+from backups.hooks import levels_at_least
 from backups.models import Artifact, ContinuousState, System
-from compliance.health import VERIFIED_LEVEL, artifact_evidence, format_age
+from compliance.health import DATABASE_KINDS, VERIFIED_LEVEL, artifact_evidence, format_age
 from drpanel import clock
 from drpanel.evidence import Evidence
 from restores.models import Incident, RestoreRun, Target
@@ -65,7 +65,7 @@ class Rpo:
                             "backups.system", str(self.system.pk))
         if self.artifact is None:
             return None
-        return artifact_evidence(self.artifact, f"full {self.artifact.short_id} of "
+        return artifact_evidence(self.artifact, f"{self.artifact.kind} {self.artifact.short_id} of "
                                                 f"{self.artifact.created_at:%Y-%m-%d %H:%M} UTC, verified "
                                                 f"{self.artifact.last_verified_level}")
 
@@ -85,19 +85,19 @@ def rto_target_seconds() -> int:
 
 def verified_levels() -> list[str]:
     """``decrypt`` and every level above it."""
-    return list(VERIFICATION_LEVELS[VERIFICATION_LEVELS.index(VERIFIED_LEVEL):])
+    return levels_at_least(VERIFIED_LEVEL)
 
 
 def rpo_for(system: System, now: datetime | None = None) -> Rpo:
     """RPO now of ``system``: now − last WAL received (continuous protection, against the system's own target), else
-    the age of its newest available full verified at decrypt level or better (None: none is)."""
+    the age of its newest available full (or base backup) verified at decrypt level or better (None: none is)."""
     now = now or clock.now()
     if system.continuous_enabled:
         state = ContinuousState.objects.filter(system=system).only("last_wal_at").first()
         if state is not None and state.last_wal_at is not None:
             return Rpo(system=system, artifact=None, seconds=continuous_rpo(system, now),
                        target_seconds=system.rpo_target_minutes * 60, wal_received_at=state.last_wal_at)
-    artifact = (Artifact.objects.filter(system=system, kind=Artifact.Kind.FULL, status=Artifact.Status.AVAILABLE,
+    artifact = (Artifact.objects.filter(system=system, kind__in=DATABASE_KINDS, status=Artifact.Status.AVAILABLE,
                                         created_at__lte=now, last_verified_level__in=verified_levels())
                 .defer("manifest").order_by("-created_at").first())
     seconds = int((now - artifact.created_at).total_seconds()) if artifact else None

@@ -43,6 +43,8 @@ from drpanel.schema import error_response
 from restores import adoption, cancel, recovery_checks, requests, rollback, runstate, targets, verifications
 from restores.execution import RESTORE_RUNS
 from restores.models import (
+    ALL_LEVELS,
+    BASE_LEVELS,
     LEVELS,
     TARGET_RIGHTS,
     HealthCheck,
@@ -163,8 +165,9 @@ RestoreSchema = inline_serializer("Restore", {
 
 
 class VerificationRequestSerializer(InputSerializer):
-    level = serializers.ChoiceField(LEVELS, error_messages={
-        "invalid_choice": f"unknown level {{input}}; the levels are {', '.join(LEVELS)}"})
+    level = serializers.ChoiceField(ALL_LEVELS, error_messages={
+        "invalid_choice": f"unknown level {{input}}; the levels are {', '.join(LEVELS)} (of a base backup: "
+                          f"{', '.join(BASE_LEVELS)})"})
 
 
 class ArtifactVerificationView(APIView):

@@ -168,7 +168,9 @@ class HealthCheck(models.Model):
 class VerificationRun(models.Model):
     """One verification of an artifact up to a level of the ladder checksum → decrypt → structure → restore-test.
 
-    Every level up to ``level`` runs, in order, and stops at the first that fails.
+    A base backup (kind ``base``, in Barman's home) climbs its own ladder: manifest
+    (``barman verify-backup``) → restore-test (recovered and started, see
+    ``restores.base_verification``). Every level up to ``level`` runs, in order, and stops at the first that fails.
     ``results`` holds one entry per level: ``{level, state, started_at, finished_at,
     duration_ms, bytes, detail, error, data}``; ``reached_level`` is the highest level that
     passed (empty when none did). When the run ends it sets the artifact's
@@ -187,6 +189,7 @@ class VerificationRun(models.Model):
         DECRYPT = "decrypt", "decrypt"
         STRUCTURE = "structure", "structure"
         RESTORE_TEST = "restore-test", "restore-test"
+        MANIFEST = "manifest", "manifest (base backups)"
 
     class State(models.TextChoices):
         QUEUED = "queued", "queued"
@@ -247,7 +250,10 @@ class VerificationRun(models.Model):
         return None
 
 
-LEVELS = tuple(VerificationRun.Level.values)
+# The ladder of artifacts in a storage location, in order; a base backup (in Barman's home) has its own.
+LEVELS = ("checksum", "decrypt", "structure", "restore-test")
+BASE_LEVELS = ("manifest", "restore-test")
+ALL_LEVELS = tuple(VerificationRun.Level.values)
 
 
 # --- restore runs --------------------------------------------------------------------------------

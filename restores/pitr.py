@@ -51,6 +51,8 @@ from drpanel import pgbin
 
 START_TIMEOUT = 600
 REPLAY_POLL_SECONDS = 0.2
+# A Unix socket's path (``<dir>/.s.PGSQL.<port>``) must fit in sun_path: 107 bytes and its NUL.
+SOCKET_PATH_MAX = 107
 
 
 @dataclass(frozen=True)
@@ -311,37 +313,50 @@ def stop_server(data: Path, user) -> None:
 
 
 @contextlib.contextmanager
-def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None, on_replay=None) -> Iterator[Recovered]:
-    """Recover ``system`` at ``point`` into a scratch directory, start it, yield it; stop and remove it after."""
+def recovered(system, point: RecoveryPoint, *, backup_id: str | None = None, on_replay=None,
+              prefix: str | None = None) -> Iterator[Recovered]:
+    """Recover ``system`` at ``point`` into a scratch directory, start it, yield it; stop and remove it after.
+
+    ``prefix`` names the scratch directory (default ``drpanel-pitr-<system>-``): a run that names it after
+    itself lets ``discard`` find what a worker that died mid-block left (a directory, a running server).
+    """
     backup_id = backup_id or _newest_backup(system)
     connection, closed = prepare(system)
-    root = scratch_root(system)
+    root = scratch_root(system, prefix=prefix)
     try:
         recover_seconds = recover_into(system, point, backup_id, root / "data", closed=closed)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
     with started(system, point, root, user_name=connection.user, recover_seconds=recover_seconds,
-                 on_replay=on_replay) as ready:
+                 on_replay=on_replay, prefix=prefix) as ready:
         yield ready
 
 
-def scratch_root(system) -> Path:
+def scratch_parent() -> Path | None:
+    """Where scratch copies go (``DRPANEL_RESTORE_TEMP_DIR``; None: the system's temporary directory)."""
+    return Path(settings.RESTORE_TEMP_DIR) if settings.RESTORE_TEMP_DIR else None
+
+
+def scratch_root(system, *, prefix: str | None = None) -> Path:
     """A new scratch directory for one recovery (under ``DRPANEL_RESTORE_TEMP_DIR`` when set)."""
-    parent = Path(settings.RESTORE_TEMP_DIR) if settings.RESTORE_TEMP_DIR else None
-    return Path(tempfile.mkdtemp(prefix=f"drpanel-pitr-{system.name}-", dir=parent))
+    return Path(tempfile.mkdtemp(prefix=prefix or f"drpanel-pitr-{system.name}-", dir=scratch_parent()))
 
 
 @contextlib.contextmanager
 def started(system, point: RecoveryPoint, root: Path, *, user_name: str, recover_seconds: float,
-            on_replay=None, wal_dir: Path | None = None) -> Iterator[Recovered]:
+            on_replay=None, wal_dir: Path | None = None, prefix: str | None = None) -> Iterator[Recovered]:
     """Start the recovered data directory ``root/data`` on a free port, wait until it is promoted, yield it;
     stop it and remove ``root`` after, whatever happened. ``wal_dir``: where replay reads WAL when not from Barman."""
     data, socket_dir = root / "data", root / "socket"
+    if len(f"{socket_dir}/.s.PGSQL.65535".encode()) > SOCKET_PATH_MAX:
+        # A deep scratch directory: the socket goes to a short one of its own, named alike (``discard`` finds it).
+        socket_dir = Path(tempfile.mkdtemp(prefix=f"{prefix or f'drpanel-pitr-{system.name}-'}sock-"))
     user = _server_user()
     running = False
     try:
-        socket_dir.mkdir(mode=0o700)
+        socket_dir.mkdir(mode=0o700, exist_ok=True)
+        _chown_tree(socket_dir, user)
         # Only the worker's user, through the private socket: the copy is never reachable from the network.
         (data / "pg_hba.conf").write_text("local all all trust\n")
         _chown_tree(root, user)
@@ -358,6 +373,30 @@ def started(system, point: RecoveryPoint, root: Path, *, user_name: str, recover
         if running:
             stop_server(data, user)
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def stop_left_server(root: Path) -> bool:
+    """Stop (immediately) a server still running on ``<root>/data``; whether one was there."""
+    data = root / "data"
+    if not (data / "postmaster.pid").exists():
+        return False
+    with contextlib.suppress(BarmanError, OSError, ValueError):
+        _run_as(_server_user(), [str(_bindir(data) / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                timeout=120)
+    return True
+
+
+def discard(prefix: str) -> list[str]:
+    """Stop the servers and remove the scratch directories named ``<prefix>…`` (a dead worker's leftovers)."""
+    parents = {scratch_parent() or Path(tempfile.gettempdir()), Path(tempfile.gettempdir())}
+    removed = []
+    for root in sorted(p for parent in parents for p in parent.glob(f"{prefix}*")):
+        if root.is_dir() and not root.is_symlink():
+            stop_left_server(root)
+            shutil.rmtree(root, ignore_errors=True)
+            removed.append(root.name)
+    return removed
 
 
 def wait_promoted(ready: Recovered, point: RecoveryPoint, *, on_replay=None) -> None:

@@ -33,7 +33,7 @@ from django.utils import timezone
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from drpanel import runs, secrets
-from restores import materialize, pg
+from restores import materialize, pg, pitr
 from restores.execution import RESTORE_RUNS
 from restores.models import RestoreRun, Target, VerificationRun
 from restores.verification_levels import verify_server_url
@@ -110,6 +110,8 @@ def remove_stale_files() -> int:
                     continue
                 with contextlib.suppress(OSError):
                     if entry.is_dir(follow_symlinks=False):
+                        # A base backup's restore-test recovers into such a directory: stop its server first.
+                        pitr.stop_left_server(Path(entry.path))
                         shutil.rmtree(entry.path)
                     else:
                         os.unlink(entry.path)

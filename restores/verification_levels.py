@@ -86,6 +86,10 @@ def _fail(steps: runs.StepList, level: str, message: str, **data) -> None:
     raise LevelFailed(f"{level}: {message}")
 
 
+# The base ladder (``restores.base_verification``) ends its levels the same way.
+fail_level = _fail
+
+
 def _authenticate_only(artifact, copy, steps, progress_of) -> None:
     """The checksum and decrypt levels in one streaming pass; nothing is kept."""
     try:

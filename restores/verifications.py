@@ -19,7 +19,9 @@ the one asked for runs in order, and the first that fails ends the run:
   database is dropped. A config tar is extracted (with the restore rules) into a temporary
   directory and its files counted against the manifest.
 
-The checks of each level are ``restores.verification_levels``. The artifact's
+A base backup (kind ``base``, in Barman's home) climbs its own ladder, manifest (``barman
+verify-backup``) → restore-test (recovered at the latest point and started):
+``restores.base_verification``. The checks of each level are ``restores.verification_levels``. The artifact's
 ``last_verified_level``/``last_verified_at`` then say what this run reached (empty when even
 the checksum failed). ``VERIFICATION_RUNS`` is the verification kind of the run runtime.
 """
@@ -39,7 +41,8 @@ from drpanel import runs, secrets
 from drpanel.permissions import Cap, has_cap, require_cap
 from drpanel.scrub import scrub
 from restores import pg
-from restores.models import LEVELS, VerificationRun
+from restores.base_verification import discard_scratch, verify_base_levels
+from restores.models import ALL_LEVELS, BASE_LEVELS, LEVELS, VerificationRun
 from restores.quarantine import adoption_settle, refuse_quarantined
 from restores.verification_levels import LevelFailed, verify_levels, verify_server_url
 
@@ -101,7 +104,16 @@ def verification_fail(run_id, reason: str, *, expected=(VerificationRun.State.RU
 
 
 def verification_tidy(run: VerificationRun) -> None:
-    """Drop a failed run's throw-away database; if the server cannot be reached, mark it to try again."""
+    """Drop a failed run's throw-away database; if the server cannot be reached, mark it to try again.
+
+    A base backup's restore-test has no database there: its scratch copy (directory and server) is stopped
+    and removed, on the host that ran it (another host leaves the mark for that one)."""
+    if run.artifact.kind == Artifact.Kind.BASE:
+        if run.worker_host and run.worker_host != runs.worker_host():
+            return
+        discard_scratch(run)
+        VerificationRun.objects.filter(pk=run.pk).update(needs_cleanup=False)
+        return
     try:
         pg.drop_copy(verify_server_url(), run.pk, pg.CopyKind.SIDE)
     except (pg.PgOpsError, secrets.SecretReferenceError) as exc:
@@ -124,8 +136,9 @@ def verification_request(*, actor, artifact: Artifact, level: str, trigger: str 
     """
     if actor is not None:
         require_cap(actor, Cap.START_JOBS, action="verification.request", obj=artifact)
-    if level not in LEVELS:
-        raise VerificationError(f"unknown level {level!r}; the levels are {', '.join(LEVELS)}")
+    if level not in ALL_LEVELS:
+        raise VerificationError(f"unknown level {level!r}; the levels are {', '.join(LEVELS)} "
+                                f"(of a base backup: {', '.join(BASE_LEVELS)})")
     adopting = trigger == VerificationRun.Trigger.ADOPTION and artifact.status == Artifact.Status.QUARANTINED
     if not adopting:
         refuse_quarantined(actor=actor, artifact=artifact, what="verification", error=VerificationError,
@@ -133,9 +146,11 @@ def verification_request(*, actor, artifact: Artifact, level: str, trigger: str 
     if artifact.status != Artifact.Status.AVAILABLE and not adopting:
         raise VerificationError(f"this artifact is {artifact.status}: there is nothing to verify")
     if artifact.kind == Artifact.Kind.BASE:
-        raise VerificationError("base backups live in Barman's home, not in a storage location: the panel's "
-                                "verification levels do not apply to them")
-    if artifact.kind not in VERIFIABLE_KINDS and LEVELS.index(level) > LEVELS.index("decrypt"):
+        _refuse_base(artifact, level)
+    elif level not in LEVELS:
+        raise VerificationError(f"the {level} level is for base backups; this {artifact.kind} artifact is verified "
+                                f"at {', '.join(LEVELS)}")
+    elif artifact.kind not in VERIFIABLE_KINDS and LEVELS.index(level) > LEVELS.index("decrypt"):
         raise VerificationError(f"{artifact.kind} artifacts are verified up to the decrypt level only")
     with transaction.atomic():
         # Lock the artifact: two clicks (or a click and the scheduler) serialise here.
@@ -152,15 +167,26 @@ def verification_request(*, actor, artifact: Artifact, level: str, trigger: str 
     return run
 
 
+def _refuse_base(artifact: Artifact, level: str) -> None:
+    """Why a base backup cannot be verified at ``level`` now, raised (nothing is recorded)."""
+    if level not in BASE_LEVELS:
+        raise VerificationError(f"base backups live in Barman's home, not in a storage location: they are verified "
+                                f"at the {' and '.join(BASE_LEVELS)} levels, not {level}")
+    if not artifact.system.continuous_enabled:
+        raise VerificationError(f"{artifact.system.name} is no longer continuously protected: Barman no longer "
+                                "has its configuration to verify its base backups")
+
+
 def verify_new_backup(artifact: Artifact) -> VerificationRun:
-    """``BACKUP_SUCCEEDED_HOOK``: a new full is verified at the decrypt level right away (by the system).
+    """``BACKUP_SUCCEEDED_HOOK``: a new full is verified at the decrypt level right away (by the system), a new
+    base backup at the manifest level.
 
     Called in the transaction that makes the artifact available; the job is queued when it
     commits. Without it the newest full would count as unverified from the backup until the
     next daily verification, and the health score and the daily checklist would flap.
     """
-    return verification_request(actor=None, artifact=artifact, level=VerificationRun.Level.DECRYPT,
-                                trigger=VerificationRun.Trigger.BACKUP)
+    level = VerificationRun.Level.MANIFEST if artifact.kind == Artifact.Kind.BASE else VerificationRun.Level.DECRYPT
+    return verification_request(actor=None, artifact=artifact, level=level, trigger=VerificationRun.Trigger.BACKUP)
 
 
 def enqueue_verification(run_id) -> None:
@@ -171,6 +197,12 @@ def enqueue_verification(run_id) -> None:
 # --- execution --------------------------------------------------------------------------------
 
 WEIGHTS = {"checksum": 25, "decrypt": 25, "structure": 10, "restore-test": 40}
+BASE_WEIGHTS = {"manifest": 30, "restore-test": 70}
+
+
+def ladder_of(artifact: Artifact) -> tuple[str, ...]:
+    """The levels an artifact climbs, in order."""
+    return BASE_LEVELS if artifact.kind == Artifact.Kind.BASE else LEVELS
 
 
 def verification_still_allowed(run: VerificationRun) -> str | None:
@@ -209,12 +241,17 @@ def verification_execute(run_id) -> VerificationRun:
         verification_fail(run.pk, refused)
         run.refresh_from_db()
         return run
-    levels = LEVELS[: LEVELS.index(run.level) + 1]
-    steps = runs.StepList(run, [(level, WEIGHTS[level]) for level in levels], field="results")
+    ladder = ladder_of(run.artifact)
+    levels = ladder[: ladder.index(run.level) + 1]
+    weights = BASE_WEIGHTS if ladder is BASE_LEVELS else WEIGHTS
+    steps = runs.StepList(run, [(level, weights[level]) for level in levels], field="results")
     error = ""
     with runs.Heartbeat(run):
         try:
-            verify_levels(run, steps, levels)
+            if ladder is BASE_LEVELS:
+                verify_base_levels(run, steps, levels)
+            else:
+                verify_levels(run, steps, levels)
         except LevelFailed as exc:
             error = scrub(exc)
         except Exception as exc:
@@ -229,7 +266,7 @@ def verification_execute(run_id) -> VerificationRun:
 def _finish(run: VerificationRun, steps: runs.StepList, error: str) -> VerificationRun:
     passed = [s["name"] for s in steps.steps if s["state"] == "succeeded"]
     reached = ""
-    for level in LEVELS:
+    for level in ladder_of(run.artifact):
         if level in passed:
             reached = level
         else:
@@ -257,6 +294,9 @@ def _drop_throwaway(run: VerificationRun) -> None:
     run.refresh_from_db(fields=["needs_cleanup"])
     if not run.needs_cleanup:
         return
+    if run.artifact.kind == Artifact.Kind.BASE:
+        verification_tidy(run)
+        return
     with contextlib.suppress(pg.PgOpsError, secrets.SecretReferenceError):
         pg.drop_copy(verify_server_url(), run.id, pg.CopyKind.SIDE)
         VerificationRun.objects.filter(pk=run.pk).update(needs_cleanup=False)
@@ -266,7 +306,8 @@ def _drop_throwaway(run: VerificationRun) -> None:
 
 
 def schedule_daily(now=None) -> list[VerificationRun]:
-    """Every day: the newest available full artifact of each system, at the decrypt level."""
+    """Every day: the newest available full artifact of each system, at the decrypt level, and the newest base
+    backup of each continuously protected system, at the manifest level."""
     queued = []
     for system in System.objects.all():
         newest = Artifact.objects.filter(system=system, kind=Artifact.Kind.FULL,
@@ -274,11 +315,23 @@ def schedule_daily(now=None) -> list[VerificationRun]:
         if newest is not None:
             queued.append(verification_request(actor=None, artifact=newest, level="decrypt",
                                              trigger=VerificationRun.Trigger.SCHEDULE))
+        base = _bases(system).order_by("-created_at").first()
+        if base is not None:
+            queued.append(verification_request(actor=None, artifact=base, level="manifest",
+                                             trigger=VerificationRun.Trigger.SCHEDULE))
     return queued
 
 
+def _bases(system: System):
+    """The available base backups of ``system`` when it is continuously protected (none otherwise)."""
+    if not system.continuous_enabled:
+        return Artifact.objects.none()
+    return Artifact.objects.filter(system=system, kind=Artifact.Kind.BASE, status=Artifact.Status.AVAILABLE)
+
+
 def schedule_weekly(now=None, rng: random.Random | None = None) -> list[VerificationRun]:
-    """Every week: one full artifact of each system from the last 30 days, picked at random, at restore-test."""
+    """Every week: one full artifact of each system from the last 30 days, picked at random, at restore-test; and
+    the same for the base backups of each continuously protected system."""
     now = now or timezone.now()
     rng = rng or random.SystemRandom()
     queued = []
@@ -289,4 +342,8 @@ def schedule_weekly(now=None, rng: random.Random | None = None) -> list[Verifica
             artifact = Artifact.objects.get(pk=rng.choice(recent))
             queued.append(verification_request(actor=None, artifact=artifact, level="restore-test",
                                              trigger=VerificationRun.Trigger.SCHEDULE))
+        bases = list(_bases(system).filter(created_at__gte=now - timedelta(days=30)).values_list("pk", flat=True))
+        if bases:
+            queued.append(verification_request(actor=None, artifact=Artifact.objects.get(pk=rng.choice(bases)),
+                                             level="restore-test", trigger=VerificationRun.Trigger.SCHEDULE))
     return queued

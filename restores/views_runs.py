@@ -26,7 +26,7 @@ from drpanel.permissions import Cap, capability_required, has_cap, has_object_ri
 from restores import adoption, cancel, recovery_checks, requests, rollback, runstate, verifications
 from restores.execution import RESTORE_RUNS
 from restores.forms import recovery_point_from
-from restores.models import APPROVE_RESTORE, LEVELS, RecoveryCheck, RestoreRun, VerificationRun
+from restores.models import APPROVE_RESTORE, RecoveryCheck, RestoreRun, VerificationRun
 from restores.moments import RELATIVE_CHOICES
 from restores.selectors import access_run, access_verification, restorable_targets, visible_runs, visible_targets
 
@@ -332,7 +332,7 @@ def verification_detail(request, pk):
     can_cancel = (run.state in (VerificationRun.State.QUEUED, VerificationRun.State.RUNNING)
                   and cancel.may_cancel(request.user, run.requested_by_id))
     return render(request, "restores/verification_detail.html", {
-        "run": run, "levels": LEVELS, "can_cancel": can_cancel,
+        "run": run, "levels": verifications.ladder_of(run.artifact), "can_cancel": can_cancel,
         "waiting": runs.pool_waiting(verifications.VERIFICATION_RUNS, run)})
 
 

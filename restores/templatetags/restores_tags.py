@@ -4,7 +4,7 @@ from django import template
 
 from backups.hooks import VERIFICATION_LEVELS
 from drpanel.permissions import Cap, has_cap
-from restores.models import RestoreRun, VerificationRun
+from restores.models import BASE_LEVELS, RestoreRun, VerificationRun
 from restores.requests import DATABASE_FORMATS
 from restores.selectors import restorable_targets, visible_runs
 
@@ -43,10 +43,11 @@ def artifact_restore_panel(context, artifact):
     restorable = (artifact.status == "available" and (
         (artifact.kind == "full" and artifact.format in DATABASE_FORMATS)
         or (artifact.kind == "config" and artifact.format == "config_tar")))
-    levels = VERIFICATION_LEVELS if artifact.kind in ("full", "config") else VERIFICATION_LEVELS[:2]
+    levels = (VERIFICATION_LEVELS if artifact.kind in ("full", "config")
+              else BASE_LEVELS if artifact.kind == "base" else VERIFICATION_LEVELS[:2])
     return {
         "artifact": artifact, "request": context["request"], "csrf_token": context.get("csrf_token"),
-        "levels": levels,
+        "levels": levels, "default_level": "manifest" if artifact.kind == "base" else "decrypt",
         "can_verify": has_cap(user, Cap.START_JOBS) and artifact.status == "available",
         "can_restore": restorable and has_cap(user, Cap.START_JOBS)
         and restorable_targets(user, artifact).exists(),

@@ -4,15 +4,17 @@ from django.core.management.base import BaseCommand, CommandError
 
 from backups.models import Artifact
 from restores import verifications
-from restores.models import LEVELS, VerificationRun
+from restores.models import ALL_LEVELS, VerificationRun
 
 
 class Command(BaseCommand):
-    help = "Verify an artifact up to a level (checksum, decrypt, structure, restore-test), as the system."
+    help = ("Verify an artifact up to a level (checksum, decrypt, structure, restore-test; a base backup: manifest, "
+            "restore-test), as the system.")
 
     def add_arguments(self, parser):
         parser.add_argument("artifact", help="the artifact's id (or its first 8 characters)")
-        parser.add_argument("--level", default="decrypt", choices=LEVELS)
+        parser.add_argument("--level", choices=ALL_LEVELS,
+                            help="default: decrypt (manifest for a base backup)")
         parser.add_argument("--inline", action="store_true", help="run it in this process instead of a worker")
 
     def handle(self, *args, artifact, level, inline, **options):
@@ -20,6 +22,7 @@ class Command(BaseCommand):
             Artifact.objects.filter(pk=artifact))
         if len(matches) != 1:
             raise CommandError(f"no single artifact matches {artifact!r}")
+        level = level or ("manifest" if matches[0].kind == Artifact.Kind.BASE else "decrypt")
         try:
             run = verifications.verification_request(actor=None, artifact=matches[0], level=level,
                                                      trigger=VerificationRun.Trigger.MANUAL)
