@@ -47,6 +47,9 @@ class BackupRuns(runs.RunKind):
         """A backup runs in its system's pool."""
         return BackupRun.objects.filter(pk=run_id).values_list("system__worker_pool", flat=True).first() or ""
 
+    def pool_of(self, run) -> str:
+        return run.system.worker_pool or ""
+
     def fail(self, run_id, reason: str, *, expected, **conditions) -> bool:
         """Fail the run if still in ``expected`` (and ``conditions``); its half-written artifact is failed and
         whatever the dead worker left in storage removed."""
@@ -92,7 +95,7 @@ def backup_request(*, actor, system: System, kind: str, trigger: str = BackupRun
         raise BackupError(f"{system.name} has no config paths to back up")
     with transaction.atomic():
         # Lock the system row: two clicks (or a click and the scheduler) serialise here.
-        System.objects.select_for_update().get(pk=system.pk)
+        locked = System.objects.select_for_update().get(pk=system.pk)
         active = BackupRun.objects.filter(system=system, kind=kind,
                                           state__in=[BackupRun.State.QUEUED, BackupRun.State.RUNNING]).first()
         if active is not None:
@@ -100,17 +103,27 @@ def backup_request(*, actor, system: System, kind: str, trigger: str = BackupRun
         previous = (Artifact.objects.filter(system=system, kind=kind, status=Artifact.Status.AVAILABLE)
                     .exclude(plaintext_size=None).order_by("-created_at").values_list("plaintext_size", flat=True)
                     .first())
-        run = BackupRun.objects.create(system=system, kind=kind, trigger=trigger,
+        # The locked row: its pool (read when the job is queued) is the one in force now.
+        run = BackupRun.objects.create(system=locked, kind=kind, trigger=trigger,
                                        requested_by=actor if actor is not None else None, bytes_expected=previous)
         audit_record(actor=actor, action=AuditAction.BACKUP_REQUESTED, obj=system, request=request,
                      details={"run": str(run.id), "kind": kind, "trigger": trigger})
         # If Redis refuses, the request still succeeds; the reaper fails the lost run later.
-        BACKUP_RUNS.enqueue_on_commit(run.id)
+        BACKUP_RUNS.enqueue_on_commit(run.id, run=run)
     return run
 
 
 def backup_run_execute(run_id) -> BackupRun:
-    """Do a queued backup run (called by the job). Never raises for a backup failure: the run records it."""
+    """Do a queued backup run (called by the job). Never raises for a backup failure: the run records it.
+
+    The health recompute its outcome sets off is queued as a job of its own (``runs.run_body``):
+    the run ends as soon as its artifact and its rows are written.
+    """
+    with runs.run_body():
+        return _execute(run_id)
+
+
+def _execute(run_id) -> BackupRun:
     with transaction.atomic():
         # Conditional transition: a run is executed once, even if its job is delivered twice.
         started = BackupRun.objects.filter(pk=run_id, state=BackupRun.State.QUEUED).update(

@@ -90,8 +90,9 @@ class RestoreRuns(runs.RunKind):
 
     def timeout_for(self, run_id) -> int:
         run = RestoreRun.objects.select_related("artifact", "config_artifact").filter(pk=run_id).first()
-        if run is None:
-            return self.timeout
+        return self.timeout if run is None else self.timeout_of(run)
+
+    def timeout_of(self, run) -> int:
         if run.is_point_in_time:
             # The whole server is recovered, then one database dumped and restored: the base backup's size, twice.
             base = Artifact.objects.filter(system_id=run.recovery_system_id, kind=Artifact.Kind.BASE,
@@ -111,6 +112,10 @@ class RestoreRuns(runs.RunKind):
         pools = (RestoreRun.objects.filter(pk=run_id)
                  .values_list("target__worker_pool", "artifact__system__worker_pool").first())
         return next((pool for pool in pools or () if pool), "")
+
+    def pool_of(self, run) -> str:
+        pools = (run.target.worker_pool, run.artifact.system.worker_pool if run.artifact_id else "")
+        return next((pool for pool in pools if pool), "")
 
     def record_requeue(self, run, details: dict) -> None:
         audit_record(actor=None, action=AuditAction.RESTORE_REQUEUED, obj=run, details=details)
