@@ -47,9 +47,6 @@ class BackupRuns(runs.RunKind):
         """A backup runs in its system's pool."""
         return BackupRun.objects.filter(pk=run_id).values_list("system__worker_pool", flat=True).first() or ""
 
-    def pool_of(self, run) -> str:
-        return run.system.worker_pool or ""
-
     def fail(self, run_id, reason: str, *, expected, **conditions) -> bool:
         """Fail the run if still in ``expected`` (and ``conditions``); its half-written artifact is failed and
         whatever the dead worker left in storage removed."""
@@ -95,7 +92,7 @@ def backup_request(*, actor, system: System, kind: str, trigger: str = BackupRun
         raise BackupError(f"{system.name} has no config paths to back up")
     with transaction.atomic():
         # Lock the system row: two clicks (or a click and the scheduler) serialise here.
-        locked = System.objects.select_for_update().get(pk=system.pk)
+        System.objects.select_for_update().get(pk=system.pk)
         active = BackupRun.objects.filter(system=system, kind=kind,
                                           state__in=[BackupRun.State.QUEUED, BackupRun.State.RUNNING]).first()
         if active is not None:
@@ -103,13 +100,12 @@ def backup_request(*, actor, system: System, kind: str, trigger: str = BackupRun
         previous = (Artifact.objects.filter(system=system, kind=kind, status=Artifact.Status.AVAILABLE)
                     .exclude(plaintext_size=None).order_by("-created_at").values_list("plaintext_size", flat=True)
                     .first())
-        # The locked row: its pool (read when the job is queued) is the one in force now.
-        run = BackupRun.objects.create(system=locked, kind=kind, trigger=trigger,
+        run = BackupRun.objects.create(system=system, kind=kind, trigger=trigger,
                                        requested_by=actor if actor is not None else None, bytes_expected=previous)
         audit_record(actor=actor, action=AuditAction.BACKUP_REQUESTED, obj=system, request=request,
                      details={"run": str(run.id), "kind": kind, "trigger": trigger})
         # If Redis refuses, the request still succeeds; the reaper fails the lost run later.
-        BACKUP_RUNS.enqueue_on_commit(run.id, run=run)
+        BACKUP_RUNS.enqueue_on_commit(run.id)
     return run
 
 

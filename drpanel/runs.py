@@ -451,25 +451,17 @@ class RunKind:
 
     def enqueue(self, run_id) -> None:
         """Put the run's job on its queue now and remember it (also used to queue a lost job again)."""
-        self.record_job(run_id, queues.enqueue(self.job, str(run_id), queue=self.queue,
-                                               timeout=self.timeout_for(run_id), on_failure=self.on_failure,
-                                               pool=self.pool_for(run_id)))
+        timeout, pool = self.job_options(run_id)
+        self.record_job(run_id, queues.enqueue(self.job, str(run_id), queue=self.queue, timeout=timeout,
+                                               on_failure=self.on_failure, pool=pool))
 
-    def timeout_of(self, run) -> int:
-        """``timeout_for`` from a run row already in memory (a kind that sizes it per run reads no row again)."""
-        return self.timeout_for(run.pk)
+    def job_options(self, run_id) -> tuple[int, str]:
+        """``(timeout_for, pool_for)`` of a run; a kind on a click's path reads both in one query."""
+        return self.timeout_for(run_id), self.pool_for(run_id)
 
-    def pool_of(self, run) -> str:
-        """``pool_for`` from a run row already in memory (a kind may read it from the row's loaded relations)."""
-        return self.pool_for(run.pk)
-
-    def enqueue_on_commit(self, run_id, *, run=None) -> None:
-        """Enqueue the run's job when the transaction commits; if Redis refuses, the request still stands.
-
-        ``run``: the row, when the caller holds it; its time limit and pool are then read from it rather than
-        queried again (a click's path to its job)."""
-        timeout = self.timeout_of(run) if run is not None else self.timeout_for(run_id)
-        pool = self.pool_of(run) if run is not None else self.pool_for(run_id)
+    def enqueue_on_commit(self, run_id) -> None:
+        """Enqueue the run's job when the transaction commits; if Redis refuses, the request still stands."""
+        timeout, pool = self.job_options(run_id)
         queues.enqueue_on_commit(self.job, str(run_id), queue=self.queue, timeout=timeout,
                                  on_failure=self.on_failure, then=lambda job: self.record_job(run_id, job), pool=pool)
 

@@ -181,7 +181,7 @@ def _queue(run: RestoreRun, *, actor, request=None) -> None:
         raise RestoreConflict("this restore could not be queued: its state changed meanwhile")
     audit_record(actor=actor, action=AuditAction.RESTORE_QUEUED, obj=run, request=request, details=audit_details(run))
     # If Redis refuses, the request stands; the reconciler queues it again (restores.reliability).
-    RESTORE_RUNS.enqueue_on_commit(run.pk, run=run)
+    RESTORE_RUNS.enqueue_on_commit(run.pk)
 
 
 def restore_approve(*, actor, run: RestoreRun, password: str, note: str = "", request=None) -> RestoreRun:
