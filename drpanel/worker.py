@@ -59,6 +59,7 @@ PR_SET_PDEATHSIG = 1
 # afresh rather than use one older than the second (the worker wakes at least every dequeue timeout, 45 s).
 SPARE_RENEW_SECONDS = 30
 SPARE_MAX_AGE_SECONDS = 120
+SPARE_CONNECT_TIMEOUT_SECONDS = 10
 
 
 class WorkHorseKilled(Exception):
@@ -170,12 +171,20 @@ class PanelWorker(Worker):
         with contextlib.suppress(Exception):
             conn.close()
         self._spare_opened_at = None
+        # Bounded: an unreachable server must not hold up the worker's heartbeat (the horse has no such bound).
+        options = conn.settings_dict.setdefault("OPTIONS", {})
+        bounded = "connect_timeout" not in options
+        if bounded:
+            options["connect_timeout"] = SPARE_CONNECT_TIMEOUT_SECONDS
         try:
             conn.ensure_connection()
         except Exception as exc:
             log.warning("no database connection ready for the next job (%s): its work horse will connect itself",
                         type(exc).__name__)
             return
+        finally:
+            if bounded:
+                options.pop("connect_timeout", None)
         self._spare_opened_at = time.monotonic()
 
     def dequeue_job_and_maintain_ttl(self, *args, **kwargs):
