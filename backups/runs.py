@@ -110,7 +110,16 @@ def backup_request(*, actor, system: System, kind: str, trigger: str = BackupRun
 
 
 def backup_run_execute(run_id) -> BackupRun:
-    """Do a queued backup run (called by the job). Never raises for a backup failure: the run records it."""
+    """Do a queued backup run (called by the job). Never raises for a backup failure: the run records it.
+
+    The health recompute its outcome sets off is queued as a job of its own (``runs.run_body``):
+    the run ends as soon as its artifact and its rows are written.
+    """
+    with runs.run_body():
+        return _execute(run_id)
+
+
+def _execute(run_id) -> BackupRun:
     with transaction.atomic():
         # Conditional transition: a run is executed once, even if its job is delivered twice.
         started = BackupRun.objects.filter(pk=run_id, state=BackupRun.State.QUEUED).update(

@@ -227,6 +227,39 @@ def verify_vs_openssl(artifact, location) -> tuple[float, float, float]:
     return openssl, timings[0], timings[1]
 
 
+# The parts of a full backup beyond pg_dump that the profile names (docs/benchmarks.md).
+PROFILED = ("backup_run_execute", "full_backup", "_finish_artifact", "write_manifest", "audit_record",
+            "health_recompute", "hooks.py", "enqueue", "fsync", "copy_artifact", "table_counts")
+
+
+def profile_backup(label: str) -> None:
+    """One more panel backup of ``label`` under cProfile: where the panel's own process spends its time."""
+    import cProfile
+    import pstats
+
+    from backups.models import StorageLocation, System
+
+    system = System.objects.get(name=f"bench-{label}")
+    location = StorageLocation.objects.get(name=f"bench-{label}")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    elapsed, artifact = panel_backup(system, location)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    log(f"  profile of one panel backup of {label} ({elapsed:.2f} s wall; cumulative seconds in this process):")
+    rows = []
+    for (filename, line, function), (_cc, calls, _tt, cumulative, _callers) in stats.stats.items():
+        where = f"{Path(filename).name}:{function}"
+        if str(ROOT) in filename and any(part in where for part in PROFILED):
+            rows.append((cumulative, calls, f"{Path(filename).parent.name}/{Path(filename).name}:{line} {function}"))
+    for cumulative, calls, where in sorted(rows, reverse=True)[:20]:
+        log(f"    {cumulative:8.3f} s  {calls:5d}×  {where}")
+    if not any("health_recompute" in where for _c, _n, where in rows):
+        log("    (no health_recompute in the backup's process: it is queued for a worker when the run ends)")
+    forget_automatic_verifications(system)
+    (Path(location.path) / artifact.storage_key).unlink(missing_ok=True)
+
+
 def bench_dump(label: str, url: str, repeats: int, spool: Path) -> dict:
     import psycopg
 
@@ -367,6 +400,8 @@ def main() -> None:
     parser.add_argument("--skip", action="append", default=[], choices=["pgbench", "realistic", "list"])
     parser.add_argument("--panel-db", default="drpanel_bench")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the source databases")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one more panel backup of the last database (cProfile, the panel's code)")
     args = parser.parse_args()
     if args.quick:
         args.scale, args.realistic_mb, args.list_size = 2, 40, 10_000
@@ -400,6 +435,8 @@ def main() -> None:
             name = f"{args.panel_db}_realistic_v2_{args.realistic_mb}mb{suffix}"
             url = build_realistic(server_url, name, args.realistic_mb, args.rebuild)
             results.append(bench_dump(f"realistic{args.realistic_mb}", url, repeats, spool))
+        if args.profile and results:
+            profile_backup(results[-1]["label"])
     listing = None if "list" in args.skip else bench_list(sizes=(100, args.list_size))
     log("")
     log("results (median; the machine is shared, so repeat before trusting a small difference):")

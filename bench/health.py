@@ -1,6 +1,6 @@
 """Benchmark of the health score and the dashboard against the size of the catalog.
 
-    .venv/bin/python bench/health.py [--systems 5] [--days 30] [--old-days 335] [--quick]
+    .venv/bin/python bench/health.py [--systems 5] [--days 30] [--old-days 335] [--artifacts N] [--quick]
                                      [--database-url postgresql://…/drpanel_health_bench]
 
 It fills a dedicated database (its name must end in ``_bench``; its catalog is emptied first)
@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 GOALS = {"recompute": 25.0, "page": 500.0, "api": 150.0}
 PAGE_P95_GOAL_MS = 300  # issue 16, at 100 systems with 100k artifacts
+ARTIFACTS_PER_DAY = 1 + 6 + 96
 
 
 def setup_django(database_url: str) -> None:
@@ -187,12 +188,18 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--old-days", type=int, default=335)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--artifacts", type=int, default=None,
+                        help="about this many artifacts in all, spread over the systems (sets --days and --old-days)")
     parser.add_argument("--quick", action="store_true", help="2 systems, 3 + 7 days: validates the script")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL")
                         or "postgresql://postgres@127.0.0.1:5432/drpanel_health_bench")
     args = parser.parse_args()
     if args.quick:
         args.systems, args.days, args.old_days, args.rounds = 2, 3, 7, 3
+    if args.artifacts:
+        # A day of one system holds about ARTIFACTS_PER_DAY artifacts (a full, six configs, 96 incrementals).
+        span = max(1, round(args.artifacts / args.systems / ARTIFACTS_PER_DAY))
+        args.days, args.old_days = min(args.days, span), max(0, span - args.days)
     if not args.database_url.rsplit("/", 1)[-1].split("?")[0].endswith("_bench"):
         sys.exit("the benchmark empties its database's catalog: give a database whose name ends in _bench")
     setup_django(args.database_url)

@@ -8,6 +8,8 @@ written to ``bench-results/<timestamp>.md`` and ``.json``. A script that prints 
 (or fails) is listed as "not reported", with where its output is.
 
     .venv/bin/python bench/run.py [--scale quick|default|full] [--only backup --only jobs] [--prefix drpanel_bench]
+    .venv/bin/python bench/run.py --scale full --only audit      # audit at 1M, then at 100k, 1M and 10M events
+    .venv/bin/python bench/run.py --scale full --only scaling    # the scaling table's rows only
 
 Scales: ``quick`` validates the scripts in a few minutes; ``default`` fits in about 10–15
 minutes on the 2-core development machine; ``full`` uses the issue's sizes (pgbench -s 50, a
@@ -75,6 +77,27 @@ SCALING_EVENTS = (100_000, 1_000_000, 10_000_000)
 SCALING_SYSTEMS = (1, 10, 100)
 
 
+# The part each scaling row belongs to (``--only backup`` runs the backup benchmark and its scaling rows;
+# ``--only scaling`` every scaling row and nothing else).
+SCALING_PARTS = (("backup at ", "backup"), ("verified restore at ", "restore"), ("artifact list at ", "list"),
+                 ("audit at ", "audit"), ("dashboard with ", "dashboard"))
+# The dashboard's rows all hold about this many artifacts, spread over their systems.
+SCALING_DASHBOARD_ARTIFACTS = 100_000
+
+
+def parts(name: str) -> set[str]:
+    """The names ``--only`` selects the benchmark ``name`` by: itself, and a scaling row's part and "scaling"."""
+    for prefix, part in SCALING_PARTS:
+        if name.startswith(prefix):
+            return {name, part, "scaling"}
+    return {name}
+
+
+def selected(name: str, only: list[str]) -> bool:
+    """Whether ``--only`` (empty: everything) selects the benchmark ``name``."""
+    return not only or bool(parts(name) & set(only))
+
+
 def scaling(prefix: str, server_url: str) -> list[tuple[str, list[str]]]:
     """(name, argv) of the scaling table's rows: one benchmark script per size."""
     from drpanel.runtime import with_database_name
@@ -95,6 +118,7 @@ def scaling(prefix: str, server_url: str) -> list[tuple[str, list[str]]]:
                                                      with_database_name(server_url, f"{prefix}_audit_bench")]))
     for systems in SCALING_SYSTEMS:
         rows.append((f"dashboard with {systems} systems", [py, "bench/health.py", "--systems", str(systems),
+                                                          "--artifacts", str(SCALING_DASHBOARD_ARTIFACTS),
                                                           "--database-url",
                                                           with_database_name(server_url, f"{prefix}_health_bench")]))
     return rows
@@ -156,7 +180,9 @@ def conditions_table(rows: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=SCALES, default="default")
-    parser.add_argument("--only", action="append", default=[], help="run only these benchmarks (by name)")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only these benchmarks: by name, or by part at full scale (backup, restore, list, "
+                             "audit, dashboard: the benchmark and its scaling rows; scaling: every scaling row)")
     parser.add_argument("--prefix", default="drpanel_bench", help="prefix of the benchmarks' own databases")
     parser.add_argument("--out", default=str(ROOT / "bench-results"))
     args = parser.parse_args()
@@ -176,7 +202,7 @@ def main() -> int:
     if args.scale == "full":
         planned += scaling(args.prefix, server_url)
     for name, argv in planned:
-        if args.only and name not in args.only:
+        if not selected(name, args.only):
             continue
         print(f"== {name}: {' '.join(argv[1:])}", flush=True)
         started = time.monotonic()

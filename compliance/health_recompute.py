@@ -14,7 +14,8 @@ audits score changes (``health.changed``) and raises or resolves the system's al
 - ``drill-overdue:<system>`` — no successful restore test in ``DRPANEL_DRILL_OVERDUE_DAYS``
   days (once the system is that old); see ``last_restore_test``.
 
-It runs after every relevant event (``compliance.health_signals``), every 15 minutes
+It runs after every relevant event (``compliance.health_signals``; as a job of its own when the
+event is a backup run's, so the backup does not wait for it), every 15 minutes
 (``drpanel/cron.py``), and is idempotent. Time is ``drpanel.clock`` time.
 """
 
@@ -46,6 +47,7 @@ from compliance.health import (
     last_restore_test,
 )
 from compliance.models import Alert, HealthSnapshot
+from drpanel import queues, runs
 from drpanel.context import reset_current_request, set_current_request
 
 log = logging.getLogger(__name__)
@@ -258,14 +260,28 @@ ALL_SYSTEMS = None
 _deferred = threading.local()
 
 
-class _Recompute:
-    """An after-commit recompute of one system (or of all): a class, so duplicates can be recognised."""
+# The job that recomputes off a run's critical path (``compliance.jobs``), and its time limit.
+RECOMPUTE_JOB = "compliance.jobs.health_recompute_system_job"
+RECOMPUTE_JOB_TIMEOUT = 600
 
-    def __init__(self, system_id: int | None, trigger: str):
+
+class _Recompute:
+    """An after-commit recompute of one system (or of all): a class, so duplicates can be recognised.
+
+    ``queued``: put it on the default queue as a job of its own instead of doing it here (set
+    inside a run's body, ``drpanel.runs.run_body``, so the run does not wait for it).
+    """
+
+    def __init__(self, system_id: int | None, trigger: str, *, queued: bool = False):
         self.system_id = system_id
         self.trigger = trigger
+        self.queued = queued
 
     def __call__(self) -> None:
+        if self.queued:
+            # One job per system when the run ends, for the last of its transactions that moved the score.
+            runs.after_run_body(("health", self.system_id), self.enqueue)
+            return
         try:
             if self.system_id is ALL_SYSTEMS:
                 health_recompute_all(trigger=self.trigger)
@@ -275,13 +291,23 @@ class _Recompute:
             # The change that triggered it is committed and must stay so; the cron recomputes within 15 minutes.
             log.exception("health recompute after %s failed", self.trigger)
 
+    def enqueue(self) -> None:
+        try:
+            queues.enqueue(RECOMPUTE_JOB, self.system_id, self.trigger[:100], queue="default",
+                           timeout=RECOMPUTE_JOB_TIMEOUT)
+        except Exception:
+            # Redis refused: the change stays committed, and the cron recomputes within 15 minutes.
+            log.exception("queueing the health recompute after %s failed", self.trigger)
+
 
 def health_recompute_soon(system_id: int | None, *, trigger: str) -> None:
     """Recompute a system (``None``: every system) once the current transaction commits.
 
     Called by the catalog's signals (``compliance.health_signals``) and by any app whose
     change moves a score. One recompute per system per transaction, however many of its
-    rows changed. Inside ``health_recompute_deferred()`` it waits for the block to end.
+    rows changed. Inside ``health_recompute_deferred()`` it waits for the block to end; inside
+    a run's body (``drpanel.runs.run_body``: a backup) it is queued as a job when the run ends,
+    one per system, so the run ends without waiting for it.
     """
     pending = getattr(_deferred, "systems", None)
     if pending is not None:
@@ -292,7 +318,7 @@ def health_recompute_soon(system_id: int | None, *, trigger: str) -> None:
         for _sids, func, _robust in connection.run_on_commit:
             if isinstance(func, _Recompute) and func.system_id in (system_id, ALL_SYSTEMS):
                 return
-    transaction.on_commit(_Recompute(system_id, trigger))
+    transaction.on_commit(_Recompute(system_id, trigger, queued=runs.in_run_body()))
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from compliance.checklists import checklist_evaluate, checklist_periods_current
 from compliance.contacts import contacts_review
 from compliance.escalation import escalate_due as incidents_escalate_due
 from compliance.escalation import escalation_start
-from compliance.health_recompute import health_recompute_all
+from compliance.health_recompute import health_recompute, health_recompute_all
 from compliance.notifications import deliveries_retry_due, delivery_send
 from compliance.notify_events import approval_waiting_notify, certification_due_notify
 from drpanel.queues import get_connection
@@ -45,6 +45,15 @@ def contacts_review_job() -> dict:
 def health_recompute_job() -> list[str]:
     """Every 15 minutes: every system's health score (time alone moves it), its history and its alerts."""
     return [str(s) for s in health_recompute_all(trigger="schedule")]
+
+
+def health_recompute_system_job(system_id: int | None, trigger: str) -> str | None:
+    """After a backup run committed (queued by ``health_recompute_soon`` off the run's path): one system's
+    score, or every system's when ``system_id`` is None."""
+    if system_id is None:
+        return f"{len(health_recompute_all(trigger=trigger))} system(s)"
+    snapshot = health_recompute(system_id, trigger=trigger)
+    return str(snapshot) if snapshot is not None else None
 
 
 def delivery_send_job(delivery_id: str) -> str | None:

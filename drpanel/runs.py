@@ -14,6 +14,8 @@ every kind of run, so it lives here once:
   worker alive, not the run moving: ``progress_at`` (on models that have it) advances only
   when the steps, the bytes or the percent change, and a run whose progress has not moved
   for ``DRPANEL_RUN_STALL_SECONDS`` is failed even though its heartbeat still beats;
+- ``run_body`` marks a run's own work: what its commits set off beside it (a health recompute) is
+  queued as a job of its own rather than delaying the run's end;
 - ``job_status`` asks RQ about a job, ``stop_job`` removes a queued job or stops a started
   one (RQ's stop-job command), and ``failure_reason`` turns a failure callback's exception
   into a reason people can read;
@@ -32,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -267,6 +270,47 @@ class Heartbeat:
         self.thread.join(timeout=self.interval + 5)
 
 
+# --- the body of a run -----------------------------------------------------------------------------
+
+_body = threading.local()
+
+
+@contextlib.contextmanager
+def run_body():
+    """Mark the block as the body of a run (its job's work, e.g. ``backup_run_execute``).
+
+    What the run's commits set off and is not the run's own work — a health score recompute —
+    is queued as a job of its own instead of being done here (``in_run_body``): the run is
+    finished, and its worker free, as soon as its own rows are written.
+    """
+    depth = getattr(_body, "depth", 0)
+    if depth == 0:
+        _body.after = {}
+    _body.depth = depth + 1
+    try:
+        yield
+    finally:
+        _body.depth = depth
+        if depth == 0:
+            after, _body.after = _body.after, {}
+            for func in after.values():
+                func()
+
+
+def in_run_body() -> bool:
+    """Whether this thread is inside ``run_body()``."""
+    return getattr(_body, "depth", 0) > 0
+
+
+def after_run_body(key, func: Callable[[], None]) -> None:
+    """Call ``func`` once the run's body ends (at once outside one); a later ``func`` of the same ``key`` replaces
+    an earlier one, so a run that moved a thing several times sets off one follow-up for it."""
+    if not in_run_body():
+        func()
+        return
+    _body.after[key] = func
+
+
 # --- RQ ------------------------------------------------------------------------------------------
 
 
@@ -407,15 +451,19 @@ class RunKind:
 
     def enqueue(self, run_id) -> None:
         """Put the run's job on its queue now and remember it (also used to queue a lost job again)."""
-        self.record_job(run_id, queues.enqueue(self.job, str(run_id), queue=self.queue,
-                                               timeout=self.timeout_for(run_id), on_failure=self.on_failure,
-                                               pool=self.pool_for(run_id)))
+        timeout, pool = self.job_options(run_id)
+        self.record_job(run_id, queues.enqueue(self.job, str(run_id), queue=self.queue, timeout=timeout,
+                                               on_failure=self.on_failure, pool=pool))
+
+    def job_options(self, run_id) -> tuple[int, str]:
+        """``(timeout_for, pool_for)`` of a run; a kind on a click's path reads both in one query."""
+        return self.timeout_for(run_id), self.pool_for(run_id)
 
     def enqueue_on_commit(self, run_id) -> None:
         """Enqueue the run's job when the transaction commits; if Redis refuses, the request still stands."""
-        queues.enqueue_on_commit(self.job, str(run_id), queue=self.queue, timeout=self.timeout_for(run_id),
-                                 on_failure=self.on_failure, then=lambda job: self.record_job(run_id, job),
-                                 pool=self.pool_for(run_id))
+        timeout, pool = self.job_options(run_id)
+        queues.enqueue_on_commit(self.job, str(run_id), queue=self.queue, timeout=timeout,
+                                 on_failure=self.on_failure, then=lambda job: self.record_job(run_id, job), pool=pool)
 
     def job_failed(self, run_id, reason: str) -> bool:
         """An RQ failure callback: fail the run (queued or running) with the reason, and tidy up."""

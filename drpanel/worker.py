@@ -13,6 +13,15 @@ Two refinements for jobs that restore databases:
 - a horse that dies (OOM killer, ``kill -9``) runs the job's failure callback at once, so the
   run row says "failed" within seconds, not after the registry clean-up.
 
+And one for the time from a click to its job starting: a work horse does not open its own
+database connection. The idle worker keeps one fresh connection open and unused
+(``_ready_database``, renewed every ``SPARE_RENEW_SECONDS``); the horse it forks inherits it
+and is its only user: right after the fork the worker lets go of its copy without a word to
+the server (``_let_go_of_database``: its socket is pointed at ``/dev/null`` before it is
+closed, so the server keeps the session the horse now owns). The horse checks it first
+(``SELECT 1``) and connects afresh when it is dead or older than ``SPARE_MAX_AGE_SECONDS``.
+One connection is never used by two processes.
+
 And two guards for panels that share a Redis (``drpanel.installation``):
 
 - a worker claims its installation id in Redis before it takes any job, and refuses to
@@ -30,12 +39,13 @@ import ctypes
 import logging
 import os
 import signal
+import time
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils.module_loading import autodiscover_modules
-from rq.worker import Worker
+from rq.worker import Worker, WorkerStatus
 
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
@@ -45,6 +55,11 @@ from drpanel.installation import InstallationConflict
 log = logging.getLogger("drpanel.worker")
 
 PR_SET_PDEATHSIG = 1
+# An idle worker renews the connection its next horse inherits when it is older than this; the horse connects
+# afresh rather than use one older than the second (the worker wakes at least every dequeue timeout, 45 s).
+SPARE_RENEW_SECONDS = 30
+SPARE_MAX_AGE_SECONDS = 120
+SPARE_CONNECT_TIMEOUT_SECONDS = 10
 
 
 class WorkHorseKilled(Exception):
@@ -91,6 +106,41 @@ def _die_with_parent(parent_pid: int | None) -> None:
         os._exit(1)
 
 
+def _let_go_of_database() -> None:
+    """In the worker, just after forking a horse: forget the database connections the horse inherited.
+
+    ``close()`` would tell the server goodbye on a socket the horse now uses; pointed at ``/dev/null``
+    first, the goodbye goes nowhere and only this process's copy of the socket is closed.
+    """
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for conn in connections.all(initialized_only=True):
+            if conn.connection is None:
+                continue
+            with contextlib.suppress(Exception):
+                os.dup2(devnull, conn.connection.fileno())
+            conn.close()
+    finally:
+        os.close(devnull)
+
+
+def _adopt_database(opened_at: float | None) -> None:
+    """In a new horse: keep the connection inherited from the worker if it is young and answers, else drop it
+    (Django connects again on first use)."""
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None:
+            continue
+        fresh = opened_at is not None and time.monotonic() - opened_at <= SPARE_MAX_AGE_SECONDS
+        usable = False
+        if fresh and not conn.in_atomic_block:
+            with contextlib.suppress(Exception):
+                usable = conn.is_usable()
+        if not usable:
+            with contextlib.suppress(Exception):
+                conn.close()
+            conn.connection = None
+
+
 def preload_jobs() -> None:
     """Import every app's ``jobs`` module in the worker, before it forks a work horse per job.
 
@@ -109,6 +159,49 @@ class PanelWorker(Worker):
         kwargs.setdefault("worker_ttl", settings.WORKER_TTL_SECONDS)
         kwargs.setdefault("job_monitoring_interval", int(os.environ.get("DRPANEL_JOB_HEARTBEAT_SECONDS", 10)))
         super().__init__(*args, **kwargs)
+        self._spare_opened_at: float | None = None
+
+    def _ready_database(self) -> None:
+        """Have a fresh database connection open for the next horse (renewed when older than
+        ``SPARE_RENEW_SECONDS``). A database that cannot be reached is left to the horse, as before."""
+        conn = connections["default"]
+        opened = self._spare_opened_at
+        if conn.connection is not None and opened is not None and time.monotonic() - opened < SPARE_RENEW_SECONDS:
+            return
+        with contextlib.suppress(Exception):
+            conn.close()
+        self._spare_opened_at = None
+        # Bounded: an unreachable server must not hold up the worker's heartbeat (the horse has no such bound).
+        options = conn.settings_dict.setdefault("OPTIONS", {})
+        bounded = "connect_timeout" not in options
+        if bounded:
+            options["connect_timeout"] = SPARE_CONNECT_TIMEOUT_SECONDS
+        try:
+            conn.ensure_connection()
+        except Exception as exc:
+            log.warning("no database connection ready for the next job (%s): its work horse will connect itself",
+                        type(exc).__name__)
+            return
+        finally:
+            if bounded:
+                options.pop("connect_timeout", None)
+        self._spare_opened_at = time.monotonic()
+
+    def dequeue_job_and_maintain_ttl(self, *args, **kwargs):
+        self._ready_database()
+        return super().dequeue_job_and_maintain_ttl(*args, **kwargs)
+
+    def heartbeat(self, *args, **kwargs):
+        super().heartbeat(*args, **kwargs)
+        # While idle, rq heartbeats after each dequeue timeout: keep the next horse's connection fresh.
+        if not self._is_horse and self.get_state() == WorkerStatus.IDLE:
+            self._ready_database()
+
+    def fork_work_horse(self, job, queue):
+        super().fork_work_horse(job, queue)
+        # Only the worker gets here (the horse leaves through os._exit): the connection is the horse's now.
+        _let_go_of_database()
+        self._spare_opened_at = None
 
     def work(self, *args, **kwargs):
         try:
@@ -126,6 +219,7 @@ class PanelWorker(Worker):
 
     def main_work_horse(self, job, queue):
         _die_with_parent(self.pid)
+        _adopt_database(self._spare_opened_at)
         super().main_work_horse(job, queue)
 
     def handle_work_horse_killed(self, job, retpid, ret_val, rusage):

@@ -8,13 +8,14 @@ import pytest
 from django.db import connection, transaction
 
 from backups.models import Artifact, BackupRun
-from backups.runs import backup_request
+from backups.runs import backup_request, backup_run_execute
 from compliance.audit import audit_record
-from compliance.health_recompute import _Recompute, health_recompute_deferred, health_recompute_soon
+from compliance.health_recompute import RECOMPUTE_JOB, _Recompute, health_recompute_deferred, health_recompute_soon
 from compliance.health_signals import watched
 from compliance.models import HealthSnapshot
+from drpanel import queues
 from tests.backup_fixtures import *  # noqa: F403 - fixtures
-from tests.support import rq_workers
+from tests.support import rq_workers, wait_for
 
 pytest_plugins = ["tests.compliance_fixtures", "tests.health_fixtures"]
 
@@ -132,3 +133,30 @@ def test_an_event_naming_an_artifact_badly_is_still_audited_and_recomputes_every
                              object_id="not-a-uuid")
     assert event.pk is not None
     assert triggers(catalog.system)[-1] == "artifact.status"
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_backup_run_ends_without_the_recompute_it_queues_for_a_worker(redis_conn, operator, system, primary):
+    latest_before = HealthSnapshot.objects.filter(system=system).latest("pk")
+    assert not {c["code"]: c for c in latest_before.checks}["config_backup"]["passed"]
+    run = backup_run_execute(backup_request(actor=operator, system=system, kind="config").id)
+    assert run.state == BackupRun.State.SUCCEEDED, run.error
+    # The run is over and no recompute ran in it: the newest score is still the one from before.
+    assert HealthSnapshot.objects.filter(system=system).latest("pk") == latest_before
+    queued = [job for job in queues.get_queue("default").get_jobs() if job.func_name == RECOMPUTE_JOB]
+    assert queued and {job.args[0] for job in queued} == {system.pk}
+    assert "backup.succeeded" in {job.args[1] for job in queued}
+    with rq_workers(["default"]):
+        snapshot = wait_for(lambda: HealthSnapshot.objects.filter(system=system, pk__gt=latest_before.pk).first(),
+                            60, "a worker to recompute the score the backup moved")
+    assert {c["code"]: c for c in snapshot.checks}["config_backup"]["passed"]
+    assert queues.get_queue("default").count == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_run_the_recompute_is_still_done_at_the_commit(redis_conn, catalog):
+    with transaction.atomic():
+        catalog.artifact("full", timedelta(hours=2), verified="decrypt")
+    assert not [job for job in queues.get_queue("default").get_jobs() if job.func_name == RECOMPUTE_JOB]
+    assert HealthSnapshot.objects.filter(system=catalog.system).latest("pk").checks[0]["passed"]

@@ -10,3 +10,14 @@ def report(key: str, label: str) -> str:
     line = f"{label}|{settings.INSTALLATION_ID}|{connection.settings_dict['NAME']}"
     get_current_job().connection.rpush(key, line)
     return line
+
+
+def session(key: str) -> str:
+    """Append the database session this job runs on (its backend pid and when it started) to ``key``."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid(), extract(epoch FROM backend_start) FROM pg_stat_activity "
+                       "WHERE pid = pg_backend_pid()")
+        pid, started = cursor.fetchone()
+    line = f"{pid}|{started}"
+    get_current_job().connection.rpush(key, line)
+    return line

@@ -176,3 +176,26 @@ def test_the_scaling_rows_call_existing_scripts_with_options_they_take():
                                            text=True, timeout=60, check=True).stdout
         for option in (arg for arg in argv[2:] if arg.startswith("--")):
             assert option in helps[script], f"{name}: {script} has no {option}"
+
+
+def test_each_part_of_the_full_scale_can_run_alone():
+    main = [name for name, _argv in run.benchmarks("full", "drpanel_bench", "postgresql://postgres@127.0.0.1:5432/x")]
+    rows = main + [name for name, _argv in run.scaling("drpanel_bench", "postgresql://postgres@127.0.0.1:5432/x")]
+    chosen = {part: [name for name in rows if run.selected(name, [part])]
+              for part in ("backup", "restore", "list", "audit", "dashboard", "scaling", "jobs")}
+    assert chosen["audit"] == ["audit", "audit at 100,000 events", "audit at 1,000,000 events",
+                               "audit at 10,000,000 events"]
+    assert chosen["list"] == ["artifact list at 10,000", "artifact list at 100,000", "artifact list at 1,000,000"]
+    assert chosen["dashboard"] == [f"dashboard with {n} systems" for n in (1, 10, 100)]
+    assert chosen["backup"] == ["backup"] + [f"backup at {mb} MB" for mb in run.SCALING_DATABASE_MB]
+    assert chosen["restore"] == ["restore"] + [f"verified restore at {mb} MB" for mb in run.SCALING_DATABASE_MB]
+    assert chosen["jobs"] == ["jobs"]
+    assert chosen["scaling"] == rows[len(main):] and "audit" not in chosen["scaling"]
+    assert all(run.selected(name, []) for name in rows)
+
+
+def test_the_dashboard_rows_hold_the_same_number_of_artifacts_spread_over_their_systems():
+    rows = {name: argv for name, argv in run.scaling("drpanel_bench", "postgresql://postgres@127.0.0.1:5432/x")
+            if name.startswith("dashboard")}
+    for argv in rows.values():
+        assert argv[argv.index("--artifacts") + 1] == str(run.SCALING_DASHBOARD_ARTIFACTS)
