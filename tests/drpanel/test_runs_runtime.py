@@ -6,6 +6,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from backups.models import BackupRun, System
+from backups.offsite import OFFSITE_RUNS
 from backups.runs import BACKUP_RUNS
 from drpanel import queues, runs
 from restores import reliability
@@ -56,7 +57,9 @@ def test_the_heartbeat_stamps_the_row_on_its_configured_clock(transactional_db, 
 def test_every_kind_of_run_is_registered_and_the_reconciler_settles_restores_and_verifications():
     assert runs.kind("backup") is BACKUP_RUNS
     assert runs.kind("restore") is RESTORE_RUNS and runs.kind("verification") is VERIFICATION_RUNS
-    assert set(runs.kinds(reconciled=True)) == {RESTORE_RUNS, VERIFICATION_RUNS} == set(reliability.KINDS)
+    # Off-site runs of continuous protection are reconciled too, by the continuous tick rather than restores'.
+    assert set(runs.kinds(reconciled=True)) == {RESTORE_RUNS, VERIFICATION_RUNS, OFFSITE_RUNS}
+    assert set(reliability.KINDS) == {RESTORE_RUNS, VERIFICATION_RUNS}
     assert RESTORE_RUNS.job == "restores.jobs.restore_run_job" and RESTORE_RUNS.timeout == 24 * 3600
     assert VERIFICATION_RUNS.on_failure == "restores.jobs.verification_job_failed"
 
