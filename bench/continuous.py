@@ -371,8 +371,11 @@ def forget(name: str) -> None:
     """What an earlier run left of the benchmark's system in its own panel database: runs, base artifacts, the
     streaming state and WAL catalog of a server and a Barman home that are gone."""
     from backups.models import Artifact, BackupRun, ContinuousState, WalTimeline
+    from restores.models import VerificationRun
 
     BackupRun.objects.filter(system__name=name).delete()
+    # A new base backup asks for its own manifest check: those runs protect the artifacts they verified.
+    VerificationRun.objects.filter(artifact__system__name=name).delete()
     Artifact.objects.filter(system__name=name).delete()
     ContinuousState.objects.filter(system__name=name).delete()
     WalTimeline.objects.filter(system__name=name).delete()
