@@ -423,3 +423,24 @@ def run_entry_point(main) -> None:
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()
+
+
+def database_unreachable(exc: Exception) -> str:
+    """One line for a command stopped by its database refusing it or not answering: which database, and why.
+
+    The reason is the driver's own (``database "x" does not exist``, ``password authentication failed``,
+    ``Connection refused``), on one line; the URL's password is never part of it.
+    """
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    where = f"{db.get('USER') or '?'}@{db.get('HOST') or 'localhost'}:{db.get('PORT') or 5432}/{db.get('NAME')}"
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    for other in (db, getattr(settings, "MIGRATE_DATABASE", None) or {}):
+        if other.get("PASSWORD"):
+            reason = reason.replace(other["PASSWORD"], "***")
+    source = "DATABASE_URL"
+    if getattr(settings, "MIGRATE_DATABASE", None) and "migrate" in sys.argv[1:2]:
+        source = "DATABASE_URL; migrations connect with DRPANEL_MIGRATE_DATABASE_URL"
+    return (f"the database {where} ({source}) cannot be used: {reason}. Check that the server runs, that "
+            f"the database exists and that the role may log in (docs/production.md).")

@@ -72,6 +72,13 @@ class IncidentStepRuns(runs.RunKind):
     queued_since = "queued_at"
     reconciled = False  # settled by ``incident_steps_reconcile`` (cron), with the restores' reconciler
 
+    def pool_for(self, run_id) -> str:
+        """An automatic step reaches the incident's databases: it runs in its target's pool, else its system's
+        (as the incident's restore does; docs/many-hosts.md)."""
+        pools = (IncidentStep.objects.filter(pk=run_id)
+                 .values_list("incident__target__worker_pool", "incident__system__worker_pool").first())
+        return next((pool for pool in pools or () if pool), "")
+
     def fail(self, run_id, reason: str, *, expected) -> bool:
         step = IncidentStep.objects.select_related("incident").filter(pk=run_id).first()
         return bool(step) and _finish(step, S.FAILED, actor=None, expected=expected, error=reason)
@@ -380,8 +387,8 @@ def health_of_target(incident: Incident) -> tuple[bool, dict]:
 
 def incident_step_execute(step_id) -> IncidentStep | None:
     """The job of an automatic step: queued → running, do it with a heartbeat, then done or failed."""
-    if not IncidentStep.objects.filter(pk=step_id, state=S.QUEUED).update(state=S.RUNNING,
-                                                                          heartbeat_at=timezone.now()):
+    if not IncidentStep.objects.filter(pk=step_id, state=S.QUEUED).update(state=S.RUNNING, heartbeat_at=timezone.now(),
+                                                                          worker_host=runs.worker_host()):
         return IncidentStep.objects.filter(pk=step_id).first()  # a second delivery: nothing to do
     step = IncidentStep.objects.select_related("incident__system", "incident__target",
                                                "incident__recovery_artifact").get(pk=step_id)

@@ -282,6 +282,7 @@ def step_json(step: IncidentStep) -> dict:
         "note": step.note, "evidence_url": step.evidence_url or None, "decision": step.decision or None,
         "skip_reason": step.skip_reason or None, "error": step.error or None, "result": step.result,
         "restore_run": str(step.restore_run_id) if step.restore_run_id else None, "attempts": step.attempts,
+        "worker_host": step.worker_host or None,
     }
 
 

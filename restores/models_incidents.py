@@ -219,6 +219,7 @@ class IncidentStep(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     job_id = models.CharField(max_length=64, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker_host = models.CharField(max_length=100, blank=True, help_text="The host whose worker ran its job.")
     enqueue_count = models.PositiveSmallIntegerField(default=0)
     queued_at = models.DateTimeField(null=True, blank=True)
     needs_cleanup = models.BooleanField(default=False, help_text="Never set: an incident step leaves nothing behind.")

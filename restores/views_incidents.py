@@ -17,6 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from backups.models import System
+from drpanel import runs
 from drpanel.permissions import Cap, capability_required, has_cap
 from drpanel.templatetags.panel_time import format_at
 from restores import incident_steps, incidents, runbooks
@@ -42,6 +43,7 @@ def _context(request, incident: Incident) -> dict:
     approvals = {a["step"]: a for a in incidents.approvals_of(incident)}
     for step in steps:
         step.approval_info = approvals.get(step.code)
+        step.waiting = runs.pool_waiting(incident_steps.INCIDENT_STEP_RUNS, step)
     return {
         "incident": incident, "steps": steps, "next_step": nxt,
         "can_run": has_cap(request.user, incidents.RUN_CAP) and incident.is_open,

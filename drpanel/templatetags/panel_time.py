@@ -1,7 +1,8 @@
 """Times on pages: in the panel's time zone (``TIME_ZONE``), always followed by that zone's abbreviation.
 
 ``{{ run.created_at|at }}`` → ``2026-12-03 16:23 CET``; ``{{ run.created_at|at:"H:i:s" }}`` →
-``16:23:07 CET``. The abbreviation is the one in force at that instant (``CEST`` in summer), so a
+``16:23:07 CET``; an ISO 8601 string from a report's JSON (``"2026-12-03T15:23:07+00:00"``) is read
+the same way. The abbreviation is the one in force at that instant (``CEST`` in summer), so a
 time read off a page, a screenshot or a printed certification says which clock it was read on.
 Loaded for every template (``TEMPLATES`` ``builtins``), so no page has to ``{% load %}`` it.
 """
@@ -11,6 +12,7 @@ from datetime import datetime
 from django import template
 from django.utils import timezone
 from django.utils.dateformat import format as date_format
+from django.utils.dateparse import parse_datetime
 
 register = template.Library()
 
@@ -20,8 +22,16 @@ DEFAULT_FORMAT = "Y-m-d H:i"
 def format_at(value, fmt: str = DEFAULT_FORMAT) -> str:
     """``value`` in the current time zone, in Django's ``date`` format ``fmt``, then the zone's abbreviation.
 
-    For code that writes times outside templates (chart labels); "" for anything not a datetime.
+    ``value`` is a datetime or an ISO 8601 string with an offset (what a report's JSON holds); for code
+    that writes times outside templates (chart labels) too. "" for anything else.
     """
+    if isinstance(value, str):
+        try:
+            value = parse_datetime(value)
+        except ValueError:
+            return ""
+        if value is not None and timezone.is_naive(value):
+            return ""
     if not isinstance(value, datetime):
         return ""
     if timezone.is_aware(value):

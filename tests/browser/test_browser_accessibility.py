@@ -97,7 +97,8 @@ def main_pages(estate) -> list[str]:
             f"/restores/new?artifact={artifact.pk}", "/restores/", f"/restores/runs/{estate['waiting'].pk}/",
             f"/restores/runs/{estate['drill'].pk}/", f"/approvals/protection/{estate['grant'].pk}",
             "/checklists/", "/certifications/", "/certifications/2026-11/", "/audit/", "/audit/events/1/",
-            "/contacts/", "/contacts/notifications/", "/incidents/", f"/incidents/{estate['incident'].pk}/"]
+            "/contacts/", "/contacts/notifications/", "/incidents/", f"/incidents/{estate['incident'].pk}/",
+            "/systems/", f"/systems/{system.pk}/", "/restores/targets/", "/incidents/runbooks/", "/tokens/"]
 
 
 def axe_check(page, axe_source) -> list[dict]:

@@ -20,6 +20,7 @@ from backups.models import System
 from restores import targets
 from restores.models import RestoreRun
 from tests import continuous_support
+from tests.browser.test_browser_accessibility import AXE, axe_check, report
 from tests.continuous_support import URL_VARIABLE, streams
 from tests.support import rq_workers, wait_for_finished_run
 
@@ -99,8 +100,13 @@ def test_an_operator_restores_production_to_a_time_ago_and_gets_exactly_the_rows
     assert rpo.inner_text().endswith(" s") and rpo.inner_text()[:-2].isdigit()
     assert rpo.get_attribute("href") == f"/systems/{shop.pk}/#continuous"
     rpo.click()
+    page.wait_for_url(f"{base}/systems/{shop.pk}/#continuous")
+    # The continuous protection block and the point-in-time form pass axe-core too (as the main pages do).
+    found = axe_check(page, AXE.read_text())
     page.get_by_test_id("point-restore").click()
     page.wait_for_url(f"{base}/restores/new/point-in-time?system=shop")
+    found += axe_check(page, AXE.read_text())
+    assert not found, report([("operator", page.url, v) for v in found])
 
     ask(page, "shop-live", "10 minutes ago")
     assert "is before the first base backup of shop" in page.text_content(".flash")

@@ -34,6 +34,49 @@ def test_an_invalid_value_stops_start_up_with_one_line(name, value, reason):
     assert "Traceback" not in result.stderr
 
 
+def _server_url(user: str, database: str, *, port: int | None = None) -> str:
+    """This run's PostgreSQL server (DATABASE_URL) with another role, database or port."""
+    from drpanel import runtime
+
+    url = runtime.with_database_name(os.environ["DATABASE_URL"], database)
+    scheme, _, rest = url.partition("://")
+    host = rest.split("@", 1)[-1].split("/", 1)[0]
+    if port is not None:
+        host = f"{host.rsplit(':', 1)[0]}:{port}"
+    return f"{scheme}://{user}@{host}/{database}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(("command", "url", "reason"), [
+    ("migrate", lambda: _server_url("postgres", "drpanel_no_such_database"),
+     'database "drpanel_no_such_database" does not exist'),
+    ("serve", lambda: _server_url("drpanel_no_such_role:Leaked-Pass-4417", "postgres"),
+     'role "drpanel_no_such_role" does not exist'),
+    ("migrate", lambda: _server_url("postgres", "postgres", port=_free_port()), "Connection refused"),
+])
+def test_a_database_that_cannot_be_used_stops_a_command_with_one_line(command, url, reason):
+    result = manage(command, DATABASE_URL=url(), DRPANEL_SERVICES="external")
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("drpanel: the database ") and "(DATABASE_URL) cannot be used" in lines[0]
+    assert reason in lines[0]
+    assert "Leaked-Pass-4417" not in result.stdout + result.stderr
+
+
+def test_the_traceback_is_there_when_asked_for():
+    result = manage("migrate", "--traceback", DATABASE_URL=_server_url("postgres", "drpanel_no_such_database"),
+                    DRPANEL_SERVICES="external")
+    assert result.returncode != 0 and "Traceback" in result.stderr and "OperationalError" in result.stderr
+
+
 def production_env(tmp_path) -> dict:
     """The smallest valid production environment: a secret key, a host, an audit signing key and a master key."""
     key_file = tmp_path / "key"

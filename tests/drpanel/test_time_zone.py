@@ -1,5 +1,6 @@
 """Pages show times in the panel's time zone (``TIME_ZONE``), each followed by that zone's abbreviation."""
 
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -7,6 +8,9 @@ import pytest
 from drpanel.models import ApiToken
 from drpanel.templatetags.panel_time import format_at
 from tests.drpanel.test_settings import manage
+from tests.support import ROOT
+
+pytest_plugins = ["tests.compliance_fixtures"]
 
 WINTER = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 SUMMER = datetime(2026, 7, 15, 12, 0, tzinfo=UTC)
@@ -51,3 +55,74 @@ def test_an_unknown_time_zone_stops_start_up_with_one_line():
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "TIME_ZONE='Mars/Olympus_Mons' is not a time zone name" in lines[0]
+
+
+def test_an_iso_string_from_a_report_is_shown_in_the_zone_too(settings):
+    settings.TIME_ZONE = "Europe/Madrid"
+    assert format_at("2026-01-15T12:00:00+00:00", "H:i:s") == "13:00:00 CET"
+    assert format_at("2026-07-15T12:00:00.123456+00:00") == "2026-07-15 14:00 CEST"
+    # Without an offset there is no instant to convert: nothing is shown rather than a guess.
+    for value in ("2026-01-15T12:00:00", "not a time", "2026-02-30T12:00:00+00:00", ""):
+        assert format_at(value) == "", value
+
+
+# The only places a template may name UTC itself: statements that are true in every zone (rq's cron
+# runs its schedules in UTC; the audit filter and a certification's month are defined in UTC; the
+# point-in-time form shows an example of a zone a user may type).
+UTC_ALLOWED = {
+    "compliance/checklist_today.html": {"each day at 23:45 UTC"},
+    "drpanel/dashboard.html": {"it opens at 00:05 UTC"},
+    "compliance/audit_list.html": {"From (UTC)", "To (UTC, excluded)"},
+    "compliance/_certification_record.html": {", UTC)"},
+    "restores/point_create.html": {"<code>UTC</code>"},
+}
+TEMPLATES = ROOT / "templates"
+# A time of day written by hand: Django's date filter with hours or minutes, or an ISO string cut short.
+HAND_MADE_TIME = re.compile(r"\|date:[\"'][^\"']*[HGhgiPA][^\"']*[\"']|_at\|(?:default:\"\"\|)?slice:|\.at\|slice:")
+
+
+def test_no_template_writes_a_time_by_hand_or_labels_one_utc():
+    found = []
+    for path in sorted(TEMPLATES.rglob("*.html")):
+        name = str(path.relative_to(TEMPLATES))
+        text = path.read_text()
+        found += [f"{name}: {m[0]}" for m in HAND_MADE_TIME.finditer(text)]
+        allowed = UTC_ALLOWED.get(name, set())
+        for line in text.splitlines():
+            if "UTC" in line and not any(phrase in line for phrase in allowed):
+                found.append(f"{name}: a time labelled UTC: {line.strip()[:160]}")
+    assert not found, "times on pages go through |at (the panel's zone, with its name):\n" + "\n".join(found)
+
+
+@pytest.mark.django_db
+def test_the_notifications_incident_and_report_pages_show_madrid_times(clients, roster, operator, manager,
+                                                                      settings, panel_clock):
+    from backups.models import System
+    from compliance.escalation import escalation_start
+    from compliance.models import Delivery, IncidentCall
+    from restores.incidents import incident_declare
+    from restores.models import Target
+
+    settings.TIME_ZONE = "Europe/Madrid"
+    system = System.objects.create(name="shop", database_ref="env:DRPANEL_TZ_UNSET")
+    target = Target.objects.create(name="shop-production", environment="production", system=system,
+                                   database_ref="env:DRPANEL_TZ_UNSET")
+    incident = incident_declare(actor=operator, system=system, scenario="database", severity="critical",
+                                target=target)
+    escalation_start(incident.pk)
+    call = IncidentCall.objects.filter(escalation__incident=incident, step=1).earliest("created_at")
+    delivery = Delivery.objects.filter(contact=call.contact).latest("created_at")
+
+    def shown(moment, fmt):
+        return format_at(moment, fmt), f"{moment:%H:%M:%S}"
+
+    pages = {
+        f"/incidents/{incident.pk}/": [shown(call.created_at, "H:i:s")],
+        f"/incidents/{incident.pk}/report": [shown(incident.declared_at, "Y-m-d H:i:s")],
+        "/contacts/notifications/": [shown(delivery.created_at, "Y-m-d H:i:s")],
+    }
+    for url, expected in pages.items():
+        html = clients["manager"].get(url).content.decode()
+        for local, utc_clock in expected:
+            assert local.endswith(" CET") and local in html, (url, local)
+            assert utc_clock not in html, f"{url} shows the UTC wall-clock time {utc_clock}"

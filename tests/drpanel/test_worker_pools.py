@@ -206,3 +206,37 @@ def test_a_run_records_the_host_that_ran_it(world, operator, clients, settings, 
     assert "db-host-7" in clients["operator"].get(f"/backups/runs/{backup.pk}/").content.decode()
     started = AuditEvent.objects.get(action="backup.started")
     assert started.details["worker_host"] == "db-host-7"
+
+
+def test_an_automatic_incident_step_runs_in_its_targets_pool_says_when_it_waits_and_records_its_host(
+        world, operator, clients, registered, redis_conn, settings, django_capture_on_commit_callbacks):
+    from restores.incident_steps import INCIDENT_STEP_RUNS, incident_step_execute, incident_step_start
+    from restores.incidents import incident_declare
+
+    incident = incident_declare(actor=operator, system=world["system"], scenario="database", severity="critical",
+                                target=world["pinned"])
+    assess = incident.steps.get(code="assess")
+    # The step reaches the incident's databases: its job goes to the target's pool (b), not the shared queue.
+    with django_capture_on_commit_callbacks(execute=True):
+        incident_step_start(actor=operator, step=assess)
+    assess.refresh_from_db()
+    assert assess.state == "queued" and INCIDENT_STEP_RUNS.pool_for(assess.pk) == "b"
+    assert assess.job_id in jobs_on(redis_conn, "default", "b")
+    assert assess.job_id not in jobs_on(redis_conn, "default")
+    page = f"/incidents/{incident.pk}/"
+    registered(queues.queue_names(pool="a"))
+    registered(queues.queue_names())
+    assert "no worker in pool b" in clients["operator"].get(page).content.decode()
+    registered(queues.queue_names(pool="b"))
+    assert "no worker in pool" not in clients["operator"].get(page).content.decode()
+
+    # The job, as pool b's worker runs it: it fails here (the system's database is not set), and says where.
+    settings.WORKER_HOST = "db-host-9"
+    assert incident_step_execute(assess.pk).worker_host == "db-host-9"
+    assert "Ran on db-host-9" in clients["operator"].get(page).content.decode()
+    body = clients["auditor"].get(f"/api/v1/incidents/{incident.pk}").json()
+    assert [s["worker_host"] for s in body["steps"] if s["code"] == "assess"] == ["db-host-9"]
+
+    # A target without a pool: the system's pool (a).
+    Target.objects.filter(pk=world["pinned"].pk).update(worker_pool="")
+    assert INCIDENT_STEP_RUNS.pool_for(assess.pk) == "a"
