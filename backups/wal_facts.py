@@ -34,7 +34,15 @@ def wal_facts(paths: list[Path]) -> dict:
     facts: dict = {"last_commit": None, "restore_points": [], "received_until": None, "waldump": ""}
     if not paths:
         return facts
-    facts["received_until"] = datetime.fromtimestamp(paths[-1].stat().st_mtime, UTC).isoformat()
+    try:
+        facts["received_until"] = datetime.fromtimestamp(paths[-1].stat().st_mtime, UTC).isoformat()
+        return _dumped(paths, facts)
+    except OSError as exc:  # a segment gone meanwhile: the package itself fails on it, with its name
+        facts["waldump"] = f"not read: {exc}"[:300]
+        return facts
+
+
+def _dumped(paths: list[Path], facts: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="drpanel-waldump-") as folder:
         # pg_waldump reads segments by name from one directory: links to where Barman keeps them.
         for path in paths:

@@ -299,3 +299,21 @@ def offsite_sources(system) -> list[dict]:
         except OffsiteRecoveryError as exc:
             sources.append({"location": location, "reach": None, "error": str(exc)})
     return sources
+
+
+def offsite_coverage(system, now: datetime) -> list[dict]:
+    """Per enabled off-site location: the newest point recoverable from it alone (every commit before the last
+    segment there was received), its age against the system's RPO target, the last commit a moment can reach,
+    or why it recovers nothing. For the system's health and ``/metrics``."""
+    target = system.rpo_target_minutes * 60
+    rows = []
+    for source in offsite_sources(system):
+        reach = source["reach"]
+        newest = reach.received_until if reach else None
+        age = max(0, round((now - newest).total_seconds())) if newest else None
+        rows.append({"location": source["location"].name, "newest_point": newest.isoformat() if newest else None,
+                     "last_commit": reach.last_commit.isoformat() if reach and reach.last_commit else None,
+                     "last_segment": reach.last_segment if reach else None, "age_seconds": age,
+                     "rpo_target_seconds": target, "within_target": age is not None and age <= target,
+                     "error": source["error"]})
+    return rows
