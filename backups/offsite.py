@@ -35,6 +35,7 @@ from backups import barman, formats
 from backups.keys import get_keyring
 from backups.models import Artifact, OffsitePackage, OffsiteRun, StorageLocation, System
 from backups.offsite_catalog import describe, offsite_check, package_key, segments_covered
+from backups.offsite_list import offsite_list_write
 from backups.offsite_retention import offsite_retention, retention_plan
 from backups.storage import StorageError
 from backups.wal_facts import wal_facts
@@ -228,6 +229,9 @@ def _copy_due(run: OffsiteRun, steps: runs.StepLog, summary: dict, batch_segment
         summary.setdefault("removed", []).extend(f"{p.label} @ {location.name}" for p in removed)
         steps.finish(step, detail=f"{len(removed)} packages outside the {system.recovery_window_days}-day recovery "
                                   "window removed" if removed else "every package is needed for the recovery window")
+        step = steps.start(f"package list in {location.name}")
+        listed = offsite_list_write(system, location)
+        steps.finish(step, detail=f"{listed} packages listed (encrypted) beside them")
 
 
 def _plan_size(system: System, kind: str, item) -> int:

@@ -5,16 +5,22 @@ Each test takes its own base backup and ships to its own bucket; the module shar
 (``tests.continuous_support``).
 """
 
+import io
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
+from django.core.management import call_command
 from django.urls import reverse
 
+from backups import formats
 from backups import offsite as shipping
+from backups.keys import Keyring
 from backups.models import Artifact, BackupRun, OffsitePackage, OffsiteRun, System
 from backups.offsite_catalog import offsite_check
+from backups.offsite_list import OffsiteListError, list_id, list_key, offsite_list_read
 from backups.offsite_retention import offsite_retention, retention_plan
 from backups.runs import backup_request, backup_run_execute
 from compliance.health import health_evaluate
@@ -23,7 +29,7 @@ from drpanel.services import api_token_create
 from restores import requests, runstate, targets
 from restores.models import RestoreRun
 from restores.offsite_recovery import OffsiteRecoveryError, offsite_reach, recovered_from_offsite
-from restores.pitr import RecoveryPoint
+from restores.pitr import RecoveryPoint, scratch_root, started
 from tests import continuous_support
 from tests.backup_fixtures import keys_env
 from tests.continuous_support import URL_VARIABLE, catalog_reaches, segment_of_switch, streams
@@ -302,3 +308,45 @@ def test_a_production_restore_from_the_offsite_copy_is_approved_for_that_source(
     with pytest.raises(runstate.RestoreError, match="not an enabled off-site location"):
         requests.restore_request_point(actor=operator, system=shop, point=RecoveryPoint.latest(), target=production,
                                        mode="database-only", confirm=production.name, location=offsite)
+
+
+def test_a_panel_that_lost_its_database_rebuilds_the_package_list_from_the_encrypted_one_beside_the_packages(
+        shop, server, offsite, test_keys, operator, admin, s3):
+    server.execute("DROP DATABASE IF EXISTS shoplist")
+    server.execute("CREATE DATABASE shoplist")
+    server.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)", dbname="shoplist")
+    streams(server)
+    base_backup(shop, operator)
+    committed_at(server, "listed", dbname="shoplist")
+    catalog_reaches(shop, segment_of_switch(server))
+    run = ship(shop)
+    assert any(s["name"] == "package list in offsite" for s in run.steps)
+    stored = s3.get_object(Bucket=offsite.bucket, Key=offsite.prefix + list_key(shop.pk))["Body"].read()
+    assert b"listed" not in stored and b"base_backup_information" not in stored, "the list is encrypted"
+    ok = set(OffsitePackage.objects.filter(system=shop, location=offsite, status="ok").values_list("key", flat=True))
+    assert {p["key"] for p in offsite_list_read(offsite, shop.pk)["packages"]} == ok
+    # Moved under another system's key, or written with other keys, a list is refused.
+    offsite.backend().put_bytes(list_key(shop.pk + 1000), stored)
+    with pytest.raises(OffsiteListError, match="refused"):
+        offsite_list_read(offsite, shop.pk + 1000)
+    foreign = io.BytesIO()
+    formats.encrypt_stream(io.BytesIO(b'{"format": "drpanel-offsite-packages/1"}'), foreign,
+                           artifact_id=list_id(shop.pk + 2000), keyring=Keyring.from_keys({"k1": os.urandom(32)}))
+    offsite.backend().put_bytes(list_key(shop.pk + 2000), foreign.getvalue())
+    with pytest.raises(OffsiteListError, match="refused"):
+        offsite_list_read(offsite, shop.pk + 2000)
+
+    # The panel's database is gone: a new panel knows the system (another id) and the location, not the packages.
+    old_id = shop.pk
+    OffsitePackage.objects.filter(system=shop).delete()
+    reborn = System.objects.create(name="shop-reborn", database_ref=f"env:{URL_VARIABLE}", continuous_enabled=True)
+    new_host = scratch_root(reborn)
+    out = io.StringIO()
+    call_command("offsite_recover", "shop-reborn", location="offsite", into=str(new_host / "data"),
+                 username="admin", rebuild_list=True, listed_system_id=old_id, stdout=out)
+    assert f"{len(ok)} package(s) catalogued from the package list in offsite" in out.getvalue()
+    with started(reborn, RecoveryPoint.latest(), new_host, user_name="postgres", recover_seconds=0) as copy:
+        rows = [r[0] for r in copy.query("SELECT item FROM orders ORDER BY id", dbname="shoplist")]
+    assert rows == ["listed"]
+    event = AuditEvent.objects.get(action="offsite.list_rebuilt", object_id=str(reborn.pk))
+    assert event.actor == admin and event.details["added"] == len(ok) == event.details["listed"]
