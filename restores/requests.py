@@ -165,6 +165,12 @@ def _validate_point(*, system: System, point: RecoveryPoint, target: Target, mod
         raise RestoreError(f"{target.name} receives {target.system.name}; this recovery point is of {system.name}")
     if is_drill and target.is_production:
         raise RestoreError("drills go into staging or scratch targets, never production")
+    if location is not None:
+        # The off-site packages decide alone (Barman's catalog may be gone with its data center).
+        if point.kind == "time" and point.time > timezone.now():
+            raise RestoreError(f"{point} is in the future")
+        _validate_offsite(system=system, point=point, mode=mode, location=location)
+        return
     first = first_base_backup(system)
     if first is None:
         raise RestoreError(f"{system.name} has no base backup yet: nothing to recover a point in time from")
@@ -174,8 +180,6 @@ def _validate_point(*, system: System, point: RecoveryPoint, target: Target, mod
         if point.time < first.created_at:
             raise RestoreError(f"{point} is before the first base backup of {system.name} (it ended "
                                f"{first.created_at:%Y-%m-%d %H:%M:%S} UTC): no point before it can be recovered")
-    if location is not None:
-        _validate_offsite(system=system, point=point, mode=mode, location=location)
 
 
 def _validate_offsite(*, system: System, point: RecoveryPoint, mode: str, location: StorageLocation) -> None:

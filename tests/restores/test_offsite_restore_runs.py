@@ -311,7 +311,7 @@ def test_a_production_restore_from_the_offsite_copy_is_approved_for_that_source(
 
 
 def test_a_panel_that_lost_its_database_rebuilds_the_package_list_from_the_encrypted_one_beside_the_packages(
-        shop, server, offsite, test_keys, operator, admin, s3):
+        shop, server, offsite, test_keys, operator, admin, s3, scratch, monkeypatch):
     server.execute("DROP DATABASE IF EXISTS shoplist")
     server.execute("CREATE DATABASE shoplist")
     server.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)", dbname="shoplist")
@@ -350,3 +350,14 @@ def test_a_panel_that_lost_its_database_rebuilds_the_package_list_from_the_encry
     assert rows == ["listed"]
     event = AuditEvent.objects.get(action="offsite.list_rebuilt", object_id=str(reborn.pk))
     assert event.actor == admin and event.details["added"] == len(ok) == event.details["listed"]
+
+    # Barman's catalog is gone too: a restore run from Barman's home is refused, one from the off-site copy queued.
+    staging, _ = point_target(scratch, monkeypatch, server, name="shop-reborn-staging", environment="staging",
+                              system=reborn)
+    targets.target_right_grant(actor=None, target=staging, user=operator, right="restore_to_target")
+    with pytest.raises(runstate.RestoreError, match="has no base backup yet"):
+        requests.restore_request_point(actor=operator, system=reborn, point=RecoveryPoint.latest(), target=staging,
+                                       mode="database-only", confirm=staging.name)
+    run = requests.restore_request_point(actor=operator, system=reborn, point=RecoveryPoint.latest(), target=staging,
+                                         mode="database-only", confirm=staging.name, location=offsite)
+    assert run.state == "queued" and run.recovery_location == offsite
