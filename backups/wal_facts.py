@@ -65,7 +65,7 @@ def _dumped(paths: list[Path], facts: dict) -> dict:
             if ends:
                 facts["last_commit"] = datetime.fromisoformat(ends[-1] + "+00:00").isoformat()
             facts["restore_points"] = POINT.findall(points.stdout)
-            facts["waldump"] = f"read by pg_waldump {pgbin.show_major(tool.major)}"
+            facts["waldump"] = f"read by pg_waldump {tool.release}"
             return facts
     facts["waldump"] = facts["waldump"] or "no pg_waldump on this worker"
     return facts

@@ -361,3 +361,43 @@ def test_a_panel_that_lost_its_database_rebuilds_the_package_list_from_the_encry
     run = requests.restore_request_point(actor=operator, system=reborn, point=RecoveryPoint.latest(), target=staging,
                                          mode="database-only", confirm=staging.name, location=offsite)
     assert run.state == "queued" and run.recovery_location == offsite
+
+
+def test_after_a_promotion_the_next_timeline_comes_back_from_the_offsite_copy_with_its_history_file(
+        shop, server, barman_home, offsite, test_keys, operator, settings, tmp_path):
+    """Recover, promote, continue: the copy recovered from off-site is promoted onto timeline 2 by PostgreSQL, takes
+    a write, and its timeline-2 WAL (with the history file, as Barman stores it when it streams a new timeline) is
+    packaged off-site; a second recovery from off-site alone must follow the fork. Barman streaming from the
+    promoted server is the one part not run here (the copy listens on a private socket only)."""
+    server.execute("DROP DATABASE IF EXISTS shoptl")
+    server.execute("CREATE DATABASE shoptl")
+    server.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)", dbname="shoptl")
+    streams(server)
+    base_backup(shop, operator)
+    committed_at(server, "timeline-1", dbname="shoptl")
+    catalog_reaches(shop, segment_of_switch(server))
+    ship(shop)
+    home_of_timeline_2 = tmp_path / "barman"
+    (home_of_timeline_2 / "shop" / "wals").mkdir(parents=True)
+
+    with recovered_from_offsite(shop, RecoveryPoint.latest(), location=offsite) as copy:
+        with copy.connect("shoptl") as conn:
+            conn.execute("INSERT INTO orders (item) VALUES ('timeline-2')")
+            written = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+            conn.execute("SELECT pg_switch_wal()")  # a switch flushes the segment (no checkpoint: it would recycle)
+        assert written.startswith("00000002"), written
+        wal = copy.data / "pg_wal"
+        names = sorted(p.name for p in wal.iterdir() if p.name.startswith("00000002") and len(p.name) == 24
+                       and p.name <= written)
+        (home_of_timeline_2 / "shop" / "wals" / "00000002.history").write_bytes(
+            (wal / "00000002.history").read_bytes())
+        settings.BARMAN_HOME = str(home_of_timeline_2)
+        package = shipping.write_wal(shop, offsite, shipping.WalBatch(
+            timeline=2, first=names[0], last=names[-1], members=[(wal / n, n) for n in names]))
+        settings.BARMAN_HOME = str(barman_home)
+    assert package.status == "ok" and package.manifest["history"] == ["00000002.history"]
+    assert package.manifest["last_commit"] is not None
+
+    with recovered_from_offsite(shop, RecoveryPoint.latest(), location=offsite) as again:
+        rows = [r[0] for r in again.query("SELECT item FROM orders ORDER BY id", dbname="shoptl")]
+    assert rows == ["timeline-1", "timeline-2"]
