@@ -35,6 +35,7 @@ from django.utils import timezone
 from backups import formats
 from backups.keys import LEGACY_PREFIX, get_keyring
 from backups.models import Artifact, ArtifactCopy, InventoryRun, OffsitePackage, StorageLocation, System
+from backups.offsite_list import list_key
 from backups.storage import MANIFEST_SUFFIX, ObjectInfo, StorageError, manifest_key
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
@@ -179,8 +180,10 @@ def _sync_location(location: StorageLocation) -> dict:
                           size=size, sha256_seen=sha, checked_at=now, last_seen_at=now)
                 if not ok:
                     report["mismatched"].append(key)
-    # Continuous protection's off-site packages have no manifest: the catalog knows them (``backups.offsite``).
+    # Continuous protection's off-site packages have no manifest: the catalog knows them (``backups.offsite``),
+    # and each system's package list (``backups.offsite_list``).
     handled = set(copies) | set(OffsitePackage.objects.filter(location=location).values_list("key", flat=True))
+    handled |= {list_key(system_id) for system_id in System.objects.values_list("pk", flat=True)}
     for key in sorted(objects):
         if not key.endswith(MANIFEST_SUFFIX):
             continue

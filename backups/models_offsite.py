@@ -58,7 +58,8 @@ class OffsitePackage(models.Model):
     """One encrypted package in one off-site location: a base backup, or a run of consecutive WAL segments.
 
     Status: writing → ok (re-read there, SHA-256 matches) | failed; ok → missing (its object was
-    not found there any more). Only ``ok`` packages count as off-site: segments covered by
+    not found there any more) | removed (off-site retention deleted it: outside the recovery window,
+    no kept base backup needs it). Only ``ok`` packages count as off-site: segments covered by
     none of them are copied again while Barman still holds them.
     """
 
@@ -71,6 +72,7 @@ class OffsitePackage(models.Model):
         OK = "ok", "ok"
         FAILED = "failed", "failed"
         MISSING = "missing", "missing"
+        REMOVED = "removed", "removed"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     system = models.ForeignKey("backups.System", on_delete=models.CASCADE, related_name="offsite_packages")
@@ -96,6 +98,7 @@ class OffsitePackage(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     checked_at = models.DateTimeField(null=True, blank=True, help_text="When its object was last seen there.")
+    removed_at = models.DateTimeField(null=True, blank=True, help_text="When off-site retention removed it.")
 
     class Meta:
         ordering = ["system", "location", "kind", "timeline", "first_segment", "created_at"]

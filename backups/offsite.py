@@ -35,7 +35,10 @@ from backups import barman, formats
 from backups.keys import get_keyring
 from backups.models import Artifact, OffsitePackage, OffsiteRun, StorageLocation, System
 from backups.offsite_catalog import describe, offsite_check, package_key, segments_covered
+from backups.offsite_list import offsite_list_write
+from backups.offsite_retention import offsite_retention, retention_plan
 from backups.storage import StorageError
+from backups.wal_facts import wal_facts
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from drpanel import runs
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 WAL_BATCH_SEGMENTS = 64
 RETRY_AFTER_FAILURE = 600
 ARCHIVED = re.compile(r"^[0-9A-F]{24}$")
+HISTORY = re.compile(r"^([0-9A-F]{8})\.history$")
 
 
 class OffsiteError(Exception):
@@ -136,6 +140,8 @@ def offsite_tick(system: System) -> OffsiteRun | None:
     for location in offsite_locations():
         if pending_bases(system, location) or pending_wal(system, location):
             return offsite_request(system, reason="archived WAL or a base backup is not off-site yet")
+        if retention_plan(system, location).packages:
+            return offsite_request(system, reason="packages left the recovery window")
     return None
 
 
@@ -172,6 +178,7 @@ def offsite_run_execute(run_id, *, batch_segments: int = WAL_BATCH_SEGMENTS) -> 
                      obj=run.system, outcome="failure" if error else "success",
                      details={"run": str(run.pk), "written": summary["written"][:50],
                               "failed": summary["failed"][:50], "missing": summary["missing"][:50],
+                              "removed": summary.get("removed", [])[:50],
                               "error": error[:500]})
     run.refresh_from_db()
     return run
@@ -216,6 +223,15 @@ def _copy_due(run: OffsiteRun, steps: runs.StepLog, summary: dict, batch_segment
             summary["failed"].append(f"{package.label} @ {location.name}: {package.error}")
             steps.finish(step, state="failed", detail=package.error)
     progress.flush()
+    for location in locations:
+        step = steps.start(f"retention in {location.name}")
+        removed = offsite_retention(system, location)
+        summary.setdefault("removed", []).extend(f"{p.label} @ {location.name}" for p in removed)
+        steps.finish(step, detail=f"{len(removed)} packages outside the {system.recovery_window_days}-day recovery "
+                                  "window removed" if removed else "every package is needed for the recovery window")
+        step = steps.start(f"package list in {location.name}")
+        listed = offsite_list_write(system, location)
+        steps.finish(step, detail=f"{listed} packages listed (encrypted) beside them")
 
 
 def _plan_size(system: System, kind: str, item) -> int:
@@ -269,6 +285,9 @@ def pending_wal(system: System, location: StorageLocation, batch_segments: int =
     oldest = _oldest_needed(system)
     if oldest is None:
         return []
+    floor = retention_floor(system, location)
+    if floor is not None and floor > oldest:
+        oldest = floor  # what off-site retention removed is not written again while Barman still holds it
     covered = segments_covered(system, location, [OffsitePackage.Status.OK, OffsitePackage.Status.WRITING])
     held: dict[int, dict[int, Path]] = {}
     for name, path in archived_segments(system).items():
@@ -289,11 +308,23 @@ def pending_wal(system: System, location: StorageLocation, batch_segments: int =
     return batches
 
 
+def retention_floor(system: System, location: StorageLocation) -> tuple[int, int] | None:
+    """Once off-site retention removed a base package there: the first segment of the oldest base kept there."""
+    if not OffsitePackage.objects.filter(system=system, location=location, kind=OffsitePackage.Kind.BASE,
+                                         status=OffsitePackage.Status.REMOVED).exists():
+        return None
+    firsts = OffsitePackage.objects.filter(system=system, location=location, kind=OffsitePackage.Kind.BASE,
+                                           status=OffsitePackage.Status.OK).values_list("first_segment", flat=True)
+    return min((barman.segment_number(f) for f in firsts if f), default=None)
+
+
 def pending_bases(system: System, location: StorageLocation) -> list[Artifact]:
-    """Base backups Barman holds whose package is not in the location (``ok`` or being written)."""
+    """Base backups Barman holds whose package is not in the location (``ok``, being written, or removed by off-site
+    retention)."""
     there = set(OffsitePackage.objects.filter(
         system=system, location=location, kind=OffsitePackage.Kind.BASE,
-        status__in=[OffsitePackage.Status.OK, OffsitePackage.Status.WRITING]).values_list("backup_id", flat=True))
+        status__in=[OffsitePackage.Status.OK, OffsitePackage.Status.WRITING, OffsitePackage.Status.REMOVED]
+    ).values_list("backup_id", flat=True))
     bases = Artifact.objects.filter(system=system, kind=Artifact.Kind.BASE, status=Artifact.Status.AVAILABLE,
                                     storage_key__startswith="barman:").order_by("created_at")
     return [b for b in bases if b.manifest.get("backup_id") and b.manifest["backup_id"] not in there]
@@ -319,15 +350,36 @@ def write_base(system: System, location: StorageLocation, base: Artifact, *, run
     return _write_package(system, location, fields, add, name=backup_id, run=run, progress=progress)
 
 
+def history_files(system: System, timeline: int) -> list[Path]:
+    """The timeline history files (``*.history``) Barman holds for timelines up to ``timeline``: a recovery that
+    follows a promotion reads them (``recovery_target_timeline = 'latest'``) to find where each timeline forked."""
+    base = barman.home() / system.name
+    found = {}
+    for path in [*(base / "wals").glob("*.history"), *(base / "streaming").glob("*.history")]:
+        match = HISTORY.match(path.name)
+        if match and 1 < int(match[1], 16) <= timeline:
+            found[path.name] = path
+    return [found[name] for name in sorted(found)]
+
+
 def write_wal(system: System, location: StorageLocation, batch: WalBatch, *, run=None, progress=None) -> OffsitePackage:
-    """Write a batch of WAL segments (tarred, encrypted) to ``location``; the package says how it went."""
+    """Write a batch of WAL segments (tarred, encrypted) to ``location``; the package says how it went.
+
+    The timeline history files up to the batch's timeline go with it (a few bytes each), and its manifest
+    records what a request needs to know before queueing (``wal_facts``): the last commit in the batch, the
+    restore points it holds, and when its last segment was received."""
+    paths = [_segment_path(system, path, name) for path, name in batch.members]
+    histories = history_files(system, batch.timeline)
     fields = {"kind": OffsitePackage.Kind.WAL, "timeline": batch.timeline, "first_segment": batch.first,
               "last_segment": batch.last, "segments": len(batch.members),
-              "manifest": {"segments": [name for _, name in batch.members]}}
+              "manifest": {"segments": [name for _, name in batch.members],
+                           "history": [path.name for path in histories], **wal_facts(paths)}}
 
     def add(tar: tarfile.TarFile) -> None:
-        for path, name in batch.members:
+        for path, (_, name) in zip(paths, batch.members, strict=True):
             tar.add(str(_segment_path(system, path, name)), arcname=name, recursive=False, filter=_plain_member)
+        for path in histories:
+            tar.add(str(path), arcname=path.name, recursive=False, filter=_plain_member)
 
     return _write_package(system, location, fields, add, name=f"{batch.first}-{batch.last}", run=run,
                           progress=progress)

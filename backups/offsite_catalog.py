@@ -14,10 +14,12 @@ from backups.models import OffsitePackage, OffsiteRun, StorageLocation, System
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 
+PREFIX_ROOT = "drpanel/continuous/"
+
 
 def prefix(system: System) -> str:
     """Where a system's packages live in every off-site location (internal ids only)."""
-    return f"drpanel/continuous/system-{int(system.pk)}/"
+    return f"{PREFIX_ROOT}system-{int(system.pk)}/"
 
 
 def package_key(system: System, package_id: uuid.UUID, *, kind: str, name: str) -> str:

@@ -41,6 +41,7 @@ from compliance.models import HealthSnapshot
 from drpanel import clock
 from drpanel.evidence import Evidence
 from restores.models import RestoreRun, Target, VerificationRun
+from restores.offsite_recovery import offsite_coverage
 
 HEALTHY, WARNING, CRITICAL = (HealthSnapshot.Status.HEALTHY, HealthSnapshot.Status.WARNING,
                              HealthSnapshot.Status.CRITICAL)
@@ -154,6 +155,8 @@ class Health:
     at: datetime
     checks: tuple[Check, ...]
     newest: dict = field(default_factory=dict, compare=False)  # kind → the newest artifact the checks read
+    # Continuous protection: per off-site location, the newest point recoverable from it alone (not scored).
+    offsite: tuple = field(default=(), compare=False)
 
     @property
     def enabled_weight(self) -> int:
@@ -188,7 +191,8 @@ class Health:
     def as_dict(self) -> dict:
         return {"system": self.system.name, "system_id": self.system.pk, "score": self.score, "status": self.status,
                 "computed_at": self.at.isoformat(), "enabled_weight": self.enabled_weight,
-                "passed_weight": self.passed_weight, "checks": [c.as_dict() for c in self.checks], "url": self.url}
+                "passed_weight": self.passed_weight, "checks": [c.as_dict() for c in self.checks], "url": self.url,
+                **({"offsite_coverage": list(self.offsite)} if self.system.continuous_enabled else {})}
 
 
 def newest_artifact(system: System, kind: str, at: datetime) -> Artifact | None:
@@ -301,7 +305,8 @@ def health_evaluate(system: System, now: datetime | None = None) -> Health:
         offsite_copy_check(system, full),
         verified_check(system, newest_database_backup(full, newest.get(Artifact.Kind.BASE)), now),
     )
-    return Health(system=system, at=now, checks=checks, newest=newest)
+    offsite = tuple(offsite_coverage(system, now)) if system.continuous_enabled else ()
+    return Health(system=system, at=now, checks=checks, newest=newest, offsite=offsite)
 
 
 # --- restore tests (drills) ------------------------------------------------------------------

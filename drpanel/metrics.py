@@ -18,6 +18,7 @@ nobody can grow the audit chain at will by hammering the URL.
 """
 
 import ipaddress
+from datetime import datetime
 
 import redis
 from django.conf import settings
@@ -30,6 +31,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from rest_framework import exceptions
 
+from backups.continuous import rpo_seconds as continuous_rpo
 from backups.models import Artifact, System
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
@@ -49,10 +51,9 @@ POOLS = (queues.NO_POOL,)
 
 
 def continuous_rpo_seconds(system: System, now) -> float | None:
-    """RPO of continuous protection (WAL streamed): the age of the newest archived WAL. None until continuous
-    protection exists; the engineer adding it returns the measurement here, and
-    ``drpanel_continuous_rpo_seconds`` appears."""
-    return None
+    """RPO of continuous protection (WAL streamed): the age of the last WAL received; None without continuous
+    protection or before any WAL arrived."""
+    return continuous_rpo(system, now) if system.continuous_enabled else None
 
 
 # --- the measurements ------------------------------------------------------------------------
@@ -103,8 +104,23 @@ def _system_families(now) -> list[GaugeMetricFamily]:
     continuous = _gauge("drpanel_continuous_rpo_seconds", "RPO of continuous protection (age of the newest "
                                                           "archived WAL); absent without continuous protection.",
                         ("system",))
+    offsite_age = _gauge("drpanel_continuous_offsite_rpo_seconds",
+                         "Age of the newest point recoverable from an off-site location alone (continuous "
+                         "protection); absent when the location recovers nothing.", ("system", "location"))
+    offsite_newest = _gauge("drpanel_continuous_offsite_newest_point_timestamp_seconds",
+                            "The newest point (Unix seconds) recoverable from an off-site location alone.",
+                            ("system", "location"))
+    offsite_within = _gauge("drpanel_continuous_offsite_within_target",
+                            "1 when an off-site location alone recovers a point within the system's RPO target.",
+                            ("system", "location"))
     for system in systems:
         health = health_evaluate(system, now)
+        for row in health.offsite:
+            offsite_within.add_metric([system.name, row["location"]], int(row["within_target"]))
+            if row["newest_point"] is not None:
+                offsite_age.add_metric([system.name, row["location"]], row["age_seconds"])
+                offsite_newest.add_metric([system.name, row["location"]],
+                                          datetime.fromisoformat(row["newest_point"]).timestamp())
         score.add_metric([system.name], health.score)
         for status in ("healthy", "warning", "critical"):
             band.add_metric([system.name, status], int(health.status == status))
@@ -124,7 +140,8 @@ def _system_families(now) -> list[GaugeMetricFamily]:
         if name not in seen:
             seen.add(name)
             system_rto.add_metric([name], seconds)
-    return [last_backup, backup_age, verified_age, score, band, rpo, continuous, system_rto]
+    return [last_backup, backup_age, verified_age, score, band, rpo, continuous, offsite_age, offsite_newest,
+            offsite_within, system_rto]
 
 
 def _incident_families() -> list[GaugeMetricFamily]:

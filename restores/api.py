@@ -19,7 +19,7 @@ from rest_framework.generics import RetrieveAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from backups.models import Artifact, System
+from backups.models import Artifact, StorageLocation, System
 from drpanel import runs
 from drpanel.api import (
     PAGE_PARAMETERS,
@@ -251,7 +251,10 @@ def restore_json(run: RestoreRun) -> dict:
         "recovery_point": {"system": run.recovery_system.name, "kind": run.recovery_kind,
                            "time": _iso(run.recovery_time), "name": run.recovery_name or None,
                            "recovered": (run.results or {}).get("recovery"),
-                           "replay": (run.results or {}).get("replay")} if run.is_point_in_time else None,
+                           "replay": (run.results or {}).get("replay"),
+                           "source": {"kind": "offsite" if run.recovery_location_id else "barman",
+                                      "location": run.recovery_location.name if run.recovery_location_id else None,
+                                      "label": run.recovery_source}} if run.is_point_in_time else None,
         "server": (run.results or {}).get("server") if run.is_whole_server else None,
         "config_artifact": str(run.config_artifact_id) if run.config_artifact_id else None,
         "drill": run.is_drill, "reason": run.reason, "requested_by": run.requested_by.get_username(),
@@ -336,6 +339,8 @@ class RestoreRequestSerializer(InputSerializer):
                                error_messages={"invalid": "No such artifact: {value} is not an artifact id."})
     system = StrictCharField(required=False, help_text="the system's name (with recovery_point)")
     recovery_point = RecoveryPointSerializer(required=False)
+    offsite_location = StrictCharField(required=False, help_text="with recovery_point: recover from the off-site "
+                                       "copy at this storage location (its name) instead of Barman's home")
     target = TargetNameOrIdField(help_text="name or id")
     mode = serializers.ChoiceField(RestoreRun.Mode.values)
     confirm = StrictCharField(allow_blank=True, trim_whitespace=False, help_text="the target's name, typed")
@@ -354,6 +359,8 @@ class RestoreRequestSerializer(InputSerializer):
             raise ValidationError({"system": ["a recovery point needs the system's name"]})
         if "artifact" in attrs and "system" in attrs:
             raise ValidationError({"system": ["an artifact names its system: give system only with recovery_point"]})
+        if "offsite_location" in attrs and "recovery_point" not in attrs:
+            raise ValidationError({"offsite_location": ["an off-site copy recovers a recovery_point, not an artifact"]})
         return attrs
 
 
@@ -407,7 +414,7 @@ class RestoreListView(APIView):
     def post(self, request):
         require_cap(request.user, Cap.START_JOBS, action="restore.request")
         data = validated_body(request, RestoreRequestSerializer)
-        artifact = system = None
+        artifact = system = location = None
         if "artifact" in data:
             artifact = Artifact.objects.select_related("system").filter(pk=data["artifact"]).first()
             if artifact is None:
@@ -416,6 +423,10 @@ class RestoreListView(APIView):
             system = System.objects.filter(name=data["system"]).first()
             if system is None:
                 raise ValidationError({"system": ["No such system."]})
+            if "offsite_location" in data:
+                location = StorageLocation.objects.filter(name=data["offsite_location"]).first()
+                if location is None:
+                    raise ValidationError({"offsite_location": ["No such storage location."]})
         wanted = data["target"]
         target = visible_targets(request.user).filter(name=wanted).first() or (
             visible_targets(request.user).filter(pk=int(wanted)).first() if wanted.isdigit() else None)
@@ -426,7 +437,7 @@ class RestoreListView(APIView):
                 run = requests.restore_request_point(
                     actor=request.user, system=system, point=data["recovery_point"], target=target, mode=data["mode"],
                     confirm=data["confirm"], is_drill=data["drill"], reason=data["reason"],
-                    trigger=RestoreRun.Trigger.API, request=request)
+                    trigger=RestoreRun.Trigger.API, request=request, location=location)
                 return _state(run, status.HTTP_201_CREATED)
             run = requests.restore_request(actor=request.user, artifact=artifact, target=target, mode=data["mode"],
                                        confirm=data["confirm"], is_drill=data["drill"], reason=data["reason"],

@@ -42,9 +42,10 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Max, Sum
 from django.utils import timezone
 
-from backups.models import Artifact
+from backups.models import Artifact, OffsitePackage
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from drpanel import endpoints, runs, runtime, secrets
@@ -98,6 +99,13 @@ class RestoreRuns(runs.RunKind):
             return self.timeout
         if run.is_point_in_time:
             # The whole server is recovered, then one database dumped and restored: the base backup's size, twice.
+            if run.recovery_location_id:
+                # From the off-site copy: every package is fetched and decrypted first (its stored size), then the
+                # plain base backup is recovered.
+                sizes = OffsitePackage.objects.filter(
+                    system_id=run.recovery_system_id, location_id=run.recovery_location_id,
+                    status=OffsitePackage.Status.OK).aggregate(stored=Sum("size"), plain=Max("plaintext_size"))
+                return restore_timeout((sizes["stored"] or 0) + 2 * (sizes["plain"] or 0))
             base = Artifact.objects.filter(system_id=run.recovery_system_id, kind=Artifact.Kind.BASE,
                                            status=Artifact.Status.AVAILABLE).order_by("-created_at").first()
             return restore_timeout(2 * ((base.size or 0) if base else 0))

@@ -30,6 +30,7 @@ from compliance.audit.actions import AuditAction
 from drpanel import runtime
 from restores import materialize, pg, pitr, roles, sanity, wholeserver
 from restores.models import RestoreRun
+from restores.offsite_recovery import OffsiteRecoveryError, offsite_point_check, recovered_from_offsite
 from restores.recovery_checks import create_recovery_checks
 from restores.runstate import RunFailure, audit_details
 
@@ -78,10 +79,32 @@ class PointInTimeSteps:
 
         return report
 
+    def offsite_base(self, system, location, point):
+        """The off-site base package the point is recovered from (its packages are checked again: they may have
+        changed since the request); a point they no longer cover fails the run before anything is fetched."""
+        try:
+            reach = offsite_point_check(system, location, point)
+        except OffsiteRecoveryError as exc:
+            raise RunFailure(f"the off-site copy at {location.name} cannot recover {point}: {exc}; the target is "
+                             "untouched") from None
+        self.steps.start(RECOVER, detail=f"fetch, check and decrypt base backup {reach.base.backup_id} and "
+                                         f"{len(reach.wal)} WAL packages from {location.name}, then recover to "
+                                         f"{point}")
+        return reach.base
+
+    def recovered(self, system, point, backup):
+        """The scratch copy at the point: from Barman's home, or from the run's off-site location alone."""
+        if self.run.recovery_location_id is None:
+            return pitr.recovered(system, point, backup_id=backup.manifest["backup_id"],
+                                  on_replay=self.replay_reporter())
+        return recovered_from_offsite(system, point, location=self.run.recovery_location,
+                                      on_replay=self.replay_reporter(), context={"run": str(self.run.pk)})
+
     def recovery_summary(self, backup, position, last_commit, recover_seconds, start_seconds) -> dict:
         point = self.run.recovery_point
         recovered_to = point.time if point.kind == "time" else last_commit
-        return {"point": str(point), "base_backup": backup.manifest.get("backup_id"), "replay_position": position,
+        return {"point": str(point), "source": self.run.recovery_source,
+                "base_backup": backup.manifest.get("backup_id"), "replay_position": position,
                 "last_commit": last_commit.isoformat() if last_commit else None,
                 "recovered_to": recovered_to.isoformat() if recovered_to else None,
                 "recover_seconds": round(recover_seconds, 3), "start_seconds": round(start_seconds, 3)}
@@ -102,14 +125,17 @@ class PointInTimeSteps:
         system, point = self.run.recovery_system, self.run.recovery_point
         dbname = pg.database_name(self.url)
         dump, restore = "dump the database", "restore into side database"
-        backup = base_backup_for(system, point)
-        self.steps.start(RECOVER, detail=f"barman recover of base backup {backup.manifest.get('backup_id')} "
-                                         f"to {point}")
+        location = self.run.recovery_location
+        if location is None:
+            backup = base_backup_for(system, point)
+            self.steps.start(RECOVER, detail=f"barman recover of base backup {backup.manifest.get('backup_id')} "
+                                             f"to {point}")
+        else:
+            backup = self.offsite_base(system, location, point)
         path = materialize.temp_path(self.run.pk, "dump")
         self.files.append(path)
         try:
-            with pitr.recovered(system, point, backup_id=backup.manifest["backup_id"],
-                                on_replay=self.replay_reporter()) as copy:
+            with self.recovered(system, point, backup) as copy:
                 position = copy.replay_position()
                 last_commit = copy.query("SELECT pg_last_xact_replay_timestamp()")[0][0]
                 with copy.connect() as conn:

@@ -378,6 +378,9 @@ class RestoreRun(models.Model):
     recovery_kind = models.CharField(max_length=6, choices=RecoveryKind.choices, blank=True)
     recovery_time = models.DateTimeField(null=True, blank=True, help_text="The moment recovered to (kind time).")
     recovery_name = models.CharField(max_length=63, blank=True, help_text="The restore point (kind name).")
+    recovery_location = models.ForeignKey(
+        "backups.StorageLocation", null=True, blank=True, on_delete=models.PROTECT, related_name="offsite_restores",
+        help_text="The off-site location the point is recovered from; empty: Barman's home on the panel's host.")
 
     class Meta:
         ordering = ["-created_at"]
@@ -428,6 +431,15 @@ class RestoreRun(models.Model):
         if self.recovery_kind == self.RecoveryKind.NAME:
             return RecoveryPoint.named(self.recovery_name)
         return RecoveryPoint.latest() if self.recovery_kind else None
+
+    @property
+    def recovery_source(self) -> str:
+        """Where a point-in-time restore recovers from, as the run page, the audit log and the API name it."""
+        if not self.is_point_in_time:
+            return ""
+        if self.recovery_location_id:
+            return f"off-site copy at {self.recovery_location.name}"
+        return "Barman's home on the panel's host"
 
     @property
     def is_done(self) -> bool:

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from backups.models import Artifact, System
+from backups.models import Artifact, StorageLocation, System
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
 from drpanel.approvals import ApprovalError, approval_approve, approval_consume, approval_reject, approval_request
@@ -21,6 +21,7 @@ from drpanel.models import Approval
 from drpanel.permissions import Cap, has_object_right, require_cap, require_object_right
 from restores.execution import RESTORE_RUNS
 from restores.models import APPROVE_RESTORE, RESTORE_TO_TARGET, RestoreRun, Target
+from restores.offsite_recovery import OffsiteRecoveryError, offsite_point_check
 from restores.pitr import RecoveryPoint
 from restores.quarantine import refuse_quarantined
 from restores.runstate import (
@@ -146,7 +147,7 @@ def first_base_backup(system: System) -> Artifact | None:
 
 
 def _validate_point(*, system: System, point: RecoveryPoint, target: Target, mode: str, confirm: str,
-                    is_drill: bool) -> None:
+                    is_drill: bool, location: StorageLocation | None = None) -> None:
     if mode not in (RestoreRun.Mode.DATABASE, RestoreRun.Mode.SERVER):
         raise RestoreError(f"a point-in-time restore is database-only or whole-server; {mode!r} needs an artifact")
     if mode == RestoreRun.Mode.SERVER and not target.is_server:
@@ -164,6 +165,12 @@ def _validate_point(*, system: System, point: RecoveryPoint, target: Target, mod
         raise RestoreError(f"{target.name} receives {target.system.name}; this recovery point is of {system.name}")
     if is_drill and target.is_production:
         raise RestoreError("drills go into staging or scratch targets, never production")
+    if location is not None:
+        # The off-site packages decide alone (Barman's catalog may be gone with its data center).
+        if point.kind == "time" and point.time > timezone.now():
+            raise RestoreError(f"{point} is in the future")
+        _validate_offsite(system=system, point=point, mode=mode, location=location)
+        return
     first = first_base_backup(system)
     if first is None:
         raise RestoreError(f"{system.name} has no base backup yet: nothing to recover a point in time from")
@@ -175,18 +182,36 @@ def _validate_point(*, system: System, point: RecoveryPoint, target: Target, mod
                                f"{first.created_at:%Y-%m-%d %H:%M:%S} UTC): no point before it can be recovered")
 
 
+def _validate_offsite(*, system: System, point: RecoveryPoint, mode: str, location: StorageLocation) -> None:
+    """A point recovered from an off-site copy: a database-only restore, from an enabled off-site location whose
+    packages cover the point (the error names what lacks: a base backup, a WAL segment, newer WAL)."""
+    if location.role != StorageLocation.Role.OFFSITE or not location.enabled:
+        raise RestoreError(f"{location.name} is not an enabled off-site location: choose Barman's home or one of "
+                           "those")
+    if mode != RestoreRun.Mode.DATABASE:
+        raise RestoreError("a whole-server recovery from the off-site copy is made with manage.py offsite_recover "
+                           "on the new host; a restore run from it is database-only")
+    try:
+        offsite_point_check(system, location, point)
+    except OffsiteRecoveryError as exc:
+        raise RestoreError(f"the off-site copy cannot recover this point: {exc}") from None
+
+
 def restore_request_point(*, actor, system: System, point: RecoveryPoint, target: Target, mode: str, confirm: str,
                           is_drill: bool = False, reason: str = "", trigger: str = RestoreRun.Trigger.MANUAL,
-                          request=None) -> RestoreRun:
+                          request=None, location: StorageLocation | None = None) -> RestoreRun:
     """Ask for a point-in-time restore of ``system`` at ``point`` into ``target`` (database-only, or whole-server
     into a server target; needs ``restore_to_target`` on it). Same rules as ``restore_request``: production waits
-    for an approval (bound to the system, the point and the target), staging and scratch are queued at once."""
+    for an approval (bound to the system, the point, the source and the target), staging and scratch are queued at
+    once. ``location``: recover from the off-site copy there instead of Barman's home (database-only; refused
+    before queueing when its packages do not cover the point)."""
     require_cap(actor, Cap.VIEW_PANEL, action="restore.request", obj=target)
     require_object_right(actor, RESTORE_TO_TARGET, target, action="restore.request")
-    _validate_point(system=system, point=point, target=target, mode=mode, confirm=confirm, is_drill=is_drill)
+    _validate_point(system=system, point=point, target=target, mode=mode, confirm=confirm, is_drill=is_drill,
+                    location=location)
     run = RestoreRun(recovery_system=system, recovery_kind=point.kind, recovery_time=point.time,
                      recovery_name=point.name, target=target, mode=mode, is_drill=bool(is_drill),
-                     reason=(reason or "")[:500], requested_by=actor, trigger=trigger)
+                     reason=(reason or "")[:500], requested_by=actor, trigger=trigger, recovery_location=location)
     return _create(run, actor=actor, request=request)
 
 

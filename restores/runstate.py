@@ -33,11 +33,14 @@ def binding_params(*, artifact: Artifact, target: Target, mode: str, config_arti
             "config_dir": target.config_dir, "mode": mode}
 
 
-def point_binding_params(*, system, point, target: Target, mode: str) -> dict:
-    """What a production approval of a point-in-time restore is bound to: the system, the point, the target."""
+def point_binding_params(*, system, point, target: Target, mode: str, location=None) -> dict:
+    """What a production approval of a point-in-time restore is bound to: the system, the point, the target, and
+    the off-site location recovered from (when not Barman's home)."""
     params = {"artifact": None, "system": system.pk, "system_name": system.name,
               "recovery_point": point_label(point), "target": target.pk, "target_name": target.name,
               "database_ref": target.database_ref, "config_dir": target.config_dir, "mode": mode}
+    if location is not None:
+        params.update(recovery_location=location.pk, recovery_location_name=location.name)
     if target.is_server:  # where the new server goes is part of what was approved
         params.update(server_data_dir=target.server_data_dir, server_port=target.server_port,
                       server_user=target.server_user)
@@ -52,7 +55,7 @@ def point_label(point) -> str:
 def run_binding_params(run: RestoreRun) -> dict:
     if run.is_point_in_time:
         return point_binding_params(system=run.recovery_system, point=run.recovery_point, target=run.target,
-                                    mode=run.mode)
+                                    mode=run.mode, location=run.recovery_location)
     return binding_params(artifact=run.artifact, target=run.target, mode=run.mode, config_artifact=run.config_artifact)
 
 
@@ -68,7 +71,8 @@ def audit_details(run: RestoreRun, **extra) -> dict:
             "artifact": str(run.artifact_id) if run.artifact_id else None,
             "config_artifact": str(run.config_artifact_id or "") or None,
             "drill": run.is_drill, "requested_by": run.requested_by.get_username(),
-            **({"system": run.recovery_system.name, "recovery_point": point_label(run.recovery_point)}
+            **({"system": run.recovery_system.name, "recovery_point": point_label(run.recovery_point),
+                "source": run.recovery_source}
                if run.is_point_in_time else {}), **extra}
 
 

@@ -70,7 +70,7 @@ def grantable_users():
 def visible_runs(user):
     """Restore runs into the targets ``user`` may see, newest first."""
     return RestoreRun.objects.filter(target__in=visible_targets(user)).select_related(
-        "artifact__system", "recovery_system", "target", "requested_by", "approval__decided_by",
+        "artifact__system", "recovery_system", "recovery_location", "target", "requested_by", "approval__decided_by",
         "rolled_back_by")
 
 

@@ -28,6 +28,7 @@ from restores.execution import RESTORE_RUNS
 from restores.forms import recovery_point_from
 from restores.models import APPROVE_RESTORE, RecoveryCheck, RestoreRun, VerificationRun
 from restores.moments import RELATIVE_CHOICES
+from restores.offsite_recovery import offsite_sources
 from restores.selectors import access_run, access_verification, restorable_targets, visible_runs, visible_targets
 
 STATE_HELP = {
@@ -132,7 +133,10 @@ def point_create(request):
         target = visible_targets(request.user).filter(pk=int(data["target"])).first()
     now = timezone.localtime()
     form = {"kind": data.get("kind") or "time", "name": data.get("name", ""),
-            "time": data.get("time") or (now - timedelta(minutes=10)).strftime("%Y-%m-%d %H:%M:%S")}
+            "time": data.get("time") or (now - timedelta(minutes=10)).strftime("%Y-%m-%d %H:%M:%S"),
+            "source": data.get("source") or "barman"}
+    sources = offsite_sources(system)
+    location = next((s["location"] for s in sources if str(s["location"].pk) == form["source"]), None)
     status = 200
     if request.method == "POST":
         try:
@@ -141,7 +145,10 @@ def point_create(request):
             messages.error(request, str(exc))
             status = 400
         else:
-            if target is None:
+            if location is None and form["source"] != "barman":
+                messages.error(request, "Choose Barman's home or an enabled off-site location as the source.")
+                status = 400
+            elif target is None:
                 messages.error(request, "Choose a target you may restore into.")
                 status = 400
             else:
@@ -151,7 +158,7 @@ def point_create(request):
                         mode=RestoreRun.Mode.SERVER if target.is_server else RestoreRun.Mode.DATABASE,
                         confirm=request.POST.get("confirm", ""),
                         is_drill=request.POST.get("is_drill") == "on", reason=request.POST.get("reason", ""),
-                        request=request)
+                        request=request, location=location)
                 except runstate.RestoreError as exc:
                     _messages_for(request, exc)
                     status = 409 if isinstance(exc, runstate.RestoreConflict) else 400
@@ -163,7 +170,7 @@ def point_create(request):
     return render(request, "restores/point_create.html", {
         "system": system, "targets": targets, "target": target, "form": form,
         "first_base": requests.first_base_backup(system), "zone": now.strftime("%Z"), "now": now,
-        "relative_choices": RELATIVE_CHOICES,
+        "relative_choices": RELATIVE_CHOICES, "sources": sources,
         "approval_minutes": _approval_minutes()}, status=status)
 
 

@@ -281,6 +281,10 @@ class AuditAction(StrEnum):
                        "from an off-site location.")
     OFFSITE_REFUSED = ("offsite.refused", "A recovery from an off-site location was refused before anything was "
                        "written: a package failed its checksum or decryption, or a WAL batch it needs is missing.")
+    OFFSITE_PACKAGE_REMOVED = ("offsite.package_removed", "Off-site retention removed a base backup or WAL batch from "
+                               "its off-site location: outside the recovery window, and no kept base backup needs it.")
+    OFFSITE_LIST_REBUILT = ("offsite.list_rebuilt", "The catalog of a system's off-site packages was rebuilt from the "
+                            "encrypted package list in its off-site location (a panel that lost its database).")
 
 
 _EXTRA: dict[str, str] = {}

@@ -16,9 +16,11 @@ from backups import formats
 from backups.inventory import _sync_location
 from backups.keyrotation import key_rotation_execute
 from backups.keys import Keyring
-from backups.models import StorageLocation, System
+from backups.models import OffsitePackage, StorageLocation, System
 from backups.offsite import WalBatch, write_wal
 from compliance.models import AuditEvent
+from restores.offsite_recovery import OffsiteRecoveryError, _unpack, choose
+from restores.pitr import RecoveryPoint
 
 pytest_plugins = ["tests.backup_fixtures"]
 pytestmark = pytest.mark.django_db
@@ -116,3 +118,61 @@ def test_the_inventory_knows_the_packages_and_lists_a_planted_object_beside_them
     assert planted in report["extra"] and package.key not in report["extra"]
     assert report["catalogued"] == [] and report["imported"] == []
 
+
+
+def test_the_timeline_history_files_go_with_a_wal_batch_and_unpack_beside_its_segments(
+        shop, offsite, test_keys, tmp_path, settings):
+    settings.BARMAN_HOME = str(tmp_path / "barman")
+    wals = tmp_path / "barman" / "shop" / "wals"
+    wals.mkdir(parents=True)
+    (wals / "00000002.history").write_text("1\t0/5000060\tno recovery target specified\n")
+    (wals / "00000003.history").write_text("1\t0/5000060\tno recovery target specified\n2\t0/7000000\tagain\n")
+    names = ["000000020000000000000005", "000000020000000000000006"]
+    members = []
+    for name in names:
+        (tmp_path / name).write_bytes(os.urandom(4096))
+        members.append((tmp_path / name, name))
+
+    package = write_wal(shop, offsite, WalBatch(timeline=2, first=names[0], last=names[1], members=members))
+
+    assert package.status == "ok" and package.manifest["history"] == ["00000002.history"]
+    inside = unpacked(stored(offsite, package), package, test_keys)
+    assert set(inside) == {*names, "00000002.history"}, "only the history of timelines up to the batch's"
+    assert inside["00000002.history"] == (wals / "00000002.history").read_bytes()
+    # Random bytes are no WAL: nothing is claimed about their commits.
+    assert package.manifest["last_commit"] is None and package.manifest["restore_points"] == []
+    archive = tmp_path / "package.tar"
+    out = io.BytesIO()
+    formats.decrypt_stream(io.BytesIO(stored(offsite, package)), out, artifact_id=package.pk,
+                           keyring=Keyring.from_keys(test_keys))
+    archive.write_bytes(out.getvalue())
+    _unpack(archive, tmp_path / "wal", base_id=None)
+    assert sorted(p.name for p in (tmp_path / "wal").iterdir()) == ["00000002.history", *names]
+
+
+def ok_package(system, location, kind, first, last, **fields):
+    timeline = int(first[:8], 16)
+    return OffsitePackage.objects.create(system=system, location=location, kind=kind, timeline=timeline,
+                                         first_segment=first, last_segment=last, key=f"k/{kind}-{first}",
+                                         status="ok", **fields)
+
+
+def test_a_recovery_from_offsite_follows_a_promotion_onto_the_next_timeline_and_names_a_gap_before_the_fork(
+        shop, offsite):
+    info = {"base_backup_information": {"end_time": "2026-12-03T10:00:00+00:00"}}
+    base = ok_package(shop, offsite, "base", "000000010000000000000002", "000000010000000000000002",
+                      backup_id="20261203T095900", manifest=info)
+    first = ok_package(shop, offsite, "wal", "000000010000000000000002", "000000010000000000000003")
+    after_fork = ok_package(shop, offsite, "wal", "000000020000000000000005", "000000020000000000000006")
+
+    with pytest.raises(OffsiteRecoveryError, match="lacks WAL segment 000000010000000000000004 of shop, before "
+                                                   "timeline 2 forked at 000000020000000000000005"):
+        choose(shop, offsite, RecoveryPoint.latest())
+
+    bridge = ok_package(shop, offsite, "wal", "000000010000000000000004", "000000010000000000000004")
+    chosen_base, wal = choose(shop, offsite, RecoveryPoint.latest())
+    assert chosen_base == base and wal == [first, bridge, after_fork]
+    OffsitePackage.objects.filter(pk=after_fork.pk).update(status="missing")
+    ok_package(shop, offsite, "wal", "000000020000000000000006", "000000020000000000000007")
+    with pytest.raises(OffsiteRecoveryError, match="lacks WAL segment 000000020000000000000005 .*is missing there"):
+        choose(shop, offsite, RecoveryPoint.latest())

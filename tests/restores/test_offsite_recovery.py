@@ -22,6 +22,7 @@ from backups import offsite as shipping
 from backups.keys import get_keyring
 from backups.models import Artifact, BackupRun, OffsitePackage, OffsiteRun, System
 from backups.offsite_catalog import offsite_check, wal_coverage
+from backups.offsite_list import list_key
 from backups.runs import backup_request, backup_run_execute
 from compliance.models import AuditEvent
 from restores.offsite_recovery import OffsiteRecoveryError, offsite_materialize, recovered_from_offsite
@@ -113,7 +114,8 @@ def test_a_point_in_time_comes_back_from_the_offsite_copy_alone_and_the_objects_
 
     # What is stored off-site never shows the row; decrypted with the key, one WAL package does.
     stored = objects(s3, offsite)
-    assert len(stored) == packages.count()
+    # Every package, and the encrypted package list beside them (``backups.offsite_list``).
+    assert set(stored) == {offsite.prefix + p.key for p in packages} | {offsite.prefix + list_key(shop.pk)}
     assert not any(marker.encode() in body for body in stored.values())
     plaintexts = []
     for package in wal:
