@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('backups', '0006_offsite_removed_packages'),
-        ('restores', '0012_ladder_base_levels'),
+        ('restores', '0013_ops_incident_step_worker_host'),
     ]
 
     operations = [
