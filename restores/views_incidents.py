@@ -38,7 +38,7 @@ def _incident(pk) -> Incident:
 # What a refused form said, given back to the page it came from (the session carries it across the redirect):
 # a refused step or close loses nothing the person typed.
 KEPT_SESSION_KEY = "incident_kept"
-KEPT_FIELDS = ("note", "evidence_url", "reason", "point_time", "cause", "remediation", "follow_ups")
+KEPT_FIELDS = ("note", "evidence_url", "reason", "point_kind", "point_time", "cause", "remediation", "follow_ups")
 
 
 def _keep(request, incident: Incident, form: str, data) -> None:

@@ -21,9 +21,12 @@ import psycopg
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from django.template.defaultfilters import floatformat
 
 from backups.models import Artifact
 from compliance.audit.models import AuditEvent
+from compliance.certification_record import certification_assemble
+from drpanel.metrics import render
 from restores.incidents import report_hash
 from restores.models import Incident, IncidentStep
 from tests.backup_fixtures import server_url
@@ -161,6 +164,10 @@ def test_the_demo_operator_recovers_database_corruption_with_the_managers_approv
         manager.wait_for_url(f"{base}/incidents/{incident.pk}/report")
         rto = manager.text_content("[data-testid=report-rto]")
         rpo = manager.text_content("[data-testid=report-rpo]")
+        page.goto(f"{base}/")  # the dashboard shows the measured incident against its targets
+        measures = page.text_content("[data-testid=incident-measures]")
+        page.goto(f"{base}/systems/{incident.system_id}/health")
+        health = page.inner_html("[data-testid=system-incident-measures]")
         for page_ in (page, manager):
             page_.goto("about:blank")
         manager.context.close()
@@ -174,6 +181,15 @@ def test_the_demo_operator_recovers_database_corruption_with_the_managers_approv
     assert report["rpo"]["seconds"] == round((incident.declared_at - full.created_at).total_seconds(), 1)
     assert report["approvals"][0]["decided_by"] == "manager" and report["approvals"][0]["asked"] == ["manager"]
     assert AuditEvent.objects.get(action="incident.closed").details["report_sha256"] == report_hash(report)
+    # The measured figures reach the dashboard, the system's health, /metrics and the month's certification.
+    rto_s, rpo_s = floatformat(incident.rto_seconds, 0), floatformat(incident.rpo_seconds, 0)
+    figures = f"RTO {rto_s} s of 900 s, RPO {rpo_s} s of 1800 s"
+    assert "Last incident" in measures and figures in measures, measures
+    assert "Last incident" in health and f"/incidents/{incident.pk}/report" in health
+    gauge = f'drpanel_incident_rto_seconds{{drill="false",system="chatbotdysa"}} {float(incident.rto_seconds)}'
+    assert gauge in render()
+    entries = certification_assemble(year=incident.declared_at.year, month=incident.declared_at.month)["incidents"]
+    assert [(e["id"], e["drill"]) for e in entries] == [(str(incident.pk), False)]
     # The roster was called for a critical incident: Emergency and L1 at once, by mail.
     wait_for(lambda: len(smtp_receiver.messages) >= 2, timeout=60, what="the roster's mails")
     assert {"tomas.herrera@example.com", "dana.whitfield@example.com"} <= {m.to[0] for m in smtp_receiver.messages}
