@@ -153,6 +153,7 @@ def test_the_page_offers_the_choice_and_sends_it(clients, operator, system, base
     incident = declared(operator, system, production)
     page = clients["operator"].get(f"/incidents/{incident.pk}/").content.decode()
     assert 'data-testid="point-choice"' in page and 'value="latest" checked' in page
+    assert "the latest WAL replays it too" in page  # database corruption: the hint to choose a moment before it
 
     answer = clients["operator"].post(f"/incidents/{incident.pk}/steps/2/start",
                                       {"point_kind": "time", "point_time": "10 minutes ago"})
