@@ -137,7 +137,7 @@ class PointInTimeSteps:
         try:
             with self.recovered(system, point, backup) as copy:
                 position = copy.replay_position()
-                last_commit = copy.query("SELECT pg_last_xact_replay_timestamp()")[0][0]
+                last_commit = copy.query("SELECT pg_last_xact_replay_timestamp()")[0][0] or copy.wal_last_commit
                 with copy.connect() as conn:
                     present = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone()
                 if not present:
@@ -195,7 +195,7 @@ class PointInTimeSteps:
             with wholeserver.recovered_privately(system, point, backup.manifest["backup_id"], plan,
                                                  on_replay=self.replay_reporter()) as ready:
                 position = ready.replay_position()
-                last_commit = ready.query("SELECT pg_last_xact_replay_timestamp()")[0][0]
+                last_commit = ready.query("SELECT pg_last_xact_replay_timestamp()")[0][0] or ready.wal_last_commit
                 with ready.connect() as conn:
                     present = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone()
                 if not present:

@@ -193,6 +193,36 @@ def backup_start(data: Path) -> int:
     return lsn_value(found[1]) if found else 0
 
 
+_WAL_COMMIT = re.compile(r"desc: COMMIT (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC")
+
+
+def last_commit_in_wal(data: Path, start: int, *, wal_dir: Path | None = None) -> datetime | None:
+    """When the last transaction in the WAL a recovery to "latest" replays committed (``pg_waldump`` of it from
+    the base backup's start, read before the server starts); None when there is none or it cannot be read.
+
+    Barman recovers "latest" by copying the WAL into ``pg_wal`` without a ``recovery.signal``: PostgreSQL then
+    replays it as a crash recovery, after which ``pg_last_xact_replay_timestamp()`` says nothing. This is the
+    moment "latest" brought back (its RPO)."""
+    folder = wal_dir or data / "pg_wal"
+    try:
+        label = (data / "backup_label").read_text()
+    except OSError:
+        return None
+    timeline = re.search(r"^START TIMELINE: (\d+)", label, re.M)
+    if not start or not folder.is_dir():
+        return None
+    command = [str(_bindir(data) / "pg_waldump"), "--path", str(folder), "--rmgr=Transaction",
+               "--timeline", timeline[1] if timeline else "1", "--start", lsn_text(start)]
+    try:
+        # It ends on the first invalid record (the end of the WAL), with a non-zero exit: what it printed counts.
+        done = subprocess.run(command, capture_output=True, text=True, timeout=START_TIMEOUT,
+                              env={**os.environ, "TZ": "UTC"})
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = _WAL_COMMIT.findall(done.stdout)
+    return datetime.fromisoformat(found[-1]).replace(tzinfo=UTC) if found else None
+
+
 def _close_current_segment(system) -> bool:
     """Close and archive the segment being written, so "latest" includes it; False when the server is away."""
     try:
@@ -217,6 +247,7 @@ class Recovered:
     start_seconds: float
     wal_start: int = 0
     wal_end: int = 0
+    wal_last_commit: datetime | None = None
 
     def progress(self, replayed: str, in_recovery: bool) -> ReplayProgress:
         """``replayed`` as a ``ReplayProgress`` between the base backup's start and the end of the WAL held."""
@@ -361,12 +392,13 @@ def started(system, point: RecoveryPoint, root: Path, *, user_name: str, recover
         (data / "pg_hba.conf").write_text("local all all trust\n")
         _chown_tree(root, user)
         port = _free_port()
+        last_commit = last_commit_in_wal(data, backup_start(data), wal_dir=wal_dir) if point.kind == "latest" else None
         running = True
         start_seconds = start_private(data, socket_dir=socket_dir, port=port, log=root / "server.log", user=user)
         ready = Recovered(system=system, point=point, data=data, socket_dir=socket_dir, port=port,
                           bindir=_bindir(data), user=user_name, recover_seconds=recover_seconds,
                           start_seconds=start_seconds, wal_start=backup_start(data),
-                          wal_end=wal_end(system, data, wal_dir=wal_dir))
+                          wal_end=wal_end(system, data, wal_dir=wal_dir), wal_last_commit=last_commit)
         wait_promoted(ready, point, on_replay=on_replay)
         yield ready
     finally:

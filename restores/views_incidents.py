@@ -36,15 +36,39 @@ def _incident(pk) -> Incident:
     return incident
 
 
-def _context(request, incident: Incident) -> dict:
+# What a refused form said, given back to the page it came from (the session carries it across the redirect):
+# a refused step or close loses nothing the person typed.
+KEPT_SESSION_KEY = "incident_kept"
+KEPT_FIELDS = ("note", "evidence_url", "reason", "point_kind", "point_time", "cause", "remediation", "follow_ups")
+
+
+def _keep(request, incident: Incident, form: str, data) -> None:
+    request.session[KEPT_SESSION_KEY] = {"incident": str(incident.pk), "form": form,
+                                         "fields": {k: str(data.get(k, ""))[:4000] for k in KEPT_FIELDS if data.get(k)}}
+
+
+def _kept(request, incident: Incident) -> dict:
+    """``{form: fields}`` a refused form left for this incident's page (read once)."""
+    kept = request.session.pop(KEPT_SESSION_KEY, None)
+    if not isinstance(kept, dict) or kept.get("incident") != str(incident.pk):
+        return {}
+    return {kept.get("form", ""): kept.get("fields") or {}}
+
+
+def _context(request, incident: Incident, kept: dict | None = None) -> dict:
     steps = list(incident.steps.select_related("assignee", "started_by", "finished_by", "restore_run__approval"
                                                ).order_by("position"))
     nxt = incidents.current_step(steps)
     approvals = {a["step"]: a for a in incidents.approvals_of(incident)}
+    kept = kept or {}
     for step in steps:
         step.approval_info = approvals.get(step.code)
         step.waiting = runs.pool_waiting(incident_steps.INCIDENT_STEP_RUNS, step)
+        step.kept_complete = kept.get(f"{step.position + 1}/complete", {})
+        step.kept_skip = kept.get(f"{step.position + 1}/skip", {})
+        step.kept_start = kept.get(f"{step.position + 1}/start", {})
     return {
+        "kept_close": kept.get("close", {}),
         "incident": incident, "steps": steps, "next_step": nxt,
         "can_run": has_cap(request.user, incidents.RUN_CAP) and incident.is_open,
         "can_close": has_cap(request.user, incidents.CLOSE_CAP) and incident.is_open,
@@ -94,7 +118,8 @@ def incident_list(request):
 @capability_required(Cap.VIEW_PANEL)
 @require_GET
 def incident_detail(request, pk: uuid.UUID):
-    return render(request, "restores/incident_detail.html", _context(request, _incident(pk)))
+    incident = _incident(pk)
+    return render(request, "restores/incident_detail.html", _context(request, incident, _kept(request, incident)))
 
 
 @capability_required(Cap.VIEW_PANEL)
@@ -139,6 +164,7 @@ def incident_step(request, pk: uuid.UUID, position: int, verb: str):
             messages.success(request, f"Step {position} skipped.")
     except RestoreError as exc:
         messages.error(request, str(exc))
+        _keep(request, incident, f"{position}/{verb}", data)
     return redirect(reverse("restores:incident-detail", args=[incident.pk]) + f"#step-{position}")
 
 
@@ -153,7 +179,8 @@ def incident_close(request, pk: uuid.UUID):
         return redirect("restores:incident-report", incident.pk)
     except RestoreError as exc:
         messages.error(request, str(exc))
-    return redirect("restores:incident-detail", incident.pk)
+        _keep(request, incident, "close", request.POST)
+    return redirect(reverse("restores:incident-detail", args=[incident.pk]) + "#close")
 
 
 @capability_required(Cap.VIEW_PANEL)

@@ -174,6 +174,8 @@ def recovered_privately(system, point, backup_id: str, plan: HostPlan, *, on_rep
         os.chmod(plan.data, 0o700)
         pitr._chown_tree(plan.data, user)
         pitr._chown_tree(private, user)
+        last_commit = pitr.last_commit_in_wal(plan.data, pitr.backup_start(plan.data)) if point.kind == "latest" \
+            else None
         started = True
         start_seconds = pitr.start_private(plan.data, socket_dir=socket_dir, port=plan.port,
                                            log=private / "server.log", user=user,
@@ -181,7 +183,7 @@ def recovered_privately(system, point, backup_id: str, plan: HostPlan, *, on_rep
         ready = pitr.Recovered(system=system, point=point, data=plan.data, socket_dir=socket_dir, port=plan.port,
                                bindir=pitr._bindir(plan.data), user=connection.user, recover_seconds=recover_seconds,
                                start_seconds=start_seconds, wal_start=pitr.backup_start(plan.data),
-                               wal_end=pitr.wal_end(system, plan.data))
+                               wal_end=pitr.wal_end(system, plan.data), wal_last_commit=last_commit)
         pitr.wait_promoted(ready, point, on_replay=on_replay)
         yield ready
         started = False

@@ -52,6 +52,51 @@
     return named ? named.getAttribute("data-announce") : "";
   }
 
+  // What someone typed or chose in the forms of a polling area, keyed by the form's action and the field's name
+  // (and a radio's value): the area's next fragment gets it back, so a refresh never wipes a note, an evidence
+  // link or a skip reason left half-written. An open <details> holding a form stays open. A field the server
+  // filled back in after refusing its form (data-kept) counts as typed.
+  function fieldKey(input) {
+    var form = input.form;
+    var key = (form ? form.getAttribute("action") : "") + " " + input.name;
+    return input.type === "radio" ? key + " " + input.value : key;
+  }
+
+  function typed(el) {
+    var kept = [];
+    el.querySelectorAll("input, textarea, select").forEach(function (input) {
+      if (!input.name || input.type === "hidden" || input.type === "submit") { return; }
+      if (input.type === "checkbox" || input.type === "radio") {
+        if (input.checked !== input.defaultChecked) { kept.push({ key: fieldKey(input), checked: input.checked }); }
+      } else if (input.tagName === "SELECT") {
+        var changed = Array.prototype.some.call(input.options, function (o) { return o.selected !== o.defaultSelected; });
+        if (changed) { kept.push({ key: fieldKey(input), value: input.value }); }
+      } else if (input.value !== input.defaultValue || (input.value && input.hasAttribute("data-kept"))) {
+        kept.push({ key: fieldKey(input), value: input.value });
+      }
+    });
+    var open = [];
+    el.querySelectorAll("details[open] form").forEach(function (form) { open.push(form.getAttribute("action")); });
+    return { fields: kept, open: open };
+  }
+
+  function giveBack(el, kept) {
+    var byKey = {};
+    el.querySelectorAll("input, textarea, select").forEach(function (input) {
+      if (input.name) { byKey[fieldKey(input)] = input; }
+    });
+    kept.fields.forEach(function (field) {
+      var input = byKey[field.key];
+      if (!input) { return; }
+      if ("checked" in field) { input.checked = field.checked; } else { input.value = field.value; }
+      var details = input.closest("details");
+      if (details) { details.open = true; }
+    });
+    el.querySelectorAll("details form").forEach(function (form) {
+      if (kept.open.indexOf(form.getAttribute("action")) !== -1) { form.closest("details").open = true; }
+    });
+  }
+
   // <div data-poll="/url" data-poll-interval="2000"> is replaced by the fragment the URL
   // returns, until the fragment carries data-poll-done.
   function poll(el) {
@@ -68,7 +113,9 @@
           return response.text();
         })
         .then(function (html) {
+          var kept = typed(el);
           el.innerHTML = html;
+          giveBack(el, kept);
           el.removeAttribute("data-poll-error");
           wireTypeToConfirm(el);
           announce();

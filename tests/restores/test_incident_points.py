@@ -153,6 +153,7 @@ def test_the_page_offers_the_choice_and_sends_it(clients, operator, system, base
     incident = declared(operator, system, production)
     page = clients["operator"].get(f"/incidents/{incident.pk}/").content.decode()
     assert 'data-testid="point-choice"' in page and 'value="latest" checked' in page
+    assert "the latest WAL replays it too" in page  # database corruption: the hint to choose a moment before it
 
     answer = clients["operator"].post(f"/incidents/{incident.pk}/steps/2/start",
                                       {"point_kind": "time", "point_time": "10 minutes ago"})
@@ -172,3 +173,15 @@ def test_the_api_takes_the_recovery_point(clients, operator, system, base, produ
     assert answer.status_code == 200, answer.content
     incident.refresh_from_db()
     assert incident.recovery_kind == "latest"
+
+
+def test_a_refused_start_gives_back_the_moment_typed_and_its_choice(clients, operator, system, base, production):
+    incident = incident_declare(actor=operator, system=system, scenario="database", severity="critical",
+                                target=production)  # assess still pending: the recovery point cannot start yet
+    answer = clients["operator"].post(f"/incidents/{incident.pk}/steps/2/start",
+                                      {"point_kind": "time", "point_time": "2026-12-03 02:55 Europe/Madrid"})
+    page = clients["operator"].get(answer.url.split("#")[0]).content.decode()
+    assert "finish or skip it first" in page
+    assert 'value="2026-12-03 02:55 Europe/Madrid" data-kept' in page
+    assert 'value="time" checked' in page and 'value="latest" checked' not in page
+    assert incident.steps.get(code="recovery-point").state == "pending"

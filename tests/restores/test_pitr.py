@@ -104,6 +104,7 @@ def test_recovery_to_a_time_between_two_inserts_returns_exactly_the_rows_before_
     target = datetime.now(UTC).replace(microsecond=0)
     assert target > moment
     time.sleep(1.1)
+    before_after = server.execute("SELECT clock_timestamp()")[0][0]
     committed_at(server, "after")
 
     with recovered(shop, RecoveryPoint.at(target)) as copy:
@@ -122,7 +123,13 @@ def test_recovery_to_a_time_between_two_inserts_returns_exactly_the_rows_before_
 
     with recovered(shop, RecoveryPoint.latest()) as copy:
         latest = [r[0] for r in copy.query("SELECT item FROM orders ORDER BY id", dbname="shop")]
+        replayed_at = copy.query("SELECT pg_last_xact_replay_timestamp()")[0][0]
+        last_commit = copy.wal_last_commit
     assert latest == ["before-1", "before-2", "after"]
+    # "Latest" is a crash recovery of the WAL Barman copied: PostgreSQL keeps no replay timestamp after it, so the
+    # moment it brought back (what an incident's RPO measures) is the last COMMIT in that WAL.
+    assert replayed_at is None
+    assert last_commit is not None and before_after <= last_commit <= datetime.now(UTC)
 
 
 def test_recovery_to_a_named_restore_point_stops_there(transactional_db, shop, server, base_backup):
