@@ -18,9 +18,16 @@ start real processes first, so no long one is left for the end.
 import os
 
 import pytest
-from django.test import Client
 
-from tests.factories import PASSWORD, UserFactory
+# The fixture modules that test modules also import by name (``from tests.backup_fixtures import …``):
+# registered before any import, so their asserts are rewritten like a plugin's whichever comes first.
+pytest.register_assert_rewrite(
+    "tests.backup_fixtures", "tests.restore_fixtures", "tests.loop_fixtures", "tests.compliance_fixtures",
+    "tests.health_fixtures", "tests.notify_support")
+
+from django.test import Client  # noqa: E402
+
+from tests.factories import PASSWORD, UserFactory  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

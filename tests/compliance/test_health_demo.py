@@ -13,6 +13,8 @@ from compliance.models import Alert, HealthSnapshot
 from drpanel import clock
 from tests.backup_fixtures import server_url
 
+pytest_plugins = ["tests.notify_support"]
+
 
 @pytest.fixture
 def demo_env(settings, tmp_path, s3_endpoint):
