@@ -107,3 +107,8 @@ def pytest_configure(config):
     # xdist has turned ``-n N`` (or ``-n auto``) into N ``popen`` gateways by now.
     if worker_index() is None and config.getoption("dist", "no") != "no":
         check_worker_count(base_redis_db(), len(config.getoption("tx", None) or []))
+
+
+def template_databases() -> bool:
+    """Whether test databases are copied from a template of the migrations (tests/template_db.py)."""
+    return os.environ.get("DRPANEL_TEST_DB_TEMPLATE", "1") != "0"

@@ -84,6 +84,41 @@ def browser_lanes(items, lanes: int):
         yield item, lane + 1
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(request, django_test_environment, django_db_blocker, django_db_modify_db_settings):
+    """pytest-django's set-up, but the test database is copied from a migrated template (tests/template_db.py)."""
+    from django.db import connection
+    from django.test.utils import setup_databases, teardown_databases
+    from pytest_django.fixtures import _get_databases_for_setup
+
+    from tests import template_db
+
+    aliases, serialized_aliases = _get_databases_for_setup(request.session.items)
+    verbosity = request.config.option.verbose
+    made = []
+
+    def set_up(*, keepdb):
+        made.append(setup_databases(verbosity=verbosity, interactive=False, aliases=aliases,
+                                    serialized_aliases=serialized_aliases, keepdb=keepdb))
+
+    with django_db_blocker.unblock():
+        if template_db.enabled() and aliases == {"default"}:
+            settings_dict = dict(connection.settings_dict)
+            settings_dict["TEST"] = {**settings_dict.get("TEST", {}), "NAME": connection.creation._get_test_db_name()}
+            template_db.set_up(settings_dict, migrate_fresh=lambda: set_up(keepdb=False),
+                               keep_existing=lambda: set_up(keepdb=True))
+        elif aliases:
+            set_up(keepdb=False)
+    yield
+    with django_db_blocker.unblock():
+        for config in made:
+            try:
+                # Dropped even when it was kept at set-up: the copy is this session's (the template stays).
+                teardown_databases(config, verbosity=verbosity)
+            except Exception as exc:
+                request.node.warn(pytest.PytestWarning(f"Error when trying to teardown test databases: {exc!r}"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _flush_only_what_a_test_wrote():
     """Transactional tests empty every table after each test: only the tables holding rows, by DELETE.
