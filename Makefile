@@ -22,8 +22,9 @@ demo: $(STAMP)
 JOBS ?= 6
 PYTEST_PARALLEL := -n $(JOBS) --dist loadgroup
 
+# The slowest tests are listed at the end of each run (CI's log included): where the next minute is.
 test: $(STAMP) chromium $(AXE)
-	$(PY) -m pytest $(PYTEST_PARALLEL)
+	$(PY) -m pytest $(PYTEST_PARALLEL) --durations=25
 
 # The fast tier before a commit: ruff, then every test that starts no real process, service or browser.
 check: $(STAMP)
