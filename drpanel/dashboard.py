@@ -131,15 +131,14 @@ def slot_points(slots: list[tuple[int, int, int]], since: datetime, now: datetim
     return result
 
 
-# Per system, the recorded scores of the window by slot (its index, count, lowest, last; the time of the first one for
-# the first slot only), and the score in force before it (slot -1): the index on (system, at) that includes the score
-# answers both without reading the snapshots' rows.
+# Per system, the recorded scores of the window by slot (its index, count, lowest, last; the time of the first one
+# for the first slot only: indexes and times are converted per slot, not per row), and the score in force before
+# it (slot -1): the index on (system, at) that includes the score answers both without reading the snapshots' rows.
 HEALTH_SLOTS_SQL = """
-    SELECT system_id, slot, count, lowest, last,
-           CASE WHEN slot = min(slot) OVER (PARTITION BY system_id) THEN first END
-    FROM (SELECT system_id, LEAST(floor(extract(epoch FROM at - %(since)s) / %(slot_seconds)s), %(slots)s - 1)::int
-                 AS slot, count(*), min(score) AS lowest, (array_agg(score ORDER BY at DESC, id DESC))[1] AS last,
-                 min(at) AS first
+    SELECT system_id, round(extract(epoch FROM start - %(since)s) / %(slot_seconds)s)::int, count, lowest, last,
+           CASE WHEN start = min(start) OVER (PARTITION BY system_id) THEN first END
+    FROM (SELECT system_id, LEAST(date_bin(%(slot)s, at, %(since)s), %(last)s) AS start, count(*),
+                 min(score) AS lowest, (array_agg(score ORDER BY at DESC, id DESC))[1] AS last, min(at) AS first
           FROM compliance_healthsnapshot WHERE system_id = ANY(%(systems)s) AND at >= %(since)s AND at <= %(now)s
           GROUP BY 1, 2) AS slots
     UNION ALL
@@ -163,8 +162,8 @@ def health_series(systems: list[System], since: datetime, now: datetime) -> list
     recorded scores than the chart has slots has its scores read one by one (a second query), so a
     quiet history keeps the exact time of each change.
     """
-    params = {"since": since, "now": now, "slots": CHART_SLOTS, "systems": [s.pk for s in systems],
-              "slot_seconds": (now - since).total_seconds() / CHART_SLOTS}
+    params = _slot_params(since, now, CHART_SLOTS) | {"systems": [s.pk for s in systems],
+                                                       "slot_seconds": (now - since).total_seconds() / CHART_SLOTS}
     slots: dict[int, list] = {s.pk: [] for s in systems}
     before: dict[int, tuple] = {}
     with connection.cursor() as cursor:
