@@ -133,7 +133,8 @@ def slot_points(slots: list[tuple[int, int, int]], since: datetime, now: datetim
 
 # Per system, the recorded scores of the window by slot (its index, count, lowest, last; the time of the first one
 # for the first slot only: indexes and times are converted per slot, not per row), and the score in force before
-# it (slot -1): the index on (system, at) that includes the score answers both without reading the snapshots' rows.
+# it (slot -1, one index probe per system however long the history): the index on (system, at) that includes the
+# score answers both without reading the snapshots' rows.
 HEALTH_SLOTS_SQL = """
     SELECT system_id, round(extract(epoch FROM start - %(since)s) / %(slot_seconds)s)::int, count, lowest, last,
            CASE WHEN start = min(start) OVER (PARTITION BY system_id) THEN first END
@@ -142,9 +143,9 @@ HEALTH_SLOTS_SQL = """
           FROM compliance_healthsnapshot WHERE system_id = ANY(%(systems)s) AND at >= %(since)s AND at <= %(now)s
           GROUP BY 1, 2) AS slots
     UNION ALL
-    (SELECT DISTINCT ON (system_id) system_id, -1, 1, score, score, at
-     FROM compliance_healthsnapshot WHERE system_id = ANY(%(systems)s) AND at < %(since)s
-     ORDER BY system_id, at DESC, id DESC)
+    SELECT s.id, -1, 1, b.score, b.score, b.at FROM unnest(%(systems)s::bigint[]) AS s(id)
+    CROSS JOIN LATERAL (SELECT at, score FROM compliance_healthsnapshot
+                        WHERE system_id = s.id AND at < %(since)s ORDER BY at DESC, id DESC LIMIT 1) AS b
 """
 
 
