@@ -248,18 +248,30 @@ def rpo_seconds(system: System, now: datetime | None = None) -> int | None:
     state = ContinuousState.objects.filter(system=system).only("last_wal_at").first()
     if state is None or state.last_wal_at is None:
         return None
+    return seconds_since(state.last_wal_at, now)
+
+
+def seconds_since(last_wal_at: datetime, now: datetime | None = None) -> int:
+    """RPO now, in whole seconds, of a stream whose last WAL arrived at ``last_wal_at``."""
     now = now or clock.now()
-    return max(0, int((now - state.last_wal_at).total_seconds()))
+    return max(0, int((now - last_wal_at).total_seconds()))
 
 
 def wal_stream_status(system: System, now: datetime | None = None) -> tuple[bool, str]:
     """Whether the WAL stream protects the system now (RPO within target, no gap), and why in one sentence."""
-    target = system.rpo_target_minutes * 60
     gap = WalTimeline.objects.filter(system=system).exclude(first_missing="").order_by("timeline").first()
+    if gap is not None:
+        return wal_stream_verdict(system, gap, None)
+    return wal_stream_verdict(system, None, rpo_seconds(system, now))
+
+
+def wal_stream_verdict(system: System, gap: WalTimeline | None, seconds: int | None) -> tuple[bool, str]:
+    """``wal_stream_status`` from what it reads: the first timeline with a gap, and the RPO now in seconds
+    (for callers that load both for many systems at once)."""
+    target = system.rpo_target_minutes * 60
     if gap is not None:
         return False, (f"WAL gap on timeline {gap.timeline}: segment {gap.first_missing} is missing "
                        f"({gap.missing} in all).")
-    seconds = rpo_seconds(system, now)
     if seconds is None:
         return False, "No WAL received from its server yet (continuous protection is on)."
     if seconds > target:

@@ -269,7 +269,10 @@ class Artifact(models.Model):
         indexes = [
             models.Index(fields=["created_at", "id"], name="artifact_created"),
             models.Index(fields=["size", "id"], name="artifact_size"),
-            models.Index(fields=["system", "kind", "created_at"], name="artifact_system_kind"),
+            # Covering: the dashboard's size charts read the newest artifacts' sizes from the index alone (and
+            # the newest artifact of a kind walks it backwards, as before).
+            models.Index(fields=["system", "kind", "created_at"], include=["size", "status", "id"],
+                         name="artifact_created_sizes"),
             models.Index(fields=["status", "created_at"], name="artifact_status"),
         ]
 

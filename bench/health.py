@@ -6,8 +6,9 @@
 It fills a dedicated database (its name must end in ``_bench``; its catalog is emptied first)
 with S systems, each with a full a day, a config backup every 4 h and an incremental every
 15 minutes (WAL-like) over ``--days`` recent days plus ``--old-days`` older ones, and a health
-snapshot every 15 minutes of the recent days — rows only, written with COPY-speed
-``bulk_create``. Then, in the same run, medians of interleaved rounds:
+snapshot every 15 minutes of the recent days — rows only, written by ``INSERT … SELECT`` from
+``generate_series``, then vacuumed and analysed as autovacuum would. Then, in the same run,
+medians of interleaved rounds:
 
 - ``health_recompute(system)`` (five checks, the history row, the alerts) against the five
   bare "newest artifact of a kind" queries it cannot do without (``raw``);
@@ -23,7 +24,6 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -61,52 +61,65 @@ def empty_catalog() -> None:
                        "compliance_alert CASCADE")
 
 
+# One system's catalog, in SQL (``generate_series``): a hundred thousand rows take seconds, not minutes.
+ARTIFACTS_SQL = """
+    INSERT INTO backups_artifact (id, system_id, kind, format, encryption, status, source, created_at, size, sha256,
+                                  plaintext_sha256, key_id, storage_key, manifest, last_verified_level,
+                                  last_verified_at, quarantine_reason)
+    SELECT a.id, %(system)s, k.kind, 'pg_custom', 'drpanel-v1', 'available', 'backup', a.at, k.size, %(sha)s, '', '',
+           k.kind || '/' || a.id, %(manifest)s::jsonb,
+           CASE WHEN k.kind = 'full' AND %(now)s - a.at < interval '2 days' THEN 'decrypt' ELSE '' END,
+           CASE WHEN k.kind = 'full' AND %(now)s - a.at < interval '2 days' THEN a.at END, ''
+    FROM (VALUES ('full', interval '1 day', %(full)s::bigint), ('config', interval '4 hours', %(config)s::bigint),
+                 ('incremental', interval '15 minutes', %(incremental)s::bigint)) AS k(kind, every, size)
+    CROSS JOIN LATERAL (SELECT gen_random_uuid() AS id, at FROM generate_series(%(start)s::timestamptz,
+                        %(now)s::timestamptz - interval '5 minutes', k.every) AS at) AS a
+"""
+COPIES_SQL = """
+    INSERT INTO backups_artifactcopy (artifact_id, location_id, key, status, size, sha256_seen, created_at)
+    SELECT a.id, l.id, a.storage_key, 'ok', 1, a.sha256, a.created_at
+    FROM backups_artifact a CROSS JOIN backups_storagelocation l WHERE a.system_id = %(system)s
+"""
+SNAPSHOTS_SQL = """
+    INSERT INTO compliance_healthsnapshot (system_id, at, score, status, checks, fingerprint, trigger)
+    SELECT %(system)s, %(now)s::timestamptz - k * interval '15 minutes', CASE WHEN k %% 7 = 0 THEN 70 ELSE 100 END,
+           CASE WHEN k %% 7 = 0 THEN 'warning' ELSE 'healthy' END, %(checks)s::jsonb, k::text, 'bench'
+    FROM generate_series(0, %(count)s - 1) AS k
+"""
+
+
 def fill(systems: int, days: int, old_days: int) -> int:
     """The catalog described above; returns how many artifacts it holds."""
-    from backups.models import Artifact, ArtifactCopy, StorageLocation, System
+    import json
+
+    from django.db import connection
+
+    from backups.models import Artifact, StorageLocation, System
     from compliance.health import health_evaluate
-    from compliance.models import HealthSnapshot
     from drpanel import clock
 
     now = clock.now()
     # Rows only: nothing is ever written to these directories.
-    primary = StorageLocation.objects.create(name="primary", kind="local", role="primary", path="/nonexistent/primary")
-    offsite = StorageLocation.objects.create(name="offsite", kind="local", role="offsite", path="/nonexistent/offsite")
-    total = 0
-    for n in range(systems):
-        system = System.objects.create(name=f"system-{n}", database_ref="env:DRPANEL_SECRET_BENCH_DB",
-                                       config_paths=["/etc/app"], incremental_enabled=True,
-                                       created_at=now - timedelta(days=days + old_days))
-        batch, copies = [], []
-        steps = (("full", timedelta(days=1)), ("config", timedelta(hours=4)), ("incremental", timedelta(minutes=15)))
-        for kind, every in steps:
-            at = now - timedelta(days=days + old_days)
-            while at <= now - timedelta(minutes=5):
-                artifact_id = uuid.uuid4()
-                verified = kind == "full" and now - at < timedelta(days=2)
-                batch.append(Artifact(
-                    id=artifact_id, system=system, kind=kind, format="pg_custom", status="available", created_at=at,
-                    size=(50 << 20) if kind == "full" else (8 << 10) if kind == "config" else (16 << 20),
-                    sha256="ab" * 32, storage_key=f"{kind}/{artifact_id}", manifest={"tables": [{"n": i} for i in
-                                                                                             range(40)]},
-                    last_verified_level="decrypt" if verified else "", last_verified_at=at if verified else None))
-                for location in (primary, offsite):
-                    copies.append(ArtifactCopy(artifact_id=artifact_id, location=location, key=f"{kind}/{artifact_id}",
-                                               status="ok", size=1, sha256_seen="ab" * 32))
-                at += every
-        Artifact.objects.bulk_create(batch, batch_size=5000)
-        ArtifactCopy.objects.bulk_create(copies, batch_size=5000)
-        total += len(batch)
-        checks = [c.as_dict() for c in health_evaluate(system, now).checks]
-        HealthSnapshot.objects.bulk_create(
-            [HealthSnapshot(system=system, at=now - timedelta(minutes=15 * k), score=100 if k % 7 else 70,
-                            status="healthy" if k % 7 else "warning", checks=checks, fingerprint=str(k))
-             for k in range(days * 96)], batch_size=5000)
-    from django.db import connection
-
-    with connection.cursor() as cursor:  # as autovacuum would after such a load
-        cursor.execute("ANALYZE backups_artifact, backups_artifactcopy, compliance_healthsnapshot")
-    return total
+    StorageLocation.objects.create(name="primary", kind="local", role="primary", path="/nonexistent/primary")
+    StorageLocation.objects.create(name="offsite", kind="local", role="offsite", path="/nonexistent/offsite")
+    manifest = json.dumps({"tables": [{"n": i} for i in range(40)]})
+    checks = None
+    with connection.cursor() as cursor:
+        for n in range(systems):
+            system = System.objects.create(name=f"system-{n}", database_ref="env:DRPANEL_SECRET_BENCH_DB",
+                                           config_paths=["/etc/app"], incremental_enabled=True,
+                                           created_at=now - timedelta(days=days + old_days))
+            params = {"system": system.pk, "now": now, "start": now - timedelta(days=days + old_days),
+                      "sha": "ab" * 32, "manifest": manifest, "full": 50 << 20, "config": 8 << 10,
+                      "incremental": 16 << 20}
+            cursor.execute(ARTIFACTS_SQL, params)
+            cursor.execute(COPIES_SQL, params)
+            if checks is None:  # the same checks for every snapshot: the chart reads only the scores
+                checks = json.dumps([c.as_dict() for c in health_evaluate(system, now).checks])
+            cursor.execute(SNAPSHOTS_SQL, {"system": system.pk, "now": now, "checks": checks, "count": days * 96})
+        # As autovacuum does after such a load: statistics, and the visibility map that index-only scans need.
+        cursor.execute("VACUUM ANALYZE backups_artifact, backups_artifactcopy, compliance_healthsnapshot")
+    return Artifact.objects.count()
 
 
 def timed(func, rounds: int) -> float:
@@ -161,12 +174,16 @@ def measure(rounds: int) -> dict:
         result["raw"] += timed(raw, rounds) / len(systems) / 3
         result["page"] += timed(page, rounds) / 3
         result["api"] += timed(api, rounds) / 3
-    # The page's p95: at least 20 requests, and at least a second of them.
+    # The page's p95: at least 20 requests, and at least a second of them, with what else the machine did.
+    from bench.stats import Conditions
+
     samples: list[float] = []
-    while len(samples) < 20 or sum(samples) < 1000:
-        started = time.perf_counter()
-        page()
-        samples.append((time.perf_counter() - started) * 1000)
+    with Conditions() as conditions:
+        while len(samples) < 20 or sum(samples) < 1000:
+            started = time.perf_counter()
+            page()
+            samples.append((time.perf_counter() - started) * 1000)
+    result["conditions"] = conditions
     result["page_p95"] = sorted(samples)[min(len(samples) - 1, round(0.95 * (len(samples) - 1)))]
     result["page_samples"] = samples
     result["artifacts"] = Artifact.objects.count()
@@ -231,8 +248,11 @@ def main() -> None:
            goal=f"p95 ≤ {PAGE_P95_GOAL_MS} ms at 100 systems with 100k artifacts",
            met=large["page_p95"] <= PAGE_P95_GOAL_MS if args.systems >= 100 else None,
            scale=f"{args.systems} systems, {large['artifacts']:,} artifacts",
-           note=f"{len(large['page_samples'])} requests; raw = the same page with 1 system and 1 day",
-           spread=summary(large["page_samples"]))
+           note=f"{len(large['page_samples'])} requests, median {statistics.median(large['page_samples']):.0f} ms; "
+                f"raw = the same page with 1 system and 1 day",
+           spread=summary(large["page_samples"]), conditions=large["conditions"])
+    print(f"dashboard page p95 {large['page_p95']:.0f} ms, median {statistics.median(large['page_samples']):.0f} ms "
+          f"over {len(large['page_samples'])} requests; {large['conditions'].text()}")
     empty_catalog()
 
 

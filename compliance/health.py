@@ -30,6 +30,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from django.db.models import Q
 from django.urls import reverse
@@ -58,6 +59,8 @@ VERIFIED_LEVEL = "decrypt"
 # The kinds whose verification proves the database recoverable (a base backup under continuous protection).
 DATABASE_KINDS = (Artifact.Kind.FULL, Artifact.Kind.BASE)
 VERIFIED_WITHIN = timedelta(hours=24)
+# "Not loaded by the caller: read it from the database" (None is a loaded answer: there is none).
+LOAD = object()
 
 
 def status_for(score: int) -> str:
@@ -107,14 +110,18 @@ def health_evidence(system: System, label: str = "") -> Evidence:
                     reverse("drpanel:health-detail", args=[system.pk]), "backups.system", str(system.pk))
 
 
-def verification_evidence(artifact: Artifact) -> Evidence:
+def verification_evidence(artifact: Artifact, run=LOAD) -> Evidence:
     """What proves an artifact's last verification: the run that set it (its page lists every level
-    with its bytes and timings), or the artifact's page when no run did (an imported or seeded mark)."""
+    with its bytes and timings), or the artifact's page when no run did (an imported or seeded mark).
+
+    ``run``: that run (or None) when the caller has loaded it already (``compliance.health_many``).
+    """
     level = artifact.last_verified_level or "never"
     when = f" at {artifact.last_verified_at:%Y-%m-%d %H:%M} UTC" if artifact.last_verified_at else ""
     label = f"verification of {artifact.short_id}: {level}{when}"
-    run = None
-    if artifact.last_verified_at:
+    if not artifact.last_verified_at:
+        run = None
+    elif run is LOAD:
         # The run that finished at that very moment wrote the artifact's mark (one transaction).
         run = (VerificationRun.objects.filter(artifact=artifact, finished_at=artifact.last_verified_at,
                                               reached_level=artifact.last_verified_level)
@@ -158,19 +165,20 @@ class Health:
     # Continuous protection: per off-site location, the newest point recoverable from it alone (not scored).
     offsite: tuple = field(default=(), compare=False)
 
-    @property
+    # Cached: a checks tuple never changes, and a page of a hundred systems reads each figure several times.
+    @cached_property
     def enabled_weight(self) -> int:
         return sum(c.weight for c in self.checks if c.enabled)
 
-    @property
+    @cached_property
     def passed_weight(self) -> int:
         return sum(c.weight for c in self.checks if c.enabled and c.passed)
 
-    @property
+    @cached_property
     def score(self) -> int:
         return self.passed_weight * 100 // self.enabled_weight if self.enabled_weight else 0
 
-    @property
+    @cached_property
     def status(self) -> str:
         return status_for(self.score)
 
@@ -226,20 +234,39 @@ def _age_check(system: System, kind: str, code: str, now: datetime, newest: Arti
                  (artifact_evidence(newest),))
 
 
-def wal_stream_check(system: System, now: datetime) -> Check:
-    """Continuous protection: RPO now within the system's target and no gap in its WAL catalog."""
-    ok, reason = wal_stream_status(system, now)
+def wal_stream_check(system: System, now: datetime, status: tuple[bool, str] | None = None) -> Check:
+    """Continuous protection: RPO now within the system's target and no gap in its WAL catalog.
+
+    ``status``: ``wal_stream_status``'s answer when the caller has it already."""
+    ok, reason = status if status is not None else wal_stream_status(system, now)
     return Check("incremental_backup", WEIGHTS["incremental_backup"], True, ok, reason,
                  (system_evidence(system, f"{system.name}: Barman checks and WAL catalog"),))
 
 
-def offsite_copy_check(system: System, full: Artifact | None) -> Check:
-    """The newest full has an off-site copy, in an enabled location, whose recomputed SHA-256 matches."""
+def offsite_copies(full_ids) -> dict:
+    """The off-site copies (not deleted) of these artifacts, each list in the order of its location's name."""
+    copies: dict = {pk: [] for pk in full_ids}
+    for copy in (ArtifactCopy.objects.filter(artifact_id__in=list(copies), location__role=StorageLocation.Role.OFFSITE)
+                 .exclude(status=ArtifactCopy.Status.DELETED).select_related("location")
+                 .order_by("location__name", "pk")):
+        copies[copy.artifact_id].append(copy)
+    return copies
+
+
+def offsite_enabled() -> bool:
+    return StorageLocation.objects.filter(role=StorageLocation.Role.OFFSITE, enabled=True).exists()
+
+
+def offsite_copy_check(system: System, full: Artifact | None, copies=LOAD, any_offsite=LOAD) -> Check:
+    """The newest full has an off-site copy, in an enabled location, whose recomputed SHA-256 matches.
+
+    ``copies`` (that full's off-site copies) and ``any_offsite`` (whether an off-site location is
+    enabled): when the caller has loaded them already."""
     code, weight = "offsite_copy", WEIGHTS["offsite_copy"]
     if full is None:
         return Check(code, weight, True, False, "No full backup to copy off-site yet.", (system_evidence(system),))
-    copies = list(ArtifactCopy.objects.filter(artifact=full, location__role=StorageLocation.Role.OFFSITE)
-                  .exclude(status=ArtifactCopy.Status.DELETED).select_related("location").order_by("location__name"))
+    if copies is LOAD:
+        copies = offsite_copies([full.pk])[full.pk]
     good = [c for c in copies if c.status == ArtifactCopy.Status.OK and c.location.enabled and full.sha256
             and c.sha256_seen == full.sha256]
     if good:
@@ -253,7 +280,7 @@ def offsite_copy_check(system: System, full: Artifact | None) -> Check:
                            + ("" if c.location.enabled else " (location disabled)") for c in copies)
         return Check(code, weight, True, False, f"No off-site copy of the newest full matches ({states}).",
                      (artifact_evidence(full, f"copies of {full.short_id}"),))
-    if not StorageLocation.objects.filter(role=StorageLocation.Role.OFFSITE, enabled=True).exists():
+    if not (offsite_enabled() if any_offsite is LOAD else any_offsite):
         return Check(code, weight, True, False, "No off-site storage location is enabled.",
                      (artifact_evidence(full),))
     return Check(code, weight, True, False, f"The newest full ({full.short_id}) has no off-site copy.",
@@ -267,13 +294,15 @@ def newest_database_backup(full: Artifact | None, base: Artifact | None) -> Arti
     return full
 
 
-def verified_check(system: System, full: Artifact | None, now: datetime) -> Check:
-    """The newest full (or a newer base backup) was verified at decrypt level or better, at most 24 h ago."""
+def verified_check(system: System, full: Artifact | None, now: datetime, run=LOAD) -> Check:
+    """The newest full (or a newer base backup) was verified at decrypt level or better, at most 24 h ago.
+
+    ``run``: the verification run that set its mark, when the caller has loaded it already."""
     code, weight = "verified", WEIGHTS["verified"]
     if full is None:
         return Check(code, weight, True, False, "No full backup to verify yet.", (system_evidence(system),))
     what = "full" if full.kind == Artifact.Kind.FULL else "base backup"
-    evidence = (verification_evidence(full),)
+    evidence = (verification_evidence(full, run),)
     level, when = full.last_verified_level, full.last_verified_at
     if not level or when is None:
         return Check(code, weight, True, False, f"The newest {what} ({full.short_id}) has not been verified yet.",
@@ -292,18 +321,29 @@ def verified_check(system: System, full: Artifact | None, now: datetime) -> Chec
 
 
 def health_evaluate(system: System, now: datetime | None = None) -> Health:
-    """The checks of ``system`` at ``now`` (default: the panel clock). Reads only."""
+    """The checks of ``system`` at ``now`` (default: the panel clock). Reads only.
+
+    One system's own queries (the health page, the recompute); ``compliance.health_many`` gives the
+    same answer for many systems at once from facts loaded in a fixed number of queries.
+    """
     now = now or clock.now()
     newest = {kind: newest_artifact(system, kind, now) if system.interval(kind) is not None else None
               for kind in Artifact.Kind.values}
+    return health_from(system, now, newest)
+
+
+def health_from(system: System, now: datetime, newest: dict, *, copies=LOAD, any_offsite=LOAD, run=LOAD,
+                wal_status: tuple[bool, str] | None = None) -> Health:
+    """The checks of ``system`` from the newest artifact of each kind its policy schedules (``newest``);
+    what is not passed (``LOAD``) is read from the database."""
     full = newest[Artifact.Kind.FULL]
     checks = (
         _age_check(system, Artifact.Kind.FULL, "full_backup", now, full),
-        wal_stream_check(system, now) if system.continuous_enabled else
+        wal_stream_check(system, now, wal_status) if system.continuous_enabled else
         _age_check(system, Artifact.Kind.INCREMENTAL, "incremental_backup", now, newest[Artifact.Kind.INCREMENTAL]),
         _age_check(system, Artifact.Kind.CONFIG, "config_backup", now, newest[Artifact.Kind.CONFIG]),
-        offsite_copy_check(system, full),
-        verified_check(system, newest_database_backup(full, newest.get(Artifact.Kind.BASE)), now),
+        offsite_copy_check(system, full, copies, any_offsite),
+        verified_check(system, newest_database_backup(full, newest.get(Artifact.Kind.BASE)), now, run),
     )
     offsite = tuple(offsite_coverage(system, now)) if system.continuous_enabled else ()
     return Health(system=system, at=now, checks=checks, newest=newest, offsite=offsite)

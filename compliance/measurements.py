@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.urls import reverse
 
-from backups.continuous import rpo_seconds as continuous_rpo
+from backups.continuous import seconds_since
 from backups.hooks import levels_at_least
 from backups.models import Artifact, ContinuousState, System
 from compliance.health import DATABASE_KINDS, VERIFIED_LEVEL, artifact_evidence, format_age
@@ -95,11 +95,20 @@ def rpo_for(system: System, now: datetime | None = None) -> Rpo:
     if system.continuous_enabled:
         state = ContinuousState.objects.filter(system=system).only("last_wal_at").first()
         if state is not None and state.last_wal_at is not None:
-            return Rpo(system=system, artifact=None, seconds=continuous_rpo(system, now),
-                       target_seconds=system.rpo_target_minutes * 60, wal_received_at=state.last_wal_at)
+            return rpo_from(system, now, last_wal_at=state.last_wal_at, artifact=None)
     artifact = (Artifact.objects.filter(system=system, kind__in=DATABASE_KINDS, status=Artifact.Status.AVAILABLE,
                                         created_at__lte=now, last_verified_level__in=verified_levels())
                 .defer("manifest").order_by("-created_at").first())
+    return rpo_from(system, now, last_wal_at=None, artifact=artifact)
+
+
+def rpo_from(system: System, now: datetime, *, last_wal_at: datetime | None, artifact: Artifact | None) -> Rpo:
+    """``rpo_for`` from what it reads: when the last WAL arrived (continuous protection) and the newest
+    available full or base backup verified at decrypt level or better (for callers that load both for
+    many systems at once)."""
+    if system.continuous_enabled and last_wal_at is not None:
+        return Rpo(system=system, artifact=None, seconds=seconds_since(last_wal_at, now),
+                   target_seconds=system.rpo_target_minutes * 60, wal_received_at=last_wal_at)
     seconds = int((now - artifact.created_at).total_seconds()) if artifact else None
     return Rpo(system=system, artifact=artifact, seconds=seconds, target_seconds=rpo_target_seconds())
 

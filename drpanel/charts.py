@@ -13,13 +13,15 @@ Texts and URLs are escaped; the functions return safe strings for templates.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from django.template.defaultfilters import filesizeformat
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import get_language
 
 from compliance.health import HEALTHY_FROM, WARNING_FROM, format_age
-from drpanel.templatetags.panel_time import format_at
+from drpanel.templatetags.panel_time import format_at, formatter
 
 PALETTE = ("#1f5fbf", "#8a3ffc", "#007d79", "#b28600", "#d12771", "#4e5b6b")
 WIDTH, HEIGHT = 720, 200
@@ -27,6 +29,16 @@ LEFT, RIGHT, TOP, BOTTOM = 48, 14, 12, 26
 INK, MUTED, GRID = "#1c2330", "#5d6778", "#d9dee6"
 OK, BAD = "#1e7a46", "#b3261e"
 BANDS = (("#e5f4ea", HEALTHY_FROM, 100), ("#fff3d6", WARNING_FROM, HEALTHY_FROM), ("#fde8e6", 0, WARNING_FROM))
+
+
+def size_text(size: int) -> str:
+    """``filesizeformat``, remembered per size and language: thousands of bars share a few sizes."""
+    return _size_text(size, get_language())
+
+
+@lru_cache(maxsize=4096)
+def _size_text(size: int, language: str | None) -> str:  # ``language`` is part of the key only
+    return filesizeformat(size)
 
 
 def _svg(key: str, title: str, description: str, body: list[str], table: str) -> SafeString:
@@ -59,6 +71,15 @@ def _plot_x(at: datetime, start: datetime, end: datetime) -> float:
     span = (end - start).total_seconds() or 1
     fraction = min(1.0, max(0.0, (at - start).total_seconds() / span))
     return round(LEFT + fraction * (WIDTH - LEFT - RIGHT), 1)
+
+
+def _x_scale(start: datetime, end: datetime):
+    """``_plot_x`` for many times between the same ``start`` and ``end``."""
+    span, width = (end - start).total_seconds() or 1, WIDTH - LEFT - RIGHT
+
+    def x_of(at: datetime) -> float:
+        return round(LEFT + min(1.0, max(0.0, (at - start).total_seconds() / span)) * width, 1)
+    return x_of
 
 
 def _plot_y(value: float, top: float) -> float:
@@ -108,17 +129,22 @@ def health_chart(series: list[dict], start: datetime, end: datetime) -> SafeStri
         if x - LEFT > 150:
             body.append(_text(x - 6, TOP + 14, f"no history before {format_at(min(firsts), 'd M H:i')}", anchor="end"))
     rows = []
+    x_of, y_of = _x_scale(start, end), {}
     for s in series:
         points = s["points"]
         if not points:
             rows.append((escape(s["name"]), "not recorded yet", "", "0"))
             continue
         coords = []
-        for n, (at, score) in enumerate(points):
-            x, y = _plot_x(at, start, end), _plot_y(score, 100)
-            if n:
-                coords.append(f"{x},{_plot_y(points[n - 1][1], 100)}")
-            coords.append(f"{x},{y}")
+        previous = None
+        for at, score in points:  # a hundred systems draw thousands of points: each y is computed once per score
+            x = x_of(at)
+            if score not in y_of:
+                y_of[score] = _plot_y(score, 100)
+            if previous is not None:
+                coords.append(f"{x},{previous}")
+            previous = y_of[score]
+            coords.append(f"{x},{previous}")
         coords.append(f"{_plot_x(end, start, end)},{_plot_y(points[-1][1], 100)}")
         last_at, last_score = points[-1]
         body.append(_link(s["url"], f'{s["name"]}: health score {last_score} since {format_at(last_at)}',
@@ -152,17 +178,19 @@ def sizes_chart(bars: list[dict], start: datetime, end: datetime, *, title: str)
     # As wide as the closest two bars allow (so dense days stay distinct), between 1.5 and 5 units.
     closest = min((b - a for a, b in zip(xs, xs[1:], strict=False) if b > a), default=5.0)
     width = round(max(1.5, min(5.0, closest * 0.7)), 1)
-    for bar in bars:
-        x = _plot_x(bar["at"], start, end) - width / 2
+    rows = []
+    at_text = formatter()
+    # Thousands of bars with a hundred systems: each text is escaped once, for the mark and the table alike.
+    for bar, at_x in zip(bars, xs, strict=True):
+        x = at_x - width / 2
         y = _plot_y(bar["value"], top)
         height = max(1.0, round(HEIGHT - BOTTOM - y, 1))
-        body.append(_link(bar["url"], bar["label"],
-                          f'<rect x="{round(x, 1)}" y="{round(HEIGHT - BOTTOM - height, 1)}" '
-                          f'width="{width}" height="{height}" fill="{bar["color"]}">'
-                          f'<title>{escape(bar["label"])}</title></rect>'))
+        url, label = escape(bar["url"]), escape(bar["label"])
+        body.append(f'<a href="{url}" aria-label="{label}"><rect x="{round(x, 1)}" '
+                    f'y="{round(HEIGHT - BOTTOM - height, 1)}" width="{width}" height="{height}" '
+                    f'fill="{bar["color"]}"><title>{label}</title></rect></a>')
+        rows.append((f'<a href="{url}">{label}</a>', escape(at_text(bar["at"])), escape(size_text(bar["value"]))))
     key = "sizes-" + "".join(c for c in title.lower() if c.isalnum())
-    rows = [(_cell_link(bar["url"], bar["label"]), escape(format_at(bar["at"])), escape(filesizeformat(bar["value"])))
-            for bar in bars]
     return _svg(key, title, f"{len(bars)} artifact(s); the tallest is {filesizeformat(top)}.", body,
                 _table(key, title, ("Artifact", "Created", "Stored size"), rows))
 

@@ -15,29 +15,30 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.template.defaultfilters import filesizeformat
+from django.db import connection
 from django.urls import reverse
 
 from backups.models import Artifact, BackupRun, System
 from compliance.approval_kinds import approvals_waiting_for
 from compliance.certifications import last_certification_status
 from compliance.checklists import period_as_dict, period_bounds
-from compliance.health import Health, health_evaluate
+from compliance.health import Health
+from compliance.health_many import health_facts, health_many, rpo_many
 from compliance.measurements import (
+    Rpo,
     drill_rtos,
     last_incident_measure,
     last_rto,
     open_incidents,
-    rpo_for,
     rpo_target_seconds,
     rto_target_seconds,
     worst_rpo,
 )
 from compliance.models import Alert, Cadence, ChecklistPeriod, Contact, HealthSnapshot
 from drpanel import clock
-from drpanel.charts import PALETTE, health_chart, rto_chart, sizes_chart
+from drpanel.charts import PALETTE, health_chart, rto_chart, size_text, sizes_chart
 from drpanel.permissions import Cap, has_cap
-from drpanel.templatetags.panel_time import format_at
+from drpanel.templatetags.panel_time import formatter
 
 HISTORY_DAYS = 30
 ESCALATION = (Contact.Level.L1, Contact.Level.L2, Contact.Level.L3, Contact.Level.EMERGENCY)
@@ -45,11 +46,16 @@ ESCALATION = (Contact.Level.L1, Contact.Level.L2, Contact.Level.L3, Contact.Leve
 
 # --- health -----------------------------------------------------------------------------------
 
-def systems_health(now: datetime | None = None) -> list[Health]:
-    """Every system's health right now, worst first (lowest score, then name)."""
-    now = now or clock.now()
-    healths = [health_evaluate(system, now) for system in System.objects.order_by("name")]
-    return sorted(healths, key=lambda h: (h.score, h.system.name))
+def systems_health(now: datetime | None = None) -> tuple[list[Health], dict[int, Rpo]]:
+    """Every system's health right now, worst first (lowest score, then name), and its RPO by system id.
+
+    From facts loaded for every system at once (``compliance.health_many``): the query count does not
+    grow with the number of systems.
+    """
+    systems = list(System.objects.order_by("name"))
+    facts = health_facts(systems, now or clock.now())
+    healths = health_many(systems, known=facts)
+    return sorted(healths, key=lambda h: (h.score, h.system.name)), rpo_many(systems, facts)
 
 
 # --- work in progress and waiting for people ----------------------------------------------------
@@ -107,36 +113,116 @@ def downsample_scores(points: list[tuple], since: datetime, now: datetime) -> li
     start (a dip is never smoothed away) and, when different, its last score at its end."""
     if len(points) <= CHART_SLOTS:
         return points
-    slot = (now - since) / CHART_SLOTS
     slots: dict[int, list[int]] = {}
     for at, score in points:
         slots.setdefault(_slot_of(at, since, now), []).append(score)
+    return slot_points([(index, min(scores), scores[-1]) for index, scores in sorted(slots.items())], since, now)
+
+
+def slot_points(slots: list[tuple[int, int, int]], since: datetime, now: datetime) -> list[tuple]:
+    """The points drawn for ``(slot index, lowest score, last score)`` in slot order: the lowest at the slot's
+    start and the last at its end, each only where the score changes."""
+    slot = (now - since) / CHART_SLOTS
     result: list[tuple] = []
-    for index in sorted(slots):
-        scores = slots[index]
-        for at, score in ((since + slot * index, min(scores)), (since + slot * (index + 1), scores[-1])):
+    for index, lowest, last in slots:
+        for at, score in ((since + slot * index, lowest), (since + slot * (index + 1), last)):
             if not result or result[-1][1] != score:
                 result.append((min(at, now), score))
     return result
 
 
+# Per system, the recorded scores of the window by slot (its index, count, lowest, last; the time of the first one
+# for the first slot only: indexes and times are converted per slot, not per row), and the score in force before
+# it (slot -1, one index probe per system however long the history): the index on (system, at) that includes the
+# score answers both without reading the snapshots' rows.
+HEALTH_SLOTS_SQL = """
+    SELECT system_id, round(extract(epoch FROM start - %(since)s) / %(slot_seconds)s)::int, count, lowest, last,
+           CASE WHEN start = min(start) OVER (PARTITION BY system_id) THEN first END
+    FROM (SELECT system_id, LEAST(date_bin(%(slot)s, at, %(since)s), %(last)s) AS start, count(*),
+                 min(score) AS lowest, (array_agg(score ORDER BY at DESC, id DESC))[1] AS last, min(at) AS first
+          FROM compliance_healthsnapshot WHERE system_id = ANY(%(systems)s) AND at >= %(since)s AND at <= %(now)s
+          GROUP BY 1, 2) AS slots
+    UNION ALL
+    SELECT s.id, -1, 1, b.score, b.score, b.at FROM unnest(%(systems)s::bigint[]) AS s(id)
+    CROSS JOIN LATERAL (SELECT at, score FROM compliance_healthsnapshot
+                        WHERE system_id = s.id AND at < %(since)s ORDER BY at DESC, id DESC LIMIT 1) AS b
+"""
+
+
+def _slot_params(since: datetime, now: datetime, slots: int) -> dict:
+    """Query parameters of ``slots`` equal slots from ``since`` to ``now`` (``date_bin``); a row at ``now`` itself
+    counts in the last one, as ``_slot_of`` clamps it."""
+    slot = (now - since) / slots
+    return {"since": since, "now": now, "slot": slot, "last": since + slot * (slots - 1)}
+
+
 def health_series(systems: list[System], since: datetime, now: datetime) -> list[dict]:
-    """Recorded scores per system since ``since`` (and the one in force then), changes only."""
+    """Recorded scores per system since ``since`` (and the one in force then), changes only.
+
+    Grouped in the chart's slots by the database (one query for every system); a system with no more
+    recorded scores than the chart has slots has its scores read one by one (a second query), so a
+    quiet history keeps the exact time of each change.
+    """
+    params = _slot_params(since, now, CHART_SLOTS) | {"systems": [s.pk for s in systems],
+                                                       "slot_seconds": (now - since).total_seconds() / CHART_SLOTS}
+    slots: dict[int, list] = {s.pk: [] for s in systems}
+    before: dict[int, tuple] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(HEALTH_SLOTS_SQL, params)
+        for system_id, index, count, lowest, last, first in cursor.fetchall():
+            if index < 0:
+                before[system_id] = (first, last)
+            else:
+                slots[system_id].append((index, count, lowest, last, first))
+    exact = [pk for pk, rows in slots.items() if sum(r[1] for r in rows) + (pk in before) <= CHART_SLOTS]
+    rows_of: dict[int, list] = {pk: [] for pk in exact}
+    for system_id, at, score in (HealthSnapshot.objects.filter(system_id__in=exact, at__gte=since, at__lte=now)
+                                 .order_by("system_id", "at", "pk").values_list("system_id", "at", "score")):
+        rows_of[system_id].append((at, score))
     series = []
     for n, system in enumerate(systems):
-        history = HealthSnapshot.objects.filter(system=system)
-        before = history.filter(at__lt=since).order_by("-at", "-pk").values_list("at", "score").first()
-        rows = ([before] if before else []) + list(
-            history.filter(at__gte=since, at__lte=now).order_by("at", "pk").values_list("at", "score"))
-        points = []
-        for at, score in rows:
-            if not points or points[-1][1] != score:
-                points.append((max(at, since), score))
-        series.append({"name": system.name, "color": PALETTE[n % len(PALETTE)],
-                       "points": downsample_scores(points, since, now),
-                       "url": reverse("drpanel:health-detail", args=[system.pk]),
-                       "first_recorded": rows[0][0] if rows else None})
+        first = before.get(system.pk)
+        window = sorted(slots[system.pk])
+        if system.pk in rows_of:
+            points = []
+            for at, score in ([first] if first else []) + rows_of[system.pk]:
+                if not points or points[-1][1] != score:
+                    points.append((max(at, since), score))
+        else:
+            if first:  # the score in force at ``since`` belongs to the first slot
+                head = window[0] if window and window[0][0] == 0 else None
+                window = [(0, 1, min(first[1], head[2]) if head else first[1], head[3] if head else first[1],
+                           since), *window[1 if head else 0:]]
+            points = slot_points([(index, lowest, last) for index, _, lowest, last, _ in window], since, now)
+        first_recorded = first[0] if first else (window[0][4] if window else None)
+        series.append({"name": system.name, "color": PALETTE[n % len(PALETTE)], "points": points,
+                       "url": reverse("drpanel:health-detail", args=[system.pk]), "first_recorded": first_recorded})
     return series
+
+
+# Per kind, system and slot of the size charts: the largest finished artifact (the earliest of equals) and how many
+# the slot holds; the (system, kind, created_at) index that includes the size, the status and the id gives every
+# row presorted without reading the table. Then, when the systems are merged, the largest of those per kind and slot.
+SIZE_SLOTS_SQL = """
+    WITH per_system AS (
+        SELECT * FROM (
+            SELECT id, system_id, kind, created_at, size, status,
+                   LEAST(date_bin(%(slot)s, created_at, %(since)s), %(last)s) AS slot,
+                   row_number() OVER slot AS r, count(*) OVER slot AS n
+            FROM backups_artifact
+            WHERE created_at >= %(since)s AND created_at <= %(now)s AND size IS NOT NULL
+                  AND status <> ALL(%(unfinished)s)
+            WINDOW slot AS (PARTITION BY system_id, kind, LEAST(date_bin(%(slot)s, created_at, %(since)s), %(last)s)
+                            ORDER BY size DESC, created_at ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+        ) AS t WHERE r = 1
+    ), chosen AS (
+        SELECT *, row_number() OVER bar AS b, sum(n) OVER bar AS total FROM per_system
+        WINDOW bar AS (PARTITION BY kind, slot, CASE WHEN %(merged)s THEN 0 ELSE system_id END
+                       ORDER BY size DESC, created_at ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+    )
+    SELECT c.id, c.system_id, s.name, c.kind, c.created_at, c.size, c.status, c.total
+    FROM chosen c JOIN backups_system s ON s.id = c.system_id WHERE c.b = 1 ORDER BY c.created_at, c.id
+"""
 
 
 def size_bars(since: datetime, now: datetime, colors: dict[int, str]) -> dict[str, list[dict]]:
@@ -144,28 +230,26 @@ def size_bars(since: datetime, now: datetime, colors: dict[int, str]) -> dict[st
 
     With more than one artifact of a system in a slot of the chart (WAL-like incrementals
     every few minutes), the slot shows the largest of them, linked, and says how many it stands for.
+    With more systems than the palette has colours (``colors``: one per system), their bars could no
+    longer be told apart: a slot then shows the largest artifact of every system, so the charts stay
+    a few hundred bars whatever the number of systems. The database picks them (one query).
     """
-    slots: dict[tuple, list] = {}
-    rows = (Artifact.objects.filter(created_at__gte=since, created_at__lte=now).exclude(size=None)
-            .exclude(status__in=[Artifact.Status.WRITING, Artifact.Status.FAILED]).order_by("created_at")
-            .values_list("pk", "system_id", "system__name", "kind", "created_at", "size", "status"))
-    for row in rows.iterator(chunk_size=2000):
-        key = (row[3], row[1], _slot_of(row[4], since, now, SIZE_SLOTS))
-        kept = slots.get(key)
-        if kept is None:
-            slots[key] = [row, 1]
-        else:
-            kept[1] += 1
-            if row[5] > kept[0][5]:
-                kept[0] = row
+    merged = len(colors) > len(PALETTE)
+    params = _slot_params(since, now, SIZE_SLOTS) | {
+        "unfinished": [Artifact.Status.WRITING, Artifact.Status.FAILED], "merged": merged}
+    with connection.cursor() as cursor:
+        cursor.execute(SIZE_SLOTS_SQL, params)
+        rows = cursor.fetchall()
+    at_text = formatter()
     base = reverse("backups:artifact-detail", args=["00000000-0000-0000-0000-000000000000"])
     bars: dict[str, list[dict]] = {}
-    for (pk, system_id, name, kind, created_at, size, status), count in sorted(slots.values(), key=lambda v: v[0][4]):
-        among = f" (the largest of {count} in its 6-hour slot)" if count > 1 else ""
+    every = ", of all systems," if merged else ""
+    for pk, system_id, name, kind, created_at, size, status, count in rows:
+        among = f" (the largest of {count}{every} in its 6-hour slot)" if count > 1 else ""
         bars.setdefault(kind, []).append({
             "at": created_at, "value": size, "color": colors.get(system_id, PALETTE[0]),
             "url": base.replace("00000000-0000-0000-0000-000000000000", str(pk)),
-            "label": f"{name} {kind} {str(pk)[:8]}, {format_at(created_at)}: {filesizeformat(size)} "
+            "label": f"{name} {kind} {str(pk)[:8]}, {at_text(created_at)}: {size_text(size)} "
                      f"({status}){among}"})
     return {kind: bars[kind] for kind in Artifact.Kind.values if kind in bars}
 
@@ -176,10 +260,10 @@ def dashboard_context(user) -> dict:
     """Everything the dashboard page shows, for ``user`` (approvals are per person)."""
     now = clock.now()
     since = now - timedelta(days=HISTORY_DAYS)
-    healths = systems_health(now)
+    healths, rpo_of = systems_health(now)
     systems = sorted((h.system for h in healths), key=lambda s: s.name)
     colors = {s.pk: PALETTE[n % len(PALETTE)] for n, s in enumerate(systems)}
-    rpos = [rpo_for(h.system, now) for h in healths]
+    rpos = [rpo_of[h.system.pk] for h in healths]
     series = health_series(systems, since, now)
     sizes = size_bars(since, now, colors)
     drills = drill_rtos(since)
@@ -229,8 +313,7 @@ def dashboard_json() -> dict:
     ``rto_seconds`` is the last measured RTO, null until a restore has been timed.
     """
     now = clock.now()
-    healths = systems_health(now)
-    rpos = {h.system.pk: rpo_for(h.system, now) for h in healths}
+    healths, rpos = systems_health(now)
     rpo = worst_rpo(list(rpos.values()))
     rto = last_rto()
     return {

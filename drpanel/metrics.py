@@ -31,18 +31,18 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from rest_framework import exceptions
 
-from backups.continuous import rpo_seconds as continuous_rpo
+from backups.continuous import seconds_since
 from backups.models import Artifact, System
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
-from compliance.health import health_evaluate
-from compliance.measurements import last_incident_measure, open_incidents, rpo_for
+from compliance.health_many import health_facts, health_many, rpo_many
+from compliance.measurements import open_incidents
 from compliance.models import Alert, AuditEvent
 from drpanel import clock, cron_heartbeat, queues
 from drpanel.authentication import bearer_value, token_for
 from drpanel.client_ip import client_address
 from drpanel.permissions import Cap, has_cap
-from restores.models import RestoreRun, VerificationRun
+from restores.models import Incident, RestoreRun, VerificationRun
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Worker pools (docs/many-hosts.md): "default" (the workers that serve no pool) is always reported; a pool
@@ -50,10 +50,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 POOLS = (queues.NO_POOL,)
 
 
-def continuous_rpo_seconds(system: System, now) -> float | None:
+def continuous_rpo_seconds(system: System, now, last_wal_at) -> float | None:
     """RPO of continuous protection (WAL streamed): the age of the last WAL received; None without continuous
     protection or before any WAL arrived."""
-    return continuous_rpo(system, now) if system.continuous_enabled else None
+    return seconds_since(last_wal_at, now) if system.continuous_enabled and last_wal_at is not None else None
 
 
 # --- the measurements ------------------------------------------------------------------------
@@ -113,8 +113,9 @@ def _system_families(now) -> list[GaugeMetricFamily]:
     offsite_within = _gauge("drpanel_continuous_offsite_within_target",
                             "1 when an off-site location alone recovers a point within the system's RPO target.",
                             ("system", "location"))
-    for system in systems:
-        health = health_evaluate(system, now)
+    facts = health_facts(systems, now)
+    rpos = rpo_many(systems, facts)
+    for system, health in zip(systems, health_many(systems, known=facts), strict=True):
         for row in health.offsite:
             offsite_within.add_metric([system.name, row["location"]], int(row["within_target"]))
             if row["newest_point"] is not None:
@@ -124,10 +125,10 @@ def _system_families(now) -> list[GaugeMetricFamily]:
         score.add_metric([system.name], health.score)
         for status in ("healthy", "warning", "critical"):
             band.add_metric([system.name, status], int(health.status == status))
-        seconds = rpo_for(system, now).seconds
+        seconds = rpos[system.pk].seconds
         if seconds is not None:
             rpo.add_metric([system.name], seconds)
-        seconds = continuous_rpo_seconds(system, now)
+        seconds = continuous_rpo_seconds(system, now, facts.last_wal_at.get(system.pk))
         if seconds is not None:
             continuous.add_metric([system.name], seconds)
 
@@ -152,15 +153,15 @@ def _incident_families() -> list[GaugeMetricFamily]:
     incident_rpo = _gauge("drpanel_incident_rpo_seconds", "RPO achieved (failure time minus recovery point) of the "
                                                           "last recovered incident or drill per system.", labels)
     incidents_open = _gauge("drpanel_incidents_open", "Incidents (not drills) not closed yet.")
-    for system in System.objects.order_by("name"):
-        for drill in (False, True):
-            measure = last_incident_measure(drills=drill, system=system)
-            if measure is None:
-                continue
-            values = [system.name, str(drill).lower()]
-            incident_rto.add_metric(values, measure.incident.rto_seconds)
-            if measure.incident.rpo_seconds is not None:
-                incident_rpo.add_metric(values, measure.incident.rpo_seconds)
+    # ``last_incident_measure`` per system and kind, for every system in one query.
+    last = (Incident.objects.filter(recovered_at__isnull=False).select_related("system")
+            .order_by("system__name", "system_id", "is_drill", "-recovered_at")
+            .distinct("system__name", "system_id", "is_drill"))
+    for incident in last:
+        values = [incident.system.name, str(incident.is_drill).lower()]
+        incident_rto.add_metric(values, incident.rto_seconds)
+        if incident.rpo_seconds is not None:
+            incident_rpo.add_metric(values, incident.rpo_seconds)
     incidents_open.add_metric([], len(open_incidents()))
     return [incident_rto, incident_rpo, incidents_open]
 

@@ -126,3 +126,15 @@ def test_the_notifications_incident_and_report_pages_show_madrid_times(clients, 
         for local, utc_clock in expected:
             assert local.endswith(" CET") and local in html, (url, local)
             assert utc_clock not in html, f"{url} shows the UTC wall-clock time {utc_clock}"
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Madrid", "America/New_York", "Asia/Kolkata"])
+def test_the_common_format_writes_what_djangos_formatter_writes(settings, zone):
+    from django.utils import timezone
+    from django.utils.dateformat import format as date_format
+
+    settings.TIME_ZONE = zone
+    for moment in (WINTER, SUMMER, datetime(2026, 3, 29, 0, 59, 59, tzinfo=UTC), datetime(999, 5, 1, tzinfo=UTC)):
+        local = timezone.localtime(moment)
+        assert format_at(moment) == f"{date_format(local, 'Y-m-d H:i')} {date_format(local, 'T')}", moment
+        assert format_at(moment) == format_at(moment), "remembered, the same text"
