@@ -1,9 +1,11 @@
 """Restore runs from a recovery point, in the worker: the steps ``restores.execution._Execution`` takes for them.
 
 - **database-only** (``point_in_time``): the system is recovered at the point into a scratch copy
-  (``restores.pitr``); its roles are taken (``pg_dumpall --globals-only``) and its database dumped;
-  the roles the target's server lacks are created (``restores.roles``: never altering one that
-  exists, differences reported), then the usual side database, owner and grants, checks and swap.
+  (``restores.pitr``); its roles are taken (``pg_dumpall --globals-only``) and the database its URL
+  names dumped (``pitr.system_database``: a target may call it otherwise, ``shop`` restored as
+  ``shop_staging``); the roles the target's server lacks are created (``restores.roles``: never
+  altering one that exists, differences reported), then the usual side database of the target's
+  database, owner and grants, checks and swap.
 - **whole-server** (``whole_server``): the target host is checked (``restores.wholeserver``: an
   empty directory, a free port, a user that is not root) before anything is written, then the
   cluster is recovered into the target's new data directory, replayed privately, its sanity checks
@@ -119,11 +121,15 @@ class PointInTimeSteps:
     # --- database-only -------------------------------------------------------------------------
 
     def point_in_time(self) -> None:
-        """Recover the system at the point into a scratch copy, take its roles and dump the target's database from
+        """Recover the system at the point into a scratch copy, take its roles and dump the system's database from
         it (``pg_dump -Fc`` into the run's work area), create the roles the target lacks, then restore that dump
-        into the side database and check it."""
+        into the side database of the target's database (whatever its name) and check it."""
         system, point = self.run.recovery_system, self.run.recovery_point
-        dbname = pg.database_name(self.url)
+        try:
+            dbname = pitr.system_database(system)
+        except BarmanError as exc:
+            raise RunFailure(f"the database of {system.name} is unknown: {exc}; the target is untouched") from None
+        into = pg.database_name(self.url)
         dump, restore = "dump the database", "restore into side database"
         location = self.run.recovery_location
         if location is None:
@@ -153,7 +159,8 @@ class PointInTimeSteps:
             raise RunFailure(f"recovery of {system.name} to {point} failed: {exc}; the target is untouched") from None
         size = path.stat().st_size
         self.steps.finish(dump, bytes=size, detail=f"{size} bytes dumped from {dbname} at {point}, with the "
-                                                   "server's roles")
+                                                   "server's roles" + (f", restored as {into}" if into != dbname
+                                                                       else ""))
         try:
             found = roles.BackupRoles(globals=parse_globals(server_globals), database=database)
         except (GlobalsError, UnicodeDecodeError) as exc:
