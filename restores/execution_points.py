@@ -37,7 +37,7 @@ from backups.models import Artifact
 from backups.server_roles import GlobalsError, parse_globals
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
-from drpanel import queues, runtime
+from drpanel import queues, runs, runtime
 from restores import materialize, pg, pitr, roles, sanity, shipping, wholeserver
 from restores.models import RestoreRun
 from restores.offsite_recovery import OffsiteRecoveryError, offsite_point_check, recovered_from_offsite
@@ -274,8 +274,8 @@ class PointInTimeSteps:
                                          f"(Barman's home), then shipped to pool {pools[1]} into {plan.data}")
         connection, key = queues.get_connection(), shipping.channel(self.run.pk)
         connection.delete(key)  # a previous delivery of this run may have left a part of its shipment
-        queues.enqueue("restores.jobs.ship_send_job", str(self.run.pk), backup_id, queue="restore",
-                       timeout=settings.BARMAN_TIMEOUT_SECONDS * 40, pool=pools[0])
+        sender = queues.enqueue("restores.jobs.ship_send_job", str(self.run.pk), backup_id, queue="restore",
+                                timeout=settings.BARMAN_TIMEOUT_SECONDS * 40, pool=pools[0])
 
         def received(into):
             return shipping.receive(
@@ -284,13 +284,17 @@ class PointInTimeSteps:
                                                                               f"{pools[0]}, each chunk checked"),
                 on_alive=lambda what: self.steps.progress(RECOVER, detail=f"pool {pools[0]}: {what}"))
 
-        with wholeserver.shipped_privately(system, point, plan, received) as (ready, shipped):
-            with transaction.atomic():
-                audit_record(actor=None, action=AuditAction.RESTORE_SHIPPED, obj=self.run,
-                             details=audit_details(self.run, bytes=shipped.bytes, sha256=shipped.sha256,
-                                                   chunks=shipped.chunks, from_pool=pools[0], to_pool=pools[1],
-                                                   data_dir=str(plan.data)))
-            yield ready, shipped
+        try:
+            with wholeserver.shipped_privately(system, point, plan, received) as (ready, shipped):
+                with transaction.atomic():
+                    audit_record(actor=None, action=AuditAction.RESTORE_SHIPPED, obj=self.run,
+                                 details=audit_details(self.run, bytes=shipped.bytes, sha256=shipped.sha256,
+                                                       chunks=shipped.chunks, from_pool=pools[0], to_pool=pools[1],
+                                                       data_dir=str(plan.data)))
+                yield ready, shipped
+        except shipping.ShipRefused as exc:
+            # A sender nobody listens to any more must not recover (or wait) for nothing.
+            raise shipping.ShipRefused(f"{exc} (the sender's job: {runs.stop_job(sender.id, 'restore')})") from None
 
     def private_checks(self, url: str) -> None:
         """The target's sanity checks on the recovered server before anybody can reach it; a failing one stops the

@@ -139,8 +139,9 @@ def test_a_shipment_that_never_comes_is_refused_the_directory_removed_and_audite
     assert "chunk 0 did not arrive" in refused.details["reason"]
     failed = next(e for e in events(run) if e.action == "restore.failed")
     assert "the target host is as it was" in failed.details["error"]
-    # The sender's job waits on the Barman host's pool, where nobody took it.
-    assert queues.get_queue("restore", SYSTEM_POOL).count == 1
+    # The sender's job, which nobody on the Barman host's pool took, is taken off its queue.
+    assert "(the sender's job: cancelled)" in refused.details["reason"]
+    assert queues.get_queue("restore", SYSTEM_POOL).count == 0
     assert AuditEvent.objects.filter(action="restore.server_started").count() == 0
 
 
