@@ -10,7 +10,8 @@ Barman answers ``--format json`` for ``check``, ``show-server``, ``list-backups`
 it received lives in ``<home>/<system>/wals/<timeline+log>/<segment>`` (archived) and
 ``<home>/<system>/streaming/`` (being received, the newest as ``.partial``). The receiver it
 runs (``barman receive-wal``, started by ``barman cron``) holds ``<home>/.<system>-receive-wal.lock``
-with its pid in it.
+with its pid in it; the ``pg_receivewal`` it starts is the panel's wrapper in ``<home>/bin``, which
+reports the receiver's position every second.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import getpass
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -139,11 +141,39 @@ def write_global() -> Path:
     return config_path()
 
 
+# How often Barman's pg_receivewal tells the server how far it has written (its default is 10 s).
+STATUS_INTERVAL_SECONDS = 1
+
+
+def receiver_wrapper() -> Path:
+    """Where the ``pg_receivewal`` Barman runs lies: a wrapper in ``<home>/bin`` (``write_receiver_wrapper``)."""
+    return home() / "bin" / "pg_receivewal"
+
+
+def write_receiver_wrapper(real: str) -> Path:
+    """``<home>/bin/pg_receivewal``: runs ``real`` with ``--status-interval`` of ``STATUS_INTERVAL_SECONDS``.
+
+    Barman starts pg_receivewal without that option, so the server learns what the receiver has written only every
+    10 s, and on a quiet server RPO now cannot tell "nothing written" from "not received" for that long. Barman finds
+    its tools along ``path_prefix``, which names this directory first. The option goes after Barman's arguments: a
+    ``--version`` (how Barman tells a real binary from a shim) must stay the first one.
+    """
+    wrapper = receiver_wrapper()
+    _write(wrapper, "\n".join([
+        "#!/bin/sh",
+        "# Written by the DR Panel; changes are overwritten.",
+        f'exec {shlex.quote(real)} "$@" --status-interval={STATUS_INTERVAL_SECONDS}',
+        "",
+    ]), 0o755)
+    return wrapper
+
+
 def server_config(system, connection: Connection, passfile: Path) -> str:
     """The text of a system's server section (what ``write_server`` writes)."""
     name = server_name(system)
     tools = pgbin.candidates("pg_receivewal")
-    prefix = f"path_prefix = {os.path.dirname(tools[0].path)}" if tools else None
+    prefix = (f"path_prefix = {receiver_wrapper().parent}{os.pathsep}{os.path.dirname(tools[0].path)}"
+              if tools else None)
     return "\n".join(line for line in [
         "; Written by the DR Panel from the system's settings; changes are overwritten.",
         f"[{name}]",
@@ -170,6 +200,9 @@ def write_server(system) -> Path:
     line = ":".join(_passfile_escape(v) for v in (connection.host, connection.port, "*", connection.user,
                                                   password or ""))
     _write(passfile, line + "\n" if password else "")
+    tools = pgbin.candidates("pg_receivewal")
+    if tools:
+        write_receiver_wrapper(tools[0].path)
     path = home() / "conf.d" / f"{name}.conf"
     _write(path, server_config(system, connection, passfile), 0o644)
     return path

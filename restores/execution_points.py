@@ -1,14 +1,19 @@
 """Restore runs from a recovery point, in the worker: the steps ``restores.execution._Execution`` takes for them.
 
 - **database-only** (``point_in_time``): the system is recovered at the point into a scratch copy
-  (``restores.pitr``); its roles are taken (``pg_dumpall --globals-only``) and its database dumped;
-  the roles the target's server lacks are created (``restores.roles``: never altering one that
-  exists, differences reported), then the usual side database, owner and grants, checks and swap.
+  (``restores.pitr``); its roles are taken (``pg_dumpall --globals-only``) and the database its URL
+  names dumped (``pitr.system_database``: a target may call it otherwise, ``shop`` restored as
+  ``shop_staging``); the roles the target's server lacks are created (``restores.roles``: never
+  altering one that exists, differences reported), then the usual side database of the target's
+  database, owner and grants, checks and swap.
 - **whole-server** (``whole_server``): the target host is checked (``restores.wholeserver``: an
   empty directory, a free port, a user that is not root) before anything is written, then the
   cluster is recovered into the target's new data directory, replayed privately, its sanity checks
   run, and it is started for real on the target's port. There is no swap and no rollback: the new
-  server had no previous state. A failure before it went live removes what was written.
+  server had no previous state. A failure before it went live removes what was written. When the
+  system's pool (the Barman host) is not the target's, the system's pool recovers into a scratch
+  directory (``restores.jobs.ship_send_job``) and ships it here through Redis (``restores.shipping``:
+  1 MiB chunks, each with its SHA-256, all checked before anything is extracted; ``restore.shipped``).
 
 Both show the WAL replay while it runs: the step's fraction and detail, and ``results["replay"]``
 (the API's ``recovery_point.replay``), from ``pg_last_wal_replay_lsn()`` of the recovering server.
@@ -16,9 +21,14 @@ Both show the WAL replay while it runs: the step's fraction and detail, and ``re
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
+from datetime import datetime
+from pathlib import Path
 
 import psycopg
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -27,8 +37,8 @@ from backups.models import Artifact
 from backups.server_roles import GlobalsError, parse_globals
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
-from drpanel import runtime
-from restores import materialize, pg, pitr, roles, sanity, wholeserver
+from drpanel import queues, runs, runtime
+from restores import materialize, pg, pitr, roles, sanity, shipping, wholeserver
 from restores.models import RestoreRun
 from restores.offsite_recovery import OffsiteRecoveryError, offsite_point_check, recovered_from_offsite
 from restores.recovery_checks import create_recovery_checks
@@ -119,11 +129,15 @@ class PointInTimeSteps:
     # --- database-only -------------------------------------------------------------------------
 
     def point_in_time(self) -> None:
-        """Recover the system at the point into a scratch copy, take its roles and dump the target's database from
+        """Recover the system at the point into a scratch copy, take its roles and dump the system's database from
         it (``pg_dump -Fc`` into the run's work area), create the roles the target lacks, then restore that dump
-        into the side database and check it."""
+        into the side database of the target's database (whatever its name) and check it."""
         system, point = self.run.recovery_system, self.run.recovery_point
-        dbname = pg.database_name(self.url)
+        try:
+            dbname = pitr.system_database(system)
+        except BarmanError as exc:
+            raise RunFailure(f"the database of {system.name} is unknown: {exc}; the target is untouched") from None
+        into = pg.database_name(self.url)
         dump, restore = "dump the database", "restore into side database"
         location = self.run.recovery_location
         if location is None:
@@ -153,7 +167,8 @@ class PointInTimeSteps:
             raise RunFailure(f"recovery of {system.name} to {point} failed: {exc}; the target is untouched") from None
         size = path.stat().st_size
         self.steps.finish(dump, bytes=size, detail=f"{size} bytes dumped from {dbname} at {point}, with the "
-                                                   "server's roles")
+                                                   "server's roles" + (f", restored as {into}" if into != dbname
+                                                                       else ""))
         try:
             found = roles.BackupRoles(globals=parse_globals(server_globals), database=database)
         except (GlobalsError, UnicodeDecodeError) as exc:
@@ -188,21 +203,37 @@ class PointInTimeSteps:
                           detail=f"{plan.data} is {'absent' if plan.create else 'empty'}, port {plan.port} is free, "
                                  f"the server will run as {plan.user.pw_name}")
         backup = base_backup_for(system, point)
-        self.steps.start(RECOVER, detail=f"barman recover of base backup {backup.manifest.get('backup_id')} to "
-                                         f"{point} into {plan.data}")
+        pools = ship_pools(system, target)
         dbname = pg.database_name(self.url)
         try:
-            with wholeserver.recovered_privately(system, point, backup.manifest["backup_id"], plan,
-                                                 on_replay=self.replay_reporter()) as ready:
-                position = ready.replay_position()
-                last_commit = ready.query("SELECT pg_last_xact_replay_timestamp()")[0][0] or ready.wal_last_commit
+            with self.recovered_on_host(system, point, backup, plan, pools) as (ready, shipped):
+                if shipped is None:
+                    position = ready.replay_position()
+                    last_commit = (ready.query("SELECT pg_last_xact_replay_timestamp()")[0][0]
+                                   or ready.wal_last_commit)
+                    recover_seconds, start_seconds = ready.recover_seconds, ready.start_seconds
+                else:
+                    summary = shipped.summary
+                    position, recover_seconds = summary.get("replay_position"), summary.get("recover_seconds", 0)
+                    start_seconds = summary.get("start_seconds", 0)
+                    last_commit = (datetime.fromisoformat(summary["last_commit"]) if summary.get("last_commit")
+                                   else None)
                 with ready.connect() as conn:
                     present = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone()
                 if not present:
                     raise wholeserver.ServerTargetRefused(f"the recovered {system.name} has no database {dbname}")
-                self.finish_recovery(self.recovery_summary(backup, position, last_commit, ready.recover_seconds,
-                                                           ready.start_seconds), last_commit)
+                recovery = self.recovery_summary(backup, position, last_commit, recover_seconds, start_seconds)
+                if shipped is not None:
+                    recovery["shipped"] = {**shipped.as_dict(), "from_pool": pools[0], "to_pool": pools[1]}
+                self.finish_recovery(recovery, last_commit)
                 self.private_checks(ready.url(dbname))
+        except shipping.ShipRefused as exc:
+            with transaction.atomic():
+                audit_record(actor=None, action=AuditAction.RESTORE_SHIPPED, obj=self.run, outcome="failure",
+                             details=audit_details(self.run, reason=str(exc)[:500], from_pool=pools[0],
+                                                   to_pool=pools[1], data_dir=str(plan.data), removed=True))
+            raise RunFailure(f"the directory recovered on pool {pools[0]} was refused: {exc}; what was written was "
+                             "removed, the target host is as it was") from None
         except (BarmanError, psycopg.Error, wholeserver.ServerTargetRefused) as exc:
             raise RunFailure(f"recovery of {system.name} to {point} into {plan.data} failed: {exc}; what was "
                              "written was removed, the target host is as it was") from None
@@ -225,6 +256,46 @@ class PointInTimeSteps:
         if self.run.needs_checklist:
             create_recovery_checks(self.run)
 
+    @contextlib.contextmanager
+    def recovered_on_host(self, system, point, backup, plan, pools):
+        """The recovered server, started privately in ``plan.data``, and what was shipped (None: recovered here).
+
+        Barman recovers locally only: when the system's pool (the Barman host) is not the target's, the system's
+        pool recovers into a scratch directory (``ship_send_job``) and sends it here through Redis
+        (``restores.shipping``), checked chunk by chunk before a byte is extracted."""
+        backup_id = backup.manifest["backup_id"]
+        if pools is None:
+            self.steps.start(RECOVER, detail=f"barman recover of base backup {backup_id} to {point} into {plan.data}")
+            with wholeserver.recovered_privately(system, point, backup_id, plan,
+                                                 on_replay=self.replay_reporter()) as ready:
+                yield ready, None
+            return
+        self.steps.start(RECOVER, detail=f"barman recover of base backup {backup_id} to {point} on pool {pools[0]} "
+                                         f"(Barman's home), then shipped to pool {pools[1]} into {plan.data}")
+        connection, key = queues.get_connection(), shipping.channel(self.run.pk)
+        connection.delete(key)  # a previous delivery of this run may have left a part of its shipment
+        sender = queues.enqueue("restores.jobs.ship_send_job", str(self.run.pk), backup_id, queue="restore",
+                                timeout=settings.BARMAN_TIMEOUT_SECONDS * 40, pool=pools[0])
+
+        def received(into):
+            return shipping.receive(
+                connection, key, into, work=Path(pitr.scratch_parent() or tempfile.gettempdir()),
+                on_progress=lambda done: self.steps.progress(RECOVER, detail=f"{done} bytes received from pool "
+                                                                              f"{pools[0]}, each chunk checked"),
+                on_alive=lambda what: self.steps.progress(RECOVER, detail=f"pool {pools[0]}: {what}"))
+
+        try:
+            with wholeserver.shipped_privately(system, point, plan, received) as (ready, shipped):
+                with transaction.atomic():
+                    audit_record(actor=None, action=AuditAction.RESTORE_SHIPPED, obj=self.run,
+                                 details=audit_details(self.run, bytes=shipped.bytes, sha256=shipped.sha256,
+                                                       chunks=shipped.chunks, from_pool=pools[0], to_pool=pools[1],
+                                                       data_dir=str(plan.data)))
+                yield ready, shipped
+        except shipping.ShipRefused as exc:
+            # A sender nobody listens to any more must not recover (or wait) for nothing.
+            raise shipping.ShipRefused(f"{exc} (the sender's job: {runs.stop_job(sender.id, 'restore')})") from None
+
     def private_checks(self, url: str) -> None:
         """The target's sanity checks on the recovered server before anybody can reach it; a failing one stops the
         run (and the directory is removed)."""
@@ -243,6 +314,14 @@ class PointInTimeSteps:
                 f"{failed[0].name}: {failed[0].error})")
         self.steps.finish(name, detail=f"{len(results)} sanity checks passed on the recovered server, before it "
                                        "was reachable")
+
+
+def ship_pools(system, target) -> tuple[str, str] | None:
+    """``(the system's pool, the target's pool)`` when they differ: the recovered directory is shipped between
+    them. None: one host (or no pools) recovers in place."""
+    if system.worker_pool and target.worker_pool and system.worker_pool != target.worker_pool:
+        return system.worker_pool, target.worker_pool
+    return None
 
 
 class ServerRefused(RunFailure):

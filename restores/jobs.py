@@ -7,7 +7,7 @@ abandoned (its worker died); they mark the run failed through its kind (``drpane
 """
 
 from drpanel.runs import failure_reason
-from restores import incident_steps, reliability, verifications
+from restores import incident_steps, reliability, shipping, verifications
 from restores.execution import RESTORE_RUNS, restore_run_execute
 from restores.recovery_checks import recovery_checks_refresh_open
 from restores.requests import restore_expire_due
@@ -18,6 +18,12 @@ from restores.verifications import VERIFICATION_RUNS
 def restore_run_job(run_id: str) -> str:
     """Execute one queued restore; the run row records the outcome (a second delivery does nothing)."""
     return restore_run_execute(run_id).state
+
+
+def ship_send_job(run_id: str, backup_id: str) -> str:
+    """On the Barman host's worker: recover a whole-server run's point and send the directory to its target host."""
+    shipped = shipping.ship_send(run_id, backup_id)
+    return "sent" if shipped is not None else "failed"
 
 
 def verification_run_job(run_id: str) -> str:

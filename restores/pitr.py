@@ -163,6 +163,13 @@ def _bindir(data: Path) -> Path:
     raise BarmanError(f"no PostgreSQL {major} server binaries (pg_ctl) on this worker to start the recovered copy")
 
 
+def system_database(system) -> str:
+    """The database a point-in-time restore of one database takes from the recovered copy: the one the system's
+    URL names (libpq's default, the user's name, when it names none), whatever the target calls its own."""
+    connection, _ = barman.connection_for(system)
+    return connection.dbname
+
+
 def _newest_backup(system) -> str:
     answer = barman.run_json("list-backups", barman.server_name(system))
     backups = [b for b in answer.get(system.name, []) if b.get("status") == "DONE"]

@@ -158,6 +158,34 @@ def recovered_privately(system, point, backup_id: str, plan: HostPlan, *, on_rep
     """Recover ``system`` at ``point`` into ``plan.data``, start it privately, wait for the end of replay, yield it;
     stop it after. If anything fails (here or in the block), what was written is removed and the error goes on."""
     connection, closed = pitr.prepare(system)
+
+    def fill() -> tuple[float, str, None]:
+        return pitr.recover_into(system, point, backup_id, plan.data, closed=closed), connection.user, None
+
+    with _privately(system, point, plan, fill, on_replay=on_replay) as (ready, _):
+        yield ready
+
+
+@contextlib.contextmanager
+def shipped_privately(system, point, plan: HostPlan, receive) -> Iterator[tuple[pitr.Recovered, object]]:
+    """Receive into ``plan.data`` the directory recovered and replayed on the Barman host (``receive(into)`` returns
+    ``restores.shipping.Shipped``, whose summary names the server's user), start it privately, yield it and what
+    was shipped; stop it after. If anything fails, what was written is removed and the error goes on."""
+
+    def fill():
+        began = time.monotonic()
+        shipped = receive(plan.data)
+        return time.monotonic() - began, shipped.summary.get("user") or "postgres", shipped
+
+    with _privately(system, point, plan, fill) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def _privately(system, point, plan: HostPlan, fill, *, on_replay=None):
+    """``fill()`` writes the cluster into ``plan.data`` (seconds, the user to connect as, anything for the caller);
+    then the server is started privately (no TCP, its own socket and ``hba_file``), followed until promoted,
+    yielded with what ``fill`` returned, and stopped after."""
     user = _as_user(plan.user)
     private = Path(tempfile.mkdtemp(prefix=f"drpanel-server-{system.name}-",
                                     dir=settings.RESTORE_TEMP_DIR or None))
@@ -165,7 +193,7 @@ def recovered_privately(system, point, backup_id: str, plan: HostPlan, *, on_rep
     try:
         if plan.create:
             plan.data.mkdir(mode=0o700)  # made now, private: nothing can be planted in it before Barman writes
-        recover_seconds = pitr.recover_into(system, point, backup_id, plan.data, closed=closed)
+        recover_seconds, user_name, filled = fill()
         with open(plan.data / "postgresql.auto.conf", "a") as conf:
             conf.write(f"\n# Set by DR Panel: the target's port.\nport = {plan.port}\n")
         (private / "pg_hba.conf").write_text("local all all trust\n")
@@ -181,11 +209,11 @@ def recovered_privately(system, point, backup_id: str, plan: HostPlan, *, on_rep
                                            log=private / "server.log", user=user,
                                            extra=f"-c hba_file='{private / 'pg_hba.conf'}'")
         ready = pitr.Recovered(system=system, point=point, data=plan.data, socket_dir=socket_dir, port=plan.port,
-                               bindir=pitr._bindir(plan.data), user=connection.user, recover_seconds=recover_seconds,
+                               bindir=pitr._bindir(plan.data), user=user_name, recover_seconds=recover_seconds,
                                start_seconds=start_seconds, wal_start=pitr.backup_start(plan.data),
                                wal_end=pitr.wal_end(system, plan.data), wal_last_commit=last_commit)
         pitr.wait_promoted(ready, point, on_replay=on_replay)
-        yield ready
+        yield ready, filled
         started = False
         pitr.stop_server(plan.data, user)
     except BaseException:

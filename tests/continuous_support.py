@@ -24,7 +24,7 @@ from tests.support import wait_for
 
 __all__ = ["BINDIR", "PASSWORD", "POSTGRES", "URL_VARIABLE", "ProtectedServer", "as_postgres", "barman_home",
            "barman_settings", "catalog_reaches", "free_port", "kill_receiver", "segment_of_switch", "server",
-           "streams"]
+           "streams", "system_names"]
 
 BINDIR = BIN_DIR
 URL_VARIABLE = "DRPANEL_SECRET_TEST_PROTECTED_URL"
@@ -72,6 +72,12 @@ def barman_settings(settings, barman_home, server, monkeypatch):
     settings.BARMAN_HOME = barman_home
     # The password is accepted and ignored by the server (trust): it is here to prove where it is written.
     monkeypatch.setenv(URL_VARIABLE, f"postgresql://postgres:{PASSWORD}@127.0.0.1:{server.port}/postgres")
+
+
+def system_names(monkeypatch, server, dbname: str) -> None:
+    """The system's URL (``URL_VARIABLE``) names ``dbname`` on ``server``: what a point-in-time restore of one
+    database takes from the recovered copy."""
+    monkeypatch.setenv(URL_VARIABLE, f"postgresql://postgres:{PASSWORD}@127.0.0.1:{server.port}/{dbname}")
 
 
 def streams(server) -> None:

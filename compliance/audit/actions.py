@@ -263,6 +263,9 @@ class AuditAction(StrEnum):
     # Whole-server recovery (restores.wholeserver).
     RESTORE_SERVER_STARTED = ("restore.server_started", "A whole-server restore started the recovered server on its "
                               "target host (data directory, port, OS user, WAL position replayed).")
+    RESTORE_SHIPPED = ("restore.shipped", "A whole-server restore received the directory recovered on the Barman "
+                       "host (bytes, SHA-256, chunks), or refused it (a checksum mismatch, a missing chunk, a silent "
+                       "or failed sender) and removed what it wrote.")
     # Continuous protection off-site: base backups and WAL batches copied encrypted, checked, recovered from.
     OFFSITE_REQUESTED = ("offsite.requested", "An off-site copy of a system's base backups and WAL was queued (after "
                          "a base backup, or by the tick when archived WAL is not off-site yet).")

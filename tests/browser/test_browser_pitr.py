@@ -21,7 +21,7 @@ from restores import targets
 from restores.models import RestoreRun
 from tests import continuous_support
 from tests.browser.test_browser_accessibility import AXE, axe_check, report
-from tests.continuous_support import URL_VARIABLE, streams
+from tests.continuous_support import URL_VARIABLE, streams, system_names
 from tests.support import rq_workers, wait_for_finished_run
 
 pytest_plugins = ["tests.restore_fixtures"]
@@ -75,6 +75,7 @@ def test_an_operator_restores_production_to_a_time_ago_and_gets_exactly_the_rows
                                        "INSERT INTO orders (item) VALUES ('current')")
     server.execute(f"CREATE DATABASE {dbname}")
     server.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)", dbname=dbname)
+    system_names(monkeypatch, server, dbname)
     monkeypatch.setenv(TARGET_VARIABLE, scratch.url(dbname))
     production = targets.target_create(
         actor=None, name="shop-live", environment="production", database_ref=f"env:{TARGET_VARIABLE}",

@@ -29,7 +29,7 @@ from restores.models import RestoreRun, Target, VerificationRun
 from restores.pitr import RecoveryPoint, recovered
 from restores.verifications import VerificationError, verification_request
 from tests import continuous_support
-from tests.continuous_support import URL_VARIABLE, streams
+from tests.continuous_support import URL_VARIABLE, streams, system_names
 from tests.support import rq_workers, wait_for
 
 pytest_plugins = ["tests.restore_fixtures"]
@@ -194,13 +194,15 @@ TARGET_VARIABLE = "DRPANEL_SECRET_TEST_PITR_TARGET_URL"
 
 
 def point_target(scratch, monkeypatch, server, *, name: str, environment: str, system) -> tuple[Target, str]:
-    """A target whose database (on the panel's server) has the same name as one on the protected server; the
-    target holds a single row ``current`` in ``orders`` and the protected one gets an empty ``orders``."""
+    """A target whose database (on the panel's server) has the same name as the system's on the protected server
+    (the system's URL names it); the target holds a single row ``current`` in ``orders`` and the protected one
+    gets an empty ``orders``."""
     dbname = scratch.name(name.replace("-", "_"))
     scratch.create_named(dbname, setup="CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL); "
                                        "INSERT INTO orders (item) VALUES ('current')")
     server.execute(f"CREATE DATABASE {dbname}")
     server.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)", dbname=dbname)
+    system_names(monkeypatch, server, dbname)
     monkeypatch.setenv(TARGET_VARIABLE, scratch.url(dbname))
     target = targets.target_create(
         actor=None, name=name, environment=environment, database_ref=f"env:{TARGET_VARIABLE}", system=system,

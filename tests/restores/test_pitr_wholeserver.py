@@ -24,7 +24,7 @@ from restores import execution, requests, runstate, targets, wholeserver
 from restores.models import RestoreRun
 from restores.pitr import Recovered, RecoveryPoint, lsn_text
 from tests import continuous_support
-from tests.continuous_support import POSTGRES, URL_VARIABLE, as_postgres, free_port, streams
+from tests.continuous_support import POSTGRES, URL_VARIABLE, as_postgres, free_port, streams, system_names
 from tests.protected_servers import PgServer
 from tests.support import rq_workers, wait_for
 
@@ -334,6 +334,7 @@ def test_a_point_in_time_restore_onto_a_server_without_the_databases_roles_creat
         conn.execute("SET ROLE shop_owner")
         conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL)")
         conn.execute("GRANT SELECT ON orders TO shop_reader")
+    system_names(monkeypatch, server, "shop_roles")  # the database a restore of one database takes
     streams(server)
     take_base_backup(shop, operator)
     server.execute("INSERT INTO orders (item) VALUES ('before')", dbname="shop_roles")
