@@ -14,6 +14,7 @@ from django.db import connection
 from compliance.models import AuditEvent
 from drpanel import queues as panel_queues
 from drpanel import runtime
+from tests.worker_parent import forked_workers_enabled, worker_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLES = ("operator", "manager", "auditor", "admin", "outsider")
@@ -30,24 +31,33 @@ def worker_env(**extra) -> dict:
 
 
 @contextlib.contextmanager
-def rq_workers(queues=None, *, count: int = 1, log_dir: Path | None = None, env: dict | None = None):
+def rq_workers(queues=None, *, count: int = 1, log_dir: Path | None = None, env: dict | None = None,
+               fresh: bool = False):
     """Run ``count`` real ``manage.py rqworker`` processes for the duration of the block.
 
     The test must use ``transactional_db`` (workers are other processes: they only see
-    committed rows). Yields the ``Popen`` objects; the workers' output is in ``log_dir``.
+    committed rows). Yields the processes (``Popen`` or ``ForkedWorker``: pid, poll, wait, kill);
+    the workers' output is in ``log_dir``. By default each worker is forked from this test
+    process's worker parent (``tests.worker_parent``: Django already imported); ``fresh=True``
+    (or ``DRPANEL_TEST_FORKED_WORKERS=0``) starts a new interpreter, as production does.
     """
     queues = panel_queues.queue_names(queues)
     log_dir = log_dir or Path(settings.VAR_DIR) / "test-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    fresh = fresh or not forked_workers_enabled()
     procs = []
     try:
         for n in range(count):
-            log = open(log_dir / f"worker-{os.getpid()}-{n}.log", "wb")  # noqa: SIM115
-            procs.append(subprocess.Popen(
-                [sys.executable, str(ROOT / "manage.py"), "rqworker", *queues],
-                env=worker_env(**(env or {})), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            ))
-            log.close()
+            log_path = log_dir / f"worker-{os.getpid()}-{n}.log"
+            if fresh:
+                with open(log_path, "wb") as log:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, str(ROOT / "manage.py"), "rqworker", *queues],
+                        env=worker_env(**(env or {})), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                    ))
+            else:
+                parent = worker_parent(worker_env(), Path(settings.VAR_DIR) / "test-logs")
+                procs.append(parent.spawn(["rqworker", *queues], env=worker_env(**(env or {})), log_path=log_path))
         wait_for_workers(count)
         yield procs
     finally:

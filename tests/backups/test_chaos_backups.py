@@ -86,8 +86,8 @@ def test_a_worker_killed_mid_backup_fails_the_run_within_the_bound_and_leaves_no
     assert files_in(primary) == [], "a partial object was left in the primary location"
     assert AuditEvent.objects.filter(action="backup.failed", details__run=str(run.id)).exists()
 
-    # A re-run with a healthy worker succeeds.
-    with rq_workers(["backup"], count=1, log_dir=tmp_path / "logs", env=keys_env(test_keys)):
+    # A re-run with a healthy worker succeeds: a new interpreter, as systemd starts one after a crash.
+    with rq_workers(["backup"], count=1, log_dir=tmp_path / "logs", env=keys_env(test_keys), fresh=True):
         again = backup_request(actor=operator, system=system, kind="full")
         assert again.pk != run.pk
         wait_for(lambda: run_state(again) not in ("queued", "running"), 90, "the re-run")

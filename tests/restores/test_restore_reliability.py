@@ -83,7 +83,8 @@ def test_kill_9_mid_restore_leaves_the_target_untouched_fails_the_run_in_time_an
     SanityCheck.objects.filter(target=staging).update(
         name="slow check", query="SELECT count(*) FROM users, pg_sleep(60)", expectation=">= 1")
     monkeypatch.setenv("DRPANEL_SANITY_TIMEOUT_SECONDS", "120")
-    with rq_workers(["restore"], count=1) as [worker]:
+    # A fresh interpreter, as production starts its workers: this kill -9 runs at the production clock.
+    with rq_workers(["restore"], count=1, fresh=True) as [worker]:
         run = request(operator, artifact, staging)
         wait_for(lambda: any(s["name"] == "sanity checks" and s["state"] == "running"
                              for s in RestoreRun.objects.get(pk=run.pk).steps), 90, what="the sanity step")
