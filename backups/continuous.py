@@ -51,8 +51,9 @@ def continuous_check_request(*, actor, system: System, request=None) -> None:
         raise barman.BarmanError(f"{system.name} is not continuously protected")
     with transaction.atomic():
         audit_record(actor=actor, action=AuditAction.CONTINUOUS_CHECK_REQUESTED, obj=system, request=request)
+        # Barman's home is where the system's pool runs: its check runs there, never on any shared worker.
         queues.enqueue_on_commit("backups.jobs.continuous_check_job", system.pk, queue="default",
-                                 timeout=settings.BARMAN_TIMEOUT_SECONDS + 60)
+                                 timeout=settings.BARMAN_TIMEOUT_SECONDS + 60, pool=system.worker_pool)
 
 
 def continuous_check(system: System) -> ContinuousState:

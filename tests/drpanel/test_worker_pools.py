@@ -15,6 +15,7 @@ from guardian.shortcuts import assign_perm
 from rq import Queue, Worker
 
 from backups import systems
+from backups.continuous import continuous_check_request
 from backups.models import Artifact, BackupRun, System
 from backups.runs import backup_request, backup_run_execute
 from compliance.models import AuditEvent
@@ -127,6 +128,15 @@ def test_a_backup_and_a_verification_go_to_their_systems_pool(world, operator, r
     verification.refresh_from_db()
     assert jobs_on(redis_conn, "backup", "a") == [backup.job_id] and jobs_on(redis_conn, "backup") == []
     assert jobs_on(redis_conn, "verify", "a") == [verification.job_id] and jobs_on(redis_conn, "verify") == []
+
+
+def test_a_barman_check_goes_to_the_systems_pool_where_its_barman_home_is(world, operator, redis_conn,
+                                                                         django_capture_on_commit_callbacks):
+    System.objects.filter(pk=world["system"].pk).update(continuous_enabled=True)
+    world["system"].refresh_from_db()
+    with django_capture_on_commit_callbacks(execute=True):
+        continuous_check_request(actor=operator, system=world["system"])
+    assert len(jobs_on(redis_conn, "default", "a")) == 1 and jobs_on(redis_conn, "default") == []
 
 
 # --- changing a pool ---------------------------------------------------------------------------------
