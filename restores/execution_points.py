@@ -16,7 +16,8 @@
   1 MiB chunks, each with its SHA-256, all checked before anything is extracted; ``restore.shipped``).
 
 Both show the WAL replay while it runs: the step's fraction and detail, and ``results["replay"]``
-(the API's ``recovery_point.replay``), from ``pg_last_wal_replay_lsn()`` of the recovering server.
+(the API's ``recovery_point.replay``), from ``pg_last_wal_replay_lsn()`` of the recovering server (of the
+Barman host's copy when shipped: its sender says each position through the channel).
 """
 
 from __future__ import annotations
@@ -282,7 +283,8 @@ class PointInTimeSteps:
                 connection, key, into, work=Path(pitr.scratch_parent() or tempfile.gettempdir()),
                 on_progress=lambda done: self.steps.progress(RECOVER, detail=f"{done} bytes received from pool "
                                                                               f"{pools[0]}, each chunk checked"),
-                on_alive=lambda what: self.steps.progress(RECOVER, detail=f"pool {pools[0]}: {what}"))
+                on_alive=lambda what: self.steps.progress(RECOVER, detail=f"pool {pools[0]}: {what}"),
+                on_replay=self.replay_reporter())
 
         try:
             with wholeserver.shipped_privately(system, point, plan, received) as (ready, shipped):

@@ -84,6 +84,11 @@ def test_the_barman_hosts_pool_recovers_and_the_target_hosts_pool_starts_the_shi
     streams(server)
     take_base_backup(shop, operator)
     server.execute("INSERT INTO orders (item) VALUES ('before-1'), ('before-2')", dbname="shop")
+    # WAL for the Barman host's copy to replay (tens of MB), so its progress is seen here while it runs; dropped
+    # before the point, so the shipped directory does not grow by as much.
+    server.execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 120000) g",
+                   dbname="shop")
+    server.execute("DROP TABLE filler", dbname="shop")
     time.sleep(1.1)  # the point is a timestamp: the next commit falls in a later second
     moment = datetime.now(UTC).replace(microsecond=0)
     time.sleep(1.1)
@@ -108,6 +113,17 @@ def test_the_barman_hosts_pool_recovers_and_the_target_hosts_pool_starts_the_shi
     # The target's pool never had Barman's home; the run and the shipment say where each part ran.
     assert not list(elsewhere.iterdir())
     assert run.worker_host and run.results["recovery"]["replay_position"]
+    # The replay on the Barman host was followed from here while it ran, as a recovery in place is, and ended at
+    # the position the sender's summary names.
+    replay = run.results["replay"]
+    assert replay["in_recovery"] is False and replay["fraction"] == 1.0
+    assert replay["replayed"] == run.results["recovery"]["replay_position"]
+    assert any(s["in_recovery"] for s in replay["samples"]), replay["samples"]
+    fractions = [s["fraction"] for s in replay["samples"]]
+    assert fractions == sorted(fractions) and 0 <= fractions[0] < 1
+    recovered = next(step for step in run.steps if step["name"] == "recover to the point")
+    finished = datetime.fromisoformat(recovered["finished_at"])
+    assert all(datetime.fromisoformat(s["at"]) < finished for s in replay["samples"])
     shipped = run.results["recovery"]["shipped"]
     assert shipped["from_pool"] == SYSTEM_POOL and shipped["to_pool"] == TARGET_POOL
     assert shipped["chunks"] == -(-shipped["bytes"] // shipping.CHUNK_BYTES) > 1
