@@ -204,7 +204,7 @@ class PointInTimeSteps:
                           detail=f"{plan.data} is {'absent' if plan.create else 'empty'}, port {plan.port} is free, "
                                  f"the server will run as {plan.user.pw_name}")
         backup = base_backup_for(system, point)
-        pools = ship_pools(system, target)
+        pools = self.run.ship_pools
         dbname = pg.database_name(self.url)
         try:
             with self.recovered_on_host(system, point, backup, plan, pools) as (ready, shipped):
@@ -316,14 +316,6 @@ class PointInTimeSteps:
                 f"{failed[0].name}: {failed[0].error})")
         self.steps.finish(name, detail=f"{len(results)} sanity checks passed on the recovered server, before it "
                                        "was reachable")
-
-
-def ship_pools(system, target) -> tuple[str, str] | None:
-    """``(the system's pool, the target's pool)`` when they differ: the recovered directory is shipped between
-    them. None: one host (or no pools) recovers in place."""
-    if system.worker_pool and target.worker_pool and system.worker_pool != target.worker_pool:
-        return system.worker_pool, target.worker_pool
-    return None
 
 
 class ServerRefused(RunFailure):

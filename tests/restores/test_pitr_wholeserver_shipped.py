@@ -161,6 +161,32 @@ def test_a_shipment_that_never_comes_is_refused_the_directory_removed_and_audite
     assert AuditEvent.objects.filter(action="restore.server_started").count() == 0
 
 
+def test_the_run_names_the_barman_hosts_pool_it_recovers_on_and_the_pool_it_is_shipped_to(
+        shop, server, operator, data_root, monkeypatch, clients):
+    target, _, _ = shipped_target(monkeypatch, shop, operator, data_root)
+    test_pitr_wholeserver.base_row(shop, ended=datetime.now(UTC))
+
+    run = requests.restore_request_point(actor=operator, system=shop, point=RecoveryPoint.latest(), target=target,
+                                         mode="whole-server", confirm=target.name)
+
+    source = f"Barman's home on pool {SYSTEM_POOL}, shipped to pool {TARGET_POOL}"
+    assert run.ship_pools == (SYSTEM_POOL, TARGET_POOL) and run.recovery_source == source
+    assert next(e for e in events(run) if e.action == "restore.requested").details["source"] == source
+    shown = clients["operator"].get(f"/api/v1/restores/{run.pk}").json()
+    assert shown["recovery_point"]["source"] == {"kind": "barman", "location": None, "label": source}
+    page = clients["operator"].get(f"/restores/runs/{run.pk}/").content.decode()
+    assert f'data-testid="recovery-source">{source}<' in page.replace("&#x27;", "'")
+    # A target on the Barman host's own pool recovers in place, and one with no pool in the system's pool.
+    Target.objects.filter(pk=target.pk).update(worker_pool=SYSTEM_POOL)
+    in_place = RestoreRun.objects.get(pk=run.pk)
+    assert in_place.ship_pools is None and in_place.recovery_source == f"Barman's home on pool {SYSTEM_POOL}"
+    Target.objects.filter(pk=target.pk).update(worker_pool="")
+    assert RestoreRun.objects.get(pk=run.pk).recovery_source == f"Barman's home on pool {SYSTEM_POOL}"
+    type(shop).objects.filter(pk=shop.pk).update(worker_pool="")
+    anywhere = RestoreRun.objects.get(pk=run.pk)
+    assert anywhere.ship_pools is None and anywhere.recovery_source == "Barman's home on the worker's host"
+
+
 @pytest.fixture
 def two_hosts(redis_conn, server):
     """The Barman host and the target host, each a network namespace of its own
