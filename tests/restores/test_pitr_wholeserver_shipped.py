@@ -82,7 +82,7 @@ def test_the_barman_hosts_pool_recovers_and_the_target_hosts_pool_starts_the_shi
     empty_orders(server)
     target, data_dir, port = shipped_target(monkeypatch, shop, operator, data_root)
     streams(server)
-    take_base_backup(shop, operator)
+    base = take_base_backup(shop, operator)
     server.execute("INSERT INTO orders (item) VALUES ('before-1'), ('before-2')", dbname="shop")
     # WAL for the Barman host's copy to replay (tens of MB), so its progress is seen here while it runs; dropped
     # before the point, so the shipped directory does not grow by as much.
@@ -117,6 +117,8 @@ def test_the_barman_hosts_pool_recovers_and_the_target_hosts_pool_starts_the_shi
     # the position the sender's summary names.
     replay = run.results["replay"]
     assert replay["in_recovery"] is False and replay["fraction"] == 1.0
+    # Measured from where the base backup's WAL begins (its backup_label, read before the server consumes it).
+    assert replay["start"] == base.manifest["base_backup_information"]["begin_lsn"] != "0/0"
     assert replay["replayed"] == run.results["recovery"]["replay_position"]
     assert any(s["in_recovery"] for s in replay["samples"]), replay["samples"]
     fractions = [s["fraction"] for s in replay["samples"]]
