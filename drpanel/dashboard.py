@@ -12,7 +12,7 @@ imports it. ``drpanel.charts`` draws its charts.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection
@@ -100,85 +100,98 @@ def on_call() -> dict:
 # --- charts -----------------------------------------------------------------------------------
 
 CHART_SLOTS = 240  # the health chart over 30 days: 3-hour slots
-SIZE_SLOTS = 120  # the size charts: 6-hour slots, so thousands of WAL-like incrementals stay a readable page
+HEALTH_SLOT = timedelta(hours=3)  # as compliance_healthslot (compliance/migrations/0011_health_slots.py)
+SIZE_SLOT = timedelta(hours=6)  # as backups_artifactslot (backups/migrations/0008_artifact_slots.py): thousands
+# of WAL-like incrementals stay a readable page
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # slots start at midnight UTC and every slot width after it
 
 
-def _slot_of(at: datetime, since: datetime, now: datetime, slots: int = CHART_SLOTS) -> int:
-    span = (now - since).total_seconds() or 1
-    return min(slots - 1, max(0, int((at - since).total_seconds() / span * slots)))
+def slot_start(at: datetime, width: timedelta) -> datetime:
+    """The start of the slot ``at`` falls in: fixed slots (not counted from the window's start), so the database
+    keeps them up to date as rows are written and a page reads one row per slot."""
+    return EPOCH + width * ((at - EPOCH) // width)
+
+
+def _window(since: datetime, now: datetime, width: timedelta) -> dict:
+    """Query parameters of a chart's window: its whole slots are read from the kept slots (``full_from`` to
+    ``full_to``), its partial first and last slots from the rows themselves (``since`` to ``full_from``,
+    ``full_to`` to ``now``)."""
+    full_from = slot_start(since, width)
+    if full_from < since:
+        full_from += width
+    full_to = max(slot_start(now, width), full_from)
+    end = now + timedelta(microseconds=1)
+    return {"since": since, "now": now, "full_from": full_from, "full_to": full_to, "width": width, "epoch": EPOCH,
+            "head_end": min(full_from, end), "end": end}
 
 
 def downsample_scores(points: list[tuple], since: datetime, now: datetime) -> list[tuple]:
-    """At most two points per slot when there are too many to draw: the slot's lowest score at its
-    start (a dip is never smoothed away) and, when different, its last score at its end."""
+    """At most two points per slot when there are too many to draw: the slot's lowest score at its start
+    (a dip is never smoothed away) and, when different, its last score at its end. From every row: what
+    ``health_series`` draws from the slots the database keeps."""
     if len(points) <= CHART_SLOTS:
         return points
-    slots: dict[int, list[int]] = {}
+    slots: dict[datetime, list[int]] = {}
     for at, score in points:
-        slots.setdefault(_slot_of(at, since, now), []).append(score)
-    return slot_points([(index, min(scores), scores[-1]) for index, scores in sorted(slots.items())], since, now)
+        slots.setdefault(slot_start(at, HEALTH_SLOT), []).append(score)
+    return slot_points([(start, min(scores), scores[-1]) for start, scores in sorted(slots.items())], since, now)
 
 
-def slot_points(slots: list[tuple[int, int, int]], since: datetime, now: datetime) -> list[tuple]:
-    """The points drawn for ``(slot index, lowest score, last score)`` in slot order: the lowest at the slot's
-    start and the last at its end, each only where the score changes."""
-    slot = (now - since) / CHART_SLOTS
+def slot_points(slots: list[tuple[datetime, int, int]], since: datetime, now: datetime) -> list[tuple]:
+    """The points drawn for ``(slot start, lowest score, last score)`` in slot order: the lowest at the slot's
+    start and the last at its end (within the window), each only where the score changes."""
     result: list[tuple] = []
-    for index, lowest, last in slots:
-        for at, score in ((since + slot * index, lowest), (since + slot * (index + 1), last)):
+    for start, lowest, last in slots:
+        for at, score in ((max(start, since), lowest), (min(start + HEALTH_SLOT, now), last)):
             if not result or result[-1][1] != score:
-                result.append((min(at, now), score))
+                result.append((at, score))
     return result
 
 
-# Per system, the recorded scores of the window by slot (its index, count, lowest, last; the time of the first one
-# for the first slot only: indexes and times are converted per slot, not per row), and the score in force before
-# it (slot -1, one index probe per system however long the history): the index on (system, at) that includes the
-# score answers both without reading the snapshots' rows.
+# Per system, the recorded scores of the window by slot (its start, count, lowest, last, the time of the first):
+# whole slots from compliance_healthslot, which triggers keep as snapshots are written; the partial first and
+# last slots of the window from the snapshots (the index on (system, at) that includes the score answers them
+# without reading the table); and the score in force before the window (slot NULL, one index probe per system).
 HEALTH_SLOTS_SQL = """
-    SELECT system_id, round(extract(epoch FROM start - %(since)s) / %(slot_seconds)s)::int, count, lowest, last,
-           CASE WHEN start = min(start) OVER (PARTITION BY system_id) THEN first END
-    FROM (SELECT system_id, LEAST(date_bin(%(slot)s, at, %(since)s), %(last)s) AS start, count(*),
-                 min(score) AS lowest, (array_agg(score ORDER BY at DESC, id DESC))[1] AS last, min(at) AS first
-          FROM compliance_healthsnapshot WHERE system_id = ANY(%(systems)s) AND at >= %(since)s AND at <= %(now)s
-          GROUP BY 1, 2) AS slots
+    SELECT system_id, slot, count, lowest, last, first_at FROM compliance_healthslot
+    WHERE slot >= %(full_from)s AND slot < %(full_to)s AND system_id = ANY(%(systems)s)
     UNION ALL
-    SELECT s.id, -1, 1, b.score, b.score, b.at FROM unnest(%(systems)s::bigint[]) AS s(id)
+    SELECT s.id, p.* FROM unnest(%(systems)s::bigint[]) AS s(id)
+    CROSS JOIN (VALUES (%(since)s::timestamptz, %(head_end)s::timestamptz), (%(full_to)s, %(end)s)) AS r(low, high)
+    CROSS JOIN LATERAL (SELECT date_bin(%(width)s, at, %(epoch)s) AS slot, count(*), min(score) AS lowest,
+                               (array_agg(score ORDER BY at DESC, id DESC))[1] AS last, min(at) AS first_at
+                        FROM compliance_healthsnapshot WHERE system_id = s.id AND at >= r.low AND at < r.high
+                        GROUP BY 1) AS p
+    UNION ALL
+    SELECT s.id, NULL, 1, b.score, b.score, b.at FROM unnest(%(systems)s::bigint[]) AS s(id)
     CROSS JOIN LATERAL (SELECT at, score FROM compliance_healthsnapshot
                         WHERE system_id = s.id AND at < %(since)s ORDER BY at DESC, id DESC LIMIT 1) AS b
 """
 
 
-def _slot_params(since: datetime, now: datetime, slots: int) -> dict:
-    """Query parameters of ``slots`` equal slots from ``since`` to ``now`` (``date_bin``); a row at ``now`` itself
-    counts in the last one, as ``_slot_of`` clamps it."""
-    slot = (now - since) / slots
-    return {"since": since, "now": now, "slot": slot, "last": since + slot * (slots - 1)}
-
-
 def health_series(systems: list[System], since: datetime, now: datetime) -> list[dict]:
     """Recorded scores per system since ``since`` (and the one in force then), changes only.
 
-    Grouped in the chart's slots by the database (one query for every system); a system with no more
-    recorded scores than the chart has slots has its scores read one by one (a second query), so a
-    quiet history keeps the exact time of each change.
+    By 3-hour slot (one query for every system, reading the slots the database keeps); a system with no more
+    recorded scores than the chart has slots has its scores read one by one (a second query), so a quiet
+    history keeps the exact time of each change.
     """
-    params = _slot_params(since, now, CHART_SLOTS) | {"systems": [s.pk for s in systems],
-                                                       "slot_seconds": (now - since).total_seconds() / CHART_SLOTS}
+    params = _window(since, now, HEALTH_SLOT) | {"systems": [s.pk for s in systems]}
     slots: dict[int, list] = {s.pk: [] for s in systems}
     before: dict[int, tuple] = {}
     with connection.cursor() as cursor:
         cursor.execute(HEALTH_SLOTS_SQL, params)
-        for system_id, index, count, lowest, last, first in cursor.fetchall():
-            if index < 0:
+        for system_id, start, count, lowest, last, first in cursor.fetchall():
+            if start is None:
                 before[system_id] = (first, last)
             else:
-                slots[system_id].append((index, count, lowest, last, first))
+                slots[system_id].append((start, count, lowest, last, first))
     exact = [pk for pk, rows in slots.items() if sum(r[1] for r in rows) + (pk in before) <= CHART_SLOTS]
     rows_of: dict[int, list] = {pk: [] for pk in exact}
     for system_id, at, score in (HealthSnapshot.objects.filter(system_id__in=exact, at__gte=since, at__lte=now)
                                  .order_by("system_id", "at", "pk").values_list("system_id", "at", "score")):
         rows_of[system_id].append((at, score))
+    first_slot = slot_start(since, HEALTH_SLOT)
     series = []
     for n, system in enumerate(systems):
         first = before.get(system.pk)
@@ -190,35 +203,42 @@ def health_series(systems: list[System], since: datetime, now: datetime) -> list
                     points.append((max(at, since), score))
         else:
             if first:  # the score in force at ``since`` belongs to the first slot
-                head = window[0] if window and window[0][0] == 0 else None
-                window = [(0, 1, min(first[1], head[2]) if head else first[1], head[3] if head else first[1],
+                head = window[0] if window and window[0][0] == first_slot else None
+                window = [(first_slot, 1, min(first[1], head[2]) if head else first[1], head[3] if head else first[1],
                            since), *window[1 if head else 0:]]
-            points = slot_points([(index, lowest, last) for index, _, lowest, last, _ in window], since, now)
+            points = slot_points([(start, lowest, last) for start, _, lowest, last, _ in window], since, now)
         first_recorded = first[0] if first else (window[0][4] if window else None)
         series.append({"name": system.name, "color": PALETTE[n % len(PALETTE)], "points": points,
                        "url": reverse("drpanel:health-detail", args=[system.pk]), "first_recorded": first_recorded})
     return series
 
 
-# Per kind, system and slot of the size charts: the largest finished artifact (the earliest of equals) and how many
-# the slot holds; the (system, kind, created_at) index that includes the size, the status and the id gives every
-# row presorted without reading the table. Then, when the systems are merged, the largest of those per kind and slot.
+# Per kind, system and 6-hour slot of the size charts: the largest finished artifact (the earliest of equals) and
+# how many the slot holds. Whole slots from backups_artifactslot, which triggers keep as artifacts are written;
+# the partial first and last slots of the window from the artifacts (the (system, kind, created_at) index that
+# includes the size, the status and the id answers them without reading the table). Then, when the systems are
+# merged, the largest of those per kind and slot.
 SIZE_SLOTS_SQL = """
     WITH per_system AS (
+        SELECT slot, system_id, kind, count AS n, artifact_id AS id, size, created_at, status
+        FROM backups_artifactslot WHERE slot >= %(full_from)s AND slot < %(full_to)s
+        UNION ALL
         SELECT * FROM (
-            SELECT id, system_id, kind, created_at, size, status,
-                   LEAST(date_bin(%(slot)s, created_at, %(since)s), %(last)s) AS slot,
-                   row_number() OVER slot AS r, count(*) OVER slot AS n
-            FROM backups_artifact
-            WHERE created_at >= %(since)s AND created_at <= %(now)s AND size IS NOT NULL
-                  AND status <> ALL(%(unfinished)s)
-            WINDOW slot AS (PARTITION BY system_id, kind, LEAST(date_bin(%(slot)s, created_at, %(since)s), %(last)s)
-                            ORDER BY size DESC, created_at ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-        ) AS t WHERE r = 1
+            SELECT DISTINCT ON (slot, system_id, kind) slot, system_id, kind, count(*) OVER edge, id, size,
+                   created_at, status
+            FROM (SELECT date_bin(%(width)s, a.created_at, %(epoch)s) AS slot, a.*
+                  FROM backups_system s CROSS JOIN unnest(%(kinds)s::text[]) AS k(kind)
+                  CROSS JOIN (VALUES (%(since)s::timestamptz, %(head_end)s::timestamptz), (%(full_to)s, %(end)s))
+                      AS r(low, high)
+                  JOIN backups_artifact a ON a.system_id = s.id AND a.kind = k.kind AND a.created_at >= r.low
+                                         AND a.created_at < r.high
+                  WHERE a.size IS NOT NULL AND a.status <> ALL(%(unfinished)s)) AS e
+            WINDOW edge AS (PARTITION BY slot, system_id, kind)
+            ORDER BY slot, system_id, kind, size DESC, created_at, id) AS edges
     ), chosen AS (
         SELECT *, row_number() OVER bar AS b, sum(n) OVER bar AS total FROM per_system
         WINDOW bar AS (PARTITION BY kind, slot, CASE WHEN %(merged)s THEN 0 ELSE system_id END
-                       ORDER BY size DESC, created_at ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+                       ORDER BY size DESC, created_at, id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
     )
     SELECT c.id, c.system_id, s.name, c.kind, c.created_at, c.size, c.status, c.total
     FROM chosen c JOIN backups_system s ON s.id = c.system_id WHERE c.b = 1 ORDER BY c.created_at, c.id
@@ -228,15 +248,16 @@ SIZE_SLOTS_SQL = """
 def size_bars(since: datetime, now: datetime, colors: dict[int, str]) -> dict[str, list[dict]]:
     """Per kind, the finished artifacts since ``since``: when, how big, a link to each.
 
-    With more than one artifact of a system in a slot of the chart (WAL-like incrementals
+    With more than one artifact of a system in a 6-hour slot of the chart (WAL-like incrementals
     every few minutes), the slot shows the largest of them, linked, and says how many it stands for.
     With more systems than the palette has colours (``colors``: one per system), their bars could no
     longer be told apart: a slot then shows the largest artifact of every system, so the charts stay
-    a few hundred bars whatever the number of systems. The database picks them (one query).
+    a few hundred bars whatever the number of systems. The database picks them (one query, from the slots it keeps).
     """
     merged = len(colors) > len(PALETTE)
-    params = _slot_params(since, now, SIZE_SLOTS) | {
-        "unfinished": [Artifact.Status.WRITING, Artifact.Status.FAILED], "merged": merged}
+    params = _window(since, now, SIZE_SLOT) | {
+        "unfinished": [Artifact.Status.WRITING, Artifact.Status.FAILED], "merged": merged,
+        "kinds": list(Artifact.Kind.values)}
     with connection.cursor() as cursor:
         cursor.execute(SIZE_SLOTS_SQL, params)
         rows = cursor.fetchall()
