@@ -117,8 +117,10 @@ def fill(systems: int, days: int, old_days: int) -> int:
             if checks is None:  # the same checks for every snapshot: the chart reads only the scores
                 checks = json.dumps([c.as_dict() for c in health_evaluate(system, now).checks])
             cursor.execute(SNAPSHOTS_SQL, {"system": system.pk, "now": now, "checks": checks, "count": days * 96})
-        # As autovacuum does after such a load: statistics, and the visibility map that index-only scans need.
-        cursor.execute("VACUUM ANALYZE backups_artifact, backups_artifactcopy, compliance_healthsnapshot")
+        # As autovacuum does after such a load: statistics, and the visibility map that index-only scans need
+        # (the chart slots too, which the triggers filled as the rows went in).
+        cursor.execute("VACUUM ANALYZE backups_artifact, backups_artifactcopy, compliance_healthsnapshot, "
+                       "backups_artifactslot, compliance_healthslot")
     return Artifact.objects.count()
 
 

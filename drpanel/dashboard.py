@@ -22,7 +22,7 @@ from backups.models import Artifact, BackupRun, System
 from compliance.approval_kinds import approvals_waiting_for
 from compliance.certifications import last_certification_status
 from compliance.checklists import period_as_dict, period_bounds
-from compliance.health import Health
+from compliance.health import HEALTHY, Health
 from compliance.health_many import health_facts, health_many, rpo_many
 from compliance.measurements import (
     Rpo,
@@ -41,6 +41,10 @@ from drpanel.permissions import Cap, has_cap
 from drpanel.templatetags.panel_time import formatter
 
 HISTORY_DAYS = 30
+# Up to this many systems the page shows every system's check table; with more, only those of the systems that are
+# not healthy, and one line for each healthy one (its checks, with their evidence, are on its health page): a
+# hundred check tables were a third of the page's time and most of its length.
+CHECK_TABLES_UP_TO = 6
 ESCALATION = (Contact.Level.L1, Contact.Level.L2, Contact.Level.L3, Contact.Level.EMERGENCY)
 
 
@@ -290,11 +294,15 @@ def dashboard_context(user) -> dict:
     drills = drill_rtos(since)
     rto = last_rto()
     alert_count, alerts = open_alerts()
+    fold = len(healths) > CHECK_TABLES_UP_TO
     return {
         "now": now,
         "since": since,
         "history_days": HISTORY_DAYS,
         "healths": healths,
+        "check_tables": [h for h in healths if h.status != HEALTHY] if fold else healths,
+        "folded": [h for h in healths if h.status == HEALTHY] if fold else [],
+        "check_tables_up_to": CHECK_TABLES_UP_TO,
         "worst": healths[0] if healths else None,
         "rpos": rpos,
         "rpo": worst_rpo(rpos),
