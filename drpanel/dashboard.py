@@ -13,6 +13,7 @@ imports it. ``drpanel.charts`` draws its charts.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from django.conf import settings
 from django.db import connection
@@ -107,6 +108,7 @@ CHART_SLOTS = 240  # the health chart over 30 days: 3-hour slots
 HEALTH_SLOT = timedelta(hours=3)  # as compliance_healthslot (compliance/migrations/0011_health_slots.py)
 SIZE_SLOT = timedelta(hours=6)  # as backups_artifactslot (backups/migrations/0008_artifact_slots.py): thousands
 # of WAL-like incrementals stay a readable page
+WIDE_GROUP = 4  # with more systems than colours, the health chart's slots are four of these: 12 hours
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # slots start at midnight UTC and every slot width after it
 
 
@@ -129,43 +131,67 @@ def _window(since: datetime, now: datetime, width: timedelta) -> dict:
             "head_end": min(full_from, end), "end": end}
 
 
-def downsample_scores(points: list[tuple], since: datetime, now: datetime) -> list[tuple]:
-    """At most two points per slot when there are too many to draw: the slot's lowest score at its start
-    (a dip is never smoothed away) and, when different, its last score at its end. From every row: what
+def _slot_number(at: datetime, width: timedelta = HEALTH_SLOT) -> int:
+    """Which slot ``at`` falls in, counted from ``EPOCH``."""
+    return (at - EPOCH) // width
+
+
+def downsample_scores(points: list[tuple], since: datetime, now: datetime, width: timedelta = HEALTH_SLOT
+                      ) -> list[tuple]:
+    """At most two points per slot of ``width`` when there are too many to draw: the slot's lowest score at its
+    start (a dip is never smoothed away) and, when different, its last score at its end. From every row: what
     ``health_series`` draws from the slots the database keeps."""
     if len(points) <= CHART_SLOTS:
         return points
-    slots: dict[datetime, list[int]] = {}
+    slots: dict[int, list[int]] = {}
     for at, score in points:
-        slots.setdefault(slot_start(at, HEALTH_SLOT), []).append(score)
-    return slot_points([(start, min(scores), scores[-1]) for start, scores in sorted(slots.items())], since, now)
+        slots.setdefault(_slot_number(at, width), []).append(score)
+    return slot_points([(number, min(scores), scores[-1]) for number, scores in sorted(slots.items())], since, now,
+                       width)
 
 
-def slot_points(slots: list[tuple[datetime, int, int]], since: datetime, now: datetime) -> list[tuple]:
-    """The points drawn for ``(slot start, lowest score, last score)`` in slot order: the lowest at the slot's
+def slot_points(slots: list[tuple[int, int, int]], since: datetime, now: datetime, width: timedelta = HEALTH_SLOT
+                ) -> list[tuple]:
+    """The points drawn for ``(slot number, lowest score, last score)`` in slot order: the lowest at the slot's
     start and the last at its end (within the window), each only where the score changes."""
     result: list[tuple] = []
-    for start, lowest, last in slots:
-        for at, score in ((max(start, since), lowest), (min(start + HEALTH_SLOT, now), last)):
-            if not result or result[-1][1] != score:
-                result.append((at, score))
+    for number, lowest, last in slots:
+        if not result or result[-1][1] != lowest:
+            result.append((max(_slot_edge(number, width), since), lowest))
+        if result[-1][1] != last:
+            result.append((min(_slot_edge(number + 1, width), now), last))
     return result
 
 
-# Per system, the recorded scores of the window by slot (its start, count, lowest, last, the time of the first):
-# whole slots from compliance_healthslot, which triggers keep as snapshots are written; the partial first and
-# last slots of the window from the snapshots (the index on (system, at) that includes the score answers them
-# without reading the table); and the score in force before the window (slot NULL, one index probe per system).
+@lru_cache(maxsize=4096)
+def _slot_edge(number: int, width: timedelta) -> datetime:
+    """Where slot ``number`` of ``width`` starts: a hundred systems' lines share the same few hundred slots."""
+    return EPOCH + width * number
+
+
+# Per system, the recorded scores of the window by slot (its number from EPOCH, count, lowest, last; the time of
+# the first one for the system's first slot only: numbers rather than times, so thousands of rows are not converted
+# to times one by one): whole slots from compliance_healthslot, which triggers keep as snapshots are written; the
+# partial first and last slots of the window from the snapshots (the index on (system, at) that includes the score
+# answers them without reading the table); and the score in force before the window (slot NULL, one index probe
+# per system).
 HEALTH_SLOTS_SQL = """
-    SELECT system_id, slot, count, lowest, last, first_at FROM compliance_healthslot
-    WHERE slot >= %(full_from)s AND slot < %(full_to)s AND system_id = ANY(%(systems)s)
-    UNION ALL
-    SELECT s.id, p.* FROM unnest(%(systems)s::bigint[]) AS s(id)
-    CROSS JOIN (VALUES (%(since)s::timestamptz, %(head_end)s::timestamptz), (%(full_to)s, %(end)s)) AS r(low, high)
-    CROSS JOIN LATERAL (SELECT date_bin(%(width)s, at, %(epoch)s) AS slot, count(*), min(score) AS lowest,
-                               (array_agg(score ORDER BY at DESC, id DESC))[1] AS last, min(at) AS first_at
-                        FROM compliance_healthsnapshot WHERE system_id = s.id AND at >= r.low AND at < r.high
-                        GROUP BY 1) AS p
+    SELECT system_id, number, count, lowest, last,
+           CASE WHEN number = min(number) OVER (PARTITION BY system_id) THEN first_at END
+    FROM (SELECT system_id, floor(number / %(group)s)::bigint AS number, sum(count)::bigint AS count,
+                 min(lowest) AS lowest, (array_agg(last ORDER BY number DESC))[1] AS last, min(first_at) AS first_at
+    FROM (SELECT system_id, (extract(epoch FROM slot) / %(width_seconds)s)::bigint AS number, count, lowest, last,
+                 first_at
+          FROM compliance_healthslot
+          WHERE slot >= %(full_from)s AND slot < %(full_to)s AND system_id = ANY(%(systems)s)
+          UNION ALL
+          SELECT s.id, p.* FROM unnest(%(systems)s::bigint[]) AS s(id)
+          CROSS JOIN (VALUES (%(since)s::timestamptz, %(head_end)s::timestamptz), (%(full_to)s, %(end)s))
+              AS r(low, high)
+          CROSS JOIN LATERAL (SELECT floor(extract(epoch FROM at) / %(width_seconds)s)::bigint, count(*),
+                                     min(score), (array_agg(score ORDER BY at DESC, id DESC))[1], min(at)
+                              FROM compliance_healthsnapshot WHERE system_id = s.id AND at >= r.low AND at < r.high
+                              GROUP BY 1) AS p) AS kept GROUP BY 1, 2) AS slots
     UNION ALL
     SELECT s.id, NULL, 1, b.score, b.score, b.at FROM unnest(%(systems)s::bigint[]) AS s(id)
     CROSS JOIN LATERAL (SELECT at, score FROM compliance_healthsnapshot
@@ -176,26 +202,30 @@ HEALTH_SLOTS_SQL = """
 def health_series(systems: list[System], since: datetime, now: datetime) -> list[dict]:
     """Recorded scores per system since ``since`` (and the one in force then), changes only.
 
-    By 3-hour slot (one query for every system, reading the slots the database keeps); a system with no more
-    recorded scores than the chart has slots has its scores read one by one (a second query), so a quiet
-    history keeps the exact time of each change.
+    By 3-hour slot (one query for every system, reading the slots the database keeps), by 12-hour slot with more
+    systems than the chart has colours (their lines can no longer be told apart: a quarter of the points, each
+    slot's dip still drawn); a system with no more recorded scores than the chart has slots has its scores read
+    one by one (a second query), so a quiet history keeps the exact time of each change.
     """
-    params = _window(since, now, HEALTH_SLOT) | {"systems": [s.pk for s in systems]}
+    group = 1 if len(systems) <= len(PALETTE) else WIDE_GROUP
+    width = HEALTH_SLOT * group
+    params = _window(since, now, HEALTH_SLOT) | {"systems": [s.pk for s in systems], "group": group,
+                                                 "width_seconds": HEALTH_SLOT.total_seconds()}
     slots: dict[int, list] = {s.pk: [] for s in systems}
     before: dict[int, tuple] = {}
     with connection.cursor() as cursor:
         cursor.execute(HEALTH_SLOTS_SQL, params)
-        for system_id, start, count, lowest, last, first in cursor.fetchall():
-            if start is None:
+        for system_id, number, count, lowest, last, first in cursor.fetchall():
+            if number is None:
                 before[system_id] = (first, last)
             else:
-                slots[system_id].append((start, count, lowest, last, first))
+                slots[system_id].append((number, count, lowest, last, first))
     exact = [pk for pk, rows in slots.items() if sum(r[1] for r in rows) + (pk in before) <= CHART_SLOTS]
     rows_of: dict[int, list] = {pk: [] for pk in exact}
     for system_id, at, score in (HealthSnapshot.objects.filter(system_id__in=exact, at__gte=since, at__lte=now)
                                  .order_by("system_id", "at", "pk").values_list("system_id", "at", "score")):
         rows_of[system_id].append((at, score))
-    first_slot = slot_start(since, HEALTH_SLOT)
+    first_slot = _slot_number(since, width)
     series = []
     for n, system in enumerate(systems):
         first = before.get(system.pk)
@@ -210,7 +240,7 @@ def health_series(systems: list[System], since: datetime, now: datetime) -> list
                 head = window[0] if window and window[0][0] == first_slot else None
                 window = [(first_slot, 1, min(first[1], head[2]) if head else first[1], head[3] if head else first[1],
                            since), *window[1 if head else 0:]]
-            points = slot_points([(start, lowest, last) for start, _, lowest, last, _ in window], since, now)
+            points = slot_points([(number, lowest, last) for number, _, lowest, last, _ in window], since, now, width)
         first_recorded = first[0] if first else (window[0][4] if window else None)
         series.append({"name": system.name, "color": PALETTE[n % len(PALETTE)], "points": points,
                        "url": reverse("drpanel:health-detail", args=[system.pk]), "first_recorded": first_recorded})

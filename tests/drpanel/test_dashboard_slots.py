@@ -15,6 +15,7 @@ from drpanel.dashboard import (
     CHART_SLOTS,
     HEALTH_SLOT,
     SIZE_SLOT,
+    WIDE_GROUP,
     downsample_scores,
     health_series,
     size_bars,
@@ -161,19 +162,24 @@ def test_the_size_charts_from_the_kept_slots_are_the_charts_from_every_row(catal
         assert bars_drawn(since, until, colors) == expected, (since, until)
 
 
-def test_the_health_chart_from_the_kept_slots_is_the_chart_from_every_row(catalog):
+@pytest.mark.parametrize("systems_drawn", [3, len(PALETTE) + 1])
+def test_the_health_chart_from_the_kept_slots_is_the_chart_from_every_row(catalog, systems_drawn):
     systems = varied(catalog)
+    quiet = [System.objects.create(name=f"quiet-{n}", database_ref="env:DRPANEL_SECRET_TEST_SOURCE_URL")
+             for n in range(systems_drawn - len(systems))]
+    width = HEALTH_SLOT * (WIDE_GROUP if systems_drawn > len(PALETTE) else 1)  # many lines: fewer points each
     now = clock.now()
     for since, until in ((now - timedelta(days=30), now), (now - timedelta(days=3, minutes=41), now - timedelta(
             hours=2, minutes=19)), (slot_start(now - timedelta(days=2), HEALTH_SLOT), slot_start(now, HEALTH_SLOT))):
-        drawn = health_series(systems, since, until)
-        for system, series in zip(systems, drawn, strict=True):
+        drawn = health_series(systems + quiet, since, until)
+        assert [(s["points"], s["first_recorded"]) for s in drawn[len(systems):]] == [([], None)] * len(quiet)
+        for system, series in zip(systems, drawn, strict=False):
             snapshots = system.health_snapshots.order_by("at", "pk")
             before = snapshots.filter(at__lt=since).last()
             points = ([(since, before.score)] if before else []) + list(
                 snapshots.filter(at__gte=since, at__lte=until).values_list("at", "score"))
             assert len(points) > CHART_SLOTS, "dense: drawn by slot"
-            assert series["points"] == downsample_scores(points, since, until), (system.name, since, until)
+            assert series["points"] == downsample_scores(points, since, until, width), (system.name, since, until)
             assert series["first_recorded"] == (before.at if before else points[0][0])
 
 
