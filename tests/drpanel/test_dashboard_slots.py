@@ -216,3 +216,36 @@ def test_a_new_score_and_a_deleted_one_reach_the_health_chart(catalog):
     assert (slot_start(dip_at, HEALTH_SLOT), 3) in health_series([system], since, now)[0]["points"]
     dip.delete()
     assert 3 not in [score for _, score in health_series([system], since, now)[0]["points"]]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_writers_in_one_slot_at_once_both_reach_it():
+    import threading
+    import uuid
+
+    import psycopg
+
+    system = System.objects.create(name="busy", database_ref="env:DRPANEL_SECRET_TEST_SOURCE_URL")
+    settings = connection.settings_dict
+    url = f"postgresql://{settings['USER']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+    insert = ("INSERT INTO backups_artifact (id, system_id, kind, format, encryption, status, source, created_at, "
+              "size, sha256, plaintext_sha256, key_id, storage_key, manifest, last_verified_level, quarantine_reason) "
+              "VALUES (%s, %s, 'config', 'config_tar', '', 'available', 'panel', %s, %s, '', '', '', 'k', '{}', '', "
+              "'')")
+    at = slot_start(clock.now(), SIZE_SLOT) - SIZE_SLOT + timedelta(minutes=30)
+    with psycopg.connect(url, password=settings["PASSWORD"] or None) as first, psycopg.connect(
+            url, password=settings["PASSWORD"] or None) as second:
+        first.execute(insert, (uuid.uuid4(), system.pk, at, 100))
+
+        def write_second():
+            second.execute(insert, (uuid.uuid4(), system.pk, at + timedelta(minutes=1), 200))
+            second.commit()
+        writer = threading.Thread(target=write_second)
+        writer.start()
+        writer.join(timeout=1)
+        assert writer.is_alive(), "the second writer waits for the first one's slot"
+        first.commit()
+        writer.join(timeout=10)
+    assert rows(KEPT_ARTIFACT_SLOTS) == rows(ARTIFACT_SLOTS_FROM_ROWS)
+    assert [(count, size) for _, system_id, _, count, _, size, _, _ in rows(KEPT_ARTIFACT_SLOTS)
+            if system_id == system.pk] == [(2, 200)]
