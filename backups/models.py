@@ -325,6 +325,30 @@ class ArtifactCopy(models.Model):
         return f"{self.artifact.short_id} @ {self.location.name}"
 
 
+class ArtifactSlot(models.Model):
+    """The size charts' 6-hour slot (from midnight UTC) of one system's artifacts of one kind: how many finished
+    artifacts it holds and the largest of them (the earliest of equals).
+
+    Written only by the database: triggers on the artifact table recompute the slots each statement touched, in
+    its transaction (backups/migrations/0008_artifact_slots.py says why). The dashboard reads it.
+    """
+
+    pk = models.CompositePrimaryKey("slot", "system", "kind")
+    slot = models.DateTimeField()
+    system = models.ForeignKey(System, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False,
+                               related_name="+")
+    kind = models.CharField(max_length=12, choices=Artifact.Kind.choices)
+    count = models.IntegerField()
+    artifact = models.ForeignKey(Artifact, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False,
+                                 related_name="+")
+    size = models.BigIntegerField()
+    created_at = models.DateTimeField()
+    status = models.CharField(max_length=12, choices=Artifact.Status.choices)
+
+    def __str__(self) -> str:
+        return f"{self.system_id} {self.kind} {self.slot:%Y-%m-%d %H:%M}: {self.count}"
+
+
 class BackupRun(models.Model):
     """One backup of a system (full or config): the truth about it; the RQ job is only its vehicle.
 

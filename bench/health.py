@@ -61,7 +61,10 @@ def empty_catalog() -> None:
                        "compliance_alert CASCADE")
 
 
-# One system's catalog, in SQL (``generate_series``): a hundred thousand rows take seconds, not minutes.
+# One system's catalog, in SQL (``generate_series``): a hundred thousand rows take seconds, not minutes. Counted
+# back from five minutes ago, so each kind's newest artifact is as fresh as its policy asks and the systems are
+# healthy, as in a working installation (counted forward from the start, the newest full was a day old and every
+# system critical).
 ARTIFACTS_SQL = """
     INSERT INTO backups_artifact (id, system_id, kind, format, encryption, status, source, created_at, size, sha256,
                                   plaintext_sha256, key_id, storage_key, manifest, last_verified_level,
@@ -72,8 +75,8 @@ ARTIFACTS_SQL = """
            CASE WHEN k.kind = 'full' AND %(now)s - a.at < interval '2 days' THEN a.at END, ''
     FROM (VALUES ('full', interval '1 day', %(full)s::bigint), ('config', interval '4 hours', %(config)s::bigint),
                  ('incremental', interval '15 minutes', %(incremental)s::bigint)) AS k(kind, every, size)
-    CROSS JOIN LATERAL (SELECT gen_random_uuid() AS id, at FROM generate_series(%(start)s::timestamptz,
-                        %(now)s::timestamptz - interval '5 minutes', k.every) AS at) AS a
+    CROSS JOIN LATERAL (SELECT gen_random_uuid() AS id, at FROM generate_series(
+                        %(now)s::timestamptz - interval '5 minutes', %(start)s::timestamptz, -k.every) AS at) AS a
 """
 COPIES_SQL = """
     INSERT INTO backups_artifactcopy (artifact_id, location_id, key, status, size, sha256_seen, created_at)
@@ -117,8 +120,10 @@ def fill(systems: int, days: int, old_days: int) -> int:
             if checks is None:  # the same checks for every snapshot: the chart reads only the scores
                 checks = json.dumps([c.as_dict() for c in health_evaluate(system, now).checks])
             cursor.execute(SNAPSHOTS_SQL, {"system": system.pk, "now": now, "checks": checks, "count": days * 96})
-        # As autovacuum does after such a load: statistics, and the visibility map that index-only scans need.
-        cursor.execute("VACUUM ANALYZE backups_artifact, backups_artifactcopy, compliance_healthsnapshot")
+        # As autovacuum does after such a load: statistics, and the visibility map that index-only scans need
+        # (the chart slots too, which the triggers filled as the rows went in).
+        cursor.execute("VACUUM ANALYZE backups_artifact, backups_artifactcopy, compliance_healthsnapshot, "
+                       "backups_artifactslot, compliance_healthslot")
     return Artifact.objects.count()
 
 

@@ -337,6 +337,27 @@ class HealthSnapshot(models.Model):
         return f"{self.system_id}: {self.score} ({self.status}) at {self.at:%Y-%m-%d %H:%M}"
 
 
+class HealthSlot(models.Model):
+    """The health chart's 3-hour slot (from midnight UTC) of one system's snapshots: how many scores were recorded,
+    the lowest, the last (the newest time, then the newest row) and the time of the first.
+
+    Written only by the database: triggers on the snapshot table recompute the slots each statement touched, in
+    its transaction (compliance/migrations/0011_health_slots.py). The dashboard reads it.
+    """
+
+    pk = models.CompositePrimaryKey("slot", "system")
+    slot = models.DateTimeField()
+    system = models.ForeignKey("backups.System", on_delete=models.DO_NOTHING, db_constraint=False, db_index=False,
+                               related_name="+")
+    count = models.IntegerField()
+    lowest = models.IntegerField()
+    last = models.IntegerField()
+    first_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.system_id} {self.slot:%Y-%m-%d %H:%M}: {self.count}"
+
+
 # --- monthly certification ---------------------------------------------------------------------
 
 class Certification(models.Model):

@@ -12,7 +12,8 @@ imports it. ``drpanel.charts`` draws its charts.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from django.conf import settings
 from django.db import connection
@@ -22,7 +23,7 @@ from backups.models import Artifact, BackupRun, System
 from compliance.approval_kinds import approvals_waiting_for
 from compliance.certifications import last_certification_status
 from compliance.checklists import period_as_dict, period_bounds
-from compliance.health import Health
+from compliance.health import HEALTHY, Health
 from compliance.health_many import health_facts, health_many, rpo_many
 from compliance.measurements import (
     Rpo,
@@ -41,6 +42,10 @@ from drpanel.permissions import Cap, has_cap
 from drpanel.templatetags.panel_time import formatter
 
 HISTORY_DAYS = 30
+# Up to this many systems the page shows every system's check table; with more, only those of the systems that are
+# not healthy, and one line for each healthy one (its checks, with their evidence, are on its health page): a
+# hundred check tables were a third of the page's time and most of its length.
+CHECK_TABLES_UP_TO = 6
 ESCALATION = (Contact.Level.L1, Contact.Level.L2, Contact.Level.L3, Contact.Level.EMERGENCY)
 
 
@@ -100,85 +105,127 @@ def on_call() -> dict:
 # --- charts -----------------------------------------------------------------------------------
 
 CHART_SLOTS = 240  # the health chart over 30 days: 3-hour slots
-SIZE_SLOTS = 120  # the size charts: 6-hour slots, so thousands of WAL-like incrementals stay a readable page
+HEALTH_SLOT = timedelta(hours=3)  # as compliance_healthslot (compliance/migrations/0011_health_slots.py)
+SIZE_SLOT = timedelta(hours=6)  # as backups_artifactslot (backups/migrations/0008_artifact_slots.py): thousands
+# of WAL-like incrementals stay a readable page
+WIDE_GROUP = 4  # with more systems than colours, the health chart's slots are four of these: 12 hours
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # slots start at midnight UTC and every slot width after it
 
 
-def _slot_of(at: datetime, since: datetime, now: datetime, slots: int = CHART_SLOTS) -> int:
-    span = (now - since).total_seconds() or 1
-    return min(slots - 1, max(0, int((at - since).total_seconds() / span * slots)))
+def slot_start(at: datetime, width: timedelta) -> datetime:
+    """The start of the slot ``at`` falls in: fixed slots (not counted from the window's start), so the database
+    keeps them up to date as rows are written and a page reads one row per slot."""
+    return EPOCH + width * ((at - EPOCH) // width)
 
 
-def downsample_scores(points: list[tuple], since: datetime, now: datetime) -> list[tuple]:
-    """At most two points per slot when there are too many to draw: the slot's lowest score at its
-    start (a dip is never smoothed away) and, when different, its last score at its end."""
+def _window(since: datetime, now: datetime, width: timedelta) -> dict:
+    """Query parameters of a chart's window: its whole slots are read from the kept slots (``full_from`` to
+    ``full_to``), its partial first and last slots from the rows themselves (``since`` to ``full_from``,
+    ``full_to`` to ``now``)."""
+    full_from = slot_start(since, width)
+    if full_from < since:
+        full_from += width
+    full_to = max(slot_start(now, width), full_from)
+    end = now + timedelta(microseconds=1)
+    return {"since": since, "now": now, "full_from": full_from, "full_to": full_to, "width": width, "epoch": EPOCH,
+            "head_end": min(full_from, end), "end": end}
+
+
+def _slot_number(at: datetime, width: timedelta = HEALTH_SLOT) -> int:
+    """Which slot ``at`` falls in, counted from ``EPOCH``."""
+    return (at - EPOCH) // width
+
+
+def downsample_scores(points: list[tuple], since: datetime, now: datetime, width: timedelta = HEALTH_SLOT
+                      ) -> list[tuple]:
+    """At most two points per slot of ``width`` when there are too many to draw: the slot's lowest score at its
+    start (a dip is never smoothed away) and, when different, its last score at its end. From every row: what
+    ``health_series`` draws from the slots the database keeps."""
     if len(points) <= CHART_SLOTS:
         return points
     slots: dict[int, list[int]] = {}
     for at, score in points:
-        slots.setdefault(_slot_of(at, since, now), []).append(score)
-    return slot_points([(index, min(scores), scores[-1]) for index, scores in sorted(slots.items())], since, now)
+        slots.setdefault(_slot_number(at, width), []).append(score)
+    return slot_points([(number, min(scores), scores[-1]) for number, scores in sorted(slots.items())], since, now,
+                       width)
 
 
-def slot_points(slots: list[tuple[int, int, int]], since: datetime, now: datetime) -> list[tuple]:
-    """The points drawn for ``(slot index, lowest score, last score)`` in slot order: the lowest at the slot's
-    start and the last at its end, each only where the score changes."""
-    slot = (now - since) / CHART_SLOTS
+def slot_points(slots: list[tuple[int, int, int]], since: datetime, now: datetime, width: timedelta = HEALTH_SLOT
+                ) -> list[tuple]:
+    """The points drawn for ``(slot number, lowest score, last score)`` in slot order: the lowest at the slot's
+    start and the last at its end (within the window), each only where the score changes."""
     result: list[tuple] = []
-    for index, lowest, last in slots:
-        for at, score in ((since + slot * index, lowest), (since + slot * (index + 1), last)):
-            if not result or result[-1][1] != score:
-                result.append((min(at, now), score))
+    for number, lowest, last in slots:
+        if not result or result[-1][1] != lowest:
+            result.append((max(_slot_edge(number, width), since), lowest))
+        if result[-1][1] != last:
+            result.append((min(_slot_edge(number + 1, width), now), last))
     return result
 
 
-# Per system, the recorded scores of the window by slot (its index, count, lowest, last; the time of the first one
-# for the first slot only: indexes and times are converted per slot, not per row), and the score in force before
-# it (slot -1, one index probe per system however long the history): the index on (system, at) that includes the
-# score answers both without reading the snapshots' rows.
+@lru_cache(maxsize=4096)
+def _slot_edge(number: int, width: timedelta) -> datetime:
+    """Where slot ``number`` of ``width`` starts: a hundred systems' lines share the same few hundred slots."""
+    return EPOCH + width * number
+
+
+# Per system, the recorded scores of the window by slot (its number from EPOCH, count, lowest, last; the time of
+# the first one for the system's first slot only: numbers rather than times, so thousands of rows are not converted
+# to times one by one): whole slots from compliance_healthslot, which triggers keep as snapshots are written; the
+# partial first and last slots of the window from the snapshots (the index on (system, at) that includes the score
+# answers them without reading the table); and the score in force before the window (slot NULL, one index probe
+# per system).
 HEALTH_SLOTS_SQL = """
-    SELECT system_id, round(extract(epoch FROM start - %(since)s) / %(slot_seconds)s)::int, count, lowest, last,
-           CASE WHEN start = min(start) OVER (PARTITION BY system_id) THEN first END
-    FROM (SELECT system_id, LEAST(date_bin(%(slot)s, at, %(since)s), %(last)s) AS start, count(*),
-                 min(score) AS lowest, (array_agg(score ORDER BY at DESC, id DESC))[1] AS last, min(at) AS first
-          FROM compliance_healthsnapshot WHERE system_id = ANY(%(systems)s) AND at >= %(since)s AND at <= %(now)s
-          GROUP BY 1, 2) AS slots
+    SELECT system_id, number, count, lowest, last,
+           CASE WHEN number = min(number) OVER (PARTITION BY system_id) THEN first_at END
+    FROM (SELECT system_id, floor(number / %(group)s)::bigint AS number, sum(count)::bigint AS count,
+                 min(lowest) AS lowest, (array_agg(last ORDER BY number DESC))[1] AS last, min(first_at) AS first_at
+    FROM (SELECT system_id, (extract(epoch FROM slot) / %(width_seconds)s)::bigint AS number, count, lowest, last,
+                 first_at
+          FROM compliance_healthslot
+          WHERE slot >= %(full_from)s AND slot < %(full_to)s AND system_id = ANY(%(systems)s)
+          UNION ALL
+          SELECT s.id, p.* FROM unnest(%(systems)s::bigint[]) AS s(id)
+          CROSS JOIN (VALUES (%(since)s::timestamptz, %(head_end)s::timestamptz), (%(full_to)s, %(end)s))
+              AS r(low, high)
+          CROSS JOIN LATERAL (SELECT floor(extract(epoch FROM at) / %(width_seconds)s)::bigint, count(*),
+                                     min(score), (array_agg(score ORDER BY at DESC, id DESC))[1], min(at)
+                              FROM compliance_healthsnapshot WHERE system_id = s.id AND at >= r.low AND at < r.high
+                              GROUP BY 1) AS p) AS kept GROUP BY 1, 2) AS slots
     UNION ALL
-    SELECT s.id, -1, 1, b.score, b.score, b.at FROM unnest(%(systems)s::bigint[]) AS s(id)
+    SELECT s.id, NULL, 1, b.score, b.score, b.at FROM unnest(%(systems)s::bigint[]) AS s(id)
     CROSS JOIN LATERAL (SELECT at, score FROM compliance_healthsnapshot
                         WHERE system_id = s.id AND at < %(since)s ORDER BY at DESC, id DESC LIMIT 1) AS b
 """
 
 
-def _slot_params(since: datetime, now: datetime, slots: int) -> dict:
-    """Query parameters of ``slots`` equal slots from ``since`` to ``now`` (``date_bin``); a row at ``now`` itself
-    counts in the last one, as ``_slot_of`` clamps it."""
-    slot = (now - since) / slots
-    return {"since": since, "now": now, "slot": slot, "last": since + slot * (slots - 1)}
-
-
 def health_series(systems: list[System], since: datetime, now: datetime) -> list[dict]:
     """Recorded scores per system since ``since`` (and the one in force then), changes only.
 
-    Grouped in the chart's slots by the database (one query for every system); a system with no more
-    recorded scores than the chart has slots has its scores read one by one (a second query), so a
-    quiet history keeps the exact time of each change.
+    By 3-hour slot (one query for every system, reading the slots the database keeps), by 12-hour slot with more
+    systems than the chart has colours (their lines can no longer be told apart: a quarter of the points, each
+    slot's dip still drawn); a system with no more recorded scores than the chart has slots has its scores read
+    one by one (a second query), so a quiet history keeps the exact time of each change.
     """
-    params = _slot_params(since, now, CHART_SLOTS) | {"systems": [s.pk for s in systems],
-                                                       "slot_seconds": (now - since).total_seconds() / CHART_SLOTS}
+    group = 1 if len(systems) <= len(PALETTE) else WIDE_GROUP
+    width = HEALTH_SLOT * group
+    params = _window(since, now, HEALTH_SLOT) | {"systems": [s.pk for s in systems], "group": group,
+                                                 "width_seconds": HEALTH_SLOT.total_seconds()}
     slots: dict[int, list] = {s.pk: [] for s in systems}
     before: dict[int, tuple] = {}
     with connection.cursor() as cursor:
         cursor.execute(HEALTH_SLOTS_SQL, params)
-        for system_id, index, count, lowest, last, first in cursor.fetchall():
-            if index < 0:
+        for system_id, number, count, lowest, last, first in cursor.fetchall():
+            if number is None:
                 before[system_id] = (first, last)
             else:
-                slots[system_id].append((index, count, lowest, last, first))
+                slots[system_id].append((number, count, lowest, last, first))
     exact = [pk for pk, rows in slots.items() if sum(r[1] for r in rows) + (pk in before) <= CHART_SLOTS]
     rows_of: dict[int, list] = {pk: [] for pk in exact}
     for system_id, at, score in (HealthSnapshot.objects.filter(system_id__in=exact, at__gte=since, at__lte=now)
                                  .order_by("system_id", "at", "pk").values_list("system_id", "at", "score")):
         rows_of[system_id].append((at, score))
+    first_slot = _slot_number(since, width)
     series = []
     for n, system in enumerate(systems):
         first = before.get(system.pk)
@@ -190,35 +237,42 @@ def health_series(systems: list[System], since: datetime, now: datetime) -> list
                     points.append((max(at, since), score))
         else:
             if first:  # the score in force at ``since`` belongs to the first slot
-                head = window[0] if window and window[0][0] == 0 else None
-                window = [(0, 1, min(first[1], head[2]) if head else first[1], head[3] if head else first[1],
+                head = window[0] if window and window[0][0] == first_slot else None
+                window = [(first_slot, 1, min(first[1], head[2]) if head else first[1], head[3] if head else first[1],
                            since), *window[1 if head else 0:]]
-            points = slot_points([(index, lowest, last) for index, _, lowest, last, _ in window], since, now)
+            points = slot_points([(number, lowest, last) for number, _, lowest, last, _ in window], since, now, width)
         first_recorded = first[0] if first else (window[0][4] if window else None)
         series.append({"name": system.name, "color": PALETTE[n % len(PALETTE)], "points": points,
                        "url": reverse("drpanel:health-detail", args=[system.pk]), "first_recorded": first_recorded})
     return series
 
 
-# Per kind, system and slot of the size charts: the largest finished artifact (the earliest of equals) and how many
-# the slot holds; the (system, kind, created_at) index that includes the size, the status and the id gives every
-# row presorted without reading the table. Then, when the systems are merged, the largest of those per kind and slot.
+# Per kind, system and 6-hour slot of the size charts: the largest finished artifact (the earliest of equals) and
+# how many the slot holds. Whole slots from backups_artifactslot, which triggers keep as artifacts are written;
+# the partial first and last slots of the window from the artifacts (the (system, kind, created_at) index that
+# includes the size, the status and the id answers them without reading the table). Then, when the systems are
+# merged, the largest of those per kind and slot.
 SIZE_SLOTS_SQL = """
     WITH per_system AS (
+        SELECT slot, system_id, kind, count AS n, artifact_id AS id, size, created_at, status
+        FROM backups_artifactslot WHERE slot >= %(full_from)s AND slot < %(full_to)s
+        UNION ALL
         SELECT * FROM (
-            SELECT id, system_id, kind, created_at, size, status,
-                   LEAST(date_bin(%(slot)s, created_at, %(since)s), %(last)s) AS slot,
-                   row_number() OVER slot AS r, count(*) OVER slot AS n
-            FROM backups_artifact
-            WHERE created_at >= %(since)s AND created_at <= %(now)s AND size IS NOT NULL
-                  AND status <> ALL(%(unfinished)s)
-            WINDOW slot AS (PARTITION BY system_id, kind, LEAST(date_bin(%(slot)s, created_at, %(since)s), %(last)s)
-                            ORDER BY size DESC, created_at ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
-        ) AS t WHERE r = 1
+            SELECT DISTINCT ON (slot, system_id, kind) slot, system_id, kind, count(*) OVER edge, id, size,
+                   created_at, status
+            FROM (SELECT date_bin(%(width)s, a.created_at, %(epoch)s) AS slot, a.*
+                  FROM backups_system s CROSS JOIN unnest(%(kinds)s::text[]) AS k(kind)
+                  CROSS JOIN (VALUES (%(since)s::timestamptz, %(head_end)s::timestamptz), (%(full_to)s, %(end)s))
+                      AS r(low, high)
+                  JOIN backups_artifact a ON a.system_id = s.id AND a.kind = k.kind AND a.created_at >= r.low
+                                         AND a.created_at < r.high
+                  WHERE a.size IS NOT NULL AND a.status <> ALL(%(unfinished)s)) AS e
+            WINDOW edge AS (PARTITION BY slot, system_id, kind)
+            ORDER BY slot, system_id, kind, size DESC, created_at, id) AS edges
     ), chosen AS (
         SELECT *, row_number() OVER bar AS b, sum(n) OVER bar AS total FROM per_system
         WINDOW bar AS (PARTITION BY kind, slot, CASE WHEN %(merged)s THEN 0 ELSE system_id END
-                       ORDER BY size DESC, created_at ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+                       ORDER BY size DESC, created_at, id ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
     )
     SELECT c.id, c.system_id, s.name, c.kind, c.created_at, c.size, c.status, c.total
     FROM chosen c JOIN backups_system s ON s.id = c.system_id WHERE c.b = 1 ORDER BY c.created_at, c.id
@@ -228,15 +282,16 @@ SIZE_SLOTS_SQL = """
 def size_bars(since: datetime, now: datetime, colors: dict[int, str]) -> dict[str, list[dict]]:
     """Per kind, the finished artifacts since ``since``: when, how big, a link to each.
 
-    With more than one artifact of a system in a slot of the chart (WAL-like incrementals
+    With more than one artifact of a system in a 6-hour slot of the chart (WAL-like incrementals
     every few minutes), the slot shows the largest of them, linked, and says how many it stands for.
     With more systems than the palette has colours (``colors``: one per system), their bars could no
     longer be told apart: a slot then shows the largest artifact of every system, so the charts stay
-    a few hundred bars whatever the number of systems. The database picks them (one query).
+    a few hundred bars whatever the number of systems. The database picks them (one query, from the slots it keeps).
     """
     merged = len(colors) > len(PALETTE)
-    params = _slot_params(since, now, SIZE_SLOTS) | {
-        "unfinished": [Artifact.Status.WRITING, Artifact.Status.FAILED], "merged": merged}
+    params = _window(since, now, SIZE_SLOT) | {
+        "unfinished": [Artifact.Status.WRITING, Artifact.Status.FAILED], "merged": merged,
+        "kinds": list(Artifact.Kind.values)}
     with connection.cursor() as cursor:
         cursor.execute(SIZE_SLOTS_SQL, params)
         rows = cursor.fetchall()
@@ -269,11 +324,15 @@ def dashboard_context(user) -> dict:
     drills = drill_rtos(since)
     rto = last_rto()
     alert_count, alerts = open_alerts()
+    fold = len(healths) > CHECK_TABLES_UP_TO
     return {
         "now": now,
         "since": since,
         "history_days": HISTORY_DAYS,
         "healths": healths,
+        "check_tables": [h for h in healths if h.status != HEALTHY] if fold else healths,
+        "folded": [h for h in healths if h.status == HEALTHY] if fold else [],
+        "check_tables_up_to": CHECK_TABLES_UP_TO,
         "worst": healths[0] if healths else None,
         "rpos": rpos,
         "rpo": worst_rpo(rpos),

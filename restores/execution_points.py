@@ -16,7 +16,8 @@
   1 MiB chunks, each with its SHA-256, all checked before anything is extracted; ``restore.shipped``).
 
 Both show the WAL replay while it runs: the step's fraction and detail, and ``results["replay"]``
-(the API's ``recovery_point.replay``), from ``pg_last_wal_replay_lsn()`` of the recovering server.
+(the API's ``recovery_point.replay``), from ``pg_last_wal_replay_lsn()`` of the recovering server (of the
+Barman host's copy when shipped: its sender says each position through the channel).
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ class PointInTimeSteps:
                           detail=f"{plan.data} is {'absent' if plan.create else 'empty'}, port {plan.port} is free, "
                                  f"the server will run as {plan.user.pw_name}")
         backup = base_backup_for(system, point)
-        pools = ship_pools(system, target)
+        pools = self.run.ship_pools
         dbname = pg.database_name(self.url)
         try:
             with self.recovered_on_host(system, point, backup, plan, pools) as (ready, shipped):
@@ -282,7 +283,8 @@ class PointInTimeSteps:
                 connection, key, into, work=Path(pitr.scratch_parent() or tempfile.gettempdir()),
                 on_progress=lambda done: self.steps.progress(RECOVER, detail=f"{done} bytes received from pool "
                                                                               f"{pools[0]}, each chunk checked"),
-                on_alive=lambda what: self.steps.progress(RECOVER, detail=f"pool {pools[0]}: {what}"))
+                on_alive=lambda what: self.steps.progress(RECOVER, detail=f"pool {pools[0]}: {what}"),
+                on_replay=self.replay_reporter())
 
         try:
             with wholeserver.shipped_privately(system, point, plan, received) as (ready, shipped):
@@ -314,14 +316,6 @@ class PointInTimeSteps:
                 f"{failed[0].name}: {failed[0].error})")
         self.steps.finish(name, detail=f"{len(results)} sanity checks passed on the recovered server, before it "
                                        "was reachable")
-
-
-def ship_pools(system, target) -> tuple[str, str] | None:
-    """``(the system's pool, the target's pool)`` when they differ: the recovered directory is shipped between
-    them. None: one host (or no pools) recovers in place."""
-    if system.worker_pool and target.worker_pool and system.worker_pool != target.worker_pool:
-        return system.worker_pool, target.worker_pool
-    return None
 
 
 class ServerRefused(RunFailure):

@@ -380,7 +380,8 @@ class RestoreRun(models.Model):
     recovery_name = models.CharField(max_length=63, blank=True, help_text="The restore point (kind name).")
     recovery_location = models.ForeignKey(
         "backups.StorageLocation", null=True, blank=True, on_delete=models.PROTECT, related_name="offsite_restores",
-        help_text="The off-site location the point is recovered from; empty: Barman's home on the panel's host.")
+        help_text="The off-site location the point is recovered from; empty: Barman's home, on the host of the run's "
+                  "worker pool (a whole server for another pool's target: the system's pool, then shipped).")
 
     class Meta:
         ordering = ["-created_at"]
@@ -433,13 +434,29 @@ class RestoreRun(models.Model):
         return RecoveryPoint.latest() if self.recovery_kind else None
 
     @property
+    def ship_pools(self) -> tuple[str, str] | None:
+        """``(the system's pool, the target's pool)`` when a whole server is recovered from Barman's home onto
+        another host: the system's pool (the Barman host) recovers it and ships it to the target's
+        (``restores.shipping``). None: recovered where the run runs."""
+        if not self.is_whole_server or self.recovery_location_id:
+            return None
+        system_pool, target_pool = self.recovery_system.worker_pool, self.target.worker_pool
+        if system_pool and target_pool and system_pool != target_pool:
+            return system_pool, target_pool
+        return None
+
+    @property
     def recovery_source(self) -> str:
         """Where a point-in-time restore recovers from, as the run page, the audit log and the API name it."""
         if not self.is_point_in_time:
             return ""
         if self.recovery_location_id:
             return f"off-site copy at {self.recovery_location.name}"
-        return "Barman's home on the panel's host"
+        if (pools := self.ship_pools) is not None:
+            return f"Barman's home on pool {pools[0]}, shipped to pool {pools[1]}"
+        # The run's pool (restores.execution.RestoreRuns.pool_for): Barman recovers on the host of the worker.
+        pool = self.target.worker_pool or self.recovery_system.worker_pool
+        return f"Barman's home on pool {pool}" if pool else "Barman's home on the worker's host"
 
     @property
     def is_done(self) -> bool:

@@ -8,6 +8,14 @@ result. The sender streams a tar of the directory into the Redis list ``<prefix>
 recovering it says ``alive`` every ``ALIVE_SECONDS``, so a sender that died is told from a slow one. No more than
 ``MAX_PENDING`` chunks wait in Redis: the sender waits for the receiver, so memory stays bounded on both sides.
 
+While the sender's copy replays WAL, an ``alive`` line also carries where the replay stands, as one JSON word after
+it: ``alive {"replayed": "0/5A000000", "start": ..., "end": ..., "fraction": 0.83, "in_recovery": true}`` (a
+``restores.pitr.ReplayProgress``), said as soon as the position moves (at most every ``REPLAY_SAY_SECONDS``; the
+end of the replay always) and repeated by every later ``alive``. The receiver hands it to ``on_replay``; a bare
+``alive`` (a sender from before, or one not replaying yet) goes to ``on_alive`` as before, and a receiver from
+before reads only the first word of the line, so both ends may be of either version. A progress that cannot be
+read is logged and the line taken as a bare ``alive``: the replay is only shown, the chunks are what is checked.
+
 The receiver checks every chunk as it arrives (its index follows the previous one, its SHA-256 matches) into a
 file beside the target, then the end (count, bytes, overall SHA-256), and only then extracts it (no absolute
 path, no ``..``, no link out: tarfile's ``data`` filter). Any mismatch, missing chunk or silent sender is
@@ -47,6 +55,8 @@ MAX_PENDING = 32
 # How long the receiver waits for the next message, and the sender for room in the list.
 IDLE_SECONDS = 300
 ALIVE_SECONDS = 5
+# A moving replay is said at most this often (the receiver saves it at most every 0.5 s anyway).
+REPLAY_SAY_SECONDS = 0.5
 # A channel nobody reads any more goes away on its own.
 EXPIRE_SECONDS = 3600
 
@@ -148,10 +158,12 @@ def _next(connection, key: str, idle_seconds: float):
 
 def receive(connection, key: str, into: Path, *, work: Path, idle_seconds: float | None = None,
             on_progress: Callable[[int], None] | None = None,
-            on_alive: Callable[[str], None] | None = None) -> Shipped:
+            on_alive: Callable[[str], None] | None = None,
+            on_replay: Callable[[pitr.ReplayProgress], None] | None = None) -> Shipped:
     """Receive the directory sent through ``key``, check every chunk and the whole, then extract it into ``into``
     (which must exist and be empty). ``work``: where the checked tar waits (removed after); ``idle_seconds``: how
-    long a silence is allowed (``IDLE_SECONDS``)."""
+    long a silence is allowed (``IDLE_SECONDS``). While the sender recovers, ``on_replay`` hears where its WAL
+    replay stands, ``on_alive`` what it says when it has no replay position to tell."""
     idle_seconds = IDLE_SECONDS if idle_seconds is None else idle_seconds
     held = work / f"{key.rsplit(':', 1)[-1]}.tar"
     digest, total, expected = hashlib.sha256(), 0, 0
@@ -165,7 +177,10 @@ def receive(connection, key: str, into: Path, *, work: Path, idle_seconds: float
                 words = header.decode(errors="replace").split()
                 if words[:1] == ["alive"]:
                     # The sender is still recovering (Barman's copy, the WAL replay): nothing to check yet.
-                    if on_alive is not None:
+                    progress = _replay_said(header) if len(words) > 1 else None
+                    if progress is not None and on_replay is not None:
+                        on_replay(progress)
+                    elif on_alive is not None:
                         on_alive(data.decode(errors="replace")[:200])
                     continue
                 if words[:1] == ["error"]:
@@ -210,19 +225,56 @@ def _push(connection, key: str, message: bytes) -> None:
         pipe.execute()
 
 
+def alive_message(what: str, progress: pitr.ReplayProgress | None = None) -> bytes:
+    """An ``alive`` line saying ``what`` the sender does, with where its replay stands when it knows."""
+    header = "alive" if progress is None else f"alive {json.dumps(progress.as_dict(), separators=(',', ':'))}"
+    return f"{header}\n{what}".encode()
+
+
+def _replay_said(header: bytes) -> pitr.ReplayProgress | None:
+    """The ``ReplayProgress`` an ``alive`` line carries, or None (logged) when it cannot be read."""
+    try:
+        said = json.loads(header.partition(b" ")[2])
+        progress = pitr.ReplayProgress(replayed=said["replayed"], start=said["start"], end=said["end"],
+                                       fraction=float(said["fraction"]), in_recovery=said["in_recovery"])
+        for lsn in (progress.replayed, progress.start, progress.end):
+            pitr.lsn_value(lsn)
+        if not 0 <= progress.fraction <= 1 or not isinstance(progress.in_recovery, bool):
+            raise ValueError(f"fraction {progress.fraction}, in_recovery {progress.in_recovery!r}")
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning("a replay position the sender said cannot be read (%s): %r", exc, header[:300])
+        return None
+    return progress
+
+
 @contextlib.contextmanager
 def _saying_alive(connection, key: str, what: str):
-    """``alive`` into the channel every ``ALIVE_SECONDS`` while the block runs."""
-    stop = threading.Event()
+    """``alive`` into the channel every ``ALIVE_SECONDS`` while the block runs; yields what to call with each
+    ``ReplayProgress`` of the recovery, which is said at once (at most every ``REPLAY_SAY_SECONDS`` while it moves;
+    its end always) and carried by every later ``alive``."""
+    stop, lock = threading.Event(), threading.Lock()
+    latest: list[pitr.ReplayProgress | None] = [None]
+    said = [-REPLAY_SAY_SECONDS]
+
+    # Both pushes hold the lock: a position said later never goes into the channel before an earlier one.
+    def on_replay(progress: pitr.ReplayProgress) -> None:
+        with lock:
+            latest[0] = progress
+            now = time.monotonic()
+            if progress.in_recovery and now - said[0] < REPLAY_SAY_SECONDS:
+                return
+            said[0] = now
+            _push(connection, key, alive_message(what, progress))
 
     def loop() -> None:
         while not stop.wait(ALIVE_SECONDS):
-            _push(connection, key, f"alive\n{what}".encode())
+            with lock:
+                _push(connection, key, alive_message(what, latest[0]))
 
     thread = threading.Thread(target=loop, name=f"ship-alive-{key}", daemon=True)
     thread.start()
     try:
-        yield
+        yield on_replay
     finally:
         stop.set()
         thread.join(timeout=10)
@@ -244,8 +296,9 @@ def ship_send(run_id, backup_id: str) -> Shipped | None:
         barman.write_server(system)
         plan = wholeserver.HostPlan(data=root / "data", port=pitr._free_port(),
                                     user=server_user or pwd.getpwuid(os.geteuid()), create=True)
-        with _saying_alive(connection, key, f"recovering {system.name} to {point} on {socket.gethostname()}"), \
-                wholeserver.recovered_privately(system, point, backup_id, plan) as ready:
+        with _saying_alive(connection, key, f"recovering {system.name} to {point} on {socket.gethostname()}") \
+                as on_replay, wholeserver.recovered_privately(system, point, backup_id, plan,
+                                                              on_replay=on_replay) as ready:
             last_commit = ready.query("SELECT pg_last_xact_replay_timestamp()")[0][0] or ready.wal_last_commit
             summary = {"user": ready.user, "replay_position": ready.replay_position(), "backup_id": backup_id,
                        "last_commit": last_commit.isoformat() if last_commit else None,

@@ -202,15 +202,16 @@ def _privately(system, point, plan: HostPlan, fill, *, on_replay=None):
         os.chmod(plan.data, 0o700)
         pitr._chown_tree(plan.data, user)
         pitr._chown_tree(private, user)
-        last_commit = pitr.last_commit_in_wal(plan.data, pitr.backup_start(plan.data)) if point.kind == "latest" \
-            else None
+        # Read before the start: the server renames backup_label as soon as it has taken the backup's start from it.
+        wal_start = pitr.backup_start(plan.data)
+        last_commit = pitr.last_commit_in_wal(plan.data, wal_start) if point.kind == "latest" else None
         started = True
         start_seconds = pitr.start_private(plan.data, socket_dir=socket_dir, port=plan.port,
                                            log=private / "server.log", user=user,
                                            extra=f"-c hba_file='{private / 'pg_hba.conf'}'")
         ready = pitr.Recovered(system=system, point=point, data=plan.data, socket_dir=socket_dir, port=plan.port,
                                bindir=pitr._bindir(plan.data), user=user_name, recover_seconds=recover_seconds,
-                               start_seconds=start_seconds, wal_start=pitr.backup_start(plan.data),
+                               start_seconds=start_seconds, wal_start=wal_start,
                                wal_end=pitr.wal_end(system, plan.data), wal_last_commit=last_commit)
         pitr.wait_promoted(ready, point, on_replay=on_replay)
         yield ready, filled

@@ -51,3 +51,30 @@ def test_the_score_drops_on_the_page_when_the_full_is_late(page, sign_in, live_s
     row = page.locator(f"[data-testid=checks-{catalog.system.pk}] [data-testid=check-full_backup]")
     assert row.get_attribute("data-passed") == "no"
     assert "the policy asks for one every 24 h" in row.text_content()
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_with_many_systems_a_healthy_one_is_a_line_whose_score_opens_its_checks_and_axe_finds_nothing_serious(
+        page, sign_in, live_server, auditor, catalog, healthy):
+    from backups.models import System
+    from drpanel.dashboard import CHECK_TABLES_UP_TO
+    from tests.browser.test_browser_accessibility import AXE, axe_check
+    from tests.drpanel.test_dashboard_scale import add_systems
+
+    add_systems(catalog, CHECK_TABLES_UP_TO - 1)
+    stale = System.objects.create(name="stale", database_ref="env:DRPANEL_SECRET_TEST_SOURCE_URL")  # no full
+    assert health_recompute(catalog.system).score == 100
+    sign_in(page, "auditor")
+    page.goto(f"{live_server.url}/")
+    assert page.locator(f"[data-testid=checks-{stale.pk}] [data-testid=check-full_backup]").get_attribute(
+        "data-passed") == "no"
+    assert page.locator(f"[data-testid=checks-{catalog.system.pk}]").count() == 0
+    assert page.locator("[data-testid=healthy-systems] tbody tr").count() == CHECK_TABLES_UP_TO
+    found = axe_check(page, AXE.read_text())
+    assert not found, found
+
+    page.click(f"[data-testid=score-{catalog.system.pk}]")
+    page.wait_for_url(f"**/systems/{catalog.system.pk}/health")
+    page.click(f"[data-testid=checks-{catalog.system.pk}] [data-testid=evidence-full_backup]")
+    page.wait_for_url(f"**/artifacts/{healthy['full'].pk}/")

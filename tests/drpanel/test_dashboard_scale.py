@@ -2,6 +2,7 @@
 every system loaded at once (``compliance.health_many``) is what each system's own page computes."""
 
 import ipaddress
+import re
 from datetime import timedelta
 
 import pytest
@@ -15,7 +16,14 @@ from compliance.health_many import health_facts, health_many, rpo_many
 from compliance.measurements import rpo_for
 from drpanel import clock
 from drpanel.charts import PALETTE
-from drpanel.dashboard import CHART_SLOTS, HISTORY_DAYS, downsample_scores, health_series, size_bars
+from drpanel.dashboard import (
+    CHART_SLOTS,
+    CHECK_TABLES_UP_TO,
+    HISTORY_DAYS,
+    downsample_scores,
+    health_series,
+    size_bars,
+)
 from restores.models import VerificationRun
 
 pytestmark = pytest.mark.django_db
@@ -183,3 +191,23 @@ def test_with_more_systems_than_colours_a_size_slot_shows_the_largest_artifact_o
     assert len(per_system) == len(systems), "with as many colours as systems, each system keeps its bars"
     assert {b["url"] for b in per_system} == {f"/artifacts/{pk}/" for pk in sizes}
 
+
+
+def test_with_more_systems_than_check_tables_a_healthy_system_is_one_line_linked_to_its_checks(clients, catalog,
+                                                                                             healthy):
+    add_systems(catalog, CHECK_TABLES_UP_TO - 1)
+    assert System.objects.count() == CHECK_TABLES_UP_TO
+    html = clients["auditor"].get(reverse("drpanel:dashboard")).content.decode()
+    assert all(f'data-testid="checks-{s.pk}"' in html for s in System.objects.all()), "few systems: every table"
+    assert 'data-testid="healthy-systems"' not in html
+
+    stale = System.objects.create(name="stale", database_ref="env:DRPANEL_SECRET_TEST_SOURCE_URL")  # no full
+    html = clients["auditor"].get(reverse("drpanel:dashboard")).content.decode()
+    assert f'data-testid="checks-{stale.pk}"' in html and 'data-testid="evidence-' in html, "not healthy: its table"
+    healthy_systems = System.objects.exclude(pk=stale.pk)
+    for system in healthy_systems:
+        assert f'data-testid="checks-{system.pk}"' not in html, system.name
+        health = f"/systems/{system.pk}/health"
+        assert re.search(rf'<th scope="row"><a href="{health}">{system.name}</a></th>\s*<td class="num"><a '
+                         rf'href="{health}" data-testid="score-{system.pk}">(9\d|100)</a>', html), system.name
+    assert f"Healthy systems ({healthy_systems.count()})" in html

@@ -65,7 +65,10 @@ def test_a_forked_worker_runs_a_job_in_a_process_of_its_own_without_a_new_interp
         # Forked, not exec'd: the worker still has its parent's command line, not manage.py's.
         assert cmdline(worker.pid) == cmdline(parent_pid(worker))
         assert worker.poll() is None
-    assert worker.poll() == 0, "SIGTERM stops a forked worker cleanly, as it does a fresh one"
+        # Stopped here rather than by rq_workers (which kills a worker still there after 15 s): on a loaded
+        # machine an exiting interpreter may need longer, and what is asserted is the exit, not its speed.
+        worker.terminate()
+        assert worker.wait(90) == 0, "SIGTERM stops a forked worker cleanly, as it does a fresh one"
 
 
 def test_a_forked_worker_sees_the_environment_it_was_given(transactional_db, redis_conn, runtime_role, tmp_path):

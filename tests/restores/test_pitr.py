@@ -497,3 +497,13 @@ def test_the_form_is_refused_to_those_who_may_not_restore(api_staging, clients):
         assert clients[who].get("/restores/new/point-in-time", {"system": "shop"}).status_code == 403
     assert clients["operator"].get("/restores/new/point-in-time", {"system": "nope"}).status_code == 404
     assert AuditEvent.objects.filter(actor_username="auditor", action="access.denied").exists()
+
+
+def test_the_form_names_where_barmans_home_is(api_staging, clients):
+    system = System.objects.get(name="shop")
+    page = clients["operator"].get("/restores/new/point-in-time", {"system": "shop"}).content.decode()
+    assert "Barman's home on the worker's host" in page and "panel's host" not in page
+    system.worker_pool = "db-east"
+    system.save(update_fields=["worker_pool"])
+    page = clients["operator"].get("/restores/new/point-in-time", {"system": "shop"}).content.decode()
+    assert "Barman's home on pool db-east" in page

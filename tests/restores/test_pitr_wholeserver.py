@@ -94,7 +94,7 @@ def test_whole_server_recovery_to_a_time_between_two_inserts_starts_a_server_wit
     target = server_target(monkeypatch, name="shop-new-server", data_dir=data_dir, port=port, system=shop,
                            operator=operator)
     streams(server)
-    take_base_backup(shop, operator)
+    base = take_base_backup(shop, operator)
     server.execute("INSERT INTO orders (item) VALUES ('before-1'), ('before-2')", dbname="shop")
     # WAL for the replay to walk through (tens of MB), so its progress is seen while it runs.
     server.execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 120000) g",
@@ -134,6 +134,8 @@ def test_whole_server_recovery_to_a_time_between_two_inserts_starts_a_server_wit
     replay = run.results["replay"]
     assert replay["in_recovery"] is False and replay["fraction"] == 1.0
     assert replay["replayed"] == run.results["recovery"]["replay_position"]
+    # Measured from where the base backup's WAL begins (its backup_label, read before the server consumes it).
+    assert replay["start"] == base.manifest["base_backup_information"]["begin_lsn"] != "0/0"
     assert any(s["in_recovery"] for s in replay["samples"]), replay["samples"]
     fractions = [s["fraction"] for s in replay["samples"]]
     assert fractions == sorted(fractions) and 0 <= fractions[0] < 1

@@ -82,8 +82,13 @@ def test_the_barman_hosts_pool_recovers_and_the_target_hosts_pool_starts_the_shi
     empty_orders(server)
     target, data_dir, port = shipped_target(monkeypatch, shop, operator, data_root)
     streams(server)
-    take_base_backup(shop, operator)
+    base = take_base_backup(shop, operator)
     server.execute("INSERT INTO orders (item) VALUES ('before-1'), ('before-2')", dbname="shop")
+    # WAL for the Barman host's copy to replay (tens of MB), so its progress is seen here while it runs; dropped
+    # before the point, so the shipped directory does not grow by as much.
+    server.execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 120000) g",
+                   dbname="shop")
+    server.execute("DROP TABLE filler", dbname="shop")
     time.sleep(1.1)  # the point is a timestamp: the next commit falls in a later second
     moment = datetime.now(UTC).replace(microsecond=0)
     time.sleep(1.1)
@@ -108,6 +113,19 @@ def test_the_barman_hosts_pool_recovers_and_the_target_hosts_pool_starts_the_shi
     # The target's pool never had Barman's home; the run and the shipment say where each part ran.
     assert not list(elsewhere.iterdir())
     assert run.worker_host and run.results["recovery"]["replay_position"]
+    # The replay on the Barman host was followed from here while it ran, as a recovery in place is, and ended at
+    # the position the sender's summary names.
+    replay = run.results["replay"]
+    assert replay["in_recovery"] is False and replay["fraction"] == 1.0
+    # Measured from where the base backup's WAL begins (its backup_label, read before the server consumes it).
+    assert replay["start"] == base.manifest["base_backup_information"]["begin_lsn"] != "0/0"
+    assert replay["replayed"] == run.results["recovery"]["replay_position"]
+    assert any(s["in_recovery"] for s in replay["samples"]), replay["samples"]
+    fractions = [s["fraction"] for s in replay["samples"]]
+    assert fractions == sorted(fractions) and 0 <= fractions[0] < 1
+    recovered = next(step for step in run.steps if step["name"] == "recover to the point")
+    finished = datetime.fromisoformat(recovered["finished_at"])
+    assert all(datetime.fromisoformat(s["at"]) < finished for s in replay["samples"])
     shipped = run.results["recovery"]["shipped"]
     assert shipped["from_pool"] == SYSTEM_POOL and shipped["to_pool"] == TARGET_POOL
     assert shipped["chunks"] == -(-shipped["bytes"] // shipping.CHUNK_BYTES) > 1
@@ -143,6 +161,32 @@ def test_a_shipment_that_never_comes_is_refused_the_directory_removed_and_audite
     assert "(the sender's job: cancelled)" in refused.details["reason"]
     assert queues.get_queue("restore", SYSTEM_POOL).count == 0
     assert AuditEvent.objects.filter(action="restore.server_started").count() == 0
+
+
+def test_the_run_names_the_barman_hosts_pool_it_recovers_on_and_the_pool_it_is_shipped_to(
+        shop, server, operator, data_root, monkeypatch, clients):
+    target, _, _ = shipped_target(monkeypatch, shop, operator, data_root)
+    test_pitr_wholeserver.base_row(shop, ended=datetime.now(UTC))
+
+    run = requests.restore_request_point(actor=operator, system=shop, point=RecoveryPoint.latest(), target=target,
+                                         mode="whole-server", confirm=target.name)
+
+    source = f"Barman's home on pool {SYSTEM_POOL}, shipped to pool {TARGET_POOL}"
+    assert run.ship_pools == (SYSTEM_POOL, TARGET_POOL) and run.recovery_source == source
+    assert next(e for e in events(run) if e.action == "restore.requested").details["source"] == source
+    shown = clients["operator"].get(f"/api/v1/restores/{run.pk}").json()
+    assert shown["recovery_point"]["source"] == {"kind": "barman", "location": None, "label": source}
+    page = clients["operator"].get(f"/restores/runs/{run.pk}/").content.decode()
+    assert f'data-testid="recovery-source">{source}<' in page.replace("&#x27;", "'")
+    # A target on the Barman host's own pool recovers in place, and one with no pool in the system's pool.
+    Target.objects.filter(pk=target.pk).update(worker_pool=SYSTEM_POOL)
+    in_place = RestoreRun.objects.get(pk=run.pk)
+    assert in_place.ship_pools is None and in_place.recovery_source == f"Barman's home on pool {SYSTEM_POOL}"
+    Target.objects.filter(pk=target.pk).update(worker_pool="")
+    assert RestoreRun.objects.get(pk=run.pk).recovery_source == f"Barman's home on pool {SYSTEM_POOL}"
+    type(shop).objects.filter(pk=shop.pk).update(worker_pool="")
+    anywhere = RestoreRun.objects.get(pk=run.pk)
+    assert anywhere.ship_pools is None and anywhere.recovery_source == "Barman's home on the worker's host"
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
 """The channel a recovered data directory goes through between two hosts' workers: real Redis, real files."""
 
+import logging
 import os
 import threading
 
 import pytest
 
 from restores import shipping
+from restores.pitr import ReplayProgress
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -79,3 +82,93 @@ def test_a_silent_sender_is_refused_after_the_idle_time(redis_conn, tmp_path):
     into.mkdir()
     with pytest.raises(shipping.ShipRefused, match="chunk 0 did not arrive in 1 s"):
         shipping.receive(redis_conn, shipping.channel("run-3"), into, work=tmp_path, idle_seconds=1)
+
+
+def replay(replayed: str, fraction: float, *, in_recovery: bool = True) -> ReplayProgress:
+    return ReplayProgress(replayed=replayed, start="0/2000028", end="0/6C000000", fraction=fraction,
+                          in_recovery=in_recovery)
+
+
+def received(redis_conn, key, tmp_path) -> tuple[shipping.Shipped, list, list]:
+    into = tmp_path / "into"
+    into.mkdir()
+    replays, alive = [], []
+    got = shipping.receive(redis_conn, key, into, work=tmp_path, on_replay=replays.append, on_alive=alive.append)
+    return got, replays, alive
+
+
+def test_the_senders_wal_replay_reaches_the_receiver_at_once_and_its_end_always(redis_conn, directory, tmp_path):
+    key = shipping.channel("run-4")
+    moving, too_soon = replay("0/3000000", 0.25), replay("0/3800000", 0.375)
+    ended = replay("0/5A000000", 1.0, in_recovery=False)
+    with shipping._saying_alive(redis_conn, key, "recovering shop to latest on barman-host") as on_replay:
+        for progress in (moving, too_soon, ended):
+            on_replay(progress)
+    sent_whole(redis_conn, directory, key)
+
+    got, replays, alive = received(redis_conn, key, tmp_path)
+
+    # Said within REPLAY_SAY_SECONDS of the previous one, the middle position waits for the next alive; the end of
+    # the replay is never held back.
+    assert replays == [moving, ended] and alive == []
+    assert got.summary == {"replay_position": "0/3000060"}
+
+
+def test_each_alive_repeats_the_latest_replay_position(redis_conn, directory, tmp_path, monkeypatch):
+    monkeypatch.setattr(shipping, "ALIVE_SECONDS", 0.2)
+    key = shipping.channel("run-5")
+    moving = replay("0/3000000", 0.25)
+    with shipping._saying_alive(redis_conn, key, "recovering shop to latest on barman-host") as on_replay:
+        on_replay(moving)
+        wait_for(lambda: redis_conn.llen(key) >= 3, 10, what="three alive lines")
+    sent_whole(redis_conn, directory, key)
+
+    _, replays, alive = received(redis_conn, key, tmp_path)
+
+    assert len(replays) >= 3 and set(replays) == {moving} and alive == []
+
+
+def test_a_bare_alive_from_a_sender_of_before_still_says_what_it_does(redis_conn, directory, tmp_path):
+    key = shipping.channel("run-6")
+    redis_conn.rpush(key, b"alive\nrecovering shop to latest on barman-host")
+    redis_conn.rpush(key, shipping.alive_message("recovering shop to latest on barman-host"))
+    sent_whole(redis_conn, directory, key)
+
+    got, replays, alive = received(redis_conn, key, tmp_path)
+
+    assert alive == ["recovering shop to latest on barman-host"] * 2 and replays == []
+    assert (tmp_path / "into" / "PG_VERSION").read_text() == "15\n" and got.chunks >= 3
+
+
+def test_a_receiver_without_on_replay_hears_a_replaying_sender_as_alive(redis_conn, directory, tmp_path):
+    key = shipping.channel("run-7")
+    redis_conn.rpush(key, shipping.alive_message("recovering shop", replay("0/3000000", 0.25)))
+    sent_whole(redis_conn, directory, key)
+    into = tmp_path / "into"
+    into.mkdir()
+    alive = []
+
+    shipping.receive(redis_conn, key, into, work=tmp_path, on_alive=alive.append)
+
+    assert alive == ["recovering shop"]
+
+
+@pytest.mark.parametrize("said", [
+    b"{not json",
+    b'{"replayed": "0/3000000"}',
+    b'{"replayed": "nowhere", "start": "0/2000028", "end": "0/6C000000", "fraction": 0.25, "in_recovery": true}',
+    b'{"replayed": "0/3000000", "start": "0/2000028", "end": "0/6C000000", "fraction": 7, "in_recovery": true}',
+    b'{"replayed": "0/3000000", "start": "0/2000028", "end": "0/6C000000", "fraction": 0.2, "in_recovery": "no"}',
+    b"[1, 2]",
+])
+def test_a_replay_position_that_cannot_be_read_is_logged_and_the_shipment_goes_on(
+        redis_conn, directory, tmp_path, caplog, said):
+    key = shipping.channel("run-8")
+    redis_conn.rpush(key, b"alive " + said + b"\nrecovering shop")
+    sent_whole(redis_conn, directory, key)
+
+    with caplog.at_level(logging.WARNING, logger="restores.shipping"):
+        got, replays, alive = received(redis_conn, key, tmp_path)
+
+    assert replays == [] and alive == ["recovering shop"] and got.chunks >= 3
+    assert "a replay position the sender said cannot be read" in caplog.text

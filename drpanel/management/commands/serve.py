@@ -38,11 +38,12 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=int(os.environ.get("DRPANEL_WORKERS", 2)))
 
     def handle(self, *args, demo, port, host, workers, **options):
+        # The database first: a panel that cannot use its database stops on that error and claims no Redis database.
+        call_command("migrate", interactive=False, verbosity=0)
         try:
             queues.claim_installation()
         except InstallationConflict as exc:
             raise CommandError(str(exc)) from None
-        call_command("migrate", interactive=False, verbosity=0)
         if settings.PRODUCTION:
             call_command("collectstatic", interactive=False, verbosity=0)
         early = {}
