@@ -253,8 +253,9 @@ def check(system) -> tuple[bool, list[dict]]:
     return all(i["status"].upper() == "OK" for i in items), items
 
 
-# How often ``wal_moving`` commits a transaction on the system's server.
-NUDGE_SECONDS = 0.5
+# How often ``wal_moving`` commits a transaction on the system's server: what a closed segment waits for before
+# Barman archives it (0.1 s: the wait after a switch fell from 0.41 s to 0.17 s, docs/benchmarks.md).
+NUDGE_SECONDS = 0.1
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ own ``System`` row naming that server. Nothing is mocked.
 import os
 import re
 import stat
+import time
 
 import pytest
 from django.urls import reverse
@@ -138,6 +139,17 @@ def test_a_killed_receiver_is_restarted_and_the_slot_kept_every_segment(shop, se
     assert state.streaming_restarts == 1 and state.streaming_pid == second_pid
     event = AuditEvent.objects.get(action="continuous.streaming_restarted", object_id=str(shop.pk))
     assert event.details == {"previous_pid": first_pid, "pid": second_pid}
+
+
+def test_while_barman_waits_the_server_commits_a_transaction_every_tenth_of_a_second(shop, server):
+    # Barman archives a closed segment only once its receiver has started the next one, which takes new WAL: a
+    # commit every tenth of a second keeps that wait short (0.17 s measured; 0.41 s with one every half second).
+    first = int(server.execute("SELECT txid_current()")[0][0])
+    with barman.wal_moving(shop):
+        time.sleep(1.0)
+    nudges = int(server.execute("SELECT txid_current()")[0][0]) - first - 1
+
+    assert nudges >= 5, f"{nudges} commits in a second"
 
 
 def test_a_wal_gap_is_detected_and_names_the_first_missing_segment(shop, server, barman_home, clients):

@@ -93,7 +93,7 @@ def test_only_this_benchmarks_leftover_servers_and_directories_are_cleared():
 # --- one whole run, at the smallest scale -----------------------------------------------------------
 
 @pytest.mark.slow
-def test_the_continuous_benchmark_runs_end_to_end_and_reports_its_three_figures():
+def test_the_continuous_benchmark_runs_end_to_end_and_reports_its_four_figures():
     panel_db = f"{os.environ.get('DRPANEL_TEST_DATABASE') or 'test_drpanel'}_bench_cont"[:60]
     env = {**os.environ, "LOG_LEVEL": "WARNING"}
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
@@ -109,9 +109,11 @@ def test_the_continuous_benchmark_runs_end_to_end_and_reports_its_three_figures(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     figures = {f["name"]: f for f in protocol.parse(done.stdout)}
     assert set(figures) == {"base backup through the panel vs pg_basebackup",
+                            "base backup through the panel vs pg_basebackup --wal-method=stream",
                             "point-in-time restore through the panel vs barman recover",
                             "WAL receive lag p95 under pgbench -c 4"}
     for name in ("base backup through the panel vs pg_basebackup",
+                 "base backup through the panel vs pg_basebackup --wal-method=stream",
                  "point-in-time restore through the panel vs barman recover"):
         figure = figures[name]
         assert figure["ours"] > 0 and figure["raw"] > 0 and figure["runs"] == 1

@@ -24,7 +24,7 @@ from backups.models import Artifact, BackupRun, System
 from backups.retention import retention_plan
 from backups.runs import backup_request, backup_run_execute
 from compliance.models import AuditEvent
-from restores import execution, requests, runstate, targets
+from restores import execution, pitr, requests, runstate, targets
 from restores.models import RestoreRun, Target, VerificationRun
 from restores.pitr import RecoveryPoint, recovered
 from restores.verifications import VerificationError, verification_request
@@ -143,6 +143,54 @@ def test_recovery_to_a_named_restore_point_stops_there(transactional_db, shop, s
         notes = [r[0] for r in copy.query("SELECT note FROM marks ORDER BY id")]
 
     assert notes[-1] == "kept" and "dropped" not in notes
+
+
+def current_segment(server) -> str:
+    return server.execute("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
+
+
+def test_a_moment_whose_wal_is_archived_is_recovered_without_closing_the_current_segment(
+        transactional_db, shop, server, base_backup):
+    streams(server)
+    server.execute("CREATE TABLE IF NOT EXISTS stamps (id serial PRIMARY KEY, note text)")
+    server.execute("INSERT INTO stamps (note) VALUES ('before')")
+    time.sleep(1.1)
+    moment = datetime.now(UTC).replace(microsecond=0)
+    time.sleep(1.1)
+    # Not archived yet: the commit past the moment is only in the segment being written (and Barman's .partial).
+    assert not pitr.archived_past(shop, moment, base_backup["backup_id"])
+    server.execute("INSERT INTO stamps (note) VALUES ('after')")
+    assert not pitr.archived_past(shop, moment, base_backup["backup_id"])
+    barman.switch_and_archive(shop)
+    assert pitr.archived_past(shop, moment, base_backup["backup_id"])
+    # A moment past every transaction archived still needs the switch.
+    assert not pitr.archived_past(shop, datetime.now(UTC) + timedelta(hours=1), base_backup["backup_id"])
+    before = current_segment(server)
+
+    with recovered(shop, RecoveryPoint.at(moment), backup_id=base_backup["backup_id"]) as copy:
+        notes = [r[0] for r in copy.query("SELECT note FROM stamps ORDER BY id")]
+        closed_meanwhile = current_segment(server) != before
+
+    assert notes[-1] == "before" and "after" not in notes
+    assert not closed_meanwhile, "the recovery closed the current segment although the moment's WAL was archived"
+
+
+def test_a_moment_whose_wal_is_not_archived_closes_the_segment_first_and_gets_the_rows_before_it(
+        transactional_db, shop, server, base_backup):
+    streams(server)
+    server.execute("CREATE TABLE IF NOT EXISTS stamps (id serial PRIMARY KEY, note text)")
+    server.execute("INSERT INTO stamps (note) VALUES ('before-unarchived')")
+    time.sleep(1.1)
+    moment = datetime.now(UTC).replace(microsecond=0)
+    time.sleep(1.1)
+    server.execute("INSERT INTO stamps (note) VALUES ('after-unarchived')")
+    before = current_segment(server)
+
+    with recovered(shop, RecoveryPoint.at(moment), backup_id=base_backup["backup_id"]) as copy:
+        notes = [r[0] for r in copy.query("SELECT note FROM stamps ORDER BY id")]
+
+    assert notes[-1] == "before-unarchived" and "after-unarchived" not in notes
+    assert current_segment(server) != before, "the commit past the moment was not archived before the recovery"
 
 
 def test_a_recovery_time_needs_its_zone_and_a_name_is_checked():
