@@ -445,12 +445,14 @@ def started(system, point: RecoveryPoint, root: Path, *, user_name: str, recover
         (data / "pg_hba.conf").write_text("local all all trust\n")
         _chown_tree(root, user)
         port = _free_port()
-        last_commit = last_commit_in_wal(data, backup_start(data), wal_dir=wal_dir) if point.kind == "latest" else None
+        # Read before the start: the server renames backup_label as soon as it has taken the backup's start from it.
+        wal_start = backup_start(data)
+        last_commit = last_commit_in_wal(data, wal_start, wal_dir=wal_dir) if point.kind == "latest" else None
         running = True
         start_seconds = start_private(data, socket_dir=socket_dir, port=port, log=root / "server.log", user=user)
         ready = Recovered(system=system, point=point, data=data, socket_dir=socket_dir, port=port,
                           bindir=_bindir(data), user=user_name, recover_seconds=recover_seconds,
-                          start_seconds=start_seconds, wal_start=backup_start(data),
+                          start_seconds=start_seconds, wal_start=wal_start,
                           wal_end=wal_end(system, data, wal_dir=wal_dir), wal_last_commit=last_commit)
         wait_promoted(ready, point, on_replay=on_replay)
         yield ready

@@ -26,7 +26,7 @@ from backups.runs import backup_request, backup_run_execute
 from compliance.models import AuditEvent
 from restores import execution, pitr, requests, runstate, targets
 from restores.models import RestoreRun, Target, VerificationRun
-from restores.pitr import RecoveryPoint, recovered
+from restores.pitr import RecoveryPoint, lsn_value, recovered
 from restores.verifications import VerificationError, verification_request
 from tests import continuous_support
 from tests.continuous_support import URL_VARIABLE, streams, system_names
@@ -110,11 +110,14 @@ def test_recovery_to_a_time_between_two_inserts_returns_exactly_the_rows_before_
     with recovered(shop, RecoveryPoint.at(target)) as copy:
         rows = copy.query("SELECT item FROM orders ORDER BY id", dbname="shop")
         position = copy.replay_position()
+        progress = copy.progress(position, in_recovery=True)
         dump = copy.dump("shop", tmp_path / "shop.dump")
         data = copy.data
 
     assert [r[0] for r in rows] == ["before-1", "before-2"]
     assert position and "/" in position
+    # Replay is measured from where the base backup's WAL begins (read before the server renamed backup_label).
+    assert progress.start != "0/0" and 0 < copy.wal_start <= lsn_value(position)
     assert dump.stat().st_size > 0
     assert not data.exists(), "the scratch copy was not removed"
     # The protected server still has all three: recovery never touched it.
