@@ -37,6 +37,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from backups.errors import BackupError
 from drpanel import pgbin, secrets
+from drpanel.beside import running_beside
 from drpanel.scrub import scrub
 
 RESERVED_NAMES = {"all", "barman"}
@@ -269,9 +270,7 @@ def wal_moving(system) -> Iterator[None]:
     then wait that long for nothing (6–20 s measured, see docs/benchmarks.md). A server that does not answer is not
     nudged: Barman's own wait then decides, as before.
     """
-    stop = threading.Event()
-
-    def nudge() -> None:
+    def nudge(stop: threading.Event) -> None:
         try:
             connection, password = connection_for(system)
         except BarmanError:
@@ -282,13 +281,8 @@ def wal_moving(system) -> Iterator[None]:
             while not stop.wait(NUDGE_SECONDS):
                 conn.execute("SELECT txid_current()")
 
-    thread = threading.Thread(target=nudge, name=f"wal-moving-{system.name}", daemon=True)
-    thread.start()
-    try:
+    with running_beside(nudge, name=f"wal-moving-{system.name}"):
         yield
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 def switch_and_archive(system) -> None:

@@ -44,6 +44,7 @@ from django.conf import settings
 
 from backups import barman
 from drpanel import queues
+from drpanel.beside import running_beside
 from drpanel.scrub import scrub
 from restores import pitr, wholeserver
 from restores.models import RestoreRun
@@ -252,7 +253,7 @@ def _saying_alive(connection, key: str, what: str):
     """``alive`` into the channel every ``ALIVE_SECONDS`` while the block runs; yields what to call with each
     ``ReplayProgress`` of the recovery, which is said at once (at most every ``REPLAY_SAY_SECONDS`` while it moves;
     its end always) and carried by every later ``alive``."""
-    stop, lock = threading.Event(), threading.Lock()
+    lock = threading.Lock()
     latest: list[pitr.ReplayProgress | None] = [None]
     said = [-REPLAY_SAY_SECONDS]
 
@@ -266,18 +267,13 @@ def _saying_alive(connection, key: str, what: str):
             said[0] = now
             _push(connection, key, alive_message(what, progress))
 
-    def loop() -> None:
+    def loop(stop: threading.Event) -> None:
         while not stop.wait(ALIVE_SECONDS):
             with lock:
                 _push(connection, key, alive_message(what, latest[0]))
 
-    thread = threading.Thread(target=loop, name=f"ship-alive-{key}", daemon=True)
-    thread.start()
-    try:
+    with running_beside(loop, name=f"ship-alive-{key}"):
         yield on_replay
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 def ship_send(run_id, backup_id: str) -> Shipped | None:
