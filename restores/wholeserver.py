@@ -157,7 +157,7 @@ def recovered_privately(system, point, backup_id: str, plan: HostPlan, *, on_rep
                         ) -> Iterator[pitr.Recovered]:
     """Recover ``system`` at ``point`` into ``plan.data``, start it privately, wait for the end of replay, yield it;
     stop it after. If anything fails (here or in the block), what was written is removed and the error goes on."""
-    connection, closed = pitr.prepare(system)
+    connection, closed = pitr.prepare(system, point, backup_id)
 
     def fill() -> tuple[float, str, None]:
         return pitr.recover_into(system, point, backup_id, plan.data, closed=closed), connection.user, None

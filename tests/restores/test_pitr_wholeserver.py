@@ -17,10 +17,11 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from backups import barman
 from backups.models import Artifact, BackupRun, System
 from backups.runs import backup_request, backup_run_execute
 from compliance.models import AuditEvent
-from restores import execution, requests, runstate, targets, wholeserver
+from restores import execution, pitr, requests, runstate, targets, wholeserver
 from restores.models import RestoreRun
 from restores.pitr import Recovered, RecoveryPoint, lsn_text
 from tests import continuous_support
@@ -381,3 +382,31 @@ def test_a_point_in_time_restore_onto_a_server_without_the_databases_roles_creat
         assert run.results["replay"]["replayed"] == run.results["recovery"]["replay_position"]
     finally:
         empty.stop()
+
+
+def test_a_whole_server_recovery_to_a_moment_already_archived_does_not_close_the_current_segment(
+        transactional_db, shop, server, barman_home, operator, data_root):
+    """Like a database-only restore: a moment whose WAL Barman already holds needs no switch first."""
+    streams(server)
+    base = take_base_backup(shop, operator)
+    backup_id = base.manifest["backup_id"]
+    server.execute("CREATE TABLE stamps (id serial PRIMARY KEY, note text)")
+    server.execute("INSERT INTO stamps (note) VALUES ('before')")
+    time.sleep(1.1)
+    moment = datetime.now(UTC).replace(microsecond=0)
+    time.sleep(1.1)
+    server.execute("INSERT INTO stamps (note) VALUES ('after')")
+    barman.switch_and_archive(shop)
+    assert pitr.archived_past(shop, moment, backup_id)
+
+    def segment() -> str:
+        return server.execute("SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
+
+    before = segment()
+    plan = wholeserver.HostPlan(data=data_root / "moment", port=free_port(), user=POSTGRES, create=True)
+    with wholeserver.recovered_privately(shop, RecoveryPoint.at(moment), backup_id, plan) as ready:
+        notes = [r[0] for r in ready.query("SELECT note FROM stamps ORDER BY id")]
+        closed_meanwhile = segment() != before
+
+    assert notes == ["before"]
+    assert not closed_meanwhile, "the recovery closed the current segment although the moment's WAL was archived"
