@@ -21,6 +21,7 @@ import logging
 import os
 import re
 
+from django.conf import settings
 from psycopg.conninfo import conninfo_to_dict
 
 from drpanel import secrets
@@ -51,15 +52,25 @@ def _with_parts(value: str) -> frozenset[str]:
     return frozenset(found)
 
 
-def known_secrets() -> list[str]:
-    """The secret values to remove, longest first (so a value containing another goes whole)."""
+def known_secrets() -> tuple[str, ...]:
+    """The secret values to remove, longest first (so a value containing another goes whole).
+
+    Read afresh at each call (a secret resolved or an environment variable set a moment ago counts), but
+    worked out again only when what it depends on changed: every log record is scrubbed.
+    """
+    return _known_secrets(secrets.resolved_values(), tuple(os.environ.items()),
+                          tuple(settings.SECRET_ENV_PREFIXES))
+
+
+@functools.lru_cache(maxsize=8)
+def _known_secrets(resolved: frozenset[str], environ: tuple, prefixes: tuple) -> tuple[str, ...]:
     values: set[str] = set()
-    for value in secrets.resolved_values():
+    for value in resolved:
         values |= _with_parts(value)
-    for name, value in os.environ.items():
+    for name, value in environ:
         if value and (name in _ENV_SECRETS or secrets.env_allowed(name)):
             values |= _with_parts(value.strip())
-    return sorted((v for v in values if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
+    return tuple(sorted((v for v in values if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True))
 
 
 def scrub(text) -> str:

@@ -2,10 +2,10 @@
 
 Personas: ``operator``, ``manager``, ``auditor``, ``admin`` (one per role) and
 ``outsider`` (signed in, no role). ``clients`` maps each persona's name to a logged-in
-Django test client. ``redis_conn`` is the test run's own Redis database, flushed around
-each test that uses it. ``s3_endpoint`` serves S3 over HTTP from moto's threaded server on
-127.0.0.1. Browser tests take ``page`` (pytest-playwright) on Debian's Chromium against
-``live_server``.
+Django test client (the persona is made and signed in when the test first asks for it).
+``redis_conn`` is the test run's own Redis database, flushed around each test that uses it.
+``s3_endpoint`` serves S3 over HTTP from moto's threaded server on 127.0.0.1. Browser tests
+take ``page`` (pytest-playwright) on Debian's Chromium against ``live_server``.
 
 ``make test`` runs the suite with pytest-xdist (``-n N --dist loadgroup``); each worker has its
 own test database and Redis database (``drpanel.testing``). ``pytest_collection_modifyitems``
@@ -16,6 +16,7 @@ start real processes first, so no long one is left for the end.
 """
 
 import os
+from collections.abc import Mapping
 
 import pytest
 
@@ -225,14 +226,39 @@ def outsider(db):
     return UserFactory(username="outsider")
 
 
+PERSONAS = ("operator", "manager", "auditor", "admin", "outsider")
+
+
+class SignedInClients(Mapping):
+    """Each persona's name to a Django test client signed in as that persona.
+
+    A persona is made and signed in when the test first asks for its client (most tests use one or
+    two of the five): the same user rows and sign-in as the persona fixtures, without the others' cost.
+    """
+
+    def __init__(self, request):
+        self._request = request
+        self._clients = {}
+
+    def __getitem__(self, name):
+        if name not in PERSONAS:
+            raise KeyError(name)
+        if name not in self._clients:
+            client = Client()
+            client.force_login(self._request.getfixturevalue(name))
+            self._clients[name] = client
+        return self._clients[name]
+
+    def __iter__(self):
+        return iter(PERSONAS)
+
+    def __len__(self):
+        return len(PERSONAS)
+
+
 @pytest.fixture
-def clients(operator, manager, auditor, admin, outsider):
-    result = {}
-    for user in (operator, manager, auditor, admin, outsider):
-        client = Client()
-        client.force_login(user)
-        result[user.username] = client
-    return result
+def clients(request, db):
+    return SignedInClients(request)
 
 
 @pytest.fixture

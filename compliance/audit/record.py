@@ -137,8 +137,11 @@ def _actor_username(actor, user, request) -> str:
     return getattr(actor, "username", "") or (ANONYMOUS_ACTOR if request is not None else SYSTEM_ACTOR)
 
 
-# Under the chain lock: the head, and the client address as PostgreSQL will give it back.
-_HEAD_SQL = " ".join((
+# The chain lock, then under it the head and the client address as PostgreSQL will give it back: two
+# statements in one round trip (the cursor binds on the client, so one execute may hold both). The second
+# takes its own snapshot after the first has the lock, so it reads the head as the last holder committed it.
+_LOCK_AND_HEAD_SQL = " ".join((
+    "SELECT pg_advisory_xact_lock(%s);",
     "SELECT head.seq, head.hash, host(%s::inet) FROM (SELECT 1) AS one LEFT JOIN (SELECT seq, hash FROM",
     AuditEvent._meta.db_table,
     "ORDER BY seq DESC LIMIT 1) AS head ON true",
@@ -177,8 +180,8 @@ def audit_record(
     details = clean_details(details or {})
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK_ID])
-            cursor.execute(_HEAD_SQL, [_client_ip(request)])
+            cursor.execute(_LOCK_AND_HEAD_SQL, [CHAIN_LOCK_ID, _client_ip(request)])
+            cursor.nextset()
             head_seq, head_hash, client_ip = cursor.fetchone()
         seq, prev_hash = (head_seq + 1, head_hash) if head_seq is not None else (1, GENESIS_HASH)
         event = AuditEvent(

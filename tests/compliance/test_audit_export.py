@@ -252,9 +252,9 @@ def test_every_export_is_audited_with_its_format_and_filter(tmp_path, auditor):
 
 
 def test_an_export_that_cannot_be_audited_is_not_made(clients):
+    client = clients["auditor"]
     record(3)
     force_audit_failures()
-    client = clients["auditor"]
     client.raise_request_exception = False
     response = client.get("/api/v1/audit/export?format=jsonl")
     assert response.status_code == 500

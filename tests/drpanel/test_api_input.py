@@ -124,9 +124,14 @@ def fill(value, world):
     return value.format(**world) if isinstance(value, str) and "{" in value else value
 
 
+def signed_in(clients, name):
+    """The client of the role that sends ``name``: signed in (and its sign-in audited) before any snapshot."""
+    return clients[BY_NAME[name][1]]
+
+
 def call(clients, world, name, body):
     _, role, method, path, _, _ = BY_NAME[name]
-    client = clients[role]
+    client = signed_in(clients, name)
     return getattr(client, method)(f"/api/v1/{path.format(**world)}", json.dumps(body),
                                    content_type="application/json")
 
@@ -160,6 +165,7 @@ def test_a_refused_value_is_a_400_naming_the_field_and_changes_nothing(clients, 
         del body[field]
     else:
         body[field] = {"anything": 1}
+    signed_in(clients, name)
     before = snapshot()
     with django_capture_on_commit_callbacks() as queued:
         response = call(clients, world, name, body)
@@ -174,6 +180,7 @@ def test_a_refused_value_is_a_400_naming_the_field_and_changes_nothing(clients, 
 @pytest.mark.parametrize("name", BY_NAME)
 @pytest.mark.parametrize("junk", [[], "text", 7, None], ids=["a list", "a string", "a number", "null"])
 def test_a_body_that_is_not_an_object_is_refused(clients, world, name, junk, django_capture_on_commit_callbacks):
+    signed_in(clients, name)
     before = snapshot()
     with django_capture_on_commit_callbacks() as queued:
         response = call(clients, world, name, junk)
@@ -194,6 +201,7 @@ def test_the_accepted_body_gets_past_the_checks(clients, world, name):
 def test_drill_takes_only_a_json_boolean(clients, world, drill, django_capture_on_commit_callbacks):
     """``"drill": "false"`` once meant a drill (``bool("false")``); now anything but true/false is refused."""
     body = {**accepted("restore", world), "drill": drill}
+    signed_in(clients, "restore")
     before = snapshot()
     with django_capture_on_commit_callbacks() as queued:
         response = call(clients, world, "restore", body)

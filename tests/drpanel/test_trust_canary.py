@@ -171,3 +171,19 @@ def test_the_scrubber_removes_passwords_and_resolved_values(monkeypatch):
     assert "s3cr3t-pw" not in cleaned and "a b'" not in cleaned and "battery9staple" not in cleaned
     assert "postgresql://app:***@db:5432/x" in cleaned and "password=***" in cleaned
     assert "missing \"=\" after" in cleaned and "connection option" in cleaned
+
+
+def test_a_secret_that_appears_after_a_scrub_is_scrubbed_too(monkeypatch, settings):
+    """The list of known secrets is kept between log records, and worked out again when what it reads changes."""
+    from drpanel import secrets as references
+
+    text = "late-canary-env-1 late-canary-ref-2 late-canary-prefix-3"
+    assert scrub(text) == text
+    monkeypatch.setenv("DRPANEL_SECRET_LATE", "late-canary-env-1")
+    assert scrub(text) == "*** late-canary-ref-2 late-canary-prefix-3"
+    monkeypatch.setenv("DRPANEL_FUZZY_REF", "late-canary-ref-2")
+    monkeypatch.setenv("OTHER_LATE", "late-canary-prefix-3")
+    settings.SECRET_ENV_PREFIXES = ["DRPANEL_SECRET_", "OTHER_"]
+    assert scrub(text) == "*** late-canary-ref-2 ***"
+    monkeypatch.setattr(references, "_resolved", {*references.resolved_values(), "late-canary-ref-2"})
+    assert scrub(text) == "*** *** ***"
