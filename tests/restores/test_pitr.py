@@ -88,6 +88,15 @@ def committed_at(server, item: str, dbname: str = "shop") -> datetime:
     return server.execute("SELECT clock_timestamp()")[0][0]
 
 
+def quiet_second() -> datetime:
+    """A whole-second moment with no commit near it: the last commit is over a second before it and the next one
+    (made after this returns) over a second after it, whatever the timestamp's rounding."""
+    time.sleep(1.1)
+    moment = datetime.now(UTC).replace(microsecond=0)
+    time.sleep(1.1)
+    return moment
+
+
 # The tests on the module's base backup take ``transactional_db`` as the restore run's test must (its worker is
 # another process): pytest-django runs transactional tests after the others, so all of them then run together on
 # one setup of the module's fixtures, and one base backup.
@@ -100,10 +109,8 @@ def test_recovery_to_a_time_between_two_inserts_returns_exactly_the_rows_before_
     streams(server)
     committed_at(server, "before-1")
     moment = committed_at(server, "before-2")
-    time.sleep(1.1)  # the target is a timestamp: keep the next commit in a later second than the target
-    target = datetime.now(UTC).replace(microsecond=0)
+    target = quiet_second()  # the target is a timestamp: the commits around it fall in other seconds
     assert target > moment
-    time.sleep(1.1)
     before_after = server.execute("SELECT clock_timestamp()")[0][0]
     committed_at(server, "after")
 
@@ -157,9 +164,7 @@ def test_a_moment_whose_wal_is_archived_is_recovered_without_closing_the_current
     streams(server)
     server.execute("CREATE TABLE IF NOT EXISTS stamps (id serial PRIMARY KEY, note text)")
     server.execute("INSERT INTO stamps (note) VALUES ('before')")
-    time.sleep(1.1)
-    moment = datetime.now(UTC).replace(microsecond=0)
-    time.sleep(1.1)
+    moment = quiet_second()
     # Not archived yet: the commit past the moment is only in the segment being written (and Barman's .partial).
     assert not pitr.archived_past(shop, moment, base_backup["backup_id"])
     server.execute("INSERT INTO stamps (note) VALUES ('after')")
@@ -183,9 +188,7 @@ def test_a_moment_whose_wal_is_not_archived_closes_the_segment_first_and_gets_th
     streams(server)
     server.execute("CREATE TABLE IF NOT EXISTS stamps (id serial PRIMARY KEY, note text)")
     server.execute("INSERT INTO stamps (note) VALUES ('before-unarchived')")
-    time.sleep(1.1)
-    moment = datetime.now(UTC).replace(microsecond=0)
-    time.sleep(1.1)
+    moment = quiet_second()
     server.execute("INSERT INTO stamps (note) VALUES ('after-unarchived')")
     before = current_segment(server)
 
@@ -287,9 +290,7 @@ def test_a_point_in_time_restore_into_staging_brings_back_exactly_the_rows_befor
     catalogued(shop, base_backup)
     committed_at(server, "before-1", dbname=dbname)
     last_before = committed_at(server, "before-2", dbname=dbname)
-    time.sleep(1.1)  # the point is a timestamp: the next commit falls in a later second
-    moment = datetime.now(UTC).replace(microsecond=0)
-    time.sleep(1.1)
+    moment = quiet_second()  # the point is a timestamp: the commits around it fall in other seconds
     committed_at(server, "after", dbname=dbname)
 
     with rq_workers(["restore"], env={"DRPANEL_BARMAN_HOME": barman_home}):
