@@ -8,7 +8,7 @@ Cheapest first:
   first use: ``wal_level = replica``, WAL senders, replication slots, a replication line in pg_hba.
   A test (or module) that leaves fixed names behind — a database ``shop``, roles, Barman's slot —
   wraps its use in ``kept_clean(server)``, which drops every database, role and replication slot
-  made meanwhile.
+  made meanwhile, and every table made meanwhile in its default database ``postgres``.
 - ``PgServer(...)`` of its own, ``stop()``-ed in a ``finally``: only for a test that stops, breaks
   or reconfigures its server, or needs one that is empty of roles.
 
@@ -209,13 +209,17 @@ class PgServer:
         self.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     def inventory(self) -> dict[str, set[str]]:
-        """The names of its databases, roles and replication slots."""
+        """The names of its databases, roles and replication slots, and of the tables in ``postgres`` (where
+        ``execute`` runs unless told otherwise)."""
         return {"databases": {r[0] for r in self.execute("SELECT datname FROM pg_database")},
                 "roles": {r[0] for r in self.execute("SELECT rolname FROM pg_roles")},
-                "slots": {r[0] for r in self.execute("SELECT slot_name FROM pg_replication_slots")}}
+                "slots": {r[0] for r in self.execute("SELECT slot_name FROM pg_replication_slots")},
+                "tables": {r[0] for r in self.execute(
+                    "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+                    "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")}}
 
     def drop_new(self, before: dict[str, set[str]], timeout: float = 30) -> None:
-        """Drop every replication slot, database and role that is not in ``before``."""
+        """Drop every replication slot, database, table of ``postgres`` and role that is not in ``before``."""
         now = self.inventory()
         deadline = time.monotonic() + timeout
         for slot in sorted(now["slots"] - before["slots"]):
@@ -230,6 +234,8 @@ class PgServer:
                          slot, slot)
         for database in sorted(now["databases"] - before["databases"]):
             self.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        for table in sorted(now["tables"] - before["tables"]):
+            self.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
         roles = sorted(now["roles"] - before["roles"])
         if roles:
             names = sql.SQL(", ").join(sql.Identifier(role) for role in roles)

@@ -55,9 +55,12 @@ def test_a_server_of_its_own_stops_refuses_connections_after_and_leaves_no_folde
 
 def test_what_a_block_made_on_the_shared_server_is_dropped_after_it_and_nothing_else(protected_server, tmp_path):
     kept = protected_server.create_database().rsplit("/", 1)[1]
+    protected_server.execute("CREATE TABLE kept_table (n int)")
     receivewal = str(pg_servers.BIN_DIR / "pg_receivewal")
     with kept_clean(protected_server) as server:
         server.execute("CREATE ROLE leftover_owner LOGIN")
+        # A table in the default database, where the next module's ``CREATE TABLE`` of the same name would fail.
+        server.execute("CREATE TABLE leftover_table (n int)")
         # A role that owns something in a database the block did not make: it goes with what it owns.
         server.execute("CREATE TABLE owned_by_leftover (n int)", dbname=kept)
         server.execute("ALTER TABLE owned_by_leftover OWNER TO leftover_owner", dbname=kept)
@@ -83,6 +86,8 @@ def test_what_a_block_made_on_the_shared_server_is_dropped_after_it_and_nothing_
     assert "leftover_owner" not in inventory["roles"]
     assert not {"leftover_idle", "leftover_busy"} & inventory["slots"]
     assert protected_server.execute("SELECT to_regclass('owned_by_leftover')", dbname=kept) == [(None,)]
+    assert "public.kept_table" in inventory["tables"] and "public.leftover_table" not in inventory["tables"]
+    protected_server.execute("DROP TABLE kept_table")
     protected_server.drop_database(protected_server.url(kept))
 
 
