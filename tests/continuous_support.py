@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,8 @@ from tests.pg_servers import BIN_DIR, POSTGRES, PgServer, as_postgres, free_port
 from tests.support import wait_for
 
 __all__ = ["BINDIR", "PASSWORD", "POSTGRES", "URL_VARIABLE", "ProtectedServer", "as_postgres", "barman_home",
-           "barman_settings", "catalog_reaches", "free_port", "kill_receiver", "segment_of_switch", "server",
-           "streams", "system_names"]
+           "barman_settings", "catalog_reaches", "free_port", "kill_receiver", "quiet_second", "segment_of_switch",
+           "server", "streams", "system_names"]
 
 BINDIR = BIN_DIR
 URL_VARIABLE = "DRPANEL_SECRET_TEST_PROTECTED_URL"
@@ -86,6 +88,15 @@ def streams(server) -> None:
     wait_for(lambda: server.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = "
                                     "'barman_receive_wal' AND state = 'streaming'")[0][0],
              what="Barman's receiver streaming from the server")
+
+
+def quiet_second() -> datetime:
+    """A whole-second moment with no commit near it (a point in time is a timestamp to the second): the last
+    commit is over a second before it and the next one (made after this returns) over a second after it."""
+    time.sleep(1.1)
+    moment = datetime.now(UTC).replace(microsecond=0)
+    time.sleep(1.1)
+    return moment
 
 
 def kill_receiver(pid: int) -> None:

@@ -7,7 +7,6 @@ Barman's home (``tests.continuous_support``).
 
 import gzip
 import io
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -28,7 +27,7 @@ from compliance.models import AuditEvent
 from restores.offsite_recovery import OffsiteRecoveryError, offsite_materialize, recovered_from_offsite
 from restores.pitr import RecoveryPoint, scratch_root, started
 from tests import continuous_support
-from tests.continuous_support import URL_VARIABLE, catalog_reaches, segment_of_switch, streams
+from tests.continuous_support import URL_VARIABLE, catalog_reaches, quiet_second, segment_of_switch, streams
 
 pytest_plugins = ["tests.backup_fixtures", "tests.restore_fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
@@ -90,10 +89,8 @@ def test_a_point_in_time_comes_back_from_the_offsite_copy_alone_and_the_objects_
     insert(server, "before-1")
     segment_of_switch(server)
     moment = insert(server, marker)
-    time.sleep(1.1)  # the target is a timestamp: keep the next commit in a later second
-    target = datetime.now(UTC).replace(microsecond=0)
+    target = quiet_second()
     assert target > moment
-    time.sleep(1.1)
     insert(server, "after")
     catalog_reaches(shop, segment_of_switch(server))
 

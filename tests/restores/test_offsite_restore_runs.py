@@ -32,7 +32,7 @@ from restores.offsite_recovery import OffsiteRecoveryError, offsite_reach, recov
 from restores.pitr import RecoveryPoint, scratch_root, started
 from tests import continuous_support
 from tests.backup_fixtures import keys_env
-from tests.continuous_support import URL_VARIABLE, catalog_reaches, segment_of_switch, streams
+from tests.continuous_support import URL_VARIABLE, catalog_reaches, quiet_second, segment_of_switch, streams
 from tests.restores.test_pitr import committed_at, items, point_target
 from tests.support import rq_workers, wait_for
 
@@ -96,9 +96,7 @@ def test_a_restore_run_recovers_a_moment_from_the_offsite_copy_and_refuses_a_fli
     base_backup(shop, operator)
     committed_at(server, "before-1", dbname=dbname)
     committed_at(server, "before-2", dbname=dbname)
-    time.sleep(1.1)  # the point is a timestamp: the next commit falls in a later second
-    moment = datetime.now(UTC).replace(microsecond=0)
-    time.sleep(1.1)
+    moment = quiet_second()
     committed_at(server, "after", dbname=dbname)
     catalog_reaches(shop, segment_of_switch(server))
     ship(shop)
@@ -236,9 +234,7 @@ def test_offsite_retention_removes_only_what_no_point_of_the_window_needs(
     ship(shop)
     second = base_backup(shop, operator)
     committed_at(server, "kept-1", dbname="shopret")
-    time.sleep(1.1)
-    oldest = datetime.now(UTC).replace(microsecond=0)  # the window's oldest point, below
-    time.sleep(1.1)
+    oldest = quiet_second()  # the window's oldest point, below
     committed_at(server, "kept-2", dbname="shopret")
     catalog_reaches(shop, segment_of_switch(server))
     ship(shop)

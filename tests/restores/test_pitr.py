@@ -8,7 +8,6 @@ own scratch directory, is started on a free port as ``postgres``, and is removed
 
 import json
 import os
-import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -29,7 +28,7 @@ from restores.models import RestoreRun, Target, VerificationRun
 from restores.pitr import RecoveryPoint, lsn_value, recovered
 from restores.verifications import VerificationError, verification_request
 from tests import continuous_support
-from tests.continuous_support import URL_VARIABLE, streams, system_names
+from tests.continuous_support import URL_VARIABLE, quiet_second, streams, system_names
 from tests.support import rq_workers, wait_for
 
 pytest_plugins = ["tests.restore_fixtures"]
@@ -86,15 +85,6 @@ def committed_at(server, item: str, dbname: str = "shop") -> datetime:
     """Insert one order and return the server's time just after it committed."""
     server.execute("INSERT INTO orders (item) VALUES (%s)", item, dbname=dbname)
     return server.execute("SELECT clock_timestamp()")[0][0]
-
-
-def quiet_second() -> datetime:
-    """A whole-second moment with no commit near it: the last commit is over a second before it and the next one
-    (made after this returns) over a second after it, whatever the timestamp's rounding."""
-    time.sleep(1.1)
-    moment = datetime.now(UTC).replace(microsecond=0)
-    time.sleep(1.1)
-    return moment
 
 
 # The tests on the module's base backup take ``transactional_db`` as the restore run's test must (its worker is

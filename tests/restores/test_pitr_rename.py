@@ -5,9 +5,6 @@ server (the panel's): the run dumps ``shop`` from the recovered copy and restore
 through the usual side database and swap.
 """
 
-import time
-from datetime import UTC, datetime
-
 import pytest
 
 from compliance.models import AuditEvent
@@ -15,7 +12,7 @@ from restores import execution, pitr, requests, targets
 from restores.models import RestoreRun
 from restores.pitr import RecoveryPoint
 from tests import continuous_support
-from tests.continuous_support import URL_VARIABLE, streams, system_names
+from tests.continuous_support import URL_VARIABLE, quiet_second, streams, system_names
 from tests.restores import test_pitr
 from tests.restores.test_pitr import TARGET_VARIABLE, catalogued, committed_at, items, restore_events
 from tests.support import rq_workers, wait_for
@@ -70,9 +67,7 @@ def test_a_point_in_time_restore_brings_the_systems_database_into_a_target_that_
     catalogued(shop, base_backup)
     committed_at(server, "before-1")
     committed_at(server, "before-2")
-    time.sleep(1.1)  # the point is a timestamp: the next commit falls in a later second
-    moment = datetime.now(UTC).replace(microsecond=0)
-    time.sleep(1.1)
+    moment = quiet_second()
     committed_at(server, "after")
 
     with rq_workers(["restore"], env={"DRPANEL_BARMAN_HOME": str(barman_home)}):
@@ -100,9 +95,7 @@ def test_a_system_database_missing_at_the_point_fails_clearly_and_leaves_the_tar
     streams(server)
     catalogued(shop, base_backup)
     committed_at(server, "kept")
-    time.sleep(1.1)
-    moment = datetime.now(UTC).replace(microsecond=0)
-    time.sleep(1.1)
+    moment = quiet_second()
     # The system's URL now names a database made after the point: the recovered copy cannot have it.
     server.execute("CREATE DATABASE shop_late")
     system_names(monkeypatch, server, "shop_late")

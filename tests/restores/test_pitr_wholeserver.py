@@ -8,8 +8,7 @@ import os
 import shutil
 import socket
 import tempfile
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -25,7 +24,7 @@ from restores import execution, pitr, requests, runstate, targets, wholeserver
 from restores.models import RestoreRun
 from restores.pitr import Recovered, RecoveryPoint, lsn_text
 from tests import continuous_support
-from tests.continuous_support import POSTGRES, URL_VARIABLE, as_postgres, free_port, streams, system_names
+from tests.continuous_support import POSTGRES, URL_VARIABLE, as_postgres, free_port, quiet_second, streams, system_names
 from tests.protected_servers import PgServer
 from tests.support import rq_workers, wait_for
 
@@ -100,9 +99,7 @@ def test_whole_server_recovery_to_a_time_between_two_inserts_starts_a_server_wit
     # WAL for the replay to walk through (tens of MB), so its progress is seen while it runs.
     server.execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 120000) g",
                    dbname="shop")
-    time.sleep(1.1)  # the point is a timestamp: the next commit falls in a later second
-    moment = datetime.now(UTC).replace(microsecond=0)
-    time.sleep(1.1)
+    moment = quiet_second()
     server.execute("INSERT INTO orders (item) VALUES ('after')", dbname="shop")
 
     env = {"DRPANEL_BARMAN_HOME": barman_home, "DRPANEL_SERVER_DATA_ROOTS": str(data_root)}
@@ -341,9 +338,7 @@ def test_a_point_in_time_restore_onto_a_server_without_the_databases_roles_creat
     streams(server)
     take_base_backup(shop, operator)
     server.execute("INSERT INTO orders (item) VALUES ('before')", dbname="shop_roles")
-    time.sleep(1.1)
-    moment = datetime.now(UTC).replace(microsecond=0)
-    time.sleep(1.1)
+    moment = quiet_second()
     server.execute("INSERT INTO orders (item) VALUES ('after')", dbname="shop_roles")
     empty = PgServer().start()  # a second server: none of the database's roles, and no database of that name
     try:
@@ -392,9 +387,7 @@ def test_a_whole_server_recovery_to_a_moment_already_archived_does_not_close_the
     backup_id = base.manifest["backup_id"]
     server.execute("CREATE TABLE stamps (id serial PRIMARY KEY, note text)")
     server.execute("INSERT INTO stamps (note) VALUES ('before')")
-    time.sleep(1.1)
-    moment = datetime.now(UTC).replace(microsecond=0)
-    time.sleep(1.1)
+    moment = quiet_second()
     server.execute("INSERT INTO stamps (note) VALUES ('after')")
     barman.switch_and_archive(shop)
     assert pitr.archived_past(shop, moment, backup_id)

@@ -11,7 +11,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 
 import psycopg
@@ -23,7 +22,7 @@ from restores import execution, requests, shipping, wholeserver
 from restores.models import RestoreRun, Target
 from restores.pitr import RecoveryPoint
 from tests import continuous_support
-from tests.continuous_support import POSTGRES, free_port, streams
+from tests.continuous_support import POSTGRES, free_port, quiet_second, streams
 from tests.drpanel import test_worker_pools_hosts as hosts_support
 from tests.restores import test_pitr_wholeserver
 from tests.restores.test_pitr_wholeserver import events, server_target, take_base_backup
@@ -89,9 +88,7 @@ def test_the_barman_hosts_pool_recovers_and_the_target_hosts_pool_starts_the_shi
     server.execute("CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 120000) g",
                    dbname="shop")
     server.execute("DROP TABLE filler", dbname="shop")
-    time.sleep(1.1)  # the point is a timestamp: the next commit falls in a later second
-    moment = datetime.now(UTC).replace(microsecond=0)
-    time.sleep(1.1)
+    moment = quiet_second()
     server.execute("INSERT INTO orders (item) VALUES ('after')", dbname="shop")
     elsewhere = tmp_path / "no-barman-here"
     elsewhere.mkdir()
