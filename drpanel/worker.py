@@ -45,6 +45,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 from django.utils.module_loading import autodiscover_modules
+from rq.exceptions import StopRequested
 from rq.worker import Worker, WorkerStatus
 
 from compliance.audit import audit_record
@@ -168,8 +169,12 @@ class PanelWorker(Worker):
         opened = self._spare_opened_at
         if conn.connection is not None and opened is not None and time.monotonic() - opened < SPARE_RENEW_SECONDS:
             return
-        with contextlib.suppress(Exception):
+        try:
             conn.close()
+        except StopRequested:
+            raise
+        except Exception:  # noqa: S110 - a connection that will not close cleanly is being replaced anyway
+            pass
         self._spare_opened_at = None
         # Bounded: an unreachable server must not hold up the worker's heartbeat (the horse has no such bound).
         options = conn.settings_dict.setdefault("OPTIONS", {})
@@ -178,6 +183,10 @@ class PanelWorker(Worker):
             options["connect_timeout"] = SPARE_CONNECT_TIMEOUT_SECONDS
         try:
             conn.ensure_connection()
+        except StopRequested:
+            # SIGTERM while idle: rq's handler raises this wherever the worker is, here too. Swallowed with the
+            # database errors, it left the worker waiting for its next job instead of stopping.
+            raise
         except Exception as exc:
             log.warning("no database connection ready for the next job (%s): its work horse will connect itself",
                         type(exc).__name__)
