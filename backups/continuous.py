@@ -37,6 +37,8 @@ from drpanel.scrub import scrub
 log = logging.getLogger(__name__)
 # A base backup copies the whole server; the backup run's own time limit (12 h) bounds it too.
 BASE_BACKUP_TIMEOUT = 12 * 3600
+# How long a pool's minute tick may wait for a worker of the pool before it is dropped (the next minute's comes).
+POOL_TICK_TTL_SECONDS = 90
 
 
 def _state(system: System) -> ContinuousState:
@@ -219,11 +221,35 @@ def base_backups_sync(system: System) -> int:
     return len(gone)
 
 
-def continuous_tick() -> int:
-    """Every minute: configuration in step, ``barman cron`` (keeps every receiver running), then each refresh."""
-    protected = list(System.objects.filter(continuous_enabled=True))
+def continuous_minute() -> int:
+    """The minute's tick of every protected system, where its Barman home is: each pool that holds a protected
+    system gets its own tick on its own queue (``backups.jobs.continuous_pool_tick``), so that Barman's cron,
+    receivers and WAL catalog of the pool's systems run on the pool's host and no other; the systems without a
+    pool are ticked here. The number of systems ticked here."""
+    pools = sorted(set(System.objects.filter(continuous_enabled=True).exclude(worker_pool="")
+                       .values_list("worker_pool", flat=True)))
+    for pool in pools:
+        # A pool whose workers are all down does not pile up a tick a minute: the next one replaces it.
+        queues.enqueue("backups.jobs.continuous_pool_tick", pool, queue="default",
+                       timeout=settings.BARMAN_TIMEOUT_SECONDS + 60, pool=pool, ttl=POOL_TICK_TTL_SECONDS)
+    return continuous_tick(pool="")
+
+
+def continuous_tick(pool: str | None = None) -> int:
+    """Every minute: configuration in step, ``barman cron`` (keeps every receiver running), then each refresh.
+
+    ``pool``: the tick of one worker pool, run by its workers (``backups.jobs.continuous_pool_tick``), on the host
+    that holds the Barman home of the pool's systems: it configures and refreshes those systems only, and removes
+    the configuration of the systems protection is off for or that moved to another pool. None: every system (a
+    single host; the demo, the tests).
+    """
+    systems = System.objects.all() if pool is None else System.objects.filter(worker_pool=pool)
+    protected = list(systems.filter(continuous_enabled=True))
     barman.write_global()
-    for system in System.objects.filter(continuous_enabled=False):
+    gone = System.objects.filter(continuous_enabled=False)
+    if pool:
+        gone = gone | System.objects.exclude(worker_pool__in=[pool, ""])
+    for system in gone:
         barman.remove_server(system)
     usable = []
     for system in protected:

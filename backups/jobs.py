@@ -55,8 +55,14 @@ def inventory_tick() -> str:
 
 
 def continuous_tick() -> int:
-    """Every minute: keep Barman's configuration, receivers and WAL catalog of every protected system current."""
-    return continuous.continuous_tick()
+    """Every minute (cron, any worker): each pool's tick queued for its own workers, the systems without a pool
+    ticked here (``continuous.continuous_minute``)."""
+    return continuous.continuous_minute()
+
+
+def continuous_pool_tick(pool: str) -> int:
+    """The minute's tick of one pool's systems, on that pool's worker (see ``continuous_tick``)."""
+    return continuous.continuous_tick(pool=pool)
 
 
 def continuous_check_job(system_id: int) -> bool | None:

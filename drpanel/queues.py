@@ -159,10 +159,14 @@ def depths(connection) -> dict[str, int]:
     return {name: Queue(queue_name(name), connection=connection).count for name in settings.RQ_QUEUE_NAMES}
 
 
-def enqueue(path: str, *args, queue: str, timeout: int, on_failure: str | None = None, pool: str = "") -> Job:
+def enqueue(path: str, *args, queue: str, timeout: int, on_failure: str | None = None, pool: str = "",
+            ttl: int | None = None) -> Job:
     """Enqueue the job ``path`` (a dotted path to a function) now, with its time limit and failure callback,
-    on ``pool``'s copy of the queue when given."""
+    on ``pool``'s copy of the queue when given; ``ttl``: seconds it may wait in the queue before it is dropped
+    (for a periodic job whose next one replaces it)."""
     options = {"on_failure": Callback(on_failure)} if on_failure else {}
+    if ttl is not None:
+        options["ttl"] = ttl
     return get_queue(queue, pool).enqueue(path, *args, job_timeout=timeout, **options)
 
 
