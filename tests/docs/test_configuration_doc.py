@@ -10,6 +10,7 @@ The variables are found in the code, not in a second list: an AST walk of every 
 """
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -20,10 +21,20 @@ ENV_HELPERS = {"env_str", "env_bool", "env_int", "env_list", "env_secret"}
 ENVIRONS = {"os.environ", "environ", "env"}
 
 
+def _skipped(parts) -> bool:
+    return bool(set(parts) & SKIPPED) or any(part.startswith(".") or part.endswith(".egg-info") for part in parts)
+
+
 def modules() -> list[Path]:
-    return [path for path in sorted(ROOT.rglob("*.py"))
-            if not ({part for part in path.relative_to(ROOT).parts} & SKIPPED)
-            and not any(part.startswith(".") or part.endswith(".egg-info") for part in path.relative_to(ROOT).parts)]
+    """Every module outside the skipped folders (never entered: ``.venv`` and ``node_modules`` alone hold tens of
+    thousands of files)."""
+    found = []
+    for top in ROOT.iterdir():
+        if _skipped([top.name]):
+            continue
+        candidates = [top] if top.suffix == ".py" and top.is_file() else top.rglob("*.py") if top.is_dir() else []
+        found += [path for path in candidates if not _skipped(path.relative_to(ROOT).parts)]
+    return sorted(found)
 
 
 def _literal(node) -> str | None:
@@ -48,6 +59,7 @@ def _forwarders(tree) -> set[str]:
     return names - ENV_HELPERS
 
 
+@functools.cache
 def variables_read() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     trees = {path: ast.parse(path.read_text(), filename=str(path)) for path in modules()}
