@@ -30,7 +30,7 @@ from backups import barman, hooks, offsite
 from backups.models import Artifact, BackupRun, ContinuousState, System, WalTimeline
 from compliance.audit import audit_record
 from compliance.audit.actions import AuditAction
-from drpanel import clock, queues
+from drpanel import clock, queues, runs
 from drpanel.permissions import Cap, require_cap
 from drpanel.scrub import scrub
 
@@ -172,7 +172,11 @@ def base_backup(run, steps) -> Artifact:
     system = run.system
     step = steps.start("barman backup")
     barman.write_server(system)
-    described = barman.backup(system, timeout=BASE_BACKUP_TIMEOUT)
+    # Barman reports nothing until it is done: a spread checkpoint alone may take most of checkpoint_timeout,
+    # and the copy of a large server longer. The run's heartbeat says the worker is alive meanwhile, or the reaper
+    # would fail a backup that is still running (DRPANEL_BACKUP_STALE_SECONDS).
+    with runs.Heartbeat(run):
+        described = barman.backup(system, timeout=BASE_BACKUP_TIMEOUT)
     info = described.get("base_backup_information") or {}
     steps.finish(step, bytes=info.get("backup_size_bytes"),
                  detail=f"{described.get('backup_id')}: WAL {info.get('begin_wal')} → {info.get('end_wal')}")
