@@ -25,8 +25,8 @@ from tests.pg_servers import BIN_DIR, POSTGRES, PgServer, as_postgres, free_port
 from tests.support import wait_for
 
 __all__ = ["BINDIR", "PASSWORD", "POSTGRES", "URL_VARIABLE", "ProtectedServer", "as_postgres", "barman_home",
-           "barman_settings", "catalog_reaches", "free_port", "kill_receiver", "quiet_second", "segment_of_switch",
-           "server", "streams", "system_names"]
+           "barman_settings", "catalog_reaches", "free_port", "kill_receiver", "quiet_second", "receiver_streaming",
+           "segment_of_switch", "server", "streams", "system_names"]
 
 BINDIR = BIN_DIR
 URL_VARIABLE = "DRPANEL_SECRET_TEST_PROTECTED_URL"
@@ -85,6 +85,11 @@ def system_names(monkeypatch, server, dbname: str) -> None:
 def streams(server) -> None:
     """Start (or keep) Barman's receivers, and wait until the server streams to ours through its slot."""
     continuous_tick()
+    receiver_streaming(server)
+
+
+def receiver_streaming(server) -> None:
+    """Wait until the server streams to Barman's receiver (started by whoever ran ``barman cron``)."""
     wait_for(lambda: server.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = "
                                     "'barman_receive_wal' AND state = 'streaming'")[0][0],
              what="Barman's receiver streaming from the server")

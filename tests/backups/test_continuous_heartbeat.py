@@ -14,13 +14,11 @@ import time
 import pytest
 from django.db import connection
 
-from backups.continuous import continuous_tick
 from backups.models import Artifact, BackupRun, System
 from backups.runs import backup_request, backup_run_execute, backup_runs_reap
 from compliance.models import AuditEvent
-from tests.continuous_support import PASSWORD, URL_VARIABLE
+from tests.continuous_support import PASSWORD, URL_VARIABLE, streams
 from tests.pg_servers import own_server
-from tests.support import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -37,10 +35,7 @@ def test_a_base_backup_waiting_for_a_spread_checkpoint_is_not_reaped(paced_serve
     settings.BACKUP_STALE_SECONDS, settings.HEARTBEAT_SECONDS = 5, 1
     monkeypatch.setenv(URL_VARIABLE, f"postgresql://postgres:{PASSWORD}@127.0.0.1:{paced_server.port}/postgres")
     shop = System.objects.create(name="paced", database_ref=f"env:{URL_VARIABLE}", continuous_enabled=True)
-    continuous_tick()
-    wait_for(lambda: paced_server.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = "
-                                          "'barman_receive_wal' AND state = 'streaming'")[0][0],
-             what="Barman's receiver streaming from the server")
+    streams(paced_server)
     # The first base backup closes a segment first (an immediate checkpoint): take it, then dirty the buffers.
     assert backup_run_execute(backup_request(actor=None, system=shop, kind="base").id).state == "succeeded"
     paced_server.execute("CREATE DATABASE dirty")

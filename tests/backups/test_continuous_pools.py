@@ -15,8 +15,7 @@ from backups.continuous import POOL_TICK_TTL_SECONDS, continuous_minute, continu
 from backups.models import ContinuousState, System
 from drpanel import queues
 from tests import continuous_support
-from tests.continuous_support import URL_VARIABLE
-from tests.support import wait_for
+from tests.continuous_support import URL_VARIABLE, receiver_streaming
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
@@ -78,7 +77,5 @@ def test_a_pool_worker_runs_its_pools_tick_and_streaming_starts_there(server, ba
     job.perform()  # the job's body, as pool b's worker runs it
 
     assert (barman_home / "conf.d" / "books.conf").exists()
-    wait_for(lambda: server.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = "
-                                    "'barman_receive_wal' AND state = 'streaming'")[0][0],
-             what="Barman's receiver streaming from the server")
+    receiver_streaming(server)
     assert barman.receiver_pid(books) is not None

@@ -28,7 +28,7 @@ from restores.models import RestoreRun, Target, VerificationRun
 from restores.pitr import RecoveryPoint, lsn_value, recovered
 from restores.verifications import VerificationError, verification_request
 from tests import continuous_support
-from tests.continuous_support import URL_VARIABLE, quiet_second, streams, system_names
+from tests.continuous_support import URL_VARIABLE, quiet_second, receiver_streaming, streams, system_names
 from tests.support import rq_workers, wait_for
 
 pytest_plugins = ["tests.restore_fixtures"]
@@ -56,9 +56,7 @@ def base_backup(server, barman_home) -> dict:
         barman.write_global()
         barman.write_server(system)
         barman.run("cron")  # creates the slot and starts the receiver, as the tick does
-        wait_for(lambda: server.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = "
-                                        "'barman_receive_wal' AND state = 'streaming'")[0][0],
-                 what="Barman's receiver streaming from the server")
+        receiver_streaming(server)
         described = barman.backup(system, timeout=600)
     assert described["status"] == "DONE", described
     return described
