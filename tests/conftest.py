@@ -16,6 +16,7 @@ start real processes first, so no long one is left for the end.
 """
 
 import os
+from collections import Counter
 from collections.abc import Mapping
 
 import pytest
@@ -48,9 +49,19 @@ SLOW_FIXTURES = frozenset({"workers", "full_artifact", "config_artifact", "sourc
                            "protected_server", "protected_database", "clean_server", "second_server"})
 
 
+def twice_collected(items) -> list[str]:
+    """The node ids collected more than once: xdist runs one test of each such id and counts it once, silently."""
+    seen = Counter(item.nodeid for item in items)
+    return sorted(nodeid for nodeid, times in seen.items() if times > 1)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     # tryfirst: the marks must be there before ``-m`` deselects and before xdist reads the groups.
+    twice = twice_collected(items)
+    if twice:
+        raise pytest.UsageError(f"{len(twice)} test id(s) are collected more than once, and xdist would run only one "
+                                f"test of each: {', '.join(twice[:3])}")
     browser = []
     for item in items:
         if not item.get_closest_marker("slow") and SLOW_FIXTURES.intersection(item.fixturenames):
