@@ -7,12 +7,6 @@ AXE := tests/browser/axe/node_modules/axe-core/axe.min.js
 
 .PHONY: demo test check chaos bench audit-deps lint chromium clean
 
-# Python keeps the bytecode it compiles (in __pycache__, which git ignores) even where the environment sets
-# PYTHONDONTWRITEBYTECODE: without it every process compiles the project's sources again, and a test run starts
-# hundreds (pytest workers, and the RQ workers and manage.py commands the tests start): 0.3 s a process start that
-# imports the project, 1.4 s a pytest worker's collection.
-unexport PYTHONDONTWRITEBYTECODE
-
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
