@@ -16,6 +16,7 @@ from functools import wraps
 
 from django.conf import settings
 from django.contrib.auth import REDIRECT_FIELD_NAME
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import Group, Permission
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
@@ -79,6 +80,29 @@ class Denied(PermissionDenied):
         self.need = need
         self.obj = obj
         self.action = action
+
+
+class PermissionBackend(ModelBackend):
+    """Django's ``ModelBackend`` (``AUTHENTICATION_BACKENDS``), reading a user's own and role permissions in one
+    statement instead of two.
+
+    Every API request authenticates a user object of its own, so its first ``has_perm`` always reads the
+    permissions from the database: two statements for each request, about a third of what answering a token's
+    refusal cost. The answer is the same set (``get_all_permissions``), cached on the user object as Django's.
+    """
+
+    def get_all_permissions(self, user_obj, obj=None):
+        if not user_obj.is_active or user_obj.is_anonymous or obj is not None:
+            return set()
+        if not hasattr(user_obj, "_perm_cache"):
+            if user_obj.is_superuser:
+                rows = Permission.objects.values_list("content_type__app_label", "codename")
+            else:
+                rows = Permission.objects.filter(user=user_obj).values_list("content_type__app_label", "codename")
+                rows = rows.union(Permission.objects.filter(group__user=user_obj)
+                                  .values_list("content_type__app_label", "codename"))
+            user_obj._perm_cache = {f"{app}.{codename}" for app, codename in rows}
+        return user_obj._perm_cache
 
 
 def roles_of(user) -> list[str]:

@@ -159,7 +159,7 @@ RQ_SHOW_ADMIN_LINK = False
 
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    "drpanel.permissions.PermissionBackend",  # ModelBackend, reading permissions in one statement
     "guardian.backends.ObjectPermissionBackend",
 ]
 AUTH_PASSWORD_VALIDATORS = [

@@ -68,10 +68,21 @@ def grantable_users():
 
 
 def visible_runs(user):
-    """Restore runs into the targets ``user`` may see, newest first."""
-    return RestoreRun.objects.filter(target__in=visible_targets(user)).select_related(
-        "artifact__system", "recovery_system", "recovery_location", "target", "requested_by", "approval__decided_by",
-        "rolled_back_by")
+    """Restore runs into the targets ``user`` may see, newest first.
+
+    PostgreSQL's planner searches the join orders of one statement, and its time grows fast with the relations:
+    the runs join six of theirs, and the relations a run seldom has (who decided, who rolled back, the system and
+    location of a recovery) come in a query each for the whole page (4.1 ms of planning with them joined, 0.7 ms
+    without, for under 0.4 ms of execution). The targets of a user who does not see them all are read first and
+    the runs filtered by their ids: written as a subquery, guardian's rights made sixteen relations, 15 ms to plan.
+    """
+    runs = RestoreRun.objects.select_related("artifact__system", "target", "requested_by", "approval").prefetch_related(
+        "approval__decided_by", "rolled_back_by", "recovery_system", "recovery_location")
+    if not has_cap(user, Cap.VIEW_PANEL):
+        return runs.none()
+    if sees_all_targets(user):
+        return runs
+    return runs.filter(target_id__in=list(visible_targets(user).values_list("pk", flat=True)))
 
 
 def access_run(user, pk):

@@ -1,10 +1,12 @@
 """Roles: groups made by the migration, navigation per role, 403s audited for everyone else."""
 
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib.auth import get_user_model
+from django.contrib.auth.backends import ModelBackend
+from django.contrib.auth.models import Group, Permission
 from django.urls import reverse
 
-from drpanel.permissions import ROLE_CAPABILITIES, Cap, has_cap, roles_of
+from drpanel.permissions import ROLE_CAPABILITIES, Cap, PermissionBackend, has_cap, roles_of
 from tests.support import assert_only_roles
 
 pytestmark = pytest.mark.django_db
@@ -24,6 +26,29 @@ def test_roles_and_capabilities_follow_group_membership(operator, auditor, outsi
     assert has_cap(operator, Cap.START_JOBS) and not has_cap(operator, Cap.READ_AUDIT)
     assert has_cap(auditor, Cap.READ_AUDIT) and not has_cap(auditor, Cap.START_JOBS)
     assert roles_of(outsider) == [] and not has_cap(outsider, Cap.VIEW_PANEL)
+
+
+def test_the_backend_reads_the_same_permissions_as_djangos_in_one_statement(operator, manager, outsider,
+                                                                          django_assert_num_queries):
+    """A role's permissions and a user's own, together; nothing for an inactive user; all for a superuser."""
+    own = Permission.objects.get(content_type__app_label="restores", codename="approve_restore")
+    operator.user_permissions.add(own)
+    superuser = get_user_model().objects.create_user("root-like", is_superuser=True)
+    inactive = get_user_model().objects.create_user("gone", is_active=False)
+    inactive.groups.add(Group.objects.get(name="Operator"))
+    for user in (operator, manager, outsider, superuser, inactive):
+        theirs = ModelBackend().get_all_permissions(get_user_model().objects.get(pk=user.pk))
+        fresh = get_user_model().objects.get(pk=user.pk)
+        with django_assert_num_queries(1 if user.is_active else 0):
+            ours = PermissionBackend().get_all_permissions(fresh)
+            assert PermissionBackend().has_perm(fresh, "drpanel.view_panel") == ("drpanel.view_panel" in ours)
+        assert ours == theirs, user.username
+    assert "restores.approve_restore" in permissions_of(operator) and "drpanel.start_jobs" in permissions_of(operator)
+    assert permissions_of(outsider) == set() and permissions_of(inactive) == set()
+
+
+def permissions_of(user) -> set[str]:
+    return PermissionBackend().get_all_permissions(get_user_model().objects.get(pk=user.pk))
 
 
 @pytest.mark.parametrize("url_name", [

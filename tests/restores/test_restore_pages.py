@@ -3,12 +3,14 @@
 from datetime import timedelta
 
 import pytest
+from django.http import Http404
 from django.urls import reverse
 from django.utils import timezone
 
 from compliance.models import AuditEvent
 from restores import execution, requests, targets
 from restores.models import RestoreRun, VerificationRun
+from restores.selectors import access_run, visible_runs
 from restores.verifications import verification_execute, verification_request
 from tests.support import ROLES, assert_only_roles
 
@@ -86,6 +88,20 @@ def test_a_run_page_is_seen_by_whoever_sees_its_target_and_a_404_otherwise(clien
     targets.target_right_revoke(actor=None, target=staging, user=operator, right="restore_to_target")
     assert clients["operator"].get(url).status_code == 404
     assert clients["operator"].get(reverse("restores:run-progress", args=[run.pk])).status_code == 404
+
+
+def test_the_run_list_holds_the_runs_into_the_targets_each_user_sees(operator, manager, auditor, admin, outsider,
+                                                                     full_artifact, staging, production):
+    seen = request(operator, full_artifact, staging)
+    hidden = request(operator, full_artifact, production)
+    targets.target_right_revoke(actor=None, target=production, user=operator, right="restore_to_target")
+    assert list(visible_runs(operator)) == [seen]
+    for user in (manager, auditor, admin):
+        assert set(visible_runs(user)) == {seen, hidden}, user.username
+    assert list(visible_runs(outsider)) == []
+    with pytest.raises(Http404):
+        access_run(operator, hidden.pk)
+    assert access_run(operator, seen.pk) == seen and access_run(auditor, hidden.pk) == hidden
 
 
 def test_approving_is_for_a_manager_with_the_right_other_than_the_requester(clients, operator, full_artifact,
