@@ -108,6 +108,13 @@ def free_port() -> int:
 
 
 def base_process_env() -> dict[str, str]:
-    """What systemd gives a service besides its unit's variables: a PATH, a HOME, a locale."""
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
-            "LANG": "C.UTF-8"}
+    """What systemd gives a service besides its unit's variables: a PATH, a HOME, a locale.
+
+    And the test run's bytecode cache (``PYTHONPYCACHEPREFIX``, drpanel/testing.py) when it has one: without it the
+    units' interpreters compiled the whole panel into the checkout (``__pycache__`` beside the sources).
+    """
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
+           "LANG": "C.UTF-8"}
+    if os.environ.get("PYTHONPYCACHEPREFIX"):
+        env["PYTHONPYCACHEPREFIX"] = os.environ["PYTHONPYCACHEPREFIX"]
+    return env
