@@ -32,6 +32,9 @@ def test_embedded_services_start_run_a_job_and_stop(var_dir):
     var = var_dir
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
            "DRPANEL_SERVICES": "embedded", "DRPANEL_VAR_DIR": str(var)}
+    # The run's bytecode cache (drpanel/testing.py), or these interpreters compile the panel into the checkout.
+    if os.environ.get("PYTHONPYCACHEPREFIX"):
+        env["PYTHONPYCACHEPREFIX"] = os.environ["PYTHONPYCACHEPREFIX"]
     manage = [sys.executable, str(ROOT / "manage.py")]
     up = subprocess.Popen([*manage, "services", "up"], env=env, cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
