@@ -1,7 +1,6 @@
 """With the environment cleared, embedded PostgreSQL and Redis start, run a job, and stop."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from drpanel.runtime import pid_alive
+from tests.deploy.units import base_process_env
 
 ROOT = Path(__file__).resolve().parents[2]
 # Its own PostgreSQL and Redis start here: one at a time with the fault campaign (tests/conftest.py).
@@ -30,11 +30,8 @@ def var_dir():
 
 def test_embedded_services_start_run_a_job_and_stop(var_dir):
     var = var_dir
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
-           "DRPANEL_SERVICES": "embedded", "DRPANEL_VAR_DIR": str(var)}
-    # The run's bytecode cache (drpanel/testing.py), or these interpreters compile the panel into the checkout.
-    if os.environ.get("PYTHONPYCACHEPREFIX"):
-        env["PYTHONPYCACHEPREFIX"] = os.environ["PYTHONPYCACHEPREFIX"]
+    # A PATH, a HOME, a locale and the run's bytecode cache, as a service gets them (tests/deploy/units.py).
+    env = {**base_process_env(), "DRPANEL_SERVICES": "embedded", "DRPANEL_VAR_DIR": str(var)}
     manage = [sys.executable, str(ROOT / "manage.py")]
     up = subprocess.Popen([*manage, "services", "up"], env=env, cwd=ROOT, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
