@@ -84,15 +84,14 @@ def use_bytecode_cache() -> None:
 # At import, before pytest loads the plugins that packages declare (schemathesis, hypothesis, xdist…): pytest rewrites
 # their modules' asserts and keeps the result only where bytecode may be written, so a run whose environment sets
 # PYTHONDONTWRITEBYTECODE parsed and compiled them again in its first process (its start: 3.3–4.0 CPU-s, now 2.0).
-# The hook below refuses a value other than 0 or 1.
 if os.environ.get("DRPANEL_TEST_BYTECODE_CACHE", "1").strip() == "1":
     use_bytecode_cache()
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config, parser, args):
-    if switch("DRPANEL_TEST_BYTECODE_CACHE", os.environ.get("DRPANEL_TEST_BYTECODE_CACHE", "1")):
-        use_bytecode_cache()
+    # Set up at import (above) when 1; refused here when neither 0 nor 1.
+    switch("DRPANEL_TEST_BYTECODE_CACHE", os.environ.get("DRPANEL_TEST_BYTECODE_CACHE", "1"))
     # Read by tests.worker_parent; refused here, before any test, when it is neither 0 nor 1.
     switch("DRPANEL_TEST_FORKED_WORKERS", os.environ.get("DRPANEL_TEST_FORKED_WORKERS", "1"))
     # Playwright's sync API runs an event loop in the test thread; Django's ORM refuses to
