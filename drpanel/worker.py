@@ -22,6 +22,11 @@ closed, so the server keeps the session the horse now owns). The horse checks it
 (``SELECT 1``) and connects afresh when it is dead or older than ``SPARE_MAX_AGE_SECONDS``.
 One connection is never used by two processes.
 
+And one for the CPU a horse spends on Python's cyclic garbage collector: before its first job the worker collects
+once and freezes what start-up built (Django, the panel, every job's module: hundreds of thousands of objects that
+live as long as the process; ``gc.freeze``). A horse inherits them frozen, so its full collections walk only what
+its job makes, not the whole start-up heap (nor touch, and so copy, the pages it shares with the worker).
+
 And two guards for panels that share a Redis (``drpanel.installation``):
 
 - a worker claims its installation id in Redis before it takes any job, and refuses to
@@ -36,6 +41,7 @@ And two guards for panels that share a Redis (``drpanel.installation``):
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -61,6 +67,12 @@ PR_SET_PDEATHSIG = 1
 SPARE_RENEW_SECONDS = 30
 SPARE_MAX_AGE_SECONDS = 120
 SPARE_CONNECT_TIMEOUT_SECONDS = 10
+
+
+def freeze_start_up() -> None:
+    """Collect once, then move every object alive into the collector's permanent generation (``gc.freeze``)."""
+    gc.collect()
+    gc.freeze()
 
 
 class WorkHorseKilled(Exception):
@@ -219,6 +231,7 @@ class PanelWorker(Worker):
             log.error("refusing to start: %s", exc)
             raise SystemExit(f"drpanel worker refused to start: {exc}") from None
         preload_jobs()
+        freeze_start_up()
         return super().work(*args, **kwargs)
 
     def prepare_job_execution(self, job, *args, **kwargs):

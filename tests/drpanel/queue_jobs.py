@@ -21,3 +21,12 @@ def session(key: str) -> str:
     line = f"{pid}|{started}"
     get_current_job().connection.rpush(key, line)
     return line
+
+
+def collector(key: str) -> str:
+    """Append how many objects this horse holds frozen and how many its collector tracks to ``key``."""
+    import gc
+
+    line = f"{gc.get_freeze_count()}|{len(gc.get_objects())}"
+    get_current_job().connection.rpush(key, line)
+    return line

@@ -79,3 +79,14 @@ def test_a_horse_whose_inherited_connection_was_killed_connects_again(redis_conn
         pid, started = run_session_job(redis_conn, key)
     assert pid not in spares
     assert started >= killed_at, "the horse found its inherited connection dead and opened a new one"
+
+
+def test_a_horse_inherits_the_workers_start_up_heap_frozen_so_its_collector_walks_only_what_its_job_made(redis_conn):
+    key = f"test-collector-{uuid.uuid4().hex}"
+    with rq_workers(["default"]):
+        queues.enqueue("tests.drpanel.queue_jobs.collector", key, queue="default", timeout=60)
+        wait_for(lambda: redis_conn.llen(key) > 0, 60, "the collector job to report")
+    frozen, tracked = (int(n) for n in redis_conn.lindex(key, 0).decode().split("|"))
+    # Django, the panel and every job module: far more than a job makes before it reports.
+    assert frozen > 100_000, frozen
+    assert tracked < frozen / 10, (frozen, tracked)
