@@ -76,3 +76,54 @@ def test_a_test_switch_that_is_neither_0_nor_1_is_refused_before_any_test(tmp_pa
                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert result.returncode != 0
         assert f"{name}='yes': write 1 or 0" in result.stderr + result.stdout
+
+
+def test_the_run_keeps_its_temporary_files_in_memory_unless_told_otherwise(monkeypatch, tmp_path):
+    monkeypatch.delenv("DRPANEL_TEST_TMPDIR", raising=False)
+    monkeypatch.delenv("TMPDIR", raising=False)
+    monkeypatch.setattr(testing, "TMPFS", str(tmp_path))
+    monkeypatch.setattr(testing, "TMPFS_MIN_FREE", 1)
+    assert testing.temporary_directory() == str(tmp_path)
+    # Too little free memory, or a TMPDIR of one's own: the system's (or that) directory.
+    monkeypatch.setattr(testing, "TMPFS_MIN_FREE", 1 << 60)
+    assert testing.temporary_directory() is None
+    monkeypatch.setattr(testing, "TMPFS_MIN_FREE", 1)
+    monkeypatch.setenv("TMPDIR", "/var/tmp")
+    assert testing.temporary_directory() is None
+    # DRPANEL_TEST_TMPDIR names the directory, or (empty) keeps the system's; a missing one is refused.
+    monkeypatch.setenv("DRPANEL_TEST_TMPDIR", str(tmp_path))
+    assert testing.temporary_directory() == str(tmp_path)
+    monkeypatch.setenv("DRPANEL_TEST_TMPDIR", "")
+    assert testing.temporary_directory() is None
+    monkeypatch.setenv("DRPANEL_TEST_TMPDIR", str(tmp_path / "missing"))
+    with pytest.raises(pytest.UsageError, match="is not a writable directory"):
+        testing.temporary_directory()
+
+
+def test_this_run_and_the_processes_it_starts_share_the_chosen_temporary_directory(tmp_path):
+    import tempfile
+
+    assert str(tmp_path).startswith(tempfile.gettempdir() + os.sep)
+    assert worker_env().get("TMPDIR") == os.environ.get("TMPDIR")
+    if "DRPANEL_TEST_TMPDIR" not in os.environ and os.environ.get("TMPDIR") is None:
+        pytest.skip("the system's temporary directory: /dev/shm was not usable here")
+    assert tempfile.gettempdir() == os.environ["TMPDIR"]
+
+
+def test_a_test_runs_with_the_collector_on_and_what_start_up_built_frozen():
+    import gc
+
+    assert gc.isenabled()
+    # Django, the panel, the test modules and their libraries: collected once and frozen before the first test.
+    assert gc.get_freeze_count() > 100_000, gc.get_freeze_count()
+
+
+@pytest.mark.slow
+def test_a_temporary_directory_that_is_not_there_is_refused_before_any_test(tmp_path):
+    env = {**os.environ, "DRPANEL_TEST_TMPDIR": str(tmp_path / "missing")}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    result = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "tests/drpanel/test_testing.py"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "DRPANEL_TEST_TMPDIR=" in result.stderr + result.stdout and "is not a writable directory" in (
+        result.stderr + result.stdout)
