@@ -133,7 +133,7 @@ gc.disable()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session):
-    """Before the first test (after collection, in every test process): collect once, freeze, collect again."""
+    """Before the first test (after collection, in every test process): collect once, freeze, turn the collector on."""
     gc.collect()
     gc.freeze()
     gc.enable()

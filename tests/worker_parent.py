@@ -212,7 +212,7 @@ class Parent:
 
         import drpanel.management.commands.worker  # noqa: F401
         import manage  # noqa: F401
-        from drpanel.worker import preload_jobs
+        from drpanel.worker import freeze_start_up, preload_jobs
 
         preload_jobs()
         # The system checks every management command runs import the URLconf and through it every view, the
@@ -222,8 +222,7 @@ class Parent:
         self.settings = settings_values()
         # Frozen before any fork, as the worker itself freezes before its first job (drpanel.worker): a worker forked
         # from here walks only what it makes in its full collections (a third of a forked worker's CPU went to them).
-        gc.collect()
-        gc.freeze()
+        freeze_start_up()
         gc.enable()
 
     def reap(self, *_) -> None:
