@@ -11,6 +11,7 @@ own server is never the protected one.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from datetime import UTC, datetime
@@ -55,18 +56,38 @@ def server(protected_server):
         yield shared
 
 
+def running(pid: int) -> bool:
+    """Whether the process runs (a zombie, ended but not yet reaped by its parent, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 @pytest.fixture(scope="module")
-def barman_home(tmp_path_factory, server):
+def barman_home(request, tmp_path_factory, server):
+    """The module's Barman home; removed when the module ends without a failure (up to 190 MB of base backups and
+    WAL, and a run's temporary files may be in memory: ``drpanel/testing.py``), kept for a look otherwise."""
     home = tmp_path_factory.mktemp("barman-home")
+    failed_before = request.session.testsfailed
     yield home
     # Receivers Barman started in the background outlive the jobs that started them: stop ours.
+    stopped = []
     for lock in home.glob(".*-receive-wal.lock"):
         try:
             pid = int(lock.read_text().strip() or 0)
             if pid and b"receive-wal" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 os.kill(pid, signal.SIGTERM)
+                stopped.append(pid)
         except (OSError, ValueError):
             pass
+    if request.session.testsfailed == failed_before:
+        # Once its receivers are gone (a receiver still writing would leave files behind).
+        deadline = time.monotonic() + 10
+        while any(running(pid) for pid in stopped) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
