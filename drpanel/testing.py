@@ -85,7 +85,7 @@ def switch(name: str, raw: str) -> bool:
 
 
 TMPFS = "/dev/shm"  # noqa: S108 - the run makes its own folders in it, private, with mkdtemp
-# A full run holds up to 4.3 GB there at once (Barman's homes, the servers' copies): twice that, free, or the disk.
+# A full run holds up to 1.8 GB there at once (Barman's homes, the servers' copies): 8 GiB free, or the disk.
 TMPFS_MIN_FREE = 8 << 30
 
 
