@@ -107,6 +107,9 @@ class LaterDrops:
         self.lock = threading.Lock()
         self.pool: ThreadPoolExecutor | None = None
         self.pending = []
+        # Each thread keeps its connection for the next drop: a new one for each of the hundreds of databases a
+        # test process makes was a PostgreSQL backend started and ended for one statement.
+        self.connections = threading.local()
 
     def drop(self, names) -> None:
         with self.lock:
@@ -114,10 +117,15 @@ class LaterDrops:
                 self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="drop-database")
             self.pending += [self.pool.submit(self._drop, name) for name in names]
 
-    @staticmethod
-    def _drop(name: str) -> None:
-        with psycopg.connect(server_url("postgres"), autocommit=True) as conn:
+    def _drop(self, name: str) -> None:
+        conn = getattr(self.connections, "conn", None)
+        if conn is None or conn.closed:
+            conn = self.connections.conn = psycopg.connect(server_url("postgres"), autocommit=True)
+        try:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        except psycopg.OperationalError:
+            conn.close()  # a connection the server ended: the next drop opens another
+            raise
 
     def drain(self) -> list[str]:
         """Wait for every drop asked for so far; the failures, one line each."""
