@@ -100,11 +100,14 @@ def test_the_run_keeps_its_temporary_files_in_memory_unless_told_otherwise(monke
         testing.temporary_directory()
 
 
+@pytest.mark.slow
 def test_this_run_and_the_processes_it_starts_share_the_chosen_temporary_directory(tmp_path):
     import tempfile
 
     assert str(tmp_path).startswith(tempfile.gettempdir() + os.sep)
-    assert worker_env().get("TMPDIR") == os.environ.get("TMPDIR")
+    child = subprocess.run([sys.executable, "-c", "import tempfile; print(tempfile.gettempdir())"], cwd=ROOT,
+                           env=worker_env(), capture_output=True, text=True, timeout=60, check=True)
+    assert child.stdout.strip() == tempfile.gettempdir()
     if "DRPANEL_TEST_TMPDIR" not in os.environ and os.environ.get("TMPDIR") is None:
         pytest.skip("the system's temporary directory: /dev/shm was not usable here")
     assert tempfile.gettempdir() == os.environ["TMPDIR"]
