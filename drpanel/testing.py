@@ -27,6 +27,11 @@ another directory, or (empty) keeps the system's. On this machine's disk, creati
 kernel more than writing them: an I/O-heavy part of the suite (PITR, off-site, base verification, restore runs) used
 13 % less machine CPU in memory.
 
+Unless the environment names ``DATABASE_URL`` (or sets ``DRPANEL_TEST_PANEL_SERVER=0``), the run's first process
+starts the panel's PostgreSQL of its own (``tests/panel_server.py``: in the run's temporary directory, fsync off) and
+exports its ``DATABASE_URL`` before anything reads it: the run's hundreds of databases made and dropped, and its
+commits, cost the machine's server on its disk about a third more machine CPU.
+
 Python's cyclic garbage collector stays off while a test process starts and collects the suite, and what that built
 (Django, the panel, the test modules, Hypothesis and schemathesis) is frozen before the first test (``gc.freeze``):
 an xdist worker spent 11–13 % of its CPU in full collections that walked those objects again and again.
@@ -37,6 +42,7 @@ import contextlib
 import gc
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -149,6 +155,8 @@ def pytest_load_initial_conftests(early_config, parser, args):
     # Playwright's sync API runs an event loop in the test thread; Django's ORM refuses to
     # run "inside" it unless told that this is fine (it is: the loop is Playwright's).
     os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    if worker_index() is None and panel_server_wanted():  # xdist's workers inherit the controller's
+        start_panel_server()
     try:
         runtime.prepare()
     except (runtime.ServiceError, runtime.ConfigError) as exc:
@@ -181,6 +189,26 @@ def pytest_load_initial_conftests(early_config, parser, args):
         os.environ["DRPANEL_INSTALLATION_ID"] = f"test-{worker}-{digest}"
         os.environ["DRPANEL_TEST_INSTALLATION_DERIVED"] = "1"
         _forget_stale_claim(os.environ["REDIS_URL"], os.environ["DRPANEL_INSTALLATION_ID"])
+
+
+def panel_server_wanted() -> bool:
+    """Whether the run starts the panel's PostgreSQL of its own (``tests/panel_server.py``): unless the environment
+    names one in ``DATABASE_URL`` or sets ``DRPANEL_TEST_PANEL_SERVER=0``."""
+    wanted = switch("DRPANEL_TEST_PANEL_SERVER", os.environ.get("DRPANEL_TEST_PANEL_SERVER", "1"))
+    return wanted and not os.environ.get("DATABASE_URL")
+
+
+def start_panel_server() -> None:
+    """Start the run's panel server (the test suite's own module, from this checkout) and export its URL."""
+    if str(runtime.BASE_DIR) not in sys.path:
+        sys.path.insert(0, str(runtime.BASE_DIR))  # ``pytest`` run as a script has the checkout's tests elsewhere
+    from tests import panel_server
+
+    try:
+        panel_server.start()
+    except (AssertionError, OSError, subprocess.SubprocessError) as exc:
+        raise pytest.UsageError(f"drpanel: the run's panel PostgreSQL did not start ({exc}); "
+                                "DRPANEL_TEST_PANEL_SERVER=0 uses the machine's") from None
 
 
 def _forget_stale_claim(redis_url: str, installation_id: str) -> None:

@@ -1,9 +1,12 @@
 """The test plugin's isolation of xdist workers: one Redis database each, counting down, never below 1."""
 
 import os
+import pathlib
 import subprocess
 import sys
+import tempfile
 
+import psycopg
 import pytest
 from django.db import connection
 
@@ -130,3 +133,78 @@ def test_a_temporary_directory_that_is_not_there_is_refused_before_any_test(tmp_
     assert result.returncode != 0
     assert "DRPANEL_TEST_TMPDIR=" in result.stderr + result.stdout and "is not a writable directory" in (
         result.stderr + result.stdout)
+
+
+def test_the_run_starts_its_panel_server_unless_the_environment_names_one_or_says_0(monkeypatch):
+    monkeypatch.delenv("DATABASE_URL")
+    monkeypatch.delenv("DRPANEL_TEST_PANEL_SERVER", raising=False)
+    assert testing.panel_server_wanted()
+    monkeypatch.setenv("DRPANEL_TEST_PANEL_SERVER", "0")
+    assert not testing.panel_server_wanted()
+    monkeypatch.setenv("DRPANEL_TEST_PANEL_SERVER", "1")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/drpanel")
+    assert not testing.panel_server_wanted()
+    monkeypatch.setenv("DRPANEL_TEST_PANEL_SERVER", "yes")
+    with pytest.raises(pytest.UsageError, match="DRPANEL_TEST_PANEL_SERVER='yes': write 1 or 0"):
+        testing.panel_server_wanted()
+
+
+def test_this_run_talks_to_the_panel_server_it_started(db):
+    from tests import panel_server
+
+    owner = os.environ.get(panel_server.MARK)
+    if owner is None:
+        pytest.skip("this run was given its panel's server (DATABASE_URL or DRPANEL_TEST_PANEL_SERVER=0)")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('fsync'), current_setting('data_directory')")
+        fsync, data = cursor.fetchone()
+    assert fsync == "off"
+    folder = os.path.dirname(data)
+    assert os.path.basename(folder).startswith("drpanel-panel-") and os.path.dirname(folder) == tempfile.gettempdir()
+    # Owned by the run's first process: this one, or the xdist controller that started this worker.
+    assert panel_server.owner_of(pathlib.Path(folder)) == int(owner) in (os.getpid(), os.getppid())
+
+
+STARTS_ONE = """
+import os, sys, psycopg, pytest
+code = pytest.main(["--co", "-q", "-p", "no:cacheprovider", "tests/drpanel/test_testing.py"])
+with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+    print(code, os.environ["DATABASE_URL"], *conn.execute("SELECT current_setting('fsync'), "
+                                                          "current_setting('data_directory')").fetchone())
+"""
+
+
+@pytest.mark.slow
+def test_a_run_given_no_database_starts_its_own_panel_server_and_removes_it_when_it_ends():
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("DATABASE_URL", "PYTEST_XDIST_WORKER", "DRPANEL_TEST_PANEL_SERVER_OWNER")}
+    done = subprocess.run([sys.executable, "-c", STARTS_ONE], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    code, url, fsync, data = done.stdout.split()[-4:]
+    assert code == "0" and fsync == "off" and url != os.environ["DATABASE_URL"]
+    assert not os.path.exists(os.path.dirname(data)), "its folder was removed when the run ended"
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(url, connect_timeout=5)
+
+
+@pytest.mark.slow
+def test_a_panel_server_left_by_a_killed_run_is_stopped_and_removed_by_the_next():
+    from tests import panel_server
+    from tests.pg_servers import PgServer
+
+    ended = subprocess.Popen(["true"])  # noqa: S607 - its id, once it has ended and been waited for, names no one
+    ended.wait()
+    left = PgServer(panel_server.NAME).start()  # the server of a run that was killed
+    (left.folder / panel_server.OWNER).write_text(str(ended.pid))
+    kept = PgServer(panel_server.NAME)  # a run in progress: its owner (this process) is alive
+    (kept.folder / panel_server.OWNER).write_text(str(os.getpid()))
+    try:
+        removed = panel_server.reap_stale()
+        assert left.folder in removed and not left.folder.exists()
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(left.dsn(), connect_timeout=5)
+        assert kept.folder.exists() and kept.folder not in removed
+    finally:
+        left.stop()
+        kept.stop()

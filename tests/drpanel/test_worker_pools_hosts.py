@@ -3,12 +3,12 @@
 Each "host" is a network namespace (``ip netns``) joined to this machine by a veth pair, with a
 private /30 of its own: ``.1`` on the machine's side, ``.2`` inside. Its worker reaches
 PostgreSQL and Redis through that link only: the namespace has no other route out, and its own
-loopback has no database. The machine's PostgreSQL and Redis listen on 127.0.0.1 only and must
-not be reconfigured, so the test runs a small TCP forwarder (asyncio, in this process, in the
-root namespace) listening on each veth's machine-side address and relaying to 127.0.0.1:5432 and
-127.0.0.1:6379. Inside each namespace the name ``drpanel-services`` resolves (``/etc/netns/NS/hosts``,
-which ``ip netns exec`` mounts over ``/etc/hosts``) to that namespace's own route, the way hosts of
-one deployment share a DNS name for the database server.
+loopback has no database. The run's panel PostgreSQL (the machine's or the run's own, see
+tests/panel_server.py) and Redis listen on 127.0.0.1 only and must not be reconfigured, so the test runs a
+small TCP forwarder (asyncio, in this process, in the root namespace) listening on each veth's machine-side
+address and relaying to their ports on 127.0.0.1. Inside each namespace the name ``drpanel-services``
+resolves (``/etc/netns/NS/hosts``, which ``ip netns exec`` mounts over ``/etc/hosts``) to that namespace's
+own route, the way hosts of one deployment share a DNS name for the database server.
 
 Host A's worker serves pool ``a`` and names its host with ``DRPANEL_WORKER_HOST``; host B's
 serves pool ``b`` in its own UTS namespace with its own host name (the recorded name is
@@ -30,10 +30,12 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 from django.conf import settings
+from django.db import connection
 
 from backups.models import System
 from drpanel import queues
@@ -47,7 +49,12 @@ pytest_plugins = ["tests.restore_fixtures", "tests.loop_fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 SERVICES = "drpanel-services"  # the name each host resolves to its own route to PostgreSQL and Redis
-PORTS = (5432, 6379)  # the machine's PostgreSQL and Redis, on 127.0.0.1
+
+
+def service_ports() -> tuple[int, int]:
+    """The ports of the run's panel PostgreSQL (the machine's, or the run's own) and Redis, on 127.0.0.1."""
+    return (int(connection.settings_dict["PORT"] or 5432),
+            urlsplit(os.environ["REDIS_URL"]).port or 6379)
 
 
 def ip(*args: str) -> None:
@@ -154,7 +161,7 @@ def host_env(host: Host, **extra) -> dict:
     for key, value in env.items():
         if value.startswith(("postgres://", "postgresql://", "redis://")):
             env[key] = value.replace("127.0.0.1", SERVICES).replace("localhost", SERVICES)
-    # The workers see the database as drpanel-services:5432, this process as 127.0.0.1:5432: the same
+    # The workers see the database as drpanel-services:<port>, this process as 127.0.0.1:<port>: the same
     # installation, so they are told its id rather than derive one from the address.
     env["DRPANEL_INSTALLATION_ID"] = settings.INSTALLATION_ID
     env.update(extra)
@@ -200,7 +207,7 @@ def hosts(redis_conn, tmp_path):
         made = {}
         for letter, subnet in zip("ab", free_subnets(2), strict=True):
             made[letter] = make_host(stack, tag, letter, subnet, pool=letter)
-            for port in PORTS:
+            for port in service_ports():
                 forwarder.listen(made[letter].outside, port)
             stack.callback(stop_worker, made[letter])
         yield made

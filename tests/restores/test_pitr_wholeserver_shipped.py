@@ -202,7 +202,8 @@ def two_hosts(redis_conn, server):
         subnets = hosts_support.free_subnets(2)
         barman_host = hosts_support.make_host(stack, tag, "b", subnets[0], pool=SYSTEM_POOL)
         target_host = hosts_support.make_host(stack, tag, "t", subnets[1], pool=TARGET_POOL)
-        for host, ports in ((barman_host, (*hosts_support.PORTS, server.port)), (target_host, hosts_support.PORTS)):
+        services = hosts_support.service_ports()
+        for host, ports in ((barman_host, (*services, server.port)), (target_host, services)):
             for port in ports:
                 forwarder.listen(host.outside, port)
             stack.callback(hosts_support.stop_worker, host)
