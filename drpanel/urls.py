@@ -1,4 +1,4 @@
-"""The panel's URLs: project pages, then each app's pages, the API and the admin site."""
+"""The panel's URLs: probes and metrics, the API, project pages, then each app's pages and the admin site."""
 
 from django.contrib import admin
 from django.urls import include, path
@@ -33,10 +33,11 @@ urlpatterns = [
     path("health/live", probes.live, name="health-live"),
     path("health/ready", probes.ready, name="health-ready"),
     path("metrics", metrics.metrics, name="metrics"),
+    # Before the pages: an API request then never walks (and lists as tried) every page's pattern first.
+    path("api/v1/", include("drpanel.api_urls")),
     path("", include(panel_patterns)),
     path("", include("backups.urls")),
     path("", include("restores.urls")),
     path("", include("compliance.urls")),
-    path("api/v1/", include("drpanel.api_urls")),
     path("admin/", admin.site.urls),
 ]
