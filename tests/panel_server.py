@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from drpanel.runtime import pid_alive
 from tests.pg_servers import BIN_DIR, PgServer, as_postgres
 
 NAME = "panel"
@@ -33,16 +34,6 @@ CONF = {"max_connections": "300", "shared_buffers": "128MB"}
 OWNER = "owner.pid"
 # Set by ``start`` (to its process id) for the processes of the run: the panel's server is the run's own.
 MARK = "DRPANEL_TEST_PANEL_SERVER_OWNER"
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def owner_of(folder: Path) -> int | None:
@@ -57,7 +48,7 @@ def reap_stale(directory: str | None = None) -> list[Path]:
     removed = []
     for folder in sorted(Path(directory or tempfile.gettempdir()).glob(f"drpanel-{NAME}-*")):
         pid = owner_of(folder)
-        if pid is None or alive(pid):
+        if pid is None or pid_alive(pid):
             continue  # being made (no owner yet) or in use
         if (folder / "data" / "postmaster.pid").exists():
             with contextlib.suppress(subprocess.SubprocessError):

@@ -30,6 +30,7 @@ from drpanel.metrics import render
 from restores.incidents import report_hash
 from restores.models import Incident, IncidentStep
 from tests.backup_fixtures import server_url
+from tests.browser_support import blank
 from tests.support import rq_workers, wait_for
 
 pytest_plugins = ["tests.notify_support"]
@@ -169,7 +170,7 @@ def test_the_demo_operator_recovers_database_corruption_with_the_managers_approv
         page.goto(f"{base}/systems/{incident.system_id}/health")
         health = page.inner_html("[data-testid=system-incident-measures]")
         for page_ in (page, manager):
-            page_.goto("about:blank")
+            blank(page_)
         manager.context.close()
 
     incident.refresh_from_db()

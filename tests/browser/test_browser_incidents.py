@@ -23,6 +23,7 @@ from restores import requests, verifications
 from restores.incident_steps import incident_step_complete, incident_step_skip, incident_step_start
 from restores.incidents import incident_declare
 from restores.models import Incident, IncidentStep, VerificationRun
+from tests.browser_support import leave
 from tests.loop_support import take_backup
 from tests.restores.test_incident_scenarios import new_host_target, orders_on
 from tests.support import rq_workers, wait_for
@@ -37,13 +38,6 @@ def verified(artifact, actor):
     return wait_for(lambda: VerificationRun.objects.filter(pk=run.pk, state="succeeded").first(),
                     what="the verification")
 
-
-def leave(*pages) -> None:
-    """Stop the pages' polling before the live server stops (an open request would keep a database session)."""
-    for each in pages:
-        each.goto("about:blank")
-    for each in pages[1:]:
-        each.context.close()
 
 
 def step_in(page, code: str, state: str, timeout: float = 90_000) -> None:

@@ -21,6 +21,7 @@ from restores import targets
 from restores.models import RestoreRun
 from tests import continuous_support
 from tests.browser.test_browser_accessibility import AXE, axe_check, report
+from tests.browser_support import leave
 from tests.continuous_support import URL_VARIABLE, streams, system_names
 from tests.support import rq_workers, wait_for_finished_run
 
@@ -45,12 +46,6 @@ def items(url: str) -> list[str]:
     with psycopg.connect(url, autocommit=True) as conn:
         return [r[0] for r in conn.execute("SELECT item FROM orders ORDER BY id").fetchall()]
 
-
-def leave(*pages) -> None:
-    for each in pages:
-        each.goto("about:blank")
-    for each in pages[1:]:
-        each.context.close()
 
 
 def ask(page, target_name: str, when: str) -> None:

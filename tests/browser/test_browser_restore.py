@@ -14,6 +14,7 @@ import pytest
 from backups.models import Artifact, BackupRun
 from backups.runs import backup_run_execute
 from restores.models import RestoreRun
+from tests.browser_support import leave
 from tests.support import rq_workers, wait_for_finished_run
 
 pytest_plugins = ["tests.restore_fixtures", "tests.loop_fixtures"]
@@ -25,13 +26,6 @@ DONE = "[data-testid=run-progress][data-state={}]"
 def accept_confirmations(page) -> None:
     page.on("dialog", lambda dialog: dialog.accept())
 
-
-def leave(*pages) -> None:
-    """Stop the pages' polling before the live server stops (an open request would keep a database session)."""
-    for each in pages:
-        each.goto("about:blank")
-    for each in pages[1:]:
-        each.context.close()
 
 
 def request_restore(page, base: str, artifact, target_name: str, *, drill: bool = False,
