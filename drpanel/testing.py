@@ -29,8 +29,8 @@ kernel more than writing them: an I/O-heavy part of the suite (PITR, off-site, b
 
 Unless the environment names ``DATABASE_URL`` (or sets ``DRPANEL_TEST_PANEL_SERVER=0``), the run's first process
 starts the panel's PostgreSQL of its own (``tests/panel_server.py``: in the run's temporary directory, fsync off) and
-exports its ``DATABASE_URL`` before anything reads it: the run's hundreds of databases made and dropped, and its
-commits, cost the machine's server on its disk about a third more machine CPU.
+exports its ``DATABASE_URL`` before anything reads it: on the machine's server, on its disk, the DB-heavy tests (the
+hundreds of databases a run makes and drops, a commit after nearly every test) took about a third more machine CPU.
 
 Python's cyclic garbage collector stays off while a test process starts and collects the suite, and what that built
 (Django, the panel, the test modules, Hypothesis and schemathesis) is frozen before the first test (``gc.freeze``):

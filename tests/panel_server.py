@@ -29,7 +29,8 @@ from drpanel.runtime import pid_alive
 from tests.pg_servers import BIN_DIR, PgServer, as_postgres
 
 NAME = "panel"
-# The machine's server as CI's runs had it: a full run holds up to about 200 connections at once.
+# What the machine's server was given for the runs (max_connections 300) and its default shared buffers: six xdist
+# workers, their live servers and the processes their tests start connect at once.
 CONF = {"max_connections": "300", "shared_buffers": "128MB"}
 OWNER = "owner.pid"
 # Set by ``start`` (to its process id) for the processes of the run: the panel's server is the run's own.
