@@ -44,10 +44,11 @@ def owner_of(folder: Path) -> int | None:
         return None
 
 
-def reap_stale(directory: str | None = None) -> list[Path]:
-    """Stop and remove the panel servers of runs whose process is gone; the folders removed."""
+def reap_stale() -> list[Path]:
+    """Stop and remove the panel servers (in the temporary directory) of runs whose process is gone; the folders
+    removed."""
     removed = []
-    for folder in sorted(Path(directory or tempfile.gettempdir()).glob(f"drpanel-{NAME}-*")):
+    for folder in sorted(Path(tempfile.gettempdir()).glob(f"drpanel-{NAME}-*")):
         pid = owner_of(folder)
         if pid is None or pid_alive(pid):
             continue  # being made (no owner yet) or in use
